@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+
+.PHONY: install run test bench clean
+
+install: $(PIP_STAMP) $(NPM_STAMP)
+
+$(PIP_STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The Cosmos-compatible test server (@vercel/cosmosdb-server) for the store conformance suite.
+$(NPM_STAMP): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(VENV)/bin/fleet serve
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/claim_depth.py
+
+clean:
+	rm -rf $(VENV) node_modules .fleet .pytest_cache

@@ -1,0 +1,206 @@
+"""Claiming: a factory takes the best queued job it can do, under a new fenced lease."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleet import budgets, candidates, errors, factories, preemption, scoring, weights as registry
+from fleet.context import Context
+from fleet.jobs import Job, Lease, Run
+from fleet.stages import Priority, Stage
+
+#: The most attempts a job may be given; bounds the claim's bucket path.
+MAX_ATTEMPTS = 10
+#: How often a claim re-reads the queue after losing the race for every candidate it saw.
+RESCANS = 3
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    factory_id: str
+    product_id: str
+    capabilities: list[str] | None = None
+    weights: scoring.WeightsPatch | None = None
+    seat_limit: int | None = None
+
+
+@dataclass
+class Claimed:
+    """The outcome of a claim: a job with its lease and run, or why there is none."""
+
+    job: Job | None
+    reason: str | None = None
+    preempted: list[str] = field(default_factory=list)
+
+    def to_doc(self) -> dict[str, Any]:
+        if self.job is None:
+            return {"job": None, "reason": self.reason}
+        return {
+            "job": self.job.to_doc(),
+            "lease": self.job.lease.to_doc() if self.job.lease else None,
+            "runId": self.job.latest_run.run_id if self.job.latest_run else None,
+            **({"preempted": self.preempted} if self.preempted else {}),
+        }
+
+
+def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
+    """The best queued job of the product this factory can do, claimed; or none, with a reason.
+
+    Budgets are checked first, with one point read and no job query. At its seat limit (with
+    preemption on) a factory may only take a critical job, by evicting a lower-priority one.
+    """
+    now = ctx.clock.now()
+    refused = _budget_refusal(ctx, request.product_id)
+    if refused:
+        return Claimed(None, refused)
+    offered, seat_limit = _factory_view(ctx, request)
+    running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
+    product_doc = registry.read_doc(ctx, request.product_id)
+    product_weights = scoring.resolve(registry.product_patch(product_doc))
+    weights = scoring.resolve(registry.product_patch(product_doc), request.weights)
+    score = candidates.scorer(now, weights, offered)
+    if running is not None:
+        score = _critical_only(score)
+    for _ in range(RESCANS):
+        streams = _streams(ctx, request.product_id, now, weights, product_weights, offered, product_doc)
+        lost = False
+        for candidate in candidates.ranked(ctx.store, streams, score):
+            try:
+                return _claim(ctx, candidate.job, request.factory_id, offered, running)
+            except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost):
+                lost = True
+                if running is not None:
+                    running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
+            except budgets.BudgetExhausted:
+                return Claimed(None, "budget_exceeded")
+            except NoSeat:
+                return Claimed(None, "seat_limit")
+        if not lost:
+            break
+    return Claimed(None, "seat_limit" if running is not None else "no_job")
+
+
+def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest) -> Claimed:
+    """Claim one named job, if it is queued, the factory has its capabilities, the budget
+    allows it and the factory has a seat for it (or may preempt for it)."""
+    now = ctx.clock.now()
+    refused = _budget_refusal(ctx, product_id)
+    if refused:
+        raise errors.NotClaimable(f"product {product_id}: {refused}", reason=refused)
+    offered, seat_limit = _factory_view(ctx, request)
+    running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
+    job = Job.from_doc(ctx.store.read("jobs", product_id, job_id))
+    if job.stage != Stage.QUEUED:
+        raise errors.NotClaimable(f"job {job.id} is {job.stage.value}, not queued", reason="not_queued")
+    missing = sorted(set(job.capabilities) - offered)
+    if missing:
+        raise errors.NotClaimable(
+            f"factory {request.factory_id} lacks capabilities {missing}", reason="capabilities", missing=missing
+        )
+    try:
+        return _claim(ctx, job, request.factory_id, offered, running)
+    except (errors.PreconditionFailed, errors.LeaseLost):
+        raise errors.NotClaimable(f"job {job.id} was claimed by another factory", reason="lost_race") from None
+    except budgets.BudgetExhausted:
+        raise errors.NotClaimable(f"product {product_id}: budget_exceeded", reason="budget_exceeded") from None
+    except NoSeat:
+        raise errors.NotClaimable(f"factory {request.factory_id} is at its seat limit", reason="seat_limit") from None
+
+
+class NoSeat(Exception):
+    """The factory is at its seat limit and nothing may be preempted for this job."""
+
+
+def _claim(ctx: Context, job: Job, factory_id: str, offered: frozenset[str], running: list[Job] | None) -> Claimed:
+    """Take `job`, first evicting a victim when the factory is at its seat limit."""
+    now = ctx.clock.now()
+    victim = None
+    if running is not None:
+        victim = preemption.select_preemption_victim(
+            preemption.scored_running(ctx, running, offered, now), job, now, ctx.settings.preempt_exempt_seconds
+        )
+        if victim is None:
+            raise NoSeat()
+        preemption.evict(ctx, victim, job)
+    taken = take(ctx, job, factory_id, now, preempted=victim)
+    return Claimed(taken, preempted=[victim.id] if victim else [])
+
+
+def take(ctx: Context, job: Job, factory_id: str, now: datetime, preempted: Job | None = None) -> Job:
+    """CAS `job` (as read, with its ETag) from queued to assigned with a new lease and run.
+    Raises `PreconditionFailed` if anyone changed it since it was read. With budgets on, a job
+    with an estimated cost first reserves it against the product's ceiling."""
+    epoch = job.lease_epoch + 1
+    run_id = f"{job.id}#{epoch}"
+    reserved = _reserve(ctx, job, run_id, now)
+    lease = Lease(
+        lease_id=uuid.uuid4().hex,
+        factory_id=factory_id,
+        epoch=epoch,
+        expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
+    )
+    run = Run(run_id=run_id, factory_id=factory_id, started_at=now)
+    claimed = (
+        job.model_copy(update={"stage": Stage.ASSIGNED, "lease": lease, "lease_epoch": epoch, "updated_at": now})
+        .with_run(run)
+        .with_event(now, "claimed", factory_id, runId=run.run_id, epoch=epoch)
+    )
+    if preempted is not None:
+        claimed = claimed.with_event(now, "preempted", factory_id, victim=preempted.id, preemptor=job.id)
+    try:
+        doc = ctx.store.replace("jobs", claimed.to_doc(), job.etag or "")
+    except (errors.PreconditionFailed, errors.NotFound):
+        if reserved:
+            budgets.change(ctx, job.product_id, lambda b: budgets.release(b, run_id, now), create=False)
+        raise
+    return Job.from_doc(doc)
+
+
+def _reserve(ctx: Context, job: Job, run_id: str, now: datetime) -> bool:
+    if not ctx.settings.budgets or not job.estimated_cost_usd:
+        return False
+    budget = budgets.find(ctx, job.product_id)
+    if budget is None or budget.ceiling_usd is None:
+        return False
+    budgets.change(ctx, job.product_id, lambda b: budgets.reserve(b, run_id, job.estimated_cost_usd, now))
+    return True
+
+
+def _budget_refusal(ctx: Context, product_id: str) -> str | None:
+    if not ctx.settings.budgets:
+        return None
+    return budgets.refusal(budgets.find(ctx, product_id))
+
+
+def _factory_view(ctx: Context, request: ClaimRequest) -> tuple[frozenset[str], int | None]:
+    """The factory's capabilities and seat limit: the claim's, else its last heartbeat's."""
+    needs_doc = request.capabilities is None or (ctx.settings.preemption and request.seat_limit is None)
+    factory = factories.find(ctx, request.factory_id) if needs_doc else None
+    factory = factory or {}
+    offered = request.capabilities if request.capabilities is not None else factory.get("capabilities", [])
+    seat_limit = request.seat_limit if request.seat_limit is not None else factory.get("seatLimit")
+    return frozenset(offered), seat_limit
+
+
+def _running_at_limit(ctx: Context, factory_id: str, seat_limit: int | None, now: datetime) -> list[Job] | None:
+    """The factory's running jobs if preemption is on and it is at its seat limit, else None."""
+    if not ctx.settings.preemption or seat_limit is None:
+        return None
+    running = [j for j in factories.held_leases(ctx, factory_id) if j.lease and j.lease.expires_at > now]
+    return running if len(running) >= seat_limit else None
+
+
+def _critical_only(score):
+    def critical(job: Job):
+        return score(job) if job.priority == Priority.CRITICAL else None
+
+    return critical
+
+
+def _streams(ctx, product_id, now, weights, product_weights, offered, product_doc) -> list[candidates.Stream]:
+    page = ctx.settings.claim_page
+    if scoring.orders_like(weights, product_weights) and not product_doc.get("rekeying"):
+        return [candidates.rank_stream(product_id, now, weights, offered, page)]
+    return candidates.bucket_streams(product_id, now, weights, offered, max(4, page // 4), MAX_ATTEMPTS)

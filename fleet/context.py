@@ -1,0 +1,31 @@
+"""What every use case is given: a store, a clock and the settings. No environment, no I/O
+beyond the store."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleet.clock import Clock, SystemClock
+from fleet.store import Store
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: How long a lease lasts without a renewal (`FLEET_LEASE_SECONDS`).
+    lease_seconds: int = 300
+    #: Seat limits enforced, critical jobs may preempt (`FLEET_PREEMPTION`).
+    preemption: bool = False
+    #: Per-product USD ceilings enforced (`FLEET_BUDGETS`).
+    budgets: bool = False
+    #: A running job younger than this cannot be preempted (`FLEET_PREEMPT_EXEMPT_SECONDS`).
+    preempt_exempt_seconds: int = 0
+    #: Candidates read per page by a claim.
+    claim_page: int = 32
+    #: After the store was unreachable this long, the sweep spares leases for one lease term.
+    outage_grace_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class Context:
+    store: Store
+    clock: Clock = field(default_factory=SystemClock)
+    settings: Settings = field(default_factory=Settings)

@@ -1,0 +1,163 @@
+"""Composite jobs: a parent fans out into children and waits, blocked, until they all ship.
+
+The children's idempotency keys become the parent's deps, so unblocking is the ordinary
+dependency rule (`deps.release_dependents` is the spec's `maybeUnblockParent`). Writes go
+children first, then the parent, so a retried submit converges. Deps may never form a cycle.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fleet import deps, errors, listing, submit, writes
+from fleet.context import Context
+from fleet.jobs import Job, job_id
+from fleet.schemas import ChildSpec, JobSpec
+from fleet.stages import Stage
+
+#: A subtree view stops at this many jobs.
+MAX_NODES = 1000
+
+
+def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
+    """Create the children (in dependency order), then the parent blocked on them."""
+    parent_id = job_id(spec.product_id, spec.idempotency_key)
+    children = _in_dependency_order(spec.idempotency_key, spec.children)
+    submit.check_existing(ctx, spec, parent_id)
+    for child in children:
+        submit.submit(ctx, child_spec(spec, child), parent_id=parent_id)
+    return submit.submit(ctx, spec, children=[job_id(spec.product_id, c.idempotency_key) for c in spec.children])
+
+
+def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dict[str, Any]:
+    """Add children to a queued or blocked parent; a queued parent goes back to blocked."""
+    parent = _read(ctx, parent_id)
+    if parent.stage not in (Stage.QUEUED, Stage.BLOCKED):
+        raise errors.IllegalTransition(f"job {parent.id} is {parent.stage.value}; children can only be added while it waits")
+    ordered = _in_dependency_order(parent.idempotency_key, children)
+    _refuse_cycles(ctx, parent, ordered)
+    template = JobSpec(
+        product_id=parent.product_id,
+        idempotency_key=parent.idempotency_key,
+        priority=parent.priority,
+        repo=parent.repo,
+        base_branch=parent.base_branch,
+    )
+    created = [submit.submit(ctx, child_spec(template, child), parent_id=parent.id).job for child in ordered]
+    keys = [c.idempotency_key for c in children]
+    ids = [job_id(parent.product_id, k) for k in keys]
+
+    def attach(job: Job, now) -> Job:
+        if job.stage not in (Stage.QUEUED, Stage.BLOCKED):
+            raise errors.IllegalTransition(f"job {job.id} is {job.stage.value}; children can only be added while it waits")
+        all_deps = list(dict.fromkeys([*job.deps, *keys]))
+        waiting = deps.waiting_on(ctx, job.product_id, all_deps)
+        update: dict[str, Any] = {"deps": all_deps, "children": list(dict.fromkeys([*job.children, *ids]))}
+        if waiting:
+            update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
+        return job.model_copy(update=update).with_event(now, "children_added", children=keys)
+
+    parent = writes.change(ctx, parent.id, attach)
+    if parent.stage == Stage.BLOCKED:
+        parent = deps.recheck(ctx, parent.product_id, parent.id)
+    return {"parent": parent.to_doc(), "children": [c.to_doc() for c in created]}
+
+
+def view(ctx: Context, id: str) -> dict[str, Any]:
+    """The nested subtree under a job: `{id, stage, …, children: [...]}`."""
+    seen: set[str] = set()
+
+    def node(job: Job) -> dict[str, Any]:
+        seen.add(job.id)
+        kids = []
+        for child_id in job.children:
+            if child_id in seen or len(seen) >= MAX_NODES:
+                continue
+            try:
+                kids.append(node(_read(ctx, child_id)))
+            except errors.NotFound:
+                kids.append({"id": child_id, "stage": None, "children": []})
+        return {
+            "id": job.id,
+            "idempotencyKey": job.idempotency_key,
+            "title": job.title,
+            "kind": job.kind,
+            "priority": job.priority.value,
+            "stage": job.stage.value,
+            "blockedOn": [b.to_doc() for b in job.blocked_on],
+            "children": kids,
+        }
+
+    return node(_read(ctx, id))
+
+
+def child_spec(parent: JobSpec, child: ChildSpec) -> JobSpec:
+    """A child inherits its parent's product, and its priority, repo and base branch unless it
+    names its own."""
+    fields = child.model_dump(exclude_none=True)
+    fields.setdefault("priority", parent.priority)
+    fields.setdefault("repo", parent.repo)
+    fields.setdefault("base_branch", parent.base_branch)
+    return JobSpec(product_id=parent.product_id, kind="task", **fields)
+
+
+def _in_dependency_order(parent_key: str, children: list[ChildSpec]) -> list[ChildSpec]:
+    """Children sorted so that a child comes after the siblings it depends on; refuses a
+    child that names its parent or a duplicate, and cycles among siblings."""
+    by_key: dict[str, ChildSpec] = {}
+    for child in children:
+        if child.idempotency_key == parent_key:
+            raise _cycle([parent_key, parent_key])
+        if child.idempotency_key in by_key:
+            raise errors.ValidationFailed(
+                f"child {child.idempotency_key!r} is listed twice", [{"field": "children", "message": "duplicate key"}]
+            )
+        if parent_key in child.deps:
+            raise _cycle([parent_key, child.idempotency_key, parent_key])
+        by_key[child.idempotency_key] = child
+    ordered: list[ChildSpec] = []
+    state: dict[str, str] = {}
+
+    def visit(key: str, path: list[str]) -> None:
+        if state.get(key) == "done":
+            return
+        if state.get(key) == "visiting":
+            raise _cycle([*path[path.index(key):], key])
+        state[key] = "visiting"
+        for dep in by_key[key].deps:
+            if dep in by_key:
+                visit(dep, [*path, key])
+        state[key] = "done"
+        ordered.append(by_key[key])
+
+    for key in by_key:
+        visit(key, [])
+    return ordered
+
+
+def _refuse_cycles(ctx: Context, parent: Job, children: list[ChildSpec]) -> None:
+    """A new child may not (transitively) depend on its parent: the parent would wait forever."""
+    sibling_keys = {c.idempotency_key for c in children}
+    for child in children:
+        stack = [(dep, [parent.idempotency_key, child.idempotency_key, dep]) for dep in child.deps if dep not in sibling_keys]
+        seen: set[str] = set()
+        while stack:
+            key, path = stack.pop()
+            if key == parent.idempotency_key:
+                raise _cycle(path)
+            if key in seen or len(seen) >= MAX_NODES:
+                continue
+            seen.add(key)
+            try:
+                job = Job.from_doc(ctx.store.read("jobs", parent.product_id, job_id(parent.product_id, key)))
+            except errors.NotFound:
+                continue
+            stack.extend((dep, [*path, dep]) for dep in job.deps)
+
+
+def _cycle(path: list[str]) -> errors.ValidationFailed:
+    shown = " → ".join(path)
+    return errors.ValidationFailed(f"deps would form a cycle: {shown}", [{"field": "deps", "message": f"cycle: {shown}"}])
+
+
+def _read(ctx: Context, id: str) -> Job:
+    return listing.get(ctx, id)

@@ -1,0 +1,61 @@
+"""Dependencies: a job with unfinished deps waits `blocked` until the last one ships.
+
+Deps are idempotency keys of jobs in the same product. The finishing job's write releases its
+dependents (`release_dependents`); a submit re-checks right after writing `blocked`, and the
+sweep re-checks every blocked job, so a crash between two writes never strands one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fleet import errors, queue_state, store, weights as registry
+from fleet import lifecycle
+from fleet.context import Context
+from fleet.jobs import BlockedOn, Job, job_id
+from fleet.stages import FINISHED, Stage
+
+
+def waiting_on(ctx: Context, product_id: str, keys: list[str]) -> list[BlockedOn]:
+    """Each dep in `keys` that is not finished, with its current stage (None: not submitted)."""
+    waiting = []
+    for key in keys:
+        dep_id = job_id(product_id, key)
+        try:
+            stage = Stage(ctx.store.read("jobs", product_id, dep_id)["stage"])
+        except errors.NotFound:
+            stage = None
+        if stage not in FINISHED:
+            waiting.append(BlockedOn(idempotency_key=key, job_id=dep_id, stage=stage))
+    return waiting
+
+
+def recheck(ctx: Context, product_id: str, id: str) -> Job:
+    """Unblock the job if all its deps are finished, else refresh its `blockedOn`."""
+    now = ctx.clock.now()
+    weights = registry.for_product(ctx, product_id)
+
+    def decide(doc: dict[str, Any]) -> dict[str, Any] | None:
+        job = Job.from_doc(doc)
+        if job.stage != Stage.BLOCKED:
+            return None
+        waiting = waiting_on(ctx, product_id, job.deps)
+        if waiting:
+            return None if waiting == job.blocked_on else job.model_copy(update={"blocked_on": waiting}).to_doc()
+        return lifecycle.requeued(job, now, weights).with_event(now, "unblocked").to_doc()
+
+    before = Stage.BLOCKED
+    job = Job.from_doc(store.update(ctx.store, "jobs", product_id, id, decide))
+    if job.stage == Stage.QUEUED and before == Stage.BLOCKED:
+        queue_state.bump(ctx, product_id)
+    return job
+
+
+def release_dependents(ctx: Context, finished: Job) -> None:
+    """Re-check the blocked jobs of the product that name `finished` as a dep."""
+    query = store.Query("jobs", finished.product_id, (store.Filter("stage", "=", Stage.BLOCKED.value),), limit=200)
+    for doc in store.query_all(ctx.store, query):
+        if finished.idempotency_key in doc.get("deps", []):
+            try:
+                recheck(ctx, finished.product_id, doc["id"])
+            except errors.NotFound:
+                continue

@@ -1,0 +1,160 @@
+"""The job document and its parts: lease, run, event.
+
+Values are immutable pydantic models changed by copying (`job.model_copy(update=...)`);
+they are converted to and from store documents only at the edge (`Job.from_doc`, `job.to_doc`).
+Field names are snake_case in Python and camelCase in documents and on the wire.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+from fleet import clock
+from fleet.stages import Priority, RunResult, Stage
+
+PRODUCT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_PRODUCT_RE = re.compile(PRODUCT_ID)
+_HASH_RE = re.compile(r"^[a-z2-7]{20}$")
+#: How many events a job keeps; older ones are only counted (`eventsDropped`).
+EVENT_RING = 50
+#: How many runs a job keeps in full; older ones are only counted (`runsDropped`).
+RUN_RING = 20
+
+Time = Annotated[datetime, PlainSerializer(clock.format, return_type=str)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]):
+        """From a store document (store-owned `_` fields are ignored)."""
+        return cls.model_validate(doc)
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Lease(Model):
+    lease_id: str
+    factory_id: str
+    #: Fencing token: grows with every new lease on the job, never reused.
+    epoch: int
+    expires_at: Time
+
+
+class Run(Model):
+    """One claim of a job by a factory."""
+
+    run_id: str
+    factory_id: str
+    started_at: Time
+    ended_at: Time | None = None
+    result: RunResult | None = None
+    insights: dict[str, Any] = Field(default_factory=dict)
+    pr_url: str | None = None
+    branch: str | None = None
+    artifacts: list[Any] = Field(default_factory=list)
+    #: Whether the run's cost has been added to its product's budget.
+    accrued: bool = False
+
+
+class Event(Model):
+    at: Time
+    type: str
+    actor: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class BlockedOn(Model):
+    idempotency_key: str
+    job_id: str
+    stage: Stage | None  # None: no such job
+
+
+class Job(Model):
+    id: str
+    product_id: str
+    idempotency_key: str
+    kind: str = "task"
+    title: str = ""
+    body_md: str = ""
+    priority: Priority = Priority.NORMAL
+    capabilities: list[str] = Field(default_factory=list)
+    deps: list[str] = Field(default_factory=list)
+    parent_id: str | None = None
+    children: list[str] = Field(default_factory=list)
+    stage: Stage = Stage.QUEUED
+    blocked_on: list[BlockedOn] = Field(default_factory=list)
+    attempts: int = 0
+    max_attempts: int = 3
+    repo: str | None = None
+    base_branch: str | None = None
+    estimated_cost_usd: float | None = None
+    lease: Lease | None = None
+    #: The highest lease epoch ever issued for this job.
+    lease_epoch: int = 0
+    checkpoint: Any = None
+    #: A run ended with a cost (or a reservation) not yet applied to the product's budget.
+    accrual_pending: bool = False
+    review: dict[str, Any] | None = None
+    runs: list[Run] = Field(default_factory=list)
+    runs_dropped: int = 0
+    events: list[Event] = Field(default_factory=list)
+    events_dropped: int = 0
+    rank_key: float = 0.0
+    #: Digest of the normalised submit fields, to tell a retry from a different job.
+    submit_hash: str = ""
+    created_at: Time
+    updated_at: Time
+    etag: str | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "Job":
+        return cls.model_validate({**doc, "etag": doc.get("_etag")})
+
+    @property
+    def latest_run(self) -> Run | None:
+        return self.runs[-1] if self.runs else None
+
+    def with_event(self, at: datetime, type: str, actor: str | None = None, **detail: Any) -> "Job":
+        events = [*self.events, Event(at=at, type=type, actor=actor, detail=detail)]
+        dropped = max(0, len(events) - EVENT_RING)
+        return self.model_copy(update={"events": events[dropped:], "events_dropped": self.events_dropped + dropped})
+
+    def with_run(self, run: Run) -> "Job":
+        runs = [*self.runs, run]
+        dropped = max(0, len(runs) - RUN_RING)
+        return self.model_copy(update={"runs": runs[dropped:], "runs_dropped": self.runs_dropped + dropped})
+
+    def with_latest_run(self, **update: Any) -> "Job":
+        """The job with its latest run changed; unchanged if it has none."""
+        if not self.runs:
+            return self
+        return self.model_copy(update={"runs": [*self.runs[:-1], self.runs[-1].model_copy(update=update)]})
+
+    def holds(self, lease_id: str, now: datetime) -> bool:
+        """Whether `lease_id` is the job's current, unexpired lease."""
+        return self.lease is not None and self.lease.lease_id == lease_id and self.lease.expires_at > now
+
+
+def job_id(product_id: str, idempotency_key: str) -> str:
+    """`{productId}:{h}`: h is the first 20 characters of the lowercase base32 SHA-256 of
+    `productId + "\\n" + idempotencyKey`. The id names its partition, so every job call is a
+    point read, and a retried submit converges on the same id."""
+    digest = hashlib.sha256(f"{product_id}\n{idempotency_key}".encode()).digest()
+    return f"{product_id}:{base64.b32encode(digest).decode().lower()[:20]}"
+
+
+def product_of(id: str) -> str | None:
+    """The product a job id belongs to, or None if `id` is not a well-formed job id."""
+    product, sep, h = id.partition(":")
+    if sep and _PRODUCT_RE.match(product) and _HASH_RE.match(h):
+        return product
+    return None

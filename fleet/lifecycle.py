@@ -1,0 +1,81 @@
+"""Pure stage changes of a job: each takes a job and `now` and returns the changed copy.
+
+Callers write the result with one conditional replace and then `effects.settle` the
+follow-ups on other documents.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fleet import scoring
+from fleet.jobs import Job
+from fleet.stages import FINISHED, TERMINAL, RunResult, Stage
+
+
+def end_run(job: Job, now: datetime, result: RunResult | None, **report: Any) -> Job:
+    """Close the latest run (if open) with `result`, merging what the factory reported.
+    A run already closed keeps its end time; a later outcome (a parked run shipped) sets its result."""
+    run = job.latest_run
+    if run is None:
+        return job
+    update: dict[str, Any] = {"ended_at": run.ended_at or now}
+    if result is not None:
+        update["result"] = result
+    if report.get("insights"):
+        update["insights"] = {**run.insights, **report["insights"]}
+    for name in ("pr_url", "branch"):
+        if report.get(name):
+            update[name] = report[name]
+    if report.get("artifacts"):
+        update["artifacts"] = [*run.artifacts, *report["artifacts"]]
+    job = job.with_latest_run(**update)
+    ended = job.latest_run
+    if not ended.accrued and (ended.insights.get("costUsd") or job.estimated_cost_usd is not None):
+        job = job.model_copy(update={"accrual_pending": True})
+    return job
+
+
+def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | None = None) -> Job:
+    """Back to the queue, lease-free, with a fresh rank key."""
+    attempts = job.attempts if attempts is None else attempts
+    return job.model_copy(
+        update={
+            "stage": Stage.QUEUED,
+            "lease": None,
+            "attempts": attempts,
+            "blocked_on": [],
+            "rank_key": scoring.rank_key(job.priority.order, attempts, job.created_at, weights),
+            "updated_at": now,
+        }
+    )
+
+
+def retried(job: Job, now: datetime, weights: scoring.Weights, result: RunResult) -> Job:
+    """A failed run: one attempt more, back to the queue, or `dead_letter` at `maxAttempts`."""
+    job = end_run(job, now, result)
+    attempts = job.attempts + 1
+    if attempts >= job.max_attempts:
+        return job.model_copy(
+            update={"stage": Stage.DEAD_LETTER, "lease": None, "attempts": attempts, "updated_at": now}
+        ).with_event(now, "dead_lettered", attempts=attempts)
+    return requeued(job, now, weights, attempts).with_event(now, "retry", attempts=attempts, reason=result.value)
+
+
+_RESULT_OF = {
+    Stage.SHIPPED: RunResult.SHIPPED,
+    Stage.DONE: RunResult.DONE,
+    Stage.FAILED: RunResult.FAILED,
+    Stage.CANCELLED: RunResult.CANCELLED,
+    Stage.DEAD_LETTER: RunResult.FAILED,
+}
+
+
+def finished(job: Job, now: datetime, stage: Stage, **report: Any) -> Job:
+    """To a terminal stage: the lease ends and the latest run takes the outcome. A shipped or
+    done job always mirrors it onto its latest run; otherwise a run that already ended keeps
+    how it ended (a retried run stays `retry` when its job is later cancelled)."""
+    assert stage in TERMINAL
+    run = job.latest_run
+    result = None if (run and run.result and stage not in FINISHED) else _RESULT_OF[stage]
+    return end_run(job, now, result, **report).model_copy(update={"stage": stage, "lease": None, "updated_at": now})

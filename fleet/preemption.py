@@ -1,0 +1,67 @@
+"""Preemption: a factory at its seat limit makes room for a critical job by evicting its
+lowest-scoring running job of lower priority. Only with `FLEET_PREEMPTION` on."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleet import effects, errors, lifecycle, scoring, store, weights as registry
+from fleet.context import Context
+from fleet.jobs import Job
+from fleet.stages import Priority, RunResult
+
+
+def select_preemption_victim(
+    running: list[tuple[Job, float]], incoming: Job, now: datetime, exempt_seconds: float = 0
+) -> Job | None:
+    """The running job to evict for `incoming`, or None.
+
+    Only a critical job preempts; never a job of equal or higher priority; never one that has
+    run for less than `exempt_seconds` (so preemption cannot thrash). Among the rest, the
+    lowest score loses; on a tie, the one that started last (it has the least work to lose).
+    """
+    if incoming.priority != Priority.CRITICAL:
+        return None
+    eligible = [
+        (score, job)
+        for job, score in running
+        if job.priority.order < incoming.priority.order
+        and job.latest_run is not None
+        and job.latest_run.started_at + timedelta(seconds=exempt_seconds) <= now
+    ]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda pair: (pair[0], -pair[1].latest_run.started_at.timestamp(), pair[1].id))[1]
+
+
+def scored_running(ctx: Context, running: list[Job], offered: frozenset[str], now: datetime) -> list[tuple[Job, float]]:
+    """Each running job with its score under its own product's weights."""
+    by_product: dict[str, scoring.Weights] = {}
+    scored = []
+    for job in running:
+        weights = by_product.setdefault(job.product_id, registry.for_product(ctx, job.product_id))
+        bonus = scoring.capability_bonus(job.capabilities, offered)
+        scored.append((job, scoring.score(job.priority.order, job.attempts, job.created_at, bonus, now, weights)))
+    return scored
+
+
+def evict(ctx: Context, victim: Job, preemptor: Job) -> Job:
+    """Give the victim's seat up: back to the queue with its checkpoint, attempts unchanged,
+    its lease revoked. Raises `LeaseLost` if the victim's lease changed since it was read."""
+    now = ctx.clock.now()
+    weights = registry.for_product(ctx, victim.product_id)
+    lease_id = victim.lease.lease_id if victim.lease else None
+
+    def decide(doc: dict[str, Any]) -> dict[str, Any]:
+        job = Job.from_doc(doc)
+        if job.lease is None or job.lease.lease_id != lease_id:
+            raise errors.LeaseLost(f"job {job.id} changed hands before it could be preempted")
+        ended = lifecycle.end_run(job, now, RunResult.PREEMPTED)
+        return (
+            lifecycle.requeued(ended, now, weights)
+            .with_event(now, "preempted", victim=job.id, preemptor=preemptor.id, factoryId=job.lease.factory_id)
+            .to_doc()
+        )
+
+    job = Job.from_doc(store.update(ctx.store, "jobs", victim.product_id, victim.id, decide))
+    return effects.settle(ctx, victim.stage, job)

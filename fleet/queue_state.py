@@ -1,0 +1,36 @@
+"""The per-product queue-state version: what an idle factory polls instead of claiming.
+
+One document per product (`id: "queue-state"` in the jobs container). Its `version` is bumped
+by an atomic increment — never a read-modify-write — whenever a job of the product may have
+become claimable, so an unchanged version means a claim would find nothing new.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fleet import clock, errors
+from fleet.context import Context
+
+DOC_ID = "queue-state"
+
+
+def bump(ctx: Context, product_id: str) -> None:
+    """Something in `product_id` may be claimable now."""
+    ctx.store.increment(
+        "jobs",
+        product_id,
+        DOC_ID,
+        "version",
+        1,
+        {"id": DOC_ID, "productId": product_id},
+        stamp={"updatedAt": clock.format(ctx.clock.now())},
+    )
+
+
+def read(ctx: Context, product_id: str) -> dict[str, Any]:
+    """`{productId, version, updatedAt}` in one point read; version 0 for a product never seen."""
+    try:
+        doc = ctx.store.read("jobs", product_id, DOC_ID)
+    except errors.NotFound:
+        return {"productId": product_id, "version": 0, "updatedAt": None}
+    return {"productId": product_id, "version": doc.get("version", 0), "updatedAt": doc.get("updatedAt")}

@@ -1,0 +1,175 @@
+"""Request bodies: what each endpoint accepts. Unknown fields are rejected; sizes are bounded.
+
+These models are also the source of the OpenAPI document (`shared/openapi.py`).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.alias_generators import to_camel
+
+from fleet.jobs import PRODUCT_ID
+from fleet.scoring import WeightsPatch
+from fleet.stages import Priority, Stage
+
+ProductId = Annotated[str, StringConstraints(pattern=PRODUCT_ID)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$")]
+Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")]
+Text = Annotated[str, StringConstraints(max_length=500)]
+#: `owner/name`, or an https/ssh/git clone URL.
+Repo = Annotated[
+    str,
+    StringConstraints(
+        max_length=300,
+        pattern=r"^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://[^\s@]+|git@[A-Za-z0-9_.-]+:[^\s]+|ssh://[^\s]+|file://[^\s]+)$",
+    ),
+]
+
+
+def _git_ref(name: str) -> str:
+    if ".." in name or name.endswith(("/", ".lock", ".")) or "//" in name:
+        raise ValueError("not a valid git branch name")
+    return name
+
+
+Branch = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"),
+    AfterValidator(_git_ref),
+]
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Insights(BaseModel):
+    """What a factory reports about a run: cost and tokens, plus anything else it measures."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    costUsd: Money | None = None
+    tokensIn: Annotated[int, Field(ge=0)] | None = None
+    tokensOut: Annotated[int, Field(ge=0)] | None = None
+
+
+class ChildSpec(Body):
+    idempotency_key: Key
+    title: Text = ""
+    body_md: Annotated[str, StringConstraints(max_length=65536)] = ""
+    priority: Priority | None = None
+    capabilities: Annotated[list[Capability], Field(max_length=32)] = []
+    deps: Annotated[list[Key], Field(max_length=100)] = []
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    repo: Repo | None = None
+    base_branch: Branch | None = None
+    estimated_cost_usd: Money | None = None
+
+
+class JobSpec(ChildSpec):
+    """`POST /fleet/jobs`."""
+
+    product_id: ProductId
+    kind: Literal["task", "composite"] = "task"
+    children: Annotated[list[ChildSpec], Field(max_length=200)] = []
+
+    @field_validator("deps")
+    @classmethod
+    def _unique_deps(cls, deps: list[str]) -> list[str]:
+        return list(dict.fromkeys(deps))
+
+
+class ChildrenSpec(Body):
+    """`POST /fleet/jobs/{id}/children`."""
+
+    children: Annotated[list[ChildSpec], Field(min_length=1, max_length=200)]
+
+
+class ClaimBody(Body):
+    """`POST /fleet/claim` and `POST /fleet/jobs/{id}/claim`."""
+
+    factory_id: Name
+    product_id: ProductId | None = None
+    capabilities: Annotated[list[Capability], Field(max_length=64)] | None = None
+    weights: WeightsPatch | None = None
+    seat_limit: Annotated[int, Field(ge=0, le=10000)] | None = None
+
+
+class PatchBody(Body):
+    """`PATCH /fleet/jobs/{id}`: a lease holder moves its job."""
+
+    lease_id: Name
+    stage: Stage
+    note: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    insights: Insights | None = None
+
+
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Text | None = None
+    url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class ReleaseBody(Body):
+    """`POST /fleet/jobs/{id}/lease/release`."""
+
+    lease_id: Name
+    stage: Stage | None = None
+    result: Literal["shipped", "done", "failed", "retry", "released"] | None = None
+    insights: Insights | None = None
+    pr_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://\S+$")] | None = None
+    branch: Branch | None = None
+    artifacts: Annotated[list[Artifact | str], Field(max_length=100)] = []
+    checkpoint: Any = None
+
+
+class ActionBody(Body):
+    """`POST /fleet/jobs/{id}/actions/{action}`."""
+
+    reason: Text | None = None
+    actor: Name | None = None
+
+
+class RunningLease(Body):
+    job_id: Annotated[str, StringConstraints(max_length=200)]
+    lease_id: Name
+
+
+class HeartbeatBody(Body):
+    """`POST /fleet/factories/{id}/heartbeat`."""
+
+    products: Annotated[list[ProductId], Field(max_length=100)] = []
+    capabilities: Annotated[list[Capability], Field(max_length=64)] = []
+    seat_limit: Annotated[int, Field(ge=0, le=10000)] | None = None
+    running: Annotated[list[RunningLease], Field(max_length=1000)] = []
+
+
+class WeightsBody(WeightsPatch):
+    """`PUT /fleet/weights/{productId}`: the fields to set; the rest keep their values."""
+
+
+class BudgetBody(Body):
+    """`PUT /fleet/budgets/{productId}`."""
+
+    ceiling_usd: Money
+    window: Literal["daily", "weekly", "monthly"] = "monthly"
+
+
+class ReviewRequestBody(Body):
+    """`POST /fleet/jobs/{id}/review/request`."""
+
+    required: Annotated[int, Field(ge=1, le=20)] = 1
+    reviewers: Annotated[list[Name], Field(min_length=1, max_length=50)] | None = None
+    actor: Name | None = None
+
+
+class ReviewBody(Body):
+    """`POST /fleet/jobs/{id}/review`."""
+
+    reviewer: Name
+    decision: Literal["approve", "reject"]
+    comment: Annotated[str, StringConstraints(max_length=4000)] | None = None

@@ -1,0 +1,230 @@
+"""The store port: JSON documents with ETags, in partitioned containers.
+
+Every adapter (`shared.sqlite_store.SqliteStore`, `shared.cosmos_store.CosmosStore`) implements
+the primitives of `Store`; the loops every use case needs (compare-and-swap retry, paging
+through a query) live once here, above the adapters.
+
+Documents are plain dicts with an `id` and the container's partition-key field. A document
+handed back by a store carries its ETag under `_etag`; stores ignore any `_`-prefixed field they
+are given. Every method is atomic on the one document it names: there are no multi-document
+transactions, by design (see DESIGN.md, "the one rule of state").
+"""
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from fleet import errors
+
+#: container -> the document field that is its partition key.
+PARTITION_KEYS: dict[str, str] = {"jobs": "productId", "factories": "id", "budgets": "productId"}
+
+#: Filter operators every adapter supports. `=`/`!=` with `None` test for null (or absence).
+OPERATORS = frozenset({"=", "!=", "<", "<=", ">", ">=", "in"})
+
+
+@dataclass(frozen=True)
+class Filter:
+    """`field op value`; `field` is a dotted path into the document (`lease.factoryId`)."""
+
+    field: str
+    op: str
+    value: Any
+
+    def __post_init__(self) -> None:
+        if self.op not in OPERATORS:
+            raise ValueError(f"unknown operator {self.op!r}")
+
+
+@dataclass(frozen=True)
+class Query:
+    """A filtered, ordered read of one container.
+
+    `partition_key` set: a single-partition query (the cheap kind). `None`: cross-partition,
+    which only listings and sweeps use. `order_by` is `(field, descending)` pairs; adapters
+    add `id` ascending as the last key so that every order is total and paging is stable.
+    """
+
+    container: str
+    partition_key: str | None = None
+    where: tuple[Filter, ...] = ()
+    order_by: tuple[tuple[str, bool], ...] = ()
+    limit: int = 100
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    #: Opaque token for the next page, `None` at the end.
+    continuation: str | None = None
+
+
+class Store(ABC):
+    """Documents with ETags. Each method is atomic on the single document it names."""
+
+    @abstractmethod
+    def read(self, container: str, partition_key: str, id: str) -> dict[str, Any]:
+        """Point-read one document, with its `_etag`. Raises `NotFound`."""
+
+    @abstractmethod
+    def create(self, container: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Atomically create `doc`; raises `Conflict` if its id exists in its partition."""
+
+    @abstractmethod
+    def replace(self, container: str, doc: dict[str, Any], etag: str) -> dict[str, Any]:
+        """Atomically replace `doc` if its stored ETag is still `etag`.
+
+        Raises `PreconditionFailed` on a stale ETag and `NotFound` if the document is gone;
+        in both cases nothing is written.
+        """
+
+    @abstractmethod
+    def upsert(self, container: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Create or unconditionally replace `doc` (last writer wins)."""
+
+    @abstractmethod
+    def delete(self, container: str, partition_key: str, id: str) -> None:
+        """Delete one document. Raises `NotFound`."""
+
+    @abstractmethod
+    def increment(
+        self,
+        container: str,
+        partition_key: str,
+        id: str,
+        field: str,
+        by: float,
+        initial: dict[str, Any],
+        stamp: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Atomically add `by` to the top-level number `field` without a read-modify-write,
+        and set the top-level fields in `stamp` in the same write.
+
+        A missing document is created as `initial` with `field` set to `by` (and `stamp`).
+        Concurrent increments never lose an update. Returns the document after the increment.
+        """
+
+    @abstractmethod
+    def query(self, query: Query, continuation: str | None = None) -> Page:
+        """One page of at most `query.limit` documents in `query.order_by` order."""
+
+    def ping(self) -> None:
+        """Raise `StoreBusy` if the store cannot be reached."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+# Loops shared by every adapter.
+
+
+def update(
+    store: Store,
+    container: str,
+    partition_key: str,
+    id: str,
+    decide: Callable[[dict[str, Any]], dict[str, Any] | None],
+    attempts: int = 10,
+) -> dict[str, Any]:
+    """Read, decide, write back if unchanged; on a lost race re-read and decide again.
+
+    `decide` gets the current document and returns the new one, or `None` for "nothing to
+    change" (the current document is returned as is). It may raise a domain error, which
+    propagates with nothing written. Retries are bounded, with jitter.
+    """
+    for attempt in range(attempts):
+        current = store.read(container, partition_key, id)
+        new = decide(current)
+        if new is None:
+            return current
+        try:
+            return store.replace(container, new, current["_etag"])
+        except errors.PreconditionFailed:
+            backoff(attempt)
+    raise errors.TooManyRetries()
+
+
+def backoff(attempt: int) -> None:
+    """Full jitter, capped: the shared pause between optimistic-concurrency retries."""
+    time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+
+
+def pages(store: Store, query: Query, continuation: str | None = None) -> Iterator[Page]:
+    """Every page of `query`, following continuation tokens."""
+    while True:
+        page = store.query(query, continuation)
+        yield page
+        continuation = page.continuation
+        if not continuation:
+            return
+
+
+def query_all(store: Store, query: Query) -> Iterator[dict[str, Any]]:
+    """Every document `query` matches, page by page."""
+    for page in pages(store, query):
+        yield from page.items
+
+
+def clean(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` without store-owned (`_`-prefixed) fields: what adapters persist."""
+    return {k: v for k, v in doc.items() if not k.startswith("_")}
+
+
+def partition_of(container: str, doc: dict[str, Any]) -> str:
+    try:
+        return doc[PARTITION_KEYS[container]]
+    except KeyError as exc:
+        raise ValueError(f"{container} document lacks partition key {exc}") from None
+
+
+@dataclass
+class CountingStore(Store):
+    """Wraps a store and counts calls per primitive, for benchmarks and for tests that assert
+    how much a use case touched the store (e.g. "a paused budget scans no jobs")."""
+
+    inner: Store
+    calls: Counter = field(default_factory=Counter)
+
+    def read(self, container, partition_key, id):
+        self.calls[f"read:{container}"] += 1
+        return self.inner.read(container, partition_key, id)
+
+    def create(self, container, doc):
+        self.calls[f"create:{container}"] += 1
+        return self.inner.create(container, doc)
+
+    def replace(self, container, doc, etag):
+        self.calls[f"replace:{container}"] += 1
+        return self.inner.replace(container, doc, etag)
+
+    def upsert(self, container, doc):
+        self.calls[f"upsert:{container}"] += 1
+        return self.inner.upsert(container, doc)
+
+    def delete(self, container, partition_key, id):
+        self.calls[f"delete:{container}"] += 1
+        return self.inner.delete(container, partition_key, id)
+
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
+        self.calls[f"increment:{container}"] += 1
+        return self.inner.increment(container, partition_key, id, field, by, initial, stamp)
+
+    def query(self, query, continuation=None):
+        self.calls[f"query:{query.container}"] += 1
+        return self.inner.query(query, continuation)
+
+    def ping(self):
+        return self.inner.ping()
+
+    def close(self):
+        return self.inner.close()
+
+    def total(self, prefix: str = "") -> int:
+        return sum(n for k, n in self.calls.items() if k.startswith(prefix))
+
+    def reset(self) -> None:
+        self.calls.clear()

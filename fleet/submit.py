@@ -1,0 +1,106 @@
+"""Submitting jobs: idempotent creation, with deps."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from fleet import deps, effects, errors, scoring, weights as registry
+from fleet.context import Context
+from fleet.jobs import Job, job_id
+from fleet.schemas import JobSpec
+from fleet.stages import Priority, Stage
+
+
+@dataclass
+class Submitted:
+    job: Job
+    #: False when the idempotency key had been submitted before with the same fields.
+    created: bool
+
+
+def submit_hash(spec: JobSpec, parent_id: str | None = None) -> str:
+    """Digest of the normalised submit fields: equal for a retry of the same submit."""
+    fields = spec.model_dump(mode="json", by_alias=True, exclude={"children"})
+    fields["priority"] = fields["priority"] or Priority.NORMAL.value
+    fields["children"] = sorted(child.idempotency_key for child in spec.children)
+    fields["parentId"] = parent_id
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def submit(
+    ctx: Context, spec: JobSpec, parent_id: str | None = None, children: list[str] | None = None
+) -> Submitted:
+    """Create the job (queued, or blocked while a dep is unfinished). A repeat of the same
+    idempotency key returns the existing job; a repeat with different fields is refused.
+    A composite's children (`dag.submit_composite` creates them first) become its deps."""
+    now = ctx.clock.now()
+    id = job_id(spec.product_id, spec.idempotency_key)
+    digest = submit_hash(spec, parent_id)
+    existing = _existing(ctx, spec.product_id, id, digest)
+    if existing is not None:
+        return Submitted(existing, created=False)
+    if spec.idempotency_key in spec.deps:
+        raise errors.ValidationFailed(
+            "a job cannot depend on itself", [{"field": "deps", "message": "names the job itself"}]
+        )
+    all_deps = list(dict.fromkeys([*spec.deps, *(c.idempotency_key for c in spec.children)]))
+    waiting = deps.waiting_on(ctx, spec.product_id, all_deps)
+    unknown = [d.idempotency_key for d in waiting if d.stage is None]
+    if unknown:
+        raise errors.ValidationFailed(
+            f"deps name jobs that were never submitted: {unknown}", [{"field": "deps", "message": f"unknown: {unknown}"}]
+        )
+    priority = spec.priority or Priority.NORMAL
+    weights = registry.for_product(ctx, spec.product_id)
+    job = Job(
+        id=id,
+        product_id=spec.product_id,
+        idempotency_key=spec.idempotency_key,
+        kind=spec.kind,
+        title=spec.title,
+        body_md=spec.body_md,
+        priority=priority,
+        capabilities=sorted(set(spec.capabilities)),
+        deps=all_deps,
+        parent_id=parent_id,
+        children=children or [],
+        stage=Stage.BLOCKED if waiting else Stage.QUEUED,
+        blocked_on=waiting,
+        max_attempts=spec.max_attempts,
+        repo=spec.repo,
+        base_branch=spec.base_branch,
+        estimated_cost_usd=spec.estimated_cost_usd,
+        rank_key=scoring.rank_key(priority.order, 0, now, weights),
+        submit_hash=digest,
+        created_at=now,
+        updated_at=now,
+    ).with_event(now, "submitted")
+    try:
+        job = Job.from_doc(ctx.store.create("jobs", job.to_doc()))
+    except errors.Conflict:
+        # Lost a race with an identical (or conflicting) submit of the same key.
+        return Submitted(_existing(ctx, spec.product_id, id, digest), created=False)
+    job = effects.settle(ctx, None, job)
+    if job.stage == Stage.BLOCKED:
+        # A dep may have finished between our read and our write.
+        job = deps.recheck(ctx, spec.product_id, id)
+    return Submitted(job, created=True)
+
+
+def check_existing(ctx: Context, spec: JobSpec, id: str, parent_id: str | None = None) -> Job | None:
+    """The job already submitted under this key, None if there is none; `IdempotencyConflict`
+    if it was submitted with different fields."""
+    return _existing(ctx, spec.product_id, id, submit_hash(spec, parent_id))
+
+
+def _existing(ctx: Context, product_id: str, id: str, digest: str) -> Job | None:
+    try:
+        job = Job.from_doc(ctx.store.read("jobs", product_id, id))
+    except errors.NotFound:
+        return None
+    if job.submit_hash != digest:
+        raise errors.IdempotencyConflict(
+            f"idempotency key {job.idempotency_key!r} was already submitted with different fields", jobId=job.id
+        )
+    return job

@@ -1,0 +1,75 @@
+"""The sweeps a timer runs: what keeps the fleet live when factories or processes die.
+
+Correctness never depends on them running on time — a write naming an expired lease is fenced
+anyway — but liveness does: expired work goes back to the queue only here. Every change is a
+conditional write that re-decides on the current document, so a job finished after the sweep
+read it is never clobbered.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fleet import budgets, clock, deps, effects, errors, lifecycle, spend, store, weights as registry
+from fleet.context import Context
+from fleet.jobs import Job
+from fleet.stages import RunResult, Stage
+
+
+def expired_leases(ctx: Context) -> dict[str, int]:
+    """Every job whose lease has expired: back to the queue with an attempt more, or
+    `dead_letter` at `maxAttempts`."""
+    now = ctx.clock.now()
+    query = store.Query("jobs", None, (store.Filter("lease.expiresAt", "<", clock.format(now)),), limit=200)
+    counts = {"expired": 0, "deadLettered": 0}
+    for doc in list(store.query_all(ctx.store, query)):
+        weights = registry.for_product(ctx, doc["productId"])
+
+        def decide(current: dict[str, Any]) -> dict[str, Any] | None:
+            job = Job.from_doc(current)
+            if job.lease is None or job.lease.expires_at > now:
+                return None  # renewed or finished since we read it
+            factory = job.lease.factory_id
+            return (
+                lifecycle.retried(job, now, weights, RunResult.EXPIRED)
+                .with_event(now, "lease_expired", factory)
+                .to_doc()
+            )
+
+        try:
+            before = Stage(doc["stage"])
+            job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
+        except errors.NotFound:
+            continue
+        if job.stage != before and job.lease is None:
+            counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1
+            effects.settle(ctx, before, job)
+    return counts
+
+
+def blocked_jobs(ctx: Context) -> int:
+    """Re-check every blocked job: repairs an unblock a crash interrupted."""
+    query = store.Query("jobs", None, (store.Filter("stage", "=", Stage.BLOCKED.value),), limit=200)
+    released = 0
+    for doc in list(store.query_all(ctx.store, query)):
+        try:
+            if deps.recheck(ctx, doc["productId"], doc["id"]).stage != Stage.BLOCKED:
+                released += 1
+        except errors.NotFound:
+            continue
+    return released
+
+
+def rekeys(ctx: Context) -> int:
+    """Finish any weight change whose re-keying a process did not complete."""
+    query = store.Query("jobs", None, (store.Filter("rekeying", "=", True),), limit=100)
+    return sum(registry.rekey(ctx, doc["productId"]) for doc in list(store.query_all(ctx.store, query)))
+
+
+def run(ctx: Context) -> dict[str, int]:
+    """Everything the `sweep_expired_leases` timer does, in order."""
+    counts = expired_leases(ctx)
+    counts["unblocked"] = blocked_jobs(ctx)
+    counts["rekeyed"] = rekeys(ctx)
+    counts["accrued"] = spend.replay_pending(ctx)
+    counts["reservationsDropped"] = budgets.drop_stale_reservations(ctx) if ctx.settings.budgets else 0
+    return counts

@@ -1,0 +1,76 @@
+"""Settings from the environment, and the one `Context` a process serves requests with.
+
+The domain never reads the environment: this module does, once, and hands it a `Context`.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Mapping
+
+from fleet.clock import SystemClock
+from fleet.context import Context, Settings
+from fleet.store import Store
+
+TRUTHY = frozenset({"1", "true", "yes"})
+
+_lock = threading.Lock()
+_context: Context | None = None
+
+
+def truthy(value: str | None) -> bool:
+    """`1`, `true`, `yes` in any case (the spec's feature-flag rule)."""
+    return (value or "").strip().lower() in TRUTHY
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    return Settings(
+        lease_seconds=_int(env, "FLEET_LEASE_SECONDS", 300, minimum=1),
+        preemption=truthy(env.get("FLEET_PREEMPTION")),
+        budgets=truthy(env.get("FLEET_BUDGETS")),
+        preempt_exempt_seconds=_int(env, "FLEET_PREEMPT_EXEMPT_SECONDS", 0, minimum=0),
+    )
+
+
+def store_from(env: Mapping[str, str]) -> Store:
+    kind = env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite"
+    if kind == "sqlite":
+        from shared.sqlite_store import SqliteStore
+
+        return SqliteStore(env.get("FLEET_DB") or ".fleet/fleet.db")
+    if kind == "cosmos":
+        from shared.cosmos_store import CosmosStore
+
+        return CosmosStore.from_env(env)
+    raise ValueError(f"FLEET_STORE must be sqlite or cosmos, not {kind!r}")
+
+
+def context() -> Context:
+    """The process's context, built from the environment on first use."""
+    global _context
+    with _lock:
+        if _context is None:
+            _context = Context(store=store_from(os.environ), clock=SystemClock(), settings=settings_from(os.environ))
+        return _context
+
+
+def use(ctx: Context | None) -> None:
+    """Serve with `ctx` from now on (tests), or rebuild from the environment next time (None)."""
+    global _context
+    with _lock:
+        if _context is not None and _context is not ctx:
+            _context.store.close()
+        _context = ctx
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}")
+    return value

@@ -1,0 +1,182 @@
+"""HTTP glue for the triggers: parse a body into a request model, answer JSON, and map every
+domain error to an RFC 9457 problem document in one table.
+
+A trigger reads like a line of the API table:
+
+    @app.route(route="fleet/jobs/{id}", methods=["GET"])
+    @http.endpoint
+    def get_job(req):
+        return http.ok(listing.get(ctx(), req.route_params["id"]).to_doc())
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+from enum import Enum
+from typing import Any, Callable, TypeVar
+
+import azure.functions as func
+import pydantic
+
+from fleet import errors
+
+log = logging.getLogger("fleet.http")
+
+#: Largest request body accepted (a job body is at most 64 KiB of Markdown plus its fields).
+MAX_BODY = 256 * 1024
+PROBLEM = "application/problem+json"
+
+#: Domain error → HTTP status. Anything not here is a 500.
+STATUS: dict[type[errors.FleetError], int] = {
+    errors.ValidationFailed: 400,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.FeatureDisabled: 404,
+    errors.LeaseLost: 409,
+    errors.IllegalTransition: 409,
+    errors.IdempotencyConflict: 409,
+    errors.NotClaimable: 409,
+    errors.Conflict: 409,
+    errors.PreconditionFailed: 409,
+    errors.StoreBusy: 503,
+    errors.TooManyRetries: 503,
+}
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class PayloadTooLarge(errors.FleetError):
+    """The request body is larger than this endpoint accepts."""
+
+    code = "payload_too_large"
+
+
+STATUS[PayloadTooLarge] = 413
+
+
+def body(req: func.HttpRequest, model: type[M], *, optional: bool = False) -> M:
+    """The request's JSON body as `model`; `ValidationFailed` naming what is wrong otherwise.
+    With `optional`, an empty body is read as `{}`."""
+    raw = req.get_body() or b""
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge(f"request body is {len(raw)} bytes; at most {MAX_BODY} are accepted")
+    if not raw.strip():
+        if optional:
+            raw = b"{}"
+        else:
+            raise errors.ValidationFailed("a JSON object body is required", [{"field": "", "message": "missing body"}])
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.ValidationFailed(f"body is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}])
+    if not isinstance(data, dict):
+        raise errors.ValidationFailed("body must be a JSON object", [{"field": "", "message": "not an object"}])
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise validation_failed(exc) from None
+
+
+def validation_failed(exc: pydantic.ValidationError) -> errors.ValidationFailed:
+    fields = [
+        {"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    names = ", ".join(sorted({f["field"] or "(body)" for f in fields}))
+    return errors.ValidationFailed(f"invalid fields: {names}", fields)
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def param(req: func.HttpRequest, name: str, kind: type[E] | type[int] | type[str], default: Any = None, *,
+          minimum: int | None = None, maximum: int | None = None) -> Any:
+    """A query-string parameter, converted and bounded, or `ValidationFailed` naming it."""
+    raw = req.params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        allowed = f" (one of {', '.join(m.value for m in kind)})" if isinstance(kind, type) and issubclass(kind, Enum) else ""
+        raise errors.ValidationFailed(
+            f"query parameter {name}={raw!r} is not valid{allowed}", [{"field": name, "message": "invalid value"}]
+        ) from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise errors.ValidationFailed(
+            f"query parameter {name} must be between {minimum} and {maximum}", [{"field": name, "message": "out of range"}]
+        )
+    return value
+
+
+def route_enum(req: func.HttpRequest, name: str, kind: type[E]) -> E:
+    raw = req.route_params.get(name, "")
+    try:
+        return kind(raw)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise errors.ValidationFailed(
+            f"unknown {name} {raw!r}; one of {allowed}", [{"field": name, "message": "unknown value"}]
+        ) from None
+
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+
+
+def route_name(req: func.HttpRequest, name: str) -> str:
+    """A route parameter that names a factory or similar: bounded, printable, no spaces."""
+    raw = req.route_params.get(name, "")
+    if not NAME.match(raw):
+        raise errors.ValidationFailed(f"{name} {raw[:80]!r} is not a valid name", [{"field": name, "message": "invalid"}])
+    return raw
+
+
+def ok(payload: Any, status: int = 200) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(payload, separators=(",", ":"), allow_nan=False), status_code=status, mimetype="application/json"
+    )
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> func.HttpResponse:
+    title = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large",
+             500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    doc = {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail, **extra}
+    headers = {}
+    if "retryAfter" in extra:
+        headers["Retry-After"] = str(max(1, math.ceil(extra["retryAfter"])))
+    return func.HttpResponse(json.dumps(doc), status_code=status, mimetype=PROBLEM, headers=headers)
+
+
+def from_error(exc: errors.FleetError) -> func.HttpResponse:
+    status = next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 500)
+    extra: dict[str, Any] = dict(exc.extra)
+    if isinstance(exc, errors.ValidationFailed):
+        extra["errors"] = exc.errors
+    if isinstance(exc, errors.StoreBusy):
+        extra["retryAfter"] = exc.retry_after
+    elif isinstance(exc, errors.TooManyRetries):
+        extra["retryAfter"] = 1
+    return problem(status, exc.code, exc.detail, **extra)
+
+
+def endpoint(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+    """Wrap a trigger: domain errors become problem documents, anything else a logged 500."""
+
+    @functools.wraps(handler)
+    def wrapped(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return handler(req)
+        except errors.FleetError as exc:
+            return from_error(exc)
+        except Exception:
+            log.exception("unhandled error in %s", handler.__name__)
+            return problem(500, "internal_error", "the coordinator failed to handle this request; see its logs")
+
+    return wrapped
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
