@@ -84,12 +84,12 @@ def _release_target(body: ReleaseBody) -> Stage | str | None:
         if body.stage not in TERMINAL | {Stage.TESTING} or body.stage in (Stage.DEAD_LETTER, Stage.CANCELLED):
             raise errors.ValidationFailed(
                 f"a release may name stage shipped, done, failed or testing, not {body.stage.value}",
-                [{"loc": ["stage"], "msg": "not a stage a release can end in"}],
+                [{"field": "stage", "message": "not a stage a release can end in"}],
             )
         if body.result and from_result != body.stage:
             raise errors.ValidationFailed(
                 f"stage {body.stage.value} and result {body.result} disagree",
-                [{"loc": ["result"], "msg": "disagrees with stage"}],
+                [{"field": "result", "message": "disagrees with stage"}],
             )
         return body.stage
     return from_result

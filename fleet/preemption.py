@@ -57,8 +57,11 @@ def evict(ctx: Context, victim: Job, preemptor: Job) -> Job:
         if job.lease is None or job.lease.lease_id != lease_id:
             raise errors.LeaseLost(f"job {job.id} changed hands before it could be preempted")
         ended = lifecycle.end_run(job, now, RunResult.PREEMPTED)
+        # Released "with checkpoint": the factory's last one, or `true` (resume where it was).
+        checkpoint = job.checkpoint if job.checkpoint is not None else True
         return (
             lifecycle.requeued(ended, now, weights)
+            .model_copy(update={"checkpoint": checkpoint})
             .with_event(now, "preempted", victim=job.id, preemptor=preemptor.id, factoryId=job.lease.factory_id)
             .to_doc()
         )

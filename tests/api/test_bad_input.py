@@ -1,0 +1,170 @@
+"""Every endpoint, tried with malformed, missing, oversized and hostile input: each gets a
+problem+json naming what is wrong, and nothing is written."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+JOB = "p:aaaaaaaaaaaaaaaaaaaa"
+
+#: (method, path) of every endpoint that takes a JSON body.
+BODY_ENDPOINTS = [
+    ("POST", "/fleet/jobs"),
+    ("PATCH", f"/fleet/jobs/{JOB}"),
+    ("POST", f"/fleet/jobs/{JOB}/lease/release"),
+    ("POST", f"/fleet/jobs/{JOB}/actions/ship"),
+    ("POST", "/fleet/claim"),
+    ("POST", f"/fleet/jobs/{JOB}/claim"),
+    ("POST", f"/fleet/jobs/{JOB}/children"),
+    ("POST", f"/fleet/jobs/{JOB}/review/request"),
+    ("POST", f"/fleet/jobs/{JOB}/review"),
+    ("POST", "/fleet/factories/f1/heartbeat"),
+    ("PUT", "/fleet/weights/p"),
+]
+
+MALFORMED = [
+    pytest.param(b"{", id="truncated"),
+    pytest.param(b"[1, 2]", id="array"),
+    pytest.param(b'"text"', id="string"),
+    pytest.param(b"\xff\xfe", id="not-utf8"),
+    pytest.param(b'{"a": NaN}', id="nan"),
+]
+
+
+def _snapshot(api) -> tuple:
+    jobs = api.get("/fleet/jobs?limit=500").json["items"]
+    return (json.dumps(jobs, sort_keys=True), api.version())
+
+
+@pytest.fixture
+def seeded(api):
+    api.submit("seed")
+    return api
+
+
+@pytest.mark.parametrize("method,path", BODY_ENDPOINTS)
+@pytest.mark.parametrize("raw", MALFORMED)
+def test_malformed_json_is_a_400_problem(seeded, method, path, raw):
+    before = _snapshot(seeded)
+    response = seeded.client.open(path, method=method, data=raw, content_type="application/json")
+    assert response.status_code == 400, response.data
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json["code"] == "validation_error" and response.json["detail"]
+    assert _snapshot(seeded) == before
+
+
+@pytest.mark.parametrize("method,path", BODY_ENDPOINTS)
+def test_unknown_fields_are_named(seeded, method, path):
+    before = _snapshot(seeded)
+    response = seeded.call(method, path, {"surprise": 1, "leaseId": "x", "factoryId": "f", "reviewer": "r"})
+    assert response.status_code in (400, 404), response.json
+    if response.status_code == 400:
+        assert "surprise" in {e["field"] for e in response.json["errors"]}
+    assert _snapshot(seeded) == before
+
+
+@pytest.mark.parametrize("method,path", BODY_ENDPOINTS)
+def test_oversized_bodies_are_413(seeded, method, path):
+    before = _snapshot(seeded)
+    blob = json.dumps({"bodyMd": "x" * (300 * 1024)}).encode()
+    response = seeded.client.open(path, method=method, data=blob, content_type="application/json")
+    assert response.status_code == 413 and response.json["code"] == "payload_too_large"
+    assert _snapshot(seeded) == before
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"idempotencyKey": "k"}, "productId"),
+        ({"productId": "p"}, "idempotencyKey"),
+        ({"productId": "../etc", "idempotencyKey": "k"}, "productId"),
+        ({"productId": "p" * 65, "idempotencyKey": "k"}, "productId"),
+        ({"productId": "p", "idempotencyKey": ""}, "idempotencyKey"),
+        ({"productId": "p", "idempotencyKey": "k\x00"}, "idempotencyKey"),
+        ({"productId": "p", "idempotencyKey": "k" * 201}, "idempotencyKey"),
+        ({"productId": "p", "idempotencyKey": "k", "priority": "urgent"}, "priority"),
+        ({"productId": "p", "idempotencyKey": "k", "maxAttempts": 0}, "maxAttempts"),
+        ({"productId": "p", "idempotencyKey": "k", "maxAttempts": 11}, "maxAttempts"),
+        ({"productId": "p", "idempotencyKey": "k", "capabilities": ["a b"]}, "capabilities.0"),
+        ({"productId": "p", "idempotencyKey": "k", "capabilities": "gpu"}, "capabilities"),
+        ({"productId": "p", "idempotencyKey": "k", "repo": "not a repo"}, "repo"),
+        ({"productId": "p", "idempotencyKey": "k", "repo": "https://x/y", "baseBranch": "../../etc"}, "baseBranch"),
+        ({"productId": "p", "idempotencyKey": "k", "kind": "epic"}, "kind"),
+        ({"productId": "p", "idempotencyKey": "k", "estimatedCostUsd": -1}, "estimatedCostUsd"),
+        ({"productId": "p", "idempotencyKey": "k", "title": 5}, "title"),
+        ({"productId": "p", "idempotencyKey": "k", "deps": ["k2"] * 101}, "deps"),
+    ],
+)
+def test_submit_validation_names_the_field(api, body, field):
+    response = api.post("/fleet/jobs", body)
+    assert response.status_code == 400
+    assert field in {e["field"] for e in response.json["errors"]}, response.json
+    assert api.get("/fleet/jobs").json["items"] == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/fleet/jobs/nope",
+        "/fleet/jobs/p:short",
+        "/fleet/jobs/p:AAAAAAAAAAAAAAAAAAAA",
+        f"/fleet/jobs/{JOB}",
+        "/fleet/jobs/%2e%2e%2fetc",
+        "/fleet/jobs/p:aaaaaaaaaaaaaaaaaaaa/dag",
+        "/fleet/nowhere",
+    ],
+)
+def test_unknown_jobs_and_routes_are_404(api, path):
+    response = api.get(path)
+    assert response.status_code == 404 and response.json["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("stage=flying", "stage"),
+        ("limit=0", "limit"),
+        ("limit=100000", "limit"),
+        ("limit=abc", "limit"),
+        ("offset=-1", "offset"),
+        ("productId=..", "productId"),
+    ],
+)
+def test_list_query_validation(api, query, field):
+    response = api.get(f"/fleet/jobs?{query}")
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == field
+
+
+def test_queue_state_needs_a_product(api):
+    assert api.get("/fleet/queue-state").json["code"] == "validation_error"
+    assert api.get("/fleet/queue-state?productId=a%20b").status_code == 400
+
+
+def test_wrong_method_is_405(api):
+    response = api.call("DELETE", "/fleet/jobs")
+    assert response.status_code == 405 and response.json["code"] == "method_not_allowed"
+
+
+def test_hostile_factory_ids_in_routes(api):
+    response = api.post("/fleet/factories/%20%00/heartbeat", {})
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "id"
+
+
+def test_release_stage_and_result_must_agree(api):
+    job = api.submit("k1")
+    lease = api.claim()["lease"]
+    response = api.post(
+        f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "stage": "shipped", "result": "retry"}
+    )
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "result"
+    assert api.job(job["id"])["stage"] == "assigned"
+    bad = api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "stage": "building"})
+    assert bad.status_code == 400
+
+
+def test_hostile_text_is_stored_verbatim_not_interpreted(api):
+    nasty = "'; DROP TABLE docs; -- <script>alert(1)</script> \u202e ${jndi:x}"
+    job = api.submit("k1", title=nasty[:200], bodyMd=nasty)
+    assert api.job(job["id"])["bodyMd"] == nasty
+    assert len(api.get("/fleet/jobs").json["items"]) == 1

@@ -1,0 +1,115 @@
+"""Phase 3 over HTTP against `fleet serve` with the flags on, and Phase 2 behaviour with them off."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.e2e.conftest import Http
+from tests.support.server import running_server
+
+pytestmark = pytest.mark.e2e
+
+FLAGS_ON = {"FLEET_PREEMPTION": "true", "FLEET_BUDGETS": "1"}
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    with running_server(env=FLAGS_ON, db=str(tmp_path / "fleet.db")) as server:
+        client = Http(server.url)
+        yield client
+        client.close()
+
+
+def _ship(http: Http, claimed: dict, cost: float = 0.0) -> dict:
+    return http.post(
+        f"/fleet/jobs/{claimed['job']['id']}/lease/release",
+        {"leaseId": claimed["lease"]["leaseId"], "stage": "shipped", "insights": {"costUsd": cost}},
+    ).json()
+
+
+def test_health_reports_the_flags(fleet):
+    assert fleet.get("/fleet/health").json()["flags"] == {"preemption": True, "budgets": True}
+
+
+def test_dag_fans_out_and_unblocks_the_parent(fleet):
+    parent = fleet.post("/fleet/jobs", {
+        "productId": "p", "idempotencyKey": "epic", "kind": "composite",
+        "children": [{"idempotencyKey": f"c{n}", "bodyMd": "..."} for n in range(4)],
+    }).json()
+    assert parent["stage"] == "blocked"
+
+    done: list[str] = []
+
+    def worker(name: str) -> None:
+        client = Http(fleet.url)
+        while True:
+            claimed = client.post("/fleet/claim", {"factoryId": name, "productId": "p"}).json()
+            if claimed["job"] is None or claimed["job"]["kind"] == "composite":
+                if claimed["job"]:
+                    done.append(claimed["job"]["id"])
+                break
+            _ship(client, claimed)
+            done.append(claimed["job"]["id"])
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(f"f{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    dag = fleet.get(f"/fleet/jobs/{parent['id']}/dag").json()
+    assert {c["stage"] for c in dag["children"]} == {"shipped"}
+    assert dag["stage"] in ("queued", "assigned")
+
+
+def test_preemption_budget_and_review_together(fleet):
+    fleet.put = lambda path, body: fleet.call("PUT", path, body)
+    assert fleet.put("/fleet/budgets/p", {"ceilingUsd": 3, "window": "monthly"}).status_code == 200
+    fleet.post("/fleet/factories/f1/heartbeat", {"products": ["p"], "seatLimit": 1})
+    fleet.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "routine", "priority": "low"})
+    routine = fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()
+
+    fleet.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "hotfix", "priority": "critical"})
+    hot = fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()
+    assert hot["job"]["idempotencyKey"] == "hotfix" and hot["preempted"] == [routine["job"]["id"]]
+    beat = fleet.post("/fleet/factories/f1/heartbeat", {"seatLimit": 1, "running": [
+        {"jobId": routine["job"]["id"], "leaseId": routine["lease"]["leaseId"]},
+        {"jobId": hot["job"]["id"], "leaseId": hot["lease"]["leaseId"]},
+    ]}).json()
+    assert [entry["status"] for entry in beat["leases"]] == ["revoked", "renewed"]
+
+    # The hotfix parks at testing for review, costing 2 USD; two reviewers ship it.
+    fleet.post(f"/fleet/jobs/{hot['job']['id']}/lease/release",
+               {"leaseId": hot["lease"]["leaseId"], "stage": "testing", "insights": {"costUsd": 2}})
+    fleet.post(f"/fleet/jobs/{hot['job']['id']}/review/request", {"required": 2})
+    fleet.post(f"/fleet/jobs/{hot['job']['id']}/review", {"reviewer": "ann", "decision": "approve"})
+    shipped = fleet.post(f"/fleet/jobs/{hot['job']['id']}/review", {"reviewer": "bob", "decision": "approve"}).json()
+    assert shipped["stage"] == "shipped"
+    assert fleet.get("/fleet/budgets/p").json()["spentUsd"] == 2
+
+    again = fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()
+    assert again["job"]["idempotencyKey"] == "routine" and again["job"]["checkpoint"] is True
+    _ship(fleet, again, cost=1.5)
+    budget = fleet.get("/fleet/budgets/p").json()
+    assert budget["spentUsd"] == 3.5 and budget["paused"] and budget["pausedBy"] == "ceiling"
+    fleet.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "later"})
+    assert fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json() == {"job": None, "reason": "budget_paused"}
+
+
+def test_flags_off_keeps_phase_two_behaviour(tmp_path):
+    with running_server(env={"FLEET_PREEMPTION": "", "FLEET_BUDGETS": "0"}, db=str(tmp_path / "off.db")) as server:
+        http = Http(server.url)
+        assert http.get("/fleet/budgets/p").json()["code"] == "feature_disabled"
+        http.post("/fleet/factories/f1/heartbeat", {"seatLimit": 1})
+        http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "a", "priority": "low"})
+        http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "b", "priority": "critical"})
+        first = http.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()
+        second = http.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()
+        assert first["job"]["idempotencyKey"] == "b" and second["job"]["idempotencyKey"] == "a"
+        assert "preempted" not in second
+        _ship(http, first, cost=100)
+        assert http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "c"}).status_code == 201
+        assert http.post("/fleet/claim", {"factoryId": "f2", "productId": "p"}).json()["job"] is not None
+        http.close()
