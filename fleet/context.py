@@ -20,8 +20,9 @@ class Settings:
     preempt_exempt_seconds: int = 0
     #: Candidates read per page by a claim.
     claim_page: int = 32
-    #: After the store was unreachable this long, the sweep spares leases for one lease term.
-    outage_grace_seconds: int = 60
+    #: A sweep that finds the last sweep older than this (an outage: factories could not renew
+    #: either) spares the leases that expired in the gap for one more lease term.
+    outage_grace_seconds: int = 180
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ read it is never clobbered.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fleet import budgets, clock, deps, effects, errors, lifecycle, spend, store, weights as registry
@@ -15,19 +16,35 @@ from fleet.jobs import Job
 from fleet.stages import RunResult, Stage
 
 
+#: Where the sweep remembers when it last ran: a reserved partition no product can have.
+STATE_PARTITION = "_fleet"
+STATE_ID = "sweep-state"
+
+
 def expired_leases(ctx: Context) -> dict[str, int]:
     """Every job whose lease has expired: back to the queue with an attempt more, or
-    `dead_letter` at `maxAttempts`."""
+    `dead_letter` at `maxAttempts`.
+
+    Outage grace: if the sweep has not run for longer than `outage_grace_seconds` (the store or
+    the coordinator was down, so factories could not renew either), a lease that expired during
+    that gap is extended by one lease term instead of expired, so an outage never causes a
+    mass expiry. Leases that expired before the gap began are expired as usual.
+    """
     now = ctx.clock.now()
+    gap_began = _outage_began(ctx, now)
     query = store.Query("jobs", None, (store.Filter("lease.expiresAt", "<", clock.format(now)),), limit=200)
-    counts = {"expired": 0, "deadLettered": 0}
+    counts = {"expired": 0, "deadLettered": 0, "spared": 0}
     for doc in list(store.query_all(ctx.store, query)):
         weights = registry.for_product(ctx, doc["productId"])
+        spare = gap_began is not None and clock.parse(doc["lease"]["expiresAt"]) >= gap_began
 
         def decide(current: dict[str, Any]) -> dict[str, Any] | None:
             job = Job.from_doc(current)
             if job.lease is None or job.lease.expires_at > now:
                 return None  # renewed or finished since we read it
+            if spare:
+                lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
+                return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage").to_doc()
             factory = job.lease.factory_id
             return (
                 lifecycle.retried(job, now, weights, RunResult.EXPIRED)
@@ -40,10 +57,26 @@ def expired_leases(ctx: Context) -> dict[str, int]:
             job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
         except errors.NotFound:
             continue
-        if job.stage != before and job.lease is None:
+        if job.lease is not None and spare:
+            counts["spared"] += 1
+        elif job.stage != before and job.lease is None:
             counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1
             effects.settle(ctx, before, job)
+    _record_run(ctx, now)
     return counts
+
+
+def _outage_began(ctx: Context, now) -> Any:
+    """When the gap began if the last sweep is older than the grace threshold, else None."""
+    try:
+        last = clock.parse(ctx.store.read("jobs", STATE_PARTITION, STATE_ID)["lastSweepAt"])
+    except errors.NotFound:
+        return None
+    return last if (now - last).total_seconds() > ctx.settings.outage_grace_seconds else None
+
+
+def _record_run(ctx: Context, now) -> None:
+    ctx.store.upsert("jobs", {"id": STATE_ID, "productId": STATE_PARTITION, "lastSweepAt": clock.format(now)})
 
 
 def blocked_jobs(ctx: Context) -> int:

@@ -51,6 +51,16 @@ class Api:
     def job(self, id: str) -> dict:
         return self.get(f"/fleet/jobs/{id}").json
 
+    def sweep(self) -> None:
+        assert self.post("/admin/functions/sweep_expired_leases", {"input": ""}).status_code == 202
+
+    def run_timers_for(self, seconds: float, step: float = 60) -> None:
+        """Advance the clock `seconds`, running the sweep every `step` as its timer would."""
+        while seconds > 0:
+            self.clock.advance(min(step, seconds))
+            seconds -= step
+            self.sweep()
+
     def version(self, product: str = "p") -> int:
         return self.get(f"/fleet/queue-state?productId={product}").json["version"]
 

@@ -255,15 +255,35 @@ def test_listing_filters_and_pages(api):
 def test_lease_expiry_through_the_sweep(api):
     job = api.submit("k1", maxAttempts=2)
     api.claim()
-    api.clock.advance(301)
-    assert api.post("/admin/functions/sweep_expired_leases", {"input": ""}).status_code == 202
+    api.run_timers_for(301)
     swept = api.job(job["id"])
     assert swept["stage"] == "queued" and swept["attempts"] == 1 and swept["runs"][-1]["result"] == "expired"
 
     api.claim()
-    api.clock.advance(301)
-    api.post("/admin/functions/sweep_expired_leases", {"input": ""})
+    api.run_timers_for(301)
     assert api.job(job["id"])["stage"] == "dead_letter"
+
+
+def test_an_outage_does_not_cause_mass_expiry(api):
+    """Given a sweep that last ran before a 10-minute outage, the leases that expired during
+    the outage get one more lease term instead of expiring; the factory can renew them."""
+    for n in range(3):
+        api.submit(f"k{n}")
+    claimed = [api.claim(f"f{n}") for n in range(3)]
+    jobs, leases = [c["job"] for c in claimed], [c["lease"] for c in claimed]
+    api.sweep()
+    api.clock.advance(minutes=10)  # nobody could renew: the store was down
+    api.sweep()
+    for job, lease in zip(jobs, leases):
+        body = api.job(job["id"])
+        assert body["stage"] == "assigned" and body["attempts"] == 0
+        assert body["lease"]["expiresAt"] == "2026-03-02T10:15:00.000Z"  # 10:10 + 300 s
+        assert body["events"][-1]["type"] == "lease_spared"
+    beat = api.post("/fleet/factories/f0/heartbeat", {"running": [{"jobId": jobs[0]["id"], "leaseId": leases[0]["leaseId"]}]})
+    assert beat.json["leases"][0]["status"] == "renewed"
+
+    api.run_timers_for(301)  # the timer is back on schedule: unrenewed leases now expire
+    assert [api.job(j["id"])["stage"] for j in jobs] == ["queued", "queued", "queued"]
 
 
 def test_health_and_openapi(api):

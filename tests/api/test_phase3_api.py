@@ -176,7 +176,7 @@ def test_shipping_twice_accrues_once(phase3):
              {"leaseId": claimed["lease"]["leaseId"], "stage": "testing", "insights": {"costUsd": 2}})
     api.post(f"/fleet/jobs/{job['id']}/actions/ship")
     api.post(f"/fleet/jobs/{job['id']}/actions/ship")
-    api.post("/admin/functions/sweep_expired_leases", {"input": ""})
+    api.sweep()
     assert api.get("/fleet/budgets/p").json["spentUsd"] == 2.0
     assert api.job(job["id"])["runs"][-1]["accrued"] is True
 
