@@ -22,6 +22,7 @@ import azure.functions as func
 import pydantic
 
 from fleet import errors
+from shared import charge
 
 log = logging.getLogger("fleet.http")
 
@@ -167,13 +168,21 @@ def endpoint(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callab
 
     @functools.wraps(handler)
     def wrapped(req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return handler(req)
-        except errors.FleetError as exc:
-            return from_error(exc)
-        except Exception:
-            log.exception("unhandled error in %s", handler.__name__)
-            return problem(500, "internal_error", "the coordinator failed to handle this request; see its logs")
+        with charge.metered() as meter:
+            try:
+                response = handler(req)
+            except errors.FleetError as exc:
+                response = from_error(exc)
+            except Exception:
+                log.exception("unhandled error in %s", handler.__name__)
+                response = problem(500, "internal_error", "the coordinator failed to handle this request; see its logs")
+        response.headers[charge.HEADER] = charge.header_value(meter.total)
+        log.info(
+            "%s %s -> %s (%s RU over %d store responses)",
+            handler.__name__, req.method, response.status_code, charge.header_value(meter.total), meter.responses,
+            extra={"useCase": handler.__name__, "status": response.status_code, "requestCharge": meter.total},
+        )
+        return response
 
     return wrapped
 

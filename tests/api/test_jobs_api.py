@@ -8,6 +8,7 @@ def test_submit_is_idempotent_by_key(api):
     other = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "k1", "title": "Something else"})
 
     assert first.status_code == 201 and first.json["stage"] == "queued"
+    assert first.headers["x-fleet-request-charge"] == "0"  # SQLite charges no request units
     assert again.status_code == 200 and again.json["id"] == first.json["id"]
     assert other.status_code == 409 and other.json["code"] == "idempotency_conflict"
     assert other.headers["content-type"] == "application/problem+json"
