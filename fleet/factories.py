@@ -74,7 +74,7 @@ def held_leases(ctx: Context, factory_id: str | None = None) -> list[Job]:
     where = (store.Filter("lease.factoryId", "=", factory_id),) if factory_id else (
         store.Filter("lease.factoryId", "!=", None),
     )
-    query = store.Query("jobs", None, where, limit=500)
+    query = store.Query("jobs", None, where, (("lease.factoryId", False),), limit=500)
     return [Job.from_doc(doc) for doc in store.query_all(ctx.store, query)]
 
 

@@ -39,7 +39,12 @@ def page(
     if continuation:
         offset = 0
     query = store.Query("jobs", product_id, where, (("createdAt", True),), limit + offset)
-    result = ctx.store.query(query, continuation)
+    try:
+        result = ctx.store.query(query, continuation)
+    except ValueError:
+        raise errors.ValidationFailed(
+            "continuation is not a token this listing handed out", [{"field": "continuation", "message": "invalid token"}]
+        ) from None
     items = result.items[offset:]
     more = result.continuation is not None
     start = 0 if continuation else offset

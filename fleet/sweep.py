@@ -32,7 +32,13 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     """
     now = ctx.clock.now()
     gap_began = _outage_began(ctx, now)
-    query = store.Query("jobs", None, (store.Filter("lease.expiresAt", "<", clock.format(now)),), limit=200)
+    query = store.Query(
+        "jobs",
+        None,
+        (store.Filter("lease.expiresAt", "<", clock.format(now)),),
+        (("lease.expiresAt", False),),
+        limit=200,
+    )
     counts = {"expired": 0, "deadLettered": 0, "spared": 0}
     for doc in list(store.query_all(ctx.store, query)):
         weights = registry.for_product(ctx, doc["productId"])

@@ -168,3 +168,8 @@ def test_hostile_text_is_stored_verbatim_not_interpreted(api):
     job = api.submit("k1", title=nasty[:200], bodyMd=nasty)
     assert api.job(job["id"])["bodyMd"] == nasty
     assert len(api.get("/fleet/jobs").json["items"]) == 1
+
+
+def test_a_forged_continuation_token_is_a_400(api):
+    response = api.get("/fleet/jobs?continuation=not-a-token")
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"

@@ -1,9 +1,15 @@
-"""End-to-end: a real `fleet serve` subprocess on a free port, driven over HTTP."""
+"""End-to-end: a real `fleet serve` subprocess on a free port, driven over HTTP — once over
+the embedded SQLite store and once over Cosmos (the local Cosmos-compatible server, or the
+account named by `COSMOS_ENDPOINT`), each test with a fresh database."""
 from __future__ import annotations
+
+import contextlib
+import uuid
 
 import pytest
 import requests
 
+from tests.support.cosmos_server import cosmos_account, cosmos_server  # noqa: F401 (fixtures)
 from tests.support.server import running_server
 
 
@@ -29,9 +35,30 @@ class Http:
         self.session.close()
 
 
+@pytest.fixture(params=["sqlite", "cosmos"])
+def store_env(request) -> dict[str, str]:
+    """The settings that point `fleet serve` at one store."""
+    if request.param == "sqlite":
+        return {"FLEET_STORE": "sqlite"}
+    account = request.getfixturevalue("cosmos_account")
+    return account.environ(database=f"e2e-{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture
-def server(tmp_path):
-    with running_server(db=str(tmp_path / "fleet.db")) as handle:
+def serve(store_env, tmp_path):
+    """`with serve(env) as server:` — a `fleet serve` on this test's store, plus `env`."""
+
+    @contextlib.contextmanager
+    def start(env: dict[str, str] | None = None, name: str = "fleet.db"):
+        with running_server(env={**store_env, **(env or {})}, db=str(tmp_path / name)) as handle:
+            yield handle
+
+    return start
+
+
+@pytest.fixture
+def server(serve):
+    with serve() as handle:
         yield handle
 
 

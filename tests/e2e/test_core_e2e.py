@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
 
 from tests.e2e.conftest import Http
-from tests.support.server import running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -107,13 +107,11 @@ def test_superseded_leases_are_fenced_under_contention(http, server):
         assert job["lease"]["factoryId"] == "new" and job["lease"]["epoch"] == 2 and job["stage"] == "assigned"
 
 
-def test_leases_expire_through_the_admin_endpoint(tmp_path):
-    with running_server(env={"FLEET_LEASE_SECONDS": "1"}, db=str(tmp_path / "f.db")) as server:
+def test_leases_expire_through_the_admin_endpoint(serve):
+    with serve({"FLEET_LEASE_SECONDS": "1"}) as server:
         http = Http(server.url)
         job = http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "k"}).json()
         lease = http.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()["lease"]
-        import time
-
         time.sleep(1.2)  # the lease is 1 s long; the server's clock is real
         assert http.post("/admin/functions/sweep_expired_leases", {"input": ""}).status_code == 202
         swept = http.get(f"/fleet/jobs/{job['id']}").json()
@@ -134,8 +132,8 @@ def test_data_survives_a_restart(http, server):
     again.close()
 
 
-def test_function_keys_guard_everything_but_health(tmp_path):
-    with running_server(env={"FLEET_FUNCTION_KEYS": "k1,k2"}, db=str(tmp_path / "f.db")) as server:
+def test_function_keys_guard_everything_but_health(serve):
+    with serve({"FLEET_FUNCTION_KEYS": "k1,k2"}) as server:
         anonymous, keyed = Http(server.url), Http(server.url, key="k2")
         assert anonymous.get("/fleet/health").status_code == 200
         denied = anonymous.get("/fleet/jobs")
@@ -155,3 +153,12 @@ def test_bad_input_over_the_wire(http):
     assert big.status_code == 413
     assert http.get("/fleet/jobs/p:zzzzzzzzzzzzzzzzzzzz").status_code == 404
     assert http.get("/fleet/nothing/here").json()["code"] == "not_found"
+
+
+def test_each_response_reports_its_request_charge(http, store_env):
+    response = http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "charged"})
+    charge = float(response.headers["x-fleet-request-charge"])
+    assert charge > 0 if store_env["FLEET_STORE"] == "cosmos" else charge == 0
+    poll = http.get("/fleet/queue-state?productId=p")
+    if store_env["FLEET_STORE"] == "cosmos":
+        assert float(poll.headers["x-fleet-request-charge"]) >= 1  # one point read

@@ -6,7 +6,6 @@ import threading
 import pytest
 
 from tests.e2e.conftest import Http
-from tests.support.server import running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -14,8 +13,8 @@ FLAGS_ON = {"FLEET_PREEMPTION": "true", "FLEET_BUDGETS": "1"}
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    with running_server(env=FLAGS_ON, db=str(tmp_path / "fleet.db")) as server:
+def fleet(serve):
+    with serve(FLAGS_ON) as server:
         client = Http(server.url)
         yield client
         client.close()
@@ -98,8 +97,8 @@ def test_preemption_budget_and_review_together(fleet):
     assert fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json() == {"job": None, "reason": "budget_paused"}
 
 
-def test_flags_off_keeps_phase_two_behaviour(tmp_path):
-    with running_server(env={"FLEET_PREEMPTION": "", "FLEET_BUDGETS": "0"}, db=str(tmp_path / "off.db")) as server:
+def test_flags_off_keeps_phase_two_behaviour(serve):
+    with serve({"FLEET_PREEMPTION": "", "FLEET_BUDGETS": "0"}) as server:
         http = Http(server.url)
         assert http.get("/fleet/budgets/p").json()["code"] == "feature_disabled"
         http.post("/fleet/factories/f1/heartbeat", {"seatLimit": 1})

@@ -1,0 +1,94 @@
+"""The ``fleet`` command line (``fleet = shared.cli:main``; also ``python -m shared.cli``).
+
+Only ``fleet serve`` lives here. Every other sub-command lives in its own module, listed in
+``COMMAND_MODULES``, which defines::
+
+    def add_parser(subparsers: argparse._SubParsersAction) -> None:
+        parser = subparsers.add_parser("jobs", help="list and act on jobs")
+        parser.add_argument(...)
+        parser.set_defaults(run=run_jobs)   # run_jobs(args: argparse.Namespace) -> int
+
+A command that has sub-commands of its own (``fleet factory run``) adds a nested
+``add_subparsers`` and sets ``run`` on each leaf. ``run`` returns the exit code. Keep heavy
+imports inside ``run``: every module in the list is imported to build ``fleet --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Modules that contribute sub-commands, each with ``add_parser(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ("fleetclient.commands",)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleet", description="Fleet control plane.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve_parser(subparsers)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code."""
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+def _add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="host function_app.py locally over SQLite",
+        description="Host the functions registered in function_app.py: HTTP routes, timers on "
+                    "their schedules, and POST /admin/functions/{name} to run a timer now. "
+                    "Prints 'Listening on http://HOST:PORT' once ready; Ctrl-C stops it.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7071, help="port; 0 picks a free one "
+                        "(default 7071)")
+    parser.add_argument("--db", help="SQLite file (sets FLEET_DB; default .fleet/fleet.db)")
+    parser.add_argument("--app", default="function_app:app", metavar="MODULE:ATTR",
+                        help="the FunctionApp to host (default function_app:app); the "
+                             "host.json next to its module sets the route prefix")
+    parser.add_argument("--no-timers", dest="timers", action="store_false",
+                        help="do not run timers on their schedules (the admin endpoint still "
+                             "runs them)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # The app reads its settings from the environment, so set them before importing it.
+    if args.db:
+        os.environ["FLEET_DB"] = args.db
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared import devhost
+
+    module_name, _, attribute = args.app.partition(":")
+    for root in (os.getcwd(), str(REPO_ROOT)):
+        if root not in sys.path:
+            sys.path.append(root)
+    module = importlib.import_module(module_name)
+    app = getattr(module, attribute or "app")
+    prefix = devhost.read_route_prefix(Path(module.__file__).parent / "host.json")
+    host = devhost.DevHost(app, route_prefix=prefix)
+    try:
+        devhost.serve(host, args.host, args.port, timers=args.timers)
+    except OSError as error:
+        print(f"fleet serve: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # stopped before it was listening
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,708 @@
+"""Store conformance: every contract of `fleet.store.Store`, pinned once, run against every adapter.
+
+The `store` fixture (conftest.py) runs each test on `SqliteStore` and on `CosmosStore` (the
+local Cosmos server, or a real account when `COSMOS_ENDPOINT` is set). Each test writes only to
+partitions named after its own `ns`, so tests never see each other's documents; cross-partition
+queries are confined with `productId in [...]`. Queries use the shapes the use cases run (claim,
+bucket heads, listings, lease sweeps): on Cosmos each needs the composite index
+`infra/bicep/containers.json` declares for it, which the local server enforces.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from azure.cosmos import exceptions as cosmos_exceptions
+
+from fleet import errors, store as fleet_store
+from fleet.store import Filter, Query, Store
+from shared import charge, cosmos_store
+from shared.cosmos_store import CosmosStore
+from tests.support.cosmos_server import (
+    EMULATOR_KEY,
+    CosmosServer,
+    ServerUnavailable,
+    start_cosmos_server,
+    unavailable,
+    unverified_loopback,
+)
+
+pytestmark = unverified_loopback
+
+T = [f"2025-01-01T00:0{m}:00.000Z" for m in range(6)]  # T[0] < T[1] < … (ISO-8601 sorts as text)
+
+
+def job(product: str, key: str, **fields: Any) -> dict[str, Any]:
+    """A job document in `product` with id `{product}:{key}`."""
+    return {
+        "id": f"{product}:{key}",
+        "productId": product,
+        "stage": "queued",
+        "priority": "normal",
+        "attempts": 0,
+        "rankKey": 0,
+        "createdAt": T[1],
+        **fields,
+    }
+
+
+def keys(docs: list[dict[str, Any]]) -> list[str]:
+    """`{product}:{key}` ids → `key`, or `p:key`/`q:key` when the product ends in -p/-q."""
+    out = []
+    for d in docs:
+        product, key = d["id"].split(":", 1)
+        out.append(f"{product[-1]}:{key}" if product[-2:] in ("-p", "-q") else key)
+    return out
+
+
+def seed(store: Store, docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        store.create("jobs", doc)
+
+
+def race(n: int, work: Callable[[int], None]) -> None:
+    """Run `work(i)` on n threads released at the same moment; re-raise the first failure."""
+    barrier = threading.Barrier(n)
+    failures: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+
+
+# Point reads and writes
+
+
+def test_read_returns_the_stored_document_with_its_etag(store, ns):
+    created = store.create("jobs", job(ns, "a", title="hello", lease={"factoryId": "f1"}))
+
+    got = store.read("jobs", ns, f"{ns}:a")
+
+    assert got == created
+    assert got["title"] == "hello" and got["lease"] == {"factoryId": "f1"}
+    assert isinstance(got["_etag"], str) and got["_etag"]
+
+
+def test_read_of_a_missing_document_raises_not_found(store, ns):
+    store.create("jobs", job(ns, "a"))
+
+    with pytest.raises(errors.NotFound):
+        store.read("jobs", ns, f"{ns}:missing")
+    with pytest.raises(errors.NotFound):  # the right id in another partition
+        store.read("jobs", f"{ns}-other", f"{ns}:a")
+
+
+def test_the_same_id_in_two_partitions_is_two_documents(store, ns):
+    p, q = f"{ns}-p", f"{ns}-q"
+    store.create("jobs", {"id": "queue-state", "productId": p, "version": 1})
+    store.create("jobs", {"id": "queue-state", "productId": q, "version": 2})
+
+    assert store.read("jobs", p, "queue-state")["version"] == 1
+    assert store.read("jobs", q, "queue-state")["version"] == 2
+
+
+def test_create_of_an_existing_id_conflicts_and_keeps_the_first(store, ns):
+    first = store.create("jobs", job(ns, "a", title="first"))
+
+    with pytest.raises(errors.Conflict):
+        store.create("jobs", job(ns, "a", title="second"))
+
+    assert store.read("jobs", ns, f"{ns}:a") == first
+
+
+def test_a_document_without_its_partition_key_is_refused(store, ns):
+    with pytest.raises(ValueError):
+        store.create("jobs", {"id": f"{ns}:a", "stage": "queued"})
+
+
+def test_store_owned_fields_are_not_persisted(store, ns):
+    created = store.create("jobs", job(ns, "a", _scratch=1, _etag="mine"))
+    replaced = store.replace("jobs", {**created, "_scratch": 2, "title": "b"}, created["_etag"])
+    upserted = store.upsert("jobs", {**replaced, "_scratch": 3, "title": "c"})
+
+    got = store.read("jobs", ns, f"{ns}:a")
+    for doc in (created, replaced, upserted, got):
+        assert [k for k in doc if k.startswith("_")] == ["_etag"]
+    assert created["_etag"] != "mine"
+    assert got["title"] == "c"
+
+
+def test_every_write_returns_the_etag_a_read_then_sees(store, ns):
+    id = f"{ns}:a"
+    seen = []
+    doc = store.create("jobs", job(ns, "a"))
+    seen.append(doc["_etag"])
+    assert store.read("jobs", ns, id)["_etag"] == doc["_etag"]
+    doc = store.replace("jobs", {**doc, "title": "b"}, doc["_etag"])
+    seen.append(doc["_etag"])
+    assert store.read("jobs", ns, id)["_etag"] == doc["_etag"]
+    doc = store.upsert("jobs", {**doc, "title": "c"})
+    seen.append(doc["_etag"])
+    assert store.read("jobs", ns, id)["_etag"] == doc["_etag"]
+    doc = store.increment("jobs", ns, id, "attempts", 1, {})
+    seen.append(doc["_etag"])
+    assert store.read("jobs", ns, id)["_etag"] == doc["_etag"]
+
+    assert len(set(seen)) == 4  # every write changes the ETag
+
+
+def test_replace_with_the_current_etag_writes(store, ns):
+    v1 = store.create("jobs", job(ns, "a", stage="queued"))
+
+    v2 = store.replace("jobs", {**v1, "stage": "assigned"}, v1["_etag"])
+
+    assert v2["stage"] == "assigned"
+    assert store.read("jobs", ns, f"{ns}:a") == v2
+
+
+def test_replace_with_a_stale_etag_fails_and_writes_nothing(store, ns):
+    v1 = store.create("jobs", job(ns, "a", stage="queued"))
+    v2 = store.replace("jobs", {**v1, "stage": "assigned"}, v1["_etag"])
+
+    with pytest.raises(errors.PreconditionFailed):
+        store.replace("jobs", {**v1, "stage": "cancelled"}, v1["_etag"])
+
+    assert store.read("jobs", ns, f"{ns}:a") == v2
+
+
+def test_replace_of_a_deleted_document_raises_not_found_and_writes_nothing(store, ns):
+    v1 = store.create("jobs", job(ns, "a"))
+    store.delete("jobs", ns, f"{ns}:a")
+
+    with pytest.raises(errors.NotFound):
+        store.replace("jobs", {**v1, "stage": "assigned"}, v1["_etag"])
+
+    with pytest.raises(errors.NotFound):
+        store.read("jobs", ns, f"{ns}:a")
+
+
+def test_upsert_creates_then_replaces_whatever_the_etag(store, ns):
+    created = store.upsert("jobs", job(ns, "a", title="one"))
+    assert store.read("jobs", ns, f"{ns}:a") == created
+
+    replaced = store.upsert("jobs", {**job(ns, "a", title="two"), "_etag": "stale"})
+
+    assert replaced["title"] == "two" and replaced["_etag"] != created["_etag"]
+    assert store.read("jobs", ns, f"{ns}:a") == replaced
+
+
+def test_delete_removes_the_document_once(store, ns):
+    store.create("jobs", job(ns, "a"))
+
+    store.delete("jobs", ns, f"{ns}:a")
+
+    with pytest.raises(errors.NotFound):
+        store.read("jobs", ns, f"{ns}:a")
+    with pytest.raises(errors.NotFound):
+        store.delete("jobs", ns, f"{ns}:a")
+
+
+def test_the_other_containers_are_partitioned_by_their_own_keys(store, ns):
+    factory = store.create("factories", {"id": f"{ns}-f1", "seatLimit": 2})
+    budget = store.create("budgets", {"id": "budget", "productId": ns, "ceilingUsd": 10})
+
+    assert store.read("factories", f"{ns}-f1", f"{ns}-f1") == factory
+    assert store.read("budgets", ns, "budget") == budget
+
+
+# Increment: the queue-state version is bumped without a read-modify-write
+
+
+def test_increment_of_a_missing_document_creates_it_from_initial(store, ns):
+    initial = {"id": "queue-state", "productId": ns, "kind": "queue-state", "version": 100}
+
+    doc = store.increment("jobs", ns, "queue-state", "version", 1, initial)
+
+    assert doc["version"] == 1  # `initial` with the field set to `by`
+    assert doc["kind"] == "queue-state"
+    assert store.read("jobs", ns, "queue-state") == doc
+
+
+def test_increment_adds_to_the_current_value_and_keeps_other_fields(store, ns):
+    initial = {"id": "queue-state", "productId": ns, "version": 0, "updatedAt": T[0]}
+    store.increment("jobs", ns, "queue-state", "version", 1, initial)
+    store.increment("jobs", ns, "queue-state", "version", 2, {**initial, "updatedAt": T[5]})
+
+    doc = store.increment("jobs", ns, "queue-state", "version", 0.5, initial)
+
+    assert doc["version"] == 3.5  # 1 + 2 + 0.5
+    assert doc["updatedAt"] == T[0]  # `initial` only matters when the document is missing
+
+
+def test_increment_stamps_fields_in_the_same_write(store, ns):
+    initial = {"id": "queue-state", "productId": ns, "version": 0, "updatedAt": None}
+
+    created = store.increment("jobs", ns, "queue-state", "version", 1, initial, stamp={"updatedAt": T[1]})
+    bumped = store.increment(
+        "jobs", ns, "queue-state", "version", 1, initial, stamp={"updatedAt": T[2], "by": {"factory": "f1"}}
+    )
+
+    assert (created["version"], created["updatedAt"]) == (1, T[1])
+    assert (bumped["version"], bumped["updatedAt"], bumped["by"]) == (2, T[2], {"factory": "f1"})
+    assert store.read("jobs", ns, "queue-state") == bumped
+
+
+def test_concurrent_increments_never_lose_an_update(store, ns):
+    threads, each = 8, 5
+    initial = {"id": "queue-state", "productId": ns, "version": 0}
+
+    def bump(i: int) -> None:
+        for _ in range(each):
+            store.increment("jobs", ns, "queue-state", "version", 1, initial, stamp={"updatedAt": T[i % 6]})
+
+    race(threads, bump)  # all start on a missing document: exactly one create wins
+
+    assert store.read("jobs", ns, "queue-state")["version"] == threads * each
+
+
+# The shared compare-and-swap loop over every adapter
+
+
+def test_racing_updates_each_apply_exactly_once(store, ns):
+    n = 8
+    store.create("jobs", job(ns, "a", attempts=0))
+
+    def add_one(_: int) -> None:
+        fleet_store.update(store, "jobs", ns, f"{ns}:a", lambda d: {**d, "attempts": d["attempts"] + 1}, attempts=50)
+
+    race(n, add_one)
+
+    assert store.read("jobs", ns, f"{ns}:a")["attempts"] == n
+
+
+def test_an_update_that_decides_nothing_writes_nothing(store, ns):
+    before = store.create("jobs", job(ns, "a"))
+
+    after = fleet_store.update(store, "jobs", ns, f"{ns}:a", lambda d: None)
+
+    assert after == before == store.read("jobs", ns, f"{ns}:a")
+
+
+def test_an_update_whose_decision_raises_writes_nothing(store, ns):
+    before = store.create("jobs", job(ns, "a"))
+
+    def refuse(doc):
+        raise errors.IllegalTransition()
+
+    with pytest.raises(errors.IllegalTransition):
+        fleet_store.update(store, "jobs", ns, f"{ns}:a", refuse)
+
+    assert store.read("jobs", ns, f"{ns}:a") == before
+
+
+# Query filters
+
+
+def filter_docs(p: str) -> list[dict[str, Any]]:
+    return [
+        job(p, "a", stage="queued", attempts=0, createdAt=T[0], parentId=None,
+            lease={"expiresAt": T[1], "factoryId": "f1"}),
+        job(p, "b", stage="building", attempts=1, createdAt=T[1],
+            lease={"expiresAt": T[3], "factoryId": "f2"}),
+        job(p, "c", stage="queued", attempts=2, createdAt=T[2], parentId="P", lease=None),
+        job(p, "d", stage="shipped", attempts=3, createdAt=T[3]),
+    ]
+
+
+FILTERS = [
+    # doc:            a         b          c        d
+    # stage:          queued    building   queued   shipped
+    # attempts:       0         1          2        3
+    # createdAt:      T0        T1         T2       T3
+    # parentId:       null      (absent)   "P"      (absent)
+    # lease:          T1/f1     T3/f2      null     (absent)
+    pytest.param([Filter("stage", "=", "queued")], "ac", id="="),
+    pytest.param([Filter("stage", "!=", "queued")], "bd", id="!="),
+    pytest.param([Filter("attempts", "<", 2)], "ab", id="<"),
+    pytest.param([Filter("attempts", "<=", 2)], "abc", id="<="),
+    pytest.param([Filter("attempts", ">", 2)], "d", id=">"),
+    pytest.param([Filter("attempts", ">=", 1)], "bcd", id=">="),
+    pytest.param([Filter("createdAt", ">=", T[2])], "cd", id=">= on text"),
+    pytest.param([Filter("stage", "in", ["building", "shipped"])], "bd", id="in"),
+    pytest.param([Filter("attempts", "in", [0, 3])], "ad", id="in numbers"),
+    pytest.param([Filter("stage", "in", [])], "", id="in nothing"),
+    pytest.param([Filter("parentId", "=", None)], "abd", id="= None is null or absent"),
+    pytest.param([Filter("parentId", "!=", None)], "c", id="!= None is present and not null"),
+    pytest.param([Filter("parentId", "!=", "Q")], "c", id="!= value skips null and absent"),
+    pytest.param([Filter("lease", "=", None)], "cd", id="= None on an object"),
+    pytest.param([Filter("lease.expiresAt", "<", T[2])], "a", id="dotted <"),
+    pytest.param([Filter("lease.factoryId", "=", "f2")], "b", id="dotted ="),
+    pytest.param([Filter("lease.expiresAt", "=", None)], "cd", id="dotted under null or absent"),
+    pytest.param([Filter("stage", "=", "queued"), Filter("attempts", ">=", 1)], "c", id="all filters hold"),
+]
+
+
+@pytest.mark.parametrize("where, expected", FILTERS)
+def test_filters_select_documents(store, ns, where, expected):
+    seed(store, filter_docs(ns))
+
+    page = store.query(Query("jobs", ns, where=tuple(where)))
+
+    assert keys(page.items) == list(expected)  # no order given: by id
+    assert page.continuation is None
+
+
+def test_an_unknown_operator_is_refused():
+    with pytest.raises(ValueError):
+        Filter("stage", "like", "q%")
+
+
+# Ordering: the shapes the use cases run
+
+
+def order_docs(p: str, q: str) -> list[dict[str, Any]]:
+    return [
+        job(p, "a", rankKey=5, createdAt=T[1], priority="high"),
+        job(p, "b", rankKey=5, createdAt=T[1], attempts=1, lease={"expiresAt": T[0], "factoryId": "f2"}),
+        job(p, "c", rankKey=5, createdAt=T[0]),
+        job(p, "d", rankKey=9, createdAt=T[2]),
+        job(p, "e", rankKey=7, createdAt=T[3], stage="building", lease={"expiresAt": T[2], "factoryId": "f1"}),
+        job(q, "a", rankKey=8, createdAt=T[1], lease={"expiresAt": T[2], "factoryId": "f1"}),
+        job(q, "b", rankKey=1, createdAt=T[4], stage="shipped", parentId=f"{p}:d"),
+    ]
+
+
+def both(p: str, q: str) -> Filter:
+    return Filter("productId", "in", [p, q])
+
+
+ORDERS = [
+    # (rankKey, createdAt) of the queued jobs of p: a (5, T1), b (5, T1), c (5, T0), d (9, T2)
+    pytest.param(
+        lambda p, q: Query("jobs", p, (Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False))),
+        ["p:d", "p:c", "p:a", "p:b"],
+        id="claim: rankKey desc, older first, then id",
+    ),
+    # (priority, attempts, createdAt): a (high, 0, T1); b (normal, 1, T1); c (normal, 0, T0); d (normal, 0, T2)
+    pytest.param(
+        lambda p, q: Query(
+            "jobs",
+            p,
+            (Filter("stage", "=", "queued"),),
+            (("priority", False), ("attempts", False), ("createdAt", False)),
+        ),
+        ["p:a", "p:c", "p:d", "p:b"],
+        id="bucket heads: oldest first",
+    ),
+    pytest.param(
+        lambda p, q: Query(
+            "jobs",
+            p,
+            (Filter("stage", "=", "queued"),),
+            (("priority", False), ("attempts", False), ("createdAt", True)),
+        ),
+        ["p:a", "p:d", "p:c", "p:b"],
+        id="bucket heads: newest first",
+    ),
+    # createdAt: q:b T4, p:e T3, p:d T2, p:a p:b q:a T1, p:c T0
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q),), (("createdAt", True),)),
+        ["q:b", "p:e", "p:d", "p:a", "p:b", "q:a", "p:c"],
+        id="listing across products: newest first, then id",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", p, (), (("createdAt", True),)),
+        ["p:e", "p:d", "p:a", "p:b", "p:c"],
+        id="listing one product: newest first",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q), Filter("stage", "=", "queued")), (("createdAt", True),)),
+        ["p:d", "p:a", "p:b", "q:a", "p:c"],
+        id="listing by stage across products",
+    ),
+    # lease.expiresAt: p:b T0, p:e T2, q:a T2
+    pytest.param(
+        lambda p, q: Query(
+            "jobs", None, (both(p, q), Filter("lease.expiresAt", "<", T[5])), (("lease.expiresAt", False),)
+        ),
+        ["p:b", "p:e", "q:a"],
+        id="sweep: leases by expiry across products",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q), Filter("lease.factoryId", "=", "f1"))),
+        ["p:e", "q:a"],
+        id="seats: the leases one factory holds",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", q, (Filter("parentId", "=", f"{p}:d"),), (("createdAt", False),)),
+        ["q:b"],
+        id="DAG: children of a job",
+    ),
+]
+
+
+@pytest.mark.parametrize("make_query, expected", ORDERS)
+def test_queries_return_documents_in_order(store, ns, make_query, expected):
+    p, q = f"{ns}-p", f"{ns}-q"
+    seed(store, order_docs(p, q))
+
+    page = store.query(make_query(p, q))
+
+    assert keys(page.items) == expected
+    assert page.continuation is None
+
+
+def test_a_single_partition_query_sees_only_its_partition(store, ns):
+    p, q = f"{ns}-p", f"{ns}-q"
+    seed(store, order_docs(p, q))
+
+    page = store.query(Query("jobs", q))
+
+    assert keys(page.items) == ["q:a", "q:b"]
+
+
+# Paging with continuation tokens
+
+
+def paging_docs(p: str, q: str) -> list[dict[str, Any]]:
+    # Ties on rankKey and createdAt put page boundaries inside runs of equal keys; a null
+    # rankKey sorts last in descending order.
+    return [
+        job(p, "a", rankKey=3, createdAt=T[1]),
+        job(p, "b", rankKey=3, createdAt=T[1]),
+        job(p, "c", rankKey=3, createdAt=T[1]),
+        job(p, "d", rankKey=3, createdAt=T[0]),
+        job(p, "e", rankKey=9, createdAt=T[2]),
+        job(p, "f", rankKey=None, createdAt=T[1]),
+        job(p, "g", rankKey=-1, createdAt=T[1]),
+        job(q, "a", rankKey=4, createdAt=T[1]),
+        job(q, "b", rankKey=4, createdAt=T[3]),
+    ]
+
+
+PAGED = [
+    pytest.param(
+        lambda p, q: Query("jobs", p, (Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False))),
+        ["p:e", "p:d", "p:a", "p:b", "p:c", "p:g", "p:f"],
+        id="claim order",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q),), (("createdAt", True),)),
+        ["q:b", "p:e", "p:a", "p:b", "p:c", "p:f", "p:g", "q:a", "p:d"],
+        id="listing across products",
+    ),
+]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 50])
+@pytest.mark.parametrize("make_query, expected", PAGED)
+def test_pages_cover_every_document_exactly_once_in_order(store, ns, make_query, expected, limit):
+    p, q = f"{ns}-p", f"{ns}-q"
+    seed(store, paging_docs(p, q))
+    query = make_query(p, q)
+    query = Query(query.container, query.partition_key, query.where, query.order_by, limit=limit)
+
+    pages = list(fleet_store.pages(store, query))
+
+    assert [keys(page.items) for page in pages] == [expected[i : i + limit] for i in range(0, len(expected), limit)]
+    assert pages[-1].continuation is None
+    assert all(page.continuation for page in pages[:-1])
+
+
+def test_a_page_ending_exactly_at_the_last_document_has_no_continuation(store, ns):
+    seed(store, [job(ns, k) for k in "abc"])
+
+    page = store.query(Query("jobs", ns, limit=3))
+
+    assert keys(page.items) == ["a", "b", "c"]
+    assert page.continuation is None
+
+
+def test_a_garbled_continuation_token_is_refused(store, ns):
+    seed(store, [job(ns, k) for k in "abc"])
+
+    with pytest.raises(ValueError):
+        store.query(Query("jobs", ns, limit=1), continuation="not a token")
+
+
+def test_ping_answers(store):
+    store.ping()
+
+
+# Request charge
+
+
+def test_store_calls_are_charged_to_the_request_meter(store, ns):
+    with charge.metered() as meter:
+        store.create("jobs", job(ns, "a"))
+        store.read("jobs", ns, f"{ns}:a")
+        store.query(Query("jobs", ns))
+
+    if isinstance(store, CosmosStore):
+        assert meter.responses >= 3 and meter.total >= 3  # the local server charges 1 per response
+    else:
+        assert (meter.responses, meter.total) == (0, 0)  # SQLite costs nothing
+    assert charge.total() == 0  # the meter ended with the block
+
+
+def test_the_meter_totals_what_is_added_until_reset():
+    token = charge.start()
+    charge.add(1.5)
+    charge.add(2.25)
+
+    assert charge.total() == 3.75
+    assert charge.reset(token) == 3.75
+    assert charge.total() == 0
+
+
+def test_charges_without_a_meter_go_nowhere():
+    charge.add(5)
+
+    assert charge.total() == 0 and charge.current() is None
+
+
+def test_meters_nest_and_the_outer_one_resumes():
+    with charge.metered() as outer:
+        charge.add(1)
+        with charge.metered() as inner:
+            charge.add(10)
+        charge.add(2)
+
+    assert (outer.total, inner.total) == (3, 10)
+
+
+def test_each_thread_meters_its_own_requests():
+    totals = {}
+
+    def request(i: int) -> None:
+        with charge.metered() as meter:
+            for _ in range(100):
+                charge.add(i)
+        totals[i] = meter.total
+
+    race(4, request)
+
+    assert totals == {0: 0, 1: 100, 2: 200, 3: 300}
+
+
+@pytest.mark.parametrize("ru, header", [(0, "0"), (1, "1"), (2.5, "2.5"), (10.336, "10.34"), (3.0, "3")])
+def test_the_header_value_is_short(ru, header):
+    assert charge.header_value(ru) == header
+
+
+# Cosmos only: the adapter's edge
+
+
+def busy(status: int, headers: dict[str, str] | None = None) -> cosmos_exceptions.CosmosHttpResponseError:
+    exc = cosmos_exceptions.CosmosHttpResponseError(status_code=status, message="busy")
+    exc.headers = headers or {}
+    return exc
+
+
+@pytest.mark.parametrize(
+    "status, headers, expected, retry_after",
+    [
+        (404, {}, errors.NotFound, None),
+        (409, {}, errors.Conflict, None),
+        (412, {}, errors.PreconditionFailed, None),
+        (429, {"x-ms-retry-after-ms": "250"}, errors.StoreBusy, 0.25),  # after the SDK's own retries
+        (429, {}, errors.StoreBusy, 1.0),
+        (503, {}, errors.StoreBusy, 1.0),
+        (408, {}, errors.StoreBusy, 1.0),
+    ],
+)
+def test_cosmos_errors_become_the_ports_errors(status, headers, expected, retry_after):
+    domain = cosmos_store.converted(busy(status, headers), "jobs/x")
+
+    assert isinstance(domain, expected)
+    if retry_after is not None:
+        assert domain.retry_after == retry_after
+
+
+def test_other_cosmos_errors_pass_through():
+    exc = busy(400)
+
+    assert cosmos_store.converted(exc) is exc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_cosmos_account_is_busy():
+    with pytest.raises(errors.StoreBusy):
+        CosmosStore(f"https://127.0.0.1:{free_port()}/", key=EMULATOR_KEY, verify_tls=False)
+
+
+def test_a_cosmos_server_that_goes_away_makes_the_store_busy():
+    try:
+        server = start_cosmos_server()
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        # No connection retries: the SDK would spend seconds retrying before giving up.
+        store = CosmosStore(
+            server.endpoint,
+            key=server.key,
+            database="gone",
+            verify_tls=False,
+            create=True,
+            retry_total=0,
+            retry_connect=0,
+        )
+        store.upsert("factories", {"id": "f1"})
+    finally:
+        server.stop()
+
+    with pytest.raises(errors.StoreBusy):
+        store.read("factories", "f1", "f1")
+    with pytest.raises(errors.StoreBusy):
+        store.ping()
+    store.close()
+
+
+def test_from_env_reads_the_cosmos_settings(cosmos_server: CosmosServer):
+    store = CosmosStore.from_env(
+        {
+            "COSMOS_ENDPOINT": cosmos_server.endpoint,
+            "COSMOS_KEY": cosmos_server.key,
+            "COSMOS_DATABASE": "from-env",
+            "COSMOS_VERIFY_TLS": "False",
+            "COSMOS_CREATE": "1",
+        }
+    )
+
+    assert store.database_name == "from-env"
+    store.upsert("factories", {"id": "f1"})
+    assert store.read("factories", "f1", "f1")["id"] == "f1"
+    store.close()
+
+
+def test_from_env_needs_an_endpoint():
+    with pytest.raises(ValueError):
+        CosmosStore.from_env({})
+
+
+def test_a_multi_key_order_without_a_composite_index_is_refused_before_the_service_sees_it():
+    spec = cosmos_store.load_containers()["jobs"]
+    query = Query("jobs", "p", order_by=(("title", False), ("createdAt", True)))
+
+    with pytest.raises(ValueError, match="composite index"):
+        cosmos_store.index_order(spec, query)
+
+
+def test_equality_filters_lead_the_order_when_an_index_has_them():
+    spec = cosmos_store.load_containers()["jobs"]
+    claim = Query("jobs", "p", (Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False)))
+    in_stages = Query("jobs", "p", (Filter("stage", "in", ["queued"]),), (("createdAt", True),))
+
+    assert cosmos_store.index_order(spec, claim) == (
+        ("stage", False), ("rankKey", True), ("createdAt", False), ("id", False)
+    )
+    assert cosmos_store.index_order(spec, in_stages) == (("createdAt", True), ("id", False))

@@ -1,0 +1,1 @@
+"""Test helpers shared by the suites (the `fleet serve` harness lives in server.py)."""

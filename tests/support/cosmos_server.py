@@ -1,0 +1,249 @@
+"""A Cosmos-compatible server for tests: npm `@vercel/cosmosdb-server` on a free loopback port.
+
+    with running_cosmos_server() as server:          # or the `cosmos_server` fixture
+        store = CosmosStore(server.endpoint, key=server.key, verify_tls=False, create=True)
+        env = server.environ(database="e2e")         # FLEET_STORE=cosmos, COSMOS_* for `fleet serve`
+
+`cosmos_account` is the fixture a suite that can run against a real account wants: the account
+named by `COSMOS_ENDPOINT` (with `COSMOS_KEY`, or `az login` credentials) when that is set, else
+the local server. Both fixtures are session-scoped, so a run starts the server at most once.
+Where the server cannot start (no node, no `npm install`), they skip, and fail when `CI=true`
+(STYLE.md, rule 8).
+
+The server speaks HTTPS with a self-signed (and long expired) certificate, so clients run with
+`verify_tls=False`. `CosmosStore` silences urllib3's warning about that for loopback hosts only,
+but pytest resets warning filters around every test, so tests that talk to the server in-process
+carry the `unverified_loopback` mark. The server keeps everything in memory: data is gone when it
+stops. Its gaps (see DESIGN.md): no transactional batch, no `OFFSET … LIMIT`, `GROUP BY` or
+`DISTINCT`; TTL not enforced; request charge always 1. Unlike a real account it accepts a
+multi-key `ORDER BY` on a container without composite indexes, and on one with composite indexes
+it only accepts an exact match (a real account also takes the fully inverted one).
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO_ROOT / "node_modules" / "@vercel" / "cosmosdb-server"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+
+#: The Cosmos DB emulator's published, well-known key. The local server accepts any key; using
+#: this one keeps settings interchangeable with the official emulator.
+EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+
+#: For tests that call the server in-process: see the module docstring.
+unverified_loopback = pytest.mark.filterwarnings(
+    r"ignore:Unverified HTTPS request is being made to host '127\.0\.0\.1':urllib3.exceptions.InsecureRequestWarning"
+)
+
+# The CLI closes every connection after one response (a TLS handshake per SDK call); the
+# library's `keepAlive` option keeps them open, several times faster. The server exits when its
+# stdin closes, so a test run that dies never leaves one behind.
+#
+# One bug of @vercel/cosmosdb-server 1.0.1 is patched before the routes load (they capture the
+# handlers when required): a point read of a missing document that names its partition key (as
+# every SDK read does) dereferences the missing document and answers 500; Cosmos answers 404.
+_SCRIPT = r"""
+const lib = `${process.argv[1]}/lib`;
+const readDocument = require(`${lib}/handler/read-document`);
+const read = readDocument.default;
+readDocument.default = (account, req, res, params) => {
+  try {
+    return read(account, req, res, params);
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err;
+    res.statusCode = 404;
+    return { code: "NotFound", message: "Entity with the specified id does not exist in the system." };
+  }
+};
+const { createHttpsServer } = require(lib);
+const server = createHttpsServer({ keepAlive: true });
+server.keepAliveTimeout = 600000;
+server.listen(0, "127.0.0.1", () => {
+  console.log(`cosmosdb-server listening on https://127.0.0.1:${server.address().port}/`);
+});
+process.stdin.on("end", () => process.exit(0));
+process.stdin.resume();
+"""
+_LISTENING = re.compile(r"listening on (https://127\.0\.0\.1:(\d+)/)")
+
+
+class ServerUnavailable(RuntimeError):
+    """The local Cosmos server cannot be started here."""
+
+
+@dataclass(frozen=True)
+class CosmosAccount:
+    """Where a Cosmos store should connect."""
+
+    endpoint: str
+    #: None: `DefaultAzureCredential` (a real account with RBAC).
+    key: str | None
+    verify_tls: bool
+    #: The in-memory local server: containers are created by the client, data vanishes with it.
+    local: bool
+
+    def environ(self, database: str = "fleet") -> dict[str, str]:
+        """Settings for a `fleet serve`/`func start` process that should use this account."""
+        env = {
+            "FLEET_STORE": "cosmos",
+            "COSMOS_ENDPOINT": self.endpoint,
+            "COSMOS_DATABASE": database,
+            "COSMOS_VERIFY_TLS": "true" if self.verify_tls else "false",
+            "COSMOS_CREATE": "1" if self.local else "0",
+        }
+        if self.key:
+            env["COSMOS_KEY"] = self.key
+        return env
+
+
+@dataclass(frozen=True)
+class CosmosServer(CosmosAccount):
+    """A running local server (a `CosmosAccount` with `local=True`)."""
+
+    process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    log_path: Path | None = None
+
+    def log(self) -> str:
+        """What the server printed (its stdout and stderr)."""
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+def start_cosmos_server(timeout: float = START_TIMEOUT) -> CosmosServer:
+    """Start the local server on a free loopback port and wait until it answers.
+
+    Raises `ServerUnavailable` (with the reason) when node or the npm module is missing or the
+    server does not come up.
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise ServerUnavailable("node is not installed (the local Cosmos server needs Node.js >= 20)")
+    if not (MODULE_DIR / "package.json").exists():
+        raise ServerUnavailable(f"{MODULE_DIR.relative_to(REPO_ROOT)} is missing: run `make install` (npm install)")
+    log_path = Path(tempfile.mkdtemp(prefix="cosmosdb-server-")) / "server.log"
+    with log_path.open("wb") as log:
+        # Output goes to a file, never a pipe that could fill up and stall the server.
+        proc = subprocess.Popen(
+            [node, "-e", _SCRIPT, str(MODULE_DIR)],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    server = None
+    deadline = time.monotonic() + timeout
+    try:
+        while server is None:
+            match = _LISTENING.search(log_path.read_text(errors="replace"))
+            if match:
+                server = CosmosServer(match.group(1), EMULATOR_KEY, False, True, proc, log_path)
+            elif proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise ServerUnavailable(f"cosmosdb-server exited with {proc.returncode}: {tail}")
+            elif time.monotonic() > deadline:
+                raise ServerUnavailable(f"cosmosdb-server did not start in {timeout}s: {log_path.read_text()[-2000:]}")
+            else:
+                time.sleep(0.05)
+        _wait_until_answering(int(match.group(2)), deadline)
+    except BaseException:
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running_cosmos_server(timeout: float = START_TIMEOUT) -> Iterator[CosmosServer]:
+    """`start_cosmos_server`, stopped when the block ends however it ends."""
+    server = start_cosmos_server(timeout)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait_until_answering(port: int, deadline: float) -> None:
+    # The account read (`GET /`) is what every SDK client does first. The certificate is
+    # self-signed and expired: this is a liveness probe, not a trust decision.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    while True:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
+        try:
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise ServerUnavailable(f"cosmosdb-server on port {port} does not answer")
+        time.sleep(0.05)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for a missing server locally; fail it under `CI=true`."""
+    if in_ci():
+        pytest.fail(f"CI=true and the Cosmos server is unavailable: {reason}", pytrace=False)
+    pytest.skip(f"Cosmos server unavailable: {reason}")
+
+
+def account_from_env() -> CosmosAccount | None:
+    """The account `COSMOS_ENDPOINT` names (a real account or the official emulator), if set."""
+    endpoint = os.environ.get("COSMOS_ENDPOINT")
+    if not endpoint:
+        return None
+    verify = os.environ.get("COSMOS_VERIFY_TLS", "true").strip().lower() not in {"0", "false", "no"}
+    return CosmosAccount(endpoint, os.environ.get("COSMOS_KEY") or None, verify, local=False)
+
+
+@pytest.fixture(scope="session")
+def cosmos_server() -> Iterator[CosmosServer]:
+    """The local server, started once per test session."""
+    try:
+        server = start_cosmos_server()
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cosmos_account(request: pytest.FixtureRequest) -> CosmosAccount:
+    """`COSMOS_ENDPOINT`'s account when set, else the local server (started on first use)."""
+    return account_from_env() or request.getfixturevalue("cosmos_server")
