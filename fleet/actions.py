@@ -22,8 +22,8 @@ class Action(str, Enum):
 def apply(ctx: Context, id: str, action: Action, reason: str | None = None, actor: str | None = None) -> Job:
     decide_for: dict[Action, Callable[[Job, datetime], Job | None]] = {
         Action.REQUEUE: lambda job, now: _requeue(ctx, job, now),
-        Action.REJECT: lambda job, now: _to_terminal(job, now, Stage.FAILED),
-        Action.CANCEL: lambda job, now: _to_terminal(job, now, Stage.CANCELLED),
+        Action.REJECT: lambda job, now: _to_terminal(job, now, Stage.FAILED, RunResult.CANCELLED),
+        Action.CANCEL: lambda job, now: _to_terminal(job, now, Stage.CANCELLED, RunResult.CANCELLED),
         Action.SHIP: lambda job, now: _to_terminal(job, now, Stage.SHIPPED),
     }
 
@@ -55,17 +55,17 @@ def _cancel_descendants(ctx: Context, parent: Job, reason: str | None, actor: st
             _cancel_descendants(ctx, child, reason, actor)
 
 
-def _to_terminal(job: Job, now, stage: Stage) -> Job | None:
+def _to_terminal(job: Job, now, stage: Stage, result: RunResult | None = None) -> Job | None:
     if job.stage == stage:
         return None  # idempotent: already there
     if job.stage in TERMINAL:
         raise errors.IllegalTransition(f"job {job.id} is {job.stage.value}; requeue it first")
-    return lifecycle.finished(job, now, stage)
+    return lifecycle.finished(job, now, stage, result)
 
 
 def _requeue(ctx: Context, job: Job, now) -> Job:
-    if job.lease is not None:
-        job = lifecycle.end_run(job, now, RunResult.RELEASED)
+    if job.latest_run is not None and job.latest_run.result is None:
+        job = lifecycle.end_run(job, now, RunResult.RELEASED)  # a running or parked run
     job = lifecycle.requeued(job, now, registry.for_product(ctx, job.product_id), attempts=0)
     waiting = deps.waiting_on(ctx, job.product_id, job.deps)
     if waiting:

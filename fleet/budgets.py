@@ -42,7 +42,7 @@ class Budget(Model):
     spent_usd: float = 0.0
     paused: bool = False
     paused_by: PausedBy | None = None
-    #: runId -> {amountUsd, at}: estimated cost of claimed runs not yet accrued.
+    #: claim (lease id) -> {amountUsd, at, runId}: estimated cost of runs not yet accrued.
     reservations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     accruals: list[str] = Field(default_factory=list)
     updated_at: Time
@@ -98,13 +98,15 @@ def refusal(budget: Budget | None) -> str | None:
     return None
 
 
-def accrue(budget: Budget, accrual_id: str, amount: float, now: datetime) -> Budget | None:
-    """Add `amount` once for `accrual_id` and drop its reservation; None if already counted.
-    Reaching the ceiling pauses the budget."""
+def accrue(
+    budget: Budget, accrual_id: str, amount: float, now: datetime, reservation: str | None = None
+) -> Budget | None:
+    """Add `amount` once for `accrual_id` and drop the run's `reservation`; None if already
+    counted. Reaching the ceiling pauses the budget."""
     if accrual_id in budget.accruals:
         return None
     spent = budget.spent_usd + amount
-    reservations = {k: v for k, v in budget.reservations.items() if k != accrual_id}
+    reservations = {k: v for k, v in budget.reservations.items() if k != reservation}
     update: dict[str, Any] = {
         "spent_usd": spent,
         "reservations": reservations,
@@ -116,19 +118,21 @@ def accrue(budget: Budget, accrual_id: str, amount: float, now: datetime) -> Bud
     return budget.model_copy(update=update)
 
 
-def reserve(budget: Budget, run_id: str, amount: float, now: datetime) -> Budget:
-    """Hold `amount` of the ceiling for a run about to start; `BudgetExhausted` if it does not fit."""
-    if budget.ceiling_usd is not None and budget.spent_usd + budget.reserved_usd + amount > budget.ceiling_usd:
+def reserve(budget: Budget, claim: str, run_id: str, amount: float, now: datetime) -> Budget:
+    """Hold `amount` of the ceiling for the claim `claim` (its lease id) about to start run
+    `run_id`; `BudgetExhausted` if it does not fit. Reserving the same claim again replaces it."""
+    others = sum(r["amountUsd"] for k, r in budget.reservations.items() if k != claim)
+    if budget.ceiling_usd is not None and budget.spent_usd + others + amount > budget.ceiling_usd:
         raise BudgetExhausted()
-    reservations = {**budget.reservations, run_id: {"amountUsd": amount, "at": clock.format(now)}}
-    return budget.model_copy(update={"reservations": reservations, "updated_at": now})
+    held = {"amountUsd": amount, "at": clock.format(now), "runId": run_id}
+    return budget.model_copy(update={"reservations": {**budget.reservations, claim: held}, "updated_at": now})
 
 
-def release(budget: Budget, run_id: str, now: datetime) -> Budget | None:
-    """Drop a reservation whose claim did not happen; None if there is none."""
-    if run_id not in budget.reservations:
+def release(budget: Budget, claim: str, now: datetime) -> Budget | None:
+    """Drop the reservation of a claim that did not happen; None if there is none."""
+    if claim not in budget.reservations:
         return None
-    reservations = {k: v for k, v in budget.reservations.items() if k != run_id}
+    reservations = {k: v for k, v in budget.reservations.items() if k != claim}
     return budget.model_copy(update={"reservations": reservations, "updated_at": now})
 
 
@@ -246,15 +250,15 @@ def drop_stale_reservations(ctx: Context) -> int:
     dropped = 0
     for doc in list(store.query_all(ctx.store, store.Query("budgets", None, limit=200))):
         budget = Budget.from_doc(doc)
-        for run_id, held in budget.reservations.items():
+        for claim, held in budget.reservations.items():
             if now - clock.parse(held["at"]) < timedelta(seconds=ctx.settings.lease_seconds):
                 continue
-            job_id, _, epoch = run_id.rpartition("#")
+            job_id = held.get("runId", "").rpartition("#")[0]
             try:
                 job = ctx.store.read("jobs", budget.product_id, job_id)
             except errors.NotFound:
-                job = {"leaseEpoch": 0}
-            if job.get("leaseEpoch", 0) < int(epoch or 0):
-                change(ctx, budget.product_id, lambda b, r=run_id: release(b, r, now), create=False)
+                job = {}
+            if not any(run.get("reservation") == claim for run in job.get("runs", [])):
+                change(ctx, budget.product_id, lambda b, c=claim: release(b, c, now), create=False)
                 dropped += 1
     return dropped

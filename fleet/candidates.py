@@ -21,8 +21,10 @@ from fleet import clock, scoring, store
 from fleet.jobs import Job
 from fleet.stages import Priority, Stage
 
-#: Slack for float rounding between `rankKey + w.age*now` and the score computed from fields.
+#: Slack for float rounding between `rankKey + w.age*now` and the score computed from fields:
+#: absolute, plus relative to the magnitudes that cancel (a few ulps, generously).
 EPSILON = 1e-6
+RELATIVE_EPSILON = 1e-14
 #: The key of "nothing unread can be better": the stream is exhausted.
 EXHAUSTED = (math.inf,)
 #: The key of "an unread job could be anything": the stream has not been read yet.
@@ -101,7 +103,8 @@ def rank_stream(
 
     def bound_after(last: Job) -> tuple:
         # An unread job scores at most this; on a tie it might be older, so page on (-inf).
-        return (-(now_term + last.rank_key + slack + EPSILON), -math.inf)
+        noise = EPSILON + RELATIVE_EPSILON * (abs(now_term) + abs(last.rank_key))
+        return (-(now_term + last.rank_key + slack + noise), -math.inf)
 
     query = store.Query(
         "jobs",

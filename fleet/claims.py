@@ -131,17 +131,18 @@ def _claim(ctx: Context, job: Job, factory_id: str, offered: frozenset[str], run
 def take(ctx: Context, job: Job, factory_id: str, now: datetime, preempted: Job | None = None) -> Job:
     """CAS `job` (as read, with its ETag) from queued to assigned with a new lease and run.
     Raises `PreconditionFailed` if anyone changed it since it was read. With budgets on, a job
-    with an estimated cost first reserves it against the product's ceiling."""
+    with an estimated cost first reserves it against the product's ceiling (under this claim's
+    own lease id, so a claim that loses the race releases only its own reservation)."""
     epoch = job.lease_epoch + 1
-    run_id = f"{job.id}#{epoch}"
-    reserved = _reserve(ctx, job, run_id, now)
     lease = Lease(
         lease_id=uuid.uuid4().hex,
         factory_id=factory_id,
         epoch=epoch,
         expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
     )
-    run = Run(run_id=run_id, factory_id=factory_id, started_at=now)
+    run_id = f"{job.id}#{epoch}"
+    reserved = _reserve(ctx, job, lease.lease_id, run_id, now)
+    run = Run(run_id=run_id, factory_id=factory_id, started_at=now, reservation=lease.lease_id if reserved else None)
     claimed = (
         job.model_copy(update={"stage": Stage.ASSIGNED, "lease": lease, "lease_epoch": epoch, "updated_at": now})
         .with_run(run)
@@ -153,18 +154,18 @@ def take(ctx: Context, job: Job, factory_id: str, now: datetime, preempted: Job 
         doc = ctx.store.replace("jobs", claimed.to_doc(), job.etag or "")
     except (errors.PreconditionFailed, errors.NotFound):
         if reserved:
-            budgets.change(ctx, job.product_id, lambda b: budgets.release(b, run_id, now), create=False)
+            budgets.change(ctx, job.product_id, lambda b: budgets.release(b, lease.lease_id, now), create=False)
         raise
     return Job.from_doc(doc)
 
 
-def _reserve(ctx: Context, job: Job, run_id: str, now: datetime) -> bool:
+def _reserve(ctx: Context, job: Job, claim: str, run_id: str, now: datetime) -> bool:
     if not ctx.settings.budgets or not job.estimated_cost_usd:
         return False
     budget = budgets.find(ctx, job.product_id)
     if budget is None or budget.ceiling_usd is None:
         return False
-    budgets.change(ctx, job.product_id, lambda b: budgets.reserve(b, run_id, job.estimated_cost_usd, now))
+    budgets.change(ctx, job.product_id, lambda b: budgets.reserve(b, claim, run_id, job.estimated_cost_usd, now))
     return True
 
 

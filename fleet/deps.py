@@ -31,23 +31,31 @@ def waiting_on(ctx: Context, product_id: str, keys: list[str]) -> list[BlockedOn
 
 def recheck(ctx: Context, product_id: str, id: str) -> Job:
     """Unblock the job if all its deps are finished, else refresh its `blockedOn`."""
+    return unblock_if_ready(ctx, product_id, id)[0]
+
+
+def unblock_if_ready(ctx: Context, product_id: str, id: str) -> tuple[Job, bool]:
+    """`recheck`, also telling whether this call is the one that unblocked the job."""
     now = ctx.clock.now()
     weights = registry.for_product(ctx, product_id)
+    unblocked: list[bool] = []
 
     def decide(doc: dict[str, Any]) -> dict[str, Any] | None:
         job = Job.from_doc(doc)
+        unblocked.clear()
         if job.stage != Stage.BLOCKED:
             return None
         waiting = waiting_on(ctx, product_id, job.deps)
         if waiting:
             return None if waiting == job.blocked_on else job.model_copy(update={"blocked_on": waiting}).to_doc()
+        unblocked.append(True)
         return lifecycle.requeued(job, now, weights).with_event(now, "unblocked").to_doc()
 
-    before = Stage.BLOCKED
     job = Job.from_doc(store.update(ctx.store, "jobs", product_id, id, decide))
-    if job.stage == Stage.QUEUED and before == Stage.BLOCKED:
+    if unblocked:
+        job = registry.ensure_rank(ctx, job)
         queue_state.bump(ctx, product_id)
-    return job
+    return job, bool(unblocked)
 
 
 def release_dependents(ctx: Context, finished: Job) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from fleet import deps, errors, queue_state, spend
+from fleet import deps, errors, queue_state, spend, weights
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import FINISHED, Stage
@@ -20,6 +20,7 @@ def settle(ctx: Context, before: Stage | None, job: Job) -> Job:
     as it stands afterwards."""
     try:
         if job.stage == Stage.QUEUED and before != Stage.QUEUED:
+            job = weights.ensure_rank(ctx, job)
             queue_state.bump(ctx, job.product_id)
         if job.accrual_pending:
             job = spend.settle(ctx, job)

@@ -43,11 +43,12 @@ def heartbeat(
             "lastHeartbeatAt": clock.format(now),
         },
     )
-    return [renew(ctx, job_id, lease_id) for job_id, lease_id in running]
+    return [renew(ctx, job_id, lease_id, factory_id) for job_id, lease_id in running]
 
 
-def renew(ctx: Context, job_id: str, lease_id: str) -> dict[str, Any]:
-    """Extend one lease by a lease term if it is still the job's live lease."""
+def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = None) -> dict[str, Any]:
+    """Extend one lease by a lease term if it is still the job's live lease (and, when
+    `factory_id` is given, held by that factory)."""
     now = ctx.clock.now()
     product_id = product_of(job_id)
     revoked = {"jobId": job_id, "leaseId": lease_id, "status": "revoked", "expiresAt": None}
@@ -56,7 +57,7 @@ def renew(ctx: Context, job_id: str, lease_id: str) -> dict[str, Any]:
 
     def extend(doc: dict[str, Any]) -> dict[str, Any]:
         job = Job.from_doc(doc)
-        if not job.holds(lease_id, now):
+        if not job.holds(lease_id, now) or (factory_id is not None and job.lease.factory_id != factory_id):
             raise errors.LeaseLost()
         lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
         return job.model_copy(update={"lease": lease, "updated_at": now}).to_doc()

@@ -63,6 +63,8 @@ class Run(Model):
     artifacts: list[Any] = Field(default_factory=list)
     #: Whether the run's cost has been added to its product's budget.
     accrued: bool = False
+    #: The budget reservation its claim made for the job's estimated cost, if any.
+    reservation: str | None = None
 
 
 class Event(Model):

@@ -71,11 +71,12 @@ _RESULT_OF = {
 }
 
 
-def finished(job: Job, now: datetime, stage: Stage, **report: Any) -> Job:
-    """To a terminal stage: the lease ends and the latest run takes the outcome. A shipped or
-    done job always mirrors it onto its latest run; otherwise a run that already ended keeps
-    how it ended (a retried run stays `retry` when its job is later cancelled)."""
+def finished(job: Job, now: datetime, stage: Stage, result: RunResult | None = None, **report: Any) -> Job:
+    """To a terminal stage: the lease ends and the latest run takes the outcome (`result`, or
+    the stage's own). A shipped or done job always mirrors it onto its latest run; otherwise
+    a run that already ended keeps how it ended (a retried run stays `retry` when its job is
+    later cancelled)."""
     assert stage in TERMINAL
     run = job.latest_run
-    result = None if (run and run.result and stage not in FINISHED) else _RESULT_OF[stage]
+    result = None if (run and run.result and stage not in FINISHED) else (result or _RESULT_OF[stage])
     return end_run(job, now, result, **report).model_copy(update={"stage": stage, "lease": None, "updated_at": now})

@@ -22,7 +22,11 @@ def settle(ctx: Context, job: Job) -> Job:
     due = [run for run in job.runs if run.ended_at is not None and not run.accrued]
     for run in due:
         cost = float(run.insights.get("costUsd") or 0.0)
-        budgets.change(ctx, job.product_id, lambda b, r=run.run_id, c=cost: budgets.accrue(b, r, c, now))
+        budgets.change(
+            ctx,
+            job.product_id,
+            lambda b, r=run.run_id, c=cost, held=run.reservation: budgets.accrue(b, r, c, now, held),
+        )
     done = {run.run_id for run in due}
 
     def mark(doc: dict[str, Any]) -> dict[str, Any] | None:

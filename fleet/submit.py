@@ -23,6 +23,8 @@ def submit_hash(spec: JobSpec, parent_id: str | None = None) -> str:
     """Digest of the normalised submit fields: equal for a retry of the same submit."""
     fields = spec.model_dump(mode="json", by_alias=True, exclude={"children"})
     fields["priority"] = fields["priority"] or Priority.NORMAL.value
+    fields["capabilities"] = sorted(set(fields["capabilities"]))  # stored as a set
+    fields["deps"] = sorted(fields["deps"])
     fields["children"] = sorted(child.idempotency_key for child in spec.children)
     fields["parentId"] = parent_id
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]

@@ -43,11 +43,14 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     for doc in list(store.query_all(ctx.store, query)):
         weights = registry.for_product(ctx, doc["productId"])
         spare = gap_began is not None and clock.parse(doc["lease"]["expiresAt"]) >= gap_began
+        wrote: dict[str, Stage] = {}
 
         def decide(current: dict[str, Any]) -> dict[str, Any] | None:
             job = Job.from_doc(current)
+            wrote.clear()
             if job.lease is None or job.lease.expires_at > now:
                 return None  # renewed or finished since we read it
+            wrote["before"] = job.stage
             if spare:
                 lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
                 return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage").to_doc()
@@ -59,15 +62,16 @@ def expired_leases(ctx: Context) -> dict[str, int]:
             )
 
         try:
-            before = Stage(doc["stage"])
             job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
         except errors.NotFound:
             continue
-        if job.lease is not None and spare:
+        if not wrote:
+            continue  # nothing of ours was written
+        if spare:
             counts["spared"] += 1
-        elif job.stage != before and job.lease is None:
+        else:
             counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1
-            effects.settle(ctx, before, job)
+            effects.settle(ctx, wrote["before"], job)
     _record_run(ctx, now)
     return counts
 
@@ -91,7 +95,7 @@ def blocked_jobs(ctx: Context) -> int:
     released = 0
     for doc in list(store.query_all(ctx.store, query)):
         try:
-            if deps.recheck(ctx, doc["productId"], doc["id"]).stage != Stage.BLOCKED:
+            if deps.unblock_if_ready(ctx, doc["productId"], doc["id"])[1]:
                 released += 1
         except errors.NotFound:
             continue

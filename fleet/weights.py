@@ -100,3 +100,16 @@ def _rekeyed(doc: dict[str, Any], weights: scoring.Weights) -> dict[str, Any] | 
         return None
     key = scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights)
     return None if key == job.rank_key else {**doc, "rankKey": key}
+
+
+def ensure_rank(ctx: Context, job: Job) -> Job:
+    """Re-key a job just written to the queue if the product's weights changed since its writer
+    read them. A weight change re-keys the queued jobs it finds after writing the new weights;
+    this check, made after the job's own write, covers the jobs it could not find yet."""
+    weights = for_product(ctx, job.product_id)
+    if scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights) == job.rank_key:
+        return job
+    try:
+        return Job.from_doc(store.update(ctx.store, "jobs", job.product_id, job.id, lambda d: _rekeyed(d, weights)))
+    except errors.NotFound:
+        return job

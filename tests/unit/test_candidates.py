@@ -1,0 +1,200 @@
+"""Claim candidates: the lazy ranked merge reads only what it must, yet yields exactly the order
+of a full scan — over the fast rank-key stream and over the per-bucket streams alike."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from fleet import candidates, claims, scoring, store as store_port, weights as registry
+from fleet.context import Context
+from fleet.jobs import Job
+from fleet.stages import Priority
+
+from tests.unit.conftest import PRODUCT
+
+CAPABILITIES = ["py", "js", "gpu", "db"]
+
+# Jobs: every priority, attempts 0..9, ages in whole minutes (so scores tie across buckets
+# often) with an occasional millisecond nudge, and exact createdAt ties.
+job_specs = st.fixed_dictionaries(
+    {
+        "priority": st.sampled_from(list(Priority)),
+        "attempts": st.integers(0, 9),
+        "age_minutes": st.integers(0, 40),
+        "nudge_ms": st.sampled_from([0, 0, 0, 1, 500]),
+        "capabilities": st.lists(st.sampled_from(CAPABILITIES), unique=True, max_size=3),
+        # mostly queued; the rest must never be offered
+        "stage": st.sampled_from(["queued"] * 6 + ["assigned", "blocked", "testing", "shipped"]),
+    }
+)
+weight = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 2.0, 5.0, 10.0, -2.0]), st.floats(-100, 100, allow_nan=False))
+weight_sets = st.builds(
+    scoring.Weights,
+    age=st.one_of(st.sampled_from([0.0, 1.0, 0.5, -1.0, -3.0]), st.floats(-100, 100, allow_nan=False)),
+    priority=weight,
+    retries=weight,
+    capabilities=st.one_of(st.sampled_from([5.0, 0.0, -5.0, 1.0, 100.0]), st.floats(-100, 100, allow_nan=False)),
+)
+offered_sets = st.frozensets(st.sampled_from(CAPABILITIES))
+PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def seed(world, specs, weights) -> list[Job]:
+    now = world.clock.now()
+    return [
+        world.make_job(
+            f"job-{i}",
+            priority=spec["priority"],
+            attempts=spec["attempts"],
+            created_at=now - timedelta(minutes=spec["age_minutes"]) + timedelta(milliseconds=spec["nudge_ms"]),
+            capabilities=spec["capabilities"],
+            stage=spec["stage"],
+            weights=weights,
+        )
+        for i, spec in enumerate(specs)
+    ]
+
+
+def ids(cands) -> list[str]:
+    return [c.job.id for c in cands]
+
+
+@PROPERTY
+@given(specs=st.lists(job_specs, max_size=25), weights=weight_sets, offered=offered_sets, page=st.integers(1, 7))
+def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(new_world, specs, weights, offered, page):
+    with new_world() as world:
+        # Given queued jobs keyed with `weights`, and some that are not claimable
+        jobs = seed(world, specs, weights)
+        now = world.clock.now()
+        score = candidates.scorer(now, weights, offered)
+        expected = ids(candidates.full_scan(jobs, score))
+
+        # When the fast path and the bucket path rank them
+        fast = ids(candidates.ranked(world.store, [candidates.rank_stream(PRODUCT, now, weights, offered, page)], score))
+        buckets = candidates.bucket_streams(PRODUCT, now, weights, offered, page, claims.MAX_ATTEMPTS)
+        by_bucket = ids(candidates.ranked(world.store, buckets, score))
+
+        # Then both agree with the full scan, id for id
+        assert fast == expected
+        assert by_bucket == expected
+        # and only claimable jobs appear: queued, and the factory has every capability
+        eligible = {j.id for j in jobs if j.stage.value == "queued" and offered.issuperset(j.capabilities)}
+        assert set(expected) == eligible
+
+
+@PROPERTY
+@given(specs=st.lists(job_specs, max_size=25), weights=weight_sets, offered=offered_sets)
+def test_claim_next_takes_the_full_scans_best_with_product_weights(new_world, specs, weights, offered):
+    with new_world() as world:
+        # Given the product's registered weights, and jobs keyed with them
+        registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(**weights.model_dump()))
+        jobs = seed(world, specs, weights)
+        best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), weights, offered))
+
+        # When a factory claims without overriding anything (the rank-key path)
+        claimed = world.claim(capabilities=sorted(offered))
+
+        # Then it holds exactly the full scan's best
+        assert (claimed.job.id if claimed.job else None) == (best[0].job.id if best else None)
+
+
+@PROPERTY
+@given(specs=st.lists(job_specs, max_size=25), override=weight_sets, offered=offered_sets)
+def test_claim_next_takes_the_full_scans_best_with_request_weights(new_world, specs, override, offered):
+    with new_world() as world:
+        # Given jobs keyed with the default weights
+        jobs = seed(world, specs, scoring.DEFAULTS)
+        best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), override, offered))
+
+        # When a factory claims with its own weights (the bucket path, unless only capabilities differ)
+        claimed = world.claim(capabilities=sorted(offered), weights=override.model_dump())
+
+        # Then it holds exactly the full scan's best under its weights
+        assert (claimed.job.id if claimed.job else None) == (best[0].job.id if best else None)
+
+
+# Exact examples
+
+
+def test_ties_go_to_the_older_job_then_the_smaller_id(make_job, clock):
+    # Given three jobs that all score 30 with the default weights:
+    older_a = make_job("a", age_minutes=20)  # 1*20 + 10*1 = 30
+    older_b = make_job("b", age_minutes=20)  # 1*20 + 10*1 = 30, created with a
+    younger_high = make_job("c", priority="high", age_minutes=10)  # 1*10 + 10*2 = 30
+    score = candidates.scorer(clock.now(), scoring.DEFAULTS, frozenset())
+
+    # When they are ranked
+    order = ids(candidates.full_scan([younger_high, older_b, older_a], score))
+
+    # Then the older ones come first, between them the smaller id
+    assert order == [*sorted([older_a.id, older_b.id]), younger_high.id]
+
+
+def test_the_fast_path_reads_one_page_whatever_the_depth(new_world):
+    """Cost must not grow with queue depth: 50 and 2000 queued jobs, the same number of reads."""
+    queries = {}
+    for depth in (50, 2000):
+        with new_world() as world:
+            # Given `depth` queued jobs of mixed priority and age
+            jobs = [world.make_job(f"job-{i}", priority=list(Priority)[i % 4], age_minutes=i % 120) for i in range(depth)]
+            counting = store_port.CountingStore(world.store)
+            ctx = Context(counting, world.clock, world.ctx.settings)
+
+            # When a factory claims with the product's weights
+            claimed = claims.claim_next(ctx, claims.ClaimRequest("factory-1", PRODUCT, []))
+
+            # Then it got the full scan's best having read the same, small number of pages
+            best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), scoring.DEFAULTS, frozenset()))[0]
+            assert claimed.job.id == best.job.id
+            queries[depth] = counting.calls["query:jobs"]
+    assert queries[50] == queries[2000] <= 2, queries
+
+
+def test_the_bucket_path_reads_a_bounded_number_of_pages_whatever_the_depth(new_world):
+    queries = {}
+    for depth in (50, 2000):
+        with new_world() as world:
+            jobs = [
+                world.make_job(f"job-{i}", priority=list(Priority)[i % 4], attempts=i % 3, age_minutes=i % 120)
+                for i in range(depth)
+            ]
+            counting = store_port.CountingStore(world.store)
+            ctx = Context(counting, world.clock, world.ctx.settings)
+
+            # A request override of age changes the order: no rank key, one head per bucket
+            request = claims.ClaimRequest("factory-1", PRODUCT, [], scoring.WeightsPatch(age=3))
+            claimed = claims.claim_next(ctx, request)
+            weights = scoring.resolve(request.weights)
+            best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), weights, frozenset()))[0]
+            assert claimed.job.id == best.job.id
+            queries[depth] = counting.calls["query:jobs"]
+    # one read per (priority, attempts) bucket, and a few more at most
+    assert queries[50] == queries[2000] <= len(Priority) * claims.MAX_ATTEMPTS + 4, queries
+
+
+def test_an_age_weight_below_zero_reads_buckets_newest_first(make_job, store, clock):
+    # Given w.age = -1: the youngest job of a bucket is its best
+    old = make_job("old", age_minutes=30)
+    new = make_job("new", age_minutes=1)
+    weights = scoring.Weights(age=-1)
+    score = candidates.scorer(clock.now(), weights, frozenset())
+    streams = candidates.bucket_streams(PRODUCT, clock.now(), weights, frozenset(), 1, claims.MAX_ATTEMPTS)
+    assert ids(candidates.ranked(store, streams, score)) == [new.id, old.id]
+
+
+def test_a_large_age_weight_still_agrees_with_the_full_scan(make_job, store, clock):
+    # Given w.age = 10000 (allowed: weights go to 1e6) and two jobs whose true scores tie:
+    # low created at t, normal created 60 ms later: 10*1 - 10000*(t + 0.001 min) = 10*0 - 10000*t
+    weights = scoring.Weights(age=10000, priority=10, retries=0, capabilities=0)
+    t = clock.now() - timedelta(days=2, hours=6, minutes=20, seconds=31, milliseconds=665)  # 2026-01-03T02:39:28.335Z
+    low = make_job("low", priority="low", created_at=t, weights=weights)
+    normal = make_job("normal", priority="normal", created_at=t + timedelta(milliseconds=60), weights=weights)
+    score = candidates.scorer(clock.now(), weights, frozenset())
+
+    # When the fast path ranks them one job per page
+    fast = ids(candidates.ranked(store, [candidates.rank_stream(PRODUCT, clock.now(), weights, frozenset(), 1)], score))
+
+    # Then it agrees with the full scan
+    assert fast == ids(candidates.full_scan([low, normal], score))

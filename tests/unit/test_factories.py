@@ -1,0 +1,203 @@
+"""Factories: a heartbeat registers the factory and renews the leases it runs, answering
+`renewed` or `revoked` for each; listings show health from heartbeat age and seats in use."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from fleet import actions, clock as clock_mod, errors, factories
+from fleet.jobs import job_id
+from fleet.stages import Stage
+
+from tests.unit.conftest import LEASE_SECONDS, PRODUCT
+
+
+def heartbeat(ctx, factory="factory-1", running=(), **fields):
+    return factories.heartbeat(
+        ctx,
+        factory,
+        fields.get("products", [PRODUCT]),
+        fields.get("capabilities", []),
+        fields.get("seat_limit"),
+        [(job.id if hasattr(job, "id") else job, lease) for job, lease in running],
+    )
+
+
+# Renewal
+
+
+def test_a_heartbeat_renews_a_live_lease_by_a_lease_term(world, ctx, running_job, clock):
+    # Given a job whose lease has 100 s left
+    job = running_job(stage="building")
+    clock.advance(LEASE_SECONDS - 100)
+    # When its factory heartbeats
+    [answer] = heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    # Then the lease runs a full term from now
+    expected = clock.now() + timedelta(seconds=LEASE_SECONDS)
+    assert answer == {
+        "jobId": job.id,
+        "leaseId": job.lease.lease_id,
+        "status": "renewed",
+        "expiresAt": clock_mod.format(expected),
+    }
+    assert world.job(job).lease.expires_at == expected
+    # and the lease keeps its identity and epoch
+    assert world.job(job).lease.model_copy(update={"expires_at": job.lease.expires_at}) == job.lease
+    # and the factory may write past the old expiry
+    clock.advance(200)
+    assert world.patch(job, "review").stage == Stage.REVIEW
+
+
+def test_a_factory_that_keeps_heartbeating_keeps_its_lease(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    for _ in range(10):  # 10 × 100 s, far past one lease term
+        clock.advance(100)
+        assert heartbeat(ctx, running=[(job, job.lease.lease_id)])[0]["status"] == "renewed"
+    assert world.patch(job, "testing").stage == Stage.TESTING
+
+
+def test_an_expired_lease_is_revoked_not_revived(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    clock.advance(LEASE_SECONDS + 1)
+    [answer] = heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    assert (answer["status"], answer["expiresAt"]) == ("revoked", None)
+    assert world.job(job).lease.expires_at == job.lease.expires_at
+
+
+def test_a_superseded_lease_is_revoked(world, ctx, running_job, claim):
+    old = running_job(stage="building", factory="factory-1")
+    actions.apply(ctx, old.id, actions.Action.REQUEUE)
+    new = claim("factory-2").job
+    answers = heartbeat(ctx, "factory-1", running=[(old, old.lease.lease_id)])
+    assert answers[0]["status"] == "revoked"
+    # the new owner's lease is untouched
+    assert world.job(new).lease == new.lease
+
+
+@pytest.mark.parametrize(
+    "job, lease",
+    [
+        (job_id(PRODUCT, "never-submitted"), "some-lease"),  # unknown job
+        ("not-a-job-id", "some-lease"),  # malformed ids
+        ("acme:", "some-lease"),
+        ("acme:UPPERCASEISNOTBASE32", "some-lease"),
+        ("bad product:abcdefghijklmnopqrst", "some-lease"),
+    ],
+)
+def test_unknown_or_malformed_jobs_are_revoked(ctx, job, lease):
+    assert heartbeat(ctx, running=[(job, lease)]) == [
+        {"jobId": job, "leaseId": lease, "status": "revoked", "expiresAt": None}
+    ]
+
+
+def test_a_wrong_lease_on_a_real_job_is_revoked(ctx, running_job):
+    job = running_job()
+    assert heartbeat(ctx, running=[(job, "someone-elses")])[0]["status"] == "revoked"
+
+
+def test_a_released_or_finished_job_is_revoked(world, ctx, running_job):
+    parked = running_job("parked", stage="testing")
+    world.release(parked, stage="testing")
+    shipped = running_job("shipped", stage="testing")
+    world.patch(shipped, "shipped")
+    answers = heartbeat(ctx, running=[(parked, parked.lease.lease_id), (shipped, shipped.lease.lease_id)])
+    assert [a["status"] for a in answers] == ["revoked", "revoked"]
+
+
+def test_each_lease_is_answered_on_its_own(ctx, running_job, clock):
+    live = running_job("live")
+    clock.advance(10)
+    answers = heartbeat(ctx, running=[(live, live.lease.lease_id), (live, "stale"), ("junk", "x")])
+    assert [a["status"] for a in answers] == ["renewed", "revoked", "revoked"]
+
+
+# Registration
+
+
+def test_a_heartbeat_registers_the_factory_and_updates_it(ctx, clock):
+    heartbeat(ctx, "factory-1", capabilities=["py"], seat_limit=2)
+    first_seen = clock_mod.format(clock.now())
+    clock.advance(30)
+    heartbeat(ctx, "factory-1", capabilities=["py", "gpu"], seat_limit=4, products=["acme", "other"])
+    doc = factories.find(ctx, "factory-1")
+    assert doc["capabilities"] == ["py", "gpu"]
+    assert doc["seatLimit"] == 4
+    assert doc["products"] == ["acme", "other"]
+    assert doc["firstSeenAt"] == first_seen
+    assert doc["lastHeartbeatAt"] == clock_mod.format(clock.now())
+
+
+def test_an_unknown_factory_is_not_found(ctx):
+    assert factories.find(ctx, "ghost") is None
+
+
+# Health and seats
+
+
+@pytest.mark.parametrize(
+    "seconds_since_heartbeat, health",
+    [
+        (0, "online"),
+        (60, "online"),  # ≤ 60 s
+        (61, "stale"),
+        (300, "stale"),  # ≤ 300 s
+        (301, "offline"),
+        (86_400, "offline"),
+    ],
+)
+def test_health_follows_heartbeat_age(ctx, clock, seconds_since_heartbeat, health):
+    heartbeat(ctx, "factory-1")
+    clock.advance(seconds_since_heartbeat)
+    [listed] = factories.list_all(ctx)
+    assert listed["health"] == health
+
+
+@pytest.mark.parametrize(
+    "age, health",
+    [(timedelta(seconds=60), "online"), (timedelta(seconds=60, milliseconds=1), "stale"),
+     (timedelta(seconds=300), "stale"), (timedelta(seconds=300, milliseconds=1), "offline")],
+)
+def test_health_boundaries_to_the_millisecond(age, health):
+    now = clock_mod.parse("2026-01-05T09:00:00.000Z")
+    assert factories.health(clock_mod.format(now - age), now) == health
+
+
+def test_a_factory_never_heard_from_is_offline():
+    assert factories.health(None, clock_mod.parse("2026-01-05T09:00:00.000Z")) == "offline"
+
+
+def test_seats_used_counts_live_leases_per_factory(world, ctx, running_job, clock):
+    heartbeat(ctx, "factory-1", seat_limit=3)
+    heartbeat(ctx, "factory-2")
+    # Given factory-1 runs two jobs and factory-2 one
+    running_job("a", factory="factory-1")
+    running_job("b", factory="factory-1", stage="building")
+    running_job("c", factory="factory-2")
+    # and factory-1 finished a third
+    done = running_job("d", factory="factory-1", stage="testing")
+    world.release(done, stage="shipped")
+    listed = {f["id"]: f for f in factories.list_all(ctx)}
+    assert (listed["factory-1"]["seatsUsed"], listed["factory-1"]["seatLimit"]) == (2, 3)
+    assert (listed["factory-2"]["seatsUsed"], listed["factory-2"]["seatLimit"]) == (1, None)
+
+
+def test_an_expired_lease_frees_its_seat_even_before_the_sweep(ctx, running_job, clock):
+    heartbeat(ctx, "factory-1")
+    running_job("a", factory="factory-1")
+    clock.advance(LEASE_SECONDS + 1)
+    assert factories.list_all(ctx)[0]["seatsUsed"] == 0
+
+
+def test_factories_are_listed_by_id(ctx):
+    for name in ("zeta", "alpha", "mid"):
+        heartbeat(ctx, name)
+    assert [f["id"] for f in factories.list_all(ctx)] == ["alpha", "mid", "zeta"]
+
+
+def test_renew_of_a_job_gone_missing_is_revoked(ctx, running_job, store):
+    job = running_job()
+    store.delete("jobs", PRODUCT, job.id)
+    assert factories.renew(ctx, job.id, job.lease.lease_id)["status"] == "revoked"
+    with pytest.raises(errors.NotFound):
+        store.read("jobs", PRODUCT, job.id)

@@ -1,0 +1,190 @@
+"""The sweep: expired leases go back to the queue with an attempt more (or to `dead_letter`),
+by conditional writes that re-decide on the current job, so nothing done after the sweep read
+the job is clobbered."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from fleet import actions, scoring, sweep, weights as registry
+from fleet.stages import RunResult, Stage
+
+from tests.unit.conftest import LEASE_SECONDS, PRODUCT, interleaved
+
+
+def outcome(counts: dict[str, int]) -> dict[str, int]:
+    """The counts these specifications are about (the sweep reports more, e.g. spared leases)."""
+    return {key: counts[key] for key in ("expired", "deadLettered")}
+
+
+def expiry_query(query) -> bool:
+    return any(f.field == "lease.expiresAt" for f in query.where)
+
+
+def blocked_query(query) -> bool:
+    return any(f.field == "stage" and f.value == "blocked" for f in query.where)
+
+
+def test_an_expired_lease_goes_back_to_the_queue_with_an_attempt_more(world, ctx, running_job, clock):
+    # Given a factory that went silent while building
+    job = running_job(stage="building", factory="factory-1")
+    version = world.version()
+    # When its lease has expired and the sweep runs
+    clock.advance(LEASE_SECONDS + 1)
+    counts = sweep.expired_leases(ctx)
+    # Then the job is queued again with one attempt counted, and its run says why it ended
+    swept = world.job(job)
+    assert outcome(counts) == {"expired": 1, "deadLettered": 0}
+    assert (swept.stage, swept.lease, swept.attempts) == (Stage.QUEUED, None, 1)
+    assert (swept.latest_run.result, swept.latest_run.ended_at) == (RunResult.EXPIRED, clock.now())
+    assert swept.events[-1].type == "lease_expired"
+    assert swept.events[-1].actor == "factory-1"
+    # with the rank key of a retried job, so claims order it right
+    assert swept.rank_key == scoring.rank_key(1, 1, job.created_at, scoring.DEFAULTS)
+    # and idle factories hear of it, and may claim it again
+    assert world.version() == version + 1
+    again = world.claim("factory-2").job
+    assert (again.id, again.lease.epoch) == (job.id, 2)
+
+
+@pytest.mark.parametrize(
+    "max_attempts, attempts_before, stage_after",
+    [
+        (3, 1, Stage.QUEUED),  # 1 + 1 < 3
+        (3, 2, Stage.DEAD_LETTER),  # 2 + 1 = 3
+        (1, 0, Stage.DEAD_LETTER),
+    ],
+)
+def test_an_expired_lease_on_the_last_attempt_dead_letters(world, ctx, make_job, claim, clock, max_attempts, attempts_before, stage_after):
+    make_job("job", attempts=attempts_before, max_attempts=max_attempts)
+    job = claim().job
+    clock.advance(LEASE_SECONDS + 1)
+    version = world.version()
+    counts = sweep.expired_leases(ctx)
+    swept = world.job(job)
+    assert (swept.stage, swept.attempts, swept.lease) == (stage_after, attempts_before + 1, None)
+    assert swept.latest_run.result == RunResult.EXPIRED
+    if stage_after == Stage.DEAD_LETTER:
+        assert outcome(counts) == {"expired": 0, "deadLettered": 1}
+        assert world.version() == version  # nothing became claimable
+    else:
+        assert outcome(counts) == {"expired": 1, "deadLettered": 0}
+
+
+def test_live_and_lease_free_jobs_are_left_alone(world, ctx, running_job, make_job, clock):
+    live = running_job("live", stage="building")
+    parked = running_job("parked", stage="testing")
+    world.release(parked, stage="testing")
+    queued = make_job("queued")
+    clock.advance(LEASE_SECONDS - 1)
+    assert outcome(sweep.expired_leases(ctx)) == {"expired": 0, "deadLettered": 0}
+    assert [world.job(j).stage for j in (live, parked, queued)] == [Stage.BUILDING, Stage.TESTING, Stage.QUEUED]
+
+
+def test_the_sweep_covers_every_product(world, ctx, running_job, clock):
+    a = running_job("a", product_id="alpha")
+    b = running_job("b", product_id="beta")
+    clock.advance(LEASE_SECONDS + 1)
+    assert sweep.expired_leases(ctx)["expired"] == 2
+    assert [world.job(j).stage for j in (a, b)] == [Stage.QUEUED, Stage.QUEUED]
+    assert (world.version("alpha"), world.version("beta")) == (2, 2)  # submit, expiry
+
+
+def test_the_sweep_uses_the_products_weights_for_the_new_rank_key(world, ctx, running_job, clock):
+    registry.put(ctx, PRODUCT, scoring.WeightsPatch(retries=-50))
+    job = running_job()
+    clock.advance(LEASE_SECONDS + 1)
+    sweep.expired_leases(ctx)
+    weights = scoring.Weights(retries=-50)
+    assert world.job(job).rank_key == scoring.rank_key(1, 1, job.created_at, weights)
+
+
+def test_a_job_shipped_after_the_sweep_read_it_is_not_clobbered(world, running_job, clock):
+    # Given an expired lease the sweep has found
+    job = running_job(stage="testing")
+    clock.advance(LEASE_SECONDS + 1)
+    ship = lambda: actions.apply(world.ctx, job.id, actions.Action.SHIP)  # noqa: E731
+    # When an operator ships the job right after the sweep's query
+    sweep.expired_leases(interleaved(world, "query", ship, when=expiry_query))
+    # Then it stays shipped, with a shipped run and no attempt counted
+    after = world.job(job)
+    assert (after.stage, after.attempts, after.latest_run.result) == (Stage.SHIPPED, 0, RunResult.SHIPPED)
+
+
+def test_a_job_reclaimed_after_the_sweep_read_it_is_not_clobbered(world, running_job, clock):
+    # Given an expired lease the sweep has found
+    job = running_job(stage="building", factory="factory-1")
+    clock.advance(LEASE_SECONDS + 1)
+
+    def requeue_and_reclaim():
+        actions.apply(world.ctx, job.id, actions.Action.REQUEUE)
+        world.claim("factory-2")
+
+    # When an operator requeues it and another factory claims it right after the sweep's query
+    counts = sweep.expired_leases(interleaved(world, "query", requeue_and_reclaim, when=expiry_query))
+    # Then the new, live lease stands
+    after = world.job(job)
+    assert (after.stage, after.lease.factory_id, after.lease.epoch, after.attempts) == (Stage.ASSIGNED, "factory-2", 2, 0)
+    assert outcome(counts) == {"expired": 0, "deadLettered": 0}
+
+
+def test_a_job_finished_after_the_sweep_read_it_is_not_counted_as_expired(world, running_job, clock):
+    job = running_job(stage="testing")
+    clock.advance(LEASE_SECONDS + 1)
+    ship = lambda: actions.apply(world.ctx, job.id, actions.Action.SHIP)  # noqa: E731
+    counts = sweep.expired_leases(interleaved(world, "query", ship, when=expiry_query))
+    assert outcome(counts) == {"expired": 0, "deadLettered": 0}
+
+
+def test_a_job_unblocked_after_the_sweep_read_it_is_neither_counted_nor_bumped_twice(world, running_job, submit_job):
+    # Given a blocked job the sweep has found
+    dep = running_job("dep", stage="testing")
+    job = submit_job("job", deps=["dep"])
+    ship_dep = lambda: actions.apply(world.ctx, dep.id, actions.Action.SHIP)  # noqa: E731
+    version = world.version()
+    # When its dep ships (unblocking it, one bump) right after the sweep's query
+    released = sweep.blocked_jobs(interleaved(world, "query", ship_dep, when=blocked_query))
+    # Then the sweep did nothing more
+    assert world.job(job).stage == Stage.QUEUED
+    assert world.version() == version + 1
+    assert released == 0
+
+
+def test_run_does_all_the_sweeps_in_order(world, ctx, running_job, submit_job, clock):
+    running_job("expiring")
+    clock.advance(LEASE_SECONDS + 1)
+    first, second = sweep.run(ctx), sweep.run(ctx)
+    keys = ("expired", "deadLettered", "unblocked", "rekeyed")
+    assert {k: first[k] for k in keys} == {"expired": 1, "deadLettered": 0, "unblocked": 0, "rekeyed": 0}
+    assert {k: second[k] for k in keys} == {"expired": 0, "deadLettered": 0, "unblocked": 0, "rekeyed": 0}
+
+
+# Outage grace: a sweep that finds the previous sweep long past (the coordinator or its store
+# was down, so factories could not renew either) spares leases that expired in the gap.
+
+
+def test_a_lease_that_expired_during_an_outage_is_spared_for_one_term(world, ctx, running_job, clock):
+    # Given the sweep ran when the job was claimed, then nothing ran for longer than the grace
+    job = running_job(stage="building")
+    sweep.expired_leases(ctx)
+    clock.advance(LEASE_SECONDS + ctx.settings.outage_grace_seconds)
+    # When the sweep finally runs
+    counts = sweep.expired_leases(ctx)
+    # Then the lease that expired in the gap gets one more term instead of expiring
+    after = world.job(job)
+    assert (counts["spared"], counts["expired"]) == (1, 0)
+    assert (after.stage, after.attempts) == (Stage.BUILDING, 0)
+    assert after.lease.expires_at == clock.now() + timedelta(seconds=LEASE_SECONDS)
+    assert after.events[-1].type == "lease_spared"
+    # and a factory that is still alive can carry on
+    assert world.patch(job, "review").stage == Stage.REVIEW
+
+
+def test_on_a_normal_cadence_an_expired_lease_is_not_spared(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    for _ in range(6):  # a sweep every minute, past the lease's expiry
+        clock.advance(60)
+        counts = sweep.expired_leases(ctx)
+    assert world.job(job).stage == Stage.QUEUED
+    assert counts["spared"] == 0
