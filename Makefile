@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(PY) bench/claim_depth.py
+	$(PY) bench/store_costs.py
 
 clean:
 	rm -rf $(VENV) node_modules .fleet .pytest_cache
