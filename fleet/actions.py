@@ -50,9 +50,10 @@ def _cancel_descendants(ctx: Context, parent: Job, reason: str | None, actor: st
         except errors.NotFound:
             continue
         if child.stage not in TERMINAL:
-            child = apply(ctx, child_id, Action.CANCEL, reason or f"parent {parent.id} cancelled", actor)
-        if child.stage == Stage.CANCELLED:
-            _cancel_descendants(ctx, child, reason, actor)
+            # `apply` cancels this child's own descendants in turn.
+            apply(ctx, child_id, Action.CANCEL, reason or f"parent {parent.id} cancelled", actor)
+        else:
+            _cancel_descendants(ctx, child, reason, actor)  # a finished job may still have unfinished ones below
 
 
 def _to_terminal(job: Job, now, stage: Stage, result: RunResult | None = None) -> Job | None:

@@ -114,58 +114,76 @@ class NoSeat(Exception):
 
 
 def _claim(ctx: Context, job: Job, factory_id: str, offered: frozenset[str], running: list[Job] | None) -> Claimed:
-    """Take `job`, first evicting a victim when the factory is at its seat limit."""
+    """Take `job`: reserve its estimated cost (budgets on), evict a victim if the factory is at
+    its seat limit, then CAS the job. Nothing is evicted for a job the budget cannot start."""
     now = ctx.clock.now()
-    victim = None
-    if running is not None:
-        victim = preemption.select_preemption_victim(
-            preemption.scored_running(ctx, running, offered, now), job, now, ctx.settings.preempt_exempt_seconds
-        )
-        if victim is None:
-            raise NoSeat()
-        preemption.evict(ctx, victim, job)
-    taken = take(ctx, job, factory_id, now, preempted=victim)
-    return Claimed(taken, preempted=[victim.id] if victim else [])
-
-
-def take(ctx: Context, job: Job, factory_id: str, now: datetime, preempted: Job | None = None) -> Job:
-    """CAS `job` (as read, with its ETag) from queued to assigned with a new lease and run.
-    Raises `PreconditionFailed` if anyone changed it since it was read. With budgets on, a job
-    with an estimated cost first reserves it against the product's ceiling (under this claim's
-    own lease id, so a claim that loses the race releases only its own reservation)."""
-    epoch = job.lease_epoch + 1
-    lease = Lease(
-        lease_id=uuid.uuid4().hex,
-        factory_id=factory_id,
-        epoch=epoch,
-        expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
-    )
-    run_id = f"{job.id}#{epoch}"
-    reserved = _reserve(ctx, job, lease.lease_id, run_id, now)
-    run = Run(run_id=run_id, factory_id=factory_id, started_at=now, reservation=lease.lease_id if reserved else None)
-    claimed = (
-        job.model_copy(update={"stage": Stage.ASSIGNED, "lease": lease, "lease_epoch": epoch, "updated_at": now})
-        .with_run(run)
-        .with_event(now, "claimed", factory_id, runId=run.run_id, epoch=epoch)
-    )
-    if preempted is not None:
-        claimed = claimed.with_event(now, "preempted", factory_id, victim=preempted.id, preemptor=job.id)
+    lease = _new_lease(ctx, job, factory_id, now)
+    reserved = _reserve(ctx, job, lease, now)
     try:
-        doc = ctx.store.replace("jobs", claimed.to_doc(), job.etag or "")
-    except (errors.PreconditionFailed, errors.NotFound):
+        victim = None
+        if running is not None:
+            victim = preemption.select_preemption_victim(
+                preemption.scored_running(ctx, running, offered, now), job, now, ctx.settings.preempt_exempt_seconds
+            )
+            if victim is None:
+                raise NoSeat()
+            preemption.evict(ctx, victim, job)
+        taken = _take(ctx, job, lease, now, reserved, preempted=victim)
+    except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost, NoSeat):
+        # Definitely not claimed: give the reservation back. (After an ambiguous failure such
+        # as a timeout the claim may have landed; the sweep drops the reservation if not.)
         if reserved:
             budgets.change(ctx, job.product_id, lambda b: budgets.release(b, lease.lease_id, now), create=False)
         raise
-    return Job.from_doc(doc)
+    return Claimed(taken, preempted=[victim.id] if victim else [])
 
 
-def _reserve(ctx: Context, job: Job, claim: str, run_id: str, now: datetime) -> bool:
+def take(ctx: Context, job: Job, factory_id: str, now: datetime) -> Job:
+    """CAS `job` (as read, with its ETag) from queued to assigned with a new lease and run.
+    Raises `PreconditionFailed` if anyone changed it since it was read."""
+    return _take(ctx, job, _new_lease(ctx, job, factory_id, now), now)
+
+
+def _new_lease(ctx: Context, job: Job, factory_id: str, now: datetime) -> Lease:
+    return Lease(
+        lease_id=uuid.uuid4().hex,
+        factory_id=factory_id,
+        epoch=job.lease_epoch + 1,
+        expires_at=now + timedelta(seconds=ctx.settings.lease_seconds),
+    )
+
+
+def _take(ctx: Context, job: Job, lease: Lease, now: datetime, reserved: bool = False, preempted: Job | None = None) -> Job:
+    """`take` under a given lease. `reserved`: the claim holds a budget reservation under its
+    lease id, recorded on the run."""
+    run = Run(
+        run_id=f"{job.id}#{lease.epoch}",
+        factory_id=lease.factory_id,
+        started_at=now,
+        reservation=lease.lease_id if reserved else None,
+    )
+    claimed = (
+        job.model_copy(update={"stage": Stage.ASSIGNED, "lease": lease, "lease_epoch": lease.epoch, "updated_at": now})
+        .with_run(run)
+        .with_event(now, "claimed", lease.factory_id, runId=run.run_id, epoch=lease.epoch)
+    )
+    if preempted is not None:
+        claimed = claimed.with_event(now, "preempted", lease.factory_id, victim=preempted.id, preemptor=job.id)
+    return Job.from_doc(ctx.store.replace("jobs", claimed.to_doc(), job.etag or ""))
+
+
+def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime) -> bool:
+    """Reserve the job's estimated cost under the claim's lease id (so a claim that loses the
+    race releases only its own reservation); False when there is nothing to reserve."""
     if not ctx.settings.budgets or not job.estimated_cost_usd:
         return False
     budget = budgets.find(ctx, job.product_id)
     if budget is None or budget.ceiling_usd is None:
         return False
-    budgets.change(ctx, job.product_id, lambda b: budgets.reserve(b, claim, run_id, job.estimated_cost_usd, now))
+    run_id = f"{job.id}#{lease.epoch}"
+    budgets.change(
+        ctx, job.product_id, lambda b: budgets.reserve(b, lease.lease_id, run_id, job.estimated_cost_usd, now)
+    )
     return True
 
 

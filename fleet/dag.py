@@ -23,6 +23,7 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     parent_id = job_id(spec.product_id, spec.idempotency_key)
     children = _in_dependency_order(spec.idempotency_key, spec.children)
     submit.check_existing(ctx, spec, parent_id)
+    _check_before_writing(ctx, spec, children, parent_id, spec.deps)
     for child in children:
         submit.submit(ctx, child_spec(spec, child), parent_id=parent_id)
     return submit.submit(ctx, spec, children=[job_id(spec.product_id, c.idempotency_key) for c in spec.children])
@@ -42,6 +43,7 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
         repo=parent.repo,
         base_branch=parent.base_branch,
     )
+    _check_before_writing(ctx, template, ordered, parent.id, [])
     created = [submit.submit(ctx, child_spec(template, child), parent_id=parent.id).job for child in ordered]
     keys = [c.idempotency_key for c in children]
     ids = [job_id(parent.product_id, k) for k in keys]
@@ -98,6 +100,23 @@ def child_spec(parent: JobSpec, child: ChildSpec) -> JobSpec:
     fields.setdefault("repo", parent.repo)
     fields.setdefault("base_branch", parent.base_branch)
     return JobSpec(product_id=parent.product_id, kind="task", **fields)
+
+
+def _check_before_writing(
+    ctx: Context, parent: JobSpec, children: list[ChildSpec], parent_id: str, parent_deps: list[str]
+) -> None:
+    """Refuse, before anything is written, what `submit` would refuse part-way through: a child
+    whose key was submitted with other fields, or any dep (the parent's own, or a child's that
+    is not a sibling) naming a job that was never submitted."""
+    siblings = {c.idempotency_key for c in children}
+    for child in children:
+        submit.check_existing(ctx, child_spec(parent, child), job_id(parent.product_id, child.idempotency_key), parent_id)
+    outside = list(dict.fromkeys([*parent_deps, *(d for c in children for d in c.deps if d not in siblings)]))
+    unknown = [d.idempotency_key for d in deps.waiting_on(ctx, parent.product_id, outside) if d.stage is None]
+    if unknown:
+        raise errors.ValidationFailed(
+            f"deps name jobs that were never submitted: {unknown}", [{"field": "deps", "message": f"unknown: {unknown}"}]
+        )
 
 
 def _in_dependency_order(parent_key: str, children: list[ChildSpec]) -> list[ChildSpec]:

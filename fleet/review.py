@@ -46,10 +46,12 @@ def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | N
         detail = {"comment": comment} if comment else {}
         if not approve:
             weights = registry.for_product(ctx, job.product_id)
-            ended = lifecycle.end_run(job, now, RunResult.RELEASED) if job.lease else job
+            run = job.latest_run
+            ended = lifecycle.end_run(job, now, RunResult.RELEASED) if run and run.result is None else job
+            # The rework must be approved afresh: the quorum stays, its approvals do not.
             return (
                 lifecycle.requeued(ended, now, weights)
-                .model_copy(update={"review": {**review, "rejectedBy": reviewer}})
+                .model_copy(update={"review": {**review, "approvals": [], "rejectedBy": reviewer}})
                 .with_event(now, "review_rejected", reviewer, **detail)
             )
         if reviewer in review["approvals"]:

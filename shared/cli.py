@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FLEET_DB"] = args.db
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from shared import devhost
+    from shared import devhost, serving
 
     module_name, _, attribute = args.app.partition(":")
     for root in (os.getcwd(), str(REPO_ROOT)):
@@ -81,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
     prefix = devhost.read_route_prefix(Path(module.__file__).parent / "host.json")
     host = devhost.DevHost(app, route_prefix=prefix)
     try:
-        devhost.serve(host, args.host, args.port, timers=args.timers)
+        serving.serve(host, args.host, args.port, timers=args.timers)
     except OSError as error:
         print(f"fleet serve: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1

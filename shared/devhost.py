@@ -3,10 +3,10 @@
 ``DevHost`` hosts exactly the functions registered on an ``azure.functions.FunctionApp``:
 HTTP functions on their route templates (see ``shared.routes``) under the route prefix, with
 their methods and auth levels, and timer functions on their NCRONTAB schedules (see
-``shared.ncrontab``). ``POST /admin/functions/{name}`` runs a timer now, to completion, and
+``shared.timers``). ``POST /admin/functions/{name}`` runs a timer now, to completion, and
 answers 202. Errors the host itself produces are RFC 9457 problem documents with a ``code``:
 ``not_found``, ``method_not_allowed``, ``unauthorized``, ``bad_request`` (an unreadable
-body), ``payload_too_large``, ``internal_error``.
+body), ``payload_too_large``, ``internal_error``. ``shared.serving`` serves a host over HTTP.
 
 Keys: when any are configured (``keys=``, else the comma-separated ``FLEET_FUNCTION_KEYS``),
 functions of auth level FUNCTION or ADMIN and the admin endpoint need one of them in the
@@ -20,32 +20,26 @@ An app indexes its functions only once (a second ``get_functions()`` raises), so
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime as dt
+import functools
 import hmac
 import http
 import inspect
 import json
 import logging
 import os
-import signal
-import sys
 import threading
-import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from typing import Any
 
 import azure.functions as func
-from azure.functions import timer as func_timer
 from azure.functions.decorators.http import HttpTrigger
 from azure.functions.decorators.timer import TimerTrigger
-from werkzeug import serving
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 
-from shared import ncrontab, routes
+from shared import routes, timers
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +49,6 @@ KEYS_VARIABLE = "FLEET_FUNCTION_KEYS"
 PROBLEM_JSON = "application/problem+json"
 
 _ADMIN_ROUTE = routes.RouteTemplate("admin/functions/{name}")
-_PAST_DUE_AFTER = dt.timedelta(seconds=1)
 _indexed: weakref.WeakKeyDictionary[Any, list] = weakref.WeakKeyDictionary()
 _indexed_lock = threading.Lock()
 
@@ -93,17 +86,6 @@ def problem(status: int, code: str, detail: str, headers: dict | None = None) ->
     return Response(json.dumps(body), status=status, headers=headers, content_type=PROBLEM_JSON)
 
 
-@dataclasses.dataclass(eq=False)
-class _Timer:
-    name: str
-    schedule: ncrontab.Schedule
-    run_on_startup: bool
-    function: Callable[..., Any]
-    argument: str
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    last: dt.datetime | None = None
-
-
 class DevHost:
     """Hosts the functions of ``app``; ``wsgi`` is the HTTP side, ``start_timers`` the
     schedules. ``keys=None`` reads ``FLEET_FUNCTION_KEYS``; ``keys=()`` leaves the host open.
@@ -115,18 +97,17 @@ class DevHost:
         self.keys = keys_from_env() if keys is None else tuple(k for k in keys if k)
         self.max_body = max_body
         http_routes: list[routes.Route] = []
-        self._timers: dict[str, _Timer] = {}
+        timer_functions: list[timers.Timer] = []
         for function in functions_of(app):
             name, trigger = function.get_function_name(), function.get_trigger()
             if isinstance(trigger, HttpTrigger):
                 http_routes.append(self._http_route(function, trigger))
             elif isinstance(trigger, TimerTrigger):
-                self._timers[name.lower()] = self._timer(function, trigger)
+                timer_functions.append(self._timer(function, trigger))
             else:
                 log.warning("%s: %s triggers are not hosted locally", name, trigger.type)
         self.routes = routes.RouteTable(http_routes)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._timers = timers.Scheduler(timer_functions)
 
     def _http_route(self, function, trigger) -> routes.Route:
         template = "/".join(part for part in (self.route_prefix, trigger.route.strip("/")) if part)
@@ -136,19 +117,11 @@ class DevHost:
         return routes.Route(routes.RouteTemplate(template), methods, function)
 
     @staticmethod
-    def _timer(function, trigger) -> _Timer:
-        name, expression = function.get_function_name(), trigger.schedule
-        if len(expression) > 2 and expression[0] == expression[-1] == "%":  # an app setting
-            setting = expression.strip("%")
-            if not os.environ.get(setting):
-                raise ValueError(f"timer function {name}: app setting {setting} is not set")
-            expression = os.environ[setting]
-        try:
-            schedule = ncrontab.parse(expression)
-        except ValueError as error:
-            raise ValueError(f"timer function {name}: {error}") from None
-        return _Timer(name, schedule, bool(trigger.run_on_startup),
-                      function.get_user_function(), trigger.name)
+    def _timer(function, trigger) -> timers.Timer:
+        name = function.get_function_name()
+        return timers.Timer(name, timers.schedule_of(name, trigger.schedule),
+                            bool(trigger.run_on_startup),
+                            functools.partial(_invoke, function.get_user_function(), trigger.name))
 
     # HTTP
 
@@ -232,7 +205,7 @@ class DevHost:
                            f"{request.path}", {"Allow": "POST"})
         if not self._has_key(request):
             return self._unauthorized()
-        if name.lower() not in self._timers:
+        if name not in self._timers:
             return problem(404, "not_found", f"No timer function is named {name!r}")
         try:
             self.run_timer(name)
@@ -245,154 +218,18 @@ class DevHost:
     # Timers
 
     def run_timer(self, name: str, *, past_due: bool = False) -> None:
-        """Run the timer function ``name`` (any case) now and wait for it; waits first for a
-        run of it already under way. Raises ``KeyError`` for an unknown name, and whatever the
-        function raises."""
-        timer = self._timers[name.lower()]
-        with timer.lock:
-            self._fire(timer, past_due)
+        """Run the timer function ``name`` (any case) now and wait for it, as
+        ``timers.Scheduler.run`` does (``KeyError`` for an unknown name)."""
+        self._timers.run(name, past_due=past_due)
 
     def start_timers(self) -> None:
-        """Run each timer on its schedule (and now, if it runs on startup) on its own thread,
-        until ``stop_timers``. A timer that raises is logged; a run that falls due while the
-        previous one is still going is skipped."""
-        if self._threads:
-            return
-        self._stop = threading.Event()
-        for timer in self._timers.values():
-            thread = threading.Thread(target=self._schedule_loop, args=(timer, self._stop),
-                                      name=f"timer {timer.name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Run the timer functions on their schedules until ``stop_timers``, as
+        ``timers.Scheduler.start`` does."""
+        self._timers.start()
 
     def stop_timers(self, timeout: float = 10.0) -> None:
         """Stop the schedules; waits up to ``timeout`` seconds for running timers."""
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                log.warning("%s is still running; leaving it behind", thread.name)
-        self._threads = []
-
-    def _schedule_loop(self, timer: _Timer, stop: threading.Event) -> None:
-        try:
-            if timer.run_on_startup:
-                self._scheduled_run(timer, past_due=False)
-            due = timer.schedule.next_after(_now())
-            while not stop.is_set():
-                wait = (due - _now()).total_seconds()
-                if wait > 0:
-                    stop.wait(min(wait, 30.0))  # re-read the clock at least every 30 s
-                    continue
-                self._scheduled_run(timer, past_due=_now() - due > _PAST_DUE_AFTER)
-                due = timer.schedule.next_after(max(_now(), due))
-        except Exception:
-            log.exception("the schedule of timer %s stopped", timer.name)
-
-    def _scheduled_run(self, timer: _Timer, past_due: bool) -> None:
-        if not timer.lock.acquire(blocking=False):
-            log.info("timer %s: skipped, the previous run is still going", timer.name)
-            return
-        try:
-            self._fire(timer, past_due)
-        except Exception:
-            log.exception("timer %s failed", timer.name)
-        finally:
-            timer.lock.release()
-
-    def _fire(self, timer: _Timer, past_due: bool) -> None:
-        now = _now()
-        status = {"Last": timer.last.isoformat() if timer.last else None,
-                  "Next": timer.schedule.next_after(now).isoformat(),
-                  "LastUpdated": now.isoformat()}
-        timer.last = now
-        log.info("timer %s: running%s", timer.name, " (past due)" if past_due else "")
-        request = func_timer.TimerRequest(past_due=past_due, schedule_status=status,
-                                          schedule={"AdjustForDST": True})
-        _invoke(timer.function, timer.argument, request)
-
-
-class _RequestHandler(serving.WSGIRequestHandler):
-    """Werkzeug's handler, logging each request as plain text (no terminal colours)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.info('"%s" %s %s', self.requestline, code, size)
-
-
-class BackgroundServer:
-    """A WSGI app served by a threaded werkzeug server on a background thread, until
-    ``close()`` (or the end of a ``with`` block). ``port=0`` picks a free port."""
-
-    def __init__(self, wsgi: Callable, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = serving.make_server(host, port, wsgi, threaded=True,
-                                           request_handler=_RequestHandler)
-        self.host = host
-        self.port: int = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="dev host http", daemon=True)
-        self._thread.start()
-        self._closed = False
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def serve(devhost: DevHost, host: str = "127.0.0.1", port: int = 7071, *,
-          timers: bool = True, out: TextIO | None = None) -> None:
-    """Serve ``devhost`` (and run its timers) until SIGINT (Ctrl-C) or SIGTERM, then stop
-    both and return. Once listening, and before any timer runs, writes exactly one line to
-    ``out`` (stdout): ``Listening on http://HOST:PORT``."""
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        if not stopping:  # one stop request; another signal must not break the clean-up
-            stopping = True
-            raise KeyboardInterrupt
-
-    handled = (signal.SIGINT, signal.SIGTERM)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_signal) for sig in handled} if in_main_thread else {}
-    try:
-        with BackgroundServer(devhost.wsgi, host, port) as server:
-            try:
-                out = out or sys.stdout
-                out.write(f"Listening on {server.url}\n")  # one write: timers may print too
-                out.flush()
-                if timers:
-                    devhost.start_timers()
-                while server.running:
-                    time.sleep(0.25)
-            except KeyboardInterrupt:
-                stopping = True
-                log.info("stopping")
-            finally:
-                devhost.stop_timers()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        self._timers.stop(timeout)
 
 
 def _invoke(function: Callable[..., Any], argument: str, value: Any) -> Any:
@@ -433,6 +270,3 @@ def _url(request: Request, raw_path: str) -> str:
     query = request.environ.get("QUERY_STRING", "")
     return request.host_url.rstrip("/") + raw_path + (f"?{query}" if query else "")
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)

@@ -16,7 +16,7 @@ import pytest
 from pycep import BicepParser
 
 from fleet.store import PARTITION_KEYS, Filter, Query
-from shared import cosmos_store
+from shared import cosmos_query
 from shared.sqlite_store import INDEXES
 from tests.support.cosmos_server import EMULATOR_KEY
 
@@ -105,7 +105,7 @@ def test_containers_json_has_the_containers_and_partition_keys_of_the_store_port
 
 
 def test_cosmos_store_loads_the_same_definitions():
-    specs = cosmos_store.load_containers()
+    specs = cosmos_query.load_containers()
 
     assert {name: spec.partition_key_field for name, spec in specs.items()} == PARTITION_KEYS
     for c in CONTAINERS:
@@ -175,12 +175,12 @@ def test_every_sqlite_index_has_a_query_shape_here():
 
 @pytest.mark.parametrize("query", [*QUERY_SHAPES.values(), *MORE_SHAPES.values()], ids=[*QUERY_SHAPES, *MORE_SHAPES])
 def test_every_query_shape_is_served_by_an_index(query):
-    spec = cosmos_store.load_containers()[query.container]
+    spec = cosmos_query.load_containers()[query.container]
     equal = {f.field for f in query.where if f.op == "=" and f.value is not None}
 
-    order = cosmos_store.index_order(spec, query)  # raises when no composite index serves it
+    order = cosmos_query.index_order(spec, query)  # raises when no composite index serves it
 
-    head = {f for f, _ in order[: len(order) - len(cosmos_store.page_order(query))]}
+    head = {f for f, _ in order[: len(order) - len(cosmos_query.page_order(query))]}
     assert len(order) == 1 or order in spec.composite_indexes
     assert head <= equal
     # An equality filter must lead the index order, or the service scans the whole order.

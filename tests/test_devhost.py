@@ -14,7 +14,7 @@ import azure.functions as func
 import pytest
 from werkzeug.test import Client
 
-from shared import cli, devhost, routes
+from shared import cli, devhost, routes, serving
 from tests.support.server import running_server
 
 
@@ -425,7 +425,7 @@ def call(base_url, method, path, body=None, headers=None):
 
 def test_over_http(app, recorder):
     host = devhost.DevHost(app, keys=(), max_body=1024)
-    with devhost.BackgroundServer(host.wsgi, port=0) as server:
+    with serving.BackgroundServer(host.wsgi, port=0) as server:
         status, _, body = call(server.url, "GET", "/fleet/jobs/MyProduct:a%2Fb")
         assert (status, json.loads(body)["routeParams"]) == (200, {"id": "MyProduct:a/b"})
 
@@ -446,7 +446,7 @@ def test_over_http(app, recorder):
 
 def test_over_http_a_large_content_length_is_refused_before_the_body_is_sent(app):
     host = devhost.DevHost(app, keys=(), max_body=1024)
-    with devhost.BackgroundServer(host.wsgi, port=0) as server:
+    with serving.BackgroundServer(host.wsgi, port=0) as server:
         url = urllib.parse.urlsplit(server.url)
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
         try:

@@ -19,7 +19,7 @@ from azure.cosmos import exceptions as cosmos_exceptions
 
 from fleet import errors, store as fleet_store
 from fleet.store import Filter, Query, Store
-from shared import charge, cosmos_store
+from shared import charge, cosmos_query, cosmos_store
 from shared.cosmos_store import CosmosStore
 from tests.support.cosmos_server import (
     EMULATOR_KEY,
@@ -690,19 +690,19 @@ def test_from_env_needs_an_endpoint():
 
 
 def test_a_multi_key_order_without_a_composite_index_is_refused_before_the_service_sees_it():
-    spec = cosmos_store.load_containers()["jobs"]
+    spec = cosmos_query.load_containers()["jobs"]
     query = Query("jobs", "p", order_by=(("title", False), ("createdAt", True)))
 
     with pytest.raises(ValueError, match="composite index"):
-        cosmos_store.index_order(spec, query)
+        cosmos_query.index_order(spec, query)
 
 
 def test_equality_filters_lead_the_order_when_an_index_has_them():
-    spec = cosmos_store.load_containers()["jobs"]
+    spec = cosmos_query.load_containers()["jobs"]
     claim = Query("jobs", "p", (Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False)))
     in_stages = Query("jobs", "p", (Filter("stage", "in", ["queued"]),), (("createdAt", True),))
 
-    assert cosmos_store.index_order(spec, claim) == (
+    assert cosmos_query.index_order(spec, claim) == (
         ("stage", False), ("rankKey", True), ("createdAt", False), ("id", False)
     )
-    assert cosmos_store.index_order(spec, in_stages) == (("createdAt", True), ("id", False))
+    assert cosmos_query.index_order(spec, in_stages) == (("createdAt", True), ("id", False))

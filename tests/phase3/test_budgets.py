@@ -1,0 +1,509 @@
+"""Budgets (`FLEET_BUDGETS`): a USD ceiling per UTC calendar window per product. Claims check
+the budget first and scan no jobs when it refuses; spend reaching the ceiling pauses it; a new
+window (or a higher ceiling) lifts that automatic pause, never a manual one; estimated costs of
+claimed runs are reserved so a burst of claims cannot overshoot."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from fleet import budgets, claims, clock as clocks, errors, store as store_port, sweep
+from fleet.budgets import Budget, PausedBy, Window
+from fleet.context import Context
+from fleet.jobs import Job
+from fleet.stages import Stage
+
+from tests.phase3.conftest import LEASE_SECONDS, PRODUCT, T0, at
+
+NOW = at(0)
+
+
+def utc(text: str) -> datetime:
+    return clocks.parse(text)
+
+
+def budget_value(
+    *,
+    ceiling: float | None = 10.0,
+    spent: float = 0.0,
+    window: Window = Window.MONTHLY,
+    window_start: str = "2026-01-01T00:00:00Z",
+    paused_by: PausedBy | None = None,
+    reservations: dict[str, float] | None = None,  # claim (its lease id) -> amount held
+    accruals: list[str] = (),
+) -> Budget:
+    """A budget as a value, never stored: for the pure rules."""
+    return Budget(
+        id=PRODUCT,
+        product_id=PRODUCT,
+        ceiling_usd=ceiling,
+        window=window,
+        window_start=utc(window_start),
+        spent_usd=spent,
+        paused=paused_by is not None,
+        paused_by=paused_by,
+        reservations={
+            claim: {"amountUsd": amount, "at": T0, "runId": f"job:{claim}#1"} for claim, amount in (reservations or {}).items()
+        },
+        accruals=list(accruals),
+        updated_at=NOW,
+    )
+
+
+# Windows: UTC calendar days, weeks from Monday, months from the 1st
+
+
+@pytest.mark.parametrize(
+    "window, now, start",
+    [
+        (Window.DAILY, "2026-01-05T09:00:00Z", "2026-01-05T00:00:00Z"),
+        (Window.DAILY, "2026-01-05T00:00:00Z", "2026-01-05T00:00:00Z"),  # the boundary opens the window
+        (Window.DAILY, "2024-02-29T23:59:59.999Z", "2024-02-29T00:00:00Z"),  # leap day
+        (Window.DAILY, "2026-01-01T01:00:00+02:00", "2025-12-31T00:00:00Z"),  # 23:00 UTC on New Year's Eve
+        (Window.WEEKLY, "2026-01-05T09:00:00Z", "2026-01-05T00:00:00Z"),  # a Monday is its own start
+        (Window.WEEKLY, "2026-01-04T23:59:59Z", "2025-12-29T00:00:00Z"),  # Sunday: back 6 days, across the year
+        (Window.WEEKLY, "2024-02-29T12:00:00Z", "2024-02-26T00:00:00Z"),  # Thursday of a leap February
+        (Window.WEEKLY, "2024-03-03T12:00:00Z", "2024-02-26T00:00:00Z"),  # Sunday after: same week
+        (Window.MONTHLY, "2026-01-31T23:59:59.999Z", "2026-01-01T00:00:00Z"),
+        (Window.MONTHLY, "2024-02-29T10:00:00Z", "2024-02-01T00:00:00Z"),
+        (Window.MONTHLY, "2026-03-01T00:00:00Z", "2026-03-01T00:00:00Z"),
+        (Window.MONTHLY, "2026-01-01T00:30:00+01:00", "2025-12-01T00:00:00Z"),  # still December in UTC
+    ],
+)
+def test_windows_are_utc_calendar_windows(window, now, start):
+    assert budgets.window_start(window, utc(now)) == utc(start)
+
+
+@pytest.mark.parametrize(
+    "window, window_start, now",
+    [
+        (Window.DAILY, "2026-01-05T00:00:00Z", "2026-01-05T23:59:59.999Z"),
+        (Window.WEEKLY, "2026-01-05T00:00:00Z", "2026-01-11T23:59:59Z"),  # Sunday night, same week
+        (Window.MONTHLY, "2024-02-01T00:00:00Z", "2024-02-29T23:59:59Z"),
+    ],
+)
+def test_within_its_window_a_budget_is_unchanged(window, window_start, now):
+    budget = budget_value(window=window, window_start=window_start, spent=10.0, paused_by=PausedBy.CEILING)
+    assert budgets.rolled(budget, utc(now)) is budget
+
+
+@pytest.mark.parametrize(
+    "paused_by, paused_after",
+    [
+        (None, False),
+        (PausedBy.CEILING, False),  # a new window lifts the ceiling's pause
+        (PausedBy.MANUAL, True),  # an operator's pause stays until they resume
+    ],
+)
+@pytest.mark.parametrize(
+    "window, window_start, now, new_start",
+    [
+        (Window.DAILY, "2026-01-05T00:00:00Z", "2026-01-06T00:00:00Z", "2026-01-06T00:00:00Z"),
+        (Window.WEEKLY, "2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", "2026-01-12T00:00:00Z"),
+        (Window.MONTHLY, "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z", "2024-03-01T00:00:00Z"),
+        (Window.MONTHLY, "2025-11-01T00:00:00Z", "2026-01-05T09:00:00Z", "2026-01-01T00:00:00Z"),  # months skipped
+    ],
+)
+def test_an_elapsed_window_rolls(paused_by, paused_after, window, window_start, now, new_start):
+    # Given a budget that spent its 10 of 10 in the last window
+    budget = budget_value(window=window, window_start=window_start, spent=10.0, paused_by=paused_by, accruals=["r#1"])
+    # When it is read in the next window
+    fresh = budgets.rolled(budget, utc(now))
+    # Then spend starts over in the new window, and only a manual pause survives
+    assert (fresh.window_start, fresh.spent_usd) == (utc(new_start), 0.0)
+    assert fresh.paused == paused_after
+    assert fresh.paused_by == (PausedBy.MANUAL if paused_after else None)
+    # and it still remembers what it counted, so a late replay cannot count it again
+    assert fresh.accruals == ["r#1"]
+
+
+@pytest.mark.parametrize(
+    "budget, reason",
+    [
+        (None, None),  # a product with no budget has no ceiling
+        (budget_value(ceiling=None, spent=1e6), None),  # spend tracked, nothing enforced
+        (budget_value(spent=9.99), None),  # 9.99 < 10
+        (budget_value(spent=10.0), "budget_exceeded"),  # 10 >= 10: equality is exceeded
+        (budget_value(spent=12.5), "budget_exceeded"),
+        (budget_value(ceiling=0.0), "budget_exceeded"),  # 0 >= 0: a zero ceiling allows nothing
+        (budget_value(paused_by=PausedBy.MANUAL), "budget_paused"),
+        (budget_value(spent=10.0, paused_by=PausedBy.CEILING), "budget_paused"),  # paused first
+    ],
+)
+def test_refusal_reasons(budget, reason):
+    assert budgets.refusal(budget) == reason
+
+
+# Accrual: once per run id; reaching the ceiling pauses
+
+
+@pytest.mark.parametrize(
+    "ceiling, spent, amount, paused",
+    [
+        (10.0, 6.0, 3.0, False),  # 6 + 3 = 9 < 10
+        (10.0, 6.0, 4.0, True),  # 6 + 4 = 10 >= 10: equality pauses
+        (10.0, 6.0, 5.5, True),  # 11.5 >= 10
+        (None, 6.0, 1e6, False),  # no ceiling: never pauses
+        (0.0, 0.0, 0.0, True),  # 0 >= 0
+    ],
+)
+def test_accrue_adds_once_and_pauses_at_the_ceiling(ceiling, spent, amount, paused):
+    budget = budget_value(ceiling=ceiling, spent=spent)
+    accrued = budgets.accrue(budget, "job#1", amount, NOW)
+    assert accrued.spent_usd == spent + amount
+    assert accrued.accruals == ["job#1"]
+    assert (accrued.paused, accrued.paused_by) == ((True, PausedBy.CEILING) if paused else (False, None))
+    # A replay of the same run adds nothing
+    assert budgets.accrue(accrued, "job#1", amount, NOW) is None
+
+
+def test_accrue_keeps_a_manual_pause_manual():
+    budget = budget_value(spent=9.0, paused_by=PausedBy.MANUAL)
+    accrued = budgets.accrue(budget, "job#1", 5.0, NOW)
+    assert (accrued.paused, accrued.paused_by) == (True, PausedBy.MANUAL)
+
+
+def test_accrue_settles_the_runs_reservation():
+    # Given run job#1's claim (lease-1) held 4, and another claim holds 2
+    budget = budget_value(reservations={"lease-1": 4.0, "lease-2": 2.0})
+    # When the run ends having cost 3, Then 3 is spent and its hold gone: 2 still held
+    accrued = budgets.accrue(budget, "job#1", 3.0, NOW, reservation="lease-1")
+    assert (accrued.spent_usd, accrued.reserved_usd) == (3.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "ceiling, spent, reserved, amount, fits",
+    [
+        (10.0, 0.0, 0.0, 10.0, True),  # 0 + 0 + 10 = 10: not over
+        (10.0, 5.0, 4.0, 1.0, True),  # 5 + 4 + 1 = 10
+        (10.0, 5.0, 4.0, 2.0, False),  # 5 + 4 + 2 = 11 > 10
+        (10.0, 0.0, 0.0, 10.01, False),
+        (None, 1e6, 0.0, 1e6, True),  # no ceiling: anything fits
+    ],
+)
+def test_reserve_refuses_what_would_go_over_the_ceiling(ceiling, spent, reserved, amount, fits):
+    budget = budget_value(ceiling=ceiling, spent=spent, reservations={"lease-0": reserved} if reserved else {})
+    if fits:
+        held = budgets.reserve(budget, "lease-1", "job#1", amount, NOW)
+        assert held.reserved_usd == reserved + amount
+        assert held.reservations["lease-1"] == {"amountUsd": amount, "at": T0, "runId": "job#1"}
+    else:
+        with pytest.raises(budgets.BudgetExhausted):
+            budgets.reserve(budget, "lease-1", "job#1", amount, NOW)
+
+
+def test_reserving_for_the_same_claim_again_replaces_its_reservation():
+    # Given claim lease-1 already holds 6 of a 10 ceiling (a retried reservation)
+    budget = budget_value(ceiling=10.0, reservations={"lease-1": 6.0})
+    # When the same claim reserves its 6 again, Then it replaces the old hold: 0 + 6 <= 10
+    assert budgets.reserve(budget, "lease-1", "job#1", 6.0, NOW).reserved_usd == 6.0
+    # while another claim's 6 would not fit: 6 + 6 > 10
+    with pytest.raises(budgets.BudgetExhausted):
+        budgets.reserve(budget, "lease-2", "job#1", 6.0, NOW)
+
+
+def test_release_drops_a_reservation_once():
+    budget = budget_value(reservations={"lease-1": 4.0})
+    released = budgets.release(budget, "lease-1", NOW)
+    assert released.reservations == {}
+    assert budgets.release(released, "lease-1", NOW) is None
+
+
+# Use cases over the store
+
+
+def test_put_creates_a_budget_and_tells_idle_factories(fleet):
+    version = fleet.version()
+    budget = fleet.put_budget(100.0, "weekly")
+    assert (budget.ceiling_usd, budget.window, budget.spent_usd, budget.paused) == (100.0, Window.WEEKLY, 0.0, False)
+    assert budget.window_start == utc("2026-01-05T00:00:00Z")  # T0 is a Monday
+    assert fleet.version() == version + 1
+
+
+def exhaust(fleet, ceiling: float = 10.0, spent: float = 10.0) -> None:
+    """Put a ceiling and ship a run that cost `spent`."""
+    fleet.put_budget(ceiling)
+    job = fleet.running(stage="testing")
+    fleet.patch(job, "shipped", insights={"costUsd": spent})
+
+
+@pytest.mark.parametrize(
+    "new_ceiling, lifted",
+    [
+        (12.0, True),  # 10 spent < 12: the automatic pause lifts
+        (10.0, False),  # 10 spent = 10: still at the ceiling
+        (8.0, False),
+    ],
+)
+def test_putting_the_ceiling_above_spend_lifts_an_automatic_pause(fleet, new_ceiling, lifted):
+    # Given spend reached the ceiling and paused the budget
+    exhaust(fleet)
+    assert (fleet.budget().paused, fleet.budget().paused_by) == (True, PausedBy.CEILING)
+    fleet.submit("waiting")
+    version = fleet.version()
+    # When the ceiling is PUT
+    budget = fleet.put_budget(new_ceiling)
+    # Then the pause lifts only if spend is now below it, and idle factories hear of it
+    assert budget.paused == (not lifted)
+    assert fleet.version() == version + (1 if lifted else 0)
+    assert (fleet.claim().job is not None) == lifted
+
+
+def test_putting_a_ceiling_does_not_lift_a_manual_pause(fleet):
+    fleet.put_budget(10.0)
+    budgets.pause(fleet.ctx, PRODUCT)
+    budget = fleet.put_budget(50.0)
+    assert (budget.paused, budget.paused_by) == (True, PausedBy.MANUAL)
+
+
+def test_lowering_the_ceiling_to_spend_pauses(fleet):
+    exhaust(fleet, ceiling=100.0, spent=10.0)
+    assert fleet.budget().paused is False
+    budget = fleet.put_budget(10.0)  # 10 >= 10
+    assert (budget.paused, budget.paused_by) == (True, PausedBy.CEILING)
+
+
+def test_pause_and_resume(fleet):
+    # Given a product with a budget and a queued job
+    fleet.put_budget(10.0)
+    job = fleet.submit()
+    # When an operator pauses it, Then claims are refused and the job waits
+    paused = budgets.pause(fleet.ctx, PRODUCT)
+    assert (paused.paused, paused.paused_by) == (True, PausedBy.MANUAL)
+    assert fleet.claim().reason == "budget_paused"
+    # When they resume, Then idle factories hear of it and the job is claimed
+    version = fleet.version()
+    resumed = budgets.resume(fleet.ctx, PRODUCT)
+    assert (resumed.paused, resumed.paused_by) == (False, None)
+    assert fleet.version() == version + 1
+    assert fleet.claim().job.id == job.id
+
+
+def test_resume_does_not_lift_the_ceiling(fleet):
+    # Given a product that spent its ceiling (auto-paused), then was resumed
+    exhaust(fleet)
+    fleet.submit("waiting")
+    resumed = budgets.resume(fleet.ctx, PRODUCT)
+    # Then it is not paused, but claims stay refused while spend >= ceiling
+    assert resumed.paused is False
+    assert fleet.claim().reason == "budget_exceeded"
+
+
+@pytest.mark.parametrize("use_case", [budgets.pause, budgets.resume])
+def test_pausing_a_product_without_a_budget_is_not_found(fleet, use_case):
+    with pytest.raises(errors.NotFound):
+        use_case(fleet.ctx, "nobody")
+
+
+@pytest.mark.parametrize(
+    "state, reason",
+    [
+        ("manual", "budget_paused"),
+        ("exceeded", "budget_exceeded"),  # resumed, but 10 spent >= 10
+        ("auto", "budget_paused"),  # spend reached the ceiling: paused by it
+    ],
+)
+def test_claim_checks_the_budget_first_and_scans_no_jobs(fleet, state, reason):
+    # Given a refusing budget and plenty of queued work
+    if state == "manual":
+        fleet.put_budget(10.0)
+        budgets.pause(fleet.ctx, PRODUCT)
+    else:
+        exhaust(fleet)
+        if state == "exceeded":
+            budgets.resume(fleet.ctx, PRODUCT)
+    for _ in range(3):
+        fleet.submit()
+    counting = store_port.CountingStore(fleet.store.inner)
+    ctx = Context(counting, fleet.clock, fleet.ctx.settings)
+    # When a factory claims
+    claimed = claims.claim_next(ctx, claims.ClaimRequest("factory-1", PRODUCT))
+    # Then no job, why, and the only store call was one point read of the budget
+    assert (claimed.job, claimed.reason) == (None, reason)
+    assert dict(counting.calls) == {"read:budgets": 1}
+
+
+def test_claiming_a_named_job_checks_the_budget_first(fleet):
+    fleet.put_budget(10.0)
+    job = fleet.submit()
+    budgets.pause(fleet.ctx, PRODUCT)
+    with pytest.raises(errors.NotClaimable) as refused:
+        fleet.claim_job(job)
+    assert refused.value.extra["reason"] == "budget_paused"
+    assert fleet.job(job).stage == Stage.QUEUED
+
+
+def test_with_the_flag_off_budgets_are_not_enforced(fleet):
+    # Given a product paused by a coordinator with budgets on
+    fleet.put_budget(10.0)
+    budgets.pause(fleet.ctx, PRODUCT)
+    job = fleet.submit()
+    # When a coordinator with the flag off serves the claim, Then it is Phase-2: the job is claimed
+    off = fleet.with_settings(budgets=False)
+    assert off.claim().job.id == job.id
+
+
+def test_reads_treat_an_elapsed_window_as_rolled_before_the_timer(fleet, clock):
+    # Given January's spend hit the ceiling and paused the budget
+    exhaust(fleet)
+    job = fleet.submit("february-work")
+    assert fleet.claim().reason == "budget_paused"
+    # When February begins and no timer has run yet
+    clock.set("2026-02-01T00:00:00.000Z")
+    # Then reads see a fresh window, and claims go ahead
+    budget = fleet.budget()
+    assert (budget.window_start, budget.spent_usd, budget.paused) == (utc("2026-02-01T00:00:00Z"), 0.0, False)
+    assert fleet.stored_budget().spent_usd == 10.0  # nothing was written by the read
+    assert fleet.claim().job.id == job.id
+
+
+def test_spend_after_the_boundary_lands_in_the_new_window(fleet, clock):
+    # Given January's spend hit the ceiling (10 of 10), and no timer ran at the boundary
+    exhaust(fleet)
+    clock.set("2026-02-01T00:05:00.000Z")
+    # When a February run ships having cost 3
+    fleet.submit("february-work")
+    job = fleet.claim().job
+    fleet.patch(fleet.patch(job, "testing"), "shipped", insights={"costUsd": 3.0})
+    # Then February's window holds 3, not 10 + 3, and the write persisted the roll
+    stored = fleet.stored_budget()
+    assert (stored.window_start, stored.spent_usd, stored.paused) == (utc("2026-02-01T00:00:00Z"), 3.0, False)
+
+
+def test_a_manual_pause_outlives_the_window(fleet, clock):
+    fleet.put_budget(10.0)
+    budgets.pause(fleet.ctx, PRODUCT)
+    fleet.submit()
+    clock.set("2026-02-01T00:00:00.000Z")
+    assert fleet.claim().reason == "budget_paused"
+
+
+def test_roll_windows_starts_new_windows_at_the_boundary(fleet, clock):
+    # Given a daily budget that spent its ceiling and a monthly one that spent a little
+    exhaust(fleet)
+    budgets.put(fleet.ctx, PRODUCT, 10.0, Window.DAILY)
+    budgets.put(fleet.ctx, "other", 10.0, Window.MONTHLY)
+    budgets.change(fleet.ctx, "other", lambda b: budgets.accrue(b, "x#1", 2.0, clock.now()))
+    versions = fleet.version(), fleet.version("other")
+    # When the timer runs one minute into the next day
+    clock.set("2026-01-06T00:01:00.000Z")
+    rolled = budgets.roll_windows(fleet.ctx)
+    # Then only the daily budget rolled: spend reset, auto-pause lifted, factories told
+    assert rolled == 1
+    stored = fleet.stored_budget()
+    assert (stored.window_start, stored.spent_usd, stored.paused) == (utc("2026-01-06T00:00:00Z"), 0.0, False)
+    assert fleet.stored_budget("other").spent_usd == 2.0
+    assert (fleet.version(), fleet.version("other")) == (versions[0] + 1, versions[1])
+    # and a second run finds nothing to do
+    assert budgets.roll_windows(fleet.ctx) == 0
+
+
+# Reservations of estimated cost
+
+
+def test_a_burst_of_claims_cannot_overshoot_the_ceiling(fleet):
+    # Given a 10-dollar ceiling and three jobs estimated at 4 each
+    fleet.put_budget(10.0)
+    jobs = [fleet.submit(f"est-{i}", estimated_cost_usd=4.0) for i in range(3)]
+    # When three factories claim at once, Then two fit (4 + 4 = 8) and the third would not (12 > 10)
+    outcomes = [fleet.claim(f"factory-{i}") for i in range(3)]
+    assert [c.job is not None for c in outcomes] == [True, True, False]
+    assert outcomes[2].reason == "budget_exceeded"
+    assert fleet.budget().reserved_usd == 8.0
+    assert sum(fleet.job(j).stage == Stage.QUEUED for j in jobs) == 1
+
+
+def test_a_reservation_becomes_spend_when_the_run_ends(fleet):
+    fleet.put_budget(10.0)
+    fleet.submit("a", estimated_cost_usd=4.0)
+    fleet.submit("b", estimated_cost_usd=4.0)
+    a, b = fleet.claim().job, fleet.claim().job
+    # When one run ships having cost 3 (less than its estimate)
+    fleet.patch(fleet.patch(a, "testing"), "shipped", insights={"costUsd": 3.0})
+    # Then 3 is spent and only the other estimate is still held
+    budget = fleet.budget()
+    assert (budget.spent_usd, budget.reservations.keys()) == (3.0, {b.latest_run.reservation})
+    assert budget.reservations[b.latest_run.reservation]["runId"] == b.latest_run.run_id
+    # and a run that reports no cost still gives its reservation back when it ends
+    fleet.release(b, result="retry")
+    assert (fleet.budget().spent_usd, fleet.budget().reserved_usd) == (3.0, 0.0)
+
+
+def test_a_claim_that_loses_its_job_releases_its_reservation(fleet):
+    # Given a claim holding a stale copy of a job with an estimate
+    fleet.put_budget(10.0)
+    job = fleet.submit("est", estimated_cost_usd=4.0)
+    stale = Job.from_doc(fleet.store.inner.read("jobs", PRODUCT, job.id))
+    fleet.act(job, "cancel")  # the job changed under it
+    # When it tries to take the job, Then it loses, and holds nothing
+    with pytest.raises(errors.PreconditionFailed):
+        claims.take(fleet.ctx, stale, "factory-1", fleet.clock.now())
+    assert fleet.budget().reservations == {}
+
+
+def test_a_claim_that_loses_a_race_leaves_the_winners_reservation(fleet):
+    # Given two factories read the same queued job estimated at 4 (ceiling 20)
+    fleet.put_budget(20.0)
+    job = fleet.submit("est", estimated_cost_usd=4.0)
+    stale = Job.from_doc(fleet.store.inner.read("jobs", PRODUCT, job.id))
+    # When factory-2 claims it first, and factory-1's take of its stale copy loses
+    winner = fleet.claim_job(job, "factory-2").job
+    with pytest.raises(errors.PreconditionFailed):
+        claims.take(fleet.ctx, stale, "factory-1", fleet.clock.now())
+    # Then the winner's run still holds its 4: the in-flight estimate counts against the ceiling
+    assert fleet.budget().reservations.keys() == {winner.latest_run.reservation}
+    assert fleet.budget().reserved_usd == 4.0
+
+
+def test_a_claim_that_crashed_after_reserving_is_repaired_by_the_sweep(fleet, faulty, clock):
+    # Given a claim that reserved an estimate, then died before its job write
+    fleet.put_budget(10.0)
+    job = fleet.submit("est", estimated_cost_usd=4.0)
+    faulty.crash("replace", "jobs")
+    with pytest.raises(errors.StoreBusy):
+        fleet.claim()
+    assert fleet.job(job).stage == Stage.QUEUED
+    assert fleet.budget().reserved_usd == 4.0
+    # When the sweep runs within a lease term, Then the reservation is left alone (it may be live)
+    clock.advance(LEASE_SECONDS - 1)
+    assert sweep.run(fleet.ctx)["reservationsDropped"] == 0
+    # and once a lease term has passed with the job never claimed, it is dropped
+    clock.advance(2)
+    assert sweep.run(fleet.ctx)["reservationsDropped"] == 1
+    assert fleet.budget().reservations == {}
+
+
+def test_the_sweep_keeps_the_reservation_of_a_long_running_job(fleet, clock):
+    # Given a claimed job whose factory keeps renewing its lease past a lease term
+    fleet.put_budget(10.0)
+    fleet.submit("est", estimated_cost_usd=4.0)
+    job = fleet.claim().job
+    for _ in range(3):
+        clock.advance(LEASE_SECONDS - 10)
+        fleet.heartbeat("factory-1", running=[job])
+    # When the sweep drops stale reservations, Then this one stands: its run started
+    assert budgets.drop_stale_reservations(fleet.ctx) == 0
+    assert fleet.budget().reservations.keys() == {job.latest_run.reservation}
+
+
+def test_reservations_only_count_against_a_ceiling(fleet):
+    # Given a product without any budget, Then an estimate is not reserved anywhere
+    fleet.submit("est", estimated_cost_usd=4.0)
+    assert fleet.claim().job is not None
+    assert fleet.budget() is None
+
+
+def test_spend_is_tracked_before_a_ceiling_and_a_put_enforces_it(fleet):
+    # Given a product with no budget whose run shipped having cost 2.5
+    job = fleet.running(stage="testing")
+    fleet.patch(job, "shipped", insights={"costUsd": 2.5})
+    # Then its spend is tracked, in a monthly window, with no ceiling
+    tracked = fleet.budget()
+    assert (tracked.ceiling_usd, tracked.window, tracked.spent_usd) == (None, Window.MONTHLY, 2.5)
+    assert tracked.window_start == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert fleet.claim().reason != "budget_exceeded"
+    # When a daily ceiling of 2 is PUT, Then the window is today's and 2.5 >= 2 pauses it
+    budget = fleet.put_budget(2.0, "daily")
+    assert (budget.window, budget.window_start) == (Window.DAILY, utc(T0) - timedelta(hours=9))
+    assert (budget.paused, budget.paused_by) == (True, PausedBy.CEILING)
