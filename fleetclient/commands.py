@@ -1,0 +1,271 @@
+"""The `fleet` CLI's operator and factory commands (registered in `shared/cli.py`).
+
+    fleet jobs submit|list|show|dag|action|add-children|request-review|review
+    fleet budgets show|set|pause|resume
+    fleet weights show|set
+    fleet factories
+    fleet queue-state --product P
+    fleet factory run --factory-id F --product P [...] -- COMMAND…
+
+Every command talks to `--url` (default `FLEET_URL`, else http://127.0.0.1:7071) with `--key`
+(default `FLEET_KEY`), prints a table (or `--json`: the coordinator's answer as sent), and exits
+0 on success, 1 when the coordinator refuses (its code and detail on stderr; with `--json` the
+problem document on stdout too), 3 when it cannot be reached, 2 on a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+STAGES = ("queued", "blocked", "assigned", "building", "review", "testing", "shipped", "done", "failed",
+          "dead_letter", "cancelled")
+PRIORITIES = ("low", "normal", "high", "critical")
+ACTIONS = ("requeue", "reject", "cancel", "ship")
+WINDOWS = ("daily", "weekly", "monthly")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", help="coordinator base URL (default: $FLEET_URL, else http://127.0.0.1:7071)")
+    connection.add_argument("--key", help="function key, sent as x-functions-key (default: $FLEET_KEY)")
+    connection.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
+    common = argparse.ArgumentParser(add_help=False, parents=[connection])
+    common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
+    _add_jobs(subparsers, common)
+    _add_budgets(subparsers, common)
+    _add_weights(subparsers, common)
+    parser = subparsers.add_parser("factories", parents=[common], help="list factories with health and seats")
+    parser.set_defaults(run=_command("factories"))
+    parser = subparsers.add_parser("queue-state", parents=[common], help="a product's queue-state version")
+    parser.add_argument("--product", "-p", required=True, help="product id")
+    parser.set_defaults(run=_command("queue_state"))
+    _add_factory(subparsers, connection)
+
+
+# Parsers
+
+
+def _add_jobs(subparsers, common) -> None:
+    jobs = subparsers.add_parser("jobs", help="submit, list, show and act on jobs").add_subparsers(
+        dest="jobs_command", required=True, metavar="SUBCOMMAND")
+
+    p = jobs.add_parser("submit", parents=[common], help="submit a job (idempotent by --key)",
+                        description="Submit a job. Fields come from --file (the API's JSON body) and the "
+                                    "options, options winning. Submitting the same --idempotency-key again returns the "
+                                    "existing job; without one a random key is used.")
+    p.add_argument("--product", "-p", help="product id")
+    p.add_argument("--idempotency-key", "-k", help="idempotency key (unique per product)")
+    p.add_argument("--title", "-t")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--body", help="Markdown body")
+    body.add_argument("--body-file", help="read the Markdown body from a file ('-': stdin)")
+    p.add_argument("--priority", choices=PRIORITIES)
+    p.add_argument("--capabilities", "-c", type=_csv, help="required capabilities, comma-separated")
+    p.add_argument("--deps", type=_csv, help="idempotency keys of jobs this one waits for, comma-separated")
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--repo", help="owner/name or a clone URL (PR mode)")
+    p.add_argument("--base-branch")
+    p.add_argument("--estimated-cost", type=float, dest="estimated_cost_usd", help="USD")
+    p.add_argument("--kind", choices=("task", "composite"))
+    p.add_argument("--file", "-f", dest="spec_file", help="a JSON job body (with children, ...); '-': stdin")
+    p.set_defaults(run=_command("submit"))
+
+    p = jobs.add_parser("list", parents=[common], help="list jobs, newest first")
+    p.add_argument("--product", "-p")
+    p.add_argument("--stage", "-s", choices=STAGES)
+    p.add_argument("--limit", "-n", type=int, default=50)
+    pages = p.add_mutually_exclusive_group()
+    pages.add_argument("--offset", type=int)
+    pages.add_argument("--continuation")
+    pages.add_argument("--all", action="store_true", help="follow every page")
+    p.set_defaults(run=_command("list_jobs"))
+
+    p = jobs.add_parser("show", parents=[common], help="a job with its runs and events")
+    p.add_argument("job_id", metavar="ID")
+    p.set_defaults(run=_command("show"))
+
+    p = jobs.add_parser("dag", parents=[common], help="a job and its descendants as a tree")
+    p.add_argument("job_id", metavar="ID")
+    p.set_defaults(run=_command("dag"))
+
+    p = jobs.add_parser("action", parents=[common], help="requeue, reject, cancel or ship a job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("--reason", "-r")
+    p.add_argument("--actor", default=_default_actor(), help="who acts (default: $USER)")
+    p.set_defaults(run=_command("action"))
+
+    p = jobs.add_parser("add-children", parents=[common], help="add child jobs to a job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--file", "-f", dest="spec_file", required=True,
+                   help="JSON: a list of child bodies, or {\"children\": [...]}; '-': stdin")
+    p.set_defaults(run=_command("add_children"))
+
+    p = jobs.add_parser("request-review", parents=[common], help="open the review gate on a testing job")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--required", type=int, default=1, help="approvals needed (default 1)")
+    p.add_argument("--reviewers", type=_csv, help="only these may review, comma-separated")
+    p.set_defaults(run=_command("request_review"))
+
+    p = jobs.add_parser("review", parents=[common], help="approve or reject a job under review")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("decision", choices=("approve", "reject"))
+    p.add_argument("--reviewer", default=_default_actor(), help="who reviews (default: $USER)")
+    p.add_argument("--comment", "-m")
+    p.set_defaults(run=_command("review"))
+
+
+def _add_budgets(subparsers, common) -> None:
+    budgets = subparsers.add_parser("budgets", help="per-product spend ceilings").add_subparsers(
+        dest="budgets_command", required=True, metavar="SUBCOMMAND")
+    for name, help_text in (("show", "a product's budget and spend"), ("pause", "stop claims for a product"),
+                            ("resume", "lift a manual pause")):
+        p = budgets.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("product", metavar="PRODUCT")
+        p.set_defaults(run=_command("budget"))
+    p = budgets.add_parser("set", parents=[common], help="set a product's ceiling per window")
+    p.add_argument("product", metavar="PRODUCT")
+    p.add_argument("--ceiling", type=float, required=True, help="USD per window")
+    p.add_argument("--window", choices=WINDOWS, default="monthly", help="UTC calendar window (default monthly)")
+    p.set_defaults(run=_command("budget"))
+
+
+def _add_weights(subparsers, common) -> None:
+    weights = subparsers.add_parser("weights", help="a product's claim scoring weights").add_subparsers(
+        dest="weights_command", required=True, metavar="SUBCOMMAND")
+    p = weights.add_parser("show", parents=[common], help="the product's weights and the resolved set")
+    p.add_argument("product", metavar="PRODUCT")
+    p.set_defaults(run=_command("weights_show"))
+    p = weights.add_parser("set", parents=[common], help="set some weights (the rest keep their values)")
+    p.add_argument("product", metavar="PRODUCT")
+    for name in ("age", "priority", "retries", "capabilities"):
+        p.add_argument(f"--{name}", type=float)
+    p.set_defaults(run=_command("weights_set"))
+
+
+def _add_factory(subparsers, connection) -> None:
+    factory = subparsers.add_parser("factory", help="run a factory").add_subparsers(
+        dest="factory_command", required=True, metavar="SUBCOMMAND")
+    p = factory.add_parser(
+        "run", parents=[connection], help="claim jobs and run COMMAND for each",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Claim jobs of a product and run COMMAND once per job, in its own working directory,\n"
+                    "with FLEET_JOB_ID, FLEET_JOB_FILE (the job as JSON), FLEET_RUN_ID, FLEET_CHECKPOINT_FILE\n"
+                    "in its environment. Exit 0 → testing (then shipped with AQ_FLEET_AUTOSHIP=1, else parked\n"
+                    "for review); non-zero → released for retry. A JSON object on its last stdout line\n"
+                    "({insights, prUrl, branch, artifacts}) is reported with the result.\n\n"
+                    "Environment: AQ_FLEET_AUTOSHIP, AQ_FLEET_GATE (RU gate), AQ_FLEET_PR (PR mode),\n"
+                    "AQ_FLEET_GIT_BASE (where owner/name repos are cloned from). SIGTERM drains.",
+        usage="fleet factory run --factory-id F --product P [options] -- COMMAND...")
+    p.add_argument("--factory-id", required=True)
+    p.add_argument("--product", "-p", required=True)
+    p.add_argument("--capabilities", "-c", type=_csv, default=[], help="comma-separated")
+    p.add_argument("--seats", type=int, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--max-jobs", type=int, help="claim at most N jobs, then finish them and exit")
+    p.add_argument("--once", action="store_true", help="one job, then exit (--max-jobs 1)")
+    p.add_argument("--exit-when-idle", action="store_true", help="exit once a claim finds no job and none runs")
+    p.add_argument("--poll-seconds", type=float, default=5.0, help="between claims when idle (default 5, jittered)")
+    p.add_argument("--backstop-polls", type=int, default=12, help="with the gate: claim anyway every Nth poll")
+    p.add_argument("--drain-seconds", type=float, default=30.0,
+                   help="on SIGTERM: how long running jobs may finish before being given back (default 30)")
+    p.add_argument("--kill-grace", type=float, default=10.0, help="SIGTERM → SIGKILL grace for a stopped command")
+    p.add_argument("--workdir-root", help="where job working directories are made (default: the temp dir)")
+    p.add_argument("--keep-workdirs", action="store_true", help="keep job working directories afterwards")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.set_defaults(run=_factory_run)
+
+
+def _factory_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from fleetclient.client import FleetClient
+    from fleetclient.runner import Runner, RunnerConfig
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("fleet factory run: give the command to run per job after --", file=sys.stderr)
+        return EXIT_USAGE
+    if args.seats < 1 or (args.max_jobs is not None and args.max_jobs < 1) or args.poll_seconds <= 0:
+        print("fleet factory run: --seats and --max-jobs must be at least 1, --poll-seconds above 0", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    config = RunnerConfig(
+        factory_id=args.factory_id, product_id=args.product, command=tuple(command),
+        capabilities=tuple(args.capabilities), seats=args.seats, max_jobs=1 if args.once else args.max_jobs,
+        poll_seconds=args.poll_seconds, exit_when_idle=args.exit_when_idle, backstop_polls=args.backstop_polls,
+        drain_seconds=args.drain_seconds, kill_grace_seconds=args.kill_grace, workdir_root=args.workdir_root,
+        keep_workdirs=args.keep_workdirs, **RunnerConfig.flags_from(os.environ),
+    )
+    with FleetClient(args.url, args.key, timeout=(5.0, args.timeout)) as client:
+        return Runner(client, config).run()
+
+
+# Plumbing
+
+
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The `run` of an operator command: make the client, call `handlers.<name>`, print its
+    text (or `--json` its document), and map errors to exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        from fleetclient import errors, handlers
+        from fleetclient.client import FleetClient
+
+        try:
+            with FleetClient(args.url, args.key, timeout=(5.0, args.timeout)) as client:
+                text, doc = getattr(handlers, name)(args, client)
+        except handlers.Usage as exc:
+            print(f"fleet: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except errors.FleetUnreachable as exc:
+            print(f"fleet: cannot reach the coordinator: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except errors.FleetApiError as exc:
+            _refused(args, exc)
+            return EXIT_REFUSED
+        except OSError as exc:  # --file / --body-file
+            print(f"fleet: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(json.dumps(doc, indent=2) if args.json else text)
+        return 0
+
+    return run
+
+
+def _refused(args: argparse.Namespace, exc) -> None:
+    from fleetclient import errors
+
+    if isinstance(exc, errors.FeatureDisabled) and args.command == "budgets":
+        message = "budgets are turned off on this coordinator (start it with FLEET_BUDGETS=1 to use them)"
+    elif isinstance(exc, errors.NotFound) and args.command == "budgets":
+        message = (f"product {args.product} has no budget yet; "
+                   f"set one with: fleet budgets set {args.product} --ceiling USD")
+    else:
+        message = exc.detail or exc.title or "refused"
+    print(f"fleet: error: {exc.status} {exc.code}: {message}", file=sys.stderr)
+    for field in exc.errors:
+        name = field.get("field") or ".".join(str(p) for p in field.get("loc", [])) or "(body)"
+        print(f"  {name}: {field.get('message') or field.get('msg')}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}, indent=2))
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _default_actor() -> str | None:
+    user = os.environ.get("USER") or os.environ.get("USERNAME")
+    return user if user and _NAME.match(user) else None

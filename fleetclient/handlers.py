@@ -1,0 +1,136 @@
+"""What each operator command of the `fleet` CLI does: one function per command, given the
+parsed arguments and a client, answering `(text for a person, JSON document for --json)`.
+
+The parsers live in `fleetclient.commands`, which imports this module only when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from typing import Any
+
+from fleetclient import models, views
+from fleetclient.client import FleetClient
+
+Shown = tuple[str, Any]
+
+
+class Usage(Exception):
+    """A usage error found after parsing (exit 2)."""
+
+
+def submit(args: argparse.Namespace, client: FleetClient) -> Shown:
+    spec: dict[str, Any] = read_json(args.spec_file) if args.spec_file else {}
+    if not isinstance(spec, dict):
+        raise Usage("--file must hold a JSON object (a job body)")
+    options = {
+        "productId": args.product, "idempotencyKey": args.idempotency_key, "title": args.title,
+        "bodyMd": read_text(args.body_file) if args.body_file else args.body,
+        "priority": args.priority, "capabilities": args.capabilities, "deps": args.deps,
+        "maxAttempts": args.max_attempts, "repo": args.repo, "baseBranch": args.base_branch,
+        "estimatedCostUsd": args.estimated_cost_usd, "kind": args.kind,
+    }
+    spec.update({k: v for k, v in options.items() if v is not None})
+    if "productId" not in spec:
+        raise Usage("a product is required (--product or productId in --file)")
+    spec.setdefault("idempotencyKey", f"cli-{uuid.uuid4().hex}")
+    submitted = client.submit_job(spec)
+    verb = "submitted" if submitted.created else "already submitted:"
+    return views.job_line(submitted.job, verb), submitted.job.to_doc()
+
+
+def list_jobs(args: argparse.Namespace, client: FleetClient) -> Shown:
+    if args.all:
+        page = models.JobPage(items=list(client.iter_jobs(args.product, args.stage, page_size=min(args.limit, 500))))
+    else:
+        page = client.list_jobs(args.product, args.stage, args.limit, args.offset, args.continuation)
+    return views.job_list(page), page.to_doc()
+
+
+def show(args: argparse.Namespace, client: FleetClient) -> Shown:
+    job = client.get_job(args.job_id)
+    return views.job_detail(job), job.to_doc()
+
+
+def dag(args: argparse.Namespace, client: FleetClient) -> Shown:
+    node = client.get_dag(args.job_id)
+    return views.dag(node), node.to_doc()
+
+
+def action(args: argparse.Namespace, client: FleetClient) -> Shown:
+    job = client.action(args.job_id, args.action, reason=args.reason, actor=args.actor)
+    return views.job_line(job, f"{args.action}:"), job.to_doc()
+
+
+def add_children(args: argparse.Namespace, client: FleetClient) -> Shown:
+    spec = read_json(args.spec_file)
+    children = spec.get("children") if isinstance(spec, dict) else spec
+    if not isinstance(children, list) or not children:
+        raise Usage('--file must hold a non-empty JSON list of children, or {"children": [...]}')
+    result = client.add_children(args.job_id, children)
+    lines = [views.job_line(result.parent, "parent:"), *(views.job_line(c, "  child:") for c in result.children)]
+    return "\n".join(lines), result.to_doc()
+
+
+def request_review(args: argparse.Namespace, client: FleetClient) -> Shown:
+    job = client.request_review(args.job_id, args.required, args.reviewers)
+    return views.job_line(job, "review requested:"), job.to_doc()
+
+
+def review(args: argparse.Namespace, client: FleetClient) -> Shown:
+    if not args.reviewer:
+        raise Usage("--reviewer is required (there is no $USER to default to)")
+    job = client.review(args.job_id, args.reviewer, args.decision, args.comment)
+    return views.job_line(job, f"{args.decision}d:"), job.to_doc()
+
+
+def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
+    calls = {
+        "show": lambda: client.get_budget(args.product),
+        "set": lambda: client.put_budget(args.product, args.ceiling, args.window),
+        "pause": lambda: client.pause_budget(args.product),
+        "resume": lambda: client.resume_budget(args.product),
+    }
+    result = calls[args.budgets_command]()
+    return views.budget(result), result.to_doc()
+
+
+def weights_show(args: argparse.Namespace, client: FleetClient) -> Shown:
+    view = client.get_weights(args.product)
+    return views.weights(view), view.to_doc()
+
+
+def weights_set(args: argparse.Namespace, client: FleetClient) -> Shown:
+    given = {name: getattr(args, name) for name in ("age", "priority", "retries", "capabilities")}
+    if all(value is None for value in given.values()):
+        raise Usage("give at least one of --age, --priority, --retries, --capabilities")
+    view = client.put_weights(args.product, **given)
+    return views.weights(view), view.to_doc()
+
+
+def factories(args: argparse.Namespace, client: FleetClient) -> Shown:
+    items = client.list_factories()
+    return views.factories(items), {"items": [f.to_doc() for f in items]}
+
+
+def queue_state(args: argparse.Namespace, client: FleetClient) -> Shown:
+    state = client.queue_state(args.product)
+    return views.queue_state(state), state.to_doc()
+
+
+def read_text(path: str) -> str:
+    """A file's text; `-` is stdin."""
+    if path == "-":
+        return sys.stdin.read()
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+def read_json(path: str) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise Usage(f"{path} is not valid JSON: {exc}") from None

@@ -1,0 +1,58 @@
+"""What a factory command reports about its run: a JSON object on its last stdout line.
+
+    {"insights": {"costUsd": 0.42, "tokensIn": 1200, "tokensOut": 300},
+     "prUrl": "https://github.com/o/r/pull/7", "branch": "aq/job/web-abc", "artifacts": ["log.txt"]}
+
+Every member is optional; anything else in the object is ignored. A last line that is not a JSON
+object is no report (the command's output is shown, never parsed further).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Report:
+    insights: dict[str, Any] | None = None
+    pr_url: str | None = None
+    branch: str | None = None
+    artifacts: list[Any] | None = None
+
+    @classmethod
+    def parse(cls, line: str | None) -> "Report":
+        """The report on `line` (the command's last non-empty stdout line); empty if none."""
+        if not line or not line.strip().startswith("{"):
+            return cls()
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return cls()
+        if not isinstance(doc, dict):
+            return cls()
+        insights = doc.get("insights")
+        artifacts = doc.get("artifacts")
+        return cls(
+            insights=insights if isinstance(insights, dict) and insights else None,
+            pr_url=_text(doc.get("prUrl")),
+            branch=_text(doc.get("branch")),
+            artifacts=artifacts if isinstance(artifacts, list) and artifacts else None,
+        )
+
+    def with_pull_request(self, url: str | None, branch: str) -> "Report":
+        """The report with what PR mode delivered (it wins over what the command said)."""
+        return replace(self, pr_url=url or self.pr_url, branch=branch)
+
+    @property
+    def delivers(self) -> bool:
+        """Whether it carries more than insights (which only a lease release can record)."""
+        return bool(self.pr_url or self.branch or self.artifacts)
+
+    def release_fields(self) -> dict[str, Any]:
+        """Keyword arguments for `FleetClient.release_lease`."""
+        return {"insights": self.insights, "pr_url": self.pr_url, "branch": self.branch, "artifacts": self.artifacts}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

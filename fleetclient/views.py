@@ -1,0 +1,145 @@
+"""How the `fleet` CLI shows the coordinator's answers to a person (`--json` shows them as sent)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fleet.jobs import Job
+from fleetclient import models
+from fleetclient.tables import cell, fields, table, usd, when
+
+#: Events `fleet jobs show` lists (the newest).
+SHOWN_EVENTS = 10
+
+
+def job_list(page: models.JobPage) -> str:
+    if not page.items:
+        return "no jobs"
+    text = table(
+        ["ID", "STAGE", "PRIORITY", "ATTEMPTS", "FACTORY", "UPDATED", "TITLE"],
+        [
+            [job.id, job.stage, job.priority, f"{job.attempts}/{job.max_attempts}",
+             job.lease.factory_id if job.lease else None, when(job.updated_at), job.title]
+            for job in page.items
+        ],
+    )
+    if page.continuation:
+        text += f"\nmore: --continuation {page.continuation}"
+    elif page.next_offset is not None:
+        text += f"\nmore: --offset {page.next_offset}"
+    return text
+
+
+def job_line(job: Job, verb: str = "") -> str:
+    """`web:abc… building  Fix the login page` (one line, after an action or a submit)."""
+    head = f"{verb} " if verb else ""
+    return f"{head}{job.id}  {job.stage.value}  {cell(job.title or '-')}"
+
+
+def job_detail(job: Job) -> str:
+    pairs: list[tuple[str, object]] = [
+        ("id", job.id),
+        ("title", job.title or None),
+        ("product", job.product_id),
+        ("idempotency key", job.idempotency_key),
+        ("kind", job.kind),
+        ("stage", job.stage),
+        ("priority", job.priority),
+        ("attempts", f"{job.attempts}/{job.max_attempts}"),
+        ("capabilities", job.capabilities),
+    ]
+    if job.deps:
+        pairs.append(("deps", job.deps))
+    if job.blocked_on:
+        pairs.append(("blocked on", [f"{b.idempotency_key} ({b.stage.value if b.stage else 'missing'})"
+                                     for b in job.blocked_on]))
+    if job.parent_id:
+        pairs.append(("parent", job.parent_id))
+    if job.children:
+        pairs.append(("children", job.children))
+    if job.repo:
+        pairs.append(("repo", f"{job.repo} ({job.base_branch or 'default branch'})"))
+    if job.lease:
+        lease = job.lease
+        pairs.append(("lease", f"{lease.factory_id}, epoch {lease.epoch}, expires {when(lease.expires_at)}"))
+    if job.review:
+        review = job.review
+        pairs.append(("review", f"{len(review.get('approvals', []))}/{review.get('required')} approvals"
+                                f"{', reviewers ' + ','.join(review['reviewers']) if review.get('reviewers') else ''}"))
+    if job.checkpoint is not None:
+        pairs.append(("checkpoint", "yes"))
+    pairs += [("created", when(job.created_at)), ("updated", when(job.updated_at))]
+    parts = [fields(pairs)]
+    if job.body_md.strip():
+        parts.append(job.body_md.strip())
+    if job.runs:
+        parts.append("runs:\n" + table(
+            ["RUN", "FACTORY", "STARTED", "ENDED", "RESULT", "COST", "PR"],
+            [[run.run_id, run.factory_id, when(run.started_at), when(run.ended_at) if run.ended_at else None,
+              run.result, usd(run.insights.get("costUsd")) if "costUsd" in run.insights else None, run.pr_url]
+             for run in job.runs],
+        ))
+    if job.events:
+        events = job.events[-SHOWN_EVENTS:]
+        older = len(job.events) - len(events) + job.events_dropped
+        heading = f"events (latest {len(events)}{f', {older} older' if older else ''}):"
+        parts.append(heading + "\n" + table(
+            ["AT", "EVENT", "BY", "DETAIL"],
+            [[when(e.at), e.type, e.actor, " ".join(f"{k}={cell(v, None)}" for k, v in e.detail.items())]
+             for e in events],
+        ))
+    return "\n\n".join(parts)
+
+
+def dag(node: models.DagNode) -> str:
+    lines = [_dag_label(node)]
+    _dag_children(node.children, "", lines)
+    return "\n".join(lines)
+
+
+def _dag_children(children: Iterable[models.DagNode], indent: str, lines: list[str]) -> None:
+    children = list(children)
+    for i, child in enumerate(children):
+        last = i == len(children) - 1
+        lines.append(f"{indent}{'└─ ' if last else '├─ '}{_dag_label(child)}")
+        _dag_children(child.children, indent + ("   " if last else "│  "), lines)
+
+
+def _dag_label(node: models.DagNode) -> str:
+    return "  ".join(part for part in (node.id, node.stage or "?", cell(node.title) if node.title else "") if part)
+
+
+def factories(items: list[models.Factory]) -> str:
+    if not items:
+        return "no factories have sent a heartbeat yet"
+    return table(
+        ["ID", "HEALTH", "SEATS", "PRODUCTS", "CAPABILITIES", "LAST HEARTBEAT"],
+        [[f.id, f.health, f"{f.seats_used}/{f.seat_limit if f.seat_limit is not None else '-'}", f.products,
+          f.capabilities, when(f.last_heartbeat_at)] for f in items],
+    )
+
+
+def queue_state(state: models.QueueState) -> str:
+    return fields([("product", state.product_id), ("version", state.version), ("updated", when(state.updated_at))])
+
+
+def weights(view: models.ProductWeights) -> str:
+    names = list(view.resolved) or list(view.weights)
+    body = table(
+        ["WEIGHT", "PRODUCT", "RESOLVED"],
+        [[name, view.weights.get(name), view.resolved.get(name)] for name in names],
+    )
+    head = f"weights of {view.product_id}" + (" (re-keying queued jobs)" if view.rekeying else "")
+    return f"{head}\n{body}"
+
+
+def budget(b: models.Budget) -> str:
+    paused = f"yes ({b.paused_by})" if b.paused and b.paused_by else b.paused
+    return fields([
+        ("product", b.product_id),
+        ("ceiling", usd(b.ceiling_usd) if b.ceiling_usd is not None else "none"),
+        ("window", f"{b.window or '-'} from {when(b.window_start)}" if b.window_start else b.window),
+        ("spent", usd(b.spent_usd)),
+        ("reserved", usd(b.reserved_usd) if b.reserved_usd is not None else None),
+        ("remaining", usd(b.remaining_usd) if b.remaining_usd is not None else None),
+        ("paused", paused),
+    ])

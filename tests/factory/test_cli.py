@@ -1,0 +1,207 @@
+"""The `fleet` operator commands, run in-process against a real `fleet serve`: tables for people,
+`--json` for scripts, a non-zero exit with the coordinator's code and detail on error."""
+from __future__ import annotations
+
+import json
+
+
+from fleetclient import commands
+from tests.factory.conftest import closed_port
+
+
+def submit(cli, product, key, *options):
+    return cli.json("jobs", "submit", "--product", product, "--idempotency-key", key, "--title", f"Job {key}", *options)
+
+
+class TestJobs:
+    def test_submit_prints_the_job_and_a_repeat_says_so(self, fleet_cli, product):
+        code, out, _ = fleet_cli("jobs", "submit", "-p", product, "-k", "k1", "-t", "Fix login", "-c", "python,web",
+                                 "--priority", "high")
+        again_code, again, _ = fleet_cli("jobs", "submit", "-p", product, "-k", "k1", "-t", "Fix login",
+                                         "-c", "python,web", "--priority", "high")
+
+        assert code == again_code == 0
+        assert out.startswith(f"submitted {product}:") and "queued" in out and "Fix login" in out
+        assert again.startswith("already submitted:")
+
+    def test_submit_json_is_the_job_document(self, fleet_cli, product):
+        submit(fleet_cli, product, "a")
+        job = submit(fleet_cli, product, "k1", "--capabilities", "go", "--max-attempts", "5", "--deps", "a")
+
+        assert (job["productId"], job["idempotencyKey"], job["stage"]) == (product, "k1", "blocked")
+        assert (job["capabilities"], job["maxAttempts"], job["deps"]) == (["go"], 5, ["a"])
+
+    def test_submit_from_a_file_with_options_winning(self, fleet_cli, product, tmp_path):
+        spec = tmp_path / "job.json"
+        spec.write_text(json.dumps({"productId": product, "idempotencyKey": "from-file", "title": "file title",
+                                    "bodyMd": "# details"}))
+
+        job = fleet_cli.json("jobs", "submit", "--file", str(spec), "--title", "option title")
+
+        assert (job["idempotencyKey"], job["title"], job["bodyMd"]) == ("from-file", "option title", "# details")
+
+    def test_submit_without_a_key_makes_one_up(self, fleet_cli, product):
+        job = fleet_cli.json("jobs", "submit", "-p", product, "-t", "anything")
+        assert job["idempotencyKey"].startswith("cli-")
+
+    def test_list_shows_a_table_and_json_the_page(self, fleet_cli, product):
+        first = submit(fleet_cli, product, "k1")
+        second = submit(fleet_cli, product, "k2")
+
+        code, out, _ = fleet_cli("jobs", "list", "--product", product)
+        page = fleet_cli.json("jobs", "list", "--product", product, "--limit", "1")
+        everything = fleet_cli.json("jobs", "list", "--product", product, "--limit", "1", "--all")
+
+        assert code == 0
+        header, *rows = out.splitlines()
+        assert header.split() == ["ID", "STAGE", "PRIORITY", "ATTEMPTS", "FACTORY", "UPDATED", "TITLE"]
+        assert [row.split()[0] for row in rows] == [second["id"], first["id"]]  # newest first
+        assert [job["id"] for job in page["items"]] == [second["id"]]
+        assert page["nextOffset"] == 1 or page["continuation"]
+        assert [job["id"] for job in everything["items"]] == [second["id"], first["id"]]
+
+    def test_list_says_where_the_next_page_starts(self, fleet_cli, product):
+        submit(fleet_cli, product, "k1")
+        submit(fleet_cli, product, "k2")
+        _, out, _ = fleet_cli("jobs", "list", "--product", product, "--limit", "1")
+        assert out.splitlines()[-1].startswith("more: --")
+
+    def test_list_filters_by_stage(self, fleet_cli, product):
+        submit(fleet_cli, product, "k1")
+        assert fleet_cli.json("jobs", "list", "-p", product, "--stage", "shipped")["items"] == []
+        _, out, _ = fleet_cli("jobs", "list", "-p", product, "--stage", "shipped")
+        assert out.strip() == "no jobs"
+
+    def test_show_lists_fields_runs_and_events(self, fleet_cli, client, product):
+        job = submit(fleet_cli, product, "k1", "--body", "Make it *fast*")
+        lease = client.claim("f1", product).lease.lease_id
+        client.release_lease(job["id"], lease, stage="testing", insights={"costUsd": 1.25})
+
+        code, out, _ = fleet_cli("jobs", "show", job["id"])
+
+        assert code == 0
+        assert f"id:              {job['id']}" in out and "stage:           testing" in out
+        assert "Make it *fast*" in out
+        assert "runs:" in out and "$1.25" in out and "f1" in out
+        assert "events (latest" in out and "claimed" in out
+        assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["insights"] == {"costUsd": 1.25}
+
+    def test_action_moves_the_job_and_records_the_actor(self, fleet_cli, product):
+        job = submit(fleet_cli, product, "k1")
+
+        code, out, _ = fleet_cli("jobs", "action", job["id"], "cancel", "--reason", "dup", "--actor", "ops")
+        shown = fleet_cli.json("jobs", "show", job["id"])
+
+        assert code == 0 and out.startswith("cancel: ") and "cancelled" in out
+        assert shown["events"][-1]["actor"] == "ops" and shown["events"][-1]["detail"] == {"reason": "dup"}
+
+    def test_dag_draws_the_tree(self, fleet_cli, product, tmp_path):
+        spec = tmp_path / "composite.json"
+        spec.write_text(json.dumps({
+            "productId": product, "idempotencyKey": "parent", "title": "Epic", "kind": "composite",
+            "children": [{"idempotencyKey": "c1", "title": "Part one"}, {"idempotencyKey": "c2", "title": "Part two"}],
+        }))
+        parent = fleet_cli.json("jobs", "submit", "--file", str(spec))
+
+        code, out, _ = fleet_cli("jobs", "dag", parent["id"])
+        tree = fleet_cli.json("jobs", "dag", parent["id"])
+
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].startswith(parent["id"]) and "Epic" in lines[0]
+        assert sorted(line[:3] for line in lines[1:]) == ["└─ ", "├─ "]
+        assert {child["title"] for child in tree["children"]} == {"Part one", "Part two"}
+
+    def test_review_gate_commands(self, fleet_cli, client, product):
+        job = submit(fleet_cli, product, "k1")
+        lease = client.claim("f1", product).lease.lease_id
+        client.release_lease(job["id"], lease, stage="testing")
+
+        requested = fleet_cli.json("jobs", "request-review", job["id"], "--required", "2", "--reviewers", "ann,bob")
+        fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "ann")
+        code, out, err = fleet_cli("jobs", "review", job["id"], "approve", "--reviewer", "eve")
+        shipped = fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "bob", "-m", "lgtm")
+
+        assert requested["review"]["required"] == 2
+        assert code == 1 and "403 forbidden" in err
+        assert shipped["stage"] == "shipped"
+
+
+class TestProductsAndFactories:
+    def test_weights_show_and_set(self, fleet_cli, product):
+        code, out, _ = fleet_cli("weights", "set", product, "--age", "3", "--retries", "-1")
+        shown = fleet_cli.json("weights", "show", product)
+
+        assert code == 0 and out.splitlines()[0] == f"weights of {product}"
+        assert out.splitlines()[2].split() == ["age", "3", "3"]
+        assert shown["weights"] == {"age": 3.0, "retries": -1.0} and shown["resolved"]["priority"] == 10.0
+
+    def test_weights_set_needs_a_weight(self, fleet_cli, product):
+        code, _, err = fleet_cli("weights", "set", product)
+        assert code == commands.EXIT_USAGE and "at least one" in err
+
+    def test_factories_table_and_json(self, fleet_cli, client, product):
+        client.heartbeat(f"factory-{product}", [product], ["python"], 4)
+
+        code, out, _ = fleet_cli("factories")
+        listed = fleet_cli.json("factories")
+
+        assert code == 0 and out.splitlines()[0].split()[:3] == ["ID", "HEALTH", "SEATS"]
+        row = next(line for line in out.splitlines() if line.startswith(f"factory-{product}"))
+        assert row.split()[1:3] == ["online", "0/4"]
+        assert any(f["id"] == f"factory-{product}" and f["seatLimit"] == 4 for f in listed["items"])
+
+    def test_queue_state(self, fleet_cli, product):
+        submit(fleet_cli, product, "k1")
+
+        code, out, _ = fleet_cli("queue-state", "--product", product)
+
+        assert code == 0 and out.splitlines()[:2] == [f"product: {product}", "version: 1"]
+        assert fleet_cli.json("queue-state", "-p", product)["version"] == 1
+
+
+class TestBudgets:
+    def test_disabled_budgets_are_said_plainly(self, fleet_cli, product):
+        code, out, err = fleet_cli("budgets", "show", product)
+
+        assert code == commands.EXIT_REFUSED and out == ""
+        assert "budgets are turned off on this coordinator" in err and "feature_disabled" in err
+
+    def test_a_product_without_a_budget_is_told_how_to_set_one(self, fast_cli, product):
+        code, _, err = fast_cli("budgets", "show", product)
+        assert code == 1 and f"fleet budgets set {product} --ceiling" in err
+
+    def test_set_pause_resume(self, fast_cli, product):
+        code, out, _ = fast_cli("budgets", "set", product, "--ceiling", "25", "--window", "weekly")
+        paused = fast_cli.json("budgets", "pause", product)
+        resumed = fast_cli.json("budgets", "resume", product)
+        shown = fast_cli.json("budgets", "show", product)
+
+        assert code == 0 and "ceiling:   $25.00" in out and "window:    weekly from" in out
+        assert paused["paused"] is True and resumed["paused"] is False
+        assert (shown["ceilingUsd"], shown["window"], shown["spentUsd"]) == (25.0, "weekly", 0.0)
+
+
+class TestErrors:
+    def test_a_refusal_exits_1_with_the_code_and_detail(self, fleet_cli, product):
+        code, out, err = fleet_cli("jobs", "show", f"{product}:aaaaaaaaaaaaaaaaaaaa")
+        assert code == 1 and out == ""
+        assert err.strip() == f"fleet: error: 404 not_found: no job '{product}:aaaaaaaaaaaaaaaaaaaa'"
+
+    def test_with_json_the_problem_document_is_printed_too(self, fleet_cli):
+        code, out, err = fleet_cli("jobs", "submit", "-p", "not valid", "-k", "k", "--json")
+
+        assert code == 1 and "productId:" in err
+        assert json.loads(out)["code"] == "validation_error"
+
+    def test_an_unreachable_coordinator_exits_3(self, fleet_cli):
+        code, _, err = fleet_cli("factories", "--url", f"http://127.0.0.1:{closed_port()}")
+        assert code == commands.EXIT_UNREACHABLE and "cannot reach the coordinator" in err
+
+    def test_a_bad_option_is_a_usage_error(self, fleet_cli):
+        code, _, err = fleet_cli("jobs", "action", "web:x", "explode")
+        assert code == 2 and "invalid choice" in err
+
+    def test_the_factory_runner_needs_a_command(self, fleet_cli, product):
+        code, _, err = fleet_cli("factory", "run", "--factory-id", "f1", "--product", product)
+        assert code == 2 and "command" in err

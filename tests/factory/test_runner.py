@@ -1,0 +1,295 @@
+"""The reference factory, run in-process against a real `fleet serve`: what each command outcome
+writes, seats, drains, the gate, and PR mode."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.stages import RunResult, Stage
+from fleetclient import FleetClient
+from fleetclient.runner import Runner, RunnerConfig
+from tests.factory.conftest import git, wait_for
+
+RUN_TIMEOUT = 20.0
+
+
+def script(tmp_path: Path, body: str, name: str = "job.py") -> tuple[str, ...]:
+    """A Python job command; `OUT` in its body is a directory outside its working directory."""
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    path = tmp_path / name
+    path.write_text("import json, os, sys, time, pathlib\n"
+                    f"OUT = pathlib.Path({str(out)!r})\n" + body)
+    return (sys.executable, str(path))
+
+
+class Running:
+    """A runner working in a thread; `result()` waits (bounded) for its exit code."""
+
+    def __init__(self, client: FleetClient, config: RunnerConfig) -> None:
+        self.out = io.StringIO()
+        self.runner = Runner(client, config, out=self.out)
+        self.code: int | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.code = self.runner.run()
+
+    def result(self, timeout: float = RUN_TIMEOUT) -> int:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.runner.drain()
+            self.runner.drain()
+            self._thread.join(10)
+            pytest.fail(f"the runner did not finish within {timeout}s")
+        return self.code
+
+
+def config(product: str, command: tuple[str, ...], **options) -> RunnerConfig:
+    defaults = dict(factory_id=f"factory-{product}", product_id=product, command=command, poll_seconds=0.05,
+                    max_jobs=1, kill_grace_seconds=2.0)
+    return RunnerConfig(**{**defaults, **options})
+
+
+def run(client, product, command, **options) -> Running:
+    return Running(client, config(product, command, **options))
+
+
+def submit(client, product, key, **fields):
+    return client.submit_job(product_id=product, idempotency_key=key, title=f"Job {key}", **fields).job
+
+
+REPORTING = """
+(OUT / (os.environ["FLEET_JOB_ID"].replace(":", "_") + ".env")).write_text(json.dumps({
+    "cwd": os.getcwd(), "job": json.load(open(os.environ["FLEET_JOB_FILE"])),
+    **{k: v for k, v in os.environ.items() if k.startswith("FLEET_")}}))
+print("working")
+print(json.dumps({"insights": {"costUsd": 0.75, "tokensIn": 1000, "tokensOut": 200}}))
+"""
+
+
+class TestOutcomes:
+    def test_a_passing_command_parks_its_job_at_testing_with_its_insights(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+
+        running = run(client, product, script(tmp_path, REPORTING))
+
+        assert running.result() == 0
+        done = client.get_job(job.id)
+        assert done.stage == Stage.TESTING and done.lease is None
+        assert done.runs[-1].insights == {"costUsd": 0.75, "tokensIn": 1000, "tokensOut": 200}
+        assert [e.detail.get("stage") for e in done.events if e.type == "stage"] == ["building", "testing"]
+        assert f"[{job.id}] working" in running.out.getvalue()
+
+    def test_the_command_gets_the_job_in_its_environment_and_its_own_directory(
+            self, client, product, tmp_path, monkeypatch):
+        monkeypatch.setenv("FLEET_KEY", "not-for-the-agent")
+        job = submit(client, product, "k1")
+
+        assert run(client, product, script(tmp_path, REPORTING)).result() == 0
+
+        seen = json.loads((tmp_path / "out" / f"{job.id.replace(':', '_')}.env").read_text())
+        assert seen["FLEET_JOB_ID"] == job.id and seen["FLEET_RUN_ID"] == f"{job.id}#1"
+        assert seen["FLEET_PRODUCT_ID"] == product and seen["FLEET_FACTORY_ID"] == f"factory-{product}"
+        assert (seen["job"]["id"], seen["job"]["stage"]) == (job.id, "building")
+        assert seen["job"]["lease"]["factoryId"] == f"factory-{product}"
+        assert "FLEET_KEY" not in seen
+        assert Path(seen["cwd"]).name == "work" and not Path(seen["cwd"]).exists()  # removed afterwards
+
+    def test_a_failing_command_releases_its_job_for_retry(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+
+        code = run(client, product, script(tmp_path, 'print(\'{"insights": {"costUsd": 0.1}}\')\nsys.exit(3)')).result()
+
+        assert code == 0
+        done = client.get_job(job.id)
+        assert (done.stage, done.attempts) == (Stage.QUEUED, 1)
+        assert done.runs[-1].result == RunResult.RETRY and done.runs[-1].insights == {"costUsd": 0.1}
+
+    def test_a_command_that_cannot_start_is_a_failed_attempt(self, client, product):
+        job = submit(client, product, "k1")
+
+        assert run(client, product, ("/nonexistent/agent",)).result() == 0
+
+        assert client.get_job(job.id).attempts == 1
+
+    def test_a_seat_that_fails_releases_its_job_for_retry(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+
+        code = run(client, product, script(tmp_path, "pass"), workdir_root=str(tmp_path / "missing")).result()
+
+        assert code == 0
+        done = client.get_job(job.id)
+        assert (done.stage, done.attempts, done.lease) == (Stage.QUEUED, 1, None)
+
+    def test_autoship_ships_a_passing_job_by_patch(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+
+        assert run(client, product, script(tmp_path, REPORTING), autoship=True).result() == 0
+
+        done = client.get_job(job.id)
+        assert done.stage == Stage.SHIPPED
+        assert done.runs[-1].result == RunResult.SHIPPED and done.runs[-1].insights["costUsd"] == 0.75
+        assert [e.detail.get("stage") for e in done.events if e.type == "stage"] == ["building", "testing", "shipped"]
+
+    def test_autoship_records_artifacts_and_a_pr_with_a_terminal_release(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+        report = {"insights": {"costUsd": 2}, "prUrl": "https://github.com/acme/w/pull/1", "artifacts": ["log.txt"]}
+
+        assert run(client, product, script(tmp_path, f"print({json.dumps(report)!r})"), autoship=True).result() == 0
+
+        last = client.get_job(job.id).runs[-1]
+        assert (last.result, last.pr_url, last.artifacts, last.insights) == (
+            RunResult.SHIPPED, "https://github.com/acme/w/pull/1", ["log.txt"], {"costUsd": 2})
+
+    def test_a_report_the_coordinator_refuses_does_not_strand_the_job(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+
+        code = run(client, product, script(tmp_path, 'print(\'{"prUrl": "not a url", "branch": "x"}\')')).result()
+
+        assert code == 0
+        done = client.get_job(job.id)
+        assert done.stage == Stage.TESTING and done.lease is None and done.runs[-1].pr_url is None
+
+
+class TestSeatsAndLimits:
+    def test_seats_run_jobs_at_the_same_time(self, client, product, tmp_path):
+        for key in ("a", "b"):
+            submit(client, product, key)
+        together = script(tmp_path, """
+(OUT / os.environ["FLEET_JOB_ID"].replace(":", "_")).touch()
+deadline = time.time() + 10
+while len(list(OUT.iterdir())) < 2 and time.time() < deadline:
+    time.sleep(0.02)
+sys.exit(0 if len(list(OUT.iterdir())) >= 2 else 1)
+""")
+
+        running = run(client, product, together, seats=2, max_jobs=2)
+
+        assert running.result() == 0
+        assert running.runner.stats.outcomes == {"parked": 2}
+
+    def test_every_claimed_job_counts_toward_max_jobs(self, client, product, tmp_path):
+        for key in ("a", "b", "c"):
+            submit(client, product, key)
+
+        running = run(client, product, script(tmp_path, "sys.exit(1)"), max_jobs=2)
+
+        assert running.result() == 0
+        assert running.runner.stats.claimed == 2
+        jobs = client.list_jobs(product).items
+        assert sorted(job.attempts for job in jobs) == [0, 1, 1]  # failures count as claimed jobs too
+
+    def test_exit_when_idle_stops_once_the_queue_is_empty(self, client, product, tmp_path):
+        for key in ("a", "b", "c"):
+            submit(client, product, key)
+
+        running = run(client, product, script(tmp_path, "pass"), max_jobs=None, exit_when_idle=True)
+
+        assert running.result() == 0
+        assert running.runner.stats.outcomes == {"parked": 3}
+
+
+class TestLeases:
+    def test_heartbeats_keep_a_short_lease_alive_through_a_longer_job(self, fast_client, product, tmp_path):
+        job = submit(fast_client, product, "k1")
+
+        # The lease is 2 s; the job takes 3.5 s: without renewals its lease would have expired.
+        running = run(fast_client, product, script(tmp_path, "time.sleep(3.5)"))
+
+        assert running.result() == 0
+        done = fast_client.get_job(job.id)
+        assert done.stage == Stage.TESTING and [run.result for run in done.runs] == [None]
+        assert running.runner.stats.outcomes == {"parked": 1}
+
+
+class TestDrain:
+    SLOW = """
+(OUT / "started").write_text(str(os.getpid()))
+checkpoint = pathlib.Path(os.environ["FLEET_CHECKPOINT_FILE"])
+checkpoint.write_text(json.dumps({"step": 7}))
+time.sleep(float(os.environ.get("SLEEP", "30")))
+"""
+
+    def test_a_drain_gives_a_running_job_back_with_its_checkpoint(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+        running = run(client, product, script(tmp_path, self.SLOW), drain_seconds=0.2)
+        wait_for(lambda: (tmp_path / "out" / "started").exists(), 10, "the command to start")
+
+        started = time.monotonic()
+        running.runner.drain()
+
+        assert running.result() == 0 and time.monotonic() - started < 5
+        done = client.get_job(job.id)
+        assert (done.stage, done.attempts, done.checkpoint) == (Stage.QUEUED, 0, {"step": 7})
+        assert done.runs[-1].result == RunResult.RELEASED
+
+    def test_a_drain_lets_a_job_that_finishes_in_time_report(self, client, product, tmp_path, monkeypatch):
+        monkeypatch.setenv("SLEEP", "0.5")
+        job = submit(client, product, "k1")
+        running = run(client, product, script(tmp_path, self.SLOW), drain_seconds=10)
+        wait_for(lambda: (tmp_path / "out" / "started").exists(), 10, "the command to start")
+
+        running.runner.drain()
+
+        assert running.result() == 0
+        assert client.get_job(job.id).stage == Stage.TESTING
+
+
+class TestGate:
+    def test_an_idle_gated_runner_skips_claims_until_the_version_moves(self, client, product, tmp_path):
+        running = run(client, product, script(tmp_path, "pass"), gate=True, backstop_polls=1000)
+        wait_for(lambda: running.runner.stats.skipped_claims >= 5, 10, "the gate to hold claims back")
+        claims_while_idle = running.runner.stats.claims
+
+        job = submit(client, product, "k1")
+
+        assert running.result() == 0
+        assert claims_while_idle == 1  # the first poll only
+        assert client.get_job(job.id).stage == Stage.TESTING
+
+
+class TestPullRequests:
+    def test_a_job_with_a_repo_is_delivered_as_a_pull_request(self, client, product, tmp_path, git_base, gh):
+        job = submit(client, product, "k1", repo="acme/widgets", base_branch="develop")
+        change = script(tmp_path, """
+pathlib.Path("CHANGELOG.md").write_text("fixed by " + os.environ["FLEET_JOB_ID"] + "\\n")
+(OUT / "branch").write_text(os.environ["FLEET_BRANCH"] + " " + os.environ["FLEET_BASE_BRANCH"])
+print(json.dumps({"insights": {"costUsd": 1.5}}))
+""")
+
+        code = run(client, product, change, pr_mode=True, git_base=str(git_base)).result()
+
+        assert code == 0
+        branch = f"aq/job/{job.id.replace(':', '-')}"
+        assert (tmp_path / "out" / "branch").read_text() == f"{branch} develop"
+        done = client.get_job(job.id)
+        assert done.stage == Stage.TESTING
+        assert (done.runs[-1].pr_url, done.runs[-1].branch) == ("https://github.com/acme/widgets/pull/7", branch)
+        assert done.runs[-1].insights == {"costUsd": 1.5}
+        assert git("show", f"{branch}:CHANGELOG.md", cwd=git_base / "acme" / "widgets.git") == f"fixed by {job.id}\n"
+        [call] = gh.calls()
+        assert call[call.index("--base") + 1] == "develop" and call[call.index("--title") + 1] == "Job k1"
+
+    def test_a_repo_that_cannot_be_cloned_is_a_failed_attempt(self, client, product, tmp_path, git_base, gh):
+        job = submit(client, product, "k1", repo="acme/missing")
+
+        assert run(client, product, script(tmp_path, "pass"), pr_mode=True, git_base=str(git_base)).result() == 0
+
+        done = client.get_job(job.id)
+        assert done.attempts == 1 and "git clone" in done.runs[-1].insights["factoryError"]
+        assert gh.calls() == []
+
+    def test_without_pr_mode_the_repo_is_not_cloned(self, client, product, tmp_path, git_base, gh):
+        job = submit(client, product, "k1", repo="acme/widgets")
+
+        assert run(client, product, script(tmp_path, "pass"), git_base=str(git_base)).result() == 0
+
+        assert client.get_job(job.id).runs[-1].pr_url is None and gh.calls() == []
