@@ -218,7 +218,18 @@ def _critical_only(score):
     return critical
 
 
-def _streams(ctx, product_id, now, weights, product_weights, offered, product_doc) -> list[candidates.Stream]:
+def _streams(
+    ctx: Context,
+    product_id: str,
+    now: datetime,
+    weights: scoring.Weights,
+    product_weights: scoring.Weights,
+    offered: frozenset[str],
+    product_doc: dict[str, Any],
+) -> list[candidates.Stream]:
+    """The fast rank-key stream while the stored keys order like `weights`; else one stream
+    per (priority, attempts) bucket (a request override of age/priority/retries, or a weight
+    change still re-keying)."""
     page = ctx.settings.claim_page
     if scoring.orders_like(weights, product_weights) and not product_doc.get("rekeying"):
         return [candidates.rank_stream(product_id, now, weights, offered, page)]
