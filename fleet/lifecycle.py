@@ -79,4 +79,6 @@ def finished(job: Job, now: datetime, stage: Stage, result: RunResult | None = N
     assert stage in TERMINAL
     run = job.latest_run
     result = None if (run and run.result and stage not in FINISHED) else (result or _RESULT_OF[stage])
-    return end_run(job, now, result, **report).model_copy(update={"stage": stage, "lease": None, "updated_at": now})
+    return end_run(job, now, result, **report).model_copy(
+        update={"stage": stage, "lease": None, "blocked_on": [], "updated_at": now}
+    )

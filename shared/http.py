@@ -76,7 +76,9 @@ def body(req: func.HttpRequest, model: type[M], *, optional: bool = False) -> M:
     if not isinstance(data, dict):
         raise errors.ValidationFailed("body must be a JSON object", [{"field": "", "message": "not an object"}])
     try:
-        return model.model_validate(data)
+        # Strict: a JSON string is not a number, nor 4.0 an integer. (The parse above stays: it
+        # refuses NaN and Infinity anywhere, which could not be written back out as JSON.)
+        return model.model_validate_json(raw, strict=True)
     except pydantic.ValidationError as exc:
         raise validation_failed(exc) from None
 

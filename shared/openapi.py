@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from fleet import jobs, schemas
+from fleet.stages import Stage
 
 VERSION = "0.1.0"
 
@@ -37,6 +38,30 @@ ENDPOINTS: list[tuple[str, str, str, str, type[BaseModel] | None, type[BaseModel
     ("get", "/fleet/health", "health", "Store reachability, flags, version", None, None),
     ("get", "/fleet/openapi.json", "openapi_document", "This document", None, None),
 ]
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+_PRODUCT = {"type": "string", "pattern": jobs.PRODUCT_ID}
+#: Query parameters and constrained path parameters, by operationId.
+PARAMETERS: dict[str, list[dict[str, Any]]] = {
+    "list_jobs": [
+        _query("stage", {"type": "string", "enum": [s.value for s in Stage]}),
+        _query("productId", _PRODUCT),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": 10_000, "default": 0}),
+        _query("continuation", {"type": "string"}),
+    ],
+    "get_queue_state": [_query("productId", _PRODUCT, required=True)],
+}
+#: Operations that answer 201 when they create something.
+CREATED = {"submit_job", "add_children"}
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "action": {"type": "string", "enum": ["requeue", "reject", "cancel", "ship"]},
+    "productId": _PRODUCT,
+}
 
 
 def _problem_schema() -> dict[str, Any]:
@@ -76,13 +101,18 @@ def document() -> dict[str, Any]:
             },
         }
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
-        if params:
-            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        parameters = [
+            {"name": p, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(p, {"type": "string"})} for p in params
+        ] + PARAMETERS.get(op_id, [])
+        if parameters:
+            op["parameters"] = parameters
         if req is not None:
             op["requestBody"] = {
                 "required": req not in (schemas.ActionBody, schemas.ReviewRequestBody, schemas.HeartbeatBody),
                 "content": {"application/json": {"schema": refs[(req, "validation")]}},
             }
+        if op_id in CREATED:
+            op["responses"]["201"] = {**op["responses"]["200"], "description": "Created"}
         if op_id != "health":
             op["security"] = [{"functionKey": []}]
         paths.setdefault(path, {})[method] = op

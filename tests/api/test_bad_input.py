@@ -86,6 +86,9 @@ def test_oversized_bodies_are_413(seeded, method, path):
         ({"productId": "p", "idempotencyKey": "k", "priority": "urgent"}, "priority"),
         ({"productId": "p", "idempotencyKey": "k", "maxAttempts": 0}, "maxAttempts"),
         ({"productId": "p", "idempotencyKey": "k", "maxAttempts": 11}, "maxAttempts"),
+        ({"productId": "p", "idempotencyKey": "k", "maxAttempts": "3"}, "maxAttempts"),  # strict: no coercion
+        ({"productId": "p", "idempotencyKey": "k", "maxAttempts": 3.0}, "maxAttempts"),
+        ({"productId": "p", "idempotencyKey": 7}, "idempotencyKey"),
         ({"productId": "p", "idempotencyKey": "k", "capabilities": ["a b"]}, "capabilities.0"),
         ({"productId": "p", "idempotencyKey": "k", "capabilities": "gpu"}, "capabilities"),
         ({"productId": "p", "idempotencyKey": "k", "repo": "not a repo"}, "repo"),

@@ -232,3 +232,11 @@ def test_review_needs_a_testing_job(api):
     job = api.submit("k1")
     response = api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 1})
     assert response.status_code == 409 and response.json["code"] == "illegal_transition"
+
+
+def test_a_cancelled_blocked_job_no_longer_says_what_it_waits_for(api):
+    parent = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "epic", "kind": "composite",
+                                      "children": [{"idempotencyKey": "c1"}]}).json
+    assert parent["blockedOn"]
+    cancelled = api.post(f"/fleet/jobs/{parent['id']}/actions/cancel").json
+    assert cancelled["stage"] == "cancelled" and cancelled["blockedOn"] == []
