@@ -18,8 +18,9 @@ from fleet import clock, errors, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Model, Time
 
-#: How many accrual ids a budget remembers (far more than the sweep ever has to replay).
-ACCRUAL_MEMORY = 2000
+#: How many accrual ids a budget remembers: far more than ever end between two sweeps (the
+#: sweep replays an interrupted accrual within a minute), few enough to keep the document small.
+ACCRUAL_MEMORY = 500
 
 
 class Window(str, Enum):
@@ -45,6 +46,9 @@ class Budget(Model):
     #: claim (lease id) -> {amountUsd, at, runId}: estimated cost of runs not yet accrued.
     reservations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     accruals: list[str] = Field(default_factory=list)
+    #: [when, usd] of the recent charged accruals (as many as `accruals` remembers): what a
+    #: change of window recomputes the new window's spend from.
+    ledger: list[tuple[Time, float]] = Field(default_factory=list)
     updated_at: Time
 
     @property
@@ -54,6 +58,7 @@ class Budget(Model):
     def public(self) -> dict[str, Any]:
         doc = self.to_doc()
         doc.pop("accruals")
+        doc.pop("ledger")
         doc["reservedUsd"] = self.reserved_usd
         doc["remainingUsd"] = None if self.ceiling_usd is None else max(0.0, self.ceiling_usd - self.spent_usd)
         return doc
@@ -99,13 +104,21 @@ def refusal(budget: Budget | None) -> str | None:
 
 
 def accrue(
-    budget: Budget, accrual_id: str, amount: float, now: datetime, reservation: str | None = None
+    budget: Budget,
+    accrual_id: str,
+    amount: float,
+    now: datetime,
+    reservation: str | None = None,
+    ended_at: datetime | None = None,
 ) -> Budget | None:
     """Add `amount` once for `accrual_id` and drop the run's `reservation`; None if already
-    counted. Reaching the ceiling pauses the budget."""
+    counted. Reaching the ceiling pauses the budget. A run that ended before the current
+    window began (accrued late: budgets were off, or a long outage) is remembered but not
+    charged: it was spent in a window that is over."""
     if accrual_id in budget.accruals:
         return None
-    spent = budget.spent_usd + amount
+    earlier = ended_at is not None and ended_at < budget.window_start
+    spent = budget.spent_usd + (0.0 if earlier else amount)
     reservations = {k: v for k, v in budget.reservations.items() if k != reservation}
     update: dict[str, Any] = {
         "spent_usd": spent,
@@ -113,6 +126,8 @@ def accrue(
         "accruals": [*budget.accruals, accrual_id][-ACCRUAL_MEMORY:],
         "updated_at": now,
     }
+    if amount and not earlier:
+        update["ledger"] = [*budget.ledger, (ended_at or now, amount)][-ACCRUAL_MEMORY:]
     if budget.ceiling_usd is not None and spent >= budget.ceiling_usd and not budget.paused:
         update.update(paused=True, paused_by=PausedBy.CEILING)
     return budget.model_copy(update=update)
@@ -186,13 +201,17 @@ def change(ctx: Context, product_id: str, decide, create: bool = True) -> Budget
 
 def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Budget:
     """Create or update the ceiling and window. Lifting the ceiling above spend lifts an
-    automatic pause; changing the window starts the new window's accounting now."""
+    automatic pause. Changing the window moves to the new kind's current window, whose spend
+    is recomputed from the ledger of recent accruals (exact within its memory)."""
     now = ctx.clock.now()
 
     def decide(budget: Budget) -> Budget:
         update: dict[str, Any] = {"ceiling_usd": ceiling_usd, "window": window, "updated_at": now}
         if window != budget.window:
-            update["window_start"] = window_start(window, now)
+            start = window_start(window, now)
+            spent = sum(usd for at, usd in budget.ledger if at >= start)
+            update.update(window_start=start, spent_usd=spent)
+            budget = budget.model_copy(update={"spent_usd": spent})
         if budget.paused_by == PausedBy.CEILING and budget.spent_usd < ceiling_usd:
             update.update(paused=False, paused_by=None)
         elif not budget.paused and budget.spent_usd >= ceiling_usd:

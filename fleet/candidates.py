@@ -117,7 +117,13 @@ def rank_stream(
 
 
 def bucket_streams(
-    product_id: str, now: datetime, weights: scoring.Weights, offered: frozenset[str], page: int, max_attempts: int
+    product_id: str,
+    now: datetime,
+    weights: scoring.Weights,
+    offered: frozenset[str],
+    page: int,
+    max_attempts: int,
+    priorities: tuple[Priority, ...] = tuple(Priority),
 ) -> list[Stream]:
     """One stream per (priority, attempts) bucket, oldest first (newest first when the age
     weight is negative): within a bucket only age and the capability bonus differ, so the
@@ -125,7 +131,7 @@ def bucket_streams(
     best_bonus = len(offered) if weights.capabilities > 0 else 0
     oldest_first = weights.age >= 0
     streams = []
-    for priority in Priority:
+    for priority in priorities:
         for attempts in range(max_attempts):
 
             def bound_after(last: Job, p: Priority = priority, a: int = attempts) -> tuple:

@@ -15,6 +15,9 @@ from fleet.stages import Priority, Stage
 MAX_ATTEMPTS = 10
 #: How often a claim re-reads the queue after losing the race for every candidate it saw.
 RESCANS = 3
+#: How many candidates too dear for the budget's remaining room a claim passes over before it
+#: gives up with `budget_exceeded` (bounds the read when every queued job is too dear).
+MAX_UNAFFORDABLE = 16
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,15 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     product_weights = scoring.resolve(registry.product_patch(product_doc))
     weights = scoring.resolve(registry.product_patch(product_doc), request.weights)
     score = candidates.scorer(now, weights, offered)
-    if running is not None:
-        score = _critical_only(score)
+    unaffordable = 0
     for _ in range(RESCANS):
-        streams = _streams(ctx, request.product_id, now, weights, product_weights, offered, product_doc)
+        if running is not None:
+            # At the seat limit only critical work may be taken: read only its buckets.
+            streams = candidates.bucket_streams(
+                request.product_id, now, weights, offered, ctx.settings.claim_page, MAX_ATTEMPTS, (Priority.CRITICAL,)
+            )
+        else:
+            streams = _streams(ctx, request.product_id, now, weights, product_weights, offered, product_doc)
         lost = False
         for candidate in candidates.ranked(ctx.store, streams, score):
             try:
@@ -74,11 +82,16 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
                 if running is not None:
                     running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
             except budgets.BudgetExhausted:
-                return Claimed(None, "budget_exceeded")
+                # Too dear for what is left: a cheaper (or unestimated) job may still fit.
+                unaffordable += 1
+                if unaffordable >= MAX_UNAFFORDABLE:
+                    return Claimed(None, "budget_exceeded")
             except NoSeat:
                 return Claimed(None, "seat_limit")
         if not lost:
             break
+    if unaffordable:
+        return Claimed(None, "budget_exceeded")
     return Claimed(None, "seat_limit" if running is not None else "no_job")
 
 
@@ -209,13 +222,6 @@ def _running_at_limit(ctx: Context, factory_id: str, seat_limit: int | None, now
         return None
     running = [j for j in factories.held_leases(ctx, factory_id) if j.lease and j.lease.expires_at > now]
     return running if len(running) >= seat_limit else None
-
-
-def _critical_only(score):
-    def critical(job: Job):
-        return score(job) if job.priority == Priority.CRITICAL else None
-
-    return critical
 
 
 def _streams(

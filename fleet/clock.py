@@ -19,7 +19,10 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        """Now, truncated to the millisecond: the precision times are stored with, so a value
+        computed from `now` (a rank key) equals the one recomputed from the stored time."""
+        now = datetime.now(timezone.utc)
+        return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class FixedClock:

@@ -30,7 +30,8 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
 
 
 def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dict[str, Any]:
-    """Add children to a queued or blocked parent; a queued parent goes back to blocked."""
+    """Add children to a queued or blocked parent; a queued parent goes back to blocked.
+    Everything that could refuse the request is checked before the first write."""
     parent = _read(ctx, parent_id)
     if parent.stage not in (Stage.QUEUED, Stage.BLOCKED):
         raise errors.IllegalTransition(f"job {parent.id} is {parent.stage.value}; children can only be added while it waits")
@@ -44,7 +45,6 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
         base_branch=parent.base_branch,
     )
     _check_before_writing(ctx, template, ordered, parent.id, [])
-    created = [submit.submit(ctx, child_spec(template, child), parent_id=parent.id).job for child in ordered]
     keys = [c.idempotency_key for c in children]
     ids = [job_id(parent.product_id, k) for k in keys]
 
@@ -58,7 +58,11 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
             update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
         return job.model_copy(update=update).with_event(now, "children_added", children=keys)
 
+    # The parent first: once it waits on the new keys no factory can claim it, so the children
+    # written next can never be stranded under a parent that runs without them. A crash in
+    # between leaves the parent blocked on children not yet submitted; a retry converges.
     parent = writes.change(ctx, parent.id, attach)
+    created = [submit.submit(ctx, child_spec(template, child), parent_id=parent.id).job for child in ordered]
     if parent.stage == Stage.BLOCKED:
         parent = deps.recheck(ctx, parent.product_id, parent.id)
     return {"parent": parent.to_doc(), "children": [c.to_doc() for c in created]}

@@ -60,10 +60,15 @@ def unblock_if_ready(ctx: Context, product_id: str, id: str) -> tuple[Job, bool]
 
 def release_dependents(ctx: Context, finished: Job) -> None:
     """Re-check the blocked jobs of the product that name `finished` as a dep."""
-    query = store.Query("jobs", finished.product_id, (store.Filter("stage", "=", Stage.BLOCKED.value),), limit=200)
-    for doc in store.query_all(ctx.store, query):
-        if finished.idempotency_key in doc.get("deps", []):
-            try:
-                recheck(ctx, finished.product_id, doc["id"])
-            except errors.NotFound:
-                continue
+    query = store.Query(
+        "jobs",
+        finished.product_id,
+        (store.Filter("stage", "=", Stage.BLOCKED.value), store.Filter("deps", "contains", finished.idempotency_key)),
+        limit=200,
+    )
+    # Read them all before writing: unblocking shrinks the result being paged through.
+    for doc in list(store.query_all(ctx.store, query)):
+        try:
+            recheck(ctx, finished.product_id, doc["id"])
+        except errors.NotFound:
+            continue

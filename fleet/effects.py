@@ -18,15 +18,22 @@ log = logging.getLogger("fleet.effects")
 def settle(ctx: Context, before: Stage | None, job: Job) -> Job:
     """Apply what follows from `job` having moved from `before` to its current stage; the job
     as it stands afterwards."""
-    try:
-        if job.stage == Stage.QUEUED and before != Stage.QUEUED:
-            job = weights.ensure_rank(ctx, job)
-            queue_state.bump(ctx, job.product_id)
-        if job.accrual_pending:
-            job = spend.settle(ctx, job)
-        if job.stage in FINISHED and before not in FINISHED:
-            deps.release_dependents(ctx, job)
-    except errors.FleetError:
-        # The job's own write stands; the sweep finishes what was interrupted here.
-        log.warning("follow-ups of job %s interrupted; the sweep will finish them", job.id, exc_info=True)
+    if job.stage == Stage.QUEUED and before != Stage.QUEUED:
+        job = _attempt(job, "re-key", lambda: weights.ensure_rank(ctx, job))
+        _attempt(job, "queue-state bump", lambda: queue_state.bump(ctx, job.product_id))
+    if job.accrual_pending:
+        job = _attempt(job, "accrual", lambda: spend.settle(ctx, job))
+    if job.stage in FINISHED and before not in FINISHED:
+        _attempt(job, "dependents", lambda: deps.release_dependents(ctx, job))
     return job
+
+
+def _attempt(job: Job, what: str, follow_up):
+    """Run one follow-up; if the store fails it, the job's own write stands and the sweep
+    finishes it (each follow-up is tried on its own, so one failing skips no other)."""
+    try:
+        result = follow_up()
+    except errors.FleetError:
+        log.warning("%s after job %s interrupted; the sweep will finish it", what, job.id, exc_info=True)
+        return job
+    return result if isinstance(result, Job) else job

@@ -93,6 +93,12 @@ class FeatureDisabled(FleetError):
     code = "feature_disabled"
 
 
+class TooLarge(FleetError):
+    """The change would make the document larger than the store allows."""
+
+    code = "document_too_large"
+
+
 class Forbidden(FleetError):
     """Not allowed for this caller."""
 

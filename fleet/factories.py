@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fleet import clock, errors, store
+from fleet import clock, errors, outage, store
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 
@@ -57,7 +57,7 @@ def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = Non
 
     def extend(doc: dict[str, Any]) -> dict[str, Any]:
         job = Job.from_doc(doc)
-        if not job.holds(lease_id, now) or (factory_id is not None and job.lease.factory_id != factory_id):
+        if not outage.holds(ctx, job, lease_id, now) or (factory_id is not None and job.lease.factory_id != factory_id):
             raise errors.LeaseLost()
         lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
         return job.model_copy(update={"lease": lease, "updated_at": now}).to_doc()

@@ -6,7 +6,7 @@ preempted, requeued) can never overwrite the job's newer owner.
 """
 from __future__ import annotations
 
-from fleet import errors, lifecycle, writes, weights as registry
+from fleet import errors, lifecycle, outage, writes, weights as registry
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 from fleet.schemas import PatchBody, ReleaseBody
@@ -17,7 +17,7 @@ def _write(ctx: Context, id: str, lease_id: str, change) -> Job:
     """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease."""
 
     def fenced(job: Job, now) -> Job:
-        if not job.holds(lease_id, now):
+        if not outage.holds(ctx, job, lease_id, now):
             raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
         return change(job, now)
 

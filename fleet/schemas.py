@@ -4,9 +4,10 @@ These models are also the source of the OpenAPI document (`shared/openapi.py`).
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from fleet.jobs import PRODUCT_ID
@@ -46,14 +47,31 @@ class Body(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+def _bounded(limit: int):
+    """A validator refusing a free-form value whose JSON is longer than `limit` bytes."""
+
+    def check(value: Any) -> Any:
+        if len(json.dumps(value, default=str)) > limit:
+            raise ValueError(f"larger than {limit} bytes of JSON")
+        return value
+
+    return check
+
+
 class Insights(BaseModel):
-    """What a factory reports about a run: cost and tokens, plus anything else it measures."""
+    """What a factory reports about a run: cost and tokens, plus anything else it measures
+    (at most 16 KiB of JSON in all)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     costUsd: Money | None = None
     tokensIn: Annotated[int, Field(ge=0)] | None = None
     tokensOut: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _small(self) -> "Insights":
+        _bounded(16 * 1024)(self.model_dump())
+        return self
 
 
 class ChildSpec(Body):
@@ -108,10 +126,17 @@ class PatchBody(Body):
 
 
 class Artifact(BaseModel):
+    """Something a run produced: a name and a URL, plus anything else (at most 4 KiB)."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: Text | None = None
     url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+    @model_validator(mode="after")
+    def _small(self) -> "Artifact":
+        _bounded(4 * 1024)(self.model_dump())
+        return self
 
 
 class ReleaseBody(Body):
@@ -123,8 +148,9 @@ class ReleaseBody(Body):
     insights: Insights | None = None
     pr_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://\S+$")] | None = None
     branch: Branch | None = None
-    artifacts: Annotated[list[Artifact | str], Field(max_length=100)] = []
-    checkpoint: Any = None
+    artifacts: Annotated[list[Artifact | Annotated[str, StringConstraints(max_length=2000)]], Field(max_length=100)] = []
+    #: Where to resume from: free-form JSON, at most 64 KiB.
+    checkpoint: Annotated[Any, AfterValidator(_bounded(64 * 1024))] = None
 
 
 class ActionBody(Body):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet import budgets, errors, store
+from fleet import budgets, errors, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Job
 
@@ -21,13 +21,17 @@ def settle(ctx: Context, job: Job) -> Job:
     now = ctx.clock.now()
     due = [run for run in job.runs if run.ended_at is not None and not run.accrued]
     for run in due:
-        cost = float(run.insights.get("costUsd") or 0.0)
         budgets.change(
             ctx,
             job.product_id,
-            lambda b, r=run.run_id, c=cost, held=run.reservation: budgets.accrue(b, r, c, now, held),
+            lambda b, r=run: budgets.accrue(
+                b, r.run_id, float(r.insights.get("costUsd") or 0.0), now, r.reservation, r.ended_at
+            ),
         )
     done = {run.run_id for run in due}
+    if any(run.reservation for run in due):
+        # The reservation gave way to what the run really cost: claims may fit again.
+        queue_state.bump(ctx, job.product_id)
 
     def mark(doc: dict[str, Any]) -> dict[str, Any] | None:
         current = Job.from_doc(doc)

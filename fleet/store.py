@@ -23,13 +23,19 @@ from fleet import errors
 #: container -> the document field that is its partition key.
 PARTITION_KEYS: dict[str, str] = {"jobs": "productId", "factories": "id", "budgets": "productId"}
 
-#: Filter operators every adapter supports. `=`/`!=` with `None` test for null (or absence).
-OPERATORS = frozenset({"=", "!=", "<", "<=", ">", ">=", "in"})
+#: Filter operators every adapter supports. `=`/`!=` with `None` test for null (or absence);
+#: `!=` a value never matches a null or absent field. `in` takes a list of values. `contains`
+#: takes one scalar (string, number, bool) and matches when the field is an array with an
+#: element equal to it: a missing or null field, an empty array or a non-array never matches.
+OPERATORS = frozenset({"=", "!=", "<", "<=", ">", ">=", "in", "contains"})
 
 
 @dataclass(frozen=True)
 class Filter:
-    """`field op value`; `field` is a dotted path into the document (`lease.factoryId`)."""
+    """`field op value`; `field` is a dotted path into the document (`lease.factoryId`).
+
+    `Filter("deps", "contains", key)`: the jobs whose `deps` array names `key`.
+    """
 
     field: str
     op: str
@@ -38,6 +44,8 @@ class Filter:
     def __post_init__(self) -> None:
         if self.op not in OPERATORS:
             raise ValueError(f"unknown operator {self.op!r}")
+        if self.op == "contains" and not isinstance(self.value, (str, int, float, bool)):
+            raise ValueError(f"contains takes a string, number or bool, not {self.value!r}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,9 @@ class Query:
 
     `partition_key` set: a single-partition query (the cheap kind). `None`: cross-partition,
     which only listings and sweeps use. `order_by` is `(field, descending)` pairs; adapters
-    add `id` ascending as the last key so that every order is total and paging is stable.
+    end every order with a tiebreak that makes it total, so paging is stable: `id` ascending
+    within a partition (Cosmos: `id`; SQLite: partition key, then `id`, which can order ties
+    across partitions differently). Without `order_by` the order is that tiebreak alone.
     """
 
     container: str

@@ -1,24 +1,51 @@
 """The sweeps a timer runs: what keeps the fleet live when factories or processes die.
 
 Correctness never depends on them running on time — a write naming an expired lease is fenced
-anyway — but liveness does: expired work goes back to the queue only here. Every change is a
-conditional write that re-decides on the current document, so a job finished after the sweep
-read it is never clobbered.
+anyway — but liveness does: expired work goes back to the queue only here, and follow-up
+writes a crash interrupted (queue-state bumps, unblocking dependents, accruals, re-keying) are
+finished here. Every change is a conditional write that re-decides on the current document, so
+a job finished after the sweep read it is never clobbered. One job that keeps failing is
+logged and passed over: it never stops the sweep for the rest of the fleet.
 """
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+import logging
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable
 
-from fleet import budgets, clock, deps, effects, errors, lifecycle, spend, store, weights as registry
+from fleet import budgets, clock, deps, effects, errors, lifecycle, outage, queue_state, spend, store
+from fleet import weights as registry
 from fleet.context import Context
 from fleet.jobs import Job
-from fleet.stages import RunResult, Stage
+from fleet.stages import FINISHED, RunResult, Stage
+
+log = logging.getLogger("fleet.sweep")
+
+#: How far before the last sweep the repair step looks back for changes it may have to finish.
+REPAIR_MARGIN = timedelta(minutes=5)
 
 
-#: Where the sweep remembers when it last ran: a reserved partition no product can have.
-STATE_PARTITION = "_fleet"
-STATE_ID = "sweep-state"
+def run(ctx: Context) -> dict[str, int]:
+    """Everything the `sweep_expired_leases` timer does, in order. Each step is isolated: one
+    that fails is logged and the others still run."""
+    last = outage.last_sweep(ctx)
+    repair_from = None if last is None else last - REPAIR_MARGIN
+    steps: list[tuple[str, Callable[[], dict[str, int]]]] = [
+        ("leases", lambda: expired_leases(ctx)),
+        ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
+        ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
+        ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
+        ("accrued", lambda: {"accrued": spend.replay_pending(ctx)}),
+        ("reservations", lambda: {"reservationsDropped": budgets.drop_stale_reservations(ctx) if ctx.settings.budgets else 0}),
+    ]
+    counts: dict[str, int] = {}
+    for name, step in steps:
+        try:
+            counts.update(step())
+        except Exception:  # noqa: BLE001 - a sweep step must never stop the others
+            log.exception("sweep step %s failed", name)
+            counts[f"{name}Failed"] = 1
+    return counts
 
 
 def expired_leases(ctx: Context) -> dict[str, int]:
@@ -31,7 +58,7 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     mass expiry. Leases that expired before the gap began are expired as usual.
     """
     now = ctx.clock.now()
-    gap_began = _outage_began(ctx, now)
+    gap_began = outage.began(ctx, now)
     query = store.Query(
         "jobs",
         None,
@@ -40,7 +67,8 @@ def expired_leases(ctx: Context) -> dict[str, int]:
         limit=200,
     )
     counts = {"expired": 0, "deadLettered": 0, "spared": 0}
-    for doc in list(store.query_all(ctx.store, query)):
+
+    def expire(doc: dict[str, Any]) -> None:
         weights = registry.for_product(ctx, doc["productId"])
         spare = gap_began is not None and clock.parse(doc["lease"]["expiresAt"]) >= gap_began
         wrote: dict[str, Stage] = {}
@@ -54,52 +82,69 @@ def expired_leases(ctx: Context) -> dict[str, int]:
             if spare:
                 lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
                 return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage").to_doc()
-            factory = job.lease.factory_id
             return (
                 lifecycle.retried(job, now, weights, RunResult.EXPIRED)
-                .with_event(now, "lease_expired", factory)
+                .with_event(now, "lease_expired", job.lease.factory_id)
                 .to_doc()
             )
 
-        try:
-            job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
-        except errors.NotFound:
-            continue
+        job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
         if not wrote:
-            continue  # nothing of ours was written
+            return  # nothing of ours was written
         if spare:
             counts["spared"] += 1
         else:
             counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1
             effects.settle(ctx, wrote["before"], job)
-    _record_run(ctx, now)
+
+    counts["failed"] = each(store.query_all(ctx.store, query), expire)
+    outage.record_sweep(ctx, now)  # even if some jobs failed: the sweep itself is running
     return counts
 
 
-def _outage_began(ctx: Context, now) -> Any:
-    """When the gap began if the last sweep is older than the grace threshold, else None."""
-    try:
-        last = clock.parse(ctx.store.read("jobs", STATE_PARTITION, STATE_ID)["lastSweepAt"])
-    except errors.NotFound:
-        return None
-    return last if (now - last).total_seconds() > ctx.settings.outage_grace_seconds else None
+def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
+    """Finish unblocking that a crash interrupted, for jobs changed since `since` (None: every
+    job, as on the first sweep ever): re-check the blocked jobs written since (a submit that
+    died before its re-check), and release the dependents of the jobs finished since (a
+    finishing write that died before releasing them). Returns how many this call unblocked."""
+    unblocked = 0
+
+    def unblock(doc: dict[str, Any]) -> None:
+        nonlocal unblocked
+        if deps.unblock_if_ready(ctx, doc["productId"], doc["id"])[1]:
+            unblocked += 1
+
+    each(changed(ctx, Stage.BLOCKED, since), unblock)
+    for stage in FINISHED:
+        each(changed(ctx, stage, since), lambda doc: deps.release_dependents(ctx, Job.from_doc(doc)))
+    return unblocked
 
 
-def _record_run(ctx: Context, now) -> None:
-    ctx.store.upsert("jobs", {"id": STATE_ID, "productId": STATE_PARTITION, "lastSweepAt": clock.format(now)})
+def queue_versions(ctx: Context, since: datetime | None = None) -> int:
+    """Bump the queue-state of every product with a job queued since `since` that is newer
+    than the product's version (a bump a crash or a throttled store lost). Returns how many."""
+    newest: dict[str, str] = {}
+    for doc in changed(ctx, Stage.QUEUED, since):
+        newest[doc["productId"]] = max(doc["updatedAt"], newest.get(doc["productId"], ""))
+    bumped = 0
+
+    def bump_if_behind(item: tuple[str, str]) -> None:
+        nonlocal bumped
+        product_id, latest = item
+        if (queue_state.read(ctx, product_id)["updatedAt"] or "") < latest:
+            queue_state.bump(ctx, product_id)
+            bumped += 1
+
+    each(list(newest.items()), bump_if_behind)
+    return bumped
 
 
-def blocked_jobs(ctx: Context) -> int:
-    """Re-check every blocked job: repairs an unblock a crash interrupted."""
-    query = store.Query("jobs", None, (store.Filter("stage", "=", Stage.BLOCKED.value),), limit=200)
-    released = 0
-    for doc in list(store.query_all(ctx.store, query)):
-        try:
-            if deps.unblock_if_ready(ctx, doc["productId"], doc["id"])[1]:
-                released += 1
-        except errors.NotFound:
-            continue
-    return released
+def changed(ctx: Context, stage: Stage, since: datetime | None) -> Iterable[dict[str, Any]]:
+    """Jobs in `stage` written at or after `since` (all of them for None), oldest first."""
+    where = [store.Filter("stage", "=", stage.value)]
+    if since is not None:
+        where.append(store.Filter("updatedAt", ">=", clock.format(since)))
+    return list(store.query_all(ctx.store, store.Query("jobs", None, tuple(where), (("updatedAt", False),), limit=200)))
 
 
 def rekeys(ctx: Context) -> int:
@@ -108,11 +153,16 @@ def rekeys(ctx: Context) -> int:
     return sum(registry.rekey(ctx, doc["productId"]) for doc in list(store.query_all(ctx.store, query)))
 
 
-def run(ctx: Context) -> dict[str, int]:
-    """Everything the `sweep_expired_leases` timer does, in order."""
-    counts = expired_leases(ctx)
-    counts["unblocked"] = blocked_jobs(ctx)
-    counts["rekeyed"] = rekeys(ctx)
-    counts["accrued"] = spend.replay_pending(ctx)
-    counts["reservationsDropped"] = budgets.drop_stale_reservations(ctx) if ctx.settings.budgets else 0
-    return counts
+def each(items: Iterable[Any], act: Callable[[Any], None]) -> int:
+    """`act` on every item; a vanished job is passed over, any other failure is logged and
+    counted, and the rest still get their turn. Returns how many failed."""
+    failed = 0
+    for item in list(items):
+        try:
+            act(item)
+        except errors.NotFound:
+            continue
+        except Exception:  # noqa: BLE001 - one bad job must not stop the sweep for the fleet
+            log.exception("sweep: %s failed", item.get("id") if isinstance(item, dict) else item)
+            failed += 1
+    return failed

@@ -2,6 +2,7 @@
 settle the follow-ups. A lost race re-reads and decides again."""
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Callable
 
@@ -9,6 +10,9 @@ from fleet import effects, errors, store
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 from fleet.stages import Stage
+
+#: The largest a job document may grow (Cosmos DB refuses items over 2 MB; keep well clear).
+MAX_JOB_BYTES = 1_500_000
 
 
 def change(ctx: Context, id: str, decide: Callable[[Job, datetime], Job | None]) -> Job:
@@ -24,7 +28,13 @@ def change(ctx: Context, id: str, decide: Callable[[Job, datetime], Job | None])
         job = Job.from_doc(doc)
         before["stage"] = job.stage
         new = decide(job, now)
-        return None if new is None else new.model_copy(update={"updated_at": now}).to_doc()
+        if new is None:
+            return None
+        doc = new.model_copy(update={"updated_at": now}).to_doc()
+        size = len(json.dumps(doc, separators=(",", ":")))
+        if size > MAX_JOB_BYTES:
+            raise errors.TooLarge(f"job {id} would grow to {size} bytes; at most {MAX_JOB_BYTES} are kept")
+        return doc
 
     try:
         job = Job.from_doc(store.update(ctx.store, "jobs", product_id, id, step))

@@ -111,6 +111,9 @@ def build_query(
                 return None, [], ()
             # IN, not ARRAY_CONTAINS(@values, …): the service serves IN from the range index.
             where.append(f"{ref} IN ({', '.join(param(v) for v in values)})")
+        elif f.op == "contains":
+            # Served by the range index on the array's elements (`/deps/[]/?`, under `/*`).
+            where.append(f"ARRAY_CONTAINS({ref}, {param(f.value)})")
         elif f.value is None and f.op in ("=", "!="):
             where.append(_is_null(ref) if f.op == "=" else f"IS_DEFINED({ref}) AND NOT IS_NULL({ref})")
         elif f.op == "!=":

@@ -40,6 +40,22 @@ _TRUTHY = {"1", "true", "yes"}
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`CosmosStore`'s arguments from `COSMOS_ENDPOINT`, `COSMOS_KEY`, `COSMOS_DATABASE`
+    (default `fleet`), `COSMOS_VERIFY_TLS` (default true; `0`/`false`/`no` turn it off) and
+    `COSMOS_CREATE`."""
+    endpoint = environ.get("COSMOS_ENDPOINT")
+    if not endpoint:
+        raise ValueError("COSMOS_ENDPOINT is not set")
+    return {
+        "endpoint": endpoint,
+        "key": environ.get("COSMOS_KEY") or None,
+        "database": environ.get("COSMOS_DATABASE") or "fleet",
+        "verify_tls": environ.get("COSMOS_VERIFY_TLS", "true").strip().lower() not in {"0", "false", "no"},
+        "create": environ.get("COSMOS_CREATE", "").strip().lower() in _TRUTHY,
+    }
+
+
 class CosmosStore(Store):
     """The store port over Cosmos DB for NoSQL.
 
@@ -86,19 +102,8 @@ class CosmosStore(Store):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CosmosStore:
-        """A store from `COSMOS_ENDPOINT`, `COSMOS_KEY`, `COSMOS_DATABASE` (default `fleet`),
-        `COSMOS_VERIFY_TLS` (default true; `0`/`false`/`no` turn it off) and `COSMOS_CREATE`."""
-        endpoint = environ.get("COSMOS_ENDPOINT")
-        if not endpoint:
-            raise ValueError("COSMOS_ENDPOINT is not set")
-        verify = environ.get("COSMOS_VERIFY_TLS", "true").strip().lower() not in {"0", "false", "no"}
-        return cls(
-            endpoint,
-            key=environ.get("COSMOS_KEY") or None,
-            database=environ.get("COSMOS_DATABASE") or "fleet",
-            verify_tls=verify,
-            create=environ.get("COSMOS_CREATE", "").strip().lower() in _TRUTHY,
-        )
+        """A store from the environment (see `settings_from_env`)."""
+        return cls(**settings_from_env(environ))
 
     def create_containers(self) -> None:
         """Create the database and every container of `containers.json` if missing (emulators)."""
@@ -250,6 +255,8 @@ def converted(exc: exceptions.CosmosHttpResponseError, what: str = "") -> Except
         return errors.Conflict(f"{what} already exists")
     if status == 412:
         return errors.PreconditionFailed(f"{what} changed since it was read")
+    if status == 413:
+        return errors.TooLarge(f"{what} is larger than Cosmos DB accepts")
     if status in BUSY_STATUSES:
         headers = exc.headers or {}
         retry_ms = headers.get("x-ms-retry-after-ms")

@@ -28,6 +28,8 @@ log = logging.getLogger("fleet.http")
 
 #: Largest request body accepted (a job body is at most 64 KiB of Markdown plus its fields).
 MAX_BODY = 256 * 1024
+#: Deepest nesting accepted in a body (checkpoints and insights are free-form JSON).
+MAX_DEPTH = 32
 PROBLEM = "application/problem+json"
 
 #: Domain error → HTTP status. Anything not here is a 500.
@@ -41,6 +43,7 @@ STATUS: dict[type[errors.FleetError], int] = {
     errors.IdempotencyConflict: 409,
     errors.NotClaimable: 409,
     errors.Conflict: 409,
+    errors.TooLarge: 413,
     errors.PreconditionFailed: 409,
     errors.StoreBusy: 503,
     errors.TooManyRetries: 503,
@@ -73,6 +76,12 @@ def body(req: func.HttpRequest, model: type[M], *, optional: bool = False) -> M:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.ValidationFailed(f"body is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}])
+    except RecursionError:
+        data = None  # nested past what the parser takes: refused just below
+    if data is None or _depth(data) > MAX_DEPTH:
+        raise errors.ValidationFailed(
+            f"body is nested deeper than {MAX_DEPTH} levels", [{"field": "", "message": "nested too deeply"}]
+        )
     if not isinstance(data, dict):
         raise errors.ValidationFailed("body must be a JSON object", [{"field": "", "message": "not an object"}])
     try:
@@ -187,6 +196,19 @@ def endpoint(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callab
         return response
 
     return wrapped
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: hostile input must not recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:

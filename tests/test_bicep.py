@@ -140,13 +140,21 @@ def test_the_claim_query_has_its_composite_index():
 # name them). A new SqliteStore index needs a row here, and usually a composite index.
 
 QUEUED = Filter("stage", "=", "queued")
+BLOCKED = Filter("stage", "=", "blocked")
 QUERY_SHAPES = {
     "jobs_rank": Query("jobs", "p", (QUEUED,), (("rankKey", True), ("createdAt", False))),
     "jobs_bucket": Query("jobs", "p", (QUEUED,), (("priority", False), ("attempts", False), ("createdAt", False))),
+    "jobs_bucket_newest": Query(
+        "jobs", "p", (QUEUED, Filter("priority", "=", "high"), Filter("attempts", "=", 0)), (("createdAt", True),)
+    ),
     "jobs_product_created": Query("jobs", "p", (), (("createdAt", True),)),
     "jobs_product_stage_created": Query("jobs", "p", (Filter("stage", "=", "review"),), (("createdAt", True),)),
     "jobs_stage_created": Query("jobs", None, (Filter("stage", "=", "review"),), (("createdAt", True),)),
     "jobs_created": Query("jobs", None, (), (("createdAt", True),)),
+    "jobs_stage": Query("jobs", None, (BLOCKED,)),
+    "jobs_stage_updated": Query(
+        "jobs", None, (Filter("stage", "=", "done"), Filter("updatedAt", ">=", "2025")), (("updatedAt", False),)
+    ),
     "jobs_lease_expiry": Query("jobs", None, (Filter("lease.expiresAt", "<", "2025"),), (("lease.expiresAt", False),)),
     "jobs_lease_factory": Query("jobs", None, (Filter("lease.factoryId", "=", "f1"),)),
     "jobs_parent": Query("jobs", "p", (Filter("parentId", "=", "p:1"),)),
@@ -160,20 +168,23 @@ MORE_SHAPES = {
     "one bucket's head": Query(
         "jobs", "p", (QUEUED, Filter("priority", "=", "high"), Filter("attempts", "=", 0)), (("createdAt", False),)
     ),
-    "blocked jobs": Query("jobs", None, (Filter("stage", "=", "blocked"),)),
+    "one stage, oldest change first": Query("jobs", None, (BLOCKED,), (("updatedAt", False),)),
+    "a product's blocked jobs": Query("jobs", "p", (BLOCKED,)),
+    "a finished dep's blocked dependents": Query("jobs", "p", (BLOCKED, Filter("deps", "contains", "k1")), limit=200),
     "held leases": Query("jobs", None, (Filter("lease.factoryId", "!=", None),), (("lease.factoryId", False),)),
     "jobs listed, any stage": Query("jobs", None, (Filter("stage", "!=", None),), (("createdAt", True),)),
     "children, oldest first": Query("jobs", "p", (Filter("parentId", "=", "p:1"),), (("createdAt", False),)),
     "factories": Query("factories"),
     "budgets": Query("budgets"),
 }
+ALL_SHAPES = {**QUERY_SHAPES, **MORE_SHAPES}
 
 
 def test_every_sqlite_index_has_a_query_shape_here():
     assert {name for name, _, _ in INDEXES} == set(QUERY_SHAPES)
 
 
-@pytest.mark.parametrize("query", [*QUERY_SHAPES.values(), *MORE_SHAPES.values()], ids=[*QUERY_SHAPES, *MORE_SHAPES])
+@pytest.mark.parametrize("query", ALL_SHAPES.values(), ids=ALL_SHAPES)
 def test_every_query_shape_is_served_by_an_index(query):
     spec = cosmos_query.load_containers()[query.container]
     equal = {f.field for f in query.where if f.op == "=" and f.value is not None}
@@ -185,6 +196,51 @@ def test_every_query_shape_is_served_by_an_index(query):
     assert head <= equal
     # An equality filter must lead the index order, or the service scans the whole order.
     assert head or not equal, f"add a composite index led by one of {sorted(equal)}"
+
+
+def container(name: str) -> dict[str, Any]:
+    return next(c for c in CONTAINERS if c["name"] == name)
+
+
+def excluded(policy: dict[str, Any], path: str) -> bool:
+    """Whether `policy` leaves the value at `path` (`/lease/factoryId/?`, `/deps/[]/?`) out of
+    the range index: an excluded `…/*` covers everything under it, an excluded `…/?` that value."""
+    assert {"path": "/*"} in policy["includedPaths"], "everything else is indexed"
+    segments = path.strip("/").split("/")
+    for rule in policy["excludedPaths"]:
+        pattern = rule["path"].strip("/").split("/")
+        if pattern[-1] == "*" and segments[: len(pattern) - 1] == pattern[:-1]:
+            return True
+        if pattern[-1] == "?" and segments == pattern:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("query", ALL_SHAPES.values(), ids=ALL_SHAPES)
+def test_every_field_a_query_shape_reads_is_indexed(query):
+    policy = container(query.container)["indexingPolicy"]
+    paths = [
+        # `contains` is served by the index on the array's elements.
+        cosmos_query.field_path(f.field) + ("/[]/?" if f.op == "contains" else "/?")
+        for f in query.where
+    ] + [cosmos_query.field_path(field) + "/?" for field, _ in query.order_by]
+
+    assert [p for p in paths if excluded(policy, p)] == []
+
+
+def test_deps_are_indexed_for_contains():
+    assert not excluded(container("jobs")["indexingPolicy"], "/deps/[]/?")
+
+
+def test_budget_reservations_and_accruals_are_not_indexed():
+    # Never queried, and rewritten by every budget write: indexing them only costs RUs.
+    policy = container("budgets")["indexingPolicy"]
+
+    assert excluded(policy, "/accruals/[]/?")
+    assert excluded(policy, "/ledger/[]/[]/?")
+    assert excluded(policy, "/reservations/lease-1/amountUsd/?")
+    assert not excluded(policy, "/productId/?")
+    assert not excluded(policy, "/spentUsd/?")
 
 
 # The rest of the deployment

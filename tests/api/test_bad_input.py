@@ -176,3 +176,46 @@ def test_hostile_text_is_stored_verbatim_not_interpreted(api):
 def test_a_forged_continuation_token_is_a_400(api):
     response = api.get("/fleet/jobs?continuation=not-a-token")
     assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_deeply_nested_bodies_are_a_400(seeded, depth):
+    before = _snapshot(seeded)
+    raw = '{"productId": "p", "idempotencyKey": "deep", "title": ' + _nested(depth) + "}"
+    response = seeded.client.open("/fleet/jobs", method="POST", data=raw, content_type="application/json")
+    assert response.status_code == 400 and "nested" in response.json["detail"]
+    assert _snapshot(seeded) == before
+
+
+def test_a_huge_continuation_is_a_400(api):
+    response = api.get("/fleet/jobs?continuation=99999999999999999999")
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"
+
+
+def test_free_form_reports_are_bounded(api):
+    job = api.submit("k1")
+    lease = api.claim()["lease"]["leaseId"]
+    big = {"leaseId": lease, "checkpoint": {"blob": "x" * (70 * 1024)}}
+    response = api.post(f"/fleet/jobs/{job['id']}/lease/release", big)
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "checkpoint"
+    noisy = {"leaseId": lease, "stage": "building", "insights": {"log": "y" * (17 * 1024)}}
+    response = api.call("PATCH", f"/fleet/jobs/{job['id']}", noisy)
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "insights"
+    assert api.job(job["id"])["stage"] == "assigned"
+
+
+def test_a_job_never_grows_past_the_store_limit(api):
+    """Each PATCH may add up to 16 KiB of insights to the run; the job refuses to grow past
+    its bound with a 413 instead of failing in the store."""
+    job = api.submit("k1")
+    lease = api.claim()["lease"]["leaseId"]
+    statuses = set()
+    for n in range(120):
+        body = {"leaseId": lease, "stage": "building", "insights": {f"k{n}": "z" * (15 * 1024)}}
+        statuses.add(api.call("PATCH", f"/fleet/jobs/{job['id']}", body).status_code)
+    assert statuses == {200, 413}
+    assert api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "stage": "shipped"}).status_code == 200

@@ -295,3 +295,28 @@ def test_health_and_openapi(api):
     assert doc["openapi"] == "3.1.0"
     assert doc["paths"]["/fleet/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "JobSpec" in doc["components"]["schemas"]
+
+
+def test_after_an_outage_the_first_heartbeat_renews_before_any_sweep(api):
+    """Given a factory whose lease expired while the coordinator was down, when its heartbeat
+    arrives before the first sweep, then the lease is renewed, not revoked, and its writes
+    are accepted: the outage is nobody's fault."""
+    job = api.submit("k1")
+    lease = api.claim("f1")["lease"]["leaseId"]
+    api.sweep()
+    api.clock.advance(minutes=8)  # down; the lease (5 min) expired meanwhile
+    beat = api.post("/fleet/factories/f1/heartbeat", {"running": [{"jobId": job["id"], "leaseId": lease}]}).json
+    assert beat["leases"][0]["status"] == "renewed"
+    assert beat["leases"][0]["expiresAt"] == "2026-03-02T10:13:00.000Z"  # 10:08 + 300 s
+    assert api.call("PATCH", f"/fleet/jobs/{job['id']}", {"leaseId": lease, "stage": "building"}).status_code == 200
+    api.sweep()
+    assert api.job(job["id"])["attempts"] == 0
+
+
+def test_without_an_outage_an_expired_lease_is_revoked(api):
+    job = api.submit("k1")
+    lease = api.claim("f1")["lease"]["leaseId"]
+    api.run_timers_for(299)
+    api.clock.advance(2)  # the sweep ran a minute ago: no outage, the lease simply expired
+    beat = api.post("/fleet/factories/f1/heartbeat", {"running": [{"jobId": job["id"], "leaseId": lease}]}).json
+    assert beat["leases"][0]["status"] == "revoked"

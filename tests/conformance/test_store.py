@@ -361,18 +361,78 @@ def test_an_unknown_operator_is_refused():
         Filter("stage", "like", "q%")
 
 
+# contains: a finished job's blocked dependents name it in their `deps`
+
+
+def deps_docs(p: str) -> list[dict[str, Any]]:
+    return [
+        job(p, "a", stage="blocked", deps=["k1", "k2"]),
+        job(p, "b", stage="blocked", deps=["k2"]),
+        job(p, "c", stage="blocked", deps=[]),
+        job(p, "d", stage="blocked"),
+        job(p, "e", stage="blocked", deps=None),
+        job(p, "f", stage="blocked", deps="k1"),
+        job(p, "g", stage="queued", deps=["k1"]),
+        job(p, "h", stage="blocked", deps=[["k1"], {"key": "k1"}]),
+        job(p, "i", stage="blocked", deps=[1, 2.5]),
+        job(p, "j", stage="blocked", deps=[True]),
+    ]
+
+
+CONTAINS = [
+    # doc:  a         b      c    d         e     f          g (queued)  h                  i         j
+    # deps: [k1, k2]  [k2]   []   (absent)  null  "k1"       [k1]        [[k1], {key: k1}]  [1, 2.5]  [true]
+    pytest.param([Filter("deps", "contains", "k1")], "ag", id="an element equal to the value"),
+    pytest.param([Filter("deps", "contains", "k2")], "ab", id="any element"),
+    pytest.param([Filter("deps", "contains", "k3")], "", id="no element"),
+    pytest.param([Filter("deps", "contains", 1)], "i", id="a number, not true"),
+    pytest.param([Filter("deps", "contains", 2.5)], "i", id="a fraction"),
+    pytest.param([Filter("deps", "contains", True)], "j", id="true, not 1"),
+    pytest.param([Filter("deps", "contains", "1")], "", id="text is not a number"),
+    pytest.param(
+        [Filter("stage", "=", "blocked"), Filter("deps", "contains", "k1")], "a", id="a dep's blocked dependents"
+    ),
+]
+
+
+@pytest.mark.parametrize("where, expected", CONTAINS)
+def test_contains_matches_arrays_with_an_element_equal_to_the_value(store, ns, where, expected):
+    seed(store, deps_docs(ns))
+
+    page = store.query(Query("jobs", ns, where=tuple(where), limit=200))
+
+    assert keys(page.items) == list(expected)  # never a missing, null, empty or non-array field
+
+
+def test_contains_across_products(store, ns):
+    p, q = f"{ns}-p", f"{ns}-q"
+    seed(store, [*deps_docs(p), job(q, "a", stage="blocked", deps=["k1"])])
+
+    page = store.query(Query("jobs", None, (both(p, q), Filter("deps", "contains", "k1")), limit=200))
+
+    assert keys(page.items) == ["p:a", "p:g", "q:a"]
+
+
+@pytest.mark.parametrize("value", [None, ["k1"], {"key": "k1"}])
+def test_contains_takes_one_scalar(value):
+    with pytest.raises(ValueError):
+        Filter("deps", "contains", value)
+
+
 # Ordering: the shapes the use cases run
 
 
 def order_docs(p: str, q: str) -> list[dict[str, Any]]:
     return [
-        job(p, "a", rankKey=5, createdAt=T[1], priority="high"),
-        job(p, "b", rankKey=5, createdAt=T[1], attempts=1, lease={"expiresAt": T[0], "factoryId": "f2"}),
-        job(p, "c", rankKey=5, createdAt=T[0]),
+        job(p, "a", rankKey=5, createdAt=T[1], updatedAt=T[3], priority="high"),
+        job(p, "b", rankKey=5, createdAt=T[1], updatedAt=T[1], attempts=1,
+            lease={"expiresAt": T[0], "factoryId": "f2"}),
+        job(p, "c", rankKey=5, createdAt=T[0], updatedAt=T[0]),
         job(p, "d", rankKey=9, createdAt=T[2]),
-        job(p, "e", rankKey=7, createdAt=T[3], stage="building", lease={"expiresAt": T[2], "factoryId": "f1"}),
-        job(q, "a", rankKey=8, createdAt=T[1], lease={"expiresAt": T[2], "factoryId": "f1"}),
-        job(q, "b", rankKey=1, createdAt=T[4], stage="shipped", parentId=f"{p}:d"),
+        job(p, "e", rankKey=7, createdAt=T[3], updatedAt=T[4], stage="building",
+            lease={"expiresAt": T[2], "factoryId": "f1"}),
+        job(q, "a", rankKey=8, createdAt=T[1], updatedAt=T[1], lease={"expiresAt": T[2], "factoryId": "f1"}),
+        job(q, "b", rankKey=1, createdAt=T[4], updatedAt=T[5], stage="shipped", parentId=f"{p}:d"),
     ]
 
 
@@ -424,6 +484,17 @@ ORDERS = [
         ["p:d", "p:a", "p:b", "q:a", "p:c"],
         id="listing by stage across products",
     ),
+    # updatedAt of the queued jobs: p:c T0, p:b T1, q:a T1, p:a T3, p:d (absent)
+    pytest.param(
+        lambda p, q: Query(
+            "jobs",
+            None,
+            (both(p, q), Filter("stage", "=", "queued"), Filter("updatedAt", ">=", T[1])),
+            (("updatedAt", False),),
+        ),
+        ["p:b", "q:a", "p:a"],
+        id="one stage changed since a moment across products: oldest change first, then id",
+    ),
     # lease.expiresAt: p:b T0, p:e T2, q:a T2
     pytest.param(
         lambda p, q: Query(
@@ -472,15 +543,15 @@ def paging_docs(p: str, q: str) -> list[dict[str, Any]]:
     # Ties on rankKey and createdAt put page boundaries inside runs of equal keys; a null
     # rankKey sorts last in descending order.
     return [
-        job(p, "a", rankKey=3, createdAt=T[1]),
-        job(p, "b", rankKey=3, createdAt=T[1]),
-        job(p, "c", rankKey=3, createdAt=T[1]),
-        job(p, "d", rankKey=3, createdAt=T[0]),
-        job(p, "e", rankKey=9, createdAt=T[2]),
+        job(p, "a", rankKey=3, createdAt=T[1], updatedAt=T[1]),
+        job(p, "b", rankKey=3, createdAt=T[1], updatedAt=T[1]),
+        job(p, "c", rankKey=3, createdAt=T[1], updatedAt=T[0]),
+        job(p, "d", rankKey=3, createdAt=T[0], updatedAt=T[2]),
+        job(p, "e", rankKey=9, createdAt=T[2], updatedAt=T[1]),
         job(p, "f", rankKey=None, createdAt=T[1]),
-        job(p, "g", rankKey=-1, createdAt=T[1]),
-        job(q, "a", rankKey=4, createdAt=T[1]),
-        job(q, "b", rankKey=4, createdAt=T[3]),
+        job(p, "g", rankKey=-1, createdAt=T[1], updatedAt=T[1]),
+        job(q, "a", rankKey=4, createdAt=T[1], updatedAt=T[1]),
+        job(q, "b", rankKey=4, createdAt=T[3], updatedAt=T[3]),
     ]
 
 
@@ -494,6 +565,27 @@ PAGED = [
         lambda p, q: Query("jobs", None, (both(p, q),), (("createdAt", True),)),
         ["q:b", "p:e", "p:a", "p:b", "p:c", "p:f", "p:g", "q:a", "p:d"],
         id="listing across products",
+    ),
+    pytest.param(
+        lambda p, q: Query(
+            "jobs", p, (Filter("stage", "=", "queued"), Filter("priority", "=", "normal"), Filter("attempts", "=", 0)),
+            (("createdAt", True),),
+        ),
+        ["p:e", "p:a", "p:b", "p:c", "p:f", "p:g", "p:d"],
+        id="one bucket, newest first",
+    ),
+    pytest.param(
+        lambda p, q: Query(
+            "jobs", None, (both(p, q), Filter("stage", "=", "queued"), Filter("updatedAt", ">=", T[1])),
+            (("updatedAt", False),),
+        ),
+        ["p:a", "p:b", "p:e", "p:g", "q:a", "p:d", "q:b"],
+        id="one stage changed since a moment, across products",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q), Filter("stage", "=", "queued"))),
+        ["p:a", "p:b", "p:c", "p:d", "p:e", "p:f", "p:g", "q:a", "q:b"],
+        id="one stage across products, no order given",
     ),
 ]
 
@@ -522,11 +614,14 @@ def test_a_page_ending_exactly_at_the_last_document_has_no_continuation(store, n
     assert page.continuation is None
 
 
-def test_a_garbled_continuation_token_is_refused(store, ns):
+@pytest.mark.parametrize(
+    "token", ["not a token", "99999999999999999999", "9" * 400, "-1", "1.5", " 1", "0x10", "\uff11"]
+)
+def test_a_garbled_continuation_token_is_refused(store, ns, token):
     seed(store, [job(ns, k) for k in "abc"])
 
-    with pytest.raises(ValueError):
-        store.query(Query("jobs", ns, limit=1), continuation="not a token")
+    with pytest.raises(ValueError):  # the API answers 400
+        store.query(Query("jobs", ns, limit=1), continuation=token)
 
 
 def test_ping_answers(store):
@@ -609,6 +704,7 @@ def busy(status: int, headers: dict[str, str] | None = None) -> cosmos_exception
         (404, {}, errors.NotFound, None),
         (409, {}, errors.Conflict, None),
         (412, {}, errors.PreconditionFailed, None),
+        (413, {}, errors.TooLarge, None),  # an item over 2 MB
         (429, {"x-ms-retry-after-ms": "250"}, errors.StoreBusy, 0.25),  # after the SDK's own retries
         (429, {}, errors.StoreBusy, 1.0),
         (503, {}, errors.StoreBusy, 1.0),
@@ -667,26 +763,42 @@ def test_a_cosmos_server_that_goes_away_makes_the_store_busy():
     store.close()
 
 
-def test_from_env_reads_the_cosmos_settings(cosmos_server: CosmosServer):
-    store = CosmosStore.from_env(
+# A second client per test would leave the SDK's background connections to the garbage
+# collector; the settings are pure, and the `store` fixture already drives a real client.
+def test_from_env_reads_the_cosmos_settings():
+    settings = cosmos_store.settings_from_env(
         {
-            "COSMOS_ENDPOINT": cosmos_server.endpoint,
-            "COSMOS_KEY": cosmos_server.key,
+            "COSMOS_ENDPOINT": "https://127.0.0.1:8081",
+            "COSMOS_KEY": "k",
             "COSMOS_DATABASE": "from-env",
             "COSMOS_VERIFY_TLS": "False",
             "COSMOS_CREATE": "1",
         }
     )
+    assert settings == {
+        "endpoint": "https://127.0.0.1:8081",
+        "key": "k",
+        "database": "from-env",
+        "verify_tls": False,
+        "create": True,
+    }
 
-    assert store.database_name == "from-env"
-    store.upsert("factories", {"id": "f1"})
-    assert store.read("factories", "f1", "f1")["id"] == "f1"
-    store.close()
+
+@pytest.mark.parametrize(
+    "environ,expected",
+    [
+        ({"COSMOS_ENDPOINT": "https://a"}, {"key": None, "database": "fleet", "verify_tls": True, "create": False}),
+        ({"COSMOS_ENDPOINT": "https://a", "COSMOS_VERIFY_TLS": "no", "COSMOS_CREATE": "yes"}, {"verify_tls": False, "create": True}),
+    ],
+)
+def test_from_env_defaults(environ, expected):
+    settings = cosmos_store.settings_from_env(environ)
+    assert {k: settings[k] for k in expected} == expected
 
 
 def test_from_env_needs_an_endpoint():
     with pytest.raises(ValueError):
-        CosmosStore.from_env({})
+        cosmos_store.settings_from_env({})
 
 
 def test_a_multi_key_order_without_a_composite_index_is_refused_before_the_service_sees_it():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from fleet import actions, clock as clock_mod, errors, factories, lifecycle, scoring, store as store_port, sweep
+from fleet import actions, clock as clock_mod, errors, factories, lifecycle, outage, scoring, store as store_port, sweep
 from fleet.context import Settings
 from fleet.jobs import EVENT_RING, RUN_RING, Job, Lease, Run, job_id
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
@@ -160,8 +160,10 @@ class Lifecycle(RuleBasedStateMachine):
         return [Job.from_doc(d) for d in store_port.query_all(self.sqlite, query)]
 
     def live(self, job_id: str, lease_id: str) -> bool:
+        # Live: the current, unexpired lease, or one that expired during an outage (the sweep
+        # has not run for longer than the grace; see fleet/outage.py).
         job = self.world.job(job_id)
-        return job.holds(lease_id, self.world.clock.now())
+        return outage.holds(self.world.ctx, job, lease_id, self.world.clock.now())
 
     # steps
 

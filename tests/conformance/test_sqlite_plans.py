@@ -1,0 +1,237 @@
+"""SQLite query plans: every query the use cases run reads its index in order, never a sort.
+
+For each query shape in `fleet/` (`store.Query(` there), `SqliteStore.explain` shows SQLite's
+plan for the SQL the adapter sends, over a file seeded with a few thousand documents. The plan
+must search the index named for the shape (`SEARCH docs USING INDEX …`; the primary key for
+the small containers) and must not sort (`USE TEMP B-TREE FOR ORDER BY`): a sort means reading
+every match before the first page. The adapter names each query's index to SQLite
+(`serving_index`): these tests pin that choice, that SQLite reads the order off it (also once
+`ANALYZE` has measured the file), and that it returns what the table read without an index
+does. Each index of `INDEXES` serves at least one shape here.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fleet.store import Filter, Query, clean
+from shared import sqlite_store
+from shared.sqlite_store import INDEXES, SqliteStore
+
+PRODUCTS = [f"product-{n}" for n in range(8)]
+FACTORIES = [f"factory-{n}" for n in range(20)]
+STAGES = ["queued"] * 3 + ["blocked"] * 2 + ["assigned", "building", "review", "testing"] + ["shipped"] * 6 + [
+    "done", "failed", "dead_letter", "cancelled"
+]
+LEASED = {"assigned", "building", "review", "testing"}
+PRIORITIES = ["low", "normal", "high", "critical"]
+NOW = "2025-06-01T00:00:00.000Z"
+PRIMARY_KEY = "PRIMARY KEY"
+
+
+def at(minute: int) -> str:
+    return f"2025-05-{1 + minute // 1440:02d}T{minute // 60 % 24:02d}:{minute % 60:02d}:00.000Z"
+
+
+def job(rng: random.Random, n: int) -> dict[str, Any]:
+    product = rng.choice(PRODUCTS)
+    stage = rng.choice(STAGES)
+    created = rng.randrange(40_000)
+    doc: dict[str, Any] = {
+        "id": f"{product}:{n:06d}",
+        "productId": product,
+        "idempotencyKey": f"k{n}",
+        "stage": stage,
+        "priority": rng.choice(PRIORITIES),
+        "attempts": rng.randrange(3),
+        "rankKey": rng.uniform(-1000, 1000),
+        "deps": [f"k{rng.randrange(10)}" for _ in range(rng.randrange(3))],
+        "parentId": f"{product}:parent-{n % 5}" if rng.random() < 0.1 else None,
+        "lease": None,
+        "createdAt": at(created),
+        "updatedAt": at(created + rng.randrange(2_000)),
+    }
+    if stage in LEASED:
+        doc["lease"] = {"leaseId": f"l{n}", "factoryId": rng.choice(FACTORIES), "expiresAt": at(created + 5)}
+    if rng.random() < 0.02:
+        doc["accrualPending"] = True
+    return doc
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteStore]:
+    store = SqliteStore(str(tmp_path_factory.mktemp("plans") / "fleet.db"))
+    rng = random.Random(7)
+    for n in range(4000):
+        store.create("jobs", job(rng, n))
+    for product in PRODUCTS:
+        store.create("jobs", {"id": "queue-state", "productId": product, "version": 3})
+        store.create("jobs", {"id": "weights", "productId": product, "rekeying": product == PRODUCTS[0]})
+        store.create("budgets", {"id": "budget", "productId": product, "ceilingUsd": 100, "accruals": ["a1"]})
+    for factory in FACTORIES:
+        store.create("factories", {"id": factory, "seatLimit": 2})
+    yield store
+    store.close()
+
+
+QUEUED = Filter("stage", "=", "queued")
+BLOCKED = Filter("stage", "=", "blocked")
+LISTED = Filter("stage", "!=", None)
+P = PRODUCTS[1]
+
+
+def bucket(newest_first: bool) -> Query:
+    where = (QUEUED, Filter("priority", "=", "high"), Filter("attempts", "=", 1))
+    return Query("jobs", P, where, (("createdAt", newest_first),), 8)
+
+
+def changed(stage: str, since: str | None) -> Query:
+    where = (Filter("stage", "=", stage),) + ((Filter("updatedAt", ">=", since),) if since else ())
+    return Query("jobs", None, where, (("updatedAt", False),), limit=200)
+
+
+SHAPES = [
+    # candidates.rank_stream: the claim, fast path
+    pytest.param(Query("jobs", P, (QUEUED,), (("rankKey", True), ("createdAt", False)), 8), "jobs_rank", id="claim"),
+    # candidates.bucket_streams: the head of one (priority, attempts) bucket
+    pytest.param(bucket(newest_first=False), "jobs_bucket", id="claim bucket, oldest first"),
+    pytest.param(bucket(newest_first=True), "jobs_bucket_newest", id="claim bucket, newest first"),
+    # listing.page: newest first, with and without a product and a stage (limit + offset)
+    pytest.param(Query("jobs", None, (LISTED,), (("createdAt", True),), 70), "jobs_created", id="listing"),
+    pytest.param(
+        Query("jobs", P, (LISTED,), (("createdAt", True),), 70), "jobs_product_created", id="listing, product"
+    ),
+    pytest.param(
+        Query("jobs", None, (Filter("stage", "=", "review"),), (("createdAt", True),), 70),
+        "jobs_stage_created",
+        id="listing, stage",
+    ),
+    pytest.param(
+        Query("jobs", P, (Filter("stage", "=", "review"),), (("createdAt", True),), 70),
+        "jobs_product_stage_created",
+        id="listing, product and stage",
+    ),
+    # blocked jobs in no order (the sweep's, before sweep.changed); deps.release_dependents
+    # (a product's blocked jobs naming the finished job's key); weights.rekey
+    pytest.param(Query("jobs", None, (BLOCKED,), limit=200), "jobs_stage", id="blocked jobs"),
+    pytest.param(Query("jobs", P, (BLOCKED,), limit=200), "jobs_stage", id="a product's blocked jobs"),
+    pytest.param(
+        Query("jobs", P, (BLOCKED, Filter("deps", "contains", "k7")), limit=200),
+        "jobs_stage",
+        id="blocked dependents of a finished dep",
+    ),
+    pytest.param(Query("jobs", P, (QUEUED,), limit=200), "jobs_stage", id="re-key a product's queued jobs"),
+    # sweep.changed: jobs in one stage changed since a moment (or ever), across products
+    pytest.param(changed("queued", at(30_000)), "jobs_stage_updated", id="queued since"),
+    pytest.param(changed("blocked", at(30_000)), "jobs_stage_updated", id="blocked since"),
+    pytest.param(changed("shipped", at(30_000)), "jobs_stage_updated", id="shipped since"),
+    pytest.param(changed("done", at(30_000)), "jobs_stage_updated", id="done since"),
+    pytest.param(changed("blocked", None), "jobs_stage_updated", id="blocked, oldest change first"),
+    # sweep.expired_leases
+    pytest.param(
+        Query("jobs", None, (Filter("lease.expiresAt", "<", NOW),), (("lease.expiresAt", False),), limit=200),
+        "jobs_lease_expiry",
+        id="sweep: expired leases",
+    ),
+    # factories.held_leases: one factory's, or every held lease
+    pytest.param(
+        Query("jobs", None, (Filter("lease.factoryId", "=", "factory-3"),), (("lease.factoryId", False),), 500),
+        "jobs_lease_factory",
+        id="seats: one factory's leases",
+    ),
+    pytest.param(
+        Query("jobs", None, (Filter("lease.factoryId", "!=", None),), (("lease.factoryId", False),), 500),
+        "jobs_lease_factory",
+        id="seats: every held lease",
+    ),
+    # sweep.rekeys, spend.replay_pending
+    pytest.param(
+        Query("jobs", None, (Filter("rekeying", "=", True),), limit=100), "jobs_rekeying", id="sweep: re-keying"
+    ),
+    pytest.param(
+        Query("jobs", None, (Filter("accrualPending", "=", True),), limit=200), "jobs_accrual", id="sweep: accruals"
+    ),
+    # a composite job's children (the DAG reads them by id today; the index stays for the query)
+    pytest.param(Query("jobs", P, (Filter("parentId", "=", f"{P}:parent-0"),)), "jobs_parent", id="children of a job"),
+    # factories.list_all, budgets: the whole (small) container, by primary key
+    pytest.param(Query("factories", None, order_by=(("id", False),), limit=500), PRIMARY_KEY, id="factories"),
+    pytest.param(Query("budgets", None, limit=200), PRIMARY_KEY, id="budgets"),
+]
+
+
+def assert_reads_in_order(plan: str, index: str) -> None:
+    using = f"USING {index}" if index == PRIMARY_KEY else f"USING INDEX {index} "
+    assert plan.splitlines()[0].startswith("SEARCH docs ") and using in plan.splitlines()[0], plan
+    assert "TEMP B-TREE" not in plan, plan  # no sort
+    assert "SCAN docs" not in plan, plan
+
+
+@pytest.mark.parametrize("query, index", SHAPES)
+def test_each_query_shape_searches_its_index_without_a_sort(store, query, index):
+    assert_reads_in_order(store.explain(query), index)
+
+
+@pytest.mark.parametrize("query, index", SHAPES)
+def test_a_later_page_has_the_same_plan(store, query, index):
+    assert_reads_in_order(store.explain(query, continuation=str(query.limit)), index)
+
+
+def test_every_index_serves_a_query_shape():
+    assert {name for name, _, _ in INDEXES} <= {p.values[1] for p in SHAPES}
+
+
+@pytest.mark.parametrize("query, index", SHAPES)
+def test_a_shape_read_through_its_index_returns_what_a_table_scan_does(store, query, index):
+    sql, params = sqlite_store.select(query)
+    conn = sqlite3.connect(store.path)
+    try:
+        rows = conn.execute(sql.replace(f"INDEXED BY {index}", "NOT INDEXED"), params).fetchall()
+        scanned = [json.loads(row[0]) for row in rows]
+    finally:
+        conn.close()
+
+    page = store.query(query)
+
+    assert scanned  # the seed gives every shape something to find
+    assert [clean(doc) for doc in page.items] == scanned[: query.limit]
+
+
+def test_measured_statistics_do_not_change_the_plans(store):
+    store._conn.execute("ANALYZE")
+    try:
+        fresh = SqliteStore(store.path)  # loads the statistics
+        for param in SHAPES:
+            query, index = param.values
+            assert_reads_in_order(fresh.explain(query), index)
+        fresh.close()
+    finally:
+        store._conn.execute("DROP TABLE IF EXISTS sqlite_stat1")
+
+
+def test_an_index_an_older_version_defined_differently_is_rebuilt_and_an_unused_one_dropped(tmp_path):
+    path = str(tmp_path / "old.db")
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX jobs_created")
+    conn.execute(
+        "CREATE INDEX jobs_created ON docs(container, json_extract(body, '$.createdAt')) WHERE container = 'jobs'"
+    )
+    conn.execute("CREATE INDEX jobs_retired ON docs(container, json_extract(body, '$.title'))")
+    conn.commit()
+    conn.close()
+
+    store = SqliteStore(path)
+
+    indexes = dict(store._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"))
+    assert indexes == {name: sqlite_store.index_sql(name, c, keys) for name, c, keys in INDEXES}
+    assert_reads_in_order(store.explain(Query("jobs", None, (LISTED,), (("createdAt", True),))), "jobs_created")
+    store.close()
+
+
+def test_a_query_that_cannot_match_runs_nothing(store):
+    assert store.explain(Query("jobs", None, (Filter("stage", "in", []),))) == ""
