@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet import budgets, errors, queue_state, store
+from fleet import batch, budgets, errors, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Job
 
@@ -53,8 +53,6 @@ def replay_pending(ctx: Context) -> int:
     if not ctx.settings.budgets:
         return 0
     query = store.Query("jobs", None, (store.Filter("accrualPending", "=", True),), limit=200)
-    count = 0
-    for doc in list(store.query_all(ctx.store, query)):
-        settle(ctx, Job.from_doc(doc))
-        count += 1
-    return count
+    pending = list(store.query_all(ctx.store, query))
+    failed = batch.each(pending, lambda doc: settle(ctx, Job.from_doc(doc)))
+    return len(pending) - failed

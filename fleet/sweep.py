@@ -13,7 +13,8 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from fleet import budgets, clock, deps, effects, errors, lifecycle, outage, queue_state, spend, store
+from fleet import budgets, clock, deps, effects, lifecycle, outage, queue_state, spend, store
+from fleet.batch import each
 from fleet import weights as registry
 from fleet.context import Context
 from fleet.jobs import Job
@@ -150,19 +151,11 @@ def changed(ctx: Context, stage: Stage, since: datetime | None) -> Iterable[dict
 def rekeys(ctx: Context) -> int:
     """Finish any weight change whose re-keying a process did not complete."""
     query = store.Query("jobs", None, (store.Filter("rekeying", "=", True),), limit=100)
-    return sum(registry.rekey(ctx, doc["productId"]) for doc in list(store.query_all(ctx.store, query)))
+    rekeyed = 0
 
+    def finish(doc: dict[str, Any]) -> None:
+        nonlocal rekeyed
+        rekeyed += registry.rekey(ctx, doc["productId"])
 
-def each(items: Iterable[Any], act: Callable[[Any], None]) -> int:
-    """`act` on every item; a vanished job is passed over, any other failure is logged and
-    counted, and the rest still get their turn. Returns how many failed."""
-    failed = 0
-    for item in list(items):
-        try:
-            act(item)
-        except errors.NotFound:
-            continue
-        except Exception:  # noqa: BLE001 - one bad job must not stop the sweep for the fleet
-            log.exception("sweep: %s failed", item.get("id") if isinstance(item, dict) else item)
-            failed += 1
-    return failed
+    each(store.query_all(ctx.store, query), finish)
+    return rekeyed

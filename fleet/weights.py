@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet import errors, queue_state, scoring, store
+from fleet import batch, errors, queue_state, scoring, store
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Stage
@@ -69,19 +69,24 @@ def rekey(ctx: Context, product_id: str) -> int:
         weights = for_product(ctx, product_id)
         changed = 0
         query = store.Query("jobs", product_id, (store.Filter("stage", "=", Stage.QUEUED.value),), limit=200)
-        for doc in store.query_all(ctx.store, query):
-            job = Job.from_doc(doc)
-            key = scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights)
-            if key == job.rank_key:
-                continue
-            try:
-                store.update(ctx.store, "jobs", product_id, job.id, lambda d: _rekeyed(d, weights))
-            except errors.NotFound:
-                continue
+        queued = [Job.from_doc(doc) for doc in store.query_all(ctx.store, query)]
+        stale = [
+            job
+            for job in queued
+            if scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights) != job.rank_key
+        ]
+
+        def rekey_one(job: Job) -> None:
+            nonlocal changed
+            store.update(ctx.store, "jobs", product_id, job.id, lambda d: _rekeyed(d, weights))
             changed += 1
+
+        failed = batch.each(stale, rekey_one)
         changed_total += changed
         if changed == 0:
             break
+    if failed:
+        return changed_total  # leave `rekeying` set: the sweep tries the failed jobs again
 
     def done(doc: dict[str, Any]) -> dict[str, Any] | None:
         # Weights changed again since the last pass: leave the flag to the writer that changed them.
