@@ -17,7 +17,7 @@ from pycep import BicepParser
 
 from fleet.store import PARTITION_KEYS, Filter, Query
 from shared import cosmos_query
-from shared.sqlite_store import INDEXES
+from shared.sqlite_query import INDEXES
 from tests.support.cosmos_server import EMULATOR_KEY
 
 ROOT = Path(__file__).resolve().parents[1]

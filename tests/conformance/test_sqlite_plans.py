@@ -21,7 +21,9 @@ import pytest
 
 from fleet.store import Filter, Query, clean
 from shared import sqlite_store
-from shared.sqlite_store import INDEXES, SqliteStore
+from shared import sqlite_query
+from shared.sqlite_query import INDEXES
+from shared.sqlite_store import SqliteStore
 
 PRODUCTS = [f"product-{n}" for n in range(8)]
 FACTORIES = [f"factory-{n}" for n in range(20)]
@@ -187,7 +189,7 @@ def test_every_index_serves_a_query_shape():
 
 @pytest.mark.parametrize("query, index", SHAPES)
 def test_a_shape_read_through_its_index_returns_what_a_table_scan_does(store, query, index):
-    sql, params = sqlite_store.select(query)
+    sql, params = sqlite_query.select(query)
     conn = sqlite3.connect(store.path)
     try:
         rows = conn.execute(sql.replace(f"INDEXED BY {index}", "NOT INDEXED"), params).fetchall()
@@ -228,7 +230,7 @@ def test_an_index_an_older_version_defined_differently_is_rebuilt_and_an_unused_
     store = SqliteStore(path)
 
     indexes = dict(store._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"))
-    assert indexes == {name: sqlite_store.index_sql(name, c, keys) for name, c, keys in INDEXES}
+    assert indexes == {name: sqlite_query.index_sql(name, c, keys) for name, c, keys in INDEXES}
     assert_reads_in_order(store.explain(Query("jobs", None, (LISTED,), (("createdAt", True),))), "jobs_created")
     store.close()
 
