@@ -65,9 +65,7 @@ def _to_terminal(job: Job, now, stage: Stage, result: RunResult | None = None) -
 
 
 def _requeue(ctx: Context, job: Job, now) -> Job:
-    if job.latest_run is not None and job.latest_run.result is None:
-        job = lifecycle.end_run(job, now, RunResult.RELEASED)  # a running or parked run
-    job = lifecycle.requeued(job, now, registry.for_product(ctx, job.product_id), attempts=0)
+    job = lifecycle.requeued(lifecycle.released(job, now), now, registry.for_product(ctx, job.product_id), attempts=0)
     waiting = deps.waiting_on(ctx, job.product_id, job.deps)
     if waiting:
         job = job.model_copy(update={"stage": Stage.BLOCKED, "blocked_on": waiting})

@@ -186,17 +186,11 @@ def change(ctx: Context, product_id: str, decide, create: bool = True) -> Budget
             return base.to_doc() if base is not current else None
         return new.to_doc()
 
-    for _ in range(3):
-        try:
-            return Budget.from_doc(store.update(ctx.store, "budgets", product_id, product_id, step))
-        except errors.NotFound:
-            if not create:
-                raise errors.NotFound(f"product {product_id} has no budget") from None
-            try:
-                ctx.store.create("budgets", _new(product_id, now).to_doc())
-            except errors.Conflict:
-                pass
-    raise errors.TooManyRetries()
+    initial = _new(product_id, now).to_doc() if create else None
+    try:
+        return Budget.from_doc(store.update(ctx.store, "budgets", product_id, product_id, step, initial=initial))
+    except errors.NotFound:
+        raise errors.NotFound(f"product {product_id} has no budget") from None
 
 
 def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Budget:

@@ -116,11 +116,7 @@ def _check_before_writing(
     for child in children:
         submit.check_existing(ctx, child_spec(parent, child), job_id(parent.product_id, child.idempotency_key), parent_id)
     outside = list(dict.fromkeys([*parent_deps, *(d for c in children for d in c.deps if d not in siblings)]))
-    unknown = [d.idempotency_key for d in deps.waiting_on(ctx, parent.product_id, outside) if d.stage is None]
-    if unknown:
-        raise errors.ValidationFailed(
-            f"deps name jobs that were never submitted: {unknown}", [{"field": "deps", "message": f"unknown: {unknown}"}]
-        )
+    deps.refuse_unknown(deps.waiting_on(ctx, parent.product_id, outside))
 
 
 def _in_dependency_order(parent_key: str, children: list[ChildSpec]) -> list[ChildSpec]:

@@ -29,6 +29,15 @@ def waiting_on(ctx: Context, product_id: str, keys: list[str]) -> list[BlockedOn
     return waiting
 
 
+def refuse_unknown(waiting: list[BlockedOn]) -> None:
+    """`ValidationFailed` naming the deps in `waiting` that were never submitted."""
+    unknown = [d.idempotency_key for d in waiting if d.stage is None]
+    if unknown:
+        raise errors.ValidationFailed(
+            f"deps name jobs that were never submitted: {unknown}", [{"field": "deps", "message": f"unknown: {unknown}"}]
+        )
+
+
 def recheck(ctx: Context, product_id: str, id: str) -> Job:
     """Unblock the job if all its deps are finished, else refresh its `blockedOn`."""
     return unblock_if_ready(ctx, product_id, id)[0]

@@ -36,6 +36,13 @@ def end_run(job: Job, now: datetime, result: RunResult | None, **report: Any) ->
     return job
 
 
+def released(job: Job, now: datetime) -> Job:
+    """The latest run ended as `released` if it has no outcome yet (running, or parked at
+    testing): an operator or reviewer gave the job back to the queue."""
+    run = job.latest_run
+    return end_run(job, now, RunResult.RELEASED) if run is not None and run.result is None else job
+
+
 def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | None = None) -> Job:
     """Back to the queue, lease-free, with a fresh rank key."""
     attempts = job.attempts if attempts is None else attempts

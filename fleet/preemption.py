@@ -3,9 +3,8 @@ lowest-scoring running job of lower priority. Only with `FLEET_PREEMPTION` on.""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
-from fleet import effects, errors, lifecycle, scoring, store, weights as registry
+from fleet import errors, lifecycle, scoring, writes, weights as registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Priority, RunResult
@@ -48,12 +47,10 @@ def scored_running(ctx: Context, running: list[Job], offered: frozenset[str], no
 def evict(ctx: Context, victim: Job, preemptor: Job) -> Job:
     """Give the victim's seat up: back to the queue with its checkpoint, attempts unchanged,
     its lease revoked. Raises `LeaseLost` if the victim's lease changed since it was read."""
-    now = ctx.clock.now()
     weights = registry.for_product(ctx, victim.product_id)
     lease_id = victim.lease.lease_id if victim.lease else None
 
-    def decide(doc: dict[str, Any]) -> dict[str, Any]:
-        job = Job.from_doc(doc)
+    def decide(job: Job, now: datetime) -> Job:
         if job.lease is None or job.lease.lease_id != lease_id:
             raise errors.LeaseLost(f"job {job.id} changed hands before it could be preempted")
         ended = lifecycle.end_run(job, now, RunResult.PREEMPTED)
@@ -63,8 +60,6 @@ def evict(ctx: Context, victim: Job, preemptor: Job) -> Job:
             lifecycle.requeued(ended, now, weights)
             .model_copy(update={"checkpoint": checkpoint})
             .with_event(now, "preempted", victim=job.id, preemptor=preemptor.id, factoryId=job.lease.factory_id)
-            .to_doc()
         )
 
-    job = Job.from_doc(store.update(ctx.store, "jobs", victim.product_id, victim.id, decide))
-    return effects.settle(ctx, victim.stage, job)
+    return writes.change(ctx, victim.id, decide)

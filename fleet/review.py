@@ -5,7 +5,7 @@ from __future__ import annotations
 from fleet import clock, errors, lifecycle, writes, weights as registry
 from fleet.context import Context
 from fleet.jobs import Job
-from fleet.stages import RunResult, Stage
+from fleet.stages import Stage
 
 
 def request(ctx: Context, id: str, required: int, reviewers: list[str] | None, actor: str | None = None) -> Job:
@@ -46,11 +46,9 @@ def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | N
         detail = {"comment": comment} if comment else {}
         if not approve:
             weights = registry.for_product(ctx, job.product_id)
-            run = job.latest_run
-            ended = lifecycle.end_run(job, now, RunResult.RELEASED) if run and run.result is None else job
             # The rework must be approved afresh: the quorum stays, its approvals do not.
             return (
-                lifecycle.requeued(ended, now, weights)
+                lifecycle.requeued(lifecycle.released(job, now), now, weights)
                 .model_copy(update={"review": {**review, "approvals": [], "rejectedBy": reviewer}})
                 .with_event(now, "review_rejected", reviewer, **detail)
             )

@@ -139,15 +139,29 @@ def update(
     id: str,
     decide: Callable[[dict[str, Any]], dict[str, Any] | None],
     attempts: int = 10,
+    initial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read, decide, write back if unchanged; on a lost race re-read and decide again.
 
     `decide` gets the current document and returns the new one, or `None` for "nothing to
     change" (the current document is returned as is). It may raise a domain error, which
     propagates with nothing written. Retries are bounded, with jitter.
+
+    A missing document raises `NotFound`, unless `initial` is given: then `decide` gets
+    `initial` and its result (or `initial` itself, for None) is created, and a create that
+    loses to a concurrent one decides again on the winner's document.
     """
     for attempt in range(attempts):
-        current = store.read(container, partition_key, id)
+        try:
+            current = store.read(container, partition_key, id)
+        except errors.NotFound:
+            if initial is None:
+                raise
+            try:
+                return store.create(container, decide(dict(initial)) or initial)
+            except errors.Conflict:
+                backoff(attempt)
+                continue
         new = decide(current)
         if new is None:
             return current

@@ -48,11 +48,7 @@ def submit(
         )
     all_deps = list(dict.fromkeys([*spec.deps, *(c.idempotency_key for c in spec.children)]))
     waiting = deps.waiting_on(ctx, spec.product_id, all_deps)
-    unknown = [d.idempotency_key for d in waiting if d.stage is None]
-    if unknown:
-        raise errors.ValidationFailed(
-            f"deps name jobs that were never submitted: {unknown}", [{"field": "deps", "message": f"unknown: {unknown}"}]
-        )
+    deps.refuse_unknown(waiting)
     priority = spec.priority or Priority.NORMAL
     weights = registry.for_product(ctx, spec.product_id)
     job = Job(

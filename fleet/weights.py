@@ -20,7 +20,12 @@ def read_doc(ctx: Context, product_id: str) -> dict[str, Any]:
     try:
         return ctx.store.read("jobs", product_id, DOC_ID)
     except errors.NotFound:
-        return {"id": DOC_ID, "productId": product_id, "weights": {}, "rekeying": False}
+        return _empty(product_id)
+
+
+def _empty(product_id: str) -> dict[str, Any]:
+    """A product's registry entry before any weights were set."""
+    return {"id": DOC_ID, "productId": product_id, "weights": {}, "rekeying": False}
 
 
 def product_patch(doc: dict[str, Any]) -> scoring.WeightsPatch:
@@ -49,13 +54,7 @@ def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> dict[str,
         weights = {**doc.get("weights", {}), **patch.model_dump(exclude_none=True)}
         return {**doc, "weights": weights, "rekeying": True}
 
-    try:
-        store.update(ctx.store, "jobs", product_id, DOC_ID, merge)
-    except errors.NotFound:
-        try:
-            ctx.store.create("jobs", merge(read_doc(ctx, product_id)))
-        except errors.Conflict:
-            store.update(ctx.store, "jobs", product_id, DOC_ID, merge)
+    store.update(ctx.store, "jobs", product_id, DOC_ID, merge, initial=_empty(product_id))
     rekey(ctx, product_id)
     queue_state.bump(ctx, product_id)
     return view(ctx, product_id)
