@@ -11,6 +11,7 @@ import azure.functions as func
 
 from fleet import (
     actions,
+    budget_rules,
     budgets,
     claims,
     dag,
@@ -23,7 +24,7 @@ from fleet import (
     schemas,
     submit,
     sweep,
-    weights,
+    weight_registry,
 )
 from fleet.jobs import PRODUCT_ID, product_of
 from fleet.stages import Stage
@@ -180,14 +181,14 @@ def get_queue_state(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="fleet/weights/{productId}", methods=["GET"])
 @http.endpoint
 def get_weights(req: func.HttpRequest) -> func.HttpResponse:
-    return http.ok(weights.view(ctx(), _product(req.route_params.get("productId"))))
+    return http.ok(weight_registry.view(ctx(), _product(req.route_params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["PUT"])
 @http.endpoint
 def put_weights(req: func.HttpRequest) -> func.HttpResponse:
     product = _product(req.route_params.get("productId"))
-    return http.ok(weights.put(ctx(), product, http.body(req, schemas.WeightsBody)))
+    return http.ok(weight_registry.put(ctx(), product, http.body(req, schemas.WeightsBody)))
 
 
 # Budgets (FLEET_BUDGETS)
@@ -215,7 +216,7 @@ def put_budget(req: func.HttpRequest) -> func.HttpResponse:
     _budgets_on()
     product = _product(req.route_params.get("productId"))
     body = http.body(req, schemas.BudgetBody)
-    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, budgets.Window(body.window)).public())
+    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, budget_rules.Window(body.window)).public())
 
 
 @app.route(route="fleet/budgets/{productId}/pause", methods=["POST"])

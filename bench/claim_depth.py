@@ -31,7 +31,7 @@ from fleet.context import Context, Settings  # noqa: E402
 from fleet.jobs import Job, job_id  # noqa: E402
 from fleet.stages import Priority  # noqa: E402
 from fleet.store import CountingStore  # noqa: E402
-from shared.sqlite_store import SqliteStore  # noqa: E402
+from shared.stores.sqlite_store import SqliteStore  # noqa: E402
 from tests.support.server import running_server  # noqa: E402
 
 PRODUCT = "bench"

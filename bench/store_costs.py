@@ -26,8 +26,8 @@ from fleet.clock import FixedClock  # noqa: E402
 from fleet.context import Context, Settings  # noqa: E402
 from fleet.store import CountingStore  # noqa: E402
 from shared import charge  # noqa: E402
-from shared.cosmos_store import CosmosStore  # noqa: E402
-from shared.sqlite_store import SqliteStore  # noqa: E402
+from shared.stores.cosmos_store import CosmosStore  # noqa: E402
+from shared.stores.sqlite_store import SqliteStore  # noqa: E402
 from tests.support import cosmos_server  # noqa: E402
 
 PRODUCT = "costs"

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Callable
 
-from fleet import deps, errors, lifecycle, listing, writes, weights as registry
+from fleet import deps, errors, lifecycle, listing, writes, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import TERMINAL, RunResult, Stage
@@ -65,7 +65,7 @@ def _to_terminal(job: Job, now, stage: Stage, result: RunResult | None = None) -
 
 
 def _requeue(ctx: Context, job: Job, now) -> Job:
-    job = lifecycle.requeued(lifecycle.released(job, now), now, registry.for_product(ctx, job.product_id), attempts=0)
+    job = lifecycle.requeued(lifecycle.released(job, now), now, weight_registry.for_product(ctx, job.product_id), attempts=0)
     waiting = deps.waiting_on(ctx, job.product_id, job.deps)
     if waiting:
         job = job.model_copy(update={"stage": Stage.BLOCKED, "blocked_on": waiting})

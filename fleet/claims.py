@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet import budgets, candidates, errors, factories, preemption, scoring, weights as registry
+from fleet import budget_rules, budgets, candidates, errors, factories, preemption, scoring, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job, Lease, Run
 from fleet.stages import Priority, Stage
@@ -60,9 +60,9 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
         return Claimed(None, refused)
     offered, seat_limit = _factory_view(ctx, request)
     running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
-    product_doc = registry.read_doc(ctx, request.product_id)
-    product_weights = scoring.resolve(registry.product_patch(product_doc))
-    weights = scoring.resolve(registry.product_patch(product_doc), request.weights)
+    product_doc = weight_registry.read_doc(ctx, request.product_id)
+    product_weights = scoring.resolve(weight_registry.product_patch(product_doc))
+    weights = scoring.resolve(weight_registry.product_patch(product_doc), request.weights)
     score = candidates.scorer(now, weights, offered)
     unaffordable = 0
     for _ in range(RESCANS):
@@ -81,7 +81,7 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
                 lost = True
                 if running is not None:
                     running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
-            except budgets.BudgetExhausted:
+            except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or unestimated) job may still fit.
                 unaffordable += 1
                 if unaffordable >= MAX_UNAFFORDABLE:
@@ -116,7 +116,7 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
         return _claim(ctx, job, request.factory_id, offered, running)
     except (errors.PreconditionFailed, errors.LeaseLost):
         raise errors.NotClaimable(f"job {job.id} was claimed by another factory", reason="lost_race") from None
-    except budgets.BudgetExhausted:
+    except budget_rules.BudgetExhausted:
         raise errors.NotClaimable(f"product {product_id}: budget_exceeded", reason="budget_exceeded") from None
     except NoSeat:
         raise errors.NotClaimable(f"factory {request.factory_id} is at its seat limit", reason="seat_limit") from None
@@ -146,7 +146,7 @@ def _claim(ctx: Context, job: Job, factory_id: str, offered: frozenset[str], run
         # Definitely not claimed: give the reservation back. (After an ambiguous failure such
         # as a timeout the claim may have landed; the sweep drops the reservation if not.)
         if reserved:
-            budgets.change(ctx, job.product_id, lambda b: budgets.release(b, lease.lease_id, now), create=False)
+            budgets.change(ctx, job.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
         raise
     return Claimed(taken, preempted=[victim.id] if victim else [])
 
@@ -195,7 +195,7 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime) -> bool:
         return False
     run_id = f"{job.id}#{lease.epoch}"
     budgets.change(
-        ctx, job.product_id, lambda b: budgets.reserve(b, lease.lease_id, run_id, job.estimated_cost_usd, now)
+        ctx, job.product_id, lambda b: budget_rules.reserve(b, lease.lease_id, run_id, job.estimated_cost_usd, now)
     )
     return True
 
@@ -203,7 +203,7 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime) -> bool:
 def _budget_refusal(ctx: Context, product_id: str) -> str | None:
     if not ctx.settings.budgets:
         return None
-    return budgets.refusal(budgets.find(ctx, product_id))
+    return budget_rules.refusal(budgets.find(ctx, product_id))
 
 
 def _factory_view(ctx: Context, request: ClaimRequest) -> tuple[frozenset[str], int | None]:

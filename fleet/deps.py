@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet import errors, queue_state, store, weights as registry
+from fleet import errors, queue_state, store, weight_registry
 from fleet import lifecycle
 from fleet.context import Context
 from fleet.jobs import BlockedOn, Job, job_id
@@ -46,7 +46,7 @@ def recheck(ctx: Context, product_id: str, id: str) -> Job:
 def unblock_if_ready(ctx: Context, product_id: str, id: str) -> tuple[Job, bool]:
     """`recheck`, also telling whether this call is the one that unblocked the job."""
     now = ctx.clock.now()
-    weights = registry.for_product(ctx, product_id)
+    weights = weight_registry.for_product(ctx, product_id)
     unblocked: list[bool] = []
 
     def decide(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -62,7 +62,7 @@ def unblock_if_ready(ctx: Context, product_id: str, id: str) -> tuple[Job, bool]
 
     job = Job.from_doc(store.update(ctx.store, "jobs", product_id, id, decide))
     if unblocked:
-        job = registry.ensure_rank(ctx, job)
+        job = weight_registry.ensure_rank(ctx, job)
         queue_state.bump(ctx, product_id)
     return job, bool(unblocked)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from fleet import deps, errors, queue_state, spend, weights
+from fleet import deps, errors, queue_state, spend, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import FINISHED, Stage
@@ -19,7 +19,7 @@ def settle(ctx: Context, before: Stage | None, job: Job) -> Job:
     """Apply what follows from `job` having moved from `before` to its current stage; the job
     as it stands afterwards."""
     if job.stage == Stage.QUEUED and before != Stage.QUEUED:
-        job = _attempt(job, "re-key", lambda: weights.ensure_rank(ctx, job))
+        job = _attempt(job, "re-key", lambda: weight_registry.ensure_rank(ctx, job))
         _attempt(job, "queue-state bump", lambda: queue_state.bump(ctx, job.product_id))
     if job.accrual_pending:
         job = _attempt(job, "accrual", lambda: spend.settle(ctx, job))

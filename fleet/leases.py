@@ -6,7 +6,7 @@ preempted, requeued) can never overwrite the job's newer owner.
 """
 from __future__ import annotations
 
-from fleet import errors, lifecycle, outage, writes, weights as registry
+from fleet import errors, lifecycle, outage, writes, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 from fleet.schemas import PatchBody, ReleaseBody
@@ -43,7 +43,7 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
     return _write(ctx, id, body.lease_id, change)
 
 
-def release(ctx: Context, id: str, body: ReleaseBody, weights_for=registry.for_product) -> Job:
+def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registry.for_product) -> Job:
     """End the lease. With a terminal `stage`/`result` the job finishes; `stage: testing` parks
     it lease-free for the review gate; `result: retry` counts an attempt; neither gives it back
     to the queue with its checkpoint, attempts unchanged."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from fleet import errors, lifecycle, scoring, writes, weights as registry
+from fleet import errors, lifecycle, scoring, writes, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Priority, RunResult
@@ -38,7 +38,7 @@ def scored_running(ctx: Context, running: list[Job], offered: frozenset[str], no
     by_product: dict[str, scoring.Weights] = {}
     scored = []
     for job in running:
-        weights = by_product.setdefault(job.product_id, registry.for_product(ctx, job.product_id))
+        weights = by_product.setdefault(job.product_id, weight_registry.for_product(ctx, job.product_id))
         bonus = scoring.capability_bonus(job.capabilities, offered)
         scored.append((job, scoring.score(job.priority.order, job.attempts, job.created_at, bonus, now, weights)))
     return scored
@@ -47,7 +47,7 @@ def scored_running(ctx: Context, running: list[Job], offered: frozenset[str], no
 def evict(ctx: Context, victim: Job, preemptor: Job) -> Job:
     """Give the victim's seat up: back to the queue with its checkpoint, attempts unchanged,
     its lease revoked. Raises `LeaseLost` if the victim's lease changed since it was read."""
-    weights = registry.for_product(ctx, victim.product_id)
+    weights = weight_registry.for_product(ctx, victim.product_id)
     lease_id = victim.lease.lease_id if victim.lease else None
 
     def decide(job: Job, now: datetime) -> Job:

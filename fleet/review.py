@@ -2,7 +2,7 @@
 distinct reviewers; one rejection sends it back to the queue for rework."""
 from __future__ import annotations
 
-from fleet import clock, errors, lifecycle, writes, weights as registry
+from fleet import clock, errors, lifecycle, writes, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Stage
@@ -45,7 +45,7 @@ def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | N
             raise errors.Forbidden(f"{reviewer} is not a reviewer of job {job.id}")
         detail = {"comment": comment} if comment else {}
         if not approve:
-            weights = registry.for_product(ctx, job.product_id)
+            weights = weight_registry.for_product(ctx, job.product_id)
             # The rework must be approved afresh: the quorum stays, its approvals do not.
             return (
                 lifecycle.requeued(lifecycle.released(job, now), now, weights)

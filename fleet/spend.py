@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet import batch, budgets, errors, queue_state, store
+from fleet import batch, budget_rules, budgets, errors, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Job
 
@@ -24,7 +24,7 @@ def settle(ctx: Context, job: Job) -> Job:
         budgets.change(
             ctx,
             job.product_id,
-            lambda b, r=run: budgets.accrue(
+            lambda b, r=run: budget_rules.accrue(
                 b, r.run_id, float(r.insights.get("costUsd") or 0.0), now, r.reservation, r.ended_at
             ),
         )

@@ -1,6 +1,6 @@
 """The store port: JSON documents with ETags, in partitioned containers.
 
-Every adapter (`shared.sqlite_store.SqliteStore`, `shared.cosmos_store.CosmosStore`) implements
+Every adapter (`shared.stores.sqlite_store.SqliteStore`, `shared.stores.cosmos_store.CosmosStore`) implements
 the primitives of `Store`; the loops every use case needs (compare-and-swap retry, paging
 through a query) live once here, above the adapters.
 

@@ -5,7 +5,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from fleet import deps, effects, errors, scoring, weights as registry
+from fleet import deps, effects, errors, scoring, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job, job_id
 from fleet.schemas import JobSpec
@@ -50,7 +50,7 @@ def submit(
     waiting = deps.waiting_on(ctx, spec.product_id, all_deps)
     deps.refuse_unknown(waiting)
     priority = spec.priority or Priority.NORMAL
-    weights = registry.for_product(ctx, spec.product_id)
+    weights = weight_registry.for_product(ctx, spec.product_id)
     job = Job(
         id=id,
         product_id=spec.product_id,

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from fleet import budgets, clock, deps, effects, lifecycle, outage, queue_state, spend, store
 from fleet.batch import each
-from fleet import weights as registry
+from fleet import weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import FINISHED, RunResult, Stage
@@ -70,7 +70,7 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     counts = {"expired": 0, "deadLettered": 0, "spared": 0}
 
     def expire(doc: dict[str, Any]) -> None:
-        weights = registry.for_product(ctx, doc["productId"])
+        weights = weight_registry.for_product(ctx, doc["productId"])
         spare = gap_began is not None and clock.parse(doc["lease"]["expiresAt"]) >= gap_began
         wrote: dict[str, Stage] = {}
 
@@ -155,7 +155,7 @@ def rekeys(ctx: Context) -> int:
 
     def finish(doc: dict[str, Any]) -> None:
         nonlocal rekeyed
-        rekeyed += registry.rekey(ctx, doc["productId"])
+        rekeyed += weight_registry.rekey(ctx, doc["productId"])
 
     each(store.query_all(ctx.store, query), finish)
     return rekeyed

@@ -1,4 +1,4 @@
-"""The `fleet` CLI's operator and factory commands (registered in `shared/cli.py`).
+"""The `fleet` CLI's operator and factory commands (registered in `shared/devhost/cli.py`).
 
     fleet jobs submit|list|show|dag|action|add-children|request-review|review
     fleet budgets show|set|pause|resume

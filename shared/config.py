@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Mapping
+from typing import Any, Mapping
 
 from fleet.clock import SystemClock
 from fleet.context import Context, Settings
@@ -35,14 +35,30 @@ def settings_from(env: Mapping[str, str]) -> Settings:
 def store_from(env: Mapping[str, str]) -> Store:
     kind = env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite"
     if kind == "sqlite":
-        from shared.sqlite_store import SqliteStore
+        from shared.stores.sqlite_store import SqliteStore
 
         return SqliteStore(env.get("FLEET_DB") or ".fleet/fleet.db")
     if kind == "cosmos":
-        from shared.cosmos_store import CosmosStore
+        from shared.stores.cosmos_store import CosmosStore
 
-        return CosmosStore.from_env(env)
+        return CosmosStore(**cosmos_settings(env))
     raise ValueError(f"FLEET_STORE must be sqlite or cosmos, not {kind!r}")
+
+
+def cosmos_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """`CosmosStore`'s arguments from `COSMOS_ENDPOINT`, `COSMOS_KEY`, `COSMOS_DATABASE`
+    (default `fleet`), `COSMOS_VERIFY_TLS` (default true; `0`/`false`/`no` turn it off) and
+    `COSMOS_CREATE`."""
+    endpoint = env.get("COSMOS_ENDPOINT")
+    if not endpoint:
+        raise ValueError("COSMOS_ENDPOINT is not set")
+    return {
+        "endpoint": endpoint,
+        "key": env.get("COSMOS_KEY") or None,
+        "database": env.get("COSMOS_DATABASE") or "fleet",
+        "verify_tls": env.get("COSMOS_VERIFY_TLS", "true").strip().lower() not in {"0", "false", "no"},
+        "create": truthy(env.get("COSMOS_CREATE")),
+    }
 
 
 def context() -> Context:

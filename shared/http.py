@@ -22,7 +22,7 @@ import azure.functions as func
 import pydantic
 
 from fleet import errors
-from shared import charge
+from shared.stores import charge
 
 log = logging.getLogger("fleet.http")
 

@@ -16,8 +16,8 @@ import pytest
 from pycep import BicepParser
 
 from fleet.store import PARTITION_KEYS, Filter, Query
-from shared import cosmos_query
-from shared.sqlite_query import INDEXES
+from shared.stores import cosmos_query
+from shared.stores.sqlite_query import INDEXES
 from tests.support.cosmos_server import EMULATOR_KEY
 
 ROOT = Path(__file__).resolve().parents[1]

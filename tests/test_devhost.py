@@ -14,7 +14,7 @@ import azure.functions as func
 import pytest
 from werkzeug.test import Client
 
-from shared import cli, devhost, routes, serving
+from shared.devhost import cli, hosting, routes, serving
 from tests.support.server import running_server
 
 
@@ -114,7 +114,7 @@ def app(recorder):
 
 @pytest.fixture
 def host(app):
-    return devhost.DevHost(app, keys=())
+    return hosting.DevHost(app, keys=())
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_a_constraint_that_fails_is_no_match(client):
 
 
 def test_the_route_prefix_comes_before_every_route(app):
-    client = Client(devhost.DevHost(app, route_prefix="api", keys=()).wsgi)
+    client = Client(hosting.DevHost(app, route_prefix="api", keys=()).wsgi)
 
     assert client.get("/api/fleet/jobs/P:1").json["routeParams"] == {"id": "P:1"}
     problem_of(client.get("/fleet/jobs/P:1"), 404, "not_found")
@@ -187,7 +187,7 @@ def test_route_prefix_is_read_from_host_json(tmp_path, host_json, prefix):
     if host_json is not None:
         path.write_text(json.dumps(host_json))
 
-    assert devhost.read_route_prefix(path) == prefix
+    assert hosting.read_route_prefix(path) == prefix
 
 
 def test_unknown_path_is_404_problem(client):
@@ -269,14 +269,14 @@ def test_bad_route_templates_are_refused(template):
 
 
 def test_a_body_over_the_cap_is_413_before_the_function_runs(app):
-    client = Client(devhost.DevHost(app, keys=(), max_body=10).wsgi)
+    client = Client(hosting.DevHost(app, keys=(), max_body=10).wsgi)
 
     assert client.post("/fleet/jobs", data=b"x" * 10).status_code == 201
     problem_of(client.post("/fleet/jobs", data=b"x" * 11), 413, "payload_too_large")
 
 
 def test_a_chunked_body_over_the_cap_is_413(app):
-    client = Client(devhost.DevHost(app, keys=(), max_body=10).wsgi)
+    client = Client(hosting.DevHost(app, keys=(), max_body=10).wsgi)
 
     def chunked(data):
         # A chunked request has no Content-Length; the server ends the stream.
@@ -292,7 +292,7 @@ def test_a_chunked_body_over_the_cap_is_413(app):
 
 @pytest.fixture
 def locked(app):
-    return Client(devhost.DevHost(app, keys=["k1", "k2"]).wsgi)
+    return Client(hosting.DevHost(app, keys=["k1", "k2"]).wsgi)
 
 
 def test_function_level_needs_a_key_when_keys_are_set(locked):
@@ -309,15 +309,15 @@ def test_anonymous_never_needs_a_key(locked):
 
 def test_keys_come_from_the_environment(app, monkeypatch):
     monkeypatch.setenv("FLEET_FUNCTION_KEYS", " a, b ,,")
-    assert devhost.DevHost(app).keys == ("a", "b")
+    assert hosting.DevHost(app).keys == ("a", "b")
 
     monkeypatch.delenv("FLEET_FUNCTION_KEYS")
-    assert devhost.DevHost(app).keys == ()  # open
+    assert hosting.DevHost(app).keys == ()  # open
 
 
 def test_the_app_is_indexed_once(app):
-    devhost.DevHost(app, keys=())
-    devhost.DevHost(app, keys=())  # reuses the cached functions
+    hosting.DevHost(app, keys=())
+    hosting.DevHost(app, keys=())  # reuses the cached functions
 
     with pytest.raises(ValueError):
         app.get_functions()  # why: a second indexing raises in azure-functions
@@ -392,10 +392,10 @@ def test_a_schedule_may_name_an_app_setting(monkeypatch):
         pass
 
     monkeypatch.setenv("SWEEP_SCHEDULE", "0 */2 * * * *")
-    devhost.DevHost(app, keys=())
+    hosting.DevHost(app, keys=())
     monkeypatch.delenv("SWEEP_SCHEDULE")
     with pytest.raises(ValueError, match="SWEEP_SCHEDULE is not set"):
-        devhost.DevHost(app, keys=())
+        hosting.DevHost(app, keys=())
 
 
 def test_a_bad_schedule_names_the_function():
@@ -406,7 +406,7 @@ def test_a_bad_schedule_names_the_function():
         pass
 
     with pytest.raises(ValueError, match="broken.*day-of-week"):
-        devhost.DevHost(app, keys=())
+        hosting.DevHost(app, keys=())
 
 
 # Over real HTTP
@@ -424,7 +424,7 @@ def call(base_url, method, path, body=None, headers=None):
 
 
 def test_over_http(app, recorder):
-    host = devhost.DevHost(app, keys=(), max_body=1024)
+    host = hosting.DevHost(app, keys=(), max_body=1024)
     with serving.BackgroundServer(host.wsgi, port=0) as server:
         status, _, body = call(server.url, "GET", "/fleet/jobs/MyProduct:a%2Fb")
         assert (status, json.loads(body)["routeParams"]) == (200, {"id": "MyProduct:a/b"})
@@ -445,7 +445,7 @@ def test_over_http(app, recorder):
 
 
 def test_over_http_a_large_content_length_is_refused_before_the_body_is_sent(app):
-    host = devhost.DevHost(app, keys=(), max_body=1024)
+    host = hosting.DevHost(app, keys=(), max_body=1024)
     with serving.BackgroundServer(host.wsgi, port=0) as server:
         url = urllib.parse.urlsplit(server.url)
         connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared import ncrontab
+from shared.devhost import ncrontab
 
 UTC = dt.timezone.utc
 

@@ -13,13 +13,14 @@ import function_app
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
 from fleet.store import CountingStore
-from shared import config, devhost
-from shared.sqlite_store import SqliteStore
+from shared import config
+from shared.devhost import hosting
+from shared.stores.sqlite_store import SqliteStore
 
 
 @functools.cache
-def host() -> devhost.DevHost:
-    return devhost.DevHost(function_app.app, route_prefix="", keys=())
+def host() -> hosting.DevHost:
+    return hosting.DevHost(function_app.app, route_prefix="", keys=())
 
 
 @dataclass

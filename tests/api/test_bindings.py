@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 import function_app
-from shared import devhost, openapi
+from shared import openapi
+from shared.devhost import hosting
 
 EXPECTED_HTTP = {
     "submit_job": ("fleet/jobs", {"POST"}),
@@ -39,7 +40,7 @@ EXPECTED_TIMERS = {
 
 
 def _functions():
-    return {f.get_function_name(): f for f in devhost.functions_of(function_app.app)}
+    return {f.get_function_name(): f for f in hosting.functions_of(function_app.app)}
 
 
 def test_every_http_function_is_bound_as_the_api_table_says():
@@ -74,4 +75,4 @@ def test_openapi_documents_every_route():
 
 
 def test_host_json_route_prefix_is_empty():
-    assert devhost.read_route_prefix("host.json") == ""
+    assert hosting.read_route_prefix("host.json") == ""

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from fleet.store import PARTITION_KEYS, Store
-from shared.cosmos_store import CosmosStore
-from shared.sqlite_store import SqliteStore
+from shared import config
+from shared.stores.cosmos_store import CosmosStore
+from shared.stores.sqlite_store import SqliteStore
 from tests.support.cosmos_server import CosmosAccount, cosmos_account, cosmos_server  # noqa: F401 (fixtures)
 
 STORES = ["sqlite", "cosmos"]
@@ -39,7 +40,7 @@ def cosmos_store(cosmos_account: CosmosAccount) -> Iterator[CosmosStore]:
             create=True,
         )
     else:
-        store = CosmosStore.from_env(os.environ)
+        store = CosmosStore(**config.cosmos_settings(os.environ))
     yield store
     store.close()
 

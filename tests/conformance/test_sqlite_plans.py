@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from fleet.store import Filter, Query, clean
-from shared import sqlite_store
-from shared import sqlite_query
-from shared.sqlite_query import INDEXES
-from shared.sqlite_store import SqliteStore
+from shared.stores import sqlite_store
+from shared.stores import sqlite_query
+from shared.stores.sqlite_query import INDEXES
+from shared.stores.sqlite_store import SqliteStore
 
 PRODUCTS = [f"product-{n}" for n in range(8)]
 FACTORIES = [f"factory-{n}" for n in range(20)]

@@ -20,8 +20,9 @@ from azure.cosmos import exceptions as cosmos_exceptions
 
 from fleet import errors, store as fleet_store
 from fleet.store import Filter, Query, Store
-from shared import charge, cosmos_query, cosmos_store
-from shared.cosmos_store import CosmosStore
+from shared import config
+from shared.stores import charge, cosmos_query, cosmos_store
+from shared.stores.cosmos_store import CosmosStore
 from tests.support.cosmos_server import (
     EMULATOR_KEY,
     CosmosServer,
@@ -768,7 +769,7 @@ def test_a_cosmos_server_that_goes_away_makes_the_store_busy():
 # A second client per test would leave the SDK's background connections to the garbage
 # collector; the settings are pure, and the `store` fixture already drives a real client.
 def test_from_env_reads_the_cosmos_settings():
-    settings = cosmos_store.settings_from_env(
+    settings = config.cosmos_settings(
         {
             "COSMOS_ENDPOINT": "https://127.0.0.1:8081",
             "COSMOS_KEY": "k",
@@ -794,13 +795,13 @@ def test_from_env_reads_the_cosmos_settings():
     ],
 )
 def test_from_env_defaults(environ, expected):
-    settings = cosmos_store.settings_from_env(environ)
+    settings = config.cosmos_settings(environ)
     assert {k: settings[k] for k in expected} == expected
 
 
 def test_from_env_needs_an_endpoint():
     with pytest.raises(ValueError):
-        cosmos_store.settings_from_env({})
+        config.cosmos_settings({})
 
 
 def test_a_multi_key_order_without_a_composite_index_is_refused_before_the_service_sees_it():

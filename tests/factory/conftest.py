@@ -23,7 +23,7 @@ import pytest
 
 from fleetclient import FleetClient
 from fleetclient.retry import Backoff
-from shared import cli
+from shared.devhost import cli
 from tests.support.server import REPO_ROOT, running_server
 
 #: A quick backoff, so tests of retries do not sleep for long.
@@ -185,7 +185,7 @@ class RunnerProcess:
         environment.pop("FLEET_KEY", None)
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "factory", "run", *args],
+                [sys.executable, "-m", "shared.devhost.cli", "factory", "run", *args],
                 cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             )
 

@@ -22,13 +22,13 @@ from typing import Any, Iterator
 
 import pytest
 
-from fleet import actions, budgets, claims, errors, factories, leases, listing, queue_state, store as store_port, submit
+from fleet import actions, budget_rules, budgets, claims, errors, factories, leases, listing, queue_state, store as store_port, submit
 from fleet import clock as clocks
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
 from fleet.jobs import Job, Run, job_id
 from fleet.schemas import JobSpec, PatchBody, ReleaseBody
-from shared.sqlite_store import SqliteStore
+from shared.stores.sqlite_store import SqliteStore
 
 PRODUCT = "acme"
 #: Monday 5 January 2026, 09:00 UTC: every world starts here.
@@ -200,16 +200,16 @@ class Fleet:
 
     # budgets and queue-state
 
-    def put_budget(self, ceiling: float, window: str = "monthly", product_id: str = PRODUCT) -> budgets.Budget:
-        return budgets.put(self.ctx, product_id, ceiling, budgets.Window(window))
+    def put_budget(self, ceiling: float, window: str = "monthly", product_id: str = PRODUCT) -> budget_rules.Budget:
+        return budgets.put(self.ctx, product_id, ceiling, budget_rules.Window(window))
 
-    def budget(self, product_id: str = PRODUCT) -> budgets.Budget | None:
+    def budget(self, product_id: str = PRODUCT) -> budget_rules.Budget | None:
         """The budget as a read sees it now (an elapsed window rolled)."""
         return budgets.find(self.observer, product_id)
 
-    def stored_budget(self, product_id: str = PRODUCT) -> budgets.Budget:
+    def stored_budget(self, product_id: str = PRODUCT) -> budget_rules.Budget:
         """The budget document exactly as stored."""
-        return budgets.Budget.from_doc(self.store.inner.read("budgets", product_id, product_id))
+        return budget_rules.Budget.from_doc(self.store.inner.read("budgets", product_id, product_id))
 
     def version(self, product_id: str = PRODUCT) -> int:
         return queue_state.read(self.observer, product_id)["version"]

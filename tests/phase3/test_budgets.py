@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fleet import budgets, claims, clock as clocks, errors, store as store_port, sweep
+from fleet import budget_rules, budgets, claims, clock as clocks, errors, store as store_port, sweep
 from fleet.budgets import Budget, PausedBy, Window
 from fleet.context import Context
 from fleet.jobs import Job
@@ -72,7 +72,7 @@ def budget_value(
     ],
 )
 def test_windows_are_utc_calendar_windows(window, now, start):
-    assert budgets.window_start(window, utc(now)) == utc(start)
+    assert budget_rules.window_start(window, utc(now)) == utc(start)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_windows_are_utc_calendar_windows(window, now, start):
 )
 def test_within_its_window_a_budget_is_unchanged(window, window_start, now):
     budget = budget_value(window=window, window_start=window_start, spent=10.0, paused_by=PausedBy.CEILING)
-    assert budgets.rolled(budget, utc(now)) is budget
+    assert budget_rules.rolled(budget, utc(now)) is budget
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_an_elapsed_window_rolls(paused_by, paused_after, window, window_start, 
     # Given a budget that spent its 10 of 10 in the last window
     budget = budget_value(window=window, window_start=window_start, spent=10.0, paused_by=paused_by, accruals=["r#1"])
     # When it is read in the next window
-    fresh = budgets.rolled(budget, utc(now))
+    fresh = budget_rules.rolled(budget, utc(now))
     # Then spend starts over in the new window, and only a manual pause survives
     assert (fresh.window_start, fresh.spent_usd) == (utc(new_start), 0.0)
     assert fresh.paused == paused_after
@@ -132,7 +132,7 @@ def test_an_elapsed_window_rolls(paused_by, paused_after, window, window_start, 
     ],
 )
 def test_refusal_reasons(budget, reason):
-    assert budgets.refusal(budget) == reason
+    assert budget_rules.refusal(budget) == reason
 
 
 # Accrual: once per run id; reaching the ceiling pauses
@@ -150,17 +150,17 @@ def test_refusal_reasons(budget, reason):
 )
 def test_accrue_adds_once_and_pauses_at_the_ceiling(ceiling, spent, amount, paused):
     budget = budget_value(ceiling=ceiling, spent=spent)
-    accrued = budgets.accrue(budget, "job#1", amount, NOW)
+    accrued = budget_rules.accrue(budget, "job#1", amount, NOW)
     assert accrued.spent_usd == spent + amount
     assert accrued.accruals == ["job#1"]
     assert (accrued.paused, accrued.paused_by) == ((True, PausedBy.CEILING) if paused else (False, None))
     # A replay of the same run adds nothing
-    assert budgets.accrue(accrued, "job#1", amount, NOW) is None
+    assert budget_rules.accrue(accrued, "job#1", amount, NOW) is None
 
 
 def test_accrue_keeps_a_manual_pause_manual():
     budget = budget_value(spent=9.0, paused_by=PausedBy.MANUAL)
-    accrued = budgets.accrue(budget, "job#1", 5.0, NOW)
+    accrued = budget_rules.accrue(budget, "job#1", 5.0, NOW)
     assert (accrued.paused, accrued.paused_by) == (True, PausedBy.MANUAL)
 
 
@@ -168,7 +168,7 @@ def test_accrue_settles_the_runs_reservation():
     # Given run job#1's claim (lease-1) held 4, and another claim holds 2
     budget = budget_value(reservations={"lease-1": 4.0, "lease-2": 2.0})
     # When the run ends having cost 3, Then 3 is spent and its hold gone: 2 still held
-    accrued = budgets.accrue(budget, "job#1", 3.0, NOW, reservation="lease-1")
+    accrued = budget_rules.accrue(budget, "job#1", 3.0, NOW, reservation="lease-1")
     assert (accrued.spent_usd, accrued.reserved_usd) == (3.0, 2.0)
 
 
@@ -185,29 +185,29 @@ def test_accrue_settles_the_runs_reservation():
 def test_reserve_refuses_what_would_go_over_the_ceiling(ceiling, spent, reserved, amount, fits):
     budget = budget_value(ceiling=ceiling, spent=spent, reservations={"lease-0": reserved} if reserved else {})
     if fits:
-        held = budgets.reserve(budget, "lease-1", "job#1", amount, NOW)
+        held = budget_rules.reserve(budget, "lease-1", "job#1", amount, NOW)
         assert held.reserved_usd == reserved + amount
         assert held.reservations["lease-1"] == {"amountUsd": amount, "at": T0, "runId": "job#1"}
     else:
-        with pytest.raises(budgets.BudgetExhausted):
-            budgets.reserve(budget, "lease-1", "job#1", amount, NOW)
+        with pytest.raises(budget_rules.BudgetExhausted):
+            budget_rules.reserve(budget, "lease-1", "job#1", amount, NOW)
 
 
 def test_reserving_for_the_same_claim_again_replaces_its_reservation():
     # Given claim lease-1 already holds 6 of a 10 ceiling (a retried reservation)
     budget = budget_value(ceiling=10.0, reservations={"lease-1": 6.0})
     # When the same claim reserves its 6 again, Then it replaces the old hold: 0 + 6 <= 10
-    assert budgets.reserve(budget, "lease-1", "job#1", 6.0, NOW).reserved_usd == 6.0
+    assert budget_rules.reserve(budget, "lease-1", "job#1", 6.0, NOW).reserved_usd == 6.0
     # while another claim's 6 would not fit: 6 + 6 > 10
-    with pytest.raises(budgets.BudgetExhausted):
-        budgets.reserve(budget, "lease-2", "job#1", 6.0, NOW)
+    with pytest.raises(budget_rules.BudgetExhausted):
+        budget_rules.reserve(budget, "lease-2", "job#1", 6.0, NOW)
 
 
 def test_release_drops_a_reservation_once():
     budget = budget_value(reservations={"lease-1": 4.0})
-    released = budgets.release(budget, "lease-1", NOW)
+    released = budget_rules.release(budget, "lease-1", NOW)
     assert released.reservations == {}
-    assert budgets.release(released, "lease-1", NOW) is None
+    assert budget_rules.release(released, "lease-1", NOW) is None
 
 
 # Use cases over the store
@@ -384,7 +384,7 @@ def test_roll_windows_starts_new_windows_at_the_boundary(fleet, clock):
     exhaust(fleet)
     budgets.put(fleet.ctx, PRODUCT, 10.0, Window.DAILY)
     budgets.put(fleet.ctx, "other", 10.0, Window.MONTHLY)
-    budgets.change(fleet.ctx, "other", lambda b: budgets.accrue(b, "x#1", 2.0, clock.now()))
+    budgets.change(fleet.ctx, "other", lambda b: budget_rules.accrue(b, "x#1", 2.0, clock.now()))
     versions = fleet.version(), fleet.version("other")
     # When the timer runs one minute into the next day
     clock.set("2026-01-06T00:01:00.000Z")

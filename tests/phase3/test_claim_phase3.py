@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import budgets, claims, store as store_port
+from fleet import budget_rules, budgets, claims, store as store_port
 from fleet.context import Context
 from fleet.stages import RunResult, Stage
 
@@ -28,7 +28,7 @@ def at_its_limit(fleet: Fleet, factory: str = "factory-1", key: str = "low"):
     "refuse, reason",
     [
         (lambda fleet: budgets.pause(fleet.ctx, PRODUCT), "budget_paused"),
-        (lambda fleet: budgets.put(fleet.ctx, PRODUCT, 0.0, budgets.Window.MONTHLY), "budget_paused"),  # 0 >= 0
+        (lambda fleet: budgets.put(fleet.ctx, PRODUCT, 0.0, budget_rules.Window.MONTHLY), "budget_paused"),  # 0 >= 0
     ],
 )
 def test_the_budget_is_checked_before_the_seat_limit_and_nothing_is_evicted(fleet, refuse, reason):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from fleet import errors, preemption, scoring, weights as registry
+from fleet import errors, preemption, scoring, weight_registry
 from fleet.stages import Priority, RunResult, Stage
 
 from tests.phase3.conftest import LEASE_SECONDS, at, job_value, opened, phase3
@@ -125,7 +125,7 @@ def test_property_preemption_never_evicts_equal_or_higher_priority(incoming, exe
 def test_running_jobs_are_scored_with_their_products_weights(fleet):
     # Given product "beta" weighs age double; two running normal jobs submitted 30 minutes ago
     # that need "gpu", offered by the factory
-    registry.put(fleet.ctx, "beta", scoring.WeightsPatch(age=2))
+    weight_registry.put(fleet.ctx, "beta", scoring.WeightsPatch(age=2))
     acme = job_value("j", created_at=at(-1800), capabilities=["gpu"])
     beta = job_value("j", created_at=at(-1800), capabilities=["gpu"], product_id="beta")
     scored = preemption.scored_running(fleet.ctx, [acme, beta], frozenset({"gpu"}), NOW)

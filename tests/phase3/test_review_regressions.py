@@ -19,7 +19,7 @@ from fleet.context import Context
 from fleet.jobs import Job, job_id
 from fleet.schemas import ChildSpec, JobSpec
 from fleet.stages import Stage
-from shared.sqlite_store import SqliteStore
+from shared.stores.sqlite_store import SqliteStore
 
 from .conftest import LEASE_SECONDS, PHASE3, PRODUCT, Fleet, opened, phase3
 

@@ -5,7 +5,7 @@
         server.restart()            # same --db, same port: data must survive
         ...
 
-The server runs as ``python -m shared.cli serve --host 127.0.0.1 --port 0 --db DB`` from the
+The server runs as ``python -m shared.devhost.cli serve --host 127.0.0.1 --port 0 --db DB`` from the
 repository root, with the test process's environment plus ``env`` (a value of None removes a
 variable). Its stdout and stderr go to files, never to pipes that could fill up and stall it;
 ``server.log()`` reads stderr (the request log, tracebacks). The server is always stopped
@@ -57,7 +57,7 @@ class ServerHandle:
         self._starts += 1
         self._stdout = open(Path(self._workdir, f"stdout-{self._starts}.log"), "w+b")
         self._stderr = open(Path(self._workdir, f"stderr-{self._starts}.log"), "w+b")
-        command = [sys.executable, "-m", "shared.cli", "serve", "--host", "127.0.0.1",
+        command = [sys.executable, "-m", "shared.devhost.cli", "serve", "--host", "127.0.0.1",
                    "--port", str(port), "--db", self.db, *self.args]
         try:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self._environment(),

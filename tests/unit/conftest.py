@@ -26,7 +26,7 @@ from fleet.context import Context, Settings
 from fleet.jobs import Job, job_id
 from fleet.schemas import JobSpec, PatchBody, ReleaseBody
 from fleet.stages import Priority, Stage
-from shared.sqlite_store import SqliteStore
+from shared.stores.sqlite_store import SqliteStore
 
 PRODUCT = "acme"
 #: A Monday morning; every world starts here.

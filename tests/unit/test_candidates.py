@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fleet import candidates, claims, scoring, store as store_port, weights as registry
+from fleet import candidates, claims, scoring, store as store_port, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Priority
@@ -89,7 +89,7 @@ def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(ne
 def test_claim_next_takes_the_full_scans_best_with_product_weights(new_world, specs, weights, offered):
     with new_world() as world:
         # Given the product's registered weights, and jobs keyed with them
-        registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(**weights.model_dump()))
+        weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(**weights.model_dump()))
         jobs = seed(world, specs, weights)
         best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), weights, offered))
 

@@ -14,7 +14,7 @@ from fleet.context import Settings
 from fleet.jobs import EVENT_RING, RUN_RING, Job, Lease, Run, job_id
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 from fleet.clock import FixedClock
-from shared.sqlite_store import SqliteStore
+from shared.stores.sqlite_store import SqliteStore
 
 from tests.unit.conftest import LEASE_SECONDS, PRODUCT, T0, World
 

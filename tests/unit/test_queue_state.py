@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet import actions, clock as clock_mod, factories, queue_state, scoring, store as store_port, sweep
-from fleet import weights as registry
+from fleet import weight_registry
 from fleet.context import Context
 
 from tests.unit.conftest import LEASE_SECONDS, PRODUCT
@@ -75,7 +75,7 @@ def expiry(world):
 
 
 def weight_change(world):
-    registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(age=2))
+    weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(age=2))
 
 
 # What does not: work on jobs that stay unclaimable.

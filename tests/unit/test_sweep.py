@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, scoring, sweep, weights as registry
+from fleet import actions, scoring, sweep, weight_registry
 from fleet.stages import RunResult, Stage
 
 from tests.unit.conftest import LEASE_SECONDS, PRODUCT, interleaved
@@ -92,7 +92,7 @@ def test_the_sweep_covers_every_product(world, ctx, running_job, clock):
 
 
 def test_the_sweep_uses_the_products_weights_for_the_new_rank_key(world, ctx, running_job, clock):
-    registry.put(ctx, PRODUCT, scoring.WeightsPatch(retries=-50))
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(retries=-50))
     job = running_job()
     clock.advance(LEASE_SECONDS + 1)
     sweep.expired_leases(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from fleet import claims, leases, scoring, store as store_port, sweep, weights as registry
+from fleet import claims, leases, scoring, store as store_port, sweep, weight_registry
 from fleet.context import Context, Settings
 from fleet.jobs import job_id
 from fleet.schemas import ReleaseBody, WeightsBody
@@ -34,7 +34,7 @@ def claim_recording(world, **request):
 
 
 def test_a_product_without_weights_resolves_to_the_defaults(ctx):
-    assert registry.view(ctx, PRODUCT) == {
+    assert weight_registry.view(ctx, PRODUCT) == {
         "productId": PRODUCT,
         "weights": {},
         "resolved": {"age": 1.0, "priority": 10.0, "retries": -2.0, "capabilities": 5.0},
@@ -43,19 +43,19 @@ def test_a_product_without_weights_resolves_to_the_defaults(ctx):
 
 
 def test_put_merges_per_field(ctx):
-    registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=2))
-    view = registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=50))
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=2))
+    view = weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=50))
     assert view["weights"] == {"age": 2.0, "priority": 50.0}
     assert view["resolved"] == {"age": 2.0, "priority": 50.0, "retries": -2.0, "capabilities": 5.0}
     assert view["rekeying"] is False
     # a later PUT of a field replaces only that field
-    assert registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=0))["weights"] == {"age": 0.0, "priority": 50.0}
+    assert weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=0))["weights"] == {"age": 0.0, "priority": 50.0}
 
 
 def test_weights_are_per_product(ctx):
-    registry.put(ctx, "alpha", scoring.WeightsPatch(age=9))
-    assert registry.for_product(ctx, "alpha").age == 9
-    assert registry.for_product(ctx, "beta") == scoring.DEFAULTS
+    weight_registry.put(ctx, "alpha", scoring.WeightsPatch(age=9))
+    assert weight_registry.for_product(ctx, "alpha").age == 9
+    assert weight_registry.for_product(ctx, "beta") == scoring.DEFAULTS
 
 
 def test_put_rekeys_the_queued_jobs_and_only_them(world, ctx, make_job, submit_job):
@@ -63,7 +63,7 @@ def test_put_rekeys_the_queued_jobs_and_only_them(world, ctx, make_job, submit_j
     queued = [make_job("a", age_minutes=5), make_job("b", priority="high", attempts=2)]
     running = make_job("c", stage="building")
     # When the product's weights change
-    registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100, retries=-7))
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100, retries=-7))
     # Then every queued job carries the new rank key: 100*order - 7*attempts - createdAtMinutes
     new = scoring.Weights(priority=100, retries=-7)
     for job in queued:
@@ -79,7 +79,7 @@ def test_after_a_weight_change_claims_follow_the_new_weights_on_the_fast_path(wo
     make_job("old", age_minutes=60)
     high = make_job("high", priority="high")
     # When priority is made to matter more than an hour of waiting: 60 + 100 = 160 < 0 + 200
-    registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))
     result, bucket_path = claim_recording(world)
     # Then the high job wins, read by rank key
     assert result.job.id == high.id
@@ -90,7 +90,7 @@ def test_while_rekeying_claims_take_the_bucket_path_and_still_pick_right(world, 
     # Given a PUT that changed the weights but died before re-keying (stale rank keys)
     make_job("old", age_minutes=60)  # default keys: 60 + 10 = 70, the best by its stale key
     high = make_job("high", priority="high")  # new weights: 0 + 200 = 200 beats 60 + 100 = 160
-    store.upsert("jobs", {"id": registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
+    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
     # When a factory claims
     result, bucket_path = claim_recording(world)
     # Then it ignored the stale keys and took the job the new weights rank first
@@ -100,10 +100,10 @@ def test_while_rekeying_claims_take_the_bucket_path_and_still_pick_right(world, 
 
 def test_the_sweep_finishes_a_rekey_a_crash_interrupted(world, ctx, make_job, store):
     old = make_job("old", age_minutes=60)
-    store.upsert("jobs", {"id": registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
+    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
     assert sweep.rekeys(ctx) == 1
     assert world.job(old).rank_key == scoring.rank_key(1, 0, old.created_at, scoring.Weights(priority=100))
-    assert registry.view(ctx, PRODUCT)["rekeying"] is False
+    assert weight_registry.view(ctx, PRODUCT)["rekeying"] is False
     # and claims are back on the fast path
     assert claim_recording(world)[1] is False
 
@@ -124,7 +124,7 @@ def test_a_request_override_of_the_capability_weight_alone_keeps_the_fast_path(w
 
 
 def test_a_request_restoring_the_age_weight_overrides_the_product(world, ctx, make_job, clock):
-    registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=0, priority=10))
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=0, priority=10))
     old = make_job("old", age_minutes=600, weights=scoring.Weights(age=0))
     make_job("high", priority="high", age_minutes=1, weights=scoring.Weights(age=0))
     # age from the request (1), priority from the product (10): 600 + 10 = 610 beats 1 + 20 = 21
@@ -150,7 +150,7 @@ def test_a_job_requeued_during_a_weight_change_is_keyed_with_the_new_weights(new
 
         # When the factory gives the high job back while an operator raises the priority weight
         # (the PUT lands after the release read the weights, before it wrote the job)
-        put = lambda: registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(priority=100))  # noqa: E731
+        put = lambda: weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(priority=100))  # noqa: E731
         is_the_job = lambda container, pk, id: id == job_id(PRODUCT, "high")  # noqa: E731
         leases.release(
             interleaved(world, "read", put, when=is_the_job), running.id, ReleaseBody(lease_id=running.lease.lease_id)

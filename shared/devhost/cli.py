@@ -1,4 +1,4 @@
-"""The ``fleet`` command line (``fleet = shared.cli:main``; also ``python -m shared.cli``).
+"""The ``fleet`` command line (``fleet = shared.devhost.cli:main``; also ``python -m shared.devhost.cli``).
 
 Only ``fleet serve`` lives here. Every other sub-command lives in its own module, listed in
 ``COMMAND_MODULES``, which defines::
@@ -25,7 +25,7 @@ from pathlib import Path
 # Modules that contribute sub-commands, each with ``add_parser(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = ("fleetclient.commands",)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["FLEET_DB"] = args.db
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from shared import devhost, serving
+    from shared.devhost import hosting, serving
 
     module_name, _, attribute = args.app.partition(":")
     for root in (os.getcwd(), str(REPO_ROOT)):
@@ -78,8 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
             sys.path.append(root)
     module = importlib.import_module(module_name)
     app = getattr(module, attribute or "app")
-    prefix = devhost.read_route_prefix(Path(module.__file__).parent / "host.json")
-    host = devhost.DevHost(app, route_prefix=prefix)
+    prefix = hosting.read_route_prefix(Path(module.__file__).parent / "host.json")
+    host = hosting.DevHost(app, route_prefix=prefix)
     try:
         serving.serve(host, args.host, args.port, timers=args.timers)
     except OSError as error:

@@ -1,5 +1,5 @@
 """Serving the dev host over HTTP with werkzeug's threaded server: ``BackgroundServer`` serves
-any WSGI app on a background thread, ``serve`` runs a ``shared.devhost.DevHost`` (HTTP and
+any WSGI app on a background thread, ``serve`` runs a ``shared.devhost.hosting.DevHost`` (HTTP and
 timers) in the foreground until a signal stops it, as ``fleet serve`` does."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 import werkzeug.serving
 
 if TYPE_CHECKING:
-    from shared.devhost import DevHost
+    from shared.devhost.hosting import DevHost
 
 # The dev host logs under one name, whichever of its modules does the work.
 log = logging.getLogger("shared.devhost")

@@ -28,7 +28,7 @@ from typing import Any
 from fleet.store import Query
 
 #: The container definitions shared with Bicep.
-CONTAINERS_FILE = Path(__file__).resolve().parent.parent / "infra" / "bicep" / "containers.json"
+CONTAINERS_FILE = Path(__file__).resolve().parents[2] / "infra" / "bicep" / "containers.json"
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 

@@ -1,7 +1,7 @@
 """`SqliteStore`: the embedded store, one SQLite file in WAL mode.
 
 Documents live in one table keyed by (container, partition key, id), bodies as JSON; how
-queries are turned into SQL, and the indexes that serve them, is `shared.sqlite_query`. Each
+queries are turned into SQL, and the indexes that serve them, is `shared.stores.sqlite_query`. Each
 thread gets its own connection; every write is one statement, so each is atomic on its
 document without an explicit transaction.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from fleet import errors
 from fleet.store import Page, Query, Store, clean, partition_of
-from shared import sqlite_query
+from shared.stores import sqlite_query
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (

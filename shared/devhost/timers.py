@@ -1,4 +1,4 @@
-"""Timer functions on their NCRONTAB schedules (see ``shared.ncrontab``), as the Functions host
+"""Timer functions on their NCRONTAB schedules (see ``shared.devhost.ncrontab``), as the Functions host
 runs them for ``shared.devhost``.
 
 A ``Timer`` is called with an ``azure.functions.TimerRequest``: ``past_due`` when it runs more
@@ -19,7 +19,7 @@ from typing import Any
 
 from azure.functions import timer as func_timer
 
-from shared import ncrontab
+from shared.devhost import ncrontab
 
 # The dev host logs under one name, whichever of its modules does the work.
 log = logging.getLogger("shared.devhost")

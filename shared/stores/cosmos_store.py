@@ -5,12 +5,12 @@ One container per store container (`jobs`, `factories`, `budgets`), partitioned 
 composite indexes the queries need) come from `infra/bicep/containers.json`, which Bicep deploys
 too. Primitives map one-to-one onto SDK calls: point reads, `create_item`, `replace_item` with
 `If-Match`, `upsert_item`, `delete_item`, `patch_item` `incr`, and parameterised queries, which
-`shared.cosmos_query` builds and pages with keyset continuation tokens of our own.
+`shared.stores.cosmos_query` builds and pages with keyset continuation tokens of our own.
 
 Driver errors are converted here, at the edge: 404 → `NotFound`, 409 → `Conflict`, 412 →
 `PreconditionFailed`, 429 (after the SDK's own retries), 408, 449, 503 and connection failures →
 `StoreBusy` (with the service's `x-ms-retry-after-ms` when it sent one). Every HTTP response's
-`x-ms-request-charge` is added to `shared.charge`'s meter.
+`x-ms-request-charge` is added to `shared.stores.charge`'s meter.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,31 +29,14 @@ from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from fleet import errors
 from fleet.store import Page, Query, Store, clean, partition_of
-from shared import charge, cosmos_query
+from shared.stores import charge, cosmos_query
 
 #: Status codes that mean "try again shortly": throttled (429, after the SDK's retries), request
 #: timeout (408), a write conflicting with a concurrent one on the service side (449),
 #: unavailable (503).
 BUSY_STATUSES = frozenset({408, 429, 449, 503})
 
-_TRUTHY = {"1", "true", "yes"}
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def settings_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`CosmosStore`'s arguments from `COSMOS_ENDPOINT`, `COSMOS_KEY`, `COSMOS_DATABASE`
-    (default `fleet`), `COSMOS_VERIFY_TLS` (default true; `0`/`false`/`no` turn it off) and
-    `COSMOS_CREATE`."""
-    endpoint = environ.get("COSMOS_ENDPOINT")
-    if not endpoint:
-        raise ValueError("COSMOS_ENDPOINT is not set")
-    return {
-        "endpoint": endpoint,
-        "key": environ.get("COSMOS_KEY") or None,
-        "database": environ.get("COSMOS_DATABASE") or "fleet",
-        "verify_tls": environ.get("COSMOS_VERIFY_TLS", "true").strip().lower() not in {"0", "false", "no"},
-        "create": environ.get("COSMOS_CREATE", "").strip().lower() in _TRUTHY,
-    }
 
 
 class CosmosStore(Store):
@@ -99,11 +82,6 @@ class CosmosStore(Store):
                 self.create_containers()
         self._database = self._client.get_database_client(database)
         self._containers = {name: self._database.get_container_client(name) for name in self.specs}
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> CosmosStore:
-        """A store from the environment (see `settings_from_env`)."""
-        return cls(**settings_from_env(environ))
 
     def create_containers(self) -> None:
         """Create the database and every container of `containers.json` if missing (emulators)."""

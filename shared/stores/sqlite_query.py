@@ -8,7 +8,7 @@ Every order ends with the partition key, then `id`: a total order (the primary k
 one every index ends with (SQLite appends the primary key to each index of a `WITHOUT ROWID`
 table), so the index serves the tiebreak too. Within a partition that is `id` order, as on
 Cosmos; across partitions it is partition-key order first. The SQL names the index a query is
-read by (`serving_index`, as `shared.cosmos_query` picks a composite index) instead of leaving
+read by (`serving_index`, as `shared.stores.cosmos_query` picks a composite index) instead of leaving
 it to SQLite's planner, which without statistics prefers the primary key and a sort.
 """
 from __future__ import annotations

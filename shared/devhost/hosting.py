@@ -1,12 +1,12 @@
 """The local stand-in for the Azure Functions host.
 
 ``DevHost`` hosts exactly the functions registered on an ``azure.functions.FunctionApp``:
-HTTP functions on their route templates (see ``shared.routes``) under the route prefix, with
+HTTP functions on their route templates (see ``shared.devhost.routes``) under the route prefix, with
 their methods and auth levels, and timer functions on their NCRONTAB schedules (see
-``shared.timers``). ``POST /admin/functions/{name}`` runs a timer now, to completion, and
+``shared.devhost.timers``). ``POST /admin/functions/{name}`` runs a timer now, to completion, and
 answers 202. Errors the host itself produces are RFC 9457 problem documents with a ``code``:
 ``not_found``, ``method_not_allowed``, ``unauthorized``, ``bad_request`` (an unreadable
-body), ``payload_too_large``, ``internal_error``. ``shared.serving`` serves a host over HTTP.
+body), ``payload_too_large``, ``internal_error``. ``shared.devhost.serving`` serves a host over HTTP.
 
 Keys: when any are configured (``keys=``, else the comma-separated ``FLEET_FUNCTION_KEYS``),
 functions of auth level FUNCTION or ADMIN and the admin endpoint need one of them in the
@@ -39,7 +39,7 @@ from azure.functions.decorators.timer import TimerTrigger
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 
-from shared import routes, timers
+from shared.devhost import routes, timers
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,157 @@
+"""Budget rules: a product's USD ceiling per UTC calendar window, the spend accrued against it
+exactly once per run, automatic and manual pauses, and reservations for in-flight estimated
+cost. Pure: each rule takes a `Budget` and `now` and returns the changed copy (`budgets` holds
+the use cases that read and write the document).
+
+One document per product in the `budgets` container (`id` = `productId`). A run's cost is
+accrued by run id, and the ids of recent accruals are remembered on the document, so replaying
+an accrual (a retried request, the sweep finishing one a crash interrupted) never counts it twice.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from fleet import clock, errors
+from fleet.jobs import Model, Time
+
+#: How many accrual ids a budget remembers: far more than ever end between two sweeps (the
+#: sweep replays an interrupted accrual within a minute), few enough to keep the document small.
+ACCRUAL_MEMORY = 500
+
+
+class Window(str, Enum):
+    DAILY = "daily"  # resets at 00:00 UTC
+    WEEKLY = "weekly"  # resets Monday 00:00 UTC
+    MONTHLY = "monthly"  # resets on the 1st, 00:00 UTC
+
+
+class PausedBy(str, Enum):
+    MANUAL = "manual"  # an operator paused it; only resume lifts it
+    CEILING = "ceiling"  # spend reached the ceiling; a new window or a higher ceiling lifts it
+
+
+class Budget(Model):
+    id: str
+    product_id: str
+    ceiling_usd: float | None = None
+    window: Window = Window.MONTHLY
+    window_start: Time
+    spent_usd: float = 0.0
+    paused: bool = False
+    paused_by: PausedBy | None = None
+    #: claim (lease id) -> {amountUsd, at, runId}: estimated cost of runs not yet accrued.
+    reservations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    accruals: list[str] = Field(default_factory=list)
+    #: [when, usd] of the recent charged accruals (as many as `accruals` remembers): what a
+    #: change of window recomputes the new window's spend from.
+    ledger: list[tuple[Time, float]] = Field(default_factory=list)
+    updated_at: Time
+
+    @property
+    def reserved_usd(self) -> float:
+        return sum(r["amountUsd"] for r in self.reservations.values())
+
+    def public(self) -> dict[str, Any]:
+        doc = self.to_doc()
+        doc.pop("accruals")
+        doc.pop("ledger")
+        doc["reservedUsd"] = self.reserved_usd
+        doc["remainingUsd"] = None if self.ceiling_usd is None else max(0.0, self.ceiling_usd - self.spent_usd)
+        return doc
+
+
+def window_start(window: Window, now: datetime) -> datetime:
+    """The start of the UTC calendar window containing `now`."""
+    day = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    if window == Window.DAILY:
+        return day
+    if window == Window.WEEKLY:
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def rolled(budget: Budget, now: datetime) -> Budget:
+    """The budget as of `now`: an elapsed window is rolled (spend reset, a ceiling pause
+    lifted, a manual pause kept) even before the timer gets to it."""
+    start = window_start(budget.window, now)
+    if start <= budget.window_start:
+        return budget
+    paused = budget.paused and budget.paused_by == PausedBy.MANUAL
+    return budget.model_copy(
+        update={
+            "window_start": start,
+            "spent_usd": 0.0,
+            "paused": paused,
+            "paused_by": PausedBy.MANUAL if paused else None,
+            "updated_at": now,
+        }
+    )
+
+
+def refusal(budget: Budget | None) -> str | None:
+    """Why a claim must not be made under this (rolled) budget, or None."""
+    if budget is None:
+        return None
+    if budget.paused:
+        return "budget_paused"
+    if budget.ceiling_usd is not None and budget.spent_usd >= budget.ceiling_usd:
+        return "budget_exceeded"
+    return None
+
+
+def accrue(
+    budget: Budget,
+    accrual_id: str,
+    amount: float,
+    now: datetime,
+    reservation: str | None = None,
+    ended_at: datetime | None = None,
+) -> Budget | None:
+    """Add `amount` once for `accrual_id` and drop the run's `reservation`; None if already
+    counted. Reaching the ceiling pauses the budget. A run that ended before the current
+    window began (accrued late: budgets were off, or a long outage) is remembered but not
+    charged: it was spent in a window that is over."""
+    if accrual_id in budget.accruals:
+        return None
+    earlier = ended_at is not None and ended_at < budget.window_start
+    spent = budget.spent_usd + (0.0 if earlier else amount)
+    reservations = {k: v for k, v in budget.reservations.items() if k != reservation}
+    update: dict[str, Any] = {
+        "spent_usd": spent,
+        "reservations": reservations,
+        "accruals": [*budget.accruals, accrual_id][-ACCRUAL_MEMORY:],
+        "updated_at": now,
+    }
+    if amount and not earlier:
+        update["ledger"] = [*budget.ledger, (ended_at or now, amount)][-ACCRUAL_MEMORY:]
+    if budget.ceiling_usd is not None and spent >= budget.ceiling_usd and not budget.paused:
+        update.update(paused=True, paused_by=PausedBy.CEILING)
+    return budget.model_copy(update=update)
+
+
+def reserve(budget: Budget, claim: str, run_id: str, amount: float, now: datetime) -> Budget:
+    """Hold `amount` of the ceiling for the claim `claim` (its lease id) about to start run
+    `run_id`; `BudgetExhausted` if it does not fit. Reserving the same claim again replaces it."""
+    others = sum(r["amountUsd"] for k, r in budget.reservations.items() if k != claim)
+    if budget.ceiling_usd is not None and budget.spent_usd + others + amount > budget.ceiling_usd:
+        raise BudgetExhausted()
+    held = {"amountUsd": amount, "at": clock.format(now), "runId": run_id}
+    return budget.model_copy(update={"reservations": {**budget.reservations, claim: held}, "updated_at": now})
+
+
+def release(budget: Budget, claim: str, now: datetime) -> Budget | None:
+    """Drop the reservation of a claim that did not happen; None if there is none."""
+    if claim not in budget.reservations:
+        return None
+    reservations = {k: v for k, v in budget.reservations.items() if k != claim}
+    return budget.model_copy(update={"reservations": reservations, "updated_at": now})
+
+
+class BudgetExhausted(errors.FleetError):
+    """The product's in-flight estimates would take it over its ceiling."""
+
+    code = "budget_exceeded"
