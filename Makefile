@@ -29,6 +29,7 @@ test: install
 bench: install
 	$(PY) bench/claim_depth.py
 	$(PY) bench/store_costs.py
+	$(PY) bench/use_case_reads.py
 
 clean:
 	rm -rf $(VENV) node_modules .fleet .pytest_cache
