@@ -25,14 +25,13 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet import claims, factories, queue_state, scoring  # noqa: E402
+from fleet import claims, factories, queue_state, scoring, testing  # noqa: E402
 from fleet.clock import FixedClock  # noqa: E402
-from fleet.context import Context, Settings  # noqa: E402
+from fleet.context import Settings  # noqa: E402
 from fleet.jobs import Job, job_id  # noqa: E402
 from fleet.stages import Priority  # noqa: E402
-from fleet.store import CountingStore  # noqa: E402
+from shared.devhost.process import running_server  # noqa: E402
 from shared.stores.sqlite_store import SqliteStore  # noqa: E402
-from tests.support.server import running_server  # noqa: E402
 
 PRODUCT = "bench"
 PRIORITIES = list(Priority)
@@ -64,8 +63,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process(db: str, claims_n: int, clock: FixedClock) -> dict:
-    store = CountingStore(SqliteStore(db))
-    ctx = Context(store, clock, Settings())
+    world = testing.World(SqliteStore(db), clock, Settings())
+    store, ctx = world.store, world.ctx  # store counts calls per primitive
     latencies = []
     for n in range(claims_n):
         request = claims.ClaimRequest(f"f{n % 8}", PRODUCT, capabilities=["python"] if n % 2 else [])

@@ -21,23 +21,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet import claims, factories, queue_state, schemas, submit  # noqa: E402
+from fleet import claims, factories, queue_state, schemas, submit, testing  # noqa: E402
 from fleet.clock import FixedClock  # noqa: E402
-from fleet.context import Context, Settings  # noqa: E402
-from fleet.store import CountingStore  # noqa: E402
-from shared import charge  # noqa: E402
+from fleet.context import Settings  # noqa: E402
+from shared.stores import charge, local_cosmos  # noqa: E402
 from shared.stores.cosmos_store import CosmosStore  # noqa: E402
 from shared.stores.sqlite_store import SqliteStore  # noqa: E402
-from tests.support import cosmos_server  # noqa: E402
 
 PRODUCT = "costs"
 
 
 def measure(store, jobs: int, claims_n: int) -> dict[str, tuple[float, float, float]]:
     """{what: (store ops, RU, ms)} averaged per call."""
-    counting = CountingStore(store)
-    clock = FixedClock("2026-06-01T12:00:00.000Z")
-    ctx = Context(counting, clock, Settings())
+    world = testing.World(store, FixedClock("2026-06-01T12:00:00.000Z"), Settings())
+    counting, clock, ctx = world.store, world.clock, world.ctx  # `counting` counts calls per primitive
     for n in range(jobs):
         submit.submit(ctx, schemas.JobSpec(product_id=PRODUCT, idempotency_key=f"j{n}", priority=["low", "normal", "high"][n % 3]))
         clock.advance(1)
@@ -69,11 +66,11 @@ def measure(store, jobs: int, claims_n: int) -> dict[str, tuple[float, float, fl
 
 @contextlib.contextmanager
 def cosmos_store():
-    account = cosmos_server.account_from_env()
+    account = local_cosmos.account_from_env()
     if account is not None:
         yield "Cosmos (COSMOS_ENDPOINT)", CosmosStore(account.endpoint, key=account.key, database="fleet")
         return
-    with cosmos_server.running_cosmos_server() as server:
+    with local_cosmos.running_cosmos_server() as server:
         store = CosmosStore(server.endpoint, key=server.key, database=f"bench-{uuid.uuid4().hex[:8]}",
                             verify_tls=False, create=True)
         yield "Cosmos (local server, flat 1 RU/call)", store

@@ -18,7 +18,7 @@ from pycep import BicepParser
 from fleet.store import PARTITION_KEYS, Filter, Query
 from shared.stores import cosmos_query
 from shared.stores.sqlite_query import INDEXES
-from tests.support.cosmos_server import EMULATOR_KEY
+from shared.stores.local_cosmos import EMULATOR_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 BICEP_DIR = ROOT / "infra" / "bicep"

@@ -15,7 +15,7 @@ import pytest
 from werkzeug.test import Client
 
 from shared.devhost import cli, hosting, routes, serving
-from tests.support.server import running_server
+from shared.devhost.process import running_server
 
 
 class Recorder:

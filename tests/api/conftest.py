@@ -81,7 +81,7 @@ def api(tmp_path):
 
 
 @pytest.fixture
-def phase3(tmp_path):
-    """Both Phase-3 flags on."""
+def flagged_api(tmp_path):
+    """Budgets and preemption on."""
     yield make_api(tmp_path, budgets=True, preemption=True)
     config.use(None)

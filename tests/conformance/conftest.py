@@ -17,8 +17,9 @@ import pytest
 from fleet.store import PARTITION_KEYS, Store
 from shared import config
 from shared.stores.cosmos_store import CosmosStore
+from shared.stores.local_cosmos import CosmosAccount
 from shared.stores.sqlite_store import SqliteStore
-from tests.support.cosmos_server import CosmosAccount, cosmos_account, cosmos_server  # noqa: F401 (fixtures)
+from tests.support.cosmos import cosmos_account, cosmos_server  # noqa: F401 (fixtures)
 
 STORES = ["sqlite", "cosmos"]
 

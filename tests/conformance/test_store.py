@@ -23,14 +23,8 @@ from fleet.store import Filter, Query, Store
 from shared import config
 from shared.stores import charge, cosmos_query, cosmos_store
 from shared.stores.cosmos_store import CosmosStore
-from tests.support.cosmos_server import (
-    EMULATOR_KEY,
-    CosmosServer,
-    ServerUnavailable,
-    start_cosmos_server,
-    unavailable,
-    unverified_loopback,
-)
+from shared.stores.local_cosmos import EMULATOR_KEY, CosmosServer, ServerUnavailable, start_cosmos_server
+from tests.support.cosmos import unavailable, unverified_loopback
 
 pytestmark = unverified_loopback
 

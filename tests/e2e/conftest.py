@@ -9,8 +9,8 @@ import uuid
 import pytest
 import requests
 
-from tests.support.cosmos_server import cosmos_account, cosmos_server  # noqa: F401 (fixtures)
-from tests.support.server import running_server
+from shared.devhost.process import running_server
+from tests.support.cosmos import cosmos_account, cosmos_server  # noqa: F401 (fixtures)
 
 
 class Http:

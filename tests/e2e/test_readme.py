@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import running_server
+from shared.devhost.process import running_server
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

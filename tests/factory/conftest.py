@@ -24,7 +24,7 @@ import pytest
 from fleetclient import FleetClient
 from fleetclient.retry import Backoff
 from shared.devhost import cli
-from tests.support.server import REPO_ROOT, running_server
+from shared.devhost.process import REPO_ROOT, running_server
 
 #: A quick backoff, so tests of retries do not sleep for long.
 FAST = Backoff(attempts=4, base_seconds=0.01, cap_seconds=0.05, max_retry_after=2.0)

@@ -5,8 +5,8 @@ import pytest
 
 from fleet.stages import Stage
 from fleetclient import FleetClient, errors
+from shared.devhost.process import running_server
 from tests.factory.conftest import FAST, closed_port
-from tests.support.server import running_server
 
 
 def submit(client: FleetClient, product: str, key: str, **fields):

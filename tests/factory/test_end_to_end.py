@@ -13,8 +13,8 @@ import pytest
 
 from fleet.stages import RunResult, Stage
 from fleetclient import FleetClient
+from shared.devhost.process import running_server
 from tests.factory.conftest import FAST, Cli, kill_group, process_gone, wait_for
-from tests.support.server import running_server
 
 pytestmark = pytest.mark.e2e
 

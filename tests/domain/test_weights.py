@@ -10,7 +10,7 @@ from fleet.context import Context, Settings
 from fleet.jobs import job_id
 from fleet.schemas import ReleaseBody, WeightsBody
 
-from tests.unit.conftest import PRODUCT, interleaved
+from fleet.testing import PRODUCT, interleaved, open_world
 
 
 class RecordingStore(store_port.CountingStore):
@@ -141,8 +141,8 @@ def test_weight_bodies_are_validated(body):
         WeightsBody.model_validate(body)
 
 
-def test_a_job_requeued_during_a_weight_change_is_keyed_with_the_new_weights(new_world):
-    with new_world(Settings(claim_page=1)) as world:
+def test_a_job_requeued_during_a_weight_change_is_keyed_with_the_new_weights():
+    with open_world(Settings(claim_page=1)) as world:
         # Given a fresh high-priority job being built, and two normal jobs waiting
         running = world.running_job("high", priority="high")  # new weights: 0 + 100*2 = 200
         world.make_job("b", age_minutes=30)  # new weights: 30 + 100*1 = 130

@@ -1,4 +1,6 @@
-"""Phase 3 over HTTP against `fleet serve` with the flags on, and Phase 2 behaviour with them off."""
+"""Whole workflows against `fleet serve` with budgets and preemption on: a composite job fanned
+out to racing factories; preemption, a budget and the review gate together. And the same server
+with both flags off: seat limits advisory, budgets not enforced."""
 from __future__ import annotations
 
 import threading
@@ -97,7 +99,7 @@ def test_preemption_budget_and_review_together(fleet):
     assert fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json() == {"job": None, "reason": "budget_paused"}
 
 
-def test_flags_off_keeps_phase_two_behaviour(serve):
+def test_with_the_flags_off_seats_are_advisory_and_budgets_not_enforced(serve):
     with serve({"FLEET_PREEMPTION": "", "FLEET_BUDGETS": "0"}) as server:
         http = Http(server.url)
         assert http.get("/fleet/budgets/p").json()["code"] == "feature_disabled"

@@ -14,7 +14,7 @@ from fleet.context import Context, Settings
 from fleet.jobs import Job, job_id
 from fleet.stages import RunResult, Stage
 
-from tests.unit.conftest import LEASE_SECONDS, PRODUCT, World
+from fleet.testing import LEASE_SECONDS, PRODUCT, World, open_world
 
 
 class RivalStore(store_port.CountingStore):
@@ -129,8 +129,8 @@ def test_a_claim_gives_the_job_a_fresh_fenced_lease_and_a_run(make_job, claim, c
 
 
 @pytest.mark.parametrize("lease_seconds", [30, 300, 3600])
-def test_the_lease_term_is_the_setting(new_world, lease_seconds):
-    with new_world(Settings(lease_seconds=lease_seconds)) as world:
+def test_the_lease_term_is_the_setting(lease_seconds):
+    with open_world(Settings(lease_seconds=lease_seconds)) as world:
         world.make_job("job")
         lease = world.claim().job.lease
         assert lease.expires_at - world.clock.now() == timedelta(seconds=lease_seconds)
@@ -221,10 +221,10 @@ def test_an_unknown_named_job_is_not_found(ctx):
 # Concurrency: the real SQLite file, many threads
 
 
-def test_concurrent_factories_never_hold_one_job_twice(new_world, tmp_path):
+def test_concurrent_factories_never_hold_one_job_twice(tmp_path):
     """Eight factories claim, sometimes give work back, and ship. No job is ever held by two
     leases at once, and each job's final epoch is the number of times it was claimed."""
-    with new_world(path=str(tmp_path / "fleet.db")) as world:
+    with open_world(path=str(tmp_path / "fleet.db")) as world:
         jobs = [world.make_job(f"job-{i}", priority=["low", "normal", "high", "critical"][i % 4]) for i in range(48)]
         held: set[str] = set()
         claims_of: Counter[str] = Counter()

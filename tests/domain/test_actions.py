@@ -8,7 +8,7 @@ from fleet import actions, errors, factories
 from fleet.jobs import job_id
 from fleet.stages import RunResult, Stage
 
-from tests.unit.conftest import PRODUCT, interleaved
+from fleet.testing import PRODUCT, interleaved
 
 Action = actions.Action
 

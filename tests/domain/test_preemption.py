@@ -10,7 +10,10 @@ from hypothesis import given, settings as hsettings, strategies as st
 from fleet import errors, preemption, scoring, weight_registry
 from fleet.stages import Priority, RunResult, Stage
 
-from tests.phase3.conftest import LEASE_SECONDS, at, job_value, opened, phase3
+from fleet.testing import LEASE_SECONDS, at, flags_on, job_value, open_world
+
+#: Budgets and preemption on for every world here.
+pytestmark = pytest.mark.settings(flags_on())
 
 NOW = at(0)
 
@@ -122,13 +125,13 @@ def test_property_preemption_never_evicts_equal_or_higher_priority(incoming, exe
     assert score_of[victim.id] == min(score for score, _ in eligible)
 
 
-def test_running_jobs_are_scored_with_their_products_weights(fleet):
+def test_running_jobs_are_scored_with_their_products_weights(world):
     # Given product "beta" weighs age double; two running normal jobs submitted 30 minutes ago
     # that need "gpu", offered by the factory
-    weight_registry.put(fleet.ctx, "beta", scoring.WeightsPatch(age=2))
+    weight_registry.put(world.ctx, "beta", scoring.WeightsPatch(age=2))
     acme = job_value("j", created_at=at(-1800), capabilities=["gpu"])
     beta = job_value("j", created_at=at(-1800), capabilities=["gpu"], product_id="beta")
-    scored = preemption.scored_running(fleet.ctx, [acme, beta], frozenset({"gpu"}), NOW)
+    scored = preemption.scored_running(world.ctx, [acme, beta], frozenset({"gpu"}), NOW)
     # Then each is scored with its own product's weights
     assert [(job.id, score) for job, score in scored] == [
         (acme.id, pytest.approx(45.0)),  # 1*30 (age) + 10*1 (priority) + 5*1 (capability bonus)
@@ -139,89 +142,89 @@ def test_running_jobs_are_scored_with_their_products_weights(fleet):
 # The use case: claim at the seat limit
 
 
-def test_a_critical_job_evicts_the_lower_running_job(fleet, clock):
+def test_a_critical_job_evicts_the_lower_running_job(world, clock):
     # Given factory-1 (one seat, from its heartbeat) is building a low job on its second attempt
-    low = fleet.running("low", priority="low", stage="building")
-    low = fleet.release(low, result="retry")
-    low = fleet.claim_job(low, "factory-1").job
-    low = fleet.patch(low, "building")
+    low = world.running_job("low", priority="low", stage="building")
+    low = world.release(low, result="retry")
+    low = world.claim_job(low, "factory-1").job
+    low = world.patch(low, "building")
     assert low.attempts == 1
-    fleet.heartbeat("factory-1", seat_limit=1, running=[low])
-    urgent = fleet.submit("urgent", priority="critical")
-    version = fleet.version()
+    world.heartbeat("factory-1", seat_limit=1, running=[low])
+    urgent = world.submit_job("urgent", priority="critical")
+    version = world.version()
     clock.advance(60)
     # When factory-1 claims
-    claimed = fleet.claim("factory-1")
+    claimed = world.claim("factory-1")
     # Then it gets the critical job, naming its victim
     assert claimed.job.id == urgent.id
     assert claimed.preempted == [low.id]
     assert claimed.job.lease.factory_id == "factory-1"
     # and the victim is queued with a checkpoint, attempts unchanged, its run ended `preempted`
-    victim = fleet.job(low)
+    victim = world.job(low)
     assert (victim.stage, victim.lease, victim.checkpoint, victim.attempts) == (Stage.QUEUED, None, True, 1)
     assert (victim.latest_run.result, victim.latest_run.ended_at) == (RunResult.PREEMPTED, clock.now())
     # and both jobs record who preempted whom
-    for job in (victim, fleet.job(urgent)):
+    for job in (victim, world.job(urgent)):
         event = next(e for e in job.events if e.type == "preempted")
         assert (event.detail["victim"], event.detail["preemptor"]) == (low.id, urgent.id)
     # and idle factories hear the victim is claimable again
-    assert fleet.version() > version
+    assert world.version() > version
 
 
-def test_the_evicted_factory_learns_its_lease_is_gone(fleet):
+def test_the_evicted_factory_learns_its_lease_is_gone(world):
     # Given factory-1's low job was preempted
-    low = fleet.running("low", priority="low", stage="building")
-    fleet.heartbeat("factory-1", seat_limit=1, running=[low])
-    fleet.submit("urgent", priority="critical")
-    assert fleet.claim("factory-1").preempted == [low.id]
+    low = world.running_job("low", priority="low", stage="building")
+    world.heartbeat("factory-1", seat_limit=1, running=[low])
+    world.submit_job("urgent", priority="critical")
+    assert world.claim("factory-1").preempted == [low.id]
     # When it PATCHes with its old lease, Then lease_lost, and nothing changes
     with pytest.raises(errors.LeaseLost):
-        fleet.patch(low, "review")
-    assert fleet.job(low).stage == Stage.QUEUED
+        world.patch(low, "review")
+    assert world.job(low).stage == Stage.QUEUED
     # and its next heartbeat says that lease is revoked
-    [answer] = fleet.heartbeat("factory-1", seat_limit=1, running=[low])
+    [answer] = world.heartbeat("factory-1", seat_limit=1, running=[low])
     assert answer["status"] == "revoked"
 
 
-def test_the_victim_keeps_its_own_checkpoint(fleet):
+def test_the_victim_keeps_its_own_checkpoint(world):
     # Given a job given back once with a checkpoint, then claimed again
-    low = fleet.running("low", priority="low")
-    fleet.release(low, checkpoint={"step": 3})
-    low = fleet.claim_job(low, "factory-1").job
-    fleet.heartbeat("factory-1", seat_limit=1, running=[low])
-    fleet.submit("urgent", priority="critical")
+    low = world.running_job("low", priority="low")
+    world.release(low, checkpoint={"step": 3})
+    low = world.claim_job(low, "factory-1").job
+    world.heartbeat("factory-1", seat_limit=1, running=[low])
+    world.submit_job("urgent", priority="critical")
     # When it is preempted, Then it resumes from that checkpoint, not a bare `true`
-    assert fleet.claim("factory-1").preempted == [low.id]
-    assert fleet.job(low).checkpoint == {"step": 3}
+    assert world.claim("factory-1").preempted == [low.id]
+    assert world.job(low).checkpoint == {"step": 3}
 
 
-def test_the_lowest_scoring_running_job_is_evicted(fleet, clock):
+def test_the_lowest_scoring_running_job_is_evicted(world, clock):
     # Given factory-1 (two seats) runs a normal job submitted 30 minutes ago and a fresh one
-    older = fleet.submit("older")  # scores 1*30 + 10*1 = 40 when the critical job arrives
+    older = world.submit_job("older")  # scores 1*30 + 10*1 = 40 when the critical job arrives
     clock.advance(minutes=30)
-    younger = fleet.submit("younger")  # scores 1*0 + 10*1 = 10
-    older, younger = (fleet.claim_job(j, "factory-1").job for j in (older, younger))
-    fleet.heartbeat("factory-1", seat_limit=2, running=[older, younger])
-    fleet.submit("urgent", priority="critical")
+    younger = world.submit_job("younger")  # scores 1*0 + 10*1 = 10
+    older, younger = (world.claim_job(j, "factory-1").job for j in (older, younger))
+    world.heartbeat("factory-1", seat_limit=2, running=[older, younger])
+    world.submit_job("urgent", priority="critical")
     # When a critical job arrives, Then the younger (10 < 40) makes room
-    assert fleet.claim("factory-1").preempted == [younger.id]
-    assert fleet.job(older).stage == Stage.ASSIGNED
+    assert world.claim("factory-1").preempted == [younger.id]
+    assert world.job(older).stage == Stage.ASSIGNED
 
 
-def test_a_factory_lacking_the_critical_jobs_capabilities_cannot_preempt(fleet):
+def test_a_factory_lacking_the_critical_jobs_capabilities_cannot_preempt(world):
     # Given factory-1 at its limit, offering no gpu, and a critical job that needs one
-    low = fleet.running("low", priority="low")
-    fleet.heartbeat("factory-1", seat_limit=1, capabilities=[], running=[low])
-    urgent = fleet.submit("urgent", priority="critical", capabilities=["gpu"])
+    low = world.running_job("low", priority="low")
+    world.heartbeat("factory-1", seat_limit=1, capabilities=[], running=[low])
+    urgent = world.submit_job("urgent", priority="critical", capabilities=["gpu"])
     # When it claims, Then it gets nothing, and its running job is untouched
-    claimed = fleet.claim("factory-1")
+    claimed = world.claim("factory-1")
     assert (claimed.job, claimed.reason) == (None, "seat_limit")
-    assert fleet.job(low).stage == Stage.ASSIGNED
+    assert world.job(low).stage == Stage.ASSIGNED
     # and it cannot take the critical job by name either
     with pytest.raises(errors.NotClaimable) as refused:
-        fleet.claim_job(urgent, "factory-1")
+        world.claim_job(urgent, "factory-1")
     assert refused.value.extra["reason"] == "capabilities"
-    assert fleet.job(low).lease is not None
+    assert world.job(low).lease is not None
 
 
 @pytest.mark.parametrize(
@@ -232,51 +235,51 @@ def test_a_factory_lacking_the_critical_jobs_capabilities_cannot_preempt(fleet):
         ("normal", "normal"),
     ],
 )
-def test_at_the_limit_without_a_victim_there_is_no_job(fleet, running_priority, incoming_priority):
-    held = fleet.running("held", priority=running_priority)
-    fleet.heartbeat("factory-1", seat_limit=1, running=[held])
-    waiting = fleet.submit("waiting", priority=incoming_priority)
-    claimed = fleet.claim("factory-1")
+def test_at_the_limit_without_a_victim_there_is_no_job(world, running_priority, incoming_priority):
+    held = world.running_job("held", priority=running_priority)
+    world.heartbeat("factory-1", seat_limit=1, running=[held])
+    waiting = world.submit_job("waiting", priority=incoming_priority)
+    claimed = world.claim("factory-1")
     assert (claimed.job, claimed.reason) == (None, "seat_limit")
-    assert fleet.job(held).lease is not None
-    assert fleet.job(waiting).stage == Stage.QUEUED
+    assert world.job(held).lease is not None
+    assert world.job(waiting).stage == Stage.QUEUED
 
 
-def test_a_critical_job_claimed_by_id_preempts_too(fleet):
-    low = fleet.running("low", priority="low")
-    fleet.heartbeat("factory-1", seat_limit=1, running=[low])
-    urgent = fleet.submit("urgent", priority="critical")
-    claimed = fleet.claim_job(urgent, "factory-1")
+def test_a_critical_job_claimed_by_id_preempts_too(world):
+    low = world.running_job("low", priority="low")
+    world.heartbeat("factory-1", seat_limit=1, running=[low])
+    urgent = world.submit_job("urgent", priority="critical")
+    claimed = world.claim_job(urgent, "factory-1")
     assert (claimed.job.id, claimed.preempted) == (urgent.id, [low.id])
-    assert fleet.job(low).stage == Stage.QUEUED
+    assert world.job(low).stage == Stage.QUEUED
 
 
 def test_a_young_run_is_protected_by_the_exemption():
-    with opened(phase3(preempt_exempt_seconds=120)) as fleet:
+    with open_world(flags_on(preempt_exempt_seconds=120)) as world:
         # Given a low job that started 60 s ago on a one-seat factory
-        low = fleet.running("low", priority="low")
-        fleet.heartbeat("factory-1", seat_limit=1, running=[low])
-        fleet.submit("urgent", priority="critical")
-        fleet.clock.advance(60)
+        low = world.running_job("low", priority="low")
+        world.heartbeat("factory-1", seat_limit=1, running=[low])
+        world.submit_job("urgent", priority="critical")
+        world.clock.advance(60)
         # When a critical job arrives, Then the young run is spared (60 < 120)
-        assert fleet.claim("factory-1").reason == "seat_limit"
+        assert world.claim("factory-1").reason == "seat_limit"
         # and once it has run 120 s, it may be evicted
-        fleet.clock.advance(60)
-        assert fleet.claim("factory-1").preempted == [low.id]
+        world.clock.advance(60)
+        assert world.claim("factory-1").preempted == [low.id]
 
 
 def test_with_the_flag_off_seat_limits_are_advisory():
-    with opened(phase3(preemption=False)) as fleet:
+    with open_world(flags_on(preemption=False)) as world:
         # Given a one-seat factory already running a low job
-        low = fleet.running("low", priority="low")
-        fleet.heartbeat("factory-1", seat_limit=1, running=[low])
-        normal = fleet.submit("normal")
-        urgent = fleet.submit("urgent", priority="critical")
+        low = world.running_job("low", priority="low")
+        world.heartbeat("factory-1", seat_limit=1, running=[low])
+        normal = world.submit_job("normal")
+        urgent = world.submit_job("urgent", priority="critical")
         # When it claims twice, Then it gets both, and nothing is preempted
-        first, second = fleet.claim("factory-1"), fleet.claim("factory-1")
+        first, second = world.claim("factory-1"), world.claim("factory-1")
         assert {first.job.id, second.job.id} == {normal.id, urgent.id}
         assert first.preempted == second.preempted == []
-        assert fleet.job(low).stage == Stage.ASSIGNED
+        assert world.job(low).stage == Stage.ASSIGNED
 
 
 @pytest.mark.parametrize(
@@ -288,46 +291,46 @@ def test_with_the_flag_off_seat_limits_are_advisory():
         (None, None, False),  # a factory that never heard of has no limit
     ],
 )
-def test_the_seat_limit_comes_from_the_claim_else_the_last_heartbeat(fleet, heartbeat_limit, claim_limit, at_limit):
-    low = fleet.running("low", priority="low")
+def test_the_seat_limit_comes_from_the_claim_else_the_last_heartbeat(world, heartbeat_limit, claim_limit, at_limit):
+    low = world.running_job("low", priority="low")
     if heartbeat_limit is not None:
-        fleet.heartbeat("factory-1", seat_limit=heartbeat_limit, running=[low])
-    normal = fleet.submit("normal")
-    claimed = fleet.claim("factory-1", seat_limit=claim_limit)
+        world.heartbeat("factory-1", seat_limit=heartbeat_limit, running=[low])
+    normal = world.submit_job("normal")
+    claimed = world.claim("factory-1", seat_limit=claim_limit)
     if at_limit:
         assert (claimed.job, claimed.reason) == (None, "seat_limit")
     else:
         assert claimed.job.id == normal.id
 
 
-def test_an_unknown_factory_has_no_seat_limit(fleet):
+def test_an_unknown_factory_has_no_seat_limit(world):
     # Given a factory that never sent a heartbeat, holding three leases
     for key in ("a", "b", "c"):
-        fleet.running(key, factory="stranger")
-    fresh = fleet.submit("fresh")
+        world.running_job(key, factory="stranger")
+    fresh = world.submit_job("fresh")
     # Then it may claim a fourth
-    assert fleet.claim("stranger").job.id == fresh.id
+    assert world.claim("stranger").job.id == fresh.id
 
 
-def test_seats_in_use_are_live_leases(fleet, clock):
+def test_seats_in_use_are_live_leases(world, clock):
     # Given a one-seat factory whose only lease expired (not yet swept)
-    low = fleet.running("low", priority="low")
-    fleet.heartbeat("factory-1", seat_limit=1, running=[low])
+    low = world.running_job("low", priority="low")
+    world.heartbeat("factory-1", seat_limit=1, running=[low])
     clock.advance(LEASE_SECONDS + 1)
-    normal = fleet.submit("normal")
+    normal = world.submit_job("normal")
     # Then it has a free seat: it claims without preempting
-    claimed = fleet.claim("factory-1")
+    claimed = world.claim("factory-1")
     assert (claimed.job.id, claimed.preempted) == (normal.id, [])
 
 
-def test_the_victim_is_picked_with_scores_not_priorities(fleet, clock):
+def test_the_victim_is_picked_with_scores_not_priorities(world, clock):
     # Given a two-seat factory running an old low job and a fresh normal one
-    old_low = fleet.submit("old-low", priority="low")  # when the critical arrives: 1*60 + 10*0 = 60
+    old_low = world.submit_job("old-low", priority="low")  # when the critical arrives: 1*60 + 10*0 = 60
     clock.advance(minutes=60)
-    fresh_normal = fleet.submit("fresh-normal")  # 1*0 + 10*1 = 10
-    old_low, fresh_normal = (fleet.claim_job(j, "factory-1").job for j in (old_low, fresh_normal))
-    fleet.heartbeat("factory-1", seat_limit=2, running=[old_low, fresh_normal])
-    fleet.submit("urgent", priority="critical")
+    fresh_normal = world.submit_job("fresh-normal")  # 1*0 + 10*1 = 10
+    old_low, fresh_normal = (world.claim_job(j, "factory-1").job for j in (old_low, fresh_normal))
+    world.heartbeat("factory-1", seat_limit=2, running=[old_low, fresh_normal])
+    world.submit_job("urgent", priority="critical")
     # Then the lower score (10 < 60) loses, even though its priority is higher
     assert scoring.DEFAULTS.age == 1
-    assert fleet.claim("factory-1").preempted == [fresh_normal.id]
+    assert world.claim("factory-1").preempted == [fresh_normal.id]

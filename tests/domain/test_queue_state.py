@@ -7,8 +7,9 @@ import pytest
 from fleet import actions, clock as clock_mod, factories, queue_state, scoring, store as store_port, sweep
 from fleet import weight_registry
 from fleet.context import Context
+from fleet.stages import Stage
 
-from tests.unit.conftest import LEASE_SECONDS, PRODUCT
+from fleet.testing import LEASE_SECONDS, PRODUCT, flags_on
 
 
 def test_a_product_never_seen_is_at_version_zero(ctx):
@@ -38,6 +39,28 @@ def test_versions_are_per_product(world):
     world.submit_job("b", product_id="alpha")
     world.submit_job("c", product_id="beta")
     assert (world.version("alpha"), world.version("beta"), world.version("gamma")) == (2, 1, 0)
+
+
+@pytest.mark.settings(flags_on())
+def test_a_lost_queue_state_bump_is_repaired_by_the_next_sweep(world, clock, faulty):
+    # Regression: a queue-state bump the store refused used to be lost for good.
+    # Given the sweep has been running
+    sweep.run(world.ctx)
+    version = world.version()
+    # When a job is queued but the store refuses its queue-state bump
+    clock.advance(60)
+    faulty.crash("increment", "jobs")
+    job = world.submit_job("lost-bump")
+    assert faulty.crashed == ["increment:jobs"]
+    assert (world.job(job).stage, world.version()) == (Stage.QUEUED, version)  # the submit stands
+    # Then the next sweep bumps the queue-state, so gated factories look again
+    clock.advance(60)
+    assert sweep.run(world.ctx)["bumped"] == 1
+    assert world.version() == version + 1
+    # and only once: the version is no longer behind its newest queued job
+    clock.advance(60)
+    assert sweep.run(world.ctx)["bumped"] == 0
+    assert world.version() == version + 1
 
 
 # What moves it: every way a job may become claimable. Each step starts from the same world:

@@ -10,7 +10,7 @@ from fleet import actions, clock as clock_mod, errors, factories
 from fleet.jobs import job_id
 from fleet.stages import Stage
 
-from tests.unit.conftest import LEASE_SECONDS, PRODUCT
+from fleet.testing import LEASE_SECONDS, PRODUCT
 
 
 def heartbeat(ctx, factory="factory-1", running=(), **fields):

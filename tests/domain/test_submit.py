@@ -9,12 +9,15 @@ import pydantic
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fleet import errors, scoring
+from fleet import errors, scoring, store as store_port, submit
+from fleet.clock import SystemClock
+from fleet.context import Context
 from fleet.jobs import job_id, product_of
 from fleet.schemas import JobSpec
 from fleet.stages import Priority, Stage
+from shared.stores.sqlite_store import SqliteStore
 
-from tests.unit.conftest import PRODUCT
+from fleet.testing import PRODUCT, flags_on
 
 
 def spec(**fields) -> JobSpec:
@@ -106,6 +109,20 @@ def test_the_same_key_in_another_product_is_another_job(world):
     b = world.submit("key-1", product_id="beta").job
     assert a.id != b.id
     assert (product_of(a.id), product_of(b.id)) == ("alpha", "beta")
+
+
+def test_a_submit_with_the_system_clock_writes_its_job_once():
+    # Regression: with a real clock a submit used to write its job twice.
+    real = SqliteStore(":memory:")
+    try:
+        counted = store_port.CountingStore(real)
+        ctx = Context(counted, SystemClock(), flags_on())
+        for n in range(20):  # the system clock is hardly ever on a whole millisecond
+            counted.reset()
+            submit.submit(ctx, JobSpec(product_id=PRODUCT, idempotency_key=f"job-{n}"))
+            assert (counted.calls["create:jobs"], counted.calls["replace:jobs"]) == (1, 0)
+    finally:
+        real.close()
 
 
 # Validating

@@ -10,7 +10,7 @@ from fleet.jobs import job_id
 from fleet.schemas import PatchBody, ReleaseBody
 from fleet.stages import RunResult, Stage
 
-from tests.unit.conftest import LEASE_SECONDS, PRODUCT
+from fleet.testing import LEASE_SECONDS, PRODUCT
 
 
 # PATCH: the moves a lease holder may make

@@ -1,4 +1,4 @@
-"""Start a real ``fleet serve`` for end-to-end tests.
+"""A real ``fleet serve`` in a subprocess, for end-to-end tests and benchmarks.
 
     with running_server(env={"FLEET_LEASE_SECONDS": "2"}) as server:
         requests.post(f"{server.url}/fleet/jobs", json=...)
@@ -6,13 +6,13 @@
         ...
 
 The server runs as ``python -m shared.devhost.cli serve --host 127.0.0.1 --port 0 --db DB`` from the
-repository root, with the test process's environment plus ``env`` (a value of None removes a
+repository root, with the calling process's environment plus ``env`` (a value of None removes a
 variable). Its stdout and stderr go to files, never to pipes that could fill up and stall it;
 ``server.log()`` reads stderr (the request log, tracebacks). The server is always stopped
 (SIGTERM, then SIGKILL) when the block ends, however it ends.
 
-Timers run on their schedules (the sweep at second 0 of every minute); a test that wants to
-drive them alone passes ``args=("--no-timers",)`` and posts to ``/admin/functions/{name}``.
+Timers run on their schedules (the sweep at second 0 of every minute); a caller that wants
+to drive them alone passes ``args=("--no-timers",)`` and posts to ``/admin/functions/{name}``.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, scoring, sweep, weight_registry
+from fleet import actions, outage, scoring, sweep, weight_registry
 from fleet.stages import RunResult, Stage
 
-from tests.unit.conftest import LEASE_SECONDS, PRODUCT, interleaved
+from fleet.testing import LEASE_SECONDS, PRODUCT, flags_on, interleaved
 
 
 def outcome(counts: dict[str, int]) -> dict[str, int]:
@@ -149,6 +149,29 @@ def test_a_job_unblocked_after_the_sweep_read_it_is_neither_counted_nor_bumped_t
     assert world.job(job).stage == Stage.QUEUED
     assert world.version() == version + 1
     assert released == 0
+
+
+@pytest.mark.settings(flags_on())
+def test_one_job_that_keeps_failing_does_not_stop_the_sweep(world, clock, faulty):
+    # Regression: one failing job used to stop the whole sweep.
+    # Given the sweep running every minute, and three jobs claimed, the poisoned one first
+    # (its lease expires first, so the sweep meets it before the others)
+    sweep.run(world.ctx)
+    poison = world.running_job("poisoned", factory="factory-1")
+    clock.advance(1)
+    healthy = [world.running_job(f"healthy-{n}", factory=f"factory-{n + 2}") for n in range(2)]
+    faulty.refuse_writes(poison.id)
+    # When every factory dies and the sweep runs on, failing every write of the poisoned job
+    for _ in range(LEASE_SECONDS // 60 + 1):
+        clock.advance(60)
+        counts = sweep.run(world.ctx)
+    # Then the other expired leases went back to the queue with an attempt counted
+    assert [(world.job(j).stage, world.job(j).attempts) for j in healthy] == [(Stage.QUEUED, 1)] * 2
+    # the poisoned job was passed over, as it stands, and counted as failed
+    assert world.job(poison).stage == Stage.ASSIGNED
+    assert counts["failed"] == 1
+    # and the sweep recorded its run, so no outage grace spares leases that merely expired
+    assert outage.last_sweep(world.observer) == clock.now()
 
 
 def test_run_does_all_the_sweeps_in_order(world, ctx, running_job, submit_job, clock):

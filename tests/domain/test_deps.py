@@ -8,7 +8,7 @@ from fleet import actions, errors, store as store_port, sweep
 from fleet.jobs import BlockedOn, job_id
 from fleet.stages import Stage
 
-from tests.unit.conftest import PRODUCT
+from fleet.testing import PRODUCT, flags_on, open_world
 
 
 def finish_directly(store, key: str, stage: str = "shipped") -> None:
@@ -153,3 +153,61 @@ def test_a_requeued_dep_that_then_ships_releases_its_dependents(world, ctx, subm
     world.release(again, stage="shipped")
     # Then the dependent is queued
     assert world.job(job).stage == Stage.QUEUED
+
+
+# Regression: releasing dependents used to read every blocked job of the product, and skip some.
+
+
+def job_queries_to_ship_a_job_nobody_waits_on(unrelated_blocked: int) -> int:
+    with open_world(flags_on()) as world:
+        # Given `unrelated_blocked` jobs waiting on a gate, and a running job nobody waits on
+        world.submit_job("gate")
+        for n in range(unrelated_blocked):
+            world.submit_job(f"waiting-{n}", deps=["gate"])
+        lonely = world.running_job("lonely")
+        # When the lonely job ships
+        world.store.reset()
+        world.release(lonely, result="shipped")
+        return world.store.calls["query:jobs"]
+
+
+def test_releasing_dependents_costs_the_same_however_many_unrelated_jobs_are_blocked():
+    # 1000 blocked jobs are five pages of 200 for a scan of the blocked jobs: none are read
+    assert job_queries_to_ship_a_job_nobody_waits_on(0) == job_queries_to_ship_a_job_nobody_waits_on(1000)
+
+
+@pytest.mark.settings(flags_on())
+def test_a_finished_job_unblocks_all_its_dependents_across_several_pages(world):
+    # Given 450 jobs waiting on one dep: three pages of 200
+    dep = world.running_job("dep")
+    waiting = [world.submit_job(f"waiting-{n}", deps=["dep"]) for n in range(450)]
+    assert {world.job(j).stage for j in waiting} == {Stage.BLOCKED}
+    # When the dep ships
+    world.release(dep, result="shipped")
+    # Then every dependent is queued at once, none left for the sweep
+    assert {world.job(j).stage for j in waiting} == {Stage.QUEUED}
+
+
+# Regression: every sweep used to re-read every blocked job and each of its deps.
+
+
+def job_reads_of_a_quiet_sweep(blocked: int) -> int:
+    with open_world(flags_on()) as world:
+        # Given `blocked` jobs waiting on deps that have not moved, and a sweep every minute
+        world.submit_job("dep")
+        world.submit_job("dep-2")
+        for n in range(blocked):
+            world.submit_job(f"waiting-{n}", deps=["dep", "dep-2"])
+        for _ in range(10):  # past the repair margin: nothing changed since the last sweeps
+            world.clock.advance(60)
+            sweep.run(world.ctx)
+        # When the sweep runs again
+        world.clock.advance(60)
+        world.store.reset()
+        sweep.run(world.ctx)
+        return world.store.calls["read:jobs"]
+
+
+def test_a_sweep_reads_only_what_changed_since_the_last_one():
+    # 500 blocked jobs with two deps each cost 1500+ point reads a sweep when all were re-read
+    assert job_reads_of_a_quiet_sweep(0) == job_reads_of_a_quiet_sweep(500)

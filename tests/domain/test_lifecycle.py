@@ -3,20 +3,21 @@ claims, PATCHes, releases, operator actions, heartbeats, the clock and the sweep
 checking after every step the invariants the design rests on."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from fleet import actions, clock as clock_mod, errors, factories, lifecycle, outage, scoring, store as store_port, sweep
+from fleet import actions, clock as clock_mod, errors, factories, lifecycle, outage, scoring, store as store_port, sweep, writes
 from fleet.context import Settings
 from fleet.jobs import EVENT_RING, RUN_RING, Job, Lease, Run, job_id
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 from fleet.clock import FixedClock
 from shared.stores.sqlite_store import SqliteStore
 
-from tests.unit.conftest import LEASE_SECONDS, PRODUCT, T0, World
+from fleet.testing import LEASE_SECONDS, PRODUCT, T0, World, flags_on
 
 NOW = clock_mod.parse(T0)
 
@@ -133,6 +134,25 @@ def test_a_job_keeps_its_last_events_and_runs_and_counts_the_rest():
         job = job.with_run(Run(run_id=f"r{n}", factory_id="f", started_at=NOW))
     assert (len(job.events), job.events_dropped, job.events[0].detail["n"]) == (EVENT_RING, 7, 7)
     assert (len(job.runs), job.runs_dropped, job.runs[0].run_id) == (RUN_RING, 3, "r3")
+
+
+@pytest.mark.settings(flags_on())
+def test_a_job_refuses_to_grow_past_its_bound(world):
+    # Regression: a job used to grow without bound.
+    # Given a running job whose factory reports 15 KiB of insights on every PATCH
+    job = world.running_job("chatty")
+    accepted = world.job(job)
+    # When it keeps reporting: MAX_JOB_BYTES // 15 KiB + 1 reports are more than the bound
+    with pytest.raises(errors.TooLarge):
+        for n in range(writes.MAX_JOB_BYTES // (15 * 1024) + 1):
+            world.patch(job, "building", insights={f"log-{n}": "x" * (15 * 1024)})
+            accepted = world.job(job)
+    # Then the report that would cross the bound is refused and nothing of it is written
+    stored = world.job(job)
+    assert stored.etag == accepted.etag
+    assert len(json.dumps(world.store.inner.read("jobs", PRODUCT, job.id), separators=(",", ":"))) <= writes.MAX_JOB_BYTES
+    # and the job can still finish
+    assert world.release(job, result="shipped").stage == Stage.SHIPPED
 
 
 # The state machine

@@ -14,7 +14,10 @@ from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Stage
 
-from tests.phase3.conftest import LEASE_SECONDS, PRODUCT, T0, at
+from fleet.testing import LEASE_SECONDS, PRODUCT, T0, World, at, flags_on
+
+#: Budgets and preemption on for every world here.
+pytestmark = pytest.mark.settings(flags_on())
 
 NOW = at(0)
 
@@ -213,19 +216,19 @@ def test_release_drops_a_reservation_once():
 # Use cases over the store
 
 
-def test_put_creates_a_budget_and_tells_idle_factories(fleet):
-    version = fleet.version()
-    budget = fleet.put_budget(100.0, "weekly")
+def test_put_creates_a_budget_and_tells_idle_factories(world):
+    version = world.version()
+    budget = world.put_budget(100.0, "weekly")
     assert (budget.ceiling_usd, budget.window, budget.spent_usd, budget.paused) == (100.0, Window.WEEKLY, 0.0, False)
     assert budget.window_start == utc("2026-01-05T00:00:00Z")  # T0 is a Monday
-    assert fleet.version() == version + 1
+    assert world.version() == version + 1
 
 
-def exhaust(fleet, ceiling: float = 10.0, spent: float = 10.0) -> None:
+def exhaust(world, ceiling: float = 10.0, spent: float = 10.0) -> None:
     """Put a ceiling and ship a run that cost `spent`."""
-    fleet.put_budget(ceiling)
-    job = fleet.running(stage="testing")
-    fleet.patch(job, "shipped", insights={"costUsd": spent})
+    world.put_budget(ceiling)
+    job = world.running_job(stage="testing")
+    world.patch(job, "shipped", insights={"costUsd": spent})
 
 
 @pytest.mark.parametrize(
@@ -236,64 +239,64 @@ def exhaust(fleet, ceiling: float = 10.0, spent: float = 10.0) -> None:
         (8.0, False),
     ],
 )
-def test_putting_the_ceiling_above_spend_lifts_an_automatic_pause(fleet, new_ceiling, lifted):
+def test_putting_the_ceiling_above_spend_lifts_an_automatic_pause(world, new_ceiling, lifted):
     # Given spend reached the ceiling and paused the budget
-    exhaust(fleet)
-    assert (fleet.budget().paused, fleet.budget().paused_by) == (True, PausedBy.CEILING)
-    fleet.submit("waiting")
-    version = fleet.version()
+    exhaust(world)
+    assert (world.budget().paused, world.budget().paused_by) == (True, PausedBy.CEILING)
+    world.submit_job("waiting")
+    version = world.version()
     # When the ceiling is PUT
-    budget = fleet.put_budget(new_ceiling)
+    budget = world.put_budget(new_ceiling)
     # Then the pause lifts only if spend is now below it, and idle factories hear of it
     assert budget.paused == (not lifted)
-    assert fleet.version() == version + (1 if lifted else 0)
-    assert (fleet.claim().job is not None) == lifted
+    assert world.version() == version + (1 if lifted else 0)
+    assert (world.claim().job is not None) == lifted
 
 
-def test_putting_a_ceiling_does_not_lift_a_manual_pause(fleet):
-    fleet.put_budget(10.0)
-    budgets.pause(fleet.ctx, PRODUCT)
-    budget = fleet.put_budget(50.0)
+def test_putting_a_ceiling_does_not_lift_a_manual_pause(world):
+    world.put_budget(10.0)
+    budgets.pause(world.ctx, PRODUCT)
+    budget = world.put_budget(50.0)
     assert (budget.paused, budget.paused_by) == (True, PausedBy.MANUAL)
 
 
-def test_lowering_the_ceiling_to_spend_pauses(fleet):
-    exhaust(fleet, ceiling=100.0, spent=10.0)
-    assert fleet.budget().paused is False
-    budget = fleet.put_budget(10.0)  # 10 >= 10
+def test_lowering_the_ceiling_to_spend_pauses(world):
+    exhaust(world, ceiling=100.0, spent=10.0)
+    assert world.budget().paused is False
+    budget = world.put_budget(10.0)  # 10 >= 10
     assert (budget.paused, budget.paused_by) == (True, PausedBy.CEILING)
 
 
-def test_pause_and_resume(fleet):
+def test_pause_and_resume(world):
     # Given a product with a budget and a queued job
-    fleet.put_budget(10.0)
-    job = fleet.submit()
+    world.put_budget(10.0)
+    job = world.submit_job()
     # When an operator pauses it, Then claims are refused and the job waits
-    paused = budgets.pause(fleet.ctx, PRODUCT)
+    paused = budgets.pause(world.ctx, PRODUCT)
     assert (paused.paused, paused.paused_by) == (True, PausedBy.MANUAL)
-    assert fleet.claim().reason == "budget_paused"
+    assert world.claim().reason == "budget_paused"
     # When they resume, Then idle factories hear of it and the job is claimed
-    version = fleet.version()
-    resumed = budgets.resume(fleet.ctx, PRODUCT)
+    version = world.version()
+    resumed = budgets.resume(world.ctx, PRODUCT)
     assert (resumed.paused, resumed.paused_by) == (False, None)
-    assert fleet.version() == version + 1
-    assert fleet.claim().job.id == job.id
+    assert world.version() == version + 1
+    assert world.claim().job.id == job.id
 
 
-def test_resume_does_not_lift_the_ceiling(fleet):
+def test_resume_does_not_lift_the_ceiling(world):
     # Given a product that spent its ceiling (auto-paused), then was resumed
-    exhaust(fleet)
-    fleet.submit("waiting")
-    resumed = budgets.resume(fleet.ctx, PRODUCT)
+    exhaust(world)
+    world.submit_job("waiting")
+    resumed = budgets.resume(world.ctx, PRODUCT)
     # Then it is not paused, but claims stay refused while spend >= ceiling
     assert resumed.paused is False
-    assert fleet.claim().reason == "budget_exceeded"
+    assert world.claim().reason == "budget_exceeded"
 
 
 @pytest.mark.parametrize("use_case", [budgets.pause, budgets.resume])
-def test_pausing_a_product_without_a_budget_is_not_found(fleet, use_case):
+def test_pausing_a_product_without_a_budget_is_not_found(world, use_case):
     with pytest.raises(errors.NotFound):
-        use_case(fleet.ctx, "nobody")
+        use_case(world.ctx, "nobody")
 
 
 @pytest.mark.parametrize(
@@ -304,19 +307,19 @@ def test_pausing_a_product_without_a_budget_is_not_found(fleet, use_case):
         ("auto", "budget_paused"),  # spend reached the ceiling: paused by it
     ],
 )
-def test_claim_checks_the_budget_first_and_scans_no_jobs(fleet, state, reason):
+def test_claim_checks_the_budget_first_and_scans_no_jobs(world, state, reason):
     # Given a refusing budget and plenty of queued work
     if state == "manual":
-        fleet.put_budget(10.0)
-        budgets.pause(fleet.ctx, PRODUCT)
+        world.put_budget(10.0)
+        budgets.pause(world.ctx, PRODUCT)
     else:
-        exhaust(fleet)
+        exhaust(world)
         if state == "exceeded":
-            budgets.resume(fleet.ctx, PRODUCT)
+            budgets.resume(world.ctx, PRODUCT)
     for _ in range(3):
-        fleet.submit()
-    counting = store_port.CountingStore(fleet.store.inner)
-    ctx = Context(counting, fleet.clock, fleet.ctx.settings)
+        world.submit_job()
+    counting = store_port.CountingStore(world.store.inner)
+    ctx = Context(counting, world.clock, world.ctx.settings)
     # When a factory claims
     claimed = claims.claim_next(ctx, claims.ClaimRequest("factory-1", PRODUCT))
     # Then no job, why, and the only store call was one point read of the budget
@@ -324,186 +327,229 @@ def test_claim_checks_the_budget_first_and_scans_no_jobs(fleet, state, reason):
     assert dict(counting.calls) == {"read:budgets": 1}
 
 
-def test_claiming_a_named_job_checks_the_budget_first(fleet):
-    fleet.put_budget(10.0)
-    job = fleet.submit()
-    budgets.pause(fleet.ctx, PRODUCT)
+def test_claiming_a_named_job_checks_the_budget_first(world):
+    world.put_budget(10.0)
+    job = world.submit_job()
+    budgets.pause(world.ctx, PRODUCT)
     with pytest.raises(errors.NotClaimable) as refused:
-        fleet.claim_job(job)
+        world.claim_job(job)
     assert refused.value.extra["reason"] == "budget_paused"
-    assert fleet.job(job).stage == Stage.QUEUED
+    assert world.job(job).stage == Stage.QUEUED
 
 
-def test_with_the_flag_off_budgets_are_not_enforced(fleet):
+def test_with_the_flag_off_budgets_are_not_enforced(world):
     # Given a product paused by a coordinator with budgets on
-    fleet.put_budget(10.0)
-    budgets.pause(fleet.ctx, PRODUCT)
-    job = fleet.submit()
-    # When a coordinator with the flag off serves the claim, Then it is Phase-2: the job is claimed
-    off = fleet.with_settings(budgets=False)
+    world.put_budget(10.0)
+    budgets.pause(world.ctx, PRODUCT)
+    job = world.submit_job()
+    # When a coordinator with the flag off serves the claim, Then the budget is not enforced: the job is claimed
+    off = world.with_settings(budgets=False)
     assert off.claim().job.id == job.id
 
 
-def test_reads_treat_an_elapsed_window_as_rolled_before_the_timer(fleet, clock):
+def test_reads_treat_an_elapsed_window_as_rolled_before_the_timer(world, clock):
     # Given January's spend hit the ceiling and paused the budget
-    exhaust(fleet)
-    job = fleet.submit("february-work")
-    assert fleet.claim().reason == "budget_paused"
+    exhaust(world)
+    job = world.submit_job("february-work")
+    assert world.claim().reason == "budget_paused"
     # When February begins and no timer has run yet
     clock.set("2026-02-01T00:00:00.000Z")
     # Then reads see a fresh window, and claims go ahead
-    budget = fleet.budget()
+    budget = world.budget()
     assert (budget.window_start, budget.spent_usd, budget.paused) == (utc("2026-02-01T00:00:00Z"), 0.0, False)
-    assert fleet.stored_budget().spent_usd == 10.0  # nothing was written by the read
-    assert fleet.claim().job.id == job.id
+    assert world.stored_budget().spent_usd == 10.0  # nothing was written by the read
+    assert world.claim().job.id == job.id
 
 
-def test_spend_after_the_boundary_lands_in_the_new_window(fleet, clock):
+def test_spend_after_the_boundary_lands_in_the_new_window(world, clock):
     # Given January's spend hit the ceiling (10 of 10), and no timer ran at the boundary
-    exhaust(fleet)
+    exhaust(world)
     clock.set("2026-02-01T00:05:00.000Z")
     # When a February run ships having cost 3
-    fleet.submit("february-work")
-    job = fleet.claim().job
-    fleet.patch(fleet.patch(job, "testing"), "shipped", insights={"costUsd": 3.0})
+    world.submit_job("february-work")
+    job = world.claim().job
+    world.patch(world.patch(job, "testing"), "shipped", insights={"costUsd": 3.0})
     # Then February's window holds 3, not 10 + 3, and the write persisted the roll
-    stored = fleet.stored_budget()
+    stored = world.stored_budget()
     assert (stored.window_start, stored.spent_usd, stored.paused) == (utc("2026-02-01T00:00:00Z"), 3.0, False)
 
 
-def test_a_manual_pause_outlives_the_window(fleet, clock):
-    fleet.put_budget(10.0)
-    budgets.pause(fleet.ctx, PRODUCT)
-    fleet.submit()
+def test_a_manual_pause_outlives_the_window(world, clock):
+    world.put_budget(10.0)
+    budgets.pause(world.ctx, PRODUCT)
+    world.submit_job()
     clock.set("2026-02-01T00:00:00.000Z")
-    assert fleet.claim().reason == "budget_paused"
+    assert world.claim().reason == "budget_paused"
 
 
-def test_roll_windows_starts_new_windows_at_the_boundary(fleet, clock):
+def ship(world: World, key: str, cost: float) -> None:
+    world.release(world.running_job(key), result="shipped", insights={"costUsd": cost})
+
+
+@pytest.mark.parametrize(
+    "before, after, spent",
+    [
+        ("monthly", "daily", 30.0),  # only today's 30; the 50 + 50 of three days ago is another day
+        ("daily", "monthly", 130.0),  # this month's 50 + 50 + 30, not just today's
+    ],
+)
+def test_changing_the_window_recomputes_spend_from_the_ledger(world, clock, before, after, spent):
+    # Regression: a change of window used to keep the old window's spend.
+    # Given runs that cost 50 + 50 on Monday and 30 on Thursday of the same month
+    world.put_budget(1000.0, before)
+    ship(world, "monday-1", 50.0)
+    ship(world, "monday-2", 50.0)
+    clock.advance(days=3)
+    ship(world, "thursday", 30.0)
+    # When the window changes (under a ceiling of 100)
+    budget = world.put_budget(100.0, after)
+    # Then the new window's spend is what was accrued within it
+    assert (budget.window.value, budget.spent_usd, budget.paused) == (after, spent, spent >= 100.0)
+    assert world.budget().spent_usd == spent
+
+
+def test_roll_windows_starts_new_windows_at_the_boundary(world, clock):
     # Given a daily budget that spent its ceiling and a monthly one that spent a little
-    exhaust(fleet)
-    budgets.put(fleet.ctx, PRODUCT, 10.0, Window.DAILY)
-    budgets.put(fleet.ctx, "other", 10.0, Window.MONTHLY)
-    budgets.change(fleet.ctx, "other", lambda b: budget_rules.accrue(b, "x#1", 2.0, clock.now()))
-    versions = fleet.version(), fleet.version("other")
+    exhaust(world)
+    budgets.put(world.ctx, PRODUCT, 10.0, Window.DAILY)
+    budgets.put(world.ctx, "other", 10.0, Window.MONTHLY)
+    budgets.change(world.ctx, "other", lambda b: budget_rules.accrue(b, "x#1", 2.0, clock.now()))
+    versions = world.version(), world.version("other")
     # When the timer runs one minute into the next day
     clock.set("2026-01-06T00:01:00.000Z")
-    rolled = budgets.roll_windows(fleet.ctx)
+    rolled = budgets.roll_windows(world.ctx)
     # Then only the daily budget rolled: spend reset, auto-pause lifted, factories told
     assert rolled == 1
-    stored = fleet.stored_budget()
+    stored = world.stored_budget()
     assert (stored.window_start, stored.spent_usd, stored.paused) == (utc("2026-01-06T00:00:00Z"), 0.0, False)
-    assert fleet.stored_budget("other").spent_usd == 2.0
-    assert (fleet.version(), fleet.version("other")) == (versions[0] + 1, versions[1])
+    assert world.stored_budget("other").spent_usd == 2.0
+    assert (world.version(), world.version("other")) == (versions[0] + 1, versions[1])
     # and a second run finds nothing to do
-    assert budgets.roll_windows(fleet.ctx) == 0
+    assert budgets.roll_windows(world.ctx) == 0
 
 
 # Reservations of estimated cost
 
 
-def test_a_burst_of_claims_cannot_overshoot_the_ceiling(fleet):
+def test_a_burst_of_claims_cannot_overshoot_the_ceiling(world):
     # Given a 10-dollar ceiling and three jobs estimated at 4 each
-    fleet.put_budget(10.0)
-    jobs = [fleet.submit(f"est-{i}", estimated_cost_usd=4.0) for i in range(3)]
+    world.put_budget(10.0)
+    jobs = [world.submit_job(f"est-{i}", estimated_cost_usd=4.0) for i in range(3)]
     # When three factories claim at once, Then two fit (4 + 4 = 8) and the third would not (12 > 10)
-    outcomes = [fleet.claim(f"factory-{i}") for i in range(3)]
+    outcomes = [world.claim(f"factory-{i}") for i in range(3)]
     assert [c.job is not None for c in outcomes] == [True, True, False]
     assert outcomes[2].reason == "budget_exceeded"
-    assert fleet.budget().reserved_usd == 8.0
-    assert sum(fleet.job(j).stage == Stage.QUEUED for j in jobs) == 1
+    assert world.budget().reserved_usd == 8.0
+    assert sum(world.job(j).stage == Stage.QUEUED for j in jobs) == 1
 
 
-def test_a_reservation_becomes_spend_when_the_run_ends(fleet):
-    fleet.put_budget(10.0)
-    fleet.submit("a", estimated_cost_usd=4.0)
-    fleet.submit("b", estimated_cost_usd=4.0)
-    a, b = fleet.claim().job, fleet.claim().job
+def test_a_reservation_becomes_spend_when_the_run_ends(world):
+    world.put_budget(10.0)
+    world.submit_job("a", estimated_cost_usd=4.0)
+    world.submit_job("b", estimated_cost_usd=4.0)
+    a, b = world.claim().job, world.claim().job
     # When one run ships having cost 3 (less than its estimate)
-    fleet.patch(fleet.patch(a, "testing"), "shipped", insights={"costUsd": 3.0})
+    world.patch(world.patch(a, "testing"), "shipped", insights={"costUsd": 3.0})
     # Then 3 is spent and only the other estimate is still held
-    budget = fleet.budget()
+    budget = world.budget()
     assert (budget.spent_usd, budget.reservations.keys()) == (3.0, {b.latest_run.reservation})
     assert budget.reservations[b.latest_run.reservation]["runId"] == b.latest_run.run_id
     # and a run that reports no cost still gives its reservation back when it ends
-    fleet.release(b, result="retry")
-    assert (fleet.budget().spent_usd, fleet.budget().reserved_usd) == (3.0, 0.0)
+    world.release(b, result="retry")
+    assert (world.budget().spent_usd, world.budget().reserved_usd) == (3.0, 0.0)
 
 
-def test_a_claim_that_loses_its_job_releases_its_reservation(fleet):
+def test_a_claim_that_loses_its_job_releases_its_reservation(world):
     # Given a claim holding a stale copy of a job with an estimate
-    fleet.put_budget(10.0)
-    job = fleet.submit("est", estimated_cost_usd=4.0)
-    stale = Job.from_doc(fleet.store.inner.read("jobs", PRODUCT, job.id))
-    fleet.act(job, "cancel")  # the job changed under it
+    world.put_budget(10.0)
+    job = world.submit_job("est", estimated_cost_usd=4.0)
+    stale = Job.from_doc(world.store.inner.read("jobs", PRODUCT, job.id))
+    world.act(job, "cancel")  # the job changed under it
     # When it tries to take the job, Then it loses, and holds nothing
     with pytest.raises(errors.PreconditionFailed):
-        claims.take(fleet.ctx, stale, "factory-1", fleet.clock.now())
-    assert fleet.budget().reservations == {}
+        claims.take(world.ctx, stale, "factory-1", world.clock.now())
+    assert world.budget().reservations == {}
 
 
-def test_a_claim_that_loses_a_race_leaves_the_winners_reservation(fleet):
+def test_a_claim_that_loses_a_race_leaves_the_winners_reservation(world):
     # Given two factories read the same queued job estimated at 4 (ceiling 20)
-    fleet.put_budget(20.0)
-    job = fleet.submit("est", estimated_cost_usd=4.0)
-    stale = Job.from_doc(fleet.store.inner.read("jobs", PRODUCT, job.id))
+    world.put_budget(20.0)
+    job = world.submit_job("est", estimated_cost_usd=4.0)
+    stale = Job.from_doc(world.store.inner.read("jobs", PRODUCT, job.id))
     # When factory-2 claims it first, and factory-1's take of its stale copy loses
-    winner = fleet.claim_job(job, "factory-2").job
+    winner = world.claim_job(job, "factory-2").job
     with pytest.raises(errors.PreconditionFailed):
-        claims.take(fleet.ctx, stale, "factory-1", fleet.clock.now())
+        claims.take(world.ctx, stale, "factory-1", world.clock.now())
     # Then the winner's run still holds its 4: the in-flight estimate counts against the ceiling
-    assert fleet.budget().reservations.keys() == {winner.latest_run.reservation}
-    assert fleet.budget().reserved_usd == 4.0
+    assert world.budget().reservations.keys() == {winner.latest_run.reservation}
+    assert world.budget().reserved_usd == 4.0
 
 
-def test_a_claim_that_crashed_after_reserving_is_repaired_by_the_sweep(fleet, faulty, clock):
+def test_a_claim_that_crashed_after_reserving_is_repaired_by_the_sweep(world, faulty, clock):
     # Given a claim that reserved an estimate, then died before its job write
-    fleet.put_budget(10.0)
-    job = fleet.submit("est", estimated_cost_usd=4.0)
+    world.put_budget(10.0)
+    job = world.submit_job("est", estimated_cost_usd=4.0)
     faulty.crash("replace", "jobs")
     with pytest.raises(errors.StoreBusy):
-        fleet.claim()
-    assert fleet.job(job).stage == Stage.QUEUED
-    assert fleet.budget().reserved_usd == 4.0
+        world.claim()
+    assert world.job(job).stage == Stage.QUEUED
+    assert world.budget().reserved_usd == 4.0
     # When the sweep runs within a lease term, Then the reservation is left alone (it may be live)
     clock.advance(LEASE_SECONDS - 1)
-    assert sweep.run(fleet.ctx)["reservationsDropped"] == 0
+    assert sweep.run(world.ctx)["reservationsDropped"] == 0
     # and once a lease term has passed with the job never claimed, it is dropped
     clock.advance(2)
-    assert sweep.run(fleet.ctx)["reservationsDropped"] == 1
-    assert fleet.budget().reservations == {}
+    assert sweep.run(world.ctx)["reservationsDropped"] == 1
+    assert world.budget().reservations == {}
 
 
-def test_the_sweep_keeps_the_reservation_of_a_long_running_job(fleet, clock):
+def test_a_released_reservation_bumps_the_queue_state_so_gated_factories_look_again(world, clock):
+    # Given "big" reserved 8 of a ceiling of 10, so "big-2" (also 8) does not fit
+    world.put_budget(10.0)
+    world.submit_job("big", priority="high", estimated_cost_usd=8.0)
+    clock.advance(1)
+    big_2 = world.submit_job("big-2", priority="high", estimated_cost_usd=8.0)
+    big = world.claim("factory-1").job
+    assert world.claim("factory-2").reason == "budget_exceeded"
+    version = world.version()
+    # When "big" ships having really cost 0.1, giving back its reservation
+    world.release(big, result="shipped", insights={"costUsd": 0.1})
+    # Then the queue-state moves, and the gated factory now fits big-2: 0.1 + 8 <= 10
+    assert world.version() > version
+    assert world.budget().reserved_usd == 0.0
+    assert world.claim("factory-2").job.id == big_2.id
+
+
+def test_the_sweep_keeps_the_reservation_of_a_long_running_job(world, clock):
     # Given a claimed job whose factory keeps renewing its lease past a lease term
-    fleet.put_budget(10.0)
-    fleet.submit("est", estimated_cost_usd=4.0)
-    job = fleet.claim().job
+    world.put_budget(10.0)
+    world.submit_job("est", estimated_cost_usd=4.0)
+    job = world.claim().job
     for _ in range(3):
         clock.advance(LEASE_SECONDS - 10)
-        fleet.heartbeat("factory-1", running=[job])
+        world.heartbeat("factory-1", running=[job])
     # When the sweep drops stale reservations, Then this one stands: its run started
-    assert budgets.drop_stale_reservations(fleet.ctx) == 0
-    assert fleet.budget().reservations.keys() == {job.latest_run.reservation}
+    assert budgets.drop_stale_reservations(world.ctx) == 0
+    assert world.budget().reservations.keys() == {job.latest_run.reservation}
 
 
-def test_reservations_only_count_against_a_ceiling(fleet):
+def test_reservations_only_count_against_a_ceiling(world):
     # Given a product without any budget, Then an estimate is not reserved anywhere
-    fleet.submit("est", estimated_cost_usd=4.0)
-    assert fleet.claim().job is not None
-    assert fleet.budget() is None
+    world.submit_job("est", estimated_cost_usd=4.0)
+    assert world.claim().job is not None
+    assert world.budget() is None
 
 
-def test_spend_is_tracked_before_a_ceiling_and_a_put_enforces_it(fleet):
+def test_spend_is_tracked_before_a_ceiling_and_a_put_enforces_it(world):
     # Given a product with no budget whose run shipped having cost 2.5
-    job = fleet.running(stage="testing")
-    fleet.patch(job, "shipped", insights={"costUsd": 2.5})
+    job = world.running_job(stage="testing")
+    world.patch(job, "shipped", insights={"costUsd": 2.5})
     # Then its spend is tracked, in a monthly window, with no ceiling
-    tracked = fleet.budget()
+    tracked = world.budget()
     assert (tracked.ceiling_usd, tracked.window, tracked.spent_usd) == (None, Window.MONTHLY, 2.5)
     assert tracked.window_start == datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert fleet.claim().reason != "budget_exceeded"
+    assert world.claim().reason != "budget_exceeded"
     # When a daily ceiling of 2 is PUT, Then the window is today's and 2.5 >= 2 pauses it
-    budget = fleet.put_budget(2.0, "daily")
+    budget = world.put_budget(2.0, "daily")
     assert (budget.window, budget.window_start) == (Window.DAILY, utc(T0) - timedelta(hours=9))
     assert (budget.paused, budget.paused_by) == (True, PausedBy.CEILING)

@@ -1,23 +1,21 @@
-"""A Cosmos-compatible server for tests: npm `@vercel/cosmosdb-server` on a free loopback port.
+"""The local Cosmos-compatible server: npm `@vercel/cosmosdb-server` on a free loopback port,
+for the store conformance suite, end-to-end tests and benchmarks.
 
-    with running_cosmos_server() as server:          # or the `cosmos_server` fixture
+    with running_cosmos_server() as server:
         store = CosmosStore(server.endpoint, key=server.key, verify_tls=False, create=True)
         env = server.environ(database="e2e")         # FLEET_STORE=cosmos, COSMOS_* for `fleet serve`
 
-`cosmos_account` is the fixture a suite that can run against a real account wants: the account
-named by `COSMOS_ENDPOINT` (with `COSMOS_KEY`, or `az login` credentials) when that is set, else
-the local server. Both fixtures are session-scoped, so a run starts the server at most once.
-Where the server cannot start (no node, no `npm install`), they skip, and fail when `CI=true`
-(STYLE.md, rule 8).
+`account_from_env()` is the account `COSMOS_ENDPOINT` names (with `COSMOS_KEY`, or `az login`
+credentials), for runs against a real account. `start_cosmos_server` raises `ServerUnavailable`
+where the server cannot start (no node, no `npm install`); the test fixtures in
+`tests/support/cosmos.py` turn that into a skip, or a failure under `CI=true`.
 
 The server speaks HTTPS with a self-signed (and long expired) certificate, so clients run with
-`verify_tls=False`. `CosmosStore` silences urllib3's warning about that for loopback hosts only,
-but pytest resets warning filters around every test, so tests that talk to the server in-process
-carry the `unverified_loopback` mark. The server keeps everything in memory: data is gone when it
-stops. Its gaps (see DESIGN.md): no transactional batch, no `OFFSET … LIMIT`, `GROUP BY` or
-`DISTINCT`; TTL not enforced; request charge always 1. Unlike a real account it accepts a
-multi-key `ORDER BY` on a container without composite indexes, and on one with composite indexes
-it only accepts an exact match (a real account also takes the fully inverted one).
+`verify_tls=False`. The server keeps everything in memory: data is gone when it stops. Its gaps
+(see DESIGN.md): no transactional batch, no `OFFSET … LIMIT`, `GROUP BY` or `DISTINCT`; TTL not
+enforced; request charge always 1. Unlike a real account it accepts a multi-key `ORDER BY` on a
+container without composite indexes, and on one with composite indexes it only accepts an exact
+match (a real account also takes the fully inverted one).
 """
 from __future__ import annotations
 
@@ -33,9 +31,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
-
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO_ROOT / "node_modules" / "@vercel" / "cosmosdb-server"
@@ -45,11 +40,6 @@ STOP_TIMEOUT = 5.0
 #: The Cosmos DB emulator's published, well-known key. The local server accepts any key; using
 #: this one keeps settings interchangeable with the official emulator.
 EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
-
-#: For tests that call the server in-process: see the module docstring.
-unverified_loopback = pytest.mark.filterwarnings(
-    r"ignore:Unverified HTTPS request is being made to host '127\.0\.0\.1':urllib3.exceptions.InsecureRequestWarning"
-)
 
 # The CLI closes every connection after one response (a TLS handshake per SDK call); the
 # library's `keepAlive` option keeps them open, several times faster. The server exits when its
@@ -210,17 +200,6 @@ def _wait_until_answering(port: int, deadline: float) -> None:
         time.sleep(0.05)
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip the test for a missing server locally; fail it under `CI=true`."""
-    if in_ci():
-        pytest.fail(f"CI=true and the Cosmos server is unavailable: {reason}", pytrace=False)
-    pytest.skip(f"Cosmos server unavailable: {reason}")
-
-
 def account_from_env() -> CosmosAccount | None:
     """The account `COSMOS_ENDPOINT` names (a real account or the official emulator), if set."""
     endpoint = os.environ.get("COSMOS_ENDPOINT")
@@ -228,22 +207,3 @@ def account_from_env() -> CosmosAccount | None:
         return None
     verify = os.environ.get("COSMOS_VERIFY_TLS", "true").strip().lower() not in {"0", "false", "no"}
     return CosmosAccount(endpoint, os.environ.get("COSMOS_KEY") or None, verify, local=False)
-
-
-@pytest.fixture(scope="session")
-def cosmos_server() -> Iterator[CosmosServer]:
-    """The local server, started once per test session."""
-    try:
-        server = start_cosmos_server()
-    except ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def cosmos_account(request: pytest.FixtureRequest) -> CosmosAccount:
-    """`COSMOS_ENDPOINT`'s account when set, else the local server (started on first use)."""
-    return account_from_env() or request.getfixturevalue("cosmos_server")

@@ -12,7 +12,7 @@ from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Priority
 
-from tests.unit.conftest import PRODUCT
+from fleet.testing import PRODUCT, open_world
 
 CAPABILITIES = ["py", "js", "gpu", "db"]
 
@@ -63,8 +63,8 @@ def ids(cands) -> list[str]:
 
 @PROPERTY
 @given(specs=st.lists(job_specs, max_size=25), weights=weight_sets, offered=offered_sets, page=st.integers(1, 7))
-def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(new_world, specs, weights, offered, page):
-    with new_world() as world:
+def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(specs, weights, offered, page):
+    with open_world() as world:
         # Given queued jobs keyed with `weights`, and some that are not claimable
         jobs = seed(world, specs, weights)
         now = world.clock.now()
@@ -86,8 +86,8 @@ def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(ne
 
 @PROPERTY
 @given(specs=st.lists(job_specs, max_size=25), weights=weight_sets, offered=offered_sets)
-def test_claim_next_takes_the_full_scans_best_with_product_weights(new_world, specs, weights, offered):
-    with new_world() as world:
+def test_claim_next_takes_the_full_scans_best_with_product_weights(specs, weights, offered):
+    with open_world() as world:
         # Given the product's registered weights, and jobs keyed with them
         weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(**weights.model_dump()))
         jobs = seed(world, specs, weights)
@@ -102,8 +102,8 @@ def test_claim_next_takes_the_full_scans_best_with_product_weights(new_world, sp
 
 @PROPERTY
 @given(specs=st.lists(job_specs, max_size=25), override=weight_sets, offered=offered_sets)
-def test_claim_next_takes_the_full_scans_best_with_request_weights(new_world, specs, override, offered):
-    with new_world() as world:
+def test_claim_next_takes_the_full_scans_best_with_request_weights(specs, override, offered):
+    with open_world() as world:
         # Given jobs keyed with the default weights
         jobs = seed(world, specs, scoring.DEFAULTS)
         best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), override, offered))
@@ -132,11 +132,11 @@ def test_ties_go_to_the_older_job_then_the_smaller_id(make_job, clock):
     assert order == [*sorted([older_a.id, older_b.id]), younger_high.id]
 
 
-def test_the_fast_path_reads_one_page_whatever_the_depth(new_world):
+def test_the_fast_path_reads_one_page_whatever_the_depth():
     """Cost must not grow with queue depth: 50 and 2000 queued jobs, the same number of reads."""
     queries = {}
     for depth in (50, 2000):
-        with new_world() as world:
+        with open_world() as world:
             # Given `depth` queued jobs of mixed priority and age
             jobs = [world.make_job(f"job-{i}", priority=list(Priority)[i % 4], age_minutes=i % 120) for i in range(depth)]
             counting = store_port.CountingStore(world.store)
@@ -152,10 +152,10 @@ def test_the_fast_path_reads_one_page_whatever_the_depth(new_world):
     assert queries[50] == queries[2000] <= 2, queries
 
 
-def test_the_bucket_path_reads_a_bounded_number_of_pages_whatever_the_depth(new_world):
+def test_the_bucket_path_reads_a_bounded_number_of_pages_whatever_the_depth():
     queries = {}
     for depth in (50, 2000):
-        with new_world() as world:
+        with open_world() as world:
             jobs = [
                 world.make_job(f"job-{i}", priority=list(Priority)[i % 4], attempts=i % 3, age_minutes=i % 120)
                 for i in range(depth)

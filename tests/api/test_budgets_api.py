@@ -1,0 +1,86 @@
+"""Budgets over HTTP (`FLEET_BUDGETS`): the budget endpoints, claims refused for the budget, window
+rolls, accrual once per run, reservations of estimates, validation; 404 while the flag is off."""
+from __future__ import annotations
+
+import pytest
+
+
+def test_budget_endpoints_are_404_feature_disabled_when_off(api):
+    for method, path in [("GET", "/fleet/budgets/p"), ("PUT", "/fleet/budgets/p"),
+                         ("POST", "/fleet/budgets/p/pause"), ("POST", "/fleet/budgets/p/resume")]:
+        response = api.call(method, path, {"ceilingUsd": 1})
+        assert response.status_code == 404 and response.json["code"] == "feature_disabled", path
+
+
+def test_budget_lifecycle_and_claim_refusals(flagged_api):
+    api = flagged_api
+    assert api.get("/fleet/budgets/p").json["code"] == "not_found"
+    budget = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 1.0, "window": "daily"}).json
+    assert budget["ceilingUsd"] == 1.0 and budget["windowStart"] == "2026-03-02T00:00:00.000Z"
+
+    job = api.submit("k1")
+    claimed = api.claim()
+    api.post(f"/fleet/jobs/{job['id']}/lease/release",
+             {"leaseId": claimed["lease"]["leaseId"], "stage": "shipped", "insights": {"costUsd": 1.25}})
+    budget = api.get("/fleet/budgets/p").json
+    assert budget["spentUsd"] == 1.25 and budget["paused"] and budget["pausedBy"] == "ceiling"
+
+    api.submit("k2")
+    api.store.reset()
+    assert api.claim() == {"job": None, "reason": "budget_paused"}
+    assert api.store.total("query:jobs") == 0  # the budget is checked first: no job scan
+
+    assert api.post("/fleet/budgets/p/resume").json["paused"] is False
+    assert api.claim() == {"job": None, "reason": "budget_exceeded"}
+    raised = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 5.0, "window": "daily"}).json
+    assert raised["paused"] is False
+    assert api.claim()["job"]["idempotencyKey"] == "k2"
+
+
+def test_manual_pause_survives_the_window_roll_and_ceiling_pause_does_not(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 0.5, "window": "daily"})
+    api.call("PUT", "/fleet/budgets/q", {"ceilingUsd": 0.5, "window": "daily"})
+    for product in ("p", "q"):
+        api.submit("k", product=product)
+        claimed = api.claim(product=product)
+        api.post(f"/fleet/jobs/{claimed['job']['id']}/lease/release",
+                 {"leaseId": claimed["lease"]["leaseId"], "stage": "shipped", "insights": {"costUsd": 1}})
+    api.post("/fleet/budgets/q/pause")
+
+    api.clock.advance(days=1)
+    assert api.post("/admin/functions/roll_budget_windows", {"input": ""}).status_code == 202
+    p, q = api.get("/fleet/budgets/p").json, api.get("/fleet/budgets/q").json
+    assert (p["spentUsd"], p["paused"]) == (0.0, False)
+    assert (q["spentUsd"], q["paused"], q["pausedBy"]) == (0.0, True, "manual")
+
+
+def test_shipping_twice_accrues_once(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 100})
+    job = api.submit("k1")
+    claimed = api.claim()
+    api.post(f"/fleet/jobs/{job['id']}/lease/release",
+             {"leaseId": claimed["lease"]["leaseId"], "stage": "testing", "insights": {"costUsd": 2}})
+    api.post(f"/fleet/jobs/{job['id']}/actions/ship")
+    api.post(f"/fleet/jobs/{job['id']}/actions/ship")
+    api.sweep()
+    assert api.get("/fleet/budgets/p").json["spentUsd"] == 2.0
+    assert api.job(job["id"])["runs"][-1]["accrued"] is True
+
+
+def test_estimates_reserve_the_ceiling_at_claim(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10})
+    for n in range(3):
+        api.submit(f"k{n}", estimatedCostUsd=4)
+    assert api.claim("f1")["job"] is not None
+    assert api.claim("f2")["job"] is not None
+    assert api.claim("f3") == {"job": None, "reason": "budget_exceeded"}  # 4 + 4 + 4 > 10
+    assert api.get("/fleet/budgets/p").json["reservedUsd"] == 8
+
+
+@pytest.mark.parametrize("body,field", [({"ceilingUsd": -1}, "ceilingUsd"), ({"ceilingUsd": 1, "window": "hourly"}, "window"), ({}, "ceilingUsd")])
+def test_budget_validation(flagged_api, body, field):
+    response = flagged_api.call("PUT", "/fleet/budgets/p", body)
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == field

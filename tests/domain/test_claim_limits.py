@@ -1,0 +1,219 @@
+"""What limits a claim, with budgets and preemption on: the budget is checked before anything
+else, then the seat limit (where only a critical job may be taken, by preemption), then the
+candidates; an estimated cost is reserved before the job is taken. With the flags off, seat
+limits are advisory and budgets are not enforced."""
+from __future__ import annotations
+
+import pytest
+
+from fleet import budget_rules, budgets, claims, store as store_port
+from fleet.context import Context
+from fleet.stages import RunResult, Stage
+
+from fleet.testing import PRODUCT, World, flags_on, open_world
+
+#: Budgets and preemption on for every world here.
+pytestmark = pytest.mark.settings(flags_on())
+
+
+def live_leases(world: World, factory: str) -> list[str]:
+    query = store_port.Query("jobs", None, (store_port.Filter("lease.factoryId", "=", factory),), limit=100)
+    return sorted(doc["idempotencyKey"] for doc in store_port.query_all(world.store.inner, query))
+
+
+def at_its_limit(world: World, factory: str = "factory-1", key: str = "low"):
+    """`factory` (one seat, by heartbeat) running one low job."""
+    low = world.running_job(key, factory=factory, priority="low")
+    world.heartbeat(factory, seat_limit=1, running=[low])
+    return low
+
+
+@pytest.mark.parametrize(
+    "refuse, reason",
+    [
+        (lambda world: budgets.pause(world.ctx, PRODUCT), "budget_paused"),
+        (lambda world: budgets.put(world.ctx, PRODUCT, 0.0, budget_rules.Window.MONTHLY), "budget_paused"),  # 0 >= 0
+    ],
+)
+def test_the_budget_is_checked_before_the_seat_limit_and_nothing_is_evicted(world, refuse, reason):
+    # Given a factory at its limit, a critical job waiting, and a budget that refuses
+    low = at_its_limit(world)
+    world.put_budget(10.0)
+    world.submit_job("urgent", priority="critical")
+    refuse(world)
+    counting = store_port.CountingStore(world.store.inner)
+    # When the factory claims
+    claimed = claims.claim_next(Context(counting, world.clock, world.ctx.settings), claims.ClaimRequest("factory-1", PRODUCT))
+    # Then the budget answers, with one point read: no seat count, no job scan, no eviction
+    assert (claimed.job, claimed.reason) == (None, reason)
+    assert dict(counting.calls) == {"read:budgets": 1}
+    assert world.job(low).stage == Stage.ASSIGNED
+
+
+def test_no_job_is_evicted_for_a_critical_job_the_budget_cannot_start(world):
+    # Given a factory at its limit and a critical job whose estimate (8) does not fit (5 + 8 > 10)
+    world.put_budget(10.0)
+    low = at_its_limit(world)
+    world.release(low, result="retry", insights={"costUsd": 5.0})
+    low = world.claim_job(world.job(low), "factory-1").job
+    world.submit_job("urgent", priority="critical", estimated_cost_usd=8.0)
+    # When the factory claims, Then no job, and its running job keeps its seat
+    claimed = world.claim("factory-1")
+    assert (claimed.job, claimed.reason) == (None, "budget_exceeded")
+    assert world.job(low).stage == Stage.ASSIGNED
+
+
+def test_the_preemptors_estimate_is_reserved(world):
+    world.put_budget(10.0)
+    low = at_its_limit(world)
+    urgent = world.submit_job("urgent", priority="critical", estimated_cost_usd=4.0)
+    claimed = world.claim("factory-1")
+    assert (claimed.job.id, claimed.preempted) == (urgent.id, [low.id])
+    assert world.budget().reserved_usd == 4.0
+
+
+def test_if_the_preemptor_is_taken_by_a_rival_the_freed_seat_is_simply_free(world, faulty):
+    # Given factory-1 at its limit and a critical job; a rival will take that job just after
+    # factory-1 evicts its victim
+    low = at_its_limit(world)
+    urgent = world.submit_job("urgent", priority="critical")
+    rival = world.with_settings()
+
+    def rival_claims():
+        request = claims.ClaimRequest("factory-2", PRODUCT)
+        claims.claim_job(rival.observer, urgent.id, PRODUCT, request)
+
+    # (replace #1 on jobs is the eviction; the rival then takes the critical job)
+    faulty.meanwhile("replace", "jobs", rival_claims)
+    claimed = world.claim("factory-1")
+    # Then the rival holds the critical job; the victim was evicted once, and the freed seat
+    # is simply free: the same claim, no longer at the limit, takes the best job left (the
+    # victim itself) without preempting anything
+    assert world.job(urgent).lease.factory_id == "factory-2"
+    assert (claimed.job.id, claimed.preempted) == (low.id, [])
+    victim = world.job(low)
+    assert victim.runs[-2].result == RunResult.PREEMPTED and victim.lease.factory_id == "factory-1"
+    assert [e.type for e in victim.events].count("preempted") == 1
+
+
+def test_a_lost_race_falls_through_releasing_only_its_own_reservation(world, faulty):
+    # Given two queued jobs estimated at 4 (the older first in line) and a 20-dollar ceiling
+    world.put_budget(20.0)
+    first = world.submit_job("first", estimated_cost_usd=4.0)
+    world.clock.advance(60)
+    second = world.submit_job("second", estimated_cost_usd=4.0)
+    rival = world.with_settings()
+
+    def rival_takes_first():
+        claims.claim_job(rival.observer, first.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT))
+
+    # When a rival takes the first job right after factory-1 reserved for it
+    faulty.meanwhile("replace", "budgets", rival_takes_first)
+    claimed = world.claim("factory-1")
+    # Then factory-1 falls through to the second job
+    assert claimed.job.id == second.id
+    # and both running claims hold their estimate: 4 + 4
+    winner = world.job(first)
+    held = world.budget().reservations
+    assert held.keys() == {winner.latest_run.reservation, claimed.job.latest_run.reservation}
+    assert world.budget().reserved_usd == 8.0
+
+
+def test_a_candidate_too_dear_for_the_budget_is_passed_over_for_an_affordable_one(world, clock):
+    # Regression: a candidate too dear for the budget used to end the claim.
+    # Given a ceiling of 10, of which a running job has reserved its estimate of 8
+    world.put_budget(10.0)
+    world.submit_job("big", priority="high", estimated_cost_usd=8.0)
+    clock.advance(1)
+    world.submit_job("big-2", priority="high", estimated_cost_usd=8.0)
+    clock.advance(1)
+    small = world.submit_job("small", estimated_cost_usd=0.5)
+    clock.advance(1)
+    unestimated = world.submit_job("unestimated")
+    assert world.claim("factory-1").job.idempotency_key == "big"
+    # When other factories claim: big-2 ranks first but 8 + 8 > 10
+    # Then they take the cheaper jobs that fit (8 + 0.5 <= 10; no estimate reserves nothing)
+    assert world.claim("factory-2").job.id == small.id
+    assert world.claim("factory-3").job.id == unestimated.id
+    # and only when nothing queued fits is the claim refused for the budget
+    refused = world.claim("factory-4")
+    assert (refused.job, refused.reason) == (None, "budget_exceeded")
+
+
+def test_a_critical_job_may_evict_a_job_of_another_product(world):
+    # Seats belong to the factory, not the product
+    other = world.running_job("other-work", priority="normal", product_id="beta")
+    world.heartbeat("factory-1", seat_limit=1, running=[other])
+    urgent = world.submit_job("urgent", priority="critical")
+    claimed = world.claim("factory-1")
+    assert (claimed.job.id, claimed.preempted) == (urgent.id, [other.id])
+    assert live_leases(world, "factory-1") == ["urgent"]
+
+
+def test_at_the_limit_only_critical_jobs_are_considered(world):
+    # Given a one-seat factory running a low job, an older normal job and a newer critical one
+    at_its_limit(world)
+    world.submit_job("normal")  # would win on score with a free seat
+    urgent = world.submit_job("urgent", priority="critical")
+    claimed = world.claim("factory-1")
+    assert claimed.job.id == urgent.id
+    assert live_leases(world, "factory-1") == ["urgent"]
+
+
+# Regression: a factory at its seat limit used to scan the whole queue on every claim.
+
+
+def job_queries_of_a_claim_at_the_seat_limit(queued: int) -> int:
+    with open_world(flags_on()) as world:
+        # Given a factory holding its only seat, and `queued` normal jobs waiting
+        world.running_job("held", factory="factory-1")
+        for n in range(queued):
+            world.submit_job(f"waiting-{n}")
+        # When it claims again
+        world.store.reset()
+        claimed = world.claim("factory-1", seat_limit=1)
+        # Then it is refused for its seat limit (only critical work may preempt)
+        assert (claimed.job, claimed.reason) == (None, "seat_limit")
+        return world.store.calls["query:jobs"]
+
+
+def test_a_factory_at_its_seat_limit_reads_only_the_critical_buckets():
+    shallow, deep = job_queries_of_a_claim_at_the_seat_limit(200), job_queries_of_a_claim_at_the_seat_limit(4000)
+    # The same few queries however deep the queue: one per critical (priority, attempts)
+    # bucket and one for the factory's running jobs, never a page of normal work.
+    assert shallow == deep <= claims.MAX_ATTEMPTS + 1
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"budgets": False, "preemption": False},
+        {"budgets": False, "preemption": True},
+        {"budgets": True, "preemption": False},
+    ],
+)
+def test_each_flag_switches_only_its_own_rule(flags):
+    with open_world(flags_on(**flags)) as world:
+        # Given a paused product, a factory at its one-seat limit, and a normal job waiting
+        world.put_budget(10.0)
+        low = at_its_limit(world)
+        budgets.pause(world.ctx, PRODUCT)
+        waiting = world.submit_job("waiting")
+        claimed = world.claim("factory-1")
+        if flags["budgets"]:
+            assert claimed.reason == "budget_paused"
+        elif flags["preemption"]:
+            assert claimed.reason == "seat_limit"
+        else:
+            # Both off: the seat limit is advisory and the budget is not enforced
+            assert claimed.job.id == waiting.id
+        assert world.job(low).stage == Stage.ASSIGNED
+
+
+def test_a_claim_reports_what_it_preempted(world):
+    low = at_its_limit(world)
+    world.submit_job("urgent", priority="critical")
+    doc = world.claim("factory-1").to_doc()
+    assert doc["preempted"] == [low.id]
+    assert doc["lease"]["factoryId"] == "factory-1"
+    assert doc["runId"] == doc["job"]["runs"][-1]["runId"]
