@@ -28,8 +28,9 @@ from fleet import (
 )
 from fleet.jobs import PRODUCT_ID, product_of
 from fleet.stages import Stage
-from shared import http, openapi
+from shared import config, http, openapi
 from shared.config import context as ctx
+from shared.stores import probe
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("fleet")
@@ -236,25 +237,30 @@ def resume_budget(req: func.HttpRequest) -> func.HttpResponse:
 # Service
 
 
+#: One ping of the store at a time, for every health check (see `shared.stores.probe`).
+store_probe = probe.Probe(lambda: ctx().store.ping())
+
+
 @app.route(route="fleet/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @http.endpoint
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    context = ctx()
-    try:
-        context.store.ping()
-        store_ok = True
-    except Exception:  # health reports the store's state; it must not fail itself
-        log.exception("store ping failed")
-        store_ok = False
-    settings = context.settings
+    reading = store_probe.check()  # within its own short deadline, however the store fares
+    if not reading.reachable:
+        log.warning("store not usable: %s (%s)", reading.reason.value, reading.detail)
+    context = config.current()  # None while the store could not even be opened
+    settings = config.settings()
     return http.ok(
         {
-            "status": "ok" if store_ok else "degraded",
-            "store": {"kind": type(context.store).__name__, "reachable": store_ok},
+            "status": "ok" if reading.reachable else "degraded",
+            "store": {
+                "kind": type(context.store).__name__ if context else None,
+                "reachable": reading.reachable,
+                "reason": reading.reason.value if reading.reason else None,
+            },
             "flags": {"preemption": settings.preemption, "budgets": settings.budgets},
             "version": openapi.VERSION,
         },
-        200 if store_ok else 503,
+        200 if reading.reachable else 503,
     )
 
 

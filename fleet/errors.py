@@ -5,6 +5,7 @@ one table, by `code`; adapters convert driver errors into these at their edge.
 """
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 
@@ -40,14 +41,54 @@ class PreconditionFailed(FleetError):
     code = "precondition_failed"
 
 
+class StoreFault(str, Enum):
+    """Why the store could not serve a call: a 503's `reason`, and health's `store.reason`."""
+
+    #: Locked or throttled by other work; the same call a moment later will likely pass.
+    BUSY = "busy"
+    #: No answer within the store deadline (`FLEET_STORE_TIMEOUT_SECONDS`): the store stalled.
+    TIMEOUT = "timeout"
+    #: The store's endpoint could not be connected to (refused, reset, no route).
+    UNREACHABLE = "unreachable"
+    #: The database takes reads but no writes (file mode, read-only filesystem or account).
+    READ_ONLY = "read_only"
+    #: No room left to write (disk full, database size limit).
+    FULL = "full"
+    #: The store refused us (file permissions, a rejected credential).
+    DENIED = "denied"
+    #: The store cannot be opened or used at all (missing directory, not a database, I/O error).
+    UNAVAILABLE = "unavailable"
+
+
 class StoreBusy(FleetError):
     """The store is throttling or unreachable; retry after a short wait."""
 
     code = "store_busy"
 
-    def __init__(self, detail: str | None = None, retry_after: float = 1.0, **extra: Any) -> None:
-        super().__init__(detail, **extra)
+    def __init__(
+        self, detail: str | None = None, retry_after: float = 1.0, reason: StoreFault = StoreFault.BUSY, **extra: Any
+    ) -> None:
+        super().__init__(detail, reason=reason.value, **extra)
         self.retry_after = retry_after
+        self.reason = reason
+
+
+class StoreUnavailable(FleetError):
+    """The store cannot take writes now (read-only, full, refused or unopenable); an operator
+    must act, then a retry passes."""
+
+    code = "store_unavailable"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        reason: StoreFault = StoreFault.UNAVAILABLE,
+        retry_after: float = 5.0,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, reason=reason.value, **extra)
+        self.retry_after = retry_after
+        self.reason = reason
 
 
 # Domain outcomes (raised by use cases).

@@ -13,6 +13,8 @@ from fleet.context import Context, Settings
 from fleet.store import Store
 
 TRUTHY = frozenset({"1", "true", "yes"})
+#: The store deadline when `FLEET_STORE_TIMEOUT_SECONDS` is unset.
+STORE_TIMEOUT_SECONDS = 5.0
 
 _lock = threading.Lock()
 _context: Context | None = None
@@ -33,16 +35,34 @@ def settings_from(env: Mapping[str, str]) -> Settings:
 
 
 def store_from(env: Mapping[str, str]) -> Store:
+    """The store `FLEET_STORE` names, with the deadline `FLEET_STORE_TIMEOUT_SECONDS` gives
+    every call to it."""
     kind = env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite"
+    timeout = store_timeout(env)
     if kind == "sqlite":
         from shared.stores.sqlite_store import SqliteStore
 
-        return SqliteStore(env.get("FLEET_DB") or ".fleet/fleet.db")
+        return SqliteStore(env.get("FLEET_DB") or ".fleet/fleet.db", timeout=timeout)
     if kind == "cosmos":
         from shared.stores.cosmos_store import CosmosStore
 
-        return CosmosStore(**cosmos_settings(env))
+        return CosmosStore(**cosmos_settings(env), timeout=timeout)
     raise ValueError(f"FLEET_STORE must be sqlite or cosmos, not {kind!r}")
+
+
+def store_timeout(env: Mapping[str, str]) -> float:
+    """`FLEET_STORE_TIMEOUT_SECONDS`: how long one store call may take before the request
+    answers 503 (default 5; fractions allowed, at most 300)."""
+    raw = env.get("FLEET_STORE_TIMEOUT_SECONDS")
+    if raw in (None, ""):
+        return STORE_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"FLEET_STORE_TIMEOUT_SECONDS must be a number of seconds, not {raw!r}") from None
+    if not 0 < value <= 300:  # also refuses nan and inf
+        raise ValueError("FLEET_STORE_TIMEOUT_SECONDS must be more than 0 and at most 300")
+    return value
 
 
 def cosmos_settings(env: Mapping[str, str]) -> dict[str, Any]:
@@ -68,6 +88,18 @@ def context() -> Context:
         if _context is None:
             _context = Context(store=store_from(os.environ), clock=SystemClock(), settings=settings_from(os.environ))
         return _context
+
+
+def current() -> Context | None:
+    """The process's context if it was built, without building it (health must answer while
+    the store cannot even be opened)."""
+    return _context
+
+
+def settings() -> Settings:
+    """The process's settings: its context's, or the environment's before a context exists."""
+    built = _context
+    return built.settings if built is not None else settings_from(os.environ)
 
 
 def use(ctx: Context | None) -> None:

@@ -46,6 +46,7 @@ STATUS: dict[type[errors.FleetError], int] = {
     errors.TooLarge: 413,
     errors.PreconditionFailed: 409,
     errors.StoreBusy: 503,
+    errors.StoreUnavailable: 503,
     errors.TooManyRetries: 503,
 }
 
@@ -167,7 +168,7 @@ def from_error(exc: errors.FleetError) -> func.HttpResponse:
     extra: dict[str, Any] = dict(exc.extra)
     if isinstance(exc, errors.ValidationFailed):
         extra["errors"] = exc.errors
-    if isinstance(exc, errors.StoreBusy):
+    if isinstance(exc, (errors.StoreBusy, errors.StoreUnavailable)):
         extra["retryAfter"] = exc.retry_after
     elif isinstance(exc, errors.TooManyRetries):
         extra["retryAfter"] = 1

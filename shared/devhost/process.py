@@ -13,13 +13,21 @@ variable). Its stdout and stderr go to files, never to pipes that could fill up 
 
 Timers run on their schedules (the sweep at second 0 of every minute); a caller that wants
 to drive them alone passes ``args=("--no-timers",)`` and posts to ``/admin/functions/{name}``.
+
+Limits, as an operator's service manager would set them: ``max_open_files=256`` starts the
+server under ``ulimit -n 256``; ``drop_file_override=True`` makes a server started by root obey
+file modes like any service account (it loses ``CAP_DAC_OVERRIDE``), so a read-only database
+file is read-only to it. ``server.open_files()`` and ``server.resident_bytes()`` read what the
+running server holds from ``/proc`` (Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 _LISTENING = re.compile(rb"^Listening on (http://\S+:(\d+))\s*$", re.MULTILINE)
+# prctl(2): drop a capability from the bounding set, so the exec'd server never holds it.
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
 
 
 class ServerHandle:
@@ -38,10 +49,13 @@ class ServerHandle:
     keeps the database and the port."""
 
     def __init__(self, db: str, env: Mapping[str, str | None] | None = None,
-                 args: Sequence[str] = (), workdir: str | None = None) -> None:
+                 args: Sequence[str] = (), workdir: str | None = None, *,
+                 max_open_files: int | None = None, drop_file_override: bool = False) -> None:
         self.db = db
         self.env = dict(env or {})
         self.args = tuple(args)
+        self.max_open_files = max_open_files
+        self.drop_file_override = drop_file_override
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.port = 0
@@ -62,7 +76,7 @@ class ServerHandle:
         try:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self._environment(),
                                             stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                            stderr=self._stderr)
+                                            stderr=self._stderr, preexec_fn=self._limits())
             self.url, self.port = self._wait_until_listening(timeout)
         except BaseException:
             self.stop()
@@ -94,6 +108,39 @@ class ServerHandle:
     @property
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("the server is not running")
+        return self.process.pid
+
+    def open_files(self) -> int:
+        """File descriptors the server holds now (sockets, the database and its -wal, ...)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def resident_bytes(self) -> int:
+        """The server's resident memory now (``VmRSS``)."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        kib = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+        return int(kib.group(1)) * 1024
+
+    def _limits(self):
+        """The ``preexec_fn`` applying this server's limits in the child, or None."""
+        max_open_files, drop = self.max_open_files, self.drop_file_override and os.geteuid() == 0
+        if max_open_files is None and not drop:
+            return None
+        libc = ctypes.CDLL(None, use_errno=True) if drop else None
+
+        def apply() -> None:  # runs in the child between fork and exec: no locks, no imports
+            if max_open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+            if libc is not None:
+                for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+                    if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+        return apply
 
     def log(self) -> str:
         """Everything the current (or last) server wrote to stderr."""
@@ -132,11 +179,14 @@ class ServerHandle:
 
 @contextlib.contextmanager
 def running_server(env: Mapping[str, str | None] | None = None, db: str | None = None,
-                   args: Sequence[str] = ()) -> Iterator[ServerHandle]:
+                   args: Sequence[str] = (), *, max_open_files: int | None = None,
+                   drop_file_override: bool = False) -> Iterator[ServerHandle]:
     """A running ``fleet serve`` on a free port over ``db`` (default: a fresh file in a
-    temporary directory removed afterwards). Stopped when the block ends."""
+    temporary directory removed afterwards), under the limits given (see the module
+    docstring). Stopped when the block ends."""
     with tempfile.TemporaryDirectory(prefix="fleet-e2e-") as workdir:
-        handle = ServerHandle(db or str(Path(workdir, "fleet.db")), env, args, workdir)
+        handle = ServerHandle(db or str(Path(workdir, "fleet.db")), env, args, workdir,
+                              max_open_files=max_open_files, drop_file_override=drop_file_override)
         try:
             yield handle.start()
         finally:

@@ -7,14 +7,27 @@ too. Primitives map one-to-one onto SDK calls: point reads, `create_item`, `repl
 `If-Match`, `upsert_item`, `delete_item`, `patch_item` `incr`, and parameterised queries, which
 `shared.stores.cosmos_query` builds and pages with keyset continuation tokens of our own.
 
+Every call has a deadline (`timeout`, from `FLEET_STORE_TIMEOUT_SECONDS`): the SDK's absolute
+per-operation timeout, which spans its retries, and connection and socket-read timeouts of the
+same length for each attempt (the SDK's own default read timeout is 65 s), with throttling
+retries waiting at most that long in all. A stalled endpoint therefore costs a request one
+deadline, not minutes.
+
 Driver errors are converted here, at the edge: 404 → `NotFound`, 409 → `Conflict`, 412 →
-`PreconditionFailed`, 429 (after the SDK's own retries), 408, 449, 503 and connection failures →
-`StoreBusy` (with the service's `x-ms-retry-after-ms` when it sent one). Every HTTP response's
+`PreconditionFailed`, 429 (after the SDK's own retries), 408, 449, 503, a deadline that ran out
+and connection failures → `StoreBusy` (with the service's `x-ms-retry-after-ms` when it sent
+one); a refused credential or permission (401, 403), a read-only account (403 write forbidden)
+and a full partition (403 quota) → `StoreUnavailable`. Every HTTP response's
 `x-ms-request-charge` is added to `shared.stores.charge`'s meter.
+
+One `CosmosClient` per store, and one store per process (`shared.config.context`): the SDK keeps
+one HTTP connection pool (azure-core's `requests` session: at most 10 idle connections kept per
+host; more concurrent calls open short-lived extra ones), so nothing grows with requests.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import warnings
@@ -24,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from fleet import errors
@@ -38,6 +51,14 @@ BUSY_STATUSES = frozenset({408, 429, 449, 503})
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
+#: Seconds a store call may take (`FLEET_STORE_TIMEOUT_SECONDS`' default).
+TIMEOUT = 5.0
+
+#: 403 sub-statuses that name what is wrong: writes refused (a read-only region or account),
+#: and a logical partition at its storage quota.
+WRITE_FORBIDDEN = 3
+PARTITION_FULL = 1014
+
 
 class CosmosStore(Store):
     """The store port over Cosmos DB for NoSQL.
@@ -45,8 +66,9 @@ class CosmosStore(Store):
     `key` absent: `DefaultAzureCredential` (the Function App's managed identity in Azure, your
     `az login` on a workstation). `verify_tls=False` is for a local emulator's self-signed
     certificate only. `create=True` creates the database and containers from `containers.json`
-    (local emulators: in Azure, data-plane RBAC cannot, and Bicep does). Extra keyword
-    arguments go to `CosmosClient` (e.g. `retry_total`, `connection_timeout`).
+    (local emulators: in Azure, data-plane RBAC cannot, and Bicep does). `timeout` is the
+    deadline of every call, in seconds. Extra keyword arguments go to `CosmosClient` and win
+    over the ones the deadline sets (e.g. `retry_total`, `connection_timeout`).
     """
 
     def __init__(
@@ -56,10 +78,12 @@ class CosmosStore(Store):
         database: str = "fleet",
         verify_tls: bool = True,
         create: bool = False,
+        timeout: float = TIMEOUT,
         **client_options: Any,
     ) -> None:
         self.endpoint = endpoint
         self.database_name = database
+        self.timeout = timeout
         _quiet_sdk_logs()
         self.specs = cosmos_query.load_containers()
         if not verify_tls:
@@ -76,7 +100,7 @@ class CosmosStore(Store):
                 credential=self._credential,
                 connection_verify=verify_tls,
                 raw_response_hook=_meter_charge,
-                **client_options,
+                **{**deadline_options(timeout), **client_options},
             )
             if create:
                 self.create_containers()
@@ -98,11 +122,14 @@ class CosmosStore(Store):
 
     def read(self, container, partition_key, id):
         with _converted(f"{container}/{id}"):
-            return _public(self._container(container).read_item(item=id, partition_key=partition_key))
+            return _public(
+                self._container(container).read_item(item=id, partition_key=partition_key, timeout=self.timeout)
+            )
 
     def create(self, container, doc):
         with _converted(f"{container}/{doc.get('id')}"):
-            return _public(self._container(container).create_item(body=self._body(container, doc)))
+            body = self._body(container, doc)
+            return _public(self._container(container).create_item(body=body, timeout=self.timeout))
 
     def replace(self, container, doc, etag):
         with _converted(f"{container}/{doc.get('id')}"):
@@ -112,16 +139,18 @@ class CosmosStore(Store):
                     body=self._body(container, doc),
                     etag=etag,
                     match_condition=MatchConditions.IfNotModified,
+                    timeout=self.timeout,
                 )
             )
 
     def upsert(self, container, doc):
         with _converted(f"{container}/{doc.get('id')}"):
-            return _public(self._container(container).upsert_item(body=self._body(container, doc)))
+            body = self._body(container, doc)
+            return _public(self._container(container).upsert_item(body=body, timeout=self.timeout))
 
     def delete(self, container, partition_key, id):
         with _converted(f"{container}/{id}"):
-            self._container(container).delete_item(item=id, partition_key=partition_key)
+            self._container(container).delete_item(item=id, partition_key=partition_key, timeout=self.timeout)
 
     def increment(self, container, partition_key, id, field, by, initial, stamp=None):
         stamp = stamp or {}
@@ -135,24 +164,28 @@ class CosmosStore(Store):
             raise ValueError("Cosmos DB patches at most 10 fields at once")
         # A patch is one atomic server-side write; only a missing document needs a create, and
         # a create that loses the race to a concurrent one falls back to the patch.
+        patch = functools.partial(
+            client.patch_item, item=id, partition_key=partition_key, patch_operations=ops, timeout=self.timeout
+        )
         with _converted(f"{container}/{id}"):
             try:
-                return _public(client.patch_item(item=id, partition_key=partition_key, patch_operations=ops))
+                return _public(patch())
             except exceptions.CosmosResourceNotFoundError:
                 pass
             key_field = self.specs[container].partition_key_field
             body = {**clean(initial), **stamp, "id": id, key_field: partition_key, field: by}
             try:
-                return _public(client.create_item(body=body))
+                return _public(client.create_item(body=body, timeout=self.timeout))
             except exceptions.CosmosResourceExistsError:
-                return _public(client.patch_item(item=id, partition_key=partition_key, patch_operations=ops))
+                return _public(patch())
 
     def query(self, query: Query, continuation=None):
         client = self._container(query.container)
         sql, parameters, order = cosmos_query.build_query(self.specs[query.container], query, continuation)
         if sql is None:
             return Page([], None)
-        options: dict[str, Any] = {"max_item_count": query.limit + 1}
+        # One deadline for the whole read: the SDK counts it from when the query is built.
+        options: dict[str, Any] = {"max_item_count": query.limit + 1, "timeout": self.timeout}
         if query.partition_key is None:
             options["enable_cross_partition_query"] = True
         else:
@@ -168,9 +201,11 @@ class CosmosStore(Store):
         # database exists; any failure means "not usable now" to the health check.
         try:
             with _converted("database"):
-                self._database.read()
-        except errors.StoreBusy:
+                self._database.read(timeout=self.timeout)
+        except (errors.StoreBusy, errors.StoreUnavailable):
             raise
+        except errors.NotFound as exc:
+            raise errors.StoreUnavailable(f"cosmos: database {self.database_name} does not exist") from exc
         except errors.FleetError as exc:
             raise errors.StoreBusy(f"cosmos: {exc.detail}") from exc
         except exceptions.CosmosHttpResponseError as exc:
@@ -198,6 +233,24 @@ class CosmosStore(Store):
 # the edge
 
 
+def deadline_options(timeout: float) -> dict[str, Any]:
+    """`CosmosClient` options that keep each attempt, and the SDK's waits between attempts,
+    within the store deadline. (The absolute per-operation `timeout` is passed on each call.)"""
+    return {
+        # Startup's database-account read; each operation gets its own `timeout` too.
+        "timeout": timeout,
+        # Each attempt: connecting, and waiting for the answer (the SDK waits 65 s by default).
+        "connection_timeout": timeout,
+        "read_timeout": timeout,
+        # Throttled (429) calls are retried until this many seconds were spent waiting.
+        "retry_backoff_max": timeout,
+        # A connection that fails is retried once; a timed-out read too. The absolute timeout
+        # stops the retries anyway, but each wasted attempt costs a deadline.
+        "retry_connect": 1,
+        "retry_read": 1,
+    }
+
+
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
     """A stored document as the port hands it out: system fields dropped, `_etag` kept."""
     return {k: v for k, v in doc.items() if not k.startswith("_") or k == "_etag"}
@@ -220,8 +273,14 @@ def _converted(what: str = "") -> Iterator[None]:
         if domain is exc:
             raise
         raise domain from exc
-    except (ServiceRequestError, ServiceResponseError) as exc:
-        raise errors.StoreBusy(f"cosmos unreachable: {exc}") from exc
+    except exceptions.CosmosClientTimeoutError as exc:
+        raise errors.StoreBusy(f"cosmos did not answer in time on {what}", reason=errors.StoreFault.TIMEOUT) from exc
+    except ServiceResponseError as exc:  # a read timed out, or the connection broke mid-answer
+        raise errors.StoreBusy(f"cosmos did not answer on {what}: {exc}", reason=errors.StoreFault.TIMEOUT) from exc
+    except ServiceRequestError as exc:
+        raise errors.StoreBusy(f"cosmos unreachable: {exc}", reason=errors.StoreFault.UNREACHABLE) from exc
+    except ClientAuthenticationError as exc:
+        raise errors.StoreUnavailable(f"cosmos: no credential accepted: {exc}", errors.StoreFault.DENIED) from exc
 
 
 def converted(exc: exceptions.CosmosHttpResponseError, what: str = "") -> Exception:
@@ -235,6 +294,11 @@ def converted(exc: exceptions.CosmosHttpResponseError, what: str = "") -> Except
         return errors.PreconditionFailed(f"{what} changed since it was read")
     if status == 413:
         return errors.TooLarge(f"{what} is larger than Cosmos DB accepts")
+    if status in (401, 403):
+        fault = {WRITE_FORBIDDEN: errors.StoreFault.READ_ONLY, PARTITION_FULL: errors.StoreFault.FULL}.get(
+            getattr(exc, "sub_status", None), errors.StoreFault.DENIED
+        )
+        return errors.StoreUnavailable(f"cosmos {status} on {what}: {exc.reason or exc.message}", fault, status=status)
     if status in BUSY_STATUSES:
         headers = exc.headers or {}
         retry_ms = headers.get("x-ms-retry-after-ms")

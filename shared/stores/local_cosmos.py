@@ -45,6 +45,10 @@ EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPM
 # library's `keepAlive` option keeps them open, several times faster. The server exits when its
 # stdin closes, so a test run that dies never leaves one behind.
 #
+# The account document the server answers names its own address as the endpoint every later
+# call goes to; with COSMOSDB_ADVERTISED_PORT it names that port on loopback instead (a proxy
+# in front of it, so that the SDK's calls all pass the proxy).
+#
 # One bug of @vercel/cosmosdb-server 1.0.1 is patched before the routes load (they capture the
 # handlers when required): a point read of a missing document that names its partition key (as
 # every SDK read does) dereferences the missing document and answers 500; Cosmos answers 404.
@@ -64,8 +68,14 @@ readDocument.default = (account, req, res, params) => {
 const { createHttpsServer } = require(lib);
 const server = createHttpsServer({ keepAlive: true });
 server.keepAliveTimeout = 600000;
+const address = server.address.bind(server);
+const advertised = Number(process.env.COSMOSDB_ADVERTISED_PORT || 0);
+if (advertised) {
+  // The account document names this port as the endpoint for every later call.
+  server.address = () => ({ ...address(), port: advertised });
+}
 server.listen(0, "127.0.0.1", () => {
-  console.log(`cosmosdb-server listening on https://127.0.0.1:${server.address().port}/`);
+  console.log(`cosmosdb-server listening on https://127.0.0.1:${address().port}/`);
 });
 process.stdin.on("end", () => process.exit(0));
 process.stdin.resume();
@@ -126,11 +136,13 @@ class CosmosServer(CosmosAccount):
             proc.wait(STOP_TIMEOUT)
 
 
-def start_cosmos_server(timeout: float = START_TIMEOUT) -> CosmosServer:
+def start_cosmos_server(timeout: float = START_TIMEOUT, advertised_port: int | None = None) -> CosmosServer:
     """Start the local server on a free loopback port and wait until it answers.
 
-    Raises `ServerUnavailable` (with the reason) when node or the npm module is missing or the
-    server does not come up.
+    `advertised_port`: the port its account document names as the endpoint (a proxy's), so
+    clients reach it through `https://127.0.0.1:{advertised_port}/` only. Raises
+    `ServerUnavailable` (with the reason) when node or the npm module is missing or the server
+    does not come up.
     """
     node = shutil.which("node")
     if node is None:
@@ -146,6 +158,7 @@ def start_cosmos_server(timeout: float = START_TIMEOUT) -> CosmosServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
+            env={**os.environ, "COSMOSDB_ADVERTISED_PORT": str(advertised_port or 0)},
         )
     server = None
     deadline = time.monotonic() + timeout
@@ -170,9 +183,9 @@ def start_cosmos_server(timeout: float = START_TIMEOUT) -> CosmosServer:
 
 
 @contextlib.contextmanager
-def running_cosmos_server(timeout: float = START_TIMEOUT) -> Iterator[CosmosServer]:
+def running_cosmos_server(timeout: float = START_TIMEOUT, advertised_port: int | None = None) -> Iterator[CosmosServer]:
     """`start_cosmos_server`, stopped when the block ends however it ends."""
-    server = start_cosmos_server(timeout)
+    server = start_cosmos_server(timeout, advertised_port)
     try:
         yield server
     finally:

@@ -1,22 +1,33 @@
 """`SqliteStore`: the embedded store, one SQLite file in WAL mode.
 
 Documents live in one table keyed by (container, partition key, id), bodies as JSON; how
-queries are turned into SQL, and the indexes that serve them, is `shared.stores.sqlite_query`. Each
-thread gets its own connection; every write is one statement, so each is atomic on its
-document without an explicit transaction.
+queries are turned into SQL, and the indexes that serve them, is `shared.stores.sqlite_query`.
+Every write is one statement, so each is atomic on its document without an explicit
+transaction.
+
+Connections come from a bounded pool (`shared.stores.sqlite_pool`): each store call borrows one
+for its one statement and gives it back, so a process holds at most `pool_size` connections
+however many requests it serves. Every call answers within `timeout` seconds (the store
+deadline, `FLEET_STORE_TIMEOUT_SECONDS`): the wait for a free connection and the wait on
+another process's lock both count against it.
+
+Driver errors are converted here, at the edge: a lock held past the deadline → `StoreBusy`; a
+database that cannot be written or opened (read-only, full, permission denied, missing
+directory, not a database, I/O error) → `StoreUnavailable` with its `StoreFault`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
-import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from fleet import errors
 from fleet.store import Page, Query, Store, clean, partition_of
-from shared.stores import sqlite_query
+from shared.stores import sqlite_pool, sqlite_query
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -29,58 +40,103 @@ CREATE TABLE IF NOT EXISTS docs (
 ) WITHOUT ROWID
 """
 
+#: Connections a file store keeps at most: the dev host's concurrent requests share them.
+POOL_SIZE = 8
+#: Seconds a store call may take before it gives up (`FLEET_STORE_TIMEOUT_SECONDS`' default).
+TIMEOUT = 5.0
+
+#: Primary SQLite result code → what it means to an operator. Codes not here (a malformed
+#: statement, a constraint) are bugs or domain outcomes, not store faults.
+FAULTS: dict[int, errors.StoreFault] = {
+    3: errors.StoreFault.DENIED,  # SQLITE_PERM
+    5: errors.StoreFault.BUSY,  # SQLITE_BUSY: another connection held the lock past the deadline
+    6: errors.StoreFault.BUSY,  # SQLITE_LOCKED: a table lock (shared-cache in-memory databases)
+    8: errors.StoreFault.READ_ONLY,  # SQLITE_READONLY: file mode, read-only mount, file moved away
+    10: errors.StoreFault.UNAVAILABLE,  # SQLITE_IOERR
+    11: errors.StoreFault.UNAVAILABLE,  # SQLITE_CORRUPT
+    13: errors.StoreFault.FULL,  # SQLITE_FULL
+    14: errors.StoreFault.UNAVAILABLE,  # SQLITE_CANTOPEN
+    15: errors.StoreFault.BUSY,  # SQLITE_PROTOCOL: a WAL lock race that did not settle
+    22: errors.StoreFault.UNAVAILABLE,  # SQLITE_NOLFS
+    23: errors.StoreFault.DENIED,  # SQLITE_AUTH
+    26: errors.StoreFault.UNAVAILABLE,  # SQLITE_NOTADB
+}
+
+
 class SqliteStore(Store):
-    def __init__(self, path: str = ".fleet/fleet.db") -> None:
+    """The store port over one SQLite file (or `":memory:"`: one in-memory database shared by
+    every thread of this store, for tests).
+
+    `timeout` is the store deadline in seconds; `pool_size` the most connections kept open.
+    Opening a database that cannot be used raises `StoreUnavailable` (or `StoreBusy` while
+    another process holds it locked past the deadline).
+    """
+
+    def __init__(self, path: str = ".fleet/fleet.db", timeout: float = TIMEOUT, pool_size: int = POOL_SIZE) -> None:
         self.path = path
-        if path != ":memory:" and os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        if path == ":memory:":
-            # One shared in-memory database for every thread of this store.
+        self.timeout = timeout
+        self._keepalive: sqlite3.Connection | None = None
+        memory = path == ":memory:"
+        if memory:
             self.path = f"file:fleet-{uuid.uuid4().hex}?mode=memory&cache=shared"
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._keepalive = self._connect()
-        _migrate(self._keepalive)
+            # Shared-cache connections refuse each other's table locks at once (SQLITE_LOCKED,
+            # no busy wait), so an in-memory store lends one connection at a time.
+            pool_size = 1
+        try:
+            if not memory and os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            denied = isinstance(exc, PermissionError)
+            fault = errors.StoreFault.DENIED if denied else errors.StoreFault.UNAVAILABLE
+            raise errors.StoreUnavailable(f"sqlite: cannot create the directory of {path}: {exc}", fault) from exc
+        self._pool = sqlite_pool.Pool(self._connect, pool_size, timeout)
+        with _converted():
+            if memory:
+                self._keepalive = self._connect()  # the database lives as long as one connection to it
+            with self._pool.connection() as conn:
+                _migrate(conn)
 
     # connections
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, uri=self.path.startswith("file:"), timeout=30, isolation_level=None, check_same_thread=False
+            self.path,
+            uri=self.path.startswith("file:"),
+            timeout=self.timeout,
+            isolation_level=None,
+            check_same_thread=False,
         )
-        conn.execute("PRAGMA busy_timeout = 30000")
-        if not self.path.startswith("file:"):
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._all.append(conn)
-        return conn
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    def _run(self, sql: str, params: tuple | list = ()) -> sqlite3.Cursor:
         try:
-            return self._conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise errors.StoreBusy(f"sqlite: {exc}") from exc
+            if not self.path.startswith("file:"):
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
             raise
+        return conn
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection for maintenance (`ANALYZE`) and tests; errors are not
+        converted."""
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _run(self, sql: str, params: tuple | list = ()) -> tuple[list[Any], int]:
+        """Run one statement on a borrowed connection: its rows and its row count."""
+        with _converted(), self._pool.connection() as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall(), cursor.rowcount
 
     # primitives
 
     def read(self, container, partition_key, id):
-        row = self._run(
+        rows, _ = self._run(
             "SELECT body, etag FROM docs WHERE container = ? AND pk = ? AND id = ?", (container, partition_key, id)
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             raise errors.NotFound(f"{container}/{id} not found")
-        return _doc(row)
+        return _doc(rows[0])
 
     def create(self, container, doc):
         body, etag = _encode(doc)
@@ -96,11 +152,11 @@ class SqliteStore(Store):
     def replace(self, container, doc, etag):
         body, new_etag = _encode(doc)
         pk = partition_of(container, doc)
-        cur = self._run(
+        _, count = self._run(
             "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?",
             (body, new_etag, container, pk, doc["id"], etag),
         )
-        if cur.rowcount == 0:
+        if count == 0:
             self.read(container, pk, doc["id"])  # raises NotFound if it is gone
             raise errors.PreconditionFailed(f"{container}/{doc['id']} changed since it was read")
         return {**clean(doc), "_etag": new_etag}
@@ -115,8 +171,10 @@ class SqliteStore(Store):
         return {**clean(doc), "_etag": etag}
 
     def delete(self, container, partition_key, id):
-        cur = self._run("DELETE FROM docs WHERE container = ? AND pk = ? AND id = ?", (container, partition_key, id))
-        if cur.rowcount == 0:
+        _, count = self._run(
+            "DELETE FROM docs WHERE container = ? AND pk = ? AND id = ?", (container, partition_key, id)
+        )
+        if count == 0:
             raise errors.NotFound(f"{container}/{id} not found")
 
     def increment(self, container, partition_key, id, field, by, initial, stamp=None):
@@ -124,21 +182,21 @@ class SqliteStore(Store):
         body, etag = _encode({**initial, **stamp, field: by})
         sets = [f"{sqlite_query.path(field)}, coalesce(json_extract(body, {sqlite_query.path(field)}), 0) + ?"]
         sets += [f"{sqlite_query.path(name)}, json(?)" for name in stamp]
-        row = self._run(
+        rows, _ = self._run(
             "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (container, pk, id) DO UPDATE SET "
             f"body = json_set(body, {', '.join(sets)}), etag = ? "
             "RETURNING body, etag",
             (container, partition_key, id, etag, body, by, *(json.dumps(v) for v in stamp.values()), uuid.uuid4().hex),
-        ).fetchone()
-        return _doc(row)
+        )
+        return _doc(rows[0])
 
     def query(self, query: Query, continuation=None):
         offset = sqlite_query.offset(continuation)
         statement = sqlite_query.select(query, offset)
         if statement is None:
             return Page([], None)
-        rows = self._run(*statement).fetchall()
+        rows, _ = self._run(*statement)
         more = len(rows) > query.limit
         return Page([_doc(r) for r in rows[: query.limit]], str(offset + query.limit) if more else None)
 
@@ -149,17 +207,25 @@ class SqliteStore(Store):
         if statement is None:
             return ""
         sql, params = statement
-        return "\n".join(row[3] for row in self._run("EXPLAIN QUERY PLAN " + sql, params).fetchall())
+        rows, _ = self._run("EXPLAIN QUERY PLAN " + sql, params)
+        return "\n".join(row[3] for row in rows)
 
     def ping(self):
-        self._run("SELECT 1").fetchone()
+        """Prove the database takes a write now: take the write lock and change the header in
+        a transaction that is rolled back (nothing reaches the file). Locked past the deadline:
+        `StoreBusy`; read-only or unusable: `StoreUnavailable`."""
+        with _converted(), self._pool.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                conn.execute("ROLLBACK")
 
     def close(self):
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._pool.close()
+        if self._keepalive is not None:
+            self._keepalive.close()
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -183,8 +249,31 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(sql)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a BEGIN that timed out left none to roll back
+            conn.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def _converted() -> Iterator[None]:
+    """Turn SQLite's errors into the port's; any other error (a bug) passes through."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        domain = converted(exc)
+        if domain is None:
+            raise
+        raise domain from exc
+
+
+def converted(exc: sqlite3.Error) -> errors.FleetError | None:
+    """The port's error for a SQLite error, or None when it is no store fault."""
+    fault = FAULTS.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+    if fault is None:
+        return None
+    if fault is errors.StoreFault.BUSY:
+        return errors.StoreBusy(f"sqlite: {exc}", reason=fault)
+    return errors.StoreUnavailable(f"sqlite: {exc}", fault)
 
 
 def _encode(doc: dict[str, Any]) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """The `store` fixture: every adapter of the store port, one test run each.
 
-- `sqlite`: a fresh SQLite file per test (WAL, a connection per thread, as `fleet serve` runs it).
+- `sqlite`: a fresh SQLite file per test (WAL, a bounded connection pool, as `fleet serve` runs it).
 - `cosmos`: `CosmosStore` through the real SDK, against the local server in a database created
   for this session, or against the account `COSMOS_ENDPOINT` names (its containers must exist:
   Bicep, or `COSMOS_CREATE=1` with a key). The Cosmos store is shared by the session; tests keep

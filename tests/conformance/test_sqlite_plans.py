@@ -204,7 +204,8 @@ def test_a_shape_read_through_its_index_returns_what_a_table_scan_does(store, qu
 
 
 def test_measured_statistics_do_not_change_the_plans(store):
-    store._conn.execute("ANALYZE")
+    with store.connection() as conn:
+        conn.execute("ANALYZE")
     try:
         fresh = SqliteStore(store.path)  # loads the statistics
         for param in SHAPES:
@@ -212,7 +213,8 @@ def test_measured_statistics_do_not_change_the_plans(store):
             assert_reads_in_order(fresh.explain(query), index)
         fresh.close()
     finally:
-        store._conn.execute("DROP TABLE IF EXISTS sqlite_stat1")
+        with store.connection() as conn:
+            conn.execute("DROP TABLE IF EXISTS sqlite_stat1")
 
 
 def test_an_index_an_older_version_defined_differently_is_rebuilt_and_an_unused_one_dropped(tmp_path):
@@ -229,7 +231,8 @@ def test_an_index_an_older_version_defined_differently_is_rebuilt_and_an_unused_
 
     store = SqliteStore(path)
 
-    indexes = dict(store._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"))
+    with store.connection() as conn:
+        indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"))
     assert indexes == {name: sqlite_query.index_sql(name, c, keys) for name, c, keys in INDEXES}
     assert_reads_in_order(store.explain(Query("jobs", None, (LISTED,), (("createdAt", True),))), "jobs_created")
     store.close()
