@@ -5,7 +5,6 @@ Each trigger parses, calls one use case, and serialises; see DESIGN.md's API tab
 from __future__ import annotations
 
 import logging
-import re
 
 import azure.functions as func
 
@@ -26,7 +25,7 @@ from fleet import (
     sweep,
     weight_registry,
 )
-from fleet.jobs import PRODUCT_ID, product_of
+from fleet.jobs import PRODUCT_ID, is_product_id, product_of
 from fleet.stages import Stage
 from shared import config, http, openapi
 from shared.config import context as ctx
@@ -37,7 +36,7 @@ log = logging.getLogger("fleet")
 
 
 def _product(value: str | None, name: str = "productId") -> str:
-    if not value or not re.match(PRODUCT_ID, value):
+    if not value or not is_product_id(value):
         raise errors.ValidationFailed(f"{name} must match {PRODUCT_ID}", [{"field": name, "message": "invalid"}])
     return value
 
@@ -64,7 +63,7 @@ def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
             product_id=_product(product) if product else None,
             limit=http.param(req, "limit", int, 50, minimum=1, maximum=500),
             offset=http.param(req, "offset", int, 0, minimum=0, maximum=listing.MAX_OFFSET),
-            continuation=req.params.get("continuation") or None,
+            continuation=http.param(req, "continuation", str),
         )
     )
 
@@ -224,14 +223,18 @@ def put_budget(req: func.HttpRequest) -> func.HttpResponse:
 @http.endpoint
 def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
     _budgets_on()
-    return http.ok(budgets.pause(ctx(), _product(req.route_params.get("productId"))).public())
+    product = _product(req.route_params.get("productId"))
+    http.no_body(req)
+    return http.ok(budgets.pause(ctx(), product).public())
 
 
 @app.route(route="fleet/budgets/{productId}/resume", methods=["POST"])
 @http.endpoint
 def resume_budget(req: func.HttpRequest) -> func.HttpResponse:
     _budgets_on()
-    return http.ok(budgets.resume(ctx(), _product(req.route_params.get("productId"))).public())
+    product = _product(req.route_params.get("productId"))
+    http.no_body(req)
+    return http.ok(budgets.resume(ctx(), product).public())
 
 
 # Service

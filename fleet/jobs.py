@@ -18,9 +18,11 @@ from pydantic.alias_generators import to_camel
 from fleet import clock
 from fleet.stages import Priority, RunResult, Stage
 
+#: A product id, anchored for JSON Schema and pydantic (whose `$` is the end of the text). In
+#: Python, where `$` also matches before a final newline, test it with `is_product_id`.
 PRODUCT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _PRODUCT_RE = re.compile(PRODUCT_ID)
-_HASH_RE = re.compile(r"^[a-z2-7]{20}$")
+_HASH_RE = re.compile(r"[a-z2-7]{20}")
 #: How many events a job keeps; older ones are only counted (`eventsDropped`).
 EVENT_RING = 50
 #: How many runs a job keeps in full; older ones are only counted (`runsDropped`).
@@ -154,9 +156,14 @@ def job_id(product_id: str, idempotency_key: str) -> str:
     return f"{product_id}:{base64.b32encode(digest).decode().lower()[:20]}"
 
 
+def is_product_id(value: str) -> bool:
+    """Whether the whole of `value` is a product id (`"hp\n"` is not)."""
+    return _PRODUCT_RE.fullmatch(value) is not None
+
+
 def product_of(id: str) -> str | None:
     """The product a job id belongs to, or None if `id` is not a well-formed job id."""
     product, sep, h = id.partition(":")
-    if sep and _PRODUCT_RE.match(product) and _HASH_RE.match(h):
+    if sep and is_product_id(product) and _HASH_RE.fullmatch(h):
         return product
     return None

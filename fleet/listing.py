@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleet import continuation as tokens
 from fleet import deps, errors, store
 from fleet.context import Context
 from fleet.jobs import Job, product_of
@@ -34,14 +35,21 @@ def page(
     offset: int = 0,
     continuation: str | None = None,
 ) -> dict[str, Any]:
-    """`{items, nextOffset, continuation}`, newest first; both null at the end."""
+    """`{items, nextOffset, continuation}`, newest first; both null at the end.
+
+    `continuation` is a token an earlier page of a listing with the same `stage` and
+    `product_id` handed out (sealed: see `fleet.continuation`); any other is a
+    `ValidationFailed`. With one, `offset` is ignored."""
     where = (store.Filter("stage", "=", stage.value),) if stage else (store.Filter("stage", "!=", None),)
+    filters = {"stage": stage.value if stage else None, "productId": product_id}
+    store_token = None
     if continuation:
         offset = 0
+        store_token = tokens.unseal(ctx, continuation, filters)
     query = store.Query("jobs", product_id, where, (("createdAt", True),), limit + offset)
     try:
-        result = ctx.store.query(query, continuation)
-    except ValueError:
+        result = ctx.store.query(query, store_token)
+    except ValueError:  # sealed by this fleet, yet the store refuses it: the store was changed
         raise errors.ValidationFailed(
             "continuation is not a token this listing handed out", [{"field": "continuation", "message": "invalid token"}]
         ) from None
@@ -51,5 +59,5 @@ def page(
     return {
         "items": [Job.from_doc(doc).to_doc() for doc in items],
         "nextOffset": start + len(items) if more and not continuation else None,
-        "continuation": result.continuation,
+        "continuation": tokens.seal(ctx, result.continuation, filters) if more else None,
     }

@@ -14,6 +14,9 @@ from fleet.jobs import PRODUCT_ID
 from fleet.scoring import WeightsPatch
 from fleet.stages import Priority, Stage
 
+# Patterns are anchored ^...$ for the OpenAPI document (JSON Schema's ECMA-262 patterns) and for
+# pydantic, whose Rust engine reads `$` as the end of the text: "hp\n" fails here, unlike with
+# Python's re.match (tests/e2e/test_strict_input.py holds that). Never hand them to `re.match`.
 ProductId = Annotated[str, StringConstraints(pattern=PRODUCT_ID)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$")]

@@ -22,15 +22,18 @@ import azure.functions as func
 import pydantic
 
 from fleet import errors
+from shared import strict_json
 from shared.stores import charge
 
 log = logging.getLogger("fleet.http")
 
 #: Largest request body accepted (a job body is at most 64 KiB of Markdown plus its fields).
 MAX_BODY = 256 * 1024
-#: Deepest nesting accepted in a body (checkpoints and insights are free-form JSON).
-MAX_DEPTH = 32
 PROBLEM = "application/problem+json"
+_JSON_SUFFIX = re.compile(r"application/[a-z0-9!#$&^_.+-]+\+json")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+#: Methods whose requests carry no body in this API.
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 #: Domain error → HTTP status. Anything not here is a 500.
 STATUS: dict[type[errors.FleetError], int] = {
@@ -62,35 +65,52 @@ class PayloadTooLarge(errors.FleetError):
 STATUS[PayloadTooLarge] = 413
 
 
+class UnsupportedMediaType(errors.FleetError):
+    """The request body is not JSON: send it with `Content-Type: application/json`."""
+
+    code = "unsupported_media_type"
+
+
+STATUS[UnsupportedMediaType] = 415
+
+
 def body(req: func.HttpRequest, model: type[M], *, optional: bool = False) -> M:
     """The request's JSON body as `model`; `ValidationFailed` naming what is wrong otherwise.
-    With `optional`, an empty body is read as `{}`."""
+    With `optional`, an empty body is read as `{}`.
+
+    A body needs a JSON `Content-Type` (`application/json` or `application/*+json`, any
+    parameters; the bytes are UTF-8 whatever a `charset` says, as RFC 8259 has it), else 415;
+    an absent one is refused too. A body that is empty or only whitespace needs none. Beyond
+    what `model` says, the JSON itself is strict anywhere in the body (`shared.strict_json`)."""
     raw = req.get_body() or b""
     if len(raw) > MAX_BODY:
         raise PayloadTooLarge(f"request body is {len(raw)} bytes; at most {MAX_BODY} are accepted")
     if not raw.strip():
-        if optional:
-            raw = b"{}"
-        else:
+        if not optional:
             raise errors.ValidationFailed("a JSON object body is required", [{"field": "", "message": "missing body"}])
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.ValidationFailed(f"body is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}])
-    except RecursionError:
-        data = None  # nested past what the parser takes: refused just below
-    if data is None or _depth(data) > MAX_DEPTH:
-        raise errors.ValidationFailed(
-            f"body is nested deeper than {MAX_DEPTH} levels", [{"field": "", "message": "nested too deeply"}]
-        )
+        raw = b"{}"
+    else:
+        _require_json(req.headers.get("content-type"))
+    data = strict_json.loads(raw)
     if not isinstance(data, dict):
         raise errors.ValidationFailed("body must be a JSON object", [{"field": "", "message": "not an object"}])
     try:
-        # Strict: a JSON string is not a number, nor 4.0 an integer. (The parse above stays: it
-        # refuses NaN and Infinity anywhere, which could not be written back out as JSON.)
+        # Strict: a JSON string is not a number, nor 4.0 an integer.
         return model.model_validate_json(raw, strict=True)
     except pydantic.ValidationError as exc:
         raise validation_failed(exc) from None
+
+
+class NoBody(pydantic.BaseModel):
+    """The body of an endpoint that takes none: empty, or an empty JSON object."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+def no_body(req: func.HttpRequest) -> None:
+    """Refuse a body on an endpoint that documents none: 400 naming its fields (415 if it is
+    not JSON). An empty body, or `{}`, passes."""
+    body(req, NoBody, optional=True)
 
 
 def validation_failed(exc: pydantic.ValidationError) -> errors.ValidationFailed:
@@ -112,6 +132,9 @@ def param(req: func.HttpRequest, name: str, kind: type[E] | type[int] | type[str
     if raw is None or raw == "":
         return default
     try:
+        # int() would take " 5\n", "1_000" and non-ASCII digits: a query value is the digits alone.
+        if kind is int and not _INTEGER.fullmatch(raw):
+            raise ValueError(raw)
         value = kind(raw)
     except ValueError:
         allowed = f" (one of {', '.join(m.value for m in kind)})" if isinstance(kind, type) and issubclass(kind, Enum) else ""
@@ -136,13 +159,14 @@ def route_enum(req: func.HttpRequest, name: str, kind: type[E]) -> E:
         ) from None
 
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+#: A name in a route (a factory id): matched against the whole value, so a trailing newline fails.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
 
 
 def route_name(req: func.HttpRequest, name: str) -> str:
     """A route parameter that names a factory or similar: bounded, printable, no spaces."""
     raw = req.route_params.get(name, "")
-    if not NAME.match(raw):
+    if not NAME.fullmatch(raw):
         raise errors.ValidationFailed(f"{name} {raw[:80]!r} is not a valid name", [{"field": name, "message": "invalid"}])
     return raw
 
@@ -155,7 +179,7 @@ def ok(payload: Any, status: int = 200) -> func.HttpResponse:
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> func.HttpResponse:
     title = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large",
-             500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+             415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     doc = {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail, **extra}
     headers = {}
     if "retryAfter" in extra:
@@ -176,12 +200,15 @@ def from_error(exc: errors.FleetError) -> func.HttpResponse:
 
 
 def endpoint(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
-    """Wrap a trigger: domain errors become problem documents, anything else a logged 500."""
+    """Wrap a trigger: domain errors become problem documents, anything else a logged 500.
+    A GET takes no body: one that is not empty (or `{}`) is refused before the handler runs."""
 
     @functools.wraps(handler)
     def wrapped(req: func.HttpRequest) -> func.HttpResponse:
         with charge.metered() as meter:
             try:
+                if req.method.upper() in _BODILESS_METHODS:
+                    no_body(req)
                 response = handler(req)
             except errors.FleetError as exc:
                 response = from_error(exc)
@@ -199,18 +226,8 @@ def endpoint(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callab
     return wrapped
 
 
-def _depth(value: Any) -> int:
-    """How deeply a parsed JSON value nests (iteratively: hostile input must not recurse)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > MAX_DEPTH:
-            break
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _require_json(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if not (media_type == "application/json" or _JSON_SUFFIX.fullmatch(media_type)):
+        sent = f"Content-Type {media_type[:100]!r}" if media_type else "no Content-Type"
+        raise UnsupportedMediaType(f"the body was sent with {sent}; send JSON as application/json")

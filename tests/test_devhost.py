@@ -3,6 +3,7 @@ through werkzeug's test client, over real HTTP, and as a `fleet serve` subproces
 
 import http.client
 import io
+import socket
 import json
 import logging
 import textwrap
@@ -513,3 +514,116 @@ def test_fleet_serve_that_cannot_start_reports_its_stderr(tmp_path):
     with pytest.raises(RuntimeError, match="exited with 1(.|\n)*ModuleNotFoundError"):
         with running_server(db=str(tmp_path / "x.db"), args=("--app", "no_such_module:app")):
             pass
+
+
+# Clients that stall, idle or go away; keys in the log
+
+
+def test_route_regex_constraints_judge_the_whole_value():
+    template = routes.RouteTemplate("codes/{c:regex(^[a-z]+$)}")
+
+    assert template.match(["codes", "abc"]) == {"c": "abc"}
+    assert template.match(["codes", "abc\n"]) is None  # `$` is the end of the value
+    # An escaped `$`, or one in a class, is a dollar sign.
+    assert routes.RouteTemplate(r"p/{c:regex(^a\$$)}").match(["p", "a$"]) == {"c": "a$"}
+    assert routes.RouteTemplate("p/{c:regex(^[$]+$)}").match(["p", "$$\n"]) is None
+
+
+@pytest.mark.parametrize(("line", "logged"), [
+    ("GET /x?code=k1 HTTP/1.1", "GET /x?code=REDACTED HTTP/1.1"),
+    ("GET /x?a=1&CODE=k1&b=2 HTTP/1.1", "GET /x?a=1&CODE=REDACTED&b=2 HTTP/1.1"),
+    ("GET /x?c%6Fde=k1 HTTP/1.1", "GET /x?c%6Fde=REDACTED HTTP/1.1"),
+    ("GET /x?a=1;code=k1 HTTP/1.1", "GET /x?a=1;code=REDACTED HTTP/1.1"),
+    ("Bad request syntax ('GET /x?code=k1 junk')", "Bad request syntax ('GET /x?code=REDACTED junk')"),
+    ("GET /x?codes=1&mycode=2 HTTP/1.1", "GET /x?codes=1&mycode=2 HTTP/1.1"),  # other names stay
+])
+def test_the_request_log_redacts_code(line, logged):
+    assert serving.redact(line) == logged
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 10.0), ("", 10.0), ("2.5", 2.5), (" 30 ", 30.0)])
+def test_the_body_timeout_comes_from_the_environment(value, seconds):
+    environ = {} if value is None else {"FLEET_BODY_TIMEOUT_SECONDS": value}
+    assert serving.timeout_from_env(environ) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_a_bad_body_timeout_is_refused(value):
+    with pytest.raises(ValueError, match="FLEET_BODY_TIMEOUT_SECONDS"):
+        serving.timeout_from_env({"FLEET_BODY_TIMEOUT_SECONDS": value})
+
+
+def test_a_key_may_be_given_as_code_in_any_case(locked):
+    assert locked.get("/fleet/jobs/P:1?CODE=k1").status_code == 200
+
+
+@pytest.fixture
+def quick(app):
+    """The synthetic app over real HTTP, giving clients 0.5 s."""
+    with serving.BackgroundServer(hosting.DevHost(app, keys=()).wsgi, port=0, timeout=0.5) as server:
+        yield server
+
+
+def open_request(server, head: bytes) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    connection.sendall(head)
+    return connection
+
+
+def read_all(connection) -> bytes:
+    data = b""
+    with connection:
+        while chunk := connection.recv(65536):
+            data += chunk
+    return data
+
+
+POST_100 = (b"POST /fleet/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n")
+
+
+def test_over_http_a_stalled_body_is_408(quick, caplog):
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="shared.devhost"):
+        answer = read_all(open_request(quick, POST_100 + b'{"a": 1,'))
+
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "request_timeout"
+    assert 0.4 <= time.monotonic() - started < 3
+    assert "stalled request body" in caplog.text
+
+
+def test_over_http_a_chunked_body_that_stalls_is_408(quick):
+    head = (b"POST /fleet/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n")
+    assert read_all(open_request(quick, head)).startswith(b"HTTP/1.1 408 ")
+
+
+def test_over_http_a_client_gone_mid_body_is_one_info_line(quick, caplog):
+    with caplog.at_level(logging.INFO, logger="shared.devhost"):
+        connection = open_request(quick, POST_100 + b'{"a": 1,')
+        connection.shutdown(socket.SHUT_WR)
+        answer = read_all(connection)
+        deadline = time.monotonic() + 5
+        while "client went away" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    gone = [r for r in caplog.records if "client went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and gone[0].exc_info is None
+    assert not any(r.levelno >= logging.ERROR or r.exc_info for r in caplog.records)
+
+
+def test_over_http_an_idle_connection_is_closed(quick, caplog):
+    with caplog.at_level(logging.INFO, logger="shared.devhost"):
+        assert read_all(socket.create_connection(("127.0.0.1", quick.port), timeout=5)) == b""
+
+    assert "no whole request within 0.5 s" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_over_http_an_unparsable_request_is_a_problem(quick):
+    answer = read_all(open_request(quick, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 200 + b"\r\n"))
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and b"application/problem+json" in head
+    assert json.loads(body)["code"] == "headers_too_large"

@@ -81,7 +81,12 @@ def _serve(args: argparse.Namespace) -> int:
     prefix = hosting.read_route_prefix(Path(module.__file__).parent / "host.json")
     host = hosting.DevHost(app, route_prefix=prefix)
     try:
-        serving.serve(host, args.host, args.port, timers=args.timers)
+        timeout = serving.timeout_from_env()
+    except ValueError as error:
+        print(f"fleet serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        serving.serve(host, args.host, args.port, timers=args.timers, timeout=timeout)
     except OSError as error:
         print(f"fleet serve: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1

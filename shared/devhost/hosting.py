@@ -6,7 +6,10 @@ their methods and auth levels, and timer functions on their NCRONTAB schedules (
 ``shared.devhost.timers``). ``POST /admin/functions/{name}`` runs a timer now, to completion, and
 answers 202. Errors the host itself produces are RFC 9457 problem documents with a ``code``:
 ``not_found``, ``method_not_allowed``, ``unauthorized``, ``bad_request`` (an unreadable
-body), ``payload_too_large``, ``internal_error``. ``shared.devhost.serving`` serves a host over HTTP.
+body, or one that ended before its ``Content-Length``: the client went away),
+``request_timeout`` (the body stalled: the server's read gave up, see
+``shared.devhost.serving``), ``payload_too_large``, ``internal_error``.
+``shared.devhost.serving`` serves a host over HTTP.
 
 Keys: when any are configured (``keys=``, else the comma-separated ``FLEET_FUNCTION_KEYS``),
 functions of auth level FUNCTION or ADMIN and the admin endpoint need one of them in the
@@ -156,7 +159,20 @@ class DevHost:
             return self._unauthorized()
         try:
             body = self._read_body(request)
-        except OSError:  # a broken chunked encoding, or the client went away
+        except TimeoutError as error:
+            log.warning("gave up on a stalled request body: %s %s (%s)", request.method,
+                        request.path, error)
+            return problem(408, "request_timeout", f"{str(error).capitalize()}; send it again.")
+        except _BodyEnded as ended:
+            log.info("client went away: %s %s ended its body after %s", request.method,
+                     request.path, ended)
+            return problem(400, "bad_request", f"The request body ended after {ended}")
+        except ConnectionError as error:
+            log.info("client went away: %s %s while sending its body (%s)", request.method,
+                     request.path, type(error).__name__)
+            return problem(400, "bad_request", "The connection broke while the body was sent")
+        except OSError as error:  # a broken chunked encoding, or one cut off
+            log.info("unreadable request body: %s %s (%s)", request.method, request.path, error)
             return problem(400, "bad_request", "The request body could not be read")
         if body is None:
             return problem(413, "payload_too_large",
@@ -178,7 +194,9 @@ class DevHost:
     def _has_key(self, request: Request) -> bool:
         if not self.keys:
             return True
-        given = request.headers.get("x-functions-key") or request.args.get("code")
+        # The Functions host reads the query case-insensitively: ?CODE= works as ?code= does.
+        given = request.headers.get("x-functions-key") or next(
+            (value for name, value in request.args.items(multi=True) if name.lower() == "code"), None)
         return given is not None and any(
             hmac.compare_digest(given.encode(), key.encode()) for key in self.keys)
 
@@ -188,15 +206,26 @@ class DevHost:
                        "A function key is required (x-functions-key header or ?code=)")
 
     def _read_body(self, request: Request) -> bytes | None:
-        """The body, or None when it is larger than ``max_body`` (read no further)."""
-        if request.content_length is not None and request.content_length > self.max_body:
+        """The body, or None when it is larger than ``max_body`` (read no further). Raises
+        ``_BodyEnded`` when it ends before its ``Content-Length``, and whatever the input
+        stream raises (``TimeoutError`` when it stalls, ``OSError`` when it is broken)."""
+        length = request.content_length
+        if length is None and not request.environ.get("wsgi.input_terminated"):
+            return b""  # neither a length nor chunked: no body (RFC 9112, 6.3)
+        if length is not None and length > self.max_body:
             return None
+        # Read the WSGI input itself: werkzeug's request stream would turn a stall and a
+        # disconnect alike into one ClientDisconnected.
+        stream = request.environ["wsgi.input"]
+        wanted = self.max_body + 1 if length is None else length
         chunks, size = [], 0
-        while chunk := request.stream.read(min(64 * 1024, self.max_body + 1 - size)):
+        while size < wanted and (chunk := stream.read(min(64 * 1024, wanted - size))):
             chunks.append(chunk)
             size += len(chunk)
-            if size > self.max_body:
-                return None
+        if size > self.max_body:
+            return None
+        if length is not None and size < length:
+            raise _BodyEnded(size, length)
         return b"".join(chunks)
 
     def _admin(self, request: Request, name: str) -> Response:
@@ -230,6 +259,13 @@ class DevHost:
     def stop_timers(self, timeout: float = 10.0) -> None:
         """Stop the schedules; waits up to ``timeout`` seconds for running timers."""
         self._timers.stop(timeout)
+
+
+class _BodyEnded(Exception):
+    """The body ended (the client closed its side) before its ``Content-Length``."""
+
+    def __init__(self, received: int, length: int) -> None:
+        super().__init__(f"{received} of {length} bytes")
 
 
 def _invoke(function: Callable[..., Any], argument: str, value: Any) -> Any:

@@ -14,7 +14,9 @@ Template syntax, segment by segment (``/``-separated):
   literal braces.
 
 Parameter values are percent-decoded after the path is split on ``/`` (so ``%2F`` stays
-inside a segment) and keep their case; ``MyProduct:abc`` is one segment. A trailing slash is
+inside a segment) and keep their case; ``MyProduct:abc`` is one segment. A constraint judges
+the whole value: unlike .NET (and Python), ``$`` in a ``regex(...)`` means the end of the value,
+so ``regex(^[a-z]+$)`` refuses ``abc%0A``. A trailing slash is
 ignored. When several templates match a path the most specific wins, segment by segment
 (literal, then mixed, then constrained parameter, then parameter, then catch-all), then
 registration order; only then is the method checked, so ``resolve`` answers 405 only when no
@@ -325,7 +327,33 @@ _CONSTRAINTS: dict[str, Callable[..., Check]] = {
     "minlength": lambda n: _length(int(n), None),
     "maxlength": lambda n: _length(0, int(n)),
     "length": lambda a, b=None: _length(int(a), int(a) if b is None else int(b)),
-    # ASP.NET's regex constraint is an unanchored, case-insensitive IsMatch.
+    # ASP.NET's regex constraint is an unanchored, case-insensitive IsMatch; its `$` is ours.
     "regex": lambda expr: (lambda pattern: lambda v: bool(pattern.search(v)))(
-        re.compile(expr, re.IGNORECASE)),
+        re.compile(_end_of_value(expr), re.IGNORECASE)),
 }
+
+
+def _end_of_value(expr: str) -> str:
+    """``expr`` with each ``$`` anchor (not escaped, not in a character class) spelt ``\\Z``:
+    ``$`` also matches before a final newline, which would let ``abc\\n`` pass ``^[a-z]+$``."""
+    out, i, in_class = [], 0, False
+    while i < len(expr):
+        char = expr[i]
+        if char == "\\":
+            out.append(expr[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # A "]" first in a class (after any "^") is a literal, not its end.
+            lead = 2 if expr.startswith("^]", i + 1) else 1 if expr.startswith("]", i + 1) else 0
+            out.append(expr[i:i + 1 + lead])
+            i += 1 + lead
+            continue
+        elif char == "$":
+            char = "\\Z"
+        out.append(char)
+        i += 1
+    return "".join(out)

@@ -29,6 +29,10 @@ MALFORMED = [
     pytest.param(b'"text"', id="string"),
     pytest.param(b"\xff\xfe", id="not-utf8"),
     pytest.param(b'{"a": NaN}', id="nan"),
+    pytest.param(b'{"a": 1, "a": 1}', id="duplicate-key"),
+    pytest.param(b'{"a": {"b": [1e999]}}', id="infinite-number"),
+    pytest.param(b'{"a": 9007199254740992}', id="integer-past-2**53"),
+    pytest.param(b'null', id="null"),
 ]
 
 
@@ -52,6 +56,28 @@ def test_malformed_json_is_a_400_problem(seeded, method, path, raw):
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json["code"] == "validation_error" and response.json["detail"]
     assert _snapshot(seeded) == before
+
+
+@pytest.mark.parametrize("method,path", BODY_ENDPOINTS)
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_is_a_415_problem(seeded, method, path, content_type):
+    before = _snapshot(seeded)
+    response = seeded.client.open(path, method=method, data=b"{}", content_type=content_type)
+    assert response.status_code == 415, response.data
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json["code"] == "unsupported_media_type"
+    assert _snapshot(seeded) == before
+
+
+GET_ENDPOINTS = ["/fleet/jobs", f"/fleet/jobs/{JOB}", f"/fleet/jobs/{JOB}/dag", "/fleet/factories",
+                 "/fleet/queue-state?productId=p", "/fleet/weights/p", "/fleet/health", "/fleet/openapi.json"]
+
+
+@pytest.mark.parametrize("path", GET_ENDPOINTS)
+def test_a_get_with_a_body_is_a_400(api, path):
+    response = api.get(path, json={"stage": "queued"})
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == "stage"
+    assert api.get(path, json={}).status_code != 400  # nothing to refuse in an empty object
 
 
 @pytest.mark.parametrize("method,path", BODY_ENDPOINTS)
@@ -132,6 +158,13 @@ def test_unknown_jobs_and_routes_are_404(api, path):
         ("limit=abc", "limit"),
         ("offset=-1", "offset"),
         ("productId=..", "productId"),
+        ("productId=p%0A", "productId"),
+        ("limit=5%0A", "limit"),
+        ("limit=%205", "limit"),
+        ("limit=1_0", "limit"),
+        ("limit=%D9%A3", "limit"),  # an Arabic-Indic three: int() reads it, a query value may not
+        ("offset=1%0A", "offset"),
+        ("stage=queued%0A", "stage"),
     ],
 )
 def test_list_query_validation(api, query, field):

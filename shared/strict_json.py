@@ -1,0 +1,93 @@
+"""JSON as the fleet takes it from a client: stricter than `json.loads`, so that what a body
+says is what the stores keep.
+
+`loads(raw)` refuses, with `ValidationFailed` naming where:
+
+- anything that is not JSON, and `NaN`/`Infinity`, which JSON does not have;
+- a key twice in one object (`{"productId": "a", "productId": "b"}`): which one was meant?
+- a number a store cannot keep: one too large for a double (`1e999` would parse as infinity
+  and be stored as null) and an integer past ±(2**53 - 1), which Cosmos DB, whose numbers are
+  doubles, would silently round;
+- nesting deeper than `MAX_DEPTH` (checkpoints and insights are free-form JSON).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from fleet import errors
+
+#: Deepest nesting accepted (the top-level value is level 1).
+MAX_DEPTH = 32
+#: Largest integer accepted anywhere: the largest every store keeps exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def loads(raw: bytes | str) -> Any:
+    """The JSON value `raw` holds (UTF-8), or `ValidationFailed` saying what is refused."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise errors.ValidationFailed(
+            f"key {exc.key!r} appears twice in one object", [{"field": exc.key, "message": "duplicate key"}]
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.ValidationFailed(
+            f"body is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}]
+        ) from None
+    except RecursionError:  # nested past what the parser takes
+        raise _too_deep() from None
+    _check_values(data)
+    return data
+
+
+def _check_values(data: Any) -> None:
+    """Walk `data` iteratively (hostile input must not recurse) for nesting and numbers."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            raise _too_deep()
+        if isinstance(node, dict):
+            stack.extend((child, (*path, key)) for key, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, (*path, str(i))) for i, child in enumerate(node))
+        elif _out_of_range(node):
+            field = ".".join(path)
+            raise errors.ValidationFailed(
+                f"{field or 'the body'} is a number out of range", [{"field": field, "message": "number out of range"}]
+            )
+
+
+def _out_of_range(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER
+
+
+def _too_deep() -> errors.ValidationFailed:
+    return errors.ValidationFailed(
+        f"body is nested deeper than {MAX_DEPTH} levels", [{"field": "", "message": "nested too deeply"}]
+    )
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
