@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode, checks
 
-from tests.support.server import running_server
+from shared.devhost.process import running_server
 
 pytestmark = pytest.mark.e2e
 
