@@ -250,7 +250,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return http.ok(
         {
             "status": "ok" if store_ok else "degraded",
-            "store": {"kind": type(context.store).__name__, "reachable": store_ok},
+            "store": {"kind": type(getattr(context.store, "inner", context.store)).__name__, "reachable": store_ok},
             "flags": {"preemption": settings.preemption, "budgets": settings.budgets},
             "version": openapi.VERSION,
         },

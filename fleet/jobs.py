@@ -47,6 +47,9 @@ class Lease(Model):
     #: Fencing token: grows with every new lease on the job, never reused.
     epoch: int
     expires_at: Time
+    #: The sweep extended it for an outage and its holder has not renewed it since: a later
+    #: outage does not hold it again (see `fleet.outage`), so a dead holder's work is requeued.
+    spared: bool = False
 
 
 class LeaseEnd(Model):
