@@ -256,7 +256,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         {
             "status": "ok" if reading.reachable else "degraded",
             "store": {
-                "kind": type(context.store).__name__ if context else None,
+                "kind": type(getattr(context.store, "inner", context.store)).__name__ if context else None,
                 "reachable": reading.reachable,
                 "reason": reading.reason.value if reading.reason else None,
             },

@@ -20,8 +20,8 @@ class Settings:
     preempt_exempt_seconds: int = 0
     #: Candidates read per page by a claim.
     claim_page: int = 32
-    #: A sweep that finds the last sweep older than this (an outage: factories could not renew
-    #: either) spares the leases that expired in the gap for one more lease term.
+    #: A last-alive stamp older than this (the sweep renews it every minute) shows an outage
+    #: gap still open: the coordinator, or its timer, stopped (see `fleet.outage`).
     outage_grace_seconds: int = 180
 
 

@@ -47,8 +47,8 @@ def heartbeat(
 
 
 def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = None) -> dict[str, Any]:
-    """Extend one lease by a lease term if it is still the job's live lease (and, when
-    `factory_id` is given, held by that factory)."""
+    """Extend one lease by a lease term if it is still the job's live lease, or one held for
+    an outage (and, when `factory_id` is given, held by that factory)."""
     now = ctx.clock.now()
     product_id = product_of(job_id)
     revoked = {"jobId": job_id, "leaseId": lease_id, "status": "revoked", "expiresAt": None}
@@ -57,10 +57,16 @@ def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = Non
 
     def extend(doc: dict[str, Any]) -> dict[str, Any]:
         job = Job.from_doc(doc)
-        if not outage.holds(ctx, job, lease_id, now) or (factory_id is not None and job.lease.factory_id != factory_id):
+        if job.lease is None or (factory_id is not None and job.lease.factory_id != factory_id):
             raise errors.LeaseLost()
-        lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
-        return job.model_copy(update={"lease": lease, "updated_at": now}).to_doc()
+        if not outage.holds(ctx, job, lease_id, now):
+            raise errors.LeaseLost()
+        expires_at = now + timedelta(seconds=ctx.settings.lease_seconds)
+        lease = job.lease.model_copy(update={"expires_at": expires_at, "spared": False})
+        renewed = job.model_copy(update={"lease": lease, "updated_at": now})
+        if not job.holds(lease_id, now):  # it expired in an outage: say why it lives on
+            renewed = renewed.with_event(now, "lease_renewed", job.lease.factory_id, reason="outage")
+        return renewed.to_doc()
 
     try:
         job = Job.from_doc(store.update(ctx.store, "jobs", product_id, job_id, extend))

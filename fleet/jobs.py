@@ -49,6 +49,20 @@ class Lease(Model):
     #: Fencing token: grows with every new lease on the job, never reused.
     epoch: int
     expires_at: Time
+    #: The sweep extended it for an outage and its holder has not renewed it since: a later
+    #: outage does not hold it again (see `fleet.outage`), so a dead holder's work is requeued.
+    spared: bool = False
+
+
+class LeaseEnd(Model):
+    """The write with which a lease holder ended its own lease (a release, or the autoship
+    PATCH): enough to recognise that write when it is repeated because its answer was lost."""
+
+    lease_id: str
+    #: `release` or `patch`.
+    write: str
+    #: Digest of the write's body (`leases.request_digest`): the same body has the same digest.
+    digest: str
 
 
 class Run(Model):
@@ -67,6 +81,9 @@ class Run(Model):
     accrued: bool = False
     #: The budget reservation its claim made for the job's estimated cost, if any.
     reservation: str | None = None
+    #: The holder's own write that ended the run's lease, if one did (not an expiry, a
+    #: preemption or an operator): a repeat of exactly that write is answered, not refused.
+    ended_by: LeaseEnd | None = None
 
 
 class Event(Model):

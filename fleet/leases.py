@@ -1,27 +1,65 @@
 """Fenced factory writes: a lease holder moves its job (PATCH) or ends its lease (release).
 
-Every write names a `leaseId`; unless it is the job's current, unexpired lease the write is
-refused with `lease_lost` and nothing changes, so a factory that lost its lease (expired,
-preempted, requeued) can never overwrite the job's newer owner.
+Every write names a `leaseId`; unless it is the job's current, unexpired lease (or one held for
+an outage, see `fleet.outage`) the write is refused with `lease_lost` and nothing changes, so a
+factory that lost its lease (expired, preempted, requeued) can never overwrite the job's newer
+owner.
+
+Retries are safe. A write that ends its own lease (every release, and the autoship PATCH to
+`shipped`) is remembered on the run it ends (`Run.ended_by`: the lease and a digest of the
+write). The same write repeated by the same lease — its answer was lost — is answered with the
+job as it stands and changes nothing: no second attempt, accrual or run end. Any other write
+by that lease is still `lease_lost`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
+from pydantic import BaseModel
+
 from fleet import errors, lifecycle, outage, writes, weight_registry
 from fleet.context import Context
-from fleet.jobs import Job, product_of
+from fleet.jobs import Job, LeaseEnd, product_of
 from fleet.schemas import PatchBody, ReleaseBody
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 
 
-def _write(ctx: Context, id: str, lease_id: str, change) -> Job:
-    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease."""
+def request_digest(write: str, body: BaseModel) -> str:
+    """What identifies a write for its retries: its kind and its body as sent (fields left at
+    their defaults do not count, so a field added later does not tell a retry from its first)."""
+    sent = body.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    text = json.dumps({"write": write, "body": sent}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def fenced(job: Job, now) -> Job:
-        if not outage.holds(ctx, job, lease_id, now):
-            raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
-        return change(job, now)
+
+def _write(ctx: Context, id: str, lease_id: str, write: str, body: BaseModel, change) -> Job:
+    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease; answer a repeat of
+    the write that ended that lease with the job as it stands."""
+    digest = request_digest(write, body)
+
+    def fenced(job: Job, now) -> Job | None:
+        if outage.holds(ctx, job, lease_id, now):
+            changed = change(job, now)
+            if changed.lease is None:  # this write ends the lease: remember it on its run
+                changed = changed.with_latest_run(ended_by=LeaseEnd(lease_id=lease_id, write=write, digest=digest))
+            return changed
+        if _repeated(job, lease_id, digest):
+            return None  # already done: nothing to write, the job as it stands is the answer
+        raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
 
     return writes.change(ctx, id, fenced)
+
+
+def _repeated(job: Job, lease_id: str, digest: str) -> bool:
+    """Whether `lease_id` ended its own lease on this job with exactly this write. A different
+    write by that lease is `LeaseLost`."""
+    ended = next((run.ended_by for run in reversed(job.runs) if run.ended_by and run.ended_by.lease_id == lease_id), None)
+    if ended is None:
+        return False
+    if ended.digest != digest:
+        raise errors.LeaseLost(f"lease {lease_id} already ended with a different {ended.write} of job {job.id}")
+    return True
 
 
 def patch(ctx: Context, id: str, body: PatchBody) -> Job:
@@ -40,7 +78,7 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
         detail = {"note": body.note} if body.note else {}
         return job.with_event(now, "stage", factory, stage=body.stage.value, **detail)
 
-    return _write(ctx, id, body.lease_id, change)
+    return _write(ctx, id, body.lease_id, "patch", body, change)
 
 
 def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registry.for_product) -> Job:
@@ -73,7 +111,7 @@ def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registr
             job = lifecycle.requeued(lifecycle.end_run(job, now, RunResult.RELEASED, **report), now, weights)
         return job.with_event(now, "released", factory, stage=job.stage.value)
 
-    return _write(ctx, id, body.lease_id, change)
+    return _write(ctx, id, body.lease_id, "release", body, change)
 
 
 def _release_target(body: ReleaseBody) -> Stage | str | None:

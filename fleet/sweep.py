@@ -53,13 +53,15 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     """Every job whose lease has expired: back to the queue with an attempt more, or
     `dead_letter` at `maxAttempts`.
 
-    Outage grace: if the sweep has not run for longer than `outage_grace_seconds` (the store or
-    the coordinator was down, so factories could not renew either), a lease that expired during
-    that gap is extended by one lease term instead of expired, so an outage never causes a
-    mass expiry. Leases that expired before the gap began are expired as usual.
+    Outage grace (`fleet.outage`): a lease that expired in an outage gap — one a process
+    recorded, or the one a stale stamp shows now (the sweep itself had not run for longer than
+    `outage_grace_seconds`) — is extended until one lease term after the gap ended and marked
+    `spared`, instead of expired, so an outage never causes a mass expiry. If its holder does
+    not renew it by then, a later sweep expires it as usual. The gap a stale stamp shows is
+    recorded at the end, with the sweep's own stamp.
     """
     now = ctx.clock.now()
-    gap_began = outage.began(ctx, now)
+    record = outage.read(ctx)
     query = store.Query(
         "jobs",
         None,
@@ -71,17 +73,17 @@ def expired_leases(ctx: Context) -> dict[str, int]:
 
     def expire(doc: dict[str, Any]) -> None:
         weights = weight_registry.for_product(ctx, doc["productId"])
-        spare = gap_began is not None and clock.parse(doc["lease"]["expiresAt"]) >= gap_began
-        wrote: dict[str, Stage] = {}
+        wrote: dict[str, Any] = {}
 
         def decide(current: dict[str, Any]) -> dict[str, Any] | None:
             job = Job.from_doc(current)
             wrote.clear()
             if job.lease is None or job.lease.expires_at > now:
                 return None  # renewed or finished since we read it
-            wrote["before"] = job.stage
-            if spare:
-                lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
+            until = outage.grace_until(record, job.lease, now, ctx.settings)
+            wrote.update(before=job.stage, spared=until is not None)
+            if until is not None:
+                lease = job.lease.model_copy(update={"expires_at": until, "spared": True})
                 return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage").to_doc()
             return (
                 lifecycle.retried(job, now, weights, RunResult.EXPIRED)
@@ -92,7 +94,7 @@ def expired_leases(ctx: Context) -> dict[str, int]:
         job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
         if not wrote:
             return  # nothing of ours was written
-        if spare:
+        if wrote["spared"]:
             counts["spared"] += 1
         else:
             counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1

@@ -8,6 +8,7 @@ import os
 import threading
 from typing import Any, Mapping
 
+from fleet import outage
 from fleet.clock import SystemClock
 from fleet.context import Context, Settings
 from fleet.store import Store
@@ -82,11 +83,16 @@ def cosmos_settings(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def context() -> Context:
-    """The process's context, built from the environment on first use."""
+    """The process's context, built from the environment on first use. Its store notices the
+    process starting and the store recovering (`outage.Watched`): the first answer it gets
+    records the gap in which this process was not serving, so leases that expired meanwhile
+    stay their holders'."""
     global _context
     with _lock:
         if _context is None:
-            _context = Context(store=store_from(os.environ), clock=SystemClock(), settings=settings_from(os.environ))
+            clock, settings = SystemClock(), settings_from(os.environ)
+            store = outage.Watched(store_from(os.environ), clock, settings)
+            _context = Context(store=store, clock=clock, settings=settings)
         return _context
 
 

@@ -6,7 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, clock as clock_mod, errors, factories
+from fleet import actions, clock as clock_mod, errors, factories, outage
+from fleet.context import Context
+from fleet.store import CountingStore
 from fleet.jobs import job_id
 from fleet.stages import Stage
 
@@ -201,3 +203,29 @@ def test_renew_of_a_job_gone_missing_is_revoked(ctx, running_job, store):
     assert factories.renew(ctx, job.id, job.lease.lease_id)["status"] == "revoked"
     with pytest.raises(errors.NotFound):
         store.read("jobs", PRODUCT, job.id)
+
+
+# Renewal after an outage (see `fleet.outage` and tests/domain/test_outage.py)
+
+
+def test_after_an_outage_the_holder_renews_its_expired_lease_and_the_job_says_why(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    outage.record_sweep(ctx, clock.now())
+    clock.advance(LEASE_SECONDS + 60)
+    outage.record_recovery(ctx, None, clock.now())
+    [answer] = heartbeat(ctx, "factory-1", running=[(job, job.lease.lease_id)])
+    assert answer["status"] == "renewed"
+    renewed = world.job(job)
+    assert renewed.lease.expires_at == clock.now() + timedelta(seconds=LEASE_SECONDS)
+    assert (renewed.events[-1].type, renewed.events[-1].detail) == ("lease_renewed", {"reason": "outage"})
+
+
+def test_after_an_outage_another_factory_cannot_renew_the_lease_even_naming_it(world, ctx, running_job, clock, store):
+    job = running_job(stage="building", factory="factory-1")
+    outage.record_sweep(ctx, clock.now())
+    clock.advance(LEASE_SECONDS + 60)
+    outage.record_recovery(ctx, None, clock.now())
+    counting = Context(CountingStore(store), clock, ctx.settings)
+    assert heartbeat(counting, "factory-2", running=[(job, job.lease.lease_id)])[0]["status"] == "revoked"
+    assert counting.store.calls["read:jobs"] == 1  # the job; refused before any outage read
+    assert world.job(job).lease == job.lease

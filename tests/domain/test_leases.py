@@ -2,15 +2,18 @@
 allowed moves. A wrong, expired or superseded lease gets `LeaseLost` and changes nothing."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pydantic
 import pytest
 
-from fleet import actions, errors, leases, scoring, sweep
+from fleet import actions, budget_rules, budgets, errors, leases, scoring, spend, store as store_port, sweep
+from fleet.context import Context, Settings
 from fleet.jobs import job_id
 from fleet.schemas import PatchBody, ReleaseBody
 from fleet.stages import RunResult, Stage
 
-from fleet.testing import LEASE_SECONDS, PRODUCT
+from fleet.testing import LEASE_SECONDS, PRODUCT, open_world
 
 
 # PATCH: the moves a lease holder may make
@@ -135,13 +138,13 @@ def test_a_superseded_lease_is_lease_lost(world, running_job, ctx, claim):
     assert (after.stage, after.lease, after.attempts) == (Stage.ASSIGNED, new.lease, 0)
 
 
-def test_a_released_lease_cannot_write_again(world, running_job):
+def test_a_released_lease_cannot_write_anything_else(world, running_job):
     job = running_job(stage="building")
     world.release(job)
     with pytest.raises(errors.LeaseLost):
         world.patch(job, "review")
     with pytest.raises(errors.LeaseLost):
-        world.release(job)
+        world.release(job, result="retry")
 
 
 @pytest.mark.parametrize("id", ["nonsense", "acme:short", "bad product:abcdefghijklmnopqrst", job_id(PRODUCT, "never")])
@@ -288,3 +291,140 @@ def test_a_release_records_what_the_factory_reports_on_the_run(world, running_jo
 def test_release_bodies_are_validated(body):
     with pytest.raises(pydantic.ValidationError):
         ReleaseBody.model_validate(body)
+
+
+# Retries: a write repeated after a lost answer gets the answer it would have had
+
+#: Every write that ends its own lease, from a building job.
+ENDING_RELEASES = [
+    pytest.param({"stage": "shipped", "insights": {"costUsd": 1.5}}, id="ship"),
+    pytest.param({"result": "done"}, id="done"),
+    pytest.param({"stage": "failed", "insights": {"costUsd": 0.5}}, id="fail"),
+    pytest.param({"result": "retry", "insights": {"costUsd": 0.25}}, id="retry"),
+    pytest.param({"stage": "testing", "prUrl": "https://example.com/pr/1"}, id="park"),
+    pytest.param({"checkpoint": {"step": 2}}, id="give-back"),
+]
+
+
+@pytest.mark.parametrize("body", ENDING_RELEASES)
+def test_a_repeated_release_is_answered_with_the_job_and_applied_once(world, running_job, clock, body):
+    # Given a factory whose release was applied but whose answer was lost
+    job = running_job(stage="building")
+    clock.advance(30)
+    first = world.release(job, **body)
+    # When it sends the same release again, later
+    clock.advance(30)
+    again = world.release(job, **body)
+    # Then it gets the job as the first release left it: nothing written twice
+    assert again == first
+    assert again.etag == first.etag
+    assert (again.attempts, len(again.runs), len(again.events)) == (first.attempts, 1, len(first.events))
+    assert again.latest_run.ended_at == first.latest_run.ended_at == clock.now() - timedelta(seconds=30)
+
+
+def test_the_run_remembers_which_lease_ended_it_and_with_what(world, running_job):
+    job = running_job(stage="building")
+    body = ReleaseBody(lease_id=job.lease.lease_id, result="retry")
+    ended = leases.release(world.ctx, job.id, body).runs[0].ended_by
+    assert (ended.lease_id, ended.write, ended.digest) == (job.lease.lease_id, "release", leases.request_digest("release", body))
+
+
+def test_a_repeated_autoship_patch_is_answered_with_the_shipped_job(world, running_job):
+    job = running_job(stage="testing")
+    shipped = world.patch(job, "shipped", insights={"costUsd": 2.0})
+    again = world.patch(job, "shipped", insights={"costUsd": 2.0})
+    assert (again.stage, again.etag, again.latest_run.result) == (Stage.SHIPPED, shipped.etag, RunResult.SHIPPED)
+
+
+@pytest.mark.parametrize(
+    "first, then",
+    [
+        ({"stage": "shipped"}, {"stage": "failed"}),  # a different outcome
+        ({"stage": "shipped"}, {"result": "shipped"}),  # the same outcome, asked for otherwise
+        ({"stage": "shipped", "insights": {"costUsd": 1}}, {"stage": "shipped", "insights": {"costUsd": 2}}),
+        ({"result": "retry"}, {"result": "retry", "checkpoint": {"step": 1}}),
+        ({"stage": "testing"}, {}),
+    ],
+)
+def test_a_different_write_by_a_lease_that_ended_itself_is_lease_lost(world, running_job, first, then):
+    job = running_job(stage="testing")
+    ended = world.release(job, **first)
+    with pytest.raises(errors.LeaseLost):
+        world.release(job, **then)
+    with pytest.raises(errors.LeaseLost):
+        world.patch(job, "shipped")
+    assert world.job(job).etag == ended.etag
+
+
+def test_a_release_cannot_repeat_as_a_patch_nor_a_patch_as_a_release(world, running_job):
+    shipped_by_patch = running_job("a", stage="testing")
+    world.patch(shipped_by_patch, "shipped")
+    with pytest.raises(errors.LeaseLost):
+        world.release(shipped_by_patch, stage="shipped")
+    shipped_by_release = running_job("b", stage="testing")
+    world.release(shipped_by_release, stage="shipped")
+    with pytest.raises(errors.LeaseLost):
+        world.patch(shipped_by_release, "shipped")
+
+
+def test_a_repeated_retry_release_after_another_factory_claimed_the_job_changes_nothing(world, running_job, claim):
+    # Given factory-1 released its job for a retry, and factory-2 claimed it
+    old = running_job(stage="building", factory="factory-1")
+    world.release(old, result="retry")
+    new = claim("factory-2").job
+    # When factory-1's release arrives again
+    again = world.release(old, result="retry")
+    # Then it is answered, and the new owner's lease, run and attempts are untouched
+    assert (again.lease, again.attempts, len(again.runs)) == (new.lease, 1, 2)
+    assert world.job(new).etag == new.etag
+    # while any other write by the old lease is still fenced
+    with pytest.raises(errors.LeaseLost):
+        world.patch(old, "building")
+    with pytest.raises(errors.LeaseLost):
+        world.release(old, stage="shipped")
+
+
+def test_a_lease_ended_by_anyone_else_is_not_taken_for_a_retry(world, running_job, ctx, clock):
+    # An operator's requeue, a preemption or an expiry ends a run without the holder's write.
+    requeued = running_job("requeued", stage="building")
+    actions.apply(ctx, requeued.id, actions.Action.REQUEUE)
+    expired = running_job("expired", stage="building")
+    clock.advance(LEASE_SECONDS + 1)
+    sweep.expired_leases(ctx)
+    for job in (requeued, expired):
+        with pytest.raises(errors.LeaseLost):
+            world.release(job, result="retry")
+        assert world.job(job).latest_run.ended_by is None
+
+
+class BudgetsDown(store_port.CountingStore):
+    """The store, except that every budget write fails as if the store had gone away."""
+
+    def replace(self, container, doc, etag):
+        if container == "budgets":
+            raise errors.StoreBusy("budgets unreachable")
+        return super().replace(container, doc, etag)
+
+    def create(self, container, doc):
+        if container == "budgets":
+            raise errors.StoreBusy("budgets unreachable")
+        return super().create(container, doc)
+
+
+def test_a_retried_release_finishes_the_accrual_its_first_attempt_left_and_counts_it_once():
+    with open_world(Settings(lease_seconds=LEASE_SECONDS, budgets=True)) as world:
+        budgets.put(world.ctx, PRODUCT, 100.0, budget_rules.Window.MONTHLY)
+        job = world.running_job(stage="building")
+        # Given a release whose job write landed but whose accrual could not be applied
+        body = ReleaseBody(lease_id=job.lease.lease_id, stage="shipped", insights={"costUsd": 3.0})
+        down = Context(BudgetsDown(world.store), world.clock, world.ctx.settings)
+        first = leases.release(down, job.id, body)
+        assert (first.stage, first.accrual_pending, budgets.find(world.ctx, PRODUCT).spent_usd) == (Stage.SHIPPED, True, 0.0)
+        # When the factory, not knowing, sends it again; and the sweep replays accruals too
+        again = leases.release(world.ctx, job.id, body)
+        spend.replay_pending(world.ctx)
+        leases.release(world.ctx, job.id, body)
+        # Then the cost is counted once, and the run ended once
+        assert budgets.find(world.ctx, PRODUCT).spent_usd == 3.0
+        assert (again.stage, again.accrual_pending, again.latest_run.accrued) == (Stage.SHIPPED, False, True)
+        assert again.latest_run.ended_at == first.latest_run.ended_at

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, outage, scoring, sweep, weight_registry
+from fleet import actions, factories, outage, scoring, sweep, weight_registry
 from fleet.stages import RunResult, Stage
 
 from fleet.testing import LEASE_SECONDS, PRODUCT, flags_on, interleaved
@@ -183,8 +183,9 @@ def test_run_does_all_the_sweeps_in_order(world, ctx, running_job, submit_job, c
     assert {k: second[k] for k in keys} == {"expired": 0, "deadLettered": 0, "unblocked": 0, "rekeyed": 0}
 
 
-# Outage grace: a sweep that finds the previous sweep long past (the coordinator or its store
-# was down, so factories could not renew either) spares leases that expired in the gap.
+# Outage grace (`fleet.outage`): a sweep spares leases that expired in an outage gap — the
+# stale stamp of a previous sweep long past, or a gap a process recorded — until one lease
+# term after the gap ended.
 
 
 def test_a_lease_that_expired_during_an_outage_is_spared_for_one_term(world, ctx, running_job, clock):
@@ -199,6 +200,7 @@ def test_a_lease_that_expired_during_an_outage_is_spared_for_one_term(world, ctx
     assert (counts["spared"], counts["expired"]) == (1, 0)
     assert (after.stage, after.attempts) == (Stage.BUILDING, 0)
     assert after.lease.expires_at == clock.now() + timedelta(seconds=LEASE_SECONDS)
+    assert after.lease.spared
     assert after.events[-1].type == "lease_spared"
     # and a factory that is still alive can carry on
     assert world.patch(job, "review").stage == Stage.REVIEW
@@ -211,3 +213,45 @@ def test_on_a_normal_cadence_an_expired_lease_is_not_spared(world, ctx, running_
         counts = sweep.expired_leases(ctx)
     assert world.job(job).stage == Stage.QUEUED
     assert counts["spared"] == 0
+
+
+def test_a_spared_lease_that_is_not_renewed_expires_a_term_after_the_gap(world, ctx, running_job, clock):
+    # Given an outage that the sweep found, sparing a lease whose factory never came back
+    job = running_job(stage="building")
+    sweep.expired_leases(ctx)
+    clock.advance(LEASE_SECONDS + ctx.settings.outage_grace_seconds)
+    sweep.expired_leases(ctx)
+    spared = world.job(job)
+    assert spared.lease.spared
+    # When the sweep runs on its cadence past that extra term
+    for _ in range(LEASE_SECONDS // 60 + 1):
+        clock.advance(60)
+        counts = sweep.expired_leases(ctx)
+    # Then the job is requeued with the attempt counted, however the gaps were recorded
+    after = world.job(job)
+    assert (after.stage, after.attempts, after.latest_run.result) == (Stage.QUEUED, 1, RunResult.EXPIRED)
+    assert counts["spared"] == 0
+
+
+def test_a_lease_that_expired_in_a_recorded_gap_is_spared_until_a_term_after_the_recovery(world, ctx, running_job, clock):
+    # Given a process that came back at 10:10 after a ten-minute outage (it recorded the gap)
+    job = running_job(stage="building")
+    outage.record_sweep(ctx, clock.now())
+    clock.advance(minutes=10)
+    outage.record_recovery(ctx, None, clock.now())
+    recovered_at = clock.now()
+    # When the sweep runs half a minute later
+    clock.advance(30)
+    assert sweep.expired_leases(ctx)["spared"] == 1
+    # Then the lease runs to one term after the recovery, not after the sweep
+    assert world.job(job).lease.expires_at == recovered_at + timedelta(seconds=LEASE_SECONDS)
+
+
+def test_a_renewed_spared_lease_is_an_ordinary_lease_again(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    sweep.expired_leases(ctx)
+    clock.advance(LEASE_SECONDS + ctx.settings.outage_grace_seconds)
+    sweep.expired_leases(ctx)
+    [answer] = factories.heartbeat(ctx, "factory-1", [PRODUCT], [], None, [(job.id, job.lease.lease_id)])
+    assert answer["status"] == "renewed"
+    assert world.job(job).lease.spared is False

@@ -46,11 +46,11 @@ def store_env(request) -> dict[str, str]:
 
 @pytest.fixture
 def serve(store_env, tmp_path):
-    """`with serve(env) as server:` — a `fleet serve` on this test's store, plus `env`."""
+    """`with serve(env) as server:` — a `fleet serve` on this test's store, plus `env` (and `args`)."""
 
     @contextlib.contextmanager
-    def start(env: dict[str, str] | None = None, name: str = "fleet.db"):
-        with running_server(env={**store_env, **(env or {})}, db=str(tmp_path / name)) as handle:
+    def start(env: dict[str, str] | None = None, name: str = "fleet.db", args: tuple[str, ...] = ()):
+        with running_server(env={**store_env, **(env or {})}, db=str(tmp_path / name), args=args) as handle:
             yield handle
 
     return start
