@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fleet import clock, errors, outage, store
+from fleet import clock, effects, errors, outage, store, writes
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 
@@ -55,15 +55,16 @@ def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = Non
     if product_id is None:
         return revoked
 
-    def extend(doc: dict[str, Any]) -> dict[str, Any]:
-        job = Job.from_doc(doc)
-        if not outage.holds(ctx, job, lease_id, now) or (factory_id is not None and job.lease.factory_id != factory_id):
+    def extend(job: Job, gap, now) -> Job:
+        if not outage.held(job, lease_id, now, gap) or (factory_id is not None and job.lease.factory_id != factory_id):
             raise errors.LeaseLost()
         lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
-        return job.model_copy(update={"lease": lease, "updated_at": now}).to_doc()
+        return job.model_copy(update={"lease": lease, "updated_at": now})
 
     try:
-        job = Job.from_doc(store.update(ctx.store, "jobs", product_id, job_id, extend))
+        current = writes.read(ctx, job_id)
+        gap = outage.gap_for(ctx, current, lease_id, now)
+        job = effects.change(ctx, job_id, extend, gap, current=current, now=now, request=False).job
     except (errors.NotFound, errors.LeaseLost):
         return revoked
     return {"jobId": job_id, "leaseId": lease_id, "status": "renewed", "expiresAt": clock.format(job.lease.expires_at)}

@@ -6,22 +6,26 @@ preempted, requeued) can never overwrite the job's newer owner.
 """
 from __future__ import annotations
 
-from fleet import errors, lifecycle, outage, writes, weight_registry
+from fleet import effects, errors, lifecycle, outage, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 from fleet.schemas import PatchBody, ReleaseBody
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 
 
-def _write(ctx: Context, id: str, lease_id: str, change) -> Job:
-    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease."""
+def _write(ctx: Context, id: str, lease_id: str, change, keyed_with: weight_registry.Snapshot | None = None) -> Job:
+    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease (or, its lease
+    expired, during an outage: the outage record is read before deciding, and only then)."""
+    now = ctx.clock.now()
+    current = writes.read(ctx, id)
+    gap = outage.gap_for(ctx, current, lease_id, now)
 
-    def fenced(job: Job, now) -> Job:
-        if not outage.holds(ctx, job, lease_id, now):
+    def fenced(job: Job, gap, now) -> Job:
+        if not outage.held(job, lease_id, now, gap):
             raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
         return change(job, now)
 
-    return writes.change(ctx, id, fenced)
+    return effects.change(ctx, id, fenced, gap, current=current, now=now, keyed_with=keyed_with).job
 
 
 def patch(ctx: Context, id: str, body: PatchBody) -> Job:
@@ -43,13 +47,14 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
     return _write(ctx, id, body.lease_id, change)
 
 
-def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registry.for_product) -> Job:
+def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
     """End the lease. With a terminal `stage`/`result` the job finishes; `stage: testing` parks
     it lease-free for the review gate; `result: retry` counts an attempt; neither gives it back
     to the queue with its checkpoint, attempts unchanged."""
     target = _release_target(body)
     product_id = product_of(id)
-    weights = weights_for(ctx, product_id) if product_id else None
+    keyed_with = weight_registry.snapshot(ctx, product_id) if product_id else None
+    weights = keyed_with.weights if keyed_with else None
     report = {
         "insights": body.insights.model_dump(exclude_none=True) if body.insights else None,
         "pr_url": body.pr_url,
@@ -73,7 +78,7 @@ def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registr
             job = lifecycle.requeued(lifecycle.end_run(job, now, RunResult.RELEASED, **report), now, weights)
         return job.with_event(now, "released", factory, stage=job.stage.value)
 
-    return _write(ctx, id, body.lease_id, change)
+    return _write(ctx, id, body.lease_id, change, keyed_with)
 
 
 def _release_target(body: ReleaseBody) -> Stage | str | None:

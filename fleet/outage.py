@@ -29,8 +29,12 @@ def last_sweep(ctx: Context) -> datetime | None:
 
 def began(ctx: Context, now: datetime) -> datetime | None:
     """When the current gap began (the last sweep), or None if the sweep has been running."""
-    last = last_sweep(ctx)
-    return last if last is not None and (now - last).total_seconds() > ctx.settings.outage_grace_seconds else None
+    return gap_began(last_sweep(ctx), now, ctx.settings.outage_grace_seconds)
+
+
+def gap_began(last: datetime | None, now: datetime, grace_seconds: float) -> datetime | None:
+    """`began`, given when the sweep last ran."""
+    return last if last is not None and (now - last).total_seconds() > grace_seconds else None
 
 
 def record_sweep(ctx: Context, now: datetime) -> None:
@@ -40,12 +44,25 @@ def record_sweep(ctx: Context, now: datetime) -> None:
 def spared(ctx: Context, job: Job, lease_id: str, now: datetime) -> bool:
     """Whether `lease_id`, the job's current lease, expired during an outage (and so still
     counts as held). One point read, made only for a lease that has expired."""
-    if job.lease is None or job.lease.lease_id != lease_id or job.lease.expires_at > now:
-        return False
-    gap = began(ctx, now)
+    gap = gap_for(ctx, job, lease_id, now)
     return gap is not None and job.lease.expires_at >= gap
+
+
+def gap_for(ctx: Context, job: Job, lease_id: str, now: datetime) -> datetime | None:
+    """What `held` needs to know of outages for a write naming `lease_id`: when the current
+    gap began, read (one point read) only if `lease_id` is the job's lease and it has expired."""
+    if job.lease is None or job.lease.lease_id != lease_id or job.lease.expires_at > now:
+        return None
+    return began(ctx, now)
+
+
+def held(job: Job, lease_id: str, now: datetime, gap: datetime | None) -> bool:
+    """`job.holds`, with outage grace, given `gap_for`'s answer (read before deciding)."""
+    if job.holds(lease_id, now):
+        return True
+    return gap is not None and job.lease is not None and job.lease.lease_id == lease_id and job.lease.expires_at >= gap
 
 
 def holds(ctx: Context, job: Job, lease_id: str, now: datetime) -> bool:
     """`job.holds`, with outage grace."""
-    return job.holds(lease_id, now) or spared(ctx, job, lease_id, now)
+    return held(job, lease_id, now, gap_for(ctx, job, lease_id, now))

@@ -10,12 +10,12 @@ logged and passed over: it never stops the sweep for the rest of the fleet.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from fleet import budgets, clock, deps, effects, lifecycle, outage, queue_state, spend, store
+from fleet import budgets, clock, effects, lifecycle, outage, queue_state, spend, store, weight_registry
 from fleet.batch import each
-from fleet import weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import FINISHED, RunResult, Stage
@@ -32,7 +32,7 @@ def run(ctx: Context) -> dict[str, int]:
     last = outage.last_sweep(ctx)
     repair_from = None if last is None else last - REPAIR_MARGIN
     steps: list[tuple[str, Callable[[], dict[str, int]]]] = [
-        ("leases", lambda: expired_leases(ctx)),
+        ("leases", lambda: _expired_leases(ctx, last)),
         ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
         ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
         ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
@@ -58,8 +58,24 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     that gap is extended by one lease term instead of expired, so an outage never causes a
     mass expiry. Leases that expired before the gap began are expired as usual.
     """
+    return _expired_leases(ctx, outage.last_sweep(ctx))
+
+
+@dataclass(frozen=True)
+class _Expiry:
+    """What expiring one job decides with: whether its lease expired in an outage's gap (then
+    it is spared), else its product's weights (for the retried job's rank key)."""
+
+    spare: bool
+    weights: weight_registry.Snapshot | None
+    #: How long a spared lease is extended by.
+    lease_seconds: int
+
+
+def _expired_leases(ctx: Context, last: datetime | None) -> dict[str, int]:
+    """`expired_leases`, given when the sweep last ran."""
     now = ctx.clock.now()
-    gap_began = outage.began(ctx, now)
+    gap_began = outage.gap_began(last, now, ctx.settings.outage_grace_seconds)
     query = store.Query(
         "jobs",
         None,
@@ -68,39 +84,37 @@ def expired_leases(ctx: Context) -> dict[str, int]:
         limit=200,
     )
     counts = {"expired": 0, "deadLettered": 0, "spared": 0}
+    weights: dict[str, weight_registry.Snapshot] = {}  # read once per product this sweep
 
     def expire(doc: dict[str, Any]) -> None:
-        weights = weight_registry.for_product(ctx, doc["productId"])
         spare = gap_began is not None and clock.parse(doc["lease"]["expiresAt"]) >= gap_began
-        wrote: dict[str, Stage] = {}
-
-        def decide(current: dict[str, Any]) -> dict[str, Any] | None:
-            job = Job.from_doc(current)
-            wrote.clear()
-            if job.lease is None or job.lease.expires_at > now:
-                return None  # renewed or finished since we read it
-            wrote["before"] = job.stage
-            if spare:
-                lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=ctx.settings.lease_seconds)})
-                return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage").to_doc()
-            return (
-                lifecycle.retried(job, now, weights, RunResult.EXPIRED)
-                .with_event(now, "lease_expired", job.lease.factory_id)
-                .to_doc()
-            )
-
-        job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
-        if not wrote:
-            return  # nothing of ours was written
+        if not spare and doc["productId"] not in weights:
+            weights[doc["productId"]] = weight_registry.snapshot(ctx, doc["productId"])
+        facts = _Expiry(spare, None if spare else weights[doc["productId"]], ctx.settings.lease_seconds)
+        written = effects.change(
+            ctx, doc["id"], _expired, facts, current=Job.from_doc(doc), now=now, request=False, keyed_with=facts.weights
+        )
+        if not written.wrote:
+            return  # renewed or finished since the query read it
         if spare:
             counts["spared"] += 1
         else:
-            counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1
-            effects.settle(ctx, wrote["before"], job)
+            counts["deadLettered" if written.job.stage == Stage.DEAD_LETTER else "expired"] += 1
 
     counts["failed"] = each(store.query_all(ctx.store, query), expire)
     outage.record_sweep(ctx, now)  # even if some jobs failed: the sweep itself is running
     return counts
+
+
+def _expired(job: Job, facts: _Expiry, now: datetime) -> Job | None:
+    if job.lease is None or job.lease.expires_at > now:
+        return None  # renewed or finished since we read it
+    if facts.spare:
+        lease = job.lease.model_copy(update={"expires_at": now + timedelta(seconds=facts.lease_seconds)})
+        return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage")
+    return lifecycle.retried(job, now, facts.weights.weights, RunResult.EXPIRED).with_event(
+        now, "lease_expired", job.lease.factory_id
+    )
 
 
 def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
@@ -112,12 +126,12 @@ def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
 
     def unblock(doc: dict[str, Any]) -> None:
         nonlocal unblocked
-        if deps.unblock_if_ready(ctx, doc["productId"], doc["id"])[1]:
+        if effects.recheck(ctx, doc["id"], Job.from_doc(doc)).entered(Stage.QUEUED):
             unblocked += 1
 
     each(changed(ctx, Stage.BLOCKED, since), unblock)
     for stage in FINISHED:
-        each(changed(ctx, stage, since), lambda doc: deps.release_dependents(ctx, Job.from_doc(doc)))
+        each(changed(ctx, stage, since), lambda doc: effects.release_dependents(ctx, Job.from_doc(doc)))
     return unblocked
 
 
