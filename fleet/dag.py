@@ -27,7 +27,8 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     children = _in_dependency_order(spec.idempotency_key, spec.children)
     existing = submit.check_existing(ctx, spec, parent_id)
     checked = _check_before_writing(ctx, spec, children, parent_id, spec.deps)
-    weights = weight_registry.snapshot(ctx, spec.product_id)
+    to_create = existing is None or None in checked.children.values()
+    weights = weight_registry.snapshot(ctx, spec.product_id) if to_create else None
     stages = dict(checked.stages)
     for child in children:
         made = checked.children[child.idempotency_key]
@@ -73,9 +74,9 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
     for child in ordered:
         made = checked.children[child.idempotency_key]
         if made is None:
-            made = submit.create(ctx, child_spec(template, child), submit.Facts(stages, weights), parent_id=parent.id)
-            fresh = fresh or made.created
-            made = made.job
+            submitted = submit.create(ctx, child_spec(template, child), submit.Facts(stages, weights), parent_id=parent.id)
+            fresh = fresh or submitted.created
+            made = submitted.job
         stages[child.idempotency_key] = made.stage
         created.append(made)
     if parent.stage == Stage.BLOCKED and not fresh:
