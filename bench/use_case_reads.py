@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet import actions, budgets, claims, dag, factories, leases, review, schemas, submit, sweep  # noqa: E402
+from fleet import actions, budgets, claims, dag, factories, leases, review, schemas, scoring, submit, sweep  # noqa: E402
+from fleet import weight_registry  # noqa: E402
 from fleet.budget_rules import Window  # noqa: E402
 from fleet.clock import FixedClock  # noqa: E402
 from fleet.context import Context, Settings  # noqa: E402
@@ -114,9 +115,28 @@ def main() -> None:
         product_id=PRODUCT, idempotency_key=f"parent{next(keys)}",
         children=[schemas.ChildSpec(idempotency_key=f"c{next(keys)}")])).job,
         lambda parent: dag.add_children(ctx, parent.id, [schemas.ChildSpec(idempotency_key=f"c{next(keys)}")]))
+    measure("submit composite (2 children)", lambda: None, lambda _: dag.submit_composite(ctx, schemas.JobSpec(
+        product_id=PRODUCT, idempotency_key=f"parent{next(keys)}",
+        children=[schemas.ChildSpec(idempotency_key=f"c{next(keys)}") for _ in range(2)])))
+    measure("dag view", lambda: dag.submit_composite(ctx, schemas.JobSpec(
+        product_id=PRODUCT, idempotency_key=f"parent{next(keys)}",
+        children=[schemas.ChildSpec(idempotency_key=f"c{next(keys)}") for _ in range(2)])).job,
+        lambda parent: dag.view(ctx, parent.id))
+    measure("action cancel (composite)", lambda: dag.submit_composite(ctx, schemas.JobSpec(
+        product_id=PRODUCT, idempotency_key=f"parent{next(keys)}",
+        children=[schemas.ChildSpec(idempotency_key=f"c{next(keys)}") for _ in range(2)])).job,
+        lambda parent: actions.apply(ctx, parent.id, actions.Action.CANCEL))
+    measure("weights put", lambda: None, lambda _: weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=1.5)))
     measure("budget pause", lambda: None, lambda _: budgets.pause(ctx, PRODUCT))
     measure("budget resume", lambda: None, lambda _: budgets.resume(ctx, PRODUCT))
     measure("sweep (nothing expired)", lambda: None, lambda _: sweep.run(ctx))
+
+    def expiring():
+        held = [claimed("f7") for _ in range(3)]
+        clock.advance(301)
+        return held
+
+    measure("sweep (3 leases expired)", expiring, lambda _: sweep.run(ctx))
 
     print("| use case | store calls | point reads by container | most reads of one document |")
     print("|---|---|---|---|")

@@ -2,11 +2,11 @@
 a job whatever holds it, revoke its lease, and retry on optimistic-concurrency conflicts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Callable
 
-from fleet import deps, errors, lifecycle, listing, writes, weight_registry
+from fleet import deps, effects, errors, lifecycle, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import TERMINAL, RunResult, Stage
@@ -20,25 +20,48 @@ class Action(str, Enum):
 
 
 def apply(ctx: Context, id: str, action: Action, reason: str | None = None, actor: str | None = None) -> Job:
-    decide_for: dict[Action, Callable[[Job, datetime], Job | None]] = {
-        Action.REQUEUE: lambda job, now: _requeue(ctx, job, now),
-        Action.REJECT: lambda job, now: _to_terminal(job, now, Stage.FAILED, RunResult.CANCELLED),
-        Action.CANCEL: lambda job, now: _to_terminal(job, now, Stage.CANCELLED, RunResult.CANCELLED),
-        Action.SHIP: lambda job, now: _to_terminal(job, now, Stage.SHIPPED),
-    }
+    return _apply(ctx, writes.read(ctx, id), action, reason, actor)
 
-    def decide(job: Job, now: datetime) -> Job | None:
-        changed = decide_for[action](job, now)
-        if changed is None:
-            return None
-        return changed.with_event(now, action.value, actor, **({"reason": reason} if reason else {}))
 
-    job = writes.change(ctx, id, decide)
+@dataclass(frozen=True)
+class _Acting:
+    """What an action decides with beyond the job."""
+
+    action: Action
+    reason: str | None
+    actor: str | None
+    #: A requeue's: the product's weights and the stages of the job's deps.
+    weights: weight_registry.Snapshot | None = None
+    stages: deps.Stages | None = None
+
+
+def _apply(ctx: Context, job: Job, action: Action, reason: str | None, actor: str | None) -> Job:
+    """`apply` to the job as read."""
+    if action == Action.REQUEUE:
+        weights = weight_registry.snapshot(ctx, job.product_id)
+        acting = _Acting(action, reason, actor, weights, deps.stages(ctx, job.product_id, job.deps))
+    else:
+        acting = _Acting(action, reason, actor)
+    job = effects.change(ctx, job.id, _decide, acting, current=job, keyed_with=acting.weights).job
     if job.stage == Stage.BLOCKED:
-        job = deps.recheck(ctx, job.product_id, id)  # a dep may have finished meanwhile
+        job = effects.recheck(ctx, job.id, job).job  # a dep may have finished meanwhile
     if action == Action.CANCEL:
         _cancel_descendants(ctx, job, reason, actor)
     return job
+
+
+def _decide(job: Job, acting: _Acting, now: datetime) -> Job | None:
+    if acting.action == Action.REQUEUE:
+        changed = _requeue(job, acting, now)
+    elif acting.action == Action.REJECT:
+        changed = _to_terminal(job, now, Stage.FAILED, RunResult.CANCELLED)
+    elif acting.action == Action.CANCEL:
+        changed = _to_terminal(job, now, Stage.CANCELLED, RunResult.CANCELLED)
+    else:
+        changed = _to_terminal(job, now, Stage.SHIPPED)
+    if changed is None:
+        return None
+    return changed.with_event(now, acting.action.value, acting.actor, **({"reason": acting.reason} if acting.reason else {}))
 
 
 def _cancel_descendants(ctx: Context, parent: Job, reason: str | None, actor: str | None) -> None:
@@ -46,12 +69,12 @@ def _cancel_descendants(ctx: Context, parent: Job, reason: str | None, actor: st
     retry of the cancel converges)."""
     for child_id in parent.children:
         try:
-            child = listing.get(ctx, child_id)
+            child = writes.read(ctx, child_id)
         except errors.NotFound:
             continue
         if child.stage not in TERMINAL:
-            # `apply` cancels this child's own descendants in turn.
-            apply(ctx, child_id, Action.CANCEL, reason or f"parent {parent.id} cancelled", actor)
+            # `_apply` cancels this child's own descendants in turn.
+            _apply(ctx, child, Action.CANCEL, reason or f"parent {parent.id} cancelled", actor)
         else:
             _cancel_descendants(ctx, child, reason, actor)  # a finished job may still have unfinished ones below
 
@@ -64,9 +87,12 @@ def _to_terminal(job: Job, now, stage: Stage, result: RunResult | None = None) -
     return lifecycle.finished(job, now, stage, result)
 
 
-def _requeue(ctx: Context, job: Job, now) -> Job:
-    job = lifecycle.requeued(lifecycle.released(job, now), now, weight_registry.for_product(ctx, job.product_id), attempts=0)
-    waiting = deps.waiting_on(ctx, job.product_id, job.deps)
+def _requeue(job: Job, acting: _Acting, now) -> Job:
+    """Back to the queue (blocked while a dep is unfinished), attempts reset, lease revoked. A
+    dep added since its stages were read counts as unfinished; the re-check after the write
+    reads it."""
+    job = lifecycle.requeued(lifecycle.released(job, now), now, acting.weights.weights, attempts=0)
+    waiting = deps.waiting(job.product_id, job.deps, acting.stages)
     if waiting:
         job = job.model_copy(update={"stage": Stage.BLOCKED, "blocked_on": waiting})
     return job

@@ -14,18 +14,25 @@ def _new(product_id: str, now: datetime) -> Budget:
     return Budget(id=product_id, product_id=product_id, window_start=budget_rules.window_start(Window.MONTHLY, now), updated_at=now)
 
 
-def find(ctx: Context, product_id: str) -> Budget | None:
-    """The product's budget as of now (rolled), or None if it has none."""
+def read(ctx: Context, product_id: str) -> dict[str, Any] | None:
+    """The product's budget document as stored (with its ETag), or None if it has none: for a
+    use case that decides on it and then changes it (`change(..., current=doc)`)."""
     try:
-        doc = ctx.store.read("budgets", product_id, product_id)
+        return ctx.store.read("budgets", product_id, product_id)
     except errors.NotFound:
         return None
-    return budget_rules.rolled(Budget.from_doc(doc), ctx.clock.now())
 
 
-def change(ctx: Context, product_id: str, decide, create: bool = True) -> Budget:
+def find(ctx: Context, product_id: str) -> Budget | None:
+    """The product's budget as of now (rolled), or None if it has none."""
+    doc = read(ctx, product_id)
+    return None if doc is None else budget_rules.rolled(Budget.from_doc(doc), ctx.clock.now())
+
+
+def change(ctx: Context, product_id: str, decide, create: bool = True, current: dict[str, Any] | None = None) -> Budget:
     """CAS `decide(rolled budget) -> Budget | None` on the product's budget, creating it first
-    if it does not exist and `create` is set."""
+    if it does not exist and `create` is set. `current`: the document as the caller read it,
+    decided on first instead of reading it again."""
     now = ctx.clock.now()
 
     def step(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -38,7 +45,8 @@ def change(ctx: Context, product_id: str, decide, create: bool = True) -> Budget
 
     initial = _new(product_id, now).to_doc() if create else None
     try:
-        return Budget.from_doc(store.update(ctx.store, "budgets", product_id, product_id, step, initial=initial))
+        doc = store.update(ctx.store, "budgets", product_id, product_id, step, initial=initial, current=current, sleep=ctx.clock.sleep)
+        return Budget.from_doc(doc)
     except errors.NotFound:
         raise errors.NotFound(f"product {product_id} has no budget") from None
 

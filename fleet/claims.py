@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet import budget_rules, budgets, candidates, errors, factories, preemption, scoring, weight_registry
+from fleet import budget_rules, budgets, candidates, effects, errors, factories, preemption, scoring, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job, Lease, Run
 from fleet.stages import Priority, Stage
@@ -55,14 +55,14 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     preemption on) a factory may only take a critical job, by evicting a lower-priority one.
     """
     now = ctx.clock.now()
-    refused = _budget_refusal(ctx, request.product_id)
+    budget = _budget(ctx, request.product_id)
+    refused = budget_rules.refusal(budget.rolled)
     if refused:
         return Claimed(None, refused)
     offered, seat_limit = _factory_view(ctx, request)
     running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
-    product_doc = weight_registry.read_doc(ctx, request.product_id)
-    product_weights = scoring.resolve(weight_registry.product_patch(product_doc))
-    weights = scoring.resolve(weight_registry.product_patch(product_doc), request.weights)
+    product = weight_registry.snapshot(ctx, request.product_id)
+    weights = scoring.resolve(product.patch, request.weights)
     score = candidates.scorer(now, weights, offered)
     unaffordable = 0
     for _ in range(RESCANS):
@@ -72,11 +72,11 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
                 request.product_id, now, weights, offered, ctx.settings.claim_page, MAX_ATTEMPTS, (Priority.CRITICAL,)
             )
         else:
-            streams = _streams(ctx, request.product_id, now, weights, product_weights, offered, product_doc)
+            streams = _streams(ctx, request.product_id, now, weights, product, offered)
         lost = False
         for candidate in candidates.ranked(ctx.store, streams, score):
             try:
-                return _claim(ctx, candidate.job, request.factory_id, offered, running)
+                return _claim(ctx, candidate.job, request.factory_id, offered, running, budget, product)
             except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost):
                 lost = True
                 if running is not None:
@@ -99,7 +99,8 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
     """Claim one named job, if it is queued, the factory has its capabilities, the budget
     allows it and the factory has a seat for it (or may preempt for it)."""
     now = ctx.clock.now()
-    refused = _budget_refusal(ctx, product_id)
+    budget = _budget(ctx, product_id)
+    refused = budget_rules.refusal(budget.rolled)
     if refused:
         raise errors.NotClaimable(f"product {product_id}: {refused}", reason=refused)
     offered, seat_limit = _factory_view(ctx, request)
@@ -112,8 +113,9 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
         raise errors.NotClaimable(
             f"factory {request.factory_id} lacks capabilities {missing}", reason="capabilities", missing=missing
         )
+    product = weight_registry.snapshot(ctx, product_id) if running is not None else None
     try:
-        return _claim(ctx, job, request.factory_id, offered, running)
+        return _claim(ctx, job, request.factory_id, offered, running, budget, product)
     except (errors.PreconditionFailed, errors.LeaseLost):
         raise errors.NotClaimable(f"job {job.id} was claimed by another factory", reason="lost_race") from None
     except budget_rules.BudgetExhausted:
@@ -126,21 +128,32 @@ class NoSeat(Exception):
     """The factory is at its seat limit and nothing may be preempted for this job."""
 
 
-def _claim(ctx: Context, job: Job, factory_id: str, offered: frozenset[str], running: list[Job] | None) -> Claimed:
+def _claim(
+    ctx: Context,
+    job: Job,
+    factory_id: str,
+    offered: frozenset[str],
+    running: list[Job] | None,
+    budget: _Budget,
+    product: weight_registry.Snapshot | None,
+) -> Claimed:
     """Take `job`: reserve its estimated cost (budgets on), evict a victim if the factory is at
-    its seat limit, then CAS the job. Nothing is evicted for a job the budget cannot start."""
+    its seat limit, then CAS the job. Nothing is evicted for a job the budget cannot start.
+    `budget` and `product` (its product's weights) are what the claim read before."""
     now = ctx.clock.now()
     lease = _new_lease(ctx, job, factory_id, now)
-    reserved = _reserve(ctx, job, lease, now)
+    reserved = _reserve(ctx, job, lease, now, budget)
     try:
         victim = None
         if running is not None:
+            known = {product.product_id: product} if product is not None else {}
+            weights = preemption.weights_of(ctx, running, known)
             victim = preemption.select_preemption_victim(
-                preemption.scored_running(ctx, running, offered, now), job, now, ctx.settings.preempt_exempt_seconds
+                preemption.scored_running(ctx, running, offered, now, weights), job, now, ctx.settings.preempt_exempt_seconds
             )
             if victim is None:
                 raise NoSeat()
-            preemption.evict(ctx, victim, job)
+            preemption.evict(ctx, victim, job, weights[victim.product_id])
         taken = _take(ctx, job, lease, now, reserved, preempted=victim)
     except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost, NoSeat):
         # Definitely not claimed: give the reservation back. (After an ambiguous failure such
@@ -168,42 +181,73 @@ def _new_lease(ctx: Context, job: Job, factory_id: str, now: datetime) -> Lease:
 
 def _take(ctx: Context, job: Job, lease: Lease, now: datetime, reserved: bool = False, preempted: Job | None = None) -> Job:
     """`take` under a given lease. `reserved`: the claim holds a budget reservation under its
-    lease id, recorded on the run."""
+    lease id, recorded on the run. One attempt, on the job as the claim read it: a lost race
+    raises `PreconditionFailed`, for the caller to fall through to its next candidate."""
+    taking = _Taking(lease, reserved, preempted)
+    return effects.change(ctx, job.id, _claimed, taking, current=job, now=now, retry=False, request=False).job
+
+
+@dataclass(frozen=True)
+class _Taking:
+    """What a claim decides its job's new lease and run with."""
+
+    lease: Lease
+    reserved: bool
+    preempted: Job | None
+
+
+def _claimed(job: Job, taking: _Taking, now: datetime) -> Job:
+    """The job assigned under the new lease, with a new run."""
+    lease = taking.lease
     run = Run(
         run_id=f"{job.id}#{lease.epoch}",
         factory_id=lease.factory_id,
         started_at=now,
-        reservation=lease.lease_id if reserved else None,
+        reservation=lease.lease_id if taking.reserved else None,
     )
     claimed = (
         job.model_copy(update={"stage": Stage.ASSIGNED, "lease": lease, "lease_epoch": lease.epoch, "updated_at": now})
         .with_run(run)
         .with_event(now, "claimed", lease.factory_id, runId=run.run_id, epoch=lease.epoch)
     )
-    if preempted is not None:
-        claimed = claimed.with_event(now, "preempted", lease.factory_id, victim=preempted.id, preemptor=job.id)
-    return Job.from_doc(ctx.store.replace("jobs", claimed.to_doc(), job.etag or ""))
+    if taking.preempted is not None:
+        claimed = claimed.with_event(now, "preempted", lease.factory_id, victim=taking.preempted.id, preemptor=job.id)
+    return claimed
 
 
-def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime) -> bool:
+@dataclass(frozen=True)
+class _Budget:
+    """The product's budget as the claim read it, once: the document (with its ETag, for the
+    reservation's write) and the budget as of now. Both None with budgets off or no budget."""
+
+    doc: dict[str, Any] | None
+    rolled: budget_rules.Budget | None
+
+
+def _budget(ctx: Context, product_id: str) -> _Budget:
+    if not ctx.settings.budgets:
+        return _Budget(None, None)
+    doc = budgets.read(ctx, product_id)
+    if doc is None:
+        return _Budget(None, None)
+    return _Budget(doc, budget_rules.rolled(budget_rules.Budget.from_doc(doc), ctx.clock.now()))
+
+
+def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budget) -> bool:
     """Reserve the job's estimated cost under the claim's lease id (so a claim that loses the
     race releases only its own reservation); False when there is nothing to reserve."""
     if not ctx.settings.budgets or not job.estimated_cost_usd:
         return False
-    budget = budgets.find(ctx, job.product_id)
-    if budget is None or budget.ceiling_usd is None:
+    if budget.rolled is None or budget.rolled.ceiling_usd is None:
         return False
     run_id = f"{job.id}#{lease.epoch}"
     budgets.change(
-        ctx, job.product_id, lambda b: budget_rules.reserve(b, lease.lease_id, run_id, job.estimated_cost_usd, now)
+        ctx,
+        job.product_id,
+        lambda b: budget_rules.reserve(b, lease.lease_id, run_id, job.estimated_cost_usd, now),
+        current=budget.doc,
     )
     return True
-
-
-def _budget_refusal(ctx: Context, product_id: str) -> str | None:
-    if not ctx.settings.budgets:
-        return None
-    return budget_rules.refusal(budgets.find(ctx, product_id))
 
 
 def _factory_view(ctx: Context, request: ClaimRequest) -> tuple[frozenset[str], int | None]:
@@ -229,14 +273,13 @@ def _streams(
     product_id: str,
     now: datetime,
     weights: scoring.Weights,
-    product_weights: scoring.Weights,
+    product: weight_registry.Snapshot,
     offered: frozenset[str],
-    product_doc: dict[str, Any],
 ) -> list[candidates.Stream]:
     """The fast rank-key stream while the stored keys order like `weights`; else one stream
     per (priority, attempts) bucket (a request override of age/priority/retries, or a weight
     change still re-keying)."""
     page = ctx.settings.claim_page
-    if scoring.orders_like(weights, product_weights) and not product_doc.get("rekeying"):
+    if scoring.orders_like(weights, product.weights) and not product.rekeying:
         return [candidates.rank_stream(product_id, now, weights, offered, page)]
     return candidates.bucket_streams(product_id, now, weights, offered, max(4, page // 4), MAX_ATTEMPTS)

@@ -7,6 +7,7 @@ milliseconds and a `Z` suffix, so that they sort as strings in every store.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -16,8 +17,15 @@ class Clock(Protocol):
         """The current time, timezone-aware UTC."""
         ...
 
+    def sleep(self, seconds: float) -> None:
+        """Pause for `seconds` (a backoff between optimistic-concurrency retries)."""
+        ...
+
 
 class SystemClock:
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def now(self) -> datetime:
         """Now, truncated to the millisecond: the precision times are stored with, so a value
         computed from `now` (a rank key) equals the one recomputed from the stored time."""
@@ -26,11 +34,20 @@ class SystemClock:
 
 
 class FixedClock:
-    """A clock that only moves when told to; safe to share between threads."""
+    """A clock that only moves when told to; safe to share between threads. Its `sleep`
+    returns at once and leaves the time alone (a backoff must not move a test's clock); it
+    only counts the pauses asked for, in `pauses` and `paused_seconds`."""
 
     def __init__(self, at: datetime | str = "2026-01-05T09:00:00.000Z") -> None:
         self._now = parse(at) if isinstance(at, str) else at
         self._lock = threading.Lock()
+        self.pauses = 0
+        self.paused_seconds = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.pauses += 1
+            self.paused_seconds += seconds
 
     def now(self) -> datetime:
         with self._lock:

@@ -6,9 +6,11 @@ children first, then the parent, so a retried submit converges. Deps may never f
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from fleet import deps, errors, listing, submit, writes
+from fleet import deps, effects, errors, submit, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job, job_id
 from fleet.schemas import ChildSpec, JobSpec
@@ -19,24 +21,35 @@ MAX_NODES = 1000
 
 
 def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
-    """Create the children (in dependency order), then the parent blocked on them."""
+    """Create the children (in dependency order), then the parent blocked on them. Every job
+    and dep is read once, before the first write."""
     parent_id = job_id(spec.product_id, spec.idempotency_key)
     children = _in_dependency_order(spec.idempotency_key, spec.children)
-    submit.check_existing(ctx, spec, parent_id)
-    _check_before_writing(ctx, spec, children, parent_id, spec.deps)
+    existing = submit.check_existing(ctx, spec, parent_id)
+    checked = _check_before_writing(ctx, spec, children, parent_id, spec.deps)
+    to_create = existing is None or None in checked.children.values()
+    weights = weight_registry.snapshot(ctx, spec.product_id) if to_create else None
+    stages = dict(checked.stages)
     for child in children:
-        submit.submit(ctx, child_spec(spec, child), parent_id=parent_id)
-    return submit.submit(ctx, spec, children=[job_id(spec.product_id, c.idempotency_key) for c in spec.children])
+        made = checked.children[child.idempotency_key]
+        if made is None:
+            made = submit.create(ctx, child_spec(spec, child), submit.Facts(stages, weights), parent_id=parent_id).job
+        stages[child.idempotency_key] = made.stage
+    if existing is not None:
+        return submit.Submitted(existing, created=False)
+    kids = [job_id(spec.product_id, c.idempotency_key) for c in spec.children]
+    return submit.create(ctx, spec, submit.Facts(stages, weights), children=kids)
 
 
 def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dict[str, Any]:
     """Add children to a queued or blocked parent; a queued parent goes back to blocked.
-    Everything that could refuse the request is checked before the first write."""
-    parent = _read(ctx, parent_id)
+    Everything that could refuse the request is checked before the first write, and every
+    job and dep is read once, before it."""
+    parent = writes.read(ctx, parent_id)
     if parent.stage not in (Stage.QUEUED, Stage.BLOCKED):
         raise errors.IllegalTransition(f"job {parent.id} is {parent.stage.value}; children can only be added while it waits")
     ordered = _in_dependency_order(parent.idempotency_key, children)
-    _refuse_cycles(ctx, parent, ordered)
+    followed = _refuse_cycles(ctx, parent, ordered)
     template = JobSpec(
         product_id=parent.product_id,
         idempotency_key=parent.idempotency_key,
@@ -44,44 +57,96 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
         repo=parent.repo,
         base_branch=parent.base_branch,
     )
-    _check_before_writing(ctx, template, ordered, parent.id, [])
+    checked = _check_before_writing(ctx, template, ordered, parent.id, [], followed)
     keys = [c.idempotency_key for c in children]
     ids = [job_id(parent.product_id, k) for k in keys]
-
-    def attach(job: Job, now) -> Job:
-        if job.stage not in (Stage.QUEUED, Stage.BLOCKED):
-            raise errors.IllegalTransition(f"job {job.id} is {job.stage.value}; children can only be added while it waits")
-        all_deps = list(dict.fromkeys([*job.deps, *keys]))
-        waiting = deps.waiting_on(ctx, job.product_id, all_deps)
-        update: dict[str, Any] = {"deps": all_deps, "children": list(dict.fromkeys([*job.children, *ids]))}
-        if waiting:
-            update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
-        return job.model_copy(update=update).with_event(now, "children_added", children=keys)
+    known = {**deps.stages(ctx, parent.product_id, [k for k in parent.deps if k not in checked.stages]), **checked.stages}
+    attaching = _Attaching(tuple(keys), tuple(ids), _as_created(parent.product_id, ordered, checked, known))
 
     # The parent first: once it waits on the new keys no factory can claim it, so the children
     # written next can never be stranded under a parent that runs without them. A crash in
     # between leaves the parent blocked on children not yet submitted; a retry converges.
-    parent = writes.change(ctx, parent.id, attach)
-    created = [submit.submit(ctx, child_spec(template, child), parent_id=parent.id).job for child in ordered]
-    if parent.stage == Stage.BLOCKED:
-        parent = deps.recheck(ctx, parent.product_id, parent.id)
+    parent = effects.change(ctx, parent.id, _attached, attaching, current=parent).job
+    weights = weight_registry.snapshot(ctx, parent.product_id) if None in checked.children.values() else None
+    stages = dict(known)
+    created: list[Job] = []
+    fresh = False
+    for child in ordered:
+        made = checked.children[child.idempotency_key]
+        if made is None:
+            submitted = submit.create(ctx, child_spec(template, child), submit.Facts(stages, weights), parent_id=parent.id)
+            fresh = fresh or submitted.created
+            made = submitted.job
+        stages[child.idempotency_key] = made.stage
+        created.append(made)
+    if parent.stage == Stage.BLOCKED and not fresh:
+        # Every child existed (a retry): one may have finished before the parent's write.
+        # A child this call created cannot have: it was created after the parent waited on it.
+        parent = effects.recheck(ctx, parent.id, parent).job
     return {"parent": parent.to_doc(), "children": [c.to_doc() for c in created]}
 
 
+@dataclass(frozen=True)
+class _Attaching:
+    """What attaching children to a parent decides with: their keys and ids, and the stages
+    of every dep the parent will wait on (the new children's as they are about to be created)."""
+
+    keys: tuple[str, ...]
+    ids: tuple[str, ...]
+    stages: deps.Stages
+
+
+def _attached(job: Job, attaching: _Attaching, now: datetime) -> Job:
+    if job.stage not in (Stage.QUEUED, Stage.BLOCKED):
+        raise errors.IllegalTransition(f"job {job.id} is {job.stage.value}; children can only be added while it waits")
+    all_deps = list(dict.fromkeys([*job.deps, *attaching.keys]))
+    # A dep another request added since the stages were read counts as unfinished.
+    waiting = deps.waiting(job.product_id, all_deps, attaching.stages)
+    update: dict[str, Any] = {"deps": all_deps, "children": list(dict.fromkeys([*job.children, *attaching.ids]))}
+    if waiting:
+        update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
+    return job.model_copy(update=update).with_event(now, "children_added", children=list(attaching.keys))
+
+
+def _as_created(product_id: str, ordered: list[ChildSpec], checked: _Checked, known: deps.Stages) -> dict[str, Stage | None]:
+    """`known`, with each child not yet submitted at the stage `submit` will create it in
+    (blocked while a dep of it is unfinished), in dependency order."""
+    stages = dict(known)
+    for child in ordered:
+        if checked.children[child.idempotency_key] is None:
+            waiting = deps.waiting(product_id, child.deps, stages)
+            stages[child.idempotency_key] = Stage.BLOCKED if waiting else Stage.QUEUED
+    return stages
+
+
 def view(ctx: Context, id: str) -> dict[str, Any]:
-    """The nested subtree under a job: `{id, stage, …, children: [...]}`."""
+    """The nested subtree under a job: `{id, stage, …, children: [...]}`. Each job is read
+    once (a blocked node's `blockedOn` from the same reads)."""
+    jobs: dict[str, Job | None] = {}
+
+    def fetch(job_id_: str) -> Job | None:
+        if job_id_ not in jobs:
+            try:
+                jobs[job_id_] = writes.read(ctx, job_id_)
+            except errors.NotFound:
+                jobs[job_id_] = None
+        return jobs[job_id_]
+
     seen: set[str] = set()
 
     def node(job: Job) -> dict[str, Any]:
         seen.add(job.id)
+        blocked_on = job.blocked_on
+        if job.stage == Stage.BLOCKED:
+            dep_jobs = {key: fetch(job_id(job.product_id, key)) for key in job.deps}
+            stages = {key: dep.stage if dep else None for key, dep in dep_jobs.items()}
+            blocked_on = deps.waiting(job.product_id, job.deps, stages)
         kids = []
         for child_id in job.children:
             if child_id in seen or len(seen) >= MAX_NODES:
                 continue
-            try:
-                kids.append(node(_read(ctx, child_id)))
-            except errors.NotFound:
-                kids.append({"id": child_id, "stage": None, "children": []})
+            child = fetch(child_id)
+            kids.append(node(child) if child is not None else {"id": child_id, "stage": None, "children": []})
         return {
             "id": job.id,
             "idempotencyKey": job.idempotency_key,
@@ -89,11 +154,14 @@ def view(ctx: Context, id: str) -> dict[str, Any]:
             "kind": job.kind,
             "priority": job.priority.value,
             "stage": job.stage.value,
-            "blockedOn": [b.to_doc() for b in job.blocked_on],
+            "blockedOn": [b.to_doc() for b in blocked_on],
             "children": kids,
         }
 
-    return node(_read(ctx, id))
+    root = fetch(id)
+    if root is None:
+        raise errors.NotFound(f"no job {id!r}")
+    return node(root)
 
 
 def child_spec(parent: JobSpec, child: ChildSpec) -> JobSpec:
@@ -106,17 +174,40 @@ def child_spec(parent: JobSpec, child: ChildSpec) -> JobSpec:
     return JobSpec(product_id=parent.product_id, kind="task", **fields)
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What checking a fan-out read: each child's job as already submitted (None: not yet),
+    and the stage of each of those and of every dep from outside the fan-out."""
+
+    children: dict[str, Job | None]
+    stages: dict[str, Stage | None]
+
+
 def _check_before_writing(
-    ctx: Context, parent: JobSpec, children: list[ChildSpec], parent_id: str, parent_deps: list[str]
-) -> None:
+    ctx: Context,
+    parent: JobSpec,
+    children: list[ChildSpec],
+    parent_id: str,
+    parent_deps: list[str],
+    known: dict[str, Job | None] | None = None,
+) -> _Checked:
     """Refuse, before anything is written, what `submit` would refuse part-way through: a child
     whose key was submitted with other fields, or any dep (the parent's own, or a child's that
-    is not a sibling) naming a job that was never submitted."""
+    is not a sibling) naming a job that was never submitted. `known`: jobs (by key) the
+    caller read already."""
+    known = known or {}
     siblings = {c.idempotency_key for c in children}
-    for child in children:
-        submit.check_existing(ctx, child_spec(parent, child), job_id(parent.product_id, child.idempotency_key), parent_id)
+    existing = {
+        child.idempotency_key: submit.check_existing(
+            ctx, child_spec(parent, child), job_id(parent.product_id, child.idempotency_key), parent_id
+        )
+        for child in children
+    }
+    stages = {key: job.stage if job else None for key, job in {**known, **existing}.items()}
     outside = list(dict.fromkeys([*parent_deps, *(d for c in children for d in c.deps if d not in siblings)]))
-    deps.refuse_unknown(deps.waiting_on(ctx, parent.product_id, outside))
+    stages.update(deps.stages(ctx, parent.product_id, [k for k in outside if k not in stages]))
+    deps.refuse_unknown(deps.waiting(parent.product_id, outside, stages))
+    return _Checked(existing, stages)
 
 
 def _in_dependency_order(parent_key: str, children: list[ChildSpec]) -> list[ChildSpec]:
@@ -153,9 +244,11 @@ def _in_dependency_order(parent_key: str, children: list[ChildSpec]) -> list[Chi
     return ordered
 
 
-def _refuse_cycles(ctx: Context, parent: Job, children: list[ChildSpec]) -> None:
-    """A new child may not (transitively) depend on its parent: the parent would wait forever."""
+def _refuse_cycles(ctx: Context, parent: Job, children: list[ChildSpec]) -> dict[str, Job | None]:
+    """A new child may not (transitively) depend on its parent: the parent would wait forever.
+    Returns the jobs it read on the way, by key (None: never submitted)."""
     sibling_keys = {c.idempotency_key for c in children}
+    read: dict[str, Job | None] = {}
     for child in children:
         stack = [(dep, [parent.idempotency_key, child.idempotency_key, dep]) for dep in child.deps if dep not in sibling_keys]
         seen: set[str] = set()
@@ -166,17 +259,16 @@ def _refuse_cycles(ctx: Context, parent: Job, children: list[ChildSpec]) -> None
             if key in seen or len(seen) >= MAX_NODES:
                 continue
             seen.add(key)
-            try:
-                job = Job.from_doc(ctx.store.read("jobs", parent.product_id, job_id(parent.product_id, key)))
-            except errors.NotFound:
-                continue
-            stack.extend((dep, [*path, dep]) for dep in job.deps)
+            if key not in read:
+                try:
+                    read[key] = Job.from_doc(ctx.store.read("jobs", parent.product_id, job_id(parent.product_id, key)))
+                except errors.NotFound:
+                    read[key] = None
+            if read[key] is not None:
+                stack.extend((dep, [*path, dep]) for dep in read[key].deps)
+    return read
 
 
 def _cycle(path: list[str]) -> errors.ValidationFailed:
     shown = " → ".join(path)
     return errors.ValidationFailed(f"deps would form a cycle: {shown}", [{"field": "deps", "message": f"cycle: {shown}"}])
-
-
-def _read(ctx: Context, id: str) -> Job:
-    return listing.get(ctx, id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fleet import clock, errors, outage, store
+from fleet import clock, effects, errors, outage, store, writes
 from fleet.context import Context
 from fleet.jobs import Job, product_of
 
@@ -55,21 +55,24 @@ def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = Non
     if product_id is None:
         return revoked
 
-    def extend(doc: dict[str, Any]) -> dict[str, Any]:
-        job = Job.from_doc(doc)
+    def extend(job: Job, grace, now) -> Job:
         if job.lease is None or (factory_id is not None and job.lease.factory_id != factory_id):
             raise errors.LeaseLost()
-        if not outage.holds(ctx, job, lease_id, now):
+        if not outage.held(job, lease_id, now, grace):
             raise errors.LeaseLost()
         expires_at = now + timedelta(seconds=ctx.settings.lease_seconds)
         lease = job.lease.model_copy(update={"expires_at": expires_at, "spared": False})
         renewed = job.model_copy(update={"lease": lease, "updated_at": now})
         if not job.holds(lease_id, now):  # it expired in an outage: say why it lives on
             renewed = renewed.with_event(now, "lease_renewed", job.lease.factory_id, reason="outage")
-        return renewed.to_doc()
+        return renewed
 
     try:
-        job = Job.from_doc(store.update(ctx.store, "jobs", product_id, job_id, extend))
+        current = writes.read(ctx, job_id)
+        if current.lease is None or (factory_id is not None and current.lease.factory_id != factory_id):
+            return revoked  # not this factory's: refused before any outage read
+        grace = outage.grace_for(ctx, current, lease_id, now)
+        job = effects.change(ctx, job_id, extend, grace, current=current, now=now, request=False).job
     except (errors.NotFound, errors.LeaseLost):
         return revoked
     return {"jobId": job_id, "leaseId": lease_id, "status": "renewed", "expiresAt": clock.format(job.lease.expires_at)}

@@ -18,7 +18,7 @@ import json
 
 from pydantic import BaseModel
 
-from fleet import errors, lifecycle, outage, writes, weight_registry
+from fleet import effects, errors, lifecycle, outage, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job, LeaseEnd, product_of
 from fleet.schemas import PatchBody, ReleaseBody
@@ -33,13 +33,25 @@ def request_digest(write: str, body: BaseModel) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _write(ctx: Context, id: str, lease_id: str, write: str, body: BaseModel, change) -> Job:
-    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease; answer a repeat of
-    the write that ended that lease with the job as it stands."""
+def _write(
+    ctx: Context,
+    id: str,
+    lease_id: str,
+    write: str,
+    body: BaseModel,
+    change,
+    keyed_with: weight_registry.Snapshot | None = None,
+) -> Job:
+    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease (or, its lease
+    expired, held for an outage: the outage record is read before deciding, and only then);
+    answer a repeat of the write that ended that lease with the job as it stands."""
     digest = request_digest(write, body)
+    now = ctx.clock.now()
+    current = writes.read(ctx, id)
+    grace = outage.grace_for(ctx, current, lease_id, now)
 
-    def fenced(job: Job, now) -> Job | None:
-        if outage.holds(ctx, job, lease_id, now):
+    def fenced(job: Job, grace, now) -> Job | None:
+        if outage.held(job, lease_id, now, grace):
             changed = change(job, now)
             if changed.lease is None:  # this write ends the lease: remember it on its run
                 changed = changed.with_latest_run(ended_by=LeaseEnd(lease_id=lease_id, write=write, digest=digest))
@@ -48,7 +60,9 @@ def _write(ctx: Context, id: str, lease_id: str, write: str, body: BaseModel, ch
             return None  # already done: nothing to write, the job as it stands is the answer
         raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
 
-    return writes.change(ctx, id, fenced)
+    return effects.change(ctx, id, fenced, grace, current=current, now=now, keyed_with=keyed_with).job
+
+    return effects.change(ctx, id, fenced, gap, current=current, now=now, keyed_with=keyed_with).job
 
 
 def _repeated(job: Job, lease_id: str, digest: str) -> bool:
@@ -81,13 +95,14 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
     return _write(ctx, id, body.lease_id, "patch", body, change)
 
 
-def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registry.for_product) -> Job:
+def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
     """End the lease. With a terminal `stage`/`result` the job finishes; `stage: testing` parks
     it lease-free for the review gate; `result: retry` counts an attempt; neither gives it back
     to the queue with its checkpoint, attempts unchanged."""
     target = _release_target(body)
     product_id = product_of(id)
-    weights = weights_for(ctx, product_id) if product_id else None
+    keyed_with = weight_registry.snapshot(ctx, product_id) if product_id else None
+    weights = keyed_with.weights if keyed_with else None
     report = {
         "insights": body.insights.model_dump(exclude_none=True) if body.insights else None,
         "pr_url": body.pr_url,
@@ -111,7 +126,7 @@ def release(ctx: Context, id: str, body: ReleaseBody, weights_for=weight_registr
             job = lifecycle.requeued(lifecycle.end_run(job, now, RunResult.RELEASED, **report), now, weights)
         return job.with_event(now, "released", factory, stage=job.stage.value)
 
-    return _write(ctx, id, body.lease_id, "release", body, change)
+    return _write(ctx, id, body.lease_id, "release", body, change, keyed_with)
 
 
 def _release_target(body: ReleaseBody) -> Stage | str | None:

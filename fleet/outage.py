@@ -184,9 +184,23 @@ def spared_until(ctx: Context, job: Job, lease_id: str, now: datetime) -> dateti
     return grace_until(read(ctx), lease, now, ctx.settings)
 
 
+def grace_for(ctx: Context, job: Job, lease_id: str, now: datetime) -> datetime | None:
+    """What `held` needs to know of outages for a write naming `lease_id`, read before the
+    write decides: `spared_until` (a point read only for the job's own lease, expired)."""
+    return spared_until(ctx, job, lease_id, now)
+
+
+def held(job: Job, lease_id: str, now: datetime, grace: datetime | None) -> bool:
+    """`job.holds`, with the outage grace `grace_for` found (pure: the decision of a write)."""
+    if job.holds(lease_id, now):
+        return True
+    lease = job.lease
+    return grace is not None and lease is not None and lease.lease_id == lease_id and not lease.spared and now < grace
+
+
 def holds(ctx: Context, job: Job, lease_id: str, now: datetime) -> bool:
     """`job.holds`, with outage grace."""
-    return job.holds(lease_id, now) or spared_until(ctx, job, lease_id, now) is not None
+    return held(job, lease_id, now, grace_for(ctx, job, lease_id, now))
 
 
 # Noticing outages

@@ -3,6 +3,10 @@
 One document per product (`id: "queue-state"` in the jobs container). Its `version` is bumped
 by an atomic increment — never a read-modify-write — whenever a job of the product may have
 become claimable, so an unchanged version means a claim would find nothing new.
+
+The same document counts the product's weight changes (`weightChanges`, never in the answer):
+a writer that keyed a queued job with weights it read earlier learns from its own bump whether
+they changed since (`weight_registry.ensure_rank`).
 """
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from fleet import clock, errors
 from fleet.context import Context
 
 DOC_ID = "queue-state"
+#: The field counting the weight changes begun on the product.
+WEIGHT_CHANGES = "weightChanges"
 
 
-def bump(ctx: Context, product_id: str) -> None:
-    """Something in `product_id` may be claimable now."""
-    ctx.store.increment(
+def bump(ctx: Context, product_id: str) -> dict[str, Any]:
+    """Something in `product_id` may be claimable now. Returns the document after the bump."""
+    return ctx.store.increment(
         "jobs",
         product_id,
         DOC_ID,
@@ -25,6 +31,18 @@ def bump(ctx: Context, product_id: str) -> None:
         {"id": DOC_ID, "productId": product_id},
         stamp={"updatedAt": clock.format(ctx.clock.now())},
     )
+
+
+def count_weight_change(ctx: Context, product_id: str) -> int:
+    """Count one more weight change of the product (the version stays): the number the new
+    weights are written under."""
+    doc = ctx.store.increment("jobs", product_id, DOC_ID, WEIGHT_CHANGES, 1, {"id": DOC_ID, "productId": product_id})
+    return weight_changes(doc)
+
+
+def weight_changes(doc: dict[str, Any]) -> int:
+    """How many weight changes of the product the queue-state document has counted."""
+    return int(doc.get(WEIGHT_CHANGES) or 0)
 
 
 def read(ctx: Context, product_id: str) -> dict[str, Any]:

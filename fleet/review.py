@@ -2,9 +2,11 @@
 distinct reviewers; one rejection sends it back to the queue for rework."""
 from __future__ import annotations
 
-from fleet import clock, errors, lifecycle, writes, weight_registry
+from datetime import datetime
+
+from fleet import clock, effects, errors, lifecycle, weight_registry
 from fleet.context import Context
-from fleet.jobs import Job
+from fleet.jobs import Job, product_of
 from fleet.stages import Stage
 
 
@@ -16,9 +18,8 @@ def request(ctx: Context, id: str, required: int, reviewers: list[str] | None, a
             f"{required} approvals required but only {len(set(reviewers))} reviewers named",
             [{"field": "required", "message": "more than the reviewers named"}],
         )
-    now = ctx.clock.now()
 
-    def decide(job: Job, now) -> Job:
+    def decide(job: Job, _: None, now: datetime) -> Job:
         if job.stage != Stage.TESTING:
             raise errors.IllegalTransition(f"job {job.id} is {job.stage.value}; review opens on a testing job")
         review = {
@@ -29,15 +30,17 @@ def request(ctx: Context, id: str, required: int, reviewers: list[str] | None, a
         }
         return job.model_copy(update={"review": review}).with_event(now, "review_requested", actor, required=required)
 
-    return writes.change(ctx, id, decide)
+    return effects.change(ctx, id, decide).job
 
 
 def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | None = None) -> Job:
     """Record one reviewer's decision. Approvals count once per reviewer; reaching the quorum
     ships the job. A rejection sends it to the queue for rework, the comment in its events."""
-    now = ctx.clock.now()
+    product_id = product_of(id)
+    # A rejection queues the job again: its rank key needs the product's weights.
+    keyed_with = weight_registry.snapshot(ctx, product_id) if not approve and product_id else None
 
-    def change(job: Job, now) -> Job | None:
+    def change(job: Job, _: None, now: datetime) -> Job | None:
         review = job.review
         if job.stage != Stage.TESTING or review is None:
             raise errors.IllegalTransition(f"job {job.id} has no open review (stage {job.stage.value})")
@@ -45,10 +48,9 @@ def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | N
             raise errors.Forbidden(f"{reviewer} is not a reviewer of job {job.id}")
         detail = {"comment": comment} if comment else {}
         if not approve:
-            weights = weight_registry.for_product(ctx, job.product_id)
             # The rework must be approved afresh: the quorum stays, its approvals do not.
             return (
-                lifecycle.requeued(lifecycle.released(job, now), now, weights)
+                lifecycle.requeued(lifecycle.released(job, now), now, keyed_with.weights)
                 .model_copy(update={"review": {**review, "approvals": [], "rejectedBy": reviewer}})
                 .with_event(now, "review_rejected", reviewer, **detail)
             )
@@ -61,4 +63,4 @@ def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | N
             job = lifecycle.finished(job, now, Stage.SHIPPED).with_event(now, "shipped", reviewer, by="review")
         return job
 
-    return writes.change(ctx, id, change)
+    return effects.change(ctx, id, change, keyed_with=keyed_with).job

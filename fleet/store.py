@@ -12,13 +12,12 @@ transactions, by design (see DESIGN.md, "the one rule of state").
 from __future__ import annotations
 
 import random
-import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from fleet import errors
+from fleet import clock, errors
 
 #: container -> the document field that is its partition key.
 PARTITION_KEYS: dict[str, str] = {"jobs": "productId", "factories": "id", "budgets": "productId"}
@@ -131,6 +130,69 @@ class Store(ABC):
 
 # Loops shared by every adapter.
 
+#: What a retry loop pauses with when its caller names no clock: the real one.
+_SYSTEM_CLOCK = clock.SystemClock()
+
+
+@dataclass(frozen=True)
+class Swapped:
+    """What `swap` did to one document."""
+
+    #: The document as it stands afterwards (with its ETag).
+    doc: dict[str, Any]
+    #: The document the winning decision was made on; None if it was created from `initial`.
+    before: dict[str, Any] | None
+    #: Whether anything was written (False: the decision found nothing to change).
+    wrote: bool
+
+
+def swap(
+    store: Store,
+    container: str,
+    partition_key: str,
+    id: str,
+    decide: Callable[[dict[str, Any]], dict[str, Any] | None],
+    attempts: int = 10,
+    initial: dict[str, Any] | None = None,
+    current: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Swapped:
+    """Read, decide, write back if unchanged; on a lost race re-read and decide again.
+
+    `decide` gets the current document and returns the new one, or `None` for "nothing to
+    change". It may raise a domain error, which propagates with nothing written. Retries are
+    bounded, with jitter, paused with `sleep` (the caller's clock; the real one if None).
+
+    `current`: the document as the caller already read it (with its `_etag`): the first
+    attempt decides on it instead of reading it again.
+
+    A missing document raises `NotFound`, unless `initial` is given: then `decide` gets
+    `initial` and its result (or `initial` itself, for None) is created, and a create that
+    loses to a concurrent one decides again on the winner's document.
+    """
+    pause = sleep or _SYSTEM_CLOCK.sleep
+    for attempt in range(attempts):
+        if current is None:
+            try:
+                current = store.read(container, partition_key, id)
+            except errors.NotFound:
+                if initial is None:
+                    raise
+                try:
+                    return Swapped(store.create(container, decide(dict(initial)) or initial), None, True)
+                except errors.Conflict:
+                    backoff(attempt, pause)
+                    continue
+        new = decide(current)
+        if new is None:
+            return Swapped(current, current, False)
+        try:
+            return Swapped(store.replace(container, new, current["_etag"]), current, True)
+        except errors.PreconditionFailed:
+            current = None
+            backoff(attempt, pause)
+    raise errors.TooManyRetries()
+
 
 def update(
     store: Store,
@@ -140,41 +202,18 @@ def update(
     decide: Callable[[dict[str, Any]], dict[str, Any] | None],
     attempts: int = 10,
     initial: dict[str, Any] | None = None,
+    current: dict[str, Any] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Read, decide, write back if unchanged; on a lost race re-read and decide again.
-
-    `decide` gets the current document and returns the new one, or `None` for "nothing to
-    change" (the current document is returned as is). It may raise a domain error, which
-    propagates with nothing written. Retries are bounded, with jitter.
-
-    A missing document raises `NotFound`, unless `initial` is given: then `decide` gets
-    `initial` and its result (or `initial` itself, for None) is created, and a create that
-    loses to a concurrent one decides again on the winner's document.
-    """
-    for attempt in range(attempts):
-        try:
-            current = store.read(container, partition_key, id)
-        except errors.NotFound:
-            if initial is None:
-                raise
-            try:
-                return store.create(container, decide(dict(initial)) or initial)
-            except errors.Conflict:
-                backoff(attempt)
-                continue
-        new = decide(current)
-        if new is None:
-            return current
-        try:
-            return store.replace(container, new, current["_etag"])
-        except errors.PreconditionFailed:
-            backoff(attempt)
-    raise errors.TooManyRetries()
+    """`swap`, answering only the document as it stands afterwards (the current one as is
+    when the decision found nothing to change)."""
+    return swap(store, container, partition_key, id, decide, attempts, initial, current, sleep).doc
 
 
-def backoff(attempt: int) -> None:
-    """Full jitter, capped: the shared pause between optimistic-concurrency retries."""
-    time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+def backoff(attempt: int, sleep: Callable[[float], None] | None = None) -> None:
+    """Full jitter, capped: the shared pause between optimistic-concurrency retries, taken
+    through `sleep` (a clock's; the real clock's if None)."""
+    (sleep or _SYSTEM_CLOCK.sleep)(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
 
 
 def pages(store: Store, query: Query, continuation: str | None = None) -> Iterator[Page]:

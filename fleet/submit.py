@@ -36,21 +36,42 @@ def submit(
     """Create the job (queued, or blocked while a dep is unfinished). A repeat of the same
     idempotency key returns the existing job; a repeat with different fields is refused.
     A composite's children (`dag.submit_composite` creates them first) become its deps."""
+    id = job_id(spec.product_id, spec.idempotency_key)
+    existing = _existing(ctx, spec.product_id, id, submit_hash(spec, parent_id))
+    if existing is not None:
+        return Submitted(existing, created=False)
+    keys = all_deps(spec)
+    facts = Facts(deps.stages(ctx, spec.product_id, keys), weight_registry.snapshot(ctx, spec.product_id))
+    return create(ctx, spec, facts, parent_id, children)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a submit decides the new job with, read before it writes: the stages of its deps,
+    and its product's weights (for its rank key)."""
+
+    stages: deps.Stages
+    weights: weight_registry.Snapshot
+
+
+def all_deps(spec: JobSpec) -> list[str]:
+    """The job's deps: its own, then its children's keys (a composite waits on them)."""
+    return list(dict.fromkeys([*spec.deps, *(c.idempotency_key for c in spec.children)]))
+
+
+def create(
+    ctx: Context, spec: JobSpec, facts: Facts, parent_id: str | None = None, children: list[str] | None = None
+) -> Submitted:
+    """`submit` for a key the caller found free, with the facts it read: create the job; a
+    create that finds the key taken (a concurrent submit) answers the job that took it."""
     now = ctx.clock.now()
     id = job_id(spec.product_id, spec.idempotency_key)
     digest = submit_hash(spec, parent_id)
-    existing = _existing(ctx, spec.product_id, id, digest)
-    if existing is not None:
-        return Submitted(existing, created=False)
-    if spec.idempotency_key in spec.deps:
-        raise errors.ValidationFailed(
-            "a job cannot depend on itself", [{"field": "deps", "message": "names the job itself"}]
-        )
-    all_deps = list(dict.fromkeys([*spec.deps, *(c.idempotency_key for c in spec.children)]))
-    waiting = deps.waiting_on(ctx, spec.product_id, all_deps)
+    _refuse_self_dependency(spec)
+    keys = all_deps(spec)
+    waiting = deps.waiting(spec.product_id, keys, facts.stages)
     deps.refuse_unknown(waiting)
     priority = spec.priority or Priority.NORMAL
-    weights = weight_registry.for_product(ctx, spec.product_id)
     job = Job(
         id=id,
         product_id=spec.product_id,
@@ -60,7 +81,7 @@ def submit(
         body_md=spec.body_md,
         priority=priority,
         capabilities=sorted(set(spec.capabilities)),
-        deps=all_deps,
+        deps=keys,
         parent_id=parent_id,
         children=children or [],
         stage=Stage.BLOCKED if waiting else Stage.QUEUED,
@@ -69,21 +90,27 @@ def submit(
         repo=spec.repo,
         base_branch=spec.base_branch,
         estimated_cost_usd=spec.estimated_cost_usd,
-        rank_key=scoring.rank_key(priority.order, 0, now, weights),
+        rank_key=scoring.rank_key(priority.order, 0, now, facts.weights.weights),
         submit_hash=digest,
         created_at=now,
         updated_at=now,
     ).with_event(now, "submitted")
     try:
-        job = Job.from_doc(ctx.store.create("jobs", job.to_doc()))
+        job = effects.create(ctx, job, keyed_with=facts.weights).job
     except errors.Conflict:
         # Lost a race with an identical (or conflicting) submit of the same key.
         return Submitted(_existing(ctx, spec.product_id, id, digest), created=False)
-    job = effects.settle(ctx, None, job)
     if job.stage == Stage.BLOCKED:
-        # A dep may have finished between our read and our write.
-        job = deps.recheck(ctx, spec.product_id, id)
+        # A dep may have finished between our read and our write: read the deps again.
+        job = effects.recheck(ctx, id, job).job
     return Submitted(job, created=True)
+
+
+def _refuse_self_dependency(spec: JobSpec) -> None:
+    if spec.idempotency_key in spec.deps:
+        raise errors.ValidationFailed(
+            "a job cannot depend on itself", [{"field": "deps", "message": "names the job itself"}]
+        )
 
 
 def check_existing(ctx: Context, spec: JobSpec, id: str, parent_id: str | None = None) -> Job | None:

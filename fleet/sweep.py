@@ -10,13 +10,13 @@ logged and passed over: it never stops the sweep for the rest of the fleet.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from fleet import budgets, clock, deps, effects, lifecycle, outage, queue_state, spend, store
+from fleet import budgets, clock, effects, lifecycle, outage, queue_state, spend, store, weight_registry
 from fleet.batch import each
-from fleet import weight_registry
-from fleet.context import Context
+from fleet.context import Context, Settings
 from fleet.jobs import Job
 from fleet.stages import FINISHED, RunResult, Stage
 
@@ -29,10 +29,11 @@ REPAIR_MARGIN = timedelta(minutes=5)
 def run(ctx: Context) -> dict[str, int]:
     """Everything the `sweep_expired_leases` timer does, in order. Each step is isolated: one
     that fails is logged and the others still run."""
-    last = outage.last_sweep(ctx)
+    record = outage.read(ctx)
+    last = record.last_sweep_at
     repair_from = None if last is None else last - REPAIR_MARGIN
     steps: list[tuple[str, Callable[[], dict[str, int]]]] = [
-        ("leases", lambda: expired_leases(ctx)),
+        ("leases", lambda: _expired_leases(ctx, record)),
         ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
         ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
         ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
@@ -60,8 +61,22 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     not renew it by then, a later sweep expires it as usual. The gap a stale stamp shows is
     recorded at the end, with the sweep's own stamp.
     """
+    return _expired_leases(ctx, outage.read(ctx))
+
+
+@dataclass(frozen=True)
+class _Expiry:
+    """What expiring one job decides with: the outage record (a lease that expired in one of
+    its gaps is spared), the product's weights (the retried job's rank key), the settings."""
+
+    record: outage.Record
+    weights: weight_registry.Snapshot
+    settings: Settings
+
+
+def _expired_leases(ctx: Context, record: outage.Record) -> dict[str, int]:
+    """`expired_leases`, given the outage record as the sweep read it."""
     now = ctx.clock.now()
-    record = outage.read(ctx)
     query = store.Query(
         "jobs",
         None,
@@ -70,39 +85,37 @@ def expired_leases(ctx: Context) -> dict[str, int]:
         limit=200,
     )
     counts = {"expired": 0, "deadLettered": 0, "spared": 0}
+    weights: dict[str, weight_registry.Snapshot] = {}  # read once per product this sweep
 
     def expire(doc: dict[str, Any]) -> None:
-        weights = weight_registry.for_product(ctx, doc["productId"])
-        wrote: dict[str, Any] = {}
-
-        def decide(current: dict[str, Any]) -> dict[str, Any] | None:
-            job = Job.from_doc(current)
-            wrote.clear()
-            if job.lease is None or job.lease.expires_at > now:
-                return None  # renewed or finished since we read it
-            until = outage.grace_until(record, job.lease, now, ctx.settings)
-            wrote.update(before=job.stage, spared=until is not None)
-            if until is not None:
-                lease = job.lease.model_copy(update={"expires_at": until, "spared": True})
-                return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage").to_doc()
-            return (
-                lifecycle.retried(job, now, weights, RunResult.EXPIRED)
-                .with_event(now, "lease_expired", job.lease.factory_id)
-                .to_doc()
-            )
-
-        job = Job.from_doc(store.update(ctx.store, "jobs", doc["productId"], doc["id"], decide))
-        if not wrote:
-            return  # nothing of ours was written
-        if wrote["spared"]:
+        if doc["productId"] not in weights:
+            weights[doc["productId"]] = weight_registry.snapshot(ctx, doc["productId"])
+        facts = _Expiry(record, weights[doc["productId"]], ctx.settings)
+        written = effects.change(
+            ctx, doc["id"], _expired, facts, current=Job.from_doc(doc), now=now, request=False, keyed_with=facts.weights
+        )
+        if not written.wrote:
+            return  # renewed or finished since the query read it
+        if written.job.lease is not None and written.job.lease.spared:
             counts["spared"] += 1
         else:
-            counts["deadLettered" if job.stage == Stage.DEAD_LETTER else "expired"] += 1
-            effects.settle(ctx, wrote["before"], job)
+            counts["deadLettered" if written.job.stage == Stage.DEAD_LETTER else "expired"] += 1
 
     counts["failed"] = each(store.query_all(ctx.store, query), expire)
     outage.record_sweep(ctx, now)  # even if some jobs failed: the sweep itself is running
     return counts
+
+
+def _expired(job: Job, facts: _Expiry, now: datetime) -> Job | None:
+    if job.lease is None or job.lease.expires_at > now:
+        return None  # renewed or finished since we read it
+    until = outage.grace_until(facts.record, job.lease, now, facts.settings)
+    if until is not None:
+        lease = job.lease.model_copy(update={"expires_at": until, "spared": True})
+        return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage")
+    return lifecycle.retried(job, now, facts.weights.weights, RunResult.EXPIRED).with_event(
+        now, "lease_expired", job.lease.factory_id
+    )
 
 
 def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
@@ -114,12 +127,12 @@ def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
 
     def unblock(doc: dict[str, Any]) -> None:
         nonlocal unblocked
-        if deps.unblock_if_ready(ctx, doc["productId"], doc["id"])[1]:
+        if effects.recheck(ctx, doc["id"], Job.from_doc(doc)).entered(Stage.QUEUED):
             unblocked += 1
 
     each(changed(ctx, Stage.BLOCKED, since), unblock)
     for stage in FINISHED:
-        each(changed(ctx, stage, since), lambda doc: deps.release_dependents(ctx, Job.from_doc(doc)))
+        each(changed(ctx, stage, since), lambda doc: effects.release_dependents(ctx, Job.from_doc(doc)))
     return unblocked
 
 

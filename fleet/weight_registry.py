@@ -3,17 +3,42 @@
 One document per product (`id: "weights"` in the jobs container). Queued jobs carry a rank key
 computed with their product's weights; a change of weights re-keys them. While that runs
 (`rekeying`), claims take the bucket path, which does not depend on rank keys.
+
+A weight change is counted on the product's queue-state document before the new weights are
+written, and the weights document names the count it was written under (`change`), so a
+writer that queued a job with weights it read earlier learns from the queue-state bump that
+follows its write whether they changed since (`ensure_rank`), without reading them again.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from fleet import batch, errors, queue_state, scoring, store
+from fleet import batch, errors, queue_state, scoring, store, writes
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Stage
 
 DOC_ID = "weights"
+#: The weights document's field naming the weight change its weights were written under.
+CHANGE = "change"
+#: How often a PUT takes a newer count after a concurrent PUT wrote under a higher one.
+PUT_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A product's weights as one read of its registry entry found them."""
+
+    product_id: str
+    patch: scoring.WeightsPatch
+    #: `patch` resolved over the defaults.
+    weights: scoring.Weights
+    #: A weight change is still re-keying the queued jobs.
+    rekeying: bool
+    #: The weight change they were written under (0: none counted yet).
+    change: int
 
 
 def read_doc(ctx: Context, product_id: str) -> dict[str, Any]:
@@ -32,32 +57,70 @@ def product_patch(doc: dict[str, Any]) -> scoring.WeightsPatch:
     return scoring.WeightsPatch(**doc.get("weights", {}))
 
 
-def for_product(ctx: Context, product_id: str) -> scoring.Weights:
-    return scoring.resolve(product_patch(read_doc(ctx, product_id)))
+def snapshot(ctx: Context, product_id: str) -> Snapshot:
+    """The product's weights, in one point read."""
+    return snapshot_of(product_id, read_doc(ctx, product_id))
 
 
-def view(ctx: Context, product_id: str) -> dict[str, Any]:
-    doc = read_doc(ctx, product_id)
+def snapshot_of(product_id: str, doc: dict[str, Any]) -> Snapshot:
     patch = product_patch(doc)
+    return Snapshot(product_id, patch, scoring.resolve(patch), bool(doc.get("rekeying")), int(doc.get(CHANGE) or 0))
+
+
+def for_product(ctx: Context, product_id: str) -> scoring.Weights:
+    return snapshot(ctx, product_id).weights
+
+
+def view(ctx: Context, product_id: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The registry entry as answered; from `doc` when the caller has it."""
+    entry = snapshot_of(product_id, read_doc(ctx, product_id) if doc is None else doc)
     return {
         "productId": product_id,
-        "weights": patch.model_dump(exclude_none=True),
-        "resolved": scoring.resolve(patch).model_dump(),
-        "rekeying": bool(doc.get("rekeying")),
+        "weights": entry.patch.model_dump(exclude_none=True),
+        "resolved": entry.weights.model_dump(),
+        "rekeying": entry.rekeying,
     }
 
 
 def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> dict[str, Any]:
-    """Merge `patch` into the product's registry entry, then re-key its queued jobs."""
+    """Merge `patch` into the product's registry entry, then re-key its queued jobs.
 
-    def merge(doc: dict[str, Any]) -> dict[str, Any]:
-        weights = {**doc.get("weights", {}), **patch.model_dump(exclude_none=True)}
-        return {**doc, "weights": weights, "rekeying": True}
+    One pass over the queued jobs suffices unless another weight change began meanwhile (the
+    queue-state bump that announces this one tells): a job queued after that pass's query was
+    queued by a writer whose own bump comes after this change was counted, so that writer
+    re-keys it (`ensure_rank`). With a concurrent change, the passes repeat until one changes
+    nothing, each with the weights read afresh (`rekey`)."""
+    doc = _merge(ctx, product_id, patch)
+    entry = snapshot_of(product_id, doc)
+    _, failed = _rekey_pass(ctx, product_id, entry.weights)
+    bumped = queue_state.bump(ctx, product_id)
+    if failed or queue_state.weight_changes(bumped) != entry.change:
+        rekey(ctx, product_id)
+        return view(ctx, product_id)
+    return view(ctx, product_id, _finish(ctx, product_id, entry.weights, doc))
 
-    store.update(ctx.store, "jobs", product_id, DOC_ID, merge, initial=_empty(product_id))
-    rekey(ctx, product_id)
-    queue_state.bump(ctx, product_id)
-    return view(ctx, product_id)
+
+class _Overtaken(Exception):
+    """A concurrent PUT wrote the weights under a later count than this one's."""
+
+
+def _merge(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> dict[str, Any]:
+    """Count the change, then write the merged weights under that count. The count a
+    document carries only ever grows: a PUT overtaken by a later-counted one counts again."""
+    for attempt in range(PUT_ATTEMPTS):
+        count = queue_state.count_weight_change(ctx, product_id)
+
+        def merge(doc: dict[str, Any], count: int = count) -> dict[str, Any]:
+            if int(doc.get(CHANGE) or 0) >= count:
+                raise _Overtaken()
+            weights = {**doc.get("weights", {}), **patch.model_dump(exclude_none=True)}
+            return {**doc, "weights": weights, "rekeying": True, CHANGE: count}
+
+        try:
+            return store.update(ctx.store, "jobs", product_id, DOC_ID, merge, initial=_empty(product_id), sleep=ctx.clock.sleep)
+        except _Overtaken:
+            store.backoff(attempt, ctx.clock.sleep)
+    raise errors.TooManyRetries()
 
 
 def rekey(ctx: Context, product_id: str) -> int:
@@ -66,54 +129,81 @@ def rekey(ctx: Context, product_id: str) -> int:
     changed_total = 0
     while True:
         weights = for_product(ctx, product_id)
-        changed = 0
-        query = store.Query("jobs", product_id, (store.Filter("stage", "=", Stage.QUEUED.value),), limit=200)
-        queued = [Job.from_doc(doc) for doc in store.query_all(ctx.store, query)]
-        stale = [
-            job
-            for job in queued
-            if scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights) != job.rank_key
-        ]
-
-        def rekey_one(job: Job) -> None:
-            nonlocal changed
-            store.update(ctx.store, "jobs", product_id, job.id, lambda d: _rekeyed(d, weights))
-            changed += 1
-
-        failed = batch.each(stale, rekey_one)
+        changed, failed = _rekey_pass(ctx, product_id, weights)
         changed_total += changed
         if changed == 0:
             break
     if failed:
         return changed_total  # leave `rekeying` set: the sweep tries the failed jobs again
-
-    def done(doc: dict[str, Any]) -> dict[str, Any] | None:
-        # Weights changed again since the last pass: leave the flag to the writer that changed them.
-        if not doc.get("rekeying") or scoring.resolve(product_patch(doc)) != weights:
-            return None
-        return {**doc, "rekeying": False}
-
-    if read_doc(ctx, product_id).get("rekeying"):
-        store.update(ctx.store, "jobs", product_id, DOC_ID, done)
+    doc = read_doc(ctx, product_id)
+    if doc.get("rekeying"):
+        _finish(ctx, product_id, weights, doc)
     return changed_total
 
 
-def _rekeyed(doc: dict[str, Any], weights: scoring.Weights) -> dict[str, Any] | None:
-    job = Job.from_doc(doc)
+def _rekey_pass(ctx: Context, product_id: str, weights: scoring.Weights) -> tuple[int, int]:
+    """Re-key the queued jobs whose rank key is not `weights`'s: (how many, how many failed)."""
+    query = store.Query("jobs", product_id, (store.Filter("stage", "=", Stage.QUEUED.value),), limit=200)
+    queued = [Job.from_doc(doc) for doc in store.query_all(ctx.store, query)]
+    stale = [job for job in queued if _key(job, weights) != job.rank_key]
+    changed = 0
+
+    def rekey_one(job: Job) -> None:
+        nonlocal changed
+        writes.change(ctx, job.id, _rekeyed, weights, current=job, request=False)
+        changed += 1
+
+    failed = batch.each(stale, rekey_one)
+    return changed, failed
+
+
+def _finish(ctx: Context, product_id: str, weights: scoring.Weights, doc: dict[str, Any]) -> dict[str, Any]:
+    """Clear `rekeying`, unless the weights changed again since `weights` (the writer that
+    changed them clears it)."""
+
+    def done(current: dict[str, Any]) -> dict[str, Any] | None:
+        if not current.get("rekeying") or scoring.resolve(product_patch(current)) != weights:
+            return None
+        return {**current, "rekeying": False}
+
+    return store.update(ctx.store, "jobs", product_id, DOC_ID, done, current=doc, sleep=ctx.clock.sleep)
+
+
+def _key(job: Job, weights: scoring.Weights) -> float:
+    return scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights)
+
+
+def _rekeyed(job: Job, weights: scoring.Weights, now: datetime) -> Job | None:
     if job.stage != Stage.QUEUED:
         return None
-    key = scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights)
-    return None if key == job.rank_key else {**doc, "rankKey": key}
+    key = _key(job, weights)
+    return None if key == job.rank_key else job.model_copy(update={"rank_key": key})
 
 
-def ensure_rank(ctx: Context, job: Job) -> Job:
-    """Re-key a job just written to the queue if the product's weights changed since its writer
-    read them. A weight change re-keys the queued jobs it finds after writing the new weights;
-    this check, made after the job's own write, covers the jobs it could not find yet."""
+def ensure_rank(ctx: Context, job: Job, keyed_with: Snapshot | None = None, bumped: dict[str, Any] | None = None) -> Job:
+    """Re-key a job just written to the queue if the product's weights changed since its
+    writer read them (`keyed_with`). A weight change re-keys the queued jobs it finds after
+    writing the new weights; this check, made after the job's own write, covers the jobs it
+    could not find yet.
+
+    `bumped` is the queue-state document as the bump after the job's write left it. If its
+    count of weight changes equals the one `keyed_with` was written under, no weight change
+    began before that bump — and every weight change is counted before its weights are
+    written, and written under a count that only grows — so none was written between the
+    writer's read and its job write; a later one finds the job itself. Nothing is read then.
+    Otherwise (or without both), the weights are read again.
+    """
+    if (
+        keyed_with is not None
+        and bumped is not None
+        and keyed_with.product_id == job.product_id
+        and queue_state.weight_changes(bumped) == keyed_with.change
+    ):
+        return job
     weights = for_product(ctx, job.product_id)
-    if scoring.rank_key(job.priority.order, job.attempts, job.created_at, weights) == job.rank_key:
+    if _key(job, weights) == job.rank_key:
         return job
     try:
-        return Job.from_doc(store.update(ctx.store, "jobs", job.product_id, job.id, lambda d: _rekeyed(d, weights)))
+        return writes.change(ctx, job.id, _rekeyed, weights, current=job, request=False).job
     except errors.NotFound:
         return job

@@ -239,6 +239,17 @@ def test_increment_adds_to_the_current_value_and_keeps_other_fields(store, ns):
     assert doc["updatedAt"] == T[0]  # `initial` only matters when the document is missing
 
 
+def test_increment_of_a_field_the_document_lacks_starts_it_at_by(store, ns):
+    # (a product's queue-state counts weight changes beside its version, either created first)
+    initial = {"id": "queue-state", "productId": ns}
+    store.increment("jobs", ns, "queue-state", "version", 1, initial)
+
+    doc = store.increment("jobs", ns, "queue-state", "weightChanges", 1, initial)
+
+    assert (doc["version"], doc["weightChanges"]) == (1, 1)
+    assert store.increment("jobs", ns, "queue-state", "version", 1, initial)["weightChanges"] == 1
+
+
 def test_increment_stamps_fields_in_the_same_write(store, ns):
     initial = {"id": "queue-state", "productId": ns, "version": 0, "updatedAt": None}
 
