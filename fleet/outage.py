@@ -266,8 +266,8 @@ class Watched(store_port.Store):
                 return  # another thread recorded it
             try:
                 record_recovery(self._recording, self._since, self._recording.clock.now())
-            except errors.FleetError:
-                log.warning("could not record an outage gap yet; will try again", exc_info=True)
+            except errors.FleetError as exc:  # the store is still in trouble: a line, not a traceback
+                log.warning("could not record an outage gap yet (%s: %s); will try again", exc.code, exc.detail)
                 return
             self._pending = False
 
