@@ -212,8 +212,12 @@ class Watched(store_port.Store):
     that answer is handed on, so any lease check that follows sees it.
 
     While the store answers this costs one attribute test per call: the record is written only
-    on a start or a recovery. A recording that fails is tried again on the next answer.
+    on a start or a recovery. A recording that fails (the store answers reads but cannot yet be
+    written) is tried again on an answer at least `RETRY_SECONDS` later, and never by two
+    threads at once: no request waits on another's attempt or pays for one per call.
     """
+
+    RETRY_SECONDS = 5.0
 
     def __init__(self, inner: store_port.Store, clock: Clock, settings: Settings) -> None:
         self.inner = inner
@@ -225,6 +229,8 @@ class Watched(store_port.Store):
         self._last_answer: datetime | None = None
         #: Where a pending gap began: the last answer before it failed (None: process start).
         self._since: datetime | None = None
+        #: No attempt to record the pending gap before this (after one failed).
+        self._retry_at: datetime | None = None
 
     def __getattr__(self, name: str) -> Any:
         inner = self.__dict__.get("inner")
@@ -249,27 +255,33 @@ class Watched(store_port.Store):
     def _answered(self) -> bool:
         """The store answered: record the pending gap, if any. True if one was pending (so a
         read of the record made just before may not show it yet)."""
-        self._last_answer = self._recording.clock.now()
-        if not self._pending:
+        now = self._last_answer = self._recording.clock.now()
+        if not self._pending or (self._retry_at is not None and now < self._retry_at):
             return False
-        self._recover()
-        return True
+        return self._recover(now)
 
     def _failed(self) -> None:
         with self._lock:
             if not self._pending:
                 self._pending, self._since = True, self._last_answer
 
-    def _recover(self) -> None:
-        with self._lock:
+    def _recover(self, now: datetime) -> bool:
+        """Record the pending gap; True if this call recorded it."""
+        if not self._lock.acquire(blocking=False):
+            return False  # another thread is recording it: do not wait on its store calls
+        try:
             if not self._pending:
-                return  # another thread recorded it
+                return False  # another thread recorded it
             try:
-                record_recovery(self._recording, self._since, self._recording.clock.now())
+                record_recovery(self._recording, self._since, now)
             except errors.FleetError as exc:  # the store is still in trouble: a line, not a traceback
+                self._retry_at = now + timedelta(seconds=self.RETRY_SECONDS)
                 log.warning("could not record an outage gap yet (%s: %s); will try again", exc.code, exc.detail)
-                return
-            self._pending = False
+                return False
+            self._pending, self._retry_at = False, None
+            return True
+        finally:
+            self._lock.release()
 
     # The port, call by call.
 
