@@ -8,14 +8,50 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field, model_serializer
+
 from fleet import deps, errors, listing, submit, writes
 from fleet.context import Context
-from fleet.jobs import Job, job_id
+from fleet.jobs import BlockedOn, Job, Kind, Model, job_id
 from fleet.schemas import ChildSpec, JobSpec
-from fleet.stages import Stage
+from fleet.stages import Priority, Stage
 
 #: A subtree view stops at this many jobs.
 MAX_NODES = 1000
+
+
+class DagNode(Model):
+    """`GET /fleet/jobs/{id}/dag`: a job and its children, nested. A child that names no job
+    (its submit never happened) is `{id, stage: null, children: []}`."""
+
+    id: str
+    idempotency_key: str | None = None
+    title: str | None = None
+    kind: Kind | None = None
+    priority: Priority | None = None
+    #: None: there is no such job.
+    stage: Stage | None = None
+    blocked_on: list[BlockedOn] = Field(default_factory=list)
+    children: list["DagNode"] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, job: Job, children: list["DagNode"]) -> "DagNode":
+        fields = ("id", "idempotency_key", "title", "kind", "priority", "stage", "blocked_on")
+        return cls(**{name: getattr(job, name) for name in fields}, children=children)
+
+    @model_serializer(mode="wrap")
+    def _missing_is_short(self, handler):
+        doc = handler(self)
+        if self.stage is None:  # only what the parent knows of it
+            return {"id": doc["id"], "stage": None, "children": doc["children"]}
+        return doc
+
+
+class ChildrenAdded(Model):
+    """`POST /fleet/jobs/{id}/children`: the parent after the change, and the children added."""
+
+    parent: Job
+    children: list[Job] = Field(default_factory=list)
 
 
 def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
@@ -29,7 +65,7 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     return submit.submit(ctx, spec, children=[job_id(spec.product_id, c.idempotency_key) for c in spec.children])
 
 
-def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dict[str, Any]:
+def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> ChildrenAdded:
     """Add children to a queued or blocked parent; a queued parent goes back to blocked.
     Everything that could refuse the request is checked before the first write."""
     parent = _read(ctx, parent_id)
@@ -65,14 +101,14 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
     created = [submit.submit(ctx, child_spec(template, child), parent_id=parent.id).job for child in ordered]
     if parent.stage == Stage.BLOCKED:
         parent = deps.recheck(ctx, parent.product_id, parent.id)
-    return {"parent": parent.to_doc(), "children": [c.to_doc() for c in created]}
+    return ChildrenAdded(parent=parent, children=created)
 
 
-def view(ctx: Context, id: str) -> dict[str, Any]:
-    """The nested subtree under a job: `{id, stage, …, children: [...]}`."""
+def view(ctx: Context, id: str) -> DagNode:
+    """The nested subtree under a job (at most `MAX_NODES` jobs, each once)."""
     seen: set[str] = set()
 
-    def node(job: Job) -> dict[str, Any]:
+    def node(job: Job) -> DagNode:
         seen.add(job.id)
         kids = []
         for child_id in job.children:
@@ -81,17 +117,8 @@ def view(ctx: Context, id: str) -> dict[str, Any]:
             try:
                 kids.append(node(_read(ctx, child_id)))
             except errors.NotFound:
-                kids.append({"id": child_id, "stage": None, "children": []})
-        return {
-            "id": job.id,
-            "idempotencyKey": job.idempotency_key,
-            "title": job.title,
-            "kind": job.kind,
-            "priority": job.priority.value,
-            "stage": job.stage.value,
-            "blockedOn": [b.to_doc() for b in job.blocked_on],
-            "children": kids,
-        }
+                kids.append(DagNode(id=child_id))
+        return DagNode.of(job, kids)
 
     return node(_read(ctx, id))
 
@@ -103,7 +130,7 @@ def child_spec(parent: JobSpec, child: ChildSpec) -> JobSpec:
     fields.setdefault("priority", parent.priority)
     fields.setdefault("repo", parent.repo)
     fields.setdefault("base_branch", parent.base_branch)
-    return JobSpec(product_id=parent.product_id, kind="task", **fields)
+    return JobSpec(product_id=parent.product_id, kind=Kind.TASK, **fields)
 
 
 def _check_before_writing(

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 from fleet import deps, effects, errors, scoring, weight_registry
 from fleet.context import Context
-from fleet.jobs import Job, job_id
+from fleet.jobs import Job, Model, job_id
 from fleet.schemas import JobSpec
 from fleet.stages import Priority, Stage
 
 
-@dataclass
-class Submitted:
+class Submitted(Model):
+    """A submit's outcome: `POST /fleet/jobs` answers the job, 201 if this call created it."""
+
     job: Job
     #: False when the idempotency key had been submitted before with the same fields.
     created: bool
@@ -41,7 +41,7 @@ def submit(
     digest = submit_hash(spec, parent_id)
     existing = _existing(ctx, spec.product_id, id, digest)
     if existing is not None:
-        return Submitted(existing, created=False)
+        return Submitted(job=existing, created=False)
     if spec.idempotency_key in spec.deps:
         raise errors.ValidationFailed(
             "a job cannot depend on itself", [{"field": "deps", "message": "names the job itself"}]
@@ -78,12 +78,12 @@ def submit(
         job = Job.from_doc(ctx.store.create("jobs", job.to_doc()))
     except errors.Conflict:
         # Lost a race with an identical (or conflicting) submit of the same key.
-        return Submitted(_existing(ctx, spec.product_id, id, digest), created=False)
+        return Submitted(job=_existing(ctx, spec.product_id, id, digest), created=False)
     job = effects.settle(ctx, None, job)
     if job.stage == Stage.BLOCKED:
         # A dep may have finished between our read and our write.
         job = deps.recheck(ctx, spec.product_id, id)
-    return Submitted(job, created=True)
+    return Submitted(job=job, created=True)
 
 
 def check_existing(ctx: Context, spec: JobSpec, id: str, parent_id: str | None = None) -> Job | None:

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from fleet import batch, errors, queue_state, scoring, store
 from fleet.context import Context
-from fleet.jobs import Job
+from fleet.jobs import Job, Model
 from fleet.stages import Stage
 
 DOC_ID = "weights"
+
+
+class ProductWeights(Model):
+    """`GET/PUT /fleet/weights/{productId}`: the product's weights and what claims use."""
+
+    product_id: str
+    #: What the product sets; the rest come from the defaults.
+    weights: dict[str, float] = Field(default_factory=dict)
+    #: The weights claims use: the product's merged over the defaults (every field of `scoring.Weights`).
+    resolved: dict[str, float] = Field(default_factory=dict)
+    #: True while queued jobs are being re-keyed after a change (claims take the bucket path).
+    rekeying: bool = False
 
 
 def read_doc(ctx: Context, product_id: str) -> dict[str, Any]:
@@ -36,18 +50,18 @@ def for_product(ctx: Context, product_id: str) -> scoring.Weights:
     return scoring.resolve(product_patch(read_doc(ctx, product_id)))
 
 
-def view(ctx: Context, product_id: str) -> dict[str, Any]:
+def view(ctx: Context, product_id: str) -> ProductWeights:
     doc = read_doc(ctx, product_id)
     patch = product_patch(doc)
-    return {
-        "productId": product_id,
-        "weights": patch.model_dump(exclude_none=True),
-        "resolved": scoring.resolve(patch).model_dump(),
-        "rekeying": bool(doc.get("rekeying")),
-    }
+    return ProductWeights(
+        product_id=product_id,
+        weights=patch.model_dump(exclude_none=True),
+        resolved=scoring.resolve(patch).model_dump(),
+        rekeying=bool(doc.get("rekeying")),
+    )
 
 
-def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> dict[str, Any]:
+def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> ProductWeights:
     """Merge `patch` into the product's registry entry, then re-key its queued jobs."""
 
     def merge(doc: dict[str, Any]) -> dict[str, Any]:

@@ -196,7 +196,8 @@ class Fleet:
         running: list[Job] = (),
     ) -> list[dict[str, Any]]:
         pairs = [(j.id, j.lease.lease_id) for j in running]
-        return factories.heartbeat(self.ctx, factory, [PRODUCT], capabilities or [], seat_limit, pairs)
+        answer = factories.heartbeat(self.ctx, factory, [PRODUCT], capabilities or [], seat_limit, pairs)
+        return answer.to_doc()["leases"]
 
     # budgets and queue-state
 
@@ -212,7 +213,7 @@ class Fleet:
         return budget_rules.Budget.from_doc(self.store.inner.read("budgets", product_id, product_id))
 
     def version(self, product_id: str = PRODUCT) -> int:
-        return queue_state.read(self.observer, product_id)["version"]
+        return queue_state.read(self.observer, product_id).version
 
 
 def job_value(

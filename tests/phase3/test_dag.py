@@ -268,7 +268,7 @@ def test_children_added_to_a_queued_parent_send_it_back_to_blocked(fleet):
     finish(fleet, "a")
     assert fleet.job(submitted.job).stage == Stage.QUEUED
     # When a child is added
-    added = dag.add_children(fleet.ctx, submitted.job.id, [child("b", title="more")])
+    added = dag.add_children(fleet.ctx, submitted.job.id, [child("b", title="more")]).to_doc()
     # Then the parent waits again, on the new child, which inherits its product
     parent = fleet.job(submitted.job)
     b = by_key(fleet, "b")
@@ -322,7 +322,7 @@ def test_the_dag_view_nests_the_subtree(fleet):
     composite(fleet, "root", child("mid"), child("other"))
     dag.add_children(fleet.ctx, job_id(PRODUCT, "mid"), [child("leaf-1"), child("leaf-2")])
     # When the root's DAG is viewed
-    view = dag.view(fleet.ctx, job_id(PRODUCT, "root"))
+    view = dag.view(fleet.ctx, job_id(PRODUCT, "root")).to_doc()
 
     def shape(node):
         return (node["idempotencyKey"], node["stage"], [shape(c) for c in node["children"]])

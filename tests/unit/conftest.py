@@ -131,7 +131,7 @@ class World:
     # queue-state
 
     def version(self, product_id: str = PRODUCT) -> int:
-        return queue_state.read(self.ctx, product_id)["version"]
+        return queue_state.read(self.ctx, product_id).version
 
 
 class Interleaving(store_port.CountingStore):
