@@ -1,6 +1,7 @@
 """The routing table: one HTTP function per endpoint, and the timers.
 
-Each trigger parses, calls one use case, and serialises; see DESIGN.md's API table.
+Each trigger parses, calls one use case, and serialises its answer model. Its binding and its
+`http.endpoint` declaration are the API table: `GET /fleet/openapi.json` is made from them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from fleet import (
     dag,
     errors,
     factories,
+    health,
+    jobs,
     leases,
     listing,
     queue_state,
@@ -31,8 +34,24 @@ from shared import config, http, openapi
 from shared.config import context as ctx
 from shared.stores import probe
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+class FleetApp(func.FunctionApp):
+    """The app, indexed once however often it is asked: the Functions worker indexes it when it
+    loads this module, and `GET /fleet/openapi.json` reads the same functions again later (a
+    plain `FunctionApp` refuses a second `get_functions()`)."""
+
+    def get_functions(self) -> list:
+        if not hasattr(self, "_indexed"):
+            self._indexed = super().get_functions()
+        return self._indexed
+
+
+app = FleetApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("fleet")
+
+
+#: The path parameter of the per-product endpoints.
+PRODUCT = {"productId": schemas.ProductId}
 
 
 def _product(value: str | None, name: str = "productId") -> str:
@@ -43,25 +62,30 @@ def _product(value: str | None, name: str = "productId") -> str:
 
 # Jobs
 
+#: What every lease holder's and operator's write of a job may be refused with.
+JOB_WRITE = (errors.NotFound, errors.IllegalTransition, errors.TooLarge)
+
 
 @app.route(route="fleet/jobs", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=jobs.Job, status=(201, 200), body=schemas.JobSpec, raises=(errors.IdempotencyConflict,))
 def submit_job(req: func.HttpRequest) -> func.HttpResponse:
+    """Submit a job (idempotent by idempotencyKey: 200 with the same job on a repeat)"""
     spec = http.body(req, schemas.JobSpec)
     result = dag.submit_composite(ctx(), spec) if spec.children else submit.submit(ctx(), spec)
-    return http.ok(result.job.to_doc(), 201 if result.created else 200)
+    return http.ok(result.job, 201 if result.created else 200)
 
 
 @app.route(route="fleet/jobs", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=listing.JobPage, query=schemas.JobsQuery)
 def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
+    """List jobs, newest first"""
     product = req.params.get("productId")
     return http.ok(
         listing.page(
             ctx(),
             stage=http.param(req, "stage", Stage),
             product_id=_product(product) if product else None,
-            limit=http.param(req, "limit", int, 50, minimum=1, maximum=500),
+            limit=http.param(req, "limit", int, 50, minimum=1, maximum=listing.MAX_LIMIT),
             offset=http.param(req, "offset", int, 0, minimum=0, maximum=listing.MAX_OFFSET),
             continuation=http.param(req, "continuation", str),
         )
@@ -69,81 +93,94 @@ def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=jobs.Job, raises=(errors.NotFound,))
 def get_job(req: func.HttpRequest) -> func.HttpResponse:
-    return http.ok(listing.get(ctx(), req.route_params["id"]).to_doc())
+    """A job with its runs and events"""
+    return http.ok(listing.get(ctx(), req.route_params["id"]))
 
 
 @app.route(route="fleet/jobs/{id}", methods=["PATCH"])
-@http.endpoint
+@http.endpoint(answer=jobs.Job, body=schemas.PatchBody, raises=(*JOB_WRITE, errors.LeaseLost))
 def patch_job(req: func.HttpRequest) -> func.HttpResponse:
-    return http.ok(leases.patch(ctx(), req.route_params["id"], http.body(req, schemas.PatchBody)).to_doc())
+    """The lease holder moves its job (fenced)"""
+    return http.ok(leases.patch(ctx(), req.route_params["id"], http.body(req, schemas.PatchBody)))
 
 
 @app.route(route="fleet/jobs/{id}/lease/release", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=jobs.Job, body=schemas.ReleaseBody, raises=(*JOB_WRITE, errors.LeaseLost))
 def release_lease(req: func.HttpRequest) -> func.HttpResponse:
-    return http.ok(leases.release(ctx(), req.route_params["id"], http.body(req, schemas.ReleaseBody)).to_doc())
+    """End the lease (fenced)"""
+    return http.ok(leases.release(ctx(), req.route_params["id"], http.body(req, schemas.ReleaseBody)))
 
 
 @app.route(route="fleet/jobs/{id}/actions/{action}", methods=["POST"])
-@http.endpoint
+@http.endpoint(
+    answer=jobs.Job, body=schemas.ActionBody, body_required=False, path={"action": actions.Action}, raises=JOB_WRITE
+)
 def job_action(req: func.HttpRequest) -> func.HttpResponse:
+    """Operator action: requeue, reject, cancel or ship"""
     action = http.route_enum(req, "action", actions.Action)
     body = http.body(req, schemas.ActionBody, optional=True)
-    return http.ok(actions.apply(ctx(), req.route_params["id"], action, body.reason, body.actor).to_doc())
+    return http.ok(actions.apply(ctx(), req.route_params["id"], action, body.reason, body.actor))
 
 
 @app.route(route="fleet/jobs/{id}/children", methods=["POST"])
-@http.endpoint
+@http.endpoint(
+    answer=dag.ChildrenAdded, status=201, body=schemas.ChildrenSpec, raises=(*JOB_WRITE, errors.IdempotencyConflict)
+)
 def add_children(req: func.HttpRequest) -> func.HttpResponse:
+    """Add children to a waiting composite job"""
     body = http.body(req, schemas.ChildrenSpec)
     return http.ok(dag.add_children(ctx(), req.route_params["id"], body.children), 201)
 
 
 @app.route(route="fleet/jobs/{id}/dag", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=dag.DagNode, raises=(errors.NotFound,))
 def get_dag(req: func.HttpRequest) -> func.HttpResponse:
+    """The nested DAG subtree under a job"""
     return http.ok(dag.view(ctx(), req.route_params["id"]))
 
 
 @app.route(route="fleet/jobs/{id}/review/request", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=jobs.Job, body=schemas.ReviewRequestBody, body_required=False, raises=JOB_WRITE)
 def request_review(req: func.HttpRequest) -> func.HttpResponse:
+    """Open the review gate on a testing job"""
     body = http.body(req, schemas.ReviewRequestBody, optional=True)
-    job = review.request(ctx(), req.route_params["id"], body.required, body.reviewers, body.actor)
-    return http.ok(job.to_doc())
+    return http.ok(review.request(ctx(), req.route_params["id"], body.required, body.reviewers, body.actor))
 
 
 @app.route(route="fleet/jobs/{id}/review", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=jobs.Job, body=schemas.ReviewBody, raises=(*JOB_WRITE, errors.Forbidden))
 def submit_review(req: func.HttpRequest) -> func.HttpResponse:
+    """A reviewer approves or rejects"""
     body = http.body(req, schemas.ReviewBody)
-    job = review.decide(ctx(), req.route_params["id"], body.reviewer, body.decision == "approve", body.comment)
-    return http.ok(job.to_doc())
+    approved = body.decision == schemas.Decision.APPROVE
+    return http.ok(review.decide(ctx(), req.route_params["id"], body.reviewer, approved, body.comment))
 
 
 # Claims
 
 
 @app.route(route="fleet/claim", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=claims.Claimed, body=schemas.ClaimBody)
 def claim_next(req: func.HttpRequest) -> func.HttpResponse:
+    """Claim the best queued job of a product"""
     body = http.body(req, schemas.ClaimBody)
     if body.product_id is None:
         raise errors.ValidationFailed("productId is required", [{"field": "productId", "message": "missing"}])
-    return http.ok(claims.claim_next(ctx(), _claim_request(body, body.product_id)).to_doc())
+    return http.ok(claims.claim_next(ctx(), _claim_request(body, body.product_id)))
 
 
 @app.route(route="fleet/jobs/{id}/claim", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=claims.Claimed, body=schemas.ClaimBody, raises=(errors.NotFound, errors.NotClaimable))
 def claim_job(req: func.HttpRequest) -> func.HttpResponse:
+    """Claim one named job"""
     id = req.route_params["id"]
     product = product_of(id)
     if product is None:
         raise errors.NotFound(f"no job {id!r}")
     body = http.body(req, schemas.ClaimBody)
-    return http.ok(claims.claim_job(ctx(), id, product, _claim_request(body, product)).to_doc())
+    return http.ok(claims.claim_job(ctx(), id, product, _claim_request(body, product)))
 
 
 def _claim_request(body: schemas.ClaimBody, product: str) -> claims.ClaimRequest:
@@ -154,44 +191,51 @@ def _claim_request(body: schemas.ClaimBody, product: str) -> claims.ClaimRequest
 
 
 @app.route(route="fleet/factories", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=factories.FactoryList)
 def list_factories(req: func.HttpRequest) -> func.HttpResponse:
-    return http.ok({"items": factories.list_all(ctx())})
+    """Factories with health and seats"""
+    return http.ok(factories.list_all(ctx()))
 
 
 @app.route(route="fleet/factories/{id}/heartbeat", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.Name})
 def heartbeat(req: func.HttpRequest) -> func.HttpResponse:
+    """Register a factory and renew its leases"""
     factory_id = http.route_name(req, "id")
     body = http.body(req, schemas.HeartbeatBody, optional=True)
     running = [(r.job_id, r.lease_id) for r in body.running]
-    renewed = factories.heartbeat(ctx(), factory_id, body.products, body.capabilities, body.seat_limit, running)
-    return http.ok({"factoryId": factory_id, "leases": renewed})
+    return http.ok(factories.heartbeat(ctx(), factory_id, body.products, body.capabilities, body.seat_limit, running))
 
 
 # Queue state and weights
 
 
 @app.route(route="fleet/queue-state", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=queue_state.QueueState, query=schemas.QueueStateQuery)
 def get_queue_state(req: func.HttpRequest) -> func.HttpResponse:
+    """The product's queue version (one point read)"""
     return http.ok(queue_state.read(ctx(), _product(req.params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=weight_registry.ProductWeights, path=PRODUCT)
 def get_weights(req: func.HttpRequest) -> func.HttpResponse:
+    """The product's scoring weights"""
     return http.ok(weight_registry.view(ctx(), _product(req.route_params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["PUT"])
-@http.endpoint
+@http.endpoint(answer=weight_registry.ProductWeights, body=schemas.WeightsBody, path=PRODUCT)
 def put_weights(req: func.HttpRequest) -> func.HttpResponse:
+    """Set the product's scoring weights (per-field merge)"""
     product = _product(req.route_params.get("productId"))
     return http.ok(weight_registry.put(ctx(), product, http.body(req, schemas.WeightsBody)))
 
 
 # Budgets (FLEET_BUDGETS)
+
+#: What every budget endpoint may be refused with.
+BUDGET = (errors.FeatureDisabled, errors.NotFound)
 
 
 def _budgets_on() -> None:
@@ -200,8 +244,9 @@ def _budgets_on() -> None:
 
 
 @app.route(route="fleet/budgets/{productId}", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
 def get_budget(req: func.HttpRequest) -> func.HttpResponse:
+    """The product's budget (FLEET_BUDGETS)"""
     _budgets_on()
     product = _product(req.route_params.get("productId"))
     budget = budgets.find(ctx(), product)
@@ -211,17 +256,19 @@ def get_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}", methods=["PUT"])
-@http.endpoint
+@http.endpoint(answer=budget_rules.BudgetView, body=schemas.BudgetBody, path=PRODUCT, raises=(errors.FeatureDisabled,))
 def put_budget(req: func.HttpRequest) -> func.HttpResponse:
+    """Set the ceiling and window (FLEET_BUDGETS)"""
     _budgets_on()
     product = _product(req.route_params.get("productId"))
     body = http.body(req, schemas.BudgetBody)
-    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, budget_rules.Window(body.window)).public())
+    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, body.window).public())
 
 
 @app.route(route="fleet/budgets/{productId}/pause", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
 def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
+    """Pause the product's spending (FLEET_BUDGETS)"""
     _budgets_on()
     product = _product(req.route_params.get("productId"))
     http.no_body(req)
@@ -229,8 +276,9 @@ def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}/resume", methods=["POST"])
-@http.endpoint
+@http.endpoint(answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
 def resume_budget(req: func.HttpRequest) -> func.HttpResponse:
+    """Resume the product's spending (FLEET_BUDGETS)"""
     _budgets_on()
     product = _product(req.route_params.get("productId"))
     http.no_body(req)
@@ -244,33 +292,29 @@ def resume_budget(req: func.HttpRequest) -> func.HttpResponse:
 store_probe = probe.Probe(lambda: ctx().store.ping())
 
 
+@app.function_name("health")
 @app.route(route="fleet/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@http.endpoint
-def health(req: func.HttpRequest) -> func.HttpResponse:
+@http.endpoint(answer=health.Health, status=(200, 503), store=False)
+def get_health(req: func.HttpRequest) -> func.HttpResponse:
+    """Store reachability, flags, version (503 when the store does not answer)"""
     reading = store_probe.check()  # within its own short deadline, however the store fares
     if not reading.reachable:
         log.warning("store not usable: %s (%s)", reading.reason.value, reading.detail)
     context = config.current()  # None while the store could not even be opened
-    settings = config.settings()
-    return http.ok(
-        {
-            "status": "ok" if reading.reachable else "degraded",
-            "store": {
-                "kind": type(getattr(context.store, "inner", context.store)).__name__ if context else None,
-                "reachable": reading.reachable,
-                "reason": reading.reason.value if reading.reason else None,
-            },
-            "flags": {"preemption": settings.preemption, "budgets": settings.budgets},
-            "version": openapi.VERSION,
-        },
-        200 if reading.reachable else 503,
+    store = health.StoreHealth(
+        kind=type(getattr(context.store, "inner", context.store)).__name__ if context else None,
+        reachable=reading.reachable,
+        reason=reading.reason.value if reading.reason else None,
     )
+    answer = health.report(store, config.settings(), openapi.VERSION)
+    return http.ok(answer, 200 if answer.status == health.HealthStatus.OK else 503)
 
 
 @app.route(route="fleet/openapi.json", methods=["GET"])
-@http.endpoint
+@http.endpoint(answer=openapi.Document, store=False)
 def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
-    return http.ok(openapi.document())
+    """This document"""
+    return http.ok(openapi.document(app))
 
 
 # Timers

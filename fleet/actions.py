@@ -13,6 +13,8 @@ from fleet.stages import TERMINAL, RunResult, Stage
 
 
 class Action(str, Enum):
+    """What an operator may do to a job, whatever holds it."""
+
     REQUEUE = "requeue"  # back to the queue (or blocked on its deps), attempts reset, lease revoked
     REJECT = "reject"  # give up on it: failed
     CANCEL = "cancel"  # withdraw it: cancelled

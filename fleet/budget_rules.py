@@ -17,6 +17,7 @@ from pydantic import Field
 
 from fleet import clock, errors
 from fleet.jobs import Model, Time
+from fleet.stages import ClaimReason
 
 #: How many accrual ids a budget remembers: far more than ever end between two sweeps (the
 #: sweep replays an interrupted accrual within a minute), few enough to keep the document small.
@@ -24,17 +25,23 @@ ACCRUAL_MEMORY = 500
 
 
 class Window(str, Enum):
+    """A budget's period: a UTC calendar window (weeks start Monday)."""
+
     DAILY = "daily"  # resets at 00:00 UTC
     WEEKLY = "weekly"  # resets Monday 00:00 UTC
     MONTHLY = "monthly"  # resets on the 1st, 00:00 UTC
 
 
 class PausedBy(str, Enum):
+    """What paused a budget, and so what lifts the pause."""
+
     MANUAL = "manual"  # an operator paused it; only resume lifts it
     CEILING = "ceiling"  # spend reached the ceiling; a new window or a higher ceiling lifts it
 
 
-class Budget(Model):
+class _BudgetFields(Model):
+    """What a budget shows: its document and its public view both have these fields."""
+
     id: str
     product_id: str
     ceiling_usd: float | None = None
@@ -45,23 +52,36 @@ class Budget(Model):
     paused_by: PausedBy | None = None
     #: claim (lease id) -> {amountUsd, at, runId}: estimated cost of runs not yet accrued.
     reservations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    updated_at: Time
+
+
+class Budget(_BudgetFields):
+    """The product's budget document."""
+
     accruals: list[str] = Field(default_factory=list)
     #: [when, usd] of the recent charged accruals (as many as `accruals` remembers): what a
     #: change of window recomputes the new window's spend from.
     ledger: list[tuple[Time, float]] = Field(default_factory=list)
-    updated_at: Time
 
     @property
     def reserved_usd(self) -> float:
         return sum(r["amountUsd"] for r in self.reservations.values())
 
-    def public(self) -> dict[str, Any]:
-        doc = self.to_doc()
-        doc.pop("accruals")
-        doc.pop("ledger")
-        doc["reservedUsd"] = self.reserved_usd
-        doc["remainingUsd"] = None if self.ceiling_usd is None else max(0.0, self.ceiling_usd - self.spent_usd)
-        return doc
+    def public(self) -> "BudgetView":
+        """What the API shows of it."""
+        shown = {name: getattr(self, name) for name in _BudgetFields.model_fields}
+        remaining = None if self.ceiling_usd is None else max(0.0, self.ceiling_usd - self.spent_usd)
+        return BudgetView(**shown, reserved_usd=self.reserved_usd, remaining_usd=remaining)
+
+
+class BudgetView(_BudgetFields):
+    """`GET/PUT /fleet/budgets/{productId}` (and `pause`/`resume`): the budget without its
+    accrual memory, with what its reservations hold and what is left under the ceiling."""
+
+    #: The estimated cost of claimed runs not yet accrued.
+    reserved_usd: float
+    #: The ceiling less the spend (never below 0); None without a ceiling.
+    remaining_usd: float | None
 
 
 def window_start(window: Window, now: datetime) -> datetime:
@@ -92,14 +112,14 @@ def rolled(budget: Budget, now: datetime) -> Budget:
     )
 
 
-def refusal(budget: Budget | None) -> str | None:
+def refusal(budget: Budget | None) -> ClaimReason | None:
     """Why a claim must not be made under this (rolled) budget, or None."""
     if budget is None:
         return None
     if budget.paused:
-        return "budget_paused"
+        return ClaimReason.BUDGET_PAUSED
     if budget.ceiling_usd is not None and budget.spent_usd >= budget.ceiling_usd:
-        return "budget_exceeded"
+        return ClaimReason.BUDGET_EXCEEDED
     return None
 
 

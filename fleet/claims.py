@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import Field, model_serializer
+
 from fleet import budget_rules, budgets, candidates, effects, errors, factories, preemption, scoring, weight_registry
 from fleet.context import Context
-from fleet.jobs import Job, Lease, Run
-from fleet.stages import Priority, Stage
+from fleet.jobs import Job, Lease, Model, Run
+from fleet.stages import ClaimReason, Priority, Stage
 
 #: The most attempts a job may be given; bounds the claim's bucket path.
 MAX_ATTEMPTS = 10
@@ -29,23 +31,32 @@ class ClaimRequest:
     seat_limit: int | None = None
 
 
-@dataclass
-class Claimed:
-    """The outcome of a claim: a job with its lease and run, or why there is none."""
+class Claimed(Model):
+    """`POST /fleet/claim` and `POST /fleet/jobs/{id}/claim`: a job with its new lease and run
+    (`{job, lease, runId, preempted?}`), or no job and why (`{job: null, reason}`)."""
 
-    job: Job | None
-    reason: str | None = None
-    preempted: list[str] = field(default_factory=list)
+    job: Job | None = None
+    lease: Lease | None = None
+    run_id: str | None = None
+    #: Jobs of this factory evicted to make room for this (critical) one; sent only when any were.
+    preempted: list[str] = Field(default_factory=list)
+    #: Why there is no job; sent only then.
+    reason: ClaimReason | None = None
 
-    def to_doc(self) -> dict[str, Any]:
+    @classmethod
+    def taken(cls, job: Job, preempted: list[str] | None = None) -> "Claimed":
+        return cls(job=job, lease=job.lease, run_id=job.latest_run.run_id, preempted=preempted or [])
+
+    @model_serializer(mode="wrap")
+    def _either_shape(self, handler):
+        # Two shapes on the wire: a field that is not part of the shape is left out, not null.
+        doc = handler(self)
         if self.job is None:
-            return {"job": None, "reason": self.reason}
-        return {
-            "job": self.job.to_doc(),
-            "lease": self.job.lease.to_doc() if self.job.lease else None,
-            "runId": self.job.latest_run.run_id if self.job.latest_run else None,
-            **({"preempted": self.preempted} if self.preempted else {}),
-        }
+            return {"job": None, "reason": doc["reason"]}
+        doc.pop("reason")
+        if not self.preempted:
+            doc.pop("preempted")
+        return doc
 
 
 def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
@@ -58,7 +69,7 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     budget = _budget(ctx, request.product_id)
     refused = budget_rules.refusal(budget.rolled)
     if refused:
-        return Claimed(None, refused)
+        return Claimed(reason=refused)
     offered, seat_limit = _factory_view(ctx, request)
     running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
     product = weight_registry.snapshot(ctx, request.product_id)
@@ -85,43 +96,48 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
                 # Too dear for what is left: a cheaper (or unestimated) job may still fit.
                 unaffordable += 1
                 if unaffordable >= MAX_UNAFFORDABLE:
-                    return Claimed(None, "budget_exceeded")
+                    return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
             except NoSeat:
-                return Claimed(None, "seat_limit")
+                return Claimed(reason=ClaimReason.SEAT_LIMIT)
         if not lost:
             break
     if unaffordable:
-        return Claimed(None, "budget_exceeded")
-    return Claimed(None, "seat_limit" if running is not None else "no_job")
+        return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
+    return Claimed(reason=ClaimReason.SEAT_LIMIT if running is not None else ClaimReason.NO_JOB)
 
 
 def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest) -> Claimed:
     """Claim one named job, if it is queued, the factory has its capabilities, the budget
-    allows it and the factory has a seat for it (or may preempt for it)."""
+    allows it and the factory has a seat for it (or may preempt for it); else `NotClaimable`
+    with the `ClaimReason`."""
     now = ctx.clock.now()
     budget = _budget(ctx, product_id)
     refused = budget_rules.refusal(budget.rolled)
     if refused:
-        raise errors.NotClaimable(f"product {product_id}: {refused}", reason=refused)
+        raise _not_claimable(f"product {product_id}: {refused.value}", refused)
     offered, seat_limit = _factory_view(ctx, request)
     running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
     job = Job.from_doc(ctx.store.read("jobs", product_id, job_id))
     if job.stage != Stage.QUEUED:
-        raise errors.NotClaimable(f"job {job.id} is {job.stage.value}, not queued", reason="not_queued")
+        raise _not_claimable(f"job {job.id} is {job.stage.value}, not queued", ClaimReason.NOT_QUEUED)
     missing = sorted(set(job.capabilities) - offered)
     if missing:
-        raise errors.NotClaimable(
-            f"factory {request.factory_id} lacks capabilities {missing}", reason="capabilities", missing=missing
-        )
+        detail = f"factory {request.factory_id} lacks capabilities {missing}"
+        raise _not_claimable(detail, ClaimReason.CAPABILITIES, missing=missing)
     product = weight_registry.snapshot(ctx, product_id) if running is not None else None
     try:
         return _claim(ctx, job, request.factory_id, offered, running, budget, product)
     except (errors.PreconditionFailed, errors.LeaseLost):
-        raise errors.NotClaimable(f"job {job.id} was claimed by another factory", reason="lost_race") from None
+        raise _not_claimable(f"job {job.id} was claimed by another factory", ClaimReason.LOST_RACE) from None
     except budget_rules.BudgetExhausted:
-        raise errors.NotClaimable(f"product {product_id}: budget_exceeded", reason="budget_exceeded") from None
+        reason = ClaimReason.BUDGET_EXCEEDED
+        raise _not_claimable(f"product {product_id}: {reason.value}", reason) from None
     except NoSeat:
-        raise errors.NotClaimable(f"factory {request.factory_id} is at its seat limit", reason="seat_limit") from None
+        raise _not_claimable(f"factory {request.factory_id} is at its seat limit", ClaimReason.SEAT_LIMIT) from None
+
+
+def _not_claimable(detail: str, reason: ClaimReason, **extra: Any) -> errors.NotClaimable:
+    return errors.NotClaimable(detail, reason=reason.value, **extra)
 
 
 class NoSeat(Exception):
@@ -161,7 +177,7 @@ def _claim(
         if reserved:
             budgets.change(ctx, job.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
         raise
-    return Claimed(taken, preempted=[victim.id] if victim else [])
+    return Claimed.taken(taken, [victim.id] if victim else [])
 
 
 def take(ctx: Context, job: Job, factory_id: str, now: datetime) -> Job:

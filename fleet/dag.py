@@ -10,14 +10,50 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field, model_serializer
+
 from fleet import deps, effects, errors, submit, weight_registry, writes
 from fleet.context import Context
-from fleet.jobs import Job, job_id
+from fleet.jobs import BlockedOn, Job, Kind, Model, job_id
 from fleet.schemas import ChildSpec, JobSpec
-from fleet.stages import Stage
+from fleet.stages import Priority, Stage
 
 #: A subtree view stops at this many jobs.
 MAX_NODES = 1000
+
+
+class DagNode(Model):
+    """`GET /fleet/jobs/{id}/dag`: a job and its children, nested. A child that names no job
+    (its submit never happened) is `{id, stage: null, children: []}`."""
+
+    id: str
+    idempotency_key: str | None = None
+    title: str | None = None
+    kind: Kind | None = None
+    priority: Priority | None = None
+    #: None: there is no such job.
+    stage: Stage | None = None
+    blocked_on: list[BlockedOn] = Field(default_factory=list)
+    children: list["DagNode"] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, job: Job, children: list["DagNode"], blocked_on: list[BlockedOn]) -> "DagNode":
+        fields = ("id", "idempotency_key", "title", "kind", "priority", "stage")
+        return cls(**{name: getattr(job, name) for name in fields}, blocked_on=blocked_on, children=children)
+
+    @model_serializer(mode="wrap")
+    def _missing_is_short(self, handler):
+        doc = handler(self)
+        if self.stage is None:  # only what the parent knows of it
+            return {"id": doc["id"], "stage": None, "children": doc["children"]}
+        return doc
+
+
+class ChildrenAdded(Model):
+    """`POST /fleet/jobs/{id}/children`: the parent after the change, and the children added."""
+
+    parent: Job
+    children: list[Job] = Field(default_factory=list)
 
 
 def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
@@ -36,12 +72,12 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
             made = submit.create(ctx, child_spec(spec, child), submit.Facts(stages, weights), parent_id=parent_id).job
         stages[child.idempotency_key] = made.stage
     if existing is not None:
-        return submit.Submitted(existing, created=False)
+        return submit.Submitted(job=existing, created=False)
     kids = [job_id(spec.product_id, c.idempotency_key) for c in spec.children]
     return submit.create(ctx, spec, submit.Facts(stages, weights), children=kids)
 
 
-def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dict[str, Any]:
+def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> ChildrenAdded:
     """Add children to a queued or blocked parent; a queued parent goes back to blocked.
     Everything that could refuse the request is checked before the first write, and every
     job and dep is read once, before it."""
@@ -83,7 +119,7 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> dic
         # Every child existed (a retry): one may have finished before the parent's write.
         # A child this call created cannot have: it was created after the parent waited on it.
         parent = effects.recheck(ctx, parent.id, parent).job
-    return {"parent": parent.to_doc(), "children": [c.to_doc() for c in created]}
+    return ChildrenAdded(parent=parent, children=created)
 
 
 @dataclass(frozen=True)
@@ -119,9 +155,9 @@ def _as_created(product_id: str, ordered: list[ChildSpec], checked: _Checked, kn
     return stages
 
 
-def view(ctx: Context, id: str) -> dict[str, Any]:
-    """The nested subtree under a job: `{id, stage, …, children: [...]}`. Each job is read
-    once (a blocked node's `blockedOn` from the same reads)."""
+def view(ctx: Context, id: str) -> DagNode:
+    """The nested subtree under a job (at most `MAX_NODES` jobs), each job read once (a
+    blocked node's `blockedOn` from the same reads)."""
     jobs: dict[str, Job | None] = {}
 
     def fetch(job_id_: str) -> Job | None:
@@ -134,7 +170,7 @@ def view(ctx: Context, id: str) -> dict[str, Any]:
 
     seen: set[str] = set()
 
-    def node(job: Job) -> dict[str, Any]:
+    def node(job: Job) -> DagNode:
         seen.add(job.id)
         blocked_on = job.blocked_on
         if job.stage == Stage.BLOCKED:
@@ -146,17 +182,8 @@ def view(ctx: Context, id: str) -> dict[str, Any]:
             if child_id in seen or len(seen) >= MAX_NODES:
                 continue
             child = fetch(child_id)
-            kids.append(node(child) if child is not None else {"id": child_id, "stage": None, "children": []})
-        return {
-            "id": job.id,
-            "idempotencyKey": job.idempotency_key,
-            "title": job.title,
-            "kind": job.kind,
-            "priority": job.priority.value,
-            "stage": job.stage.value,
-            "blockedOn": [b.to_doc() for b in blocked_on],
-            "children": kids,
-        }
+            kids.append(node(child) if child is not None else DagNode(id=child_id))
+        return DagNode.of(job, kids, blocked_on)
 
     root = fetch(id)
     if root is None:
@@ -171,7 +198,7 @@ def child_spec(parent: JobSpec, child: ChildSpec) -> JobSpec:
     fields.setdefault("priority", parent.priority)
     fields.setdefault("repo", parent.repo)
     fields.setdefault("base_branch", parent.base_branch)
-    return JobSpec(product_id=parent.product_id, kind="task", **fields)
+    return JobSpec(product_id=parent.product_id, kind=Kind.TASK, **fields)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,72 @@
 """Factories: registration by heartbeat, lease renewal, health and seats."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
+
+from pydantic import Field
 
 from fleet import clock, effects, errors, outage, store, writes
 from fleet.context import Context
-from fleet.jobs import Job, product_of
+from fleet.jobs import Job, Model, Time, product_of
 
 #: Heartbeat age up to which a factory is `online`, then `stale`; past `STALE` it is `offline`.
 ONLINE_SECONDS = 60
 STALE_SECONDS = 300
+
+
+class FactoryHealth(str, Enum):
+    """How recently a factory was heard from."""
+
+    ONLINE = "online"  # a heartbeat within the last ONLINE_SECONDS
+    STALE = "stale"  # silent for a while (up to STALE_SECONDS): slow, or on its way out
+    OFFLINE = "offline"  # silent for longer, or never heard from
+
+
+class Renewal(str, Enum):
+    """A heartbeat's answer about one lease the factory says it runs."""
+
+    RENEWED = "renewed"  # still the job's live lease, extended by a lease term: keep working
+    REVOKED = "revoked"  # not (or no longer) the factory's lease: stop that work now, write nothing
+
+
+class Factory(Model):
+    """One factory as `GET /fleet/factories` lists it."""
+
+    id: str
+    products: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    seat_limit: int | None = None
+    #: Live leases it holds now.
+    seats_used: int = 0
+    last_heartbeat_at: Time | None = None
+    health: FactoryHealth = FactoryHealth.OFFLINE
+
+
+class FactoryList(Model):
+    """`GET /fleet/factories`."""
+
+    items: list[Factory] = Field(default_factory=list)
+
+
+class LeaseRenewal(Model):
+    job_id: str
+    lease_id: str
+    status: Renewal
+    #: The lease's new expiry; None when revoked.
+    expires_at: Time | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.status == Renewal.REVOKED
+
+
+class Heartbeat(Model):
+    """`POST /fleet/factories/{id}/heartbeat`: the answer for each lease the factory named."""
+
+    factory_id: str
+    leases: list[LeaseRenewal] = Field(default_factory=list)
 
 
 def find(ctx: Context, factory_id: str) -> dict[str, Any] | None:
@@ -27,7 +83,7 @@ def heartbeat(
     capabilities: list[str],
     seat_limit: int | None,
     running: list[tuple[str, str]],
-) -> list[dict[str, Any]]:
+) -> Heartbeat:
     """Record the factory's registration, then renew each `(jobId, leaseId)` it says it runs.
     Answers per lease `renewed` (with the new expiry) or `revoked` (stop that work now)."""
     now = ctx.clock.now()
@@ -43,15 +99,16 @@ def heartbeat(
             "lastHeartbeatAt": clock.format(now),
         },
     )
-    return [renew(ctx, job_id, lease_id, factory_id) for job_id, lease_id in running]
+    leases = [renew(ctx, job_id, lease_id, factory_id) for job_id, lease_id in running]
+    return Heartbeat(factory_id=factory_id, leases=leases)
 
 
-def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = None) -> dict[str, Any]:
+def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = None) -> LeaseRenewal:
     """Extend one lease by a lease term if it is still the job's live lease, or one held for
     an outage (and, when `factory_id` is given, held by that factory)."""
     now = ctx.clock.now()
     product_id = product_of(job_id)
-    revoked = {"jobId": job_id, "leaseId": lease_id, "status": "revoked", "expiresAt": None}
+    revoked = LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.REVOKED)
     if product_id is None:
         return revoked
 
@@ -75,7 +132,7 @@ def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = Non
         job = effects.change(ctx, job_id, extend, grace, current=current, now=now, request=False).job
     except (errors.NotFound, errors.LeaseLost):
         return revoked
-    return {"jobId": job_id, "leaseId": lease_id, "status": "renewed", "expiresAt": clock.format(job.lease.expires_at)}
+    return LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.RENEWED, expires_at=job.lease.expires_at)
 
 
 def held_leases(ctx: Context, factory_id: str | None = None) -> list[Job]:
@@ -88,14 +145,16 @@ def held_leases(ctx: Context, factory_id: str | None = None) -> list[Job]:
     return [Job.from_doc(doc) for doc in store.query_all(ctx.store, query)]
 
 
-def health(last_heartbeat_at: str | None, now) -> str:
+def health(last_heartbeat_at: str | None, now: datetime) -> FactoryHealth:
     if not last_heartbeat_at:
-        return "offline"
+        return FactoryHealth.OFFLINE
     age = (now - clock.parse(last_heartbeat_at)).total_seconds()
-    return "online" if age <= ONLINE_SECONDS else "stale" if age <= STALE_SECONDS else "offline"
+    if age <= ONLINE_SECONDS:
+        return FactoryHealth.ONLINE
+    return FactoryHealth.STALE if age <= STALE_SECONDS else FactoryHealth.OFFLINE
 
 
-def list_all(ctx: Context) -> list[dict[str, Any]]:
+def list_all(ctx: Context) -> FactoryList:
     """Every factory with its health and seats: used (live leases) over its limit."""
     now = ctx.clock.now()
     used: dict[str, int] = {}
@@ -103,15 +162,11 @@ def list_all(ctx: Context) -> list[dict[str, Any]]:
         if job.lease and job.lease.expires_at > now:
             used[job.lease.factory_id] = used.get(job.lease.factory_id, 0) + 1
     docs = store.query_all(ctx.store, store.Query("factories", None, order_by=(("id", False),), limit=500))
-    return [
-        {
-            "id": doc["id"],
-            "products": doc.get("products", []),
-            "capabilities": doc.get("capabilities", []),
-            "seatLimit": doc.get("seatLimit"),
-            "seatsUsed": used.get(doc["id"], 0),
-            "lastHeartbeatAt": doc.get("lastHeartbeatAt"),
-            "health": health(doc.get("lastHeartbeatAt"), now),
-        }
-        for doc in docs
-    ]
+    return FactoryList(
+        items=[
+            Factory.from_doc(doc).model_copy(
+                update={"seats_used": used.get(doc["id"], 0), "health": health(doc.get("lastHeartbeatAt"), now)}
+            )
+            for doc in docs
+        ]
+    )

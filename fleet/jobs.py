@@ -10,9 +10,10 @@ import base64
 import hashlib
 import re
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from fleet import clock
@@ -28,7 +29,10 @@ EVENT_RING = 50
 #: How many runs a job keeps in full; older ones are only counted (`runsDropped`).
 RUN_RING = 20
 
-Time = Annotated[datetime, PlainSerializer(clock.format, return_type=str)]
+#: A time: `2026-01-05T09:00:00.123Z` in documents and on the wire (see `clock.format`).
+Time = Annotated[
+    datetime, PlainSerializer(clock.format, return_type=str), WithJsonSchema({"type": "string", "format": "date-time"})
+]
 
 
 class Model(BaseModel):
@@ -41,6 +45,13 @@ class Model(BaseModel):
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+class Kind(str, Enum):
+    """What a job is."""
+
+    TASK = "task"  # work a factory claims and does
+    COMPOSITE = "composite"  # a parent that waits, blocked, until all its children ship
 
 
 class Lease(Model):
@@ -103,7 +114,7 @@ class Job(Model):
     id: str
     product_id: str
     idempotency_key: str
-    kind: str = "task"
+    kind: Kind = Kind.TASK
     title: str = ""
     body_md: str = ""
     priority: Priority = Priority.NORMAL

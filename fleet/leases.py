@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from fleet import effects, errors, lifecycle, outage, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job, LeaseEnd, product_of
-from fleet.schemas import PatchBody, ReleaseBody
+from fleet.schemas import PatchBody, ReleaseBody, ReleaseResult
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 
 
@@ -129,9 +129,15 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
     return _write(ctx, id, body.lease_id, "release", body, change, keyed_with)
 
 
-def _release_target(body: ReleaseBody) -> Stage | str | None:
-    """What the release asks for: a terminal stage, `testing` (park), "retry", or None (give back)."""
-    by_result = {"shipped": Stage.SHIPPED, "done": Stage.DONE, "failed": Stage.FAILED, "retry": "retry", "released": None}
+def _release_target(body: ReleaseBody) -> Stage | ReleaseResult | None:
+    """What the release asks for: a terminal stage, `testing` (park), `retry`, or None (give back)."""
+    by_result = {
+        ReleaseResult.SHIPPED: Stage.SHIPPED,
+        ReleaseResult.DONE: Stage.DONE,
+        ReleaseResult.FAILED: Stage.FAILED,
+        ReleaseResult.RETRY: ReleaseResult.RETRY,
+        ReleaseResult.RELEASED: None,
+    }
     from_result = by_result[body.result] if body.result else None
     if body.stage is not None:
         if body.stage not in TERMINAL | {Stage.TESTING} or body.stage in (Stage.DEAD_LETTER, Stage.CANCELLED):
@@ -141,7 +147,7 @@ def _release_target(body: ReleaseBody) -> Stage | str | None:
             )
         if body.result and from_result != body.stage:
             raise errors.ValidationFailed(
-                f"stage {body.stage.value} and result {body.result} disagree",
+                f"stage {body.stage.value} and result {body.result.value} disagree",
                 [{"field": "result", "message": "disagrees with stage"}],
             )
         return body.stage

@@ -1,16 +1,28 @@
 """Reading jobs: one by id, and pages of them newest first."""
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
 from fleet import continuation as tokens
 from fleet import deps, errors, store
 from fleet.context import Context
-from fleet.jobs import Job, product_of
+from fleet.jobs import Job, Model, product_of
 from fleet.stages import Stage
 
 #: How deep `offset` may page; past this, follow the continuation token instead.
 MAX_OFFSET = 10_000
+#: The most jobs one page holds.
+MAX_LIMIT = 500
+
+
+class JobPage(Model):
+    """`GET /fleet/jobs`: newest first; `next_offset` and `continuation` are both None at the end."""
+
+    items: list[Job] = Field(default_factory=list)
+    #: The `offset` of the next page (not given to a page asked for by continuation).
+    next_offset: int | None = None
+    #: The token of the next page.
+    continuation: str | None = None
 
 
 def get(ctx: Context, id: str) -> Job:
@@ -34,8 +46,8 @@ def page(
     limit: int = 50,
     offset: int = 0,
     continuation: str | None = None,
-) -> dict[str, Any]:
-    """`{items, nextOffset, continuation}`, newest first; both null at the end.
+) -> JobPage:
+    """One page of jobs, newest first; `nextOffset` and `continuation` both null at the end.
 
     `continuation` is a token an earlier page of a listing with the same `stage` and
     `product_id` handed out (sealed: see `fleet.continuation`); any other is a
@@ -56,8 +68,8 @@ def page(
     items = result.items[offset:]
     more = result.continuation is not None
     start = 0 if continuation else offset
-    return {
-        "items": [Job.from_doc(doc).to_doc() for doc in items],
-        "nextOffset": start + len(items) if more and not continuation else None,
-        "continuation": tokens.seal(ctx, result.continuation, filters) if more else None,
-    }
+    return JobPage(
+        items=[Job.from_doc(doc) for doc in items],
+        next_offset=start + len(items) if more and not continuation else None,
+        continuation=tokens.seal(ctx, result.continuation, filters) if more else None,
+    )

@@ -14,10 +14,20 @@ from typing import Any
 
 from fleet import clock, errors
 from fleet.context import Context
+from fleet.jobs import Model, Time
 
 DOC_ID = "queue-state"
 #: The field counting the weight changes begun on the product.
 WEIGHT_CHANGES = "weightChanges"
+
+
+class QueueState(Model):
+    """`GET /fleet/queue-state`: an unchanged `version` means a claim would find nothing new."""
+
+    product_id: str
+    #: 0 for a product never seen.
+    version: int = 0
+    updated_at: Time | None = None
 
 
 def bump(ctx: Context, product_id: str) -> dict[str, Any]:
@@ -45,10 +55,10 @@ def weight_changes(doc: dict[str, Any]) -> int:
     return int(doc.get(WEIGHT_CHANGES) or 0)
 
 
-def read(ctx: Context, product_id: str) -> dict[str, Any]:
-    """`{productId, version, updatedAt}` in one point read; version 0 for a product never seen."""
+def read(ctx: Context, product_id: str) -> QueueState:
+    """The product's queue-state in one point read (its weight-change count is not part of it)."""
     try:
         doc = ctx.store.read("jobs", product_id, DOC_ID)
     except errors.NotFound:
-        return {"productId": product_id, "version": 0, "updatedAt": None}
-    return {"productId": product_id, "version": doc.get("version", 0), "updatedAt": doc.get("updatedAt")}
+        return QueueState(product_id=product_id)
+    return QueueState(product_id=product_id, version=doc.get("version", 0), updated_at=doc.get("updatedAt"))

@@ -1,16 +1,21 @@
-"""Request bodies: what each endpoint accepts. Unknown fields are rejected; sizes are bounded.
+"""Requests: what each endpoint accepts in its body and query string. Unknown body fields are
+rejected; sizes are bounded.
 
-These models are also the source of the OpenAPI document (`shared/openapi.py`).
+These models, with the answers next to their nouns, are the source of the OpenAPI document
+(`shared/openapi.py`).
 """
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from enum import Enum
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from fleet.jobs import PRODUCT_ID
+from fleet import listing
+from fleet.budget_rules import Window
+from fleet.jobs import PRODUCT_ID, Kind
 from fleet.scoring import WeightsPatch
 from fleet.stages import Priority, Stage
 
@@ -94,7 +99,7 @@ class JobSpec(ChildSpec):
     """`POST /fleet/jobs`."""
 
     product_id: ProductId
-    kind: Literal["task", "composite"] = "task"
+    kind: Kind = Kind.TASK
     children: Annotated[list[ChildSpec], Field(max_length=200)] = []
 
     @field_validator("deps")
@@ -142,12 +147,23 @@ class Artifact(BaseModel):
         return self
 
 
+class ReleaseResult(str, Enum):
+    """What a lease holder reports as it releases its job (`stage` may name the same end, or
+    `testing` to park the job for review)."""
+
+    SHIPPED = "shipped"  # the work shipped: the job is shipped
+    DONE = "done"  # finished with nothing to ship: the job is done
+    FAILED = "failed"  # the factory gives up on the job: it fails
+    RETRY = "retry"  # the run failed: back to the queue with one attempt more (dead-letter past maxAttempts)
+    RELEASED = "released"  # given back unfinished: back to the queue with its checkpoint, attempts unchanged
+
+
 class ReleaseBody(Body):
     """`POST /fleet/jobs/{id}/lease/release`."""
 
     lease_id: Name
     stage: Stage | None = None
-    result: Literal["shipped", "done", "failed", "retry", "released"] | None = None
+    result: ReleaseResult | None = None
     insights: Insights | None = None
     pr_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://\S+$")] | None = None
     branch: Branch | None = None
@@ -185,7 +201,7 @@ class BudgetBody(Body):
     """`PUT /fleet/budgets/{productId}`."""
 
     ceiling_usd: Money
-    window: Literal["daily", "weekly", "monthly"] = "monthly"
+    window: Window = Window.MONTHLY
 
 
 class ReviewRequestBody(Body):
@@ -196,9 +212,38 @@ class ReviewRequestBody(Body):
     actor: Name | None = None
 
 
+class Decision(str, Enum):
+    """A reviewer's verdict on a job under review."""
+
+    APPROVE = "approve"  # counts toward the quorum; reaching it ships the job
+    REJECT = "reject"  # sends the job back to the queue for rework
+
+
 class ReviewBody(Body):
     """`POST /fleet/jobs/{id}/review`."""
 
     reviewer: Name
-    decision: Literal["approve", "reject"]
+    decision: Decision
     comment: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+class Query(BaseModel):
+    """A query string: documented from these models; the triggers read each parameter."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class JobsQuery(Query):
+    """`GET /fleet/jobs`: page by `offset`, or follow `continuation` (then `offset` is ignored)."""
+
+    stage: Stage | None = None
+    product_id: ProductId | None = None
+    limit: Annotated[int, Field(ge=1, le=listing.MAX_LIMIT)] = 50
+    offset: Annotated[int, Field(ge=0, le=listing.MAX_OFFSET)] = 0
+    continuation: str | None = None
+
+
+class QueueStateQuery(Query):
+    """`GET /fleet/queue-state`."""
+
+    product_id: ProductId

@@ -1,4 +1,4 @@
-"""Stages, priorities and run outcomes, and which stage changes a factory may make."""
+"""Stages, priorities, run and claim outcomes, and which stage changes a factory may make."""
 from __future__ import annotations
 
 from enum import Enum
@@ -54,6 +54,20 @@ class RunResult(str, Enum):
     PREEMPTED = "preempted"  # evicted for a critical job; resumes from its checkpoint
     CANCELLED = "cancelled"  # the job was cancelled or rejected while the run held it
     RELEASED = "released"  # the factory gave the job back, or an operator requeued it
+
+
+class ClaimReason(str, Enum):
+    """Why a claim took no job: the `reason` of `POST /fleet/claim`'s `{job: null, reason}`, and
+    of the 409 `not_claimable` problem of `POST /fleet/jobs/{id}/claim`. (Here beside the other
+    outcomes because the budget rules name their refusals in it too.)"""
+
+    NO_JOB = "no_job"  # nothing queued that this factory can do; poll again later
+    SEAT_LIMIT = "seat_limit"  # the factory is at its seat limit and nothing may be preempted for the job
+    BUDGET_PAUSED = "budget_paused"  # the product's budget is paused (by an operator, or by its ceiling)
+    BUDGET_EXCEEDED = "budget_exceeded"  # spend (with in-flight estimates) leaves no room for the job
+    NOT_QUEUED = "not_queued"  # a named job: it is not waiting in the queue
+    CAPABILITIES = "capabilities"  # a named job: the factory lacks a capability it requires
+    LOST_RACE = "lost_race"  # a named job: another factory claimed it first
 
 
 def check_factory_move(current: Stage, target: Stage) -> None:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from fleet import deps, effects, errors, scoring, weight_registry
 from fleet.context import Context
-from fleet.jobs import Job, job_id
+from fleet.jobs import Job, Model, job_id
 from fleet.schemas import JobSpec
 from fleet.stages import Priority, Stage
 
 
-@dataclass
-class Submitted:
+class Submitted(Model):
+    """A submit's outcome: `POST /fleet/jobs` answers the job, 201 if this call created it."""
+
     job: Job
     #: False when the idempotency key had been submitted before with the same fields.
     created: bool
@@ -39,7 +40,7 @@ def submit(
     id = job_id(spec.product_id, spec.idempotency_key)
     existing = _existing(ctx, spec.product_id, id, submit_hash(spec, parent_id))
     if existing is not None:
-        return Submitted(existing, created=False)
+        return Submitted(job=existing, created=False)
     keys = all_deps(spec)
     facts = Facts(deps.stages(ctx, spec.product_id, keys), weight_registry.snapshot(ctx, spec.product_id))
     return create(ctx, spec, facts, parent_id, children)
@@ -99,11 +100,11 @@ def create(
         job = effects.create(ctx, job, keyed_with=facts.weights).job
     except errors.Conflict:
         # Lost a race with an identical (or conflicting) submit of the same key.
-        return Submitted(_existing(ctx, spec.product_id, id, digest), created=False)
+        return Submitted(job=_existing(ctx, spec.product_id, id, digest), created=False)
     if job.stage == Stage.BLOCKED:
         # A dep may have finished between our read and our write: read the deps again.
         job = effects.recheck(ctx, id, job).job
-    return Submitted(job, created=True)
+    return Submitted(job=job, created=True)
 
 
 def _refuse_self_dependency(spec: JobSpec) -> None:

@@ -147,7 +147,8 @@ def queue_versions(ctx: Context, since: datetime | None = None) -> int:
     def bump_if_behind(item: tuple[str, str]) -> None:
         nonlocal bumped
         product_id, latest = item
-        if (queue_state.read(ctx, product_id)["updatedAt"] or "") < latest:
+        updated_at = queue_state.read(ctx, product_id).updated_at
+        if updated_at is None or clock.format(updated_at) < latest:
             queue_state.bump(ctx, product_id)
             bumped += 1
 

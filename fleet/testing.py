@@ -277,7 +277,8 @@ class World:
         running: list[Job] = (),
     ) -> Any:
         pairs = [(j.id, j.lease.lease_id) for j in running]
-        return factories.heartbeat(self.ctx, factory, [PRODUCT], capabilities or [], seat_limit, pairs)
+        answer = factories.heartbeat(self.ctx, factory, [PRODUCT], capabilities or [], seat_limit, pairs)
+        return answer.to_doc()["leases"]
 
     # budgets and queue-state
 
@@ -293,7 +294,7 @@ class World:
         return budget_rules.Budget.from_doc(self.observer.store.read("budgets", product_id, product_id))
 
     def version(self, product_id: str = PRODUCT) -> int:
-        return queue_state.read(self.observer, product_id)["version"]
+        return queue_state.read(self.observer, product_id).version
 
 
 def interleaved(world: World, op: str, then: Callable[[], Any], when: Callable[..., bool] | None = None) -> Context:

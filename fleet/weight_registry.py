@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
+
 from fleet import batch, errors, queue_state, scoring, store, writes
 from fleet.context import Context
-from fleet.jobs import Job
+from fleet.jobs import Job, Model
 from fleet.stages import Stage
 
 DOC_ID = "weights"
@@ -39,6 +41,18 @@ class Snapshot:
     rekeying: bool
     #: The weight change they were written under (0: none counted yet).
     change: int
+
+
+class ProductWeights(Model):
+    """`GET/PUT /fleet/weights/{productId}`: the product's weights and what claims use."""
+
+    product_id: str
+    #: What the product sets; the rest come from the defaults.
+    weights: dict[str, float] = Field(default_factory=dict)
+    #: The weights claims use: the product's merged over the defaults (every field of `scoring.Weights`).
+    resolved: dict[str, float] = Field(default_factory=dict)
+    #: True while queued jobs are being re-keyed after a change (claims take the bucket path).
+    rekeying: bool = False
 
 
 def read_doc(ctx: Context, product_id: str) -> dict[str, Any]:
@@ -71,18 +85,18 @@ def for_product(ctx: Context, product_id: str) -> scoring.Weights:
     return snapshot(ctx, product_id).weights
 
 
-def view(ctx: Context, product_id: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+def view(ctx: Context, product_id: str, doc: dict[str, Any] | None = None) -> ProductWeights:
     """The registry entry as answered; from `doc` when the caller has it."""
     entry = snapshot_of(product_id, read_doc(ctx, product_id) if doc is None else doc)
-    return {
-        "productId": product_id,
-        "weights": entry.patch.model_dump(exclude_none=True),
-        "resolved": entry.weights.model_dump(),
-        "rekeying": entry.rekeying,
-    }
+    return ProductWeights(
+        product_id=product_id,
+        weights=entry.patch.model_dump(exclude_none=True),
+        resolved=entry.weights.model_dump(),
+        rekeying=entry.rekeying,
+    )
 
 
-def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> dict[str, Any]:
+def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> ProductWeights:
     """Merge `patch` into the product's registry entry, then re-key its queued jobs.
 
     One pass over the queued jobs suffices unless another weight change began meanwhile (the

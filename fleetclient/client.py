@@ -1,4 +1,5 @@
-"""`FleetClient`: one method per coordinator endpoint, answering pydantic models.
+"""`FleetClient`: one method per coordinator endpoint, answering the coordinator's own answer
+models (`fleet.jobs.Job`, `fleet.claims.Claimed`, `fleet.factories.Heartbeat`, ...).
 
     from fleetclient import FleetClient, errors
 
@@ -22,8 +23,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
+from fleet import budget_rules, claims, dag, factories, health, listing, queue_state, submit, weight_registry
 from fleet.jobs import Job
-from fleetclient import models, retry, transport
+from fleetclient import retry, transport
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 
@@ -78,14 +80,14 @@ class FleetClient:
 
     # Jobs
 
-    def submit_job(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> models.Submitted:
+    def submit_job(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> submit.Submitted:
         """`POST /fleet/jobs`: submit a job (a camelCase dict like the API's body, or snake_case
         keyword fields). Repeating a submit with the same idempotency key returns the existing
         job (`created=False`); with different fields it raises `IdempotencyConflict`."""
         body = dict(spec or {})
         body.update({_camel(name): value for name, value in fields.items()})
         response = self._http.call("POST", "/fleet/jobs", json=body)
-        return models.Submitted(job=Job.model_validate(response.body), created=response.status == 201)
+        return submit.Submitted(job=Job.model_validate(response.body), created=response.status == 201)
 
     def list_jobs(
         self,
@@ -94,11 +96,11 @@ class FleetClient:
         limit: int | None = None,
         offset: int | None = None,
         continuation: str | None = None,
-    ) -> models.JobPage:
+    ) -> listing.JobPage:
         """`GET /fleet/jobs`: one page, newest first."""
         params = {"productId": product_id, "stage": _value(stage), "limit": limit, "offset": offset,
                   "continuation": continuation}
-        return models.JobPage.model_validate(self._http.call("GET", "/fleet/jobs", params=params).body)
+        return listing.JobPage.model_validate(self._http.call("GET", "/fleet/jobs", params=params).body)
 
     def iter_jobs(self, product_id: str | None = None, stage: str | None = None, page_size: int = 100) -> Iterator[Job]:
         """Every job matching, newest first, page after page."""
@@ -153,16 +155,16 @@ class FleetClient:
         path = f"/fleet/jobs/{_seg(job_id)}/actions/{_seg(_value(action))}"
         return Job.model_validate(self._http.call("POST", path, json=_compact({"reason": reason, "actor": actor})).body)
 
-    def add_children(self, job_id: str, children: Iterable[Mapping[str, Any]]) -> models.Children:
+    def add_children(self, job_id: str, children: Iterable[Mapping[str, Any]]) -> dag.ChildrenAdded:
         """`POST /fleet/jobs/{id}/children`: add child jobs (each with its own idempotency key,
         so a repeat converges on the same children)."""
         body = {"children": [dict(child) for child in children]}
         answer = self._http.call("POST", f"/fleet/jobs/{_seg(job_id)}/children", json=body)
-        return models.Children.model_validate(answer.body)
+        return dag.ChildrenAdded.model_validate(answer.body)
 
-    def get_dag(self, job_id: str) -> models.DagNode:
+    def get_dag(self, job_id: str) -> dag.DagNode:
         """`GET /fleet/jobs/{id}/dag`: the job and its descendants."""
-        return models.DagNode.model_validate(self._http.call("GET", f"/fleet/jobs/{_seg(job_id)}/dag").body)
+        return dag.DagNode.model_validate(self._http.call("GET", f"/fleet/jobs/{_seg(job_id)}/dag").body)
 
     def request_review(self, job_id: str, required: int, reviewers: Iterable[str] | None = None) -> Job:
         """`POST /fleet/jobs/{id}/review/request`: open the review gate on a `testing` job.
@@ -173,7 +175,7 @@ class FleetClient:
 
     def review(self, job_id: str, reviewer: str, decision: str, comment: str | None = None) -> Job:
         """`POST /fleet/jobs/{id}/review`: `approve` or `reject`. Not retried once sent."""
-        body = _compact({"reviewer": reviewer, "decision": decision, "comment": comment})
+        body = _compact({"reviewer": reviewer, "decision": _value(decision), "comment": comment})
         answer = self._http.call("POST", f"/fleet/jobs/{_seg(job_id)}/review", json=body, safe=False)
         return Job.model_validate(answer.body)
 
@@ -186,12 +188,12 @@ class FleetClient:
         capabilities: Iterable[str] | None = None,
         weights: Mapping[str, float] | None = None,
         seat_limit: int | None = None,
-    ) -> models.Claim:
+    ) -> claims.Claimed:
         """`POST /fleet/claim`: the best queued job this factory can do, under a new lease; or
         `job=None` with a `reason`. Not retried once sent (a lost answer would strand a lease
         until it expires)."""
         body = _claim_body(factory_id, product_id, capabilities, weights, seat_limit)
-        return models.Claim.model_validate(self._http.call("POST", "/fleet/claim", json=body, safe=False).body)
+        return claims.Claimed.model_validate(self._http.call("POST", "/fleet/claim", json=body, safe=False).body)
 
     def claim_job(
         self,
@@ -200,11 +202,11 @@ class FleetClient:
         capabilities: Iterable[str] | None = None,
         weights: Mapping[str, float] | None = None,
         seat_limit: int | None = None,
-    ) -> models.Claim:
+    ) -> claims.Claimed:
         """`POST /fleet/jobs/{id}/claim`: claim that job; `NotClaimable` if this factory may not."""
         body = _claim_body(factory_id, None, capabilities, weights, seat_limit)
         path = f"/fleet/jobs/{_seg(job_id)}/claim"
-        return models.Claim.model_validate(self._http.call("POST", path, json=body, safe=False).body)
+        return claims.Claimed.model_validate(self._http.call("POST", path, json=body, safe=False).body)
 
     def heartbeat(
         self,
@@ -213,7 +215,7 @@ class FleetClient:
         capabilities: Iterable[str] = (),
         seat_limit: int | None = None,
         running: Iterable[tuple[str, str]] = (),
-    ) -> models.Heartbeat:
+    ) -> factories.Heartbeat:
         """`POST /fleet/factories/{id}/heartbeat`: register the factory and renew the leases of
         the `(jobId, leaseId)` pairs it runs. Retried: renewing twice is harmless, and a 503 is
         not an answer about the leases."""
@@ -224,53 +226,55 @@ class FleetClient:
             "running": [{"jobId": job_id, "leaseId": lease_id} for job_id, lease_id in running],
         })
         path = f"/fleet/factories/{_seg(factory_id)}/heartbeat"
-        return models.Heartbeat.model_validate(self._http.call("POST", path, json=body).body)
+        return factories.Heartbeat.model_validate(self._http.call("POST", path, json=body).body)
 
-    def list_factories(self) -> list[models.Factory]:
+    def list_factories(self) -> list[factories.Factory]:
         """`GET /fleet/factories`: every factory with its health and seats."""
-        items = self._http.call("GET", "/fleet/factories").body.get("items", [])
-        return [models.Factory.model_validate(item) for item in items]
+        return factories.FactoryList.model_validate(self._http.call("GET", "/fleet/factories").body).items
 
-    def queue_state(self, product_id: str) -> models.QueueState:
+    def queue_state(self, product_id: str) -> queue_state.QueueState:
         """`GET /fleet/queue-state`: the product's version (one point read)."""
         answer = self._http.call("GET", "/fleet/queue-state", params={"productId": product_id})
-        return models.QueueState.model_validate(answer.body)
+        return queue_state.QueueState.model_validate(answer.body)
 
     # Weights and budgets
 
-    def get_weights(self, product_id: str) -> models.ProductWeights:
-        return models.ProductWeights.model_validate(self._http.call("GET", f"/fleet/weights/{_seg(product_id)}").body)
+    def get_weights(self, product_id: str) -> weight_registry.ProductWeights:
+        answer = self._http.call("GET", f"/fleet/weights/{_seg(product_id)}")
+        return weight_registry.ProductWeights.model_validate(answer.body)
 
-    def put_weights(self, product_id: str, **weights: float | None) -> models.ProductWeights:
+    def put_weights(self, product_id: str, **weights: float | None) -> weight_registry.ProductWeights:
         """`PUT /fleet/weights/{productId}`: set `age`, `priority`, `retries`, `capabilities`
         (those given; the rest keep their values)."""
         body = _compact(weights)
         answer = self._http.call("PUT", f"/fleet/weights/{_seg(product_id)}", json=body)
-        return models.ProductWeights.model_validate(answer.body)
+        return weight_registry.ProductWeights.model_validate(answer.body)
 
-    def get_budget(self, product_id: str) -> models.Budget:
+    def get_budget(self, product_id: str) -> budget_rules.BudgetView:
         """`GET /fleet/budgets/{productId}`. `FeatureDisabled` when budgets are off, `NotFound`
         for a product with no budget."""
-        return models.Budget.model_validate(self._http.call("GET", f"/fleet/budgets/{_seg(product_id)}").body)
+        return budget_rules.BudgetView.model_validate(self._http.call("GET", f"/fleet/budgets/{_seg(product_id)}").body)
 
-    def put_budget(self, product_id: str, ceiling_usd: float, window: str = "monthly") -> models.Budget:
+    def put_budget(self, product_id: str, ceiling_usd: float, window: str = "monthly") -> budget_rules.BudgetView:
         """`PUT /fleet/budgets/{productId}`: set the ceiling (USD) per `daily|weekly|monthly` window."""
         body = {"ceilingUsd": ceiling_usd, "window": _value(window)}
         answer = self._http.call("PUT", f"/fleet/budgets/{_seg(product_id)}", json=body)
-        return models.Budget.model_validate(answer.body)
+        return budget_rules.BudgetView.model_validate(answer.body)
 
-    def pause_budget(self, product_id: str) -> models.Budget:
-        return models.Budget.model_validate(self._http.call("POST", f"/fleet/budgets/{_seg(product_id)}/pause").body)
+    def pause_budget(self, product_id: str) -> budget_rules.BudgetView:
+        answer = self._http.call("POST", f"/fleet/budgets/{_seg(product_id)}/pause")
+        return budget_rules.BudgetView.model_validate(answer.body)
 
-    def resume_budget(self, product_id: str) -> models.Budget:
-        return models.Budget.model_validate(self._http.call("POST", f"/fleet/budgets/{_seg(product_id)}/resume").body)
+    def resume_budget(self, product_id: str) -> budget_rules.BudgetView:
+        answer = self._http.call("POST", f"/fleet/budgets/{_seg(product_id)}/resume")
+        return budget_rules.BudgetView.model_validate(answer.body)
 
     # Service
 
-    def health(self) -> models.Health:
+    def health(self) -> health.Health:
         """`GET /fleet/health`; a degraded coordinator answers 503 with the same document."""
         response = self._http.call("GET", "/fleet/health", accept=(200, 503), backoff=retry.NO_RETRY)
-        return models.Health.model_validate(response.body)
+        return health.Health.model_validate(response.body)
 
     def openapi(self) -> dict[str, Any]:
         return self._http.call("GET", "/fleet/openapi.json").body

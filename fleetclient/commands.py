@@ -20,17 +20,20 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from enum import Enum
+
+from fleet import actions, budget_rules, jobs, schemas, stages
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-STAGES = ("queued", "blocked", "assigned", "building", "review", "testing", "shipped", "done", "failed",
-          "dead_letter", "cancelled")
-PRIORITIES = ("low", "normal", "high", "critical")
-ACTIONS = ("requeue", "reject", "cancel", "ship")
-WINDOWS = ("daily", "weekly", "monthly")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+
+
+def _values(kind: type[Enum]) -> list[str]:
+    """The members of one of the coordinator's closed sets, as the CLI takes them."""
+    return [member.value for member in kind]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -55,33 +58,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_jobs(subparsers, common) -> None:
-    jobs = subparsers.add_parser("jobs", help="submit, list, show and act on jobs").add_subparsers(
+    job_commands = subparsers.add_parser("jobs", help="submit, list, show and act on jobs").add_subparsers(
         dest="jobs_command", required=True, metavar="SUBCOMMAND")
 
-    p = jobs.add_parser("submit", parents=[common], help="submit a job (idempotent by --key)",
-                        description="Submit a job. Fields come from --file (the API's JSON body) and the "
-                                    "options, options winning. Submitting the same --idempotency-key again returns the "
-                                    "existing job; without one a random key is used.")
+    p = job_commands.add_parser("submit", parents=[common], help="submit a job (idempotent by --key)",
+                                description="Submit a job. Fields come from --file (the API's JSON body) and the "
+                                            "options, options winning. Submitting the same --idempotency-key again "
+                                            "returns the existing job; without one a random key is used.")
     p.add_argument("--product", "-p", help="product id")
     p.add_argument("--idempotency-key", "-k", help="idempotency key (unique per product)")
     p.add_argument("--title", "-t")
     body = p.add_mutually_exclusive_group()
     body.add_argument("--body", help="Markdown body")
     body.add_argument("--body-file", help="read the Markdown body from a file ('-': stdin)")
-    p.add_argument("--priority", choices=PRIORITIES)
+    p.add_argument("--priority", choices=_values(stages.Priority))
     p.add_argument("--capabilities", "-c", type=_csv, help="required capabilities, comma-separated")
     p.add_argument("--deps", type=_csv, help="idempotency keys of jobs this one waits for, comma-separated")
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--repo", help="owner/name or a clone URL (PR mode)")
     p.add_argument("--base-branch")
     p.add_argument("--estimated-cost", type=float, dest="estimated_cost_usd", help="USD")
-    p.add_argument("--kind", choices=("task", "composite"))
+    p.add_argument("--kind", choices=_values(jobs.Kind))
     p.add_argument("--file", "-f", dest="spec_file", help="a JSON job body (with children, ...); '-': stdin")
     p.set_defaults(run=_command("submit"))
 
-    p = jobs.add_parser("list", parents=[common], help="list jobs, newest first")
+    p = job_commands.add_parser("list", parents=[common], help="list jobs, newest first")
     p.add_argument("--product", "-p")
-    p.add_argument("--stage", "-s", choices=STAGES)
+    p.add_argument("--stage", "-s", choices=_values(stages.Stage))
     p.add_argument("--limit", "-n", type=int, default=50)
     pages = p.add_mutually_exclusive_group()
     pages.add_argument("--offset", type=int)
@@ -89,36 +92,36 @@ def _add_jobs(subparsers, common) -> None:
     pages.add_argument("--all", action="store_true", help="follow every page")
     p.set_defaults(run=_command("list_jobs"))
 
-    p = jobs.add_parser("show", parents=[common], help="a job with its runs and events")
+    p = job_commands.add_parser("show", parents=[common], help="a job with its runs and events")
     p.add_argument("job_id", metavar="ID")
     p.set_defaults(run=_command("show"))
 
-    p = jobs.add_parser("dag", parents=[common], help="a job and its descendants as a tree")
+    p = job_commands.add_parser("dag", parents=[common], help="a job and its descendants as a tree")
     p.add_argument("job_id", metavar="ID")
     p.set_defaults(run=_command("dag"))
 
-    p = jobs.add_parser("action", parents=[common], help="requeue, reject, cancel or ship a job")
+    p = job_commands.add_parser("action", parents=[common], help="requeue, reject, cancel or ship a job")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("action", choices=_values(actions.Action))
     p.add_argument("--reason", "-r")
     p.add_argument("--actor", default=_default_actor(), help="who acts (default: $USER)")
     p.set_defaults(run=_command("action"))
 
-    p = jobs.add_parser("add-children", parents=[common], help="add child jobs to a job")
+    p = job_commands.add_parser("add-children", parents=[common], help="add child jobs to a job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--file", "-f", dest="spec_file", required=True,
                    help="JSON: a list of child bodies, or {\"children\": [...]}; '-': stdin")
     p.set_defaults(run=_command("add_children"))
 
-    p = jobs.add_parser("request-review", parents=[common], help="open the review gate on a testing job")
+    p = job_commands.add_parser("request-review", parents=[common], help="open the review gate on a testing job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--required", type=int, default=1, help="approvals needed (default 1)")
     p.add_argument("--reviewers", type=_csv, help="only these may review, comma-separated")
     p.set_defaults(run=_command("request_review"))
 
-    p = jobs.add_parser("review", parents=[common], help="approve or reject a job under review")
+    p = job_commands.add_parser("review", parents=[common], help="approve or reject a job under review")
     p.add_argument("job_id", metavar="ID")
-    p.add_argument("decision", choices=("approve", "reject"))
+    p.add_argument("decision", choices=_values(schemas.Decision))
     p.add_argument("--reviewer", default=_default_actor(), help="who reviews (default: $USER)")
     p.add_argument("--comment", "-m")
     p.set_defaults(run=_command("review"))
@@ -135,7 +138,8 @@ def _add_budgets(subparsers, common) -> None:
     p = budgets.add_parser("set", parents=[common], help="set a product's ceiling per window")
     p.add_argument("product", metavar="PRODUCT")
     p.add_argument("--ceiling", type=float, required=True, help="USD per window")
-    p.add_argument("--window", choices=WINDOWS, default="monthly", help="UTC calendar window (default monthly)")
+    p.add_argument("--window", choices=_values(budget_rules.Window), default=budget_rules.Window.MONTHLY.value,
+                   help="UTC calendar window (default monthly)")
     p.set_defaults(run=_command("budget"))
 
 

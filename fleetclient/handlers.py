@@ -11,7 +11,8 @@ import sys
 import uuid
 from typing import Any
 
-from fleetclient import models, views
+from fleet import listing
+from fleetclient import views
 from fleetclient.client import FleetClient
 
 Shown = tuple[str, Any]
@@ -43,7 +44,7 @@ def submit(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 def list_jobs(args: argparse.Namespace, client: FleetClient) -> Shown:
     if args.all:
-        page = models.JobPage(items=list(client.iter_jobs(args.product, args.stage, page_size=min(args.limit, 500))))
+        page = listing.JobPage(items=list(client.iter_jobs(args.product, args.stage, page_size=min(args.limit, 500))))
     else:
         page = client.list_jobs(args.product, args.stage, args.limit, args.offset, args.continuation)
     return views.job_list(page), page.to_doc()
@@ -56,7 +57,7 @@ def show(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 def dag(args: argparse.Namespace, client: FleetClient) -> Shown:
     node = client.get_dag(args.job_id)
-    return views.dag(node), node.to_doc()
+    return views.dag_tree(node), node.to_doc()
 
 
 def action(args: argparse.Namespace, client: FleetClient) -> Shown:
@@ -112,12 +113,12 @@ def weights_set(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 def factories(args: argparse.Namespace, client: FleetClient) -> Shown:
     items = client.list_factories()
-    return views.factories(items), {"items": [f.to_doc() for f in items]}
+    return views.factory_table(items), {"items": [f.to_doc() for f in items]}
 
 
 def queue_state(args: argparse.Namespace, client: FleetClient) -> Shown:
     state = client.queue_state(args.product)
-    return views.queue_state(state), state.to_doc()
+    return views.queue_version(state), state.to_doc()
 
 
 def read_text(path: str) -> str:

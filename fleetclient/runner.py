@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from fleet import stages
 from fleetclient import errors, gate as gates
 from fleetclient.client import FleetClient
 from fleetclient.seat import Seat, SeatSettings, StopReason
@@ -112,7 +113,7 @@ class Runner:
         self._hurry = threading.Event()
         self._stopped = threading.Event()
         self._idle = False
-        self._last_reason: str | None = None
+        self._last_reason: stages.ClaimReason | None = None
         #: Whether the coordinator preempts (None: not known yet, asked again on the next poll).
         self._preemption: bool | None = None
         self._beat_due = 0.0
@@ -212,7 +213,7 @@ class Runner:
         if claim.job is None:
             self._idle = True
             if claim.reason != self._last_reason:
-                log.info("factory %s: no job (%s)", config.factory_id, claim.reason)
+                log.info("factory %s: no job (%s)", config.factory_id, claim.reason.value if claim.reason else "-")
             self._last_reason = claim.reason
             return False
         self._idle = False
@@ -300,9 +301,7 @@ class Runner:
             return
         by_lease = {(seat.job.id, seat.lease_id): seat for seat in seats}
         for lease in answer.leases:
-            seat = by_lease.get((lease.job_id, lease.lease_id or ""))
-            if seat is None and lease.lease_id is None:
-                seat = next((s for s in seats if s.job.id == lease.job_id), None)
+            seat = by_lease.get((lease.job_id, lease.lease_id))
             if seat is None:
                 continue
             if lease.revoked:

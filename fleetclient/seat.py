@@ -33,8 +33,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
+from fleet import claims
 from fleet.jobs import Job
-from fleetclient import checkout as git, errors, models
+from fleetclient import checkout as git, errors
 from fleetclient.client import FleetClient
 from fleetclient.process import JobProcess
 from fleetclient.report import Report
@@ -72,7 +73,7 @@ class SeatSettings:
 class Seat:
     """A claimed job and the thread working it. `start()` once; `done` when it has finished."""
 
-    def __init__(self, client: FleetClient, settings: SeatSettings, claim: models.Claim,
+    def __init__(self, client: FleetClient, settings: SeatSettings, claim: claims.Claimed,
                  on_done: Callable[["Seat"], None] = lambda seat: None) -> None:
         assert claim.job is not None and claim.lease is not None
         self.client = client

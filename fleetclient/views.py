@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from fleet import budget_rules, dag, factories, listing, queue_state, weight_registry
 from fleet.jobs import Job
-from fleetclient import models
 from fleetclient.tables import cell, fields, table, usd, when
 
 #: Events `fleet jobs show` lists (the newest).
 SHOWN_EVENTS = 10
 
 
-def job_list(page: models.JobPage) -> str:
+def job_list(page: listing.JobPage) -> str:
     if not page.items:
         return "no jobs"
     text = table(
@@ -90,13 +90,13 @@ def job_detail(job: Job) -> str:
     return "\n\n".join(parts)
 
 
-def dag(node: models.DagNode) -> str:
+def dag_tree(node: dag.DagNode) -> str:
     lines = [_dag_label(node)]
     _dag_children(node.children, "", lines)
     return "\n".join(lines)
 
 
-def _dag_children(children: Iterable[models.DagNode], indent: str, lines: list[str]) -> None:
+def _dag_children(children: Iterable[dag.DagNode], indent: str, lines: list[str]) -> None:
     children = list(children)
     for i, child in enumerate(children):
         last = i == len(children) - 1
@@ -104,11 +104,12 @@ def _dag_children(children: Iterable[models.DagNode], indent: str, lines: list[s
         _dag_children(child.children, indent + ("   " if last else "│  "), lines)
 
 
-def _dag_label(node: models.DagNode) -> str:
-    return "  ".join(part for part in (node.id, node.stage or "?", cell(node.title) if node.title else "") if part)
+def _dag_label(node: dag.DagNode) -> str:
+    stage = node.stage.value if node.stage else "?"
+    return "  ".join(part for part in (node.id, stage, cell(node.title) if node.title else "") if part)
 
 
-def factories(items: list[models.Factory]) -> str:
+def factory_table(items: list[factories.Factory]) -> str:
     if not items:
         return "no factories have sent a heartbeat yet"
     return table(
@@ -118,11 +119,11 @@ def factories(items: list[models.Factory]) -> str:
     )
 
 
-def queue_state(state: models.QueueState) -> str:
+def queue_version(state: queue_state.QueueState) -> str:
     return fields([("product", state.product_id), ("version", state.version), ("updated", when(state.updated_at))])
 
 
-def weights(view: models.ProductWeights) -> str:
+def weights(view: weight_registry.ProductWeights) -> str:
     names = list(view.resolved) or list(view.weights)
     body = table(
         ["WEIGHT", "PRODUCT", "RESOLVED"],
@@ -132,14 +133,14 @@ def weights(view: models.ProductWeights) -> str:
     return f"{head}\n{body}"
 
 
-def budget(b: models.Budget) -> str:
-    paused = f"yes ({b.paused_by})" if b.paused and b.paused_by else b.paused
+def budget(b: budget_rules.BudgetView) -> str:
+    paused = f"yes ({b.paused_by.value})" if b.paused and b.paused_by else b.paused
     return fields([
         ("product", b.product_id),
         ("ceiling", usd(b.ceiling_usd) if b.ceiling_usd is not None else "none"),
-        ("window", f"{b.window or '-'} from {when(b.window_start)}" if b.window_start else b.window),
+        ("window", f"{b.window.value} from {when(b.window_start)}"),
         ("spent", usd(b.spent_usd)),
-        ("reserved", usd(b.reserved_usd) if b.reserved_usd is not None else None),
+        ("reserved", usd(b.reserved_usd)),
         ("remaining", usd(b.remaining_usd) if b.remaining_usd is not None else None),
         ("paused", paused),
     ])

@@ -1,12 +1,14 @@
-"""HTTP glue for the triggers: parse a body into a request model, answer JSON, and map every
-domain error to an RFC 9457 problem document in one table.
+"""HTTP glue for the triggers: parse a body into a request model, answer a model as JSON, and
+map every domain error to an RFC 9457 problem document in one table.
 
-A trigger reads like a line of the API table:
+A trigger reads like a line of the API table, and declares once what the OpenAPI document
+(`shared/openapi.py`) says of it: its answer, body, query, path parameters and errors.
 
     @app.route(route="fleet/jobs/{id}", methods=["GET"])
-    @http.endpoint
+    @http.endpoint(answer=jobs.Job, raises=(errors.NotFound,))
     def get_job(req):
-        return http.ok(listing.get(ctx(), req.route_params["id"]).to_doc())
+        '''A job with its runs and events'''
+        return http.ok(listing.get(ctx(), req.route_params["id"]))
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import json
 import logging
 import math
 import re
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import azure.functions as func
 import pydantic
@@ -171,7 +174,9 @@ def route_name(req: func.HttpRequest, name: str) -> str:
     return raw
 
 
-def ok(payload: Any, status: int = 200) -> func.HttpResponse:
+def ok(answer: pydantic.BaseModel, status: int = 200) -> func.HttpResponse:
+    """`answer` as compact JSON, fields by their (camelCase) aliases."""
+    payload = answer.model_dump(mode="json", by_alias=True)
     return func.HttpResponse(
         json.dumps(payload, separators=(",", ":"), allow_nan=False), status_code=status, mimetype="application/json"
     )
@@ -199,7 +204,71 @@ def from_error(exc: errors.FleetError) -> func.HttpResponse:
     return problem(status, exc.code, exc.detail, **extra)
 
 
-def endpoint(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+#: A trigger: a function of the request.
+Handler = Callable[[func.HttpRequest], func.HttpResponse]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a trigger declares about its operation, for the OpenAPI document. Route, methods and
+    auth level are the binding's; the summary is the trigger's docstring."""
+
+    summary: str
+    #: The model of the answer, sent with each of `statuses`.
+    answer: type[pydantic.BaseModel]
+    statuses: tuple[int, ...] = (200,)
+    #: The request body's model, and whether a body must be sent (an empty one reads as `{}`).
+    body: type[pydantic.BaseModel] | None = None
+    body_required: bool = True
+    #: The query string's model (the trigger reads each parameter with `param`).
+    query: type[pydantic.BaseModel] | None = None
+    #: Types of the route's parameters, by name; those not named are strings.
+    path: Mapping[str, Any] = field(default_factory=dict)
+    #: The domain errors the use case may raise (the problems parsing and the store may answer
+    #: are added: `validation_error`, `payload_too_large`, `store_busy`, `internal_error`).
+    raises: tuple[type[errors.FleetError], ...] = ()
+    #: False: the operation answers without the store (or reports its failure in the answer).
+    store: bool = True
+
+
+def endpoint(
+    *,
+    answer: type[pydantic.BaseModel],
+    status: int | tuple[int, ...] = 200,
+    body: type[pydantic.BaseModel] | None = None,
+    body_required: bool = True,
+    query: type[pydantic.BaseModel] | None = None,
+    path: Mapping[str, Any] | None = None,
+    raises: tuple[type[errors.FleetError], ...] = (),
+    store: bool = True,
+) -> Callable[[Handler], Handler]:
+    """Declare a trigger's operation (see `Endpoint`; `status`: the one or several statuses its
+    answer comes with) and serve it (see `_served`)."""
+
+    def decorate(handler: Handler) -> Handler:
+        served = _served(handler)
+        served.endpoint = Endpoint(  # type: ignore[attr-defined]
+            summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0],
+            answer=answer,
+            statuses=(status,) if isinstance(status, int) else tuple(status),
+            body=body,
+            body_required=body_required,
+            query=query,
+            path=dict(path or {}),
+            raises=tuple(raises),
+            store=store,
+        )
+        return served
+
+    return decorate
+
+
+def declared(function: Callable[..., Any]) -> Endpoint | None:
+    """The `Endpoint` a trigger declared with `endpoint`, None if it declared none."""
+    return getattr(function, "endpoint", None)
+
+
+def _served(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
     """Wrap a trigger: domain errors become problem documents, anything else a logged 500.
     A GET takes no body: one that is not empty (or `{}`) is refused before the handler runs."""
 

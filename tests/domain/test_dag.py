@@ -271,7 +271,7 @@ def test_children_added_to_a_queued_parent_send_it_back_to_blocked(world):
     finish(world, "a")
     assert world.job(submitted.job).stage == Stage.QUEUED
     # When a child is added
-    added = dag.add_children(world.ctx, submitted.job.id, [child("b", title="more")])
+    added = dag.add_children(world.ctx, submitted.job.id, [child("b", title="more")]).to_doc()
     # Then the parent waits again, on the new child, which inherits its product
     parent = world.job(submitted.job)
     b = by_key(world, "b")
@@ -379,7 +379,7 @@ def test_the_dag_view_nests_the_subtree(world):
     composite(world, "root", child("mid"), child("other"))
     dag.add_children(world.ctx, job_id(PRODUCT, "mid"), [child("leaf-1"), child("leaf-2")])
     # When the root's DAG is viewed
-    view = dag.view(world.ctx, job_id(PRODUCT, "root"))
+    view = dag.view(world.ctx, job_id(PRODUCT, "root")).to_doc()
 
     def shape(node):
         return (node["idempotencyKey"], node["stage"], [shape(c) for c in node["children"]])

@@ -23,7 +23,7 @@ def heartbeat(ctx, factory="factory-1", running=(), **fields):
         fields.get("capabilities", []),
         fields.get("seat_limit"),
         [(job.id if hasattr(job, "id") else job, lease) for job, lease in running],
-    )
+    ).to_doc()["leases"]
 
 
 # Renewal
@@ -151,7 +151,7 @@ def test_an_unknown_factory_is_not_found(ctx):
 def test_health_follows_heartbeat_age(ctx, clock, seconds_since_heartbeat, health):
     heartbeat(ctx, "factory-1")
     clock.advance(seconds_since_heartbeat)
-    [listed] = factories.list_all(ctx)
+    [listed] = factories.list_all(ctx).to_doc()["items"]
     assert listed["health"] == health
 
 
@@ -179,7 +179,7 @@ def test_seats_used_counts_live_leases_per_factory(world, ctx, running_job, cloc
     # and factory-1 finished a third
     done = running_job("d", factory="factory-1", stage="testing")
     world.release(done, stage="shipped")
-    listed = {f["id"]: f for f in factories.list_all(ctx)}
+    listed = {f["id"]: f for f in factories.list_all(ctx).to_doc()["items"]}
     assert (listed["factory-1"]["seatsUsed"], listed["factory-1"]["seatLimit"]) == (2, 3)
     assert (listed["factory-2"]["seatsUsed"], listed["factory-2"]["seatLimit"]) == (1, None)
 
@@ -188,19 +188,19 @@ def test_an_expired_lease_frees_its_seat_even_before_the_sweep(ctx, running_job,
     heartbeat(ctx, "factory-1")
     running_job("a", factory="factory-1")
     clock.advance(LEASE_SECONDS + 1)
-    assert factories.list_all(ctx)[0]["seatsUsed"] == 0
+    assert factories.list_all(ctx).to_doc()["items"][0]["seatsUsed"] == 0
 
 
 def test_factories_are_listed_by_id(ctx):
     for name in ("zeta", "alpha", "mid"):
         heartbeat(ctx, name)
-    assert [f["id"] for f in factories.list_all(ctx)] == ["alpha", "mid", "zeta"]
+    assert [f["id"] for f in factories.list_all(ctx).to_doc()["items"]] == ["alpha", "mid", "zeta"]
 
 
 def test_renew_of_a_job_gone_missing_is_revoked(ctx, running_job, store):
     job = running_job()
     store.delete("jobs", PRODUCT, job.id)
-    assert factories.renew(ctx, job.id, job.lease.lease_id)["status"] == "revoked"
+    assert factories.renew(ctx, job.id, job.lease.lease_id).to_doc()["status"] == "revoked"
     with pytest.raises(errors.NotFound):
         store.read("jobs", PRODUCT, job.id)
 

@@ -267,7 +267,8 @@ class Lifecycle(RuleBasedStateMachine):
         job = self.world.job(job_id)
         # Renewed only for the factory that holds the live lease.
         live = self.live(job_id, lease_id) and job.lease.factory_id == factory
-        [answer] = factories.heartbeat(self.world.ctx, factory, [PRODUCT], [], None, [(job_id, lease_id)])
+        beat = factories.heartbeat(self.world.ctx, factory, [PRODUCT], [], None, [(job_id, lease_id)])
+        [answer] = beat.to_doc()["leases"]
         assert answer["status"] == ("renewed" if live else "revoked")
 
     @rule(seconds=st.sampled_from([1, 60, LEASE_SECONDS - 1, LEASE_SECONDS, LEASE_SECONDS + 1]))

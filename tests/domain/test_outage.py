@@ -106,7 +106,7 @@ class Coordinator:
 
     def heartbeat(self, factory: str, *jobs: Job) -> list[str]:
         running = [(job.id, job.lease.lease_id) for job in jobs]
-        return [a["status"] for a in factories.heartbeat(self.ctx, factory, [PRODUCT], [], None, running)]
+        return [a.status.value for a in factories.heartbeat(self.ctx, factory, [PRODUCT], [], None, running).leases]
 
     def raw(self, job: Job) -> Job:
         """The job as stored, read past the process (no outage bookkeeping)."""
@@ -459,7 +459,7 @@ class Outages(RuleBasedStateMachine):
         id, lease_id, _ = data.draw(st.sampled_from(self.leases))
         before = self.job(id)
         holder = self.held(before)
-        [answer] = factories.heartbeat(self.fleet.ctx, factory, [PRODUCT], [], None, [(id, lease_id)])
+        [answer] = factories.heartbeat(self.fleet.ctx, factory, [PRODUCT], [], None, [(id, lease_id)]).to_doc()["leases"]
         after = self.job(id)
         if answer["status"] == "renewed":
             # only the holder renews, and afterwards the job is plainly its

@@ -13,7 +13,7 @@ from fleet.testing import LEASE_SECONDS, PRODUCT, flags_on
 
 
 def test_a_product_never_seen_is_at_version_zero(ctx):
-    assert queue_state.read(ctx, "never-seen") == {"productId": "never-seen", "version": 0, "updatedAt": None}
+    assert queue_state.read(ctx, "never-seen").to_doc() == {"productId": "never-seen", "version": 0, "updatedAt": None}
 
 
 def test_reading_it_is_one_point_read(world):
@@ -27,7 +27,7 @@ def test_a_bump_stamps_the_time(world, ctx, clock):
     world.submit_job("job")
     clock.advance(42)
     queue_state.bump(ctx, PRODUCT)
-    assert queue_state.read(ctx, PRODUCT) == {
+    assert queue_state.read(ctx, PRODUCT).to_doc() == {
         "productId": PRODUCT,
         "version": 2,
         "updatedAt": clock_mod.format(clock.now()),

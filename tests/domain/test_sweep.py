@@ -252,6 +252,6 @@ def test_a_renewed_spared_lease_is_an_ordinary_lease_again(world, ctx, running_j
     sweep.expired_leases(ctx)
     clock.advance(LEASE_SECONDS + ctx.settings.outage_grace_seconds)
     sweep.expired_leases(ctx)
-    [answer] = factories.heartbeat(ctx, "factory-1", [PRODUCT], [], None, [(job.id, job.lease.lease_id)])
+    [answer] = factories.heartbeat(ctx, "factory-1", [PRODUCT], [], None, [(job.id, job.lease.lease_id)]).to_doc()["leases"]
     assert answer["status"] == "renewed"
     assert world.job(job).lease.spared is False

@@ -34,7 +34,7 @@ def claim_recording(world, **request):
 
 
 def test_a_product_without_weights_resolves_to_the_defaults(ctx):
-    assert weight_registry.view(ctx, PRODUCT) == {
+    assert weight_registry.view(ctx, PRODUCT).to_doc() == {
         "productId": PRODUCT,
         "weights": {},
         "resolved": {"age": 1.0, "priority": 10.0, "retries": -2.0, "capabilities": 5.0},
@@ -44,12 +44,13 @@ def test_a_product_without_weights_resolves_to_the_defaults(ctx):
 
 def test_put_merges_per_field(ctx):
     weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=2))
-    view = weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=50))
+    view = weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=50)).to_doc()
     assert view["weights"] == {"age": 2.0, "priority": 50.0}
     assert view["resolved"] == {"age": 2.0, "priority": 50.0, "retries": -2.0, "capabilities": 5.0}
     assert view["rekeying"] is False
     # a later PUT of a field replaces only that field
-    assert weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=0))["weights"] == {"age": 0.0, "priority": 50.0}
+    view = weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=0)).to_doc()
+    assert view["weights"] == {"age": 0.0, "priority": 50.0}
 
 
 def test_weights_are_per_product(ctx):
@@ -103,7 +104,7 @@ def test_the_sweep_finishes_a_rekey_a_crash_interrupted(world, ctx, make_job, st
     store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
     assert sweep.rekeys(ctx) == 1
     assert world.job(old).rank_key == scoring.rank_key(1, 0, old.created_at, scoring.Weights(priority=100))
-    assert weight_registry.view(ctx, PRODUCT)["rekeying"] is False
+    assert weight_registry.view(ctx, PRODUCT).to_doc()["rekeying"] is False
     # and claims are back on the fast path
     assert claim_recording(world)[1] is False
 

@@ -281,7 +281,7 @@ def test_a_put_overtaken_by_a_later_counted_put_counts_again(world):
 
     ctx = Context(Overtaking(world.store), world.clock, world.ctx.settings)
     # When A writes
-    view = weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=30))
+    view = weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=30)).to_doc()
     # Then A wrote under a count taken after B's (the count a weights document carries only
     # grows), both patches merged, and the registry agrees with the queue-state's count
     doc = world.store.read("jobs", PRODUCT, weight_registry.DOC_ID)
