@@ -145,10 +145,16 @@ def _later(a: datetime | None, b: datetime) -> datetime:
 
 def read(ctx: Context) -> Record:
     """The record, in one point read; an empty one if it was never written."""
+    return Record.from_doc(read_doc(ctx) or {})
+
+
+def read_doc(ctx: Context) -> dict[str, Any] | None:
+    """The record's document as stored (with its ETag), None if it was never written: for a
+    caller that decides with the record and then writes it (`record_sweep(current=...)`)."""
     try:
-        return Record.from_doc(ctx.store.read("jobs", STATE_PARTITION, STATE_ID))
+        return ctx.store.read("jobs", STATE_PARTITION, STATE_ID)
     except errors.NotFound:
-        return Record()
+        return None
 
 
 def last_sweep(ctx: Context) -> datetime | None:
@@ -156,9 +162,17 @@ def last_sweep(ctx: Context) -> datetime | None:
     return read(ctx).last_sweep_at
 
 
-def record_sweep(ctx: Context, now: datetime) -> Record:
-    """Stamp the sweep's run, recording the gap a stale stamp shows."""
-    return _change(ctx, lambda record: swept(record, now, ctx.settings))
+def record_sweep(ctx: Context, now: datetime, current: dict[str, Any] | None = None, *, read: bool = False) -> Record:
+    """Stamp the sweep's run, recording the gap a stale stamp shows. With `read`, `current`
+    is the record's document as the sweep read it (`read_doc`; None: there was none), so that
+    writing it needs no second read."""
+    change = lambda record: swept(record, now, ctx.settings)  # noqa: E731
+    if read and current is None:
+        try:
+            return Record.from_doc(ctx.store.create("jobs", {**change(Record()).to_doc(), "id": STATE_ID}))
+        except errors.Conflict:
+            pass  # another process wrote the first record meanwhile: decide on its
+    return _change(ctx, change, current)
 
 
 def record_recovery(ctx: Context, since: datetime | None, now: datetime) -> Record:
@@ -166,13 +180,16 @@ def record_recovery(ctx: Context, since: datetime | None, now: datetime) -> Reco
     return _change(ctx, lambda record: recovered(record, since, now, ctx.settings))
 
 
-def _change(ctx: Context, change: Callable[[Record], Record]) -> Record:
+def _change(ctx: Context, change: Callable[[Record], Record], current: dict[str, Any] | None = None) -> Record:
     # A conditional write: the sweep's stamp and a process's gap never overwrite each other.
     def decide(doc: dict[str, Any]) -> dict[str, Any]:
         return change(Record.from_doc(doc)).to_doc()
 
     initial = Record().to_doc()
-    return Record.from_doc(store_port.update(ctx.store, "jobs", STATE_PARTITION, STATE_ID, decide, initial=initial))
+    written = store_port.update(
+        ctx.store, "jobs", STATE_PARTITION, STATE_ID, decide, initial=initial, current=current, sleep=ctx.clock.sleep
+    )
+    return Record.from_doc(written)
 
 
 def spared_until(ctx: Context, job: Job, lease_id: str, now: datetime) -> datetime | None:

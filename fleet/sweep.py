@@ -29,11 +29,12 @@ REPAIR_MARGIN = timedelta(minutes=5)
 def run(ctx: Context) -> dict[str, int]:
     """Everything the `sweep_expired_leases` timer does, in order. Each step is isolated: one
     that fails is logged and the others still run."""
-    record = outage.read(ctx)
+    stored = outage.read_doc(ctx)  # read once: the leases step decides with it, then stamps it
+    record = outage.Record.from_doc(stored or {})
     last = record.last_sweep_at
     repair_from = None if last is None else last - REPAIR_MARGIN
     steps: list[tuple[str, Callable[[], dict[str, int]]]] = [
-        ("leases", lambda: _expired_leases(ctx, record)),
+        ("leases", lambda: _expired_leases(ctx, record, stored)),
         ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
         ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
         ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
@@ -61,7 +62,8 @@ def expired_leases(ctx: Context) -> dict[str, int]:
     not renew it by then, a later sweep expires it as usual. The gap a stale stamp shows is
     recorded at the end, with the sweep's own stamp.
     """
-    return _expired_leases(ctx, outage.read(ctx))
+    stored = outage.read_doc(ctx)
+    return _expired_leases(ctx, outage.Record.from_doc(stored or {}), stored)
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ class _Expiry:
     settings: Settings
 
 
-def _expired_leases(ctx: Context, record: outage.Record) -> dict[str, int]:
-    """`expired_leases`, given the outage record as the sweep read it."""
+def _expired_leases(ctx: Context, record: outage.Record, stored: dict[str, Any] | None) -> dict[str, int]:
+    """`expired_leases`, given the outage record as the sweep read it (`stored`: its document)."""
     now = ctx.clock.now()
     query = store.Query(
         "jobs",
@@ -102,7 +104,7 @@ def _expired_leases(ctx: Context, record: outage.Record) -> dict[str, int]:
             counts["deadLettered" if written.job.stage == Stage.DEAD_LETTER else "expired"] += 1
 
     counts["failed"] = each(store.query_all(ctx.store, query), expire)
-    outage.record_sweep(ctx, now)  # even if some jobs failed: the sweep itself is running
+    outage.record_sweep(ctx, now, stored, read=True)  # even if some jobs failed: the sweep itself is running
     return counts
 
 
