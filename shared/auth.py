@@ -16,7 +16,9 @@ import base64
 import binascii
 import json
 import logging
+import os
 from enum import Enum
+from pathlib import Path
 from typing import Mapping
 
 from fleet import errors, tokens
@@ -92,3 +94,18 @@ def easy_auth_principal(header: str) -> Principal:
     user_id = (values.get(OBJECT_ID_CLAIM) or values.get("oid") or values.get(name_type) or ["easyauth"])[0]
     name = (values.get(name_type) or values.get("preferred_username") or [user_id])[0]
     return Principal(id=user_id[:128], name=name[:100], role=role, products=products)
+
+
+def bootstrap(ctx: Context, token_file: Path) -> str | None:
+    """With no usable token in the store, create one `admin` token, write it to `token_file`
+    (mode 0600, replacing any old one) and return it, for the caller to print once. None when
+    a usable token exists: bootstrap never mints a second admin behind an operator's back."""
+    if tokens.any_usable(ctx):
+        return None
+    created = tokens.create(ctx, Role.ADMIN, name="bootstrap admin")
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.unlink(missing_ok=True)
+    descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(created.token + "\n")
+    return created.token
