@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SerializationInfo, WithJsonSchema, field_serializer
 from pydantic.alias_generators import to_camel
 
 from fleet import clock
@@ -54,7 +54,13 @@ class Kind(str, Enum):
     COMPOSITE = "composite"  # a parent that waits, blocked, until all its children ship
 
 
+#: The serialization context key under which an answer names who reads it (`Lease.lease_id`).
+READER = "reader"
+
+
 class Lease(Model):
+    #: A write capability: answered only to whoever `READER` says may see it
+    #: (`Principal.sees_lease_of`), null to anyone else. Documents always keep it.
     lease_id: str
     factory_id: str
     #: Fencing token: grows with every new lease on the job, never reused.
@@ -63,6 +69,11 @@ class Lease(Model):
     #: The sweep extended it for an outage and its holder has not renewed it since: a later
     #: outage does not hold it again (see `fleet.outage`), so a dead holder's work is requeued.
     spared: bool = False
+
+    @field_serializer("lease_id")
+    def _shown_to_reader(self, lease_id: str, info: SerializationInfo) -> str | None:
+        reader = (info.context or {}).get(READER)
+        return lease_id if reader is None or reader.sees_lease_of(self.factory_id) else None
 
 
 class LeaseEnd(Model):

@@ -93,6 +93,33 @@ class Principal(Model):
             return self.factory_id == factory_id
         return self.can(Permission.WORK)
 
+    def reach(self, product_id: str | None, missing: str) -> None:
+        """`NotFound` (with `missing` as its detail) unless this principal sees the product: a
+        scoped principal learns nothing of another product's jobs, weights or budget."""
+        if not self.sees(product_id):
+            raise errors.NotFound(missing)
+
+    def enter(self, product_id: str) -> None:
+        """`Forbidden` unless this principal may put work into the product (a submit, a claim,
+        a heartbeat naming it): the product is the caller's own word, so nothing leaks."""
+        if not self.sees(product_id):
+            raise errors.Forbidden(f"this principal is limited to other products than {product_id}", product=product_id)
+
+    def act_as_factory(self, factory_id: str) -> None:
+        """`Forbidden` unless this principal may claim and heartbeat as `factory_id`."""
+        if not self.speaks_for(factory_id):
+            raise errors.Forbidden(f"this principal does not speak for factory {factory_id}", factory=factory_id)
+
+    def holds(self, factory_id: str | None) -> bool:
+        """Whether this principal may write a lease held by `factory_id`: a factory principal
+        only its own factory's; anyone else with the permission any (tools and tests)."""
+        return self.role != Role.FACTORY or factory_id == self.factory_id
+
+    def actor(self, claimed: str | None = None) -> str | None:
+        """The actor an event records: the principal's name. Only with auth off (`ANONYMOUS`)
+        does the caller's own word (`claimed`) count, as it did before principals."""
+        return claimed if self == ANONYMOUS else self.name
+
     def sees_lease_of(self, factory_id: str | None) -> bool:
         """Whether this principal may see the id of a lease held by `factory_id`."""
         return self.role in SEE_LEASES or (self.role == Role.FACTORY and factory_id == self.factory_id)

@@ -15,6 +15,8 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import Field
+
 from fleet import clock, errors, store
 from fleet.context import Context
 from fleet.jobs import PRODUCT_ID, Model, Time
@@ -50,6 +52,12 @@ class Token(Model):
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
+class TokenList(Model):
+    """`GET /fleet/tokens`: every token's record, newest first (never a token itself)."""
+
+    items: list[Token] = Field(default_factory=list)
+
+
 class Created(Token):
     """The answer to creating a token: its record and the token itself, shown this once."""
 
@@ -78,7 +86,7 @@ def create(
         created_at=now,
         expires_at=now + expires_in if expires_in else None,
     )
-    ctx.store.create(CONTAINER, {**record.to_doc(), "hash": _hash(secret)})
+    ctx.store.create("tokens", {**record.to_doc(), "hash": _hash(secret)})
     return Created(**dict(record), token=f"{PREFIX}_{id}_{secret}")
 
 
@@ -118,7 +126,7 @@ def revoke(ctx: Context, id: str) -> Token:
     if not re.fullmatch(r"[0-9a-f]{16}", id):
         raise errors.NotFound(f"no token {id!r}")
     try:
-        return Token.from_doc(store.update(ctx.store, CONTAINER, id, id, decide))
+        return Token.from_doc(store.update(ctx.store, "tokens", id, id, decide))
     except errors.NotFound:
         raise errors.NotFound(f"no token {id!r}") from None
 
@@ -132,7 +140,7 @@ def any_usable(ctx: Context) -> bool:
 def _touch(ctx: Context, doc: dict[str, Any], now: datetime) -> None:
     """Record the use; losing a race or a busy store only leaves `lastUsedAt` a little old."""
     try:
-        ctx.store.replace(CONTAINER, {**doc, "lastUsedAt": clock.format(now)}, doc["_etag"])
+        ctx.store.replace("tokens", {**doc, "lastUsedAt": clock.format(now)}, doc["_etag"])
     except (errors.PreconditionFailed, errors.NotFound, errors.StoreBusy):
         pass
 
