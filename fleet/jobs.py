@@ -72,8 +72,13 @@ class Lease(Model):
 
     @field_serializer("lease_id")
     def _shown_to_reader(self, lease_id: str, info: SerializationInfo) -> str | None:
-        reader = (info.context or {}).get(READER)
-        return lease_id if reader is None or reader.sees_lease_of(self.factory_id) else None
+        return _shown(lease_id, self.factory_id, info)
+
+
+def _shown(lease_id: str | None, factory_id: str, info: SerializationInfo) -> str | None:
+    """A lease id as the answer's reader may see it (no reader: a store document, all of it)."""
+    reader = (info.context or {}).get(READER)
+    return lease_id if reader is None or reader.sees_lease_of(factory_id) else None
 
 
 class LeaseEnd(Model):
@@ -101,11 +106,16 @@ class Run(Model):
     artifacts: list[Any] = Field(default_factory=list)
     #: Whether the run's cost has been added to its product's budget.
     accrued: bool = False
-    #: The budget reservation its claim made for the job's estimated cost, if any.
+    #: The budget reservation its claim made for the job's estimated cost, if any: named by
+    #: the lease id, so answered only as `Lease.lease_id` is.
     reservation: str | None = None
     #: The holder's own write that ended the run's lease, if one did (not an expiry, a
     #: preemption or an operator): a repeat of exactly that write is answered, not refused.
     ended_by: LeaseEnd | None = None
+
+    @field_serializer("reservation")
+    def _reserved_for_reader(self, reservation: str | None, info: SerializationInfo) -> str | None:
+        return _shown(reservation, self.factory_id, info)
 
 
 class Event(Model):

@@ -5,6 +5,11 @@ Every request acts as a principal (a bearer token's, Easy Auth's on Azure, or `A
 when auth is off). A trigger declares the permission its operation needs; use cases receive
 the principal in their context and decide with it like any other fact: what it may see
 (`sees`), whose factory it speaks for (`speaks_for`), and the actor its events record.
+
+Outside its products a principal meets `NotFound` for whatever exists there (a job, its DAG,
+queue-state, weights, a budget: `reach`), so existence does not leak, and `Forbidden` for
+putting work into one (a submit, a claim, a heartbeat naming it: `enter`), where the product
+is its own word and refusing tells it nothing new.
 """
 from __future__ import annotations
 

@@ -93,6 +93,7 @@ def change(
     product_id = product_of(id)
     if product_id is None:
         raise errors.NotFound(f"no job {id!r}")
+    ctx.principal.reach(product_id, f"no job {id!r}")
     at = now or ctx.clock.now()
 
     def step(doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -123,6 +123,11 @@ def use_auth(mode: auth.Mode | None) -> None:
     _mode = mode
 
 
+def principal() -> Principal | None:
+    """Who the request being served acts as; None outside one (or for an anonymous endpoint)."""
+    return _principal.get()
+
+
 @contextlib.contextmanager
 def acting(principal: Principal) -> Iterator[None]:
     """Within the block, `context()` acts as `principal` (one request's)."""

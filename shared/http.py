@@ -183,7 +183,7 @@ def route_name(req: func.HttpRequest, name: str) -> str:
 def ok(answer: pydantic.BaseModel, status: int = 200) -> func.HttpResponse:
     """`answer` as compact JSON, fields by their (camelCase) aliases, as the request's principal
     may read it (a lease id only to those who may see it: `fleet.jobs.Lease`)."""
-    payload = answer.model_dump(mode="json", by_alias=True, context={READER: config.context().principal})
+    payload = answer.model_dump(mode="json", by_alias=True, context={READER: config.principal()})
     return func.HttpResponse(
         json.dumps(payload, separators=(",", ":"), allow_nan=False), status_code=status, mimetype="application/json"
     )
