@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 # Modules that contribute sub-commands, each with ``add_parser(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("fleetclient.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("fleetclient.commands", "shared.devhost.token_commands")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

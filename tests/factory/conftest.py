@@ -30,6 +30,15 @@ from shared.devhost.process import REPO_ROOT, running_server
 FAST = Backoff(attempts=4, base_seconds=0.01, cap_seconds=0.05, max_retry_after=2.0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auth_off():
+    """The client and runner send no token yet: serve this suite with auth off (FLEET_AUTH=off,
+    inherited by every `fleet serve` it starts) until they send FLEET_TOKEN."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEET_AUTH", "off")
+        yield
+
+
 @pytest.fixture(scope="session")
 def server():
     """A `fleet serve` with default settings, shared by the suite (tests use their own product)."""
