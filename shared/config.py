@@ -21,6 +21,8 @@ from shared import auth
 log = logging.getLogger("fleet.config")
 
 TRUTHY = frozenset({"1", "true", "yes"})
+#: The SQLite file used unless `FLEET_DB` names another.
+DEFAULT_DB = ".fleet/fleet.db"
 #: The store deadline when `FLEET_STORE_TIMEOUT_SECONDS` is unset.
 STORE_TIMEOUT_SECONDS = 5.0
 
@@ -53,7 +55,7 @@ def store_from(env: Mapping[str, str]) -> Store:
     if kind == "sqlite":
         from shared.stores.sqlite_store import SqliteStore
 
-        return SqliteStore(env.get("FLEET_DB") or ".fleet/fleet.db", timeout=timeout)
+        return SqliteStore(env.get("FLEET_DB") or DEFAULT_DB, timeout=timeout)
     if kind == "cosmos":
         from shared.stores.cosmos_store import CosmosStore
 

@@ -5,6 +5,7 @@ import pytest
 
 from fleet.stages import Stage
 from fleetclient import FleetClient, errors
+from shared.devhost import serving
 from shared.devhost.process import running_server
 from tests.factory.conftest import FAST, closed_port
 
@@ -173,6 +174,29 @@ class TestConnection:
         monkeypatch.delenv("FLEET_KEY")
         with FleetClient() as fleet:
             assert (fleet.url, fleet.key) == ("http://127.0.0.1:7071", None)
+
+    def test_the_token_comes_from_the_environment_or_the_caller(self, monkeypatch):
+        monkeypatch.setenv("FLEET_TOKEN", "from-env")
+        with FleetClient() as fleet:
+            assert fleet._http.token == "from-env"
+        with FleetClient(token="given") as fleet:
+            assert fleet._http.token == "given"
+        monkeypatch.delenv("FLEET_TOKEN")
+        with FleetClient() as fleet:
+            assert fleet._http.token is None
+
+    def test_the_token_is_sent_as_a_bearer_credential(self):
+        seen: list[str | None] = []
+
+        def app(environ, start_response):
+            seen.append(environ.get("HTTP_AUTHORIZATION"))
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"productId": "p", "version": 3, "updatedAt": null}']
+
+        with serving.BackgroundServer(app) as echo:
+            with FleetClient(echo.url, token="fleet_t", backoff=FAST) as fleet:
+                assert fleet.queue_state("p").version == 3
+        assert seen == ["Bearer fleet_t"]
 
     def test_the_key_is_sent_as_x_functions_key(self, product):
         with running_server(env={"FLEET_FUNCTION_KEYS": "k-one,k-two"}) as keyed:
