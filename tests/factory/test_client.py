@@ -7,7 +7,7 @@ from fleet.stages import Stage
 from fleetclient import FleetClient, errors
 from shared.devhost import serving
 from shared.devhost.process import running_server
-from tests.factory.conftest import FAST, closed_port
+from tests.factory.conftest import FAST, closed_port, known_to
 
 
 def submit(client: FleetClient, product: str, key: str, **fields):
@@ -198,8 +198,8 @@ class TestConnection:
                 assert fleet.queue_state("p").version == 3
         assert seen == ["Bearer fleet_t"]
 
-    def test_the_key_is_sent_as_x_functions_key(self, product):
-        with running_server(env={"FLEET_FUNCTION_KEYS": "k-one,k-two"}) as keyed:
+    def test_the_key_is_sent_as_x_functions_key(self, product, tmp_path):
+        with running_server(env={"FLEET_FUNCTION_KEYS": "k-one,k-two"}, db=known_to(tmp_path / "keyed.db")) as keyed:
             with FleetClient(keyed.url, key="k-two", backoff=FAST) as fleet:
                 assert fleet.queue_state(product).version == 0
             with FleetClient(keyed.url, key="wrong", backoff=FAST) as fleet:
