@@ -79,7 +79,10 @@ JOB_WRITE = (errors.NotFound, errors.IllegalTransition, errors.TooLarge)
 
 
 @app.route(route="fleet/jobs", methods=["POST"])
-@http.endpoint(needs=Permission.SUBMIT, answer=jobs.Job, status=(201, 200), body=schemas.JobSpec, raises=(errors.IdempotencyConflict,))
+@http.endpoint(
+    needs=Permission.SUBMIT,
+    answer=jobs.Job, status=(201, 200), body=schemas.JobSpec, raises=(errors.IdempotencyConflict,),
+)
 def submit_job(req: func.HttpRequest) -> func.HttpResponse:
     """Submit a job (idempotent by idempotencyKey: 200 with the same job on a repeat)"""
     spec = http.body(req, schemas.JobSpec)
@@ -156,7 +159,10 @@ def get_dag(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}/review/request", methods=["POST"])
-@http.endpoint(needs=Permission.REQUEST_REVIEW, answer=jobs.Job, body=schemas.ReviewRequestBody, body_required=False, raises=JOB_WRITE)
+@http.endpoint(
+    needs=Permission.REQUEST_REVIEW,
+    answer=jobs.Job, body=schemas.ReviewRequestBody, body_required=False, raises=JOB_WRITE,
+)
 def request_review(req: func.HttpRequest) -> func.HttpResponse:
     """Open the review gate on a testing job"""
     body = http.body(req, schemas.ReviewRequestBody, optional=True)
@@ -186,7 +192,10 @@ def claim_next(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}/claim", methods=["POST"])
-@http.endpoint(needs=Permission.WORK, answer=claims.Claimed, body=schemas.ClaimBody, raises=(errors.NotFound, errors.NotClaimable))
+@http.endpoint(
+    needs=Permission.WORK,
+    answer=claims.Claimed, body=schemas.ClaimBody, raises=(errors.NotFound, errors.NotClaimable),
+)
 def claim_job(req: func.HttpRequest) -> func.HttpResponse:
     """Claim one named job"""
     id = req.route_params["id"]
@@ -212,7 +221,10 @@ def list_factories(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/factories/{id}/heartbeat", methods=["POST"])
-@http.endpoint(needs=Permission.WORK, answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.Name})
+@http.endpoint(
+    needs=Permission.WORK,
+    answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.Name},
+)
 def heartbeat(req: func.HttpRequest) -> func.HttpResponse:
     """Register a factory and renew its leases"""
     factory_id = http.route_name(req, "id")
@@ -239,7 +251,10 @@ def get_weights(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/weights/{productId}", methods=["PUT"])
-@http.endpoint(needs=Permission.SET_WEIGHTS, answer=weight_registry.ProductWeights, body=schemas.WeightsBody, path=PRODUCT)
+@http.endpoint(
+    needs=Permission.SET_WEIGHTS,
+    answer=weight_registry.ProductWeights, body=schemas.WeightsBody, path=PRODUCT,
+)
 def put_weights(req: func.HttpRequest) -> func.HttpResponse:
     """Set the product's scoring weights (per-field merge)"""
     product = _product(req.route_params.get("productId"))
@@ -270,7 +285,10 @@ def get_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}", methods=["PUT"])
-@http.endpoint(needs=Permission.MANAGE_BUDGETS, answer=budget_rules.BudgetView, body=schemas.BudgetBody, path=PRODUCT, raises=(errors.FeatureDisabled,))
+@http.endpoint(
+    needs=Permission.MANAGE_BUDGETS,
+    answer=budget_rules.BudgetView, body=schemas.BudgetBody, path=PRODUCT, raises=(errors.FeatureDisabled,),
+)
 def put_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Set the ceiling and window (FLEET_BUDGETS)"""
     _budgets_on()
