@@ -9,8 +9,8 @@ from tests.support.cosmos import cosmos_account, cosmos_server  # noqa: F401 (fi
 
 @pytest.fixture(scope="session", autouse=True)
 def auth_off():
-    """These tests are about load and faults, not credentials: every `fleet serve` they start
-    (inheriting this environment) runs with FLEET_AUTH=off."""
+    """The fault tests are about the store, not credentials: every `fleet serve` they start
+    (inheriting this environment) runs with FLEET_AUTH=off. The soak test turns auth back on."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLEET_AUTH", "off")
         yield
