@@ -6,6 +6,7 @@ Each trigger parses, calls one use case, and serialises its answer model. Its bi
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import azure.functions as func
 
@@ -26,11 +27,13 @@ from fleet import (
     schemas,
     submit,
     sweep,
+    tokens,
     weight_registry,
 )
 from fleet.jobs import PRODUCT_ID, is_product_id, product_of
+from fleet.principals import Permission
 from fleet.stages import Stage
-from shared import config, http, openapi
+from shared import auth, config, http, openapi
 from shared.config import context as ctx
 from shared.stores import probe
 
@@ -44,6 +47,15 @@ class FleetApp(func.FunctionApp):
         if not hasattr(self, "_indexed"):
             self._indexed = super().get_functions()
         return self._indexed
+
+    def authorize_admin(self, headers: dict[str, str]) -> func.HttpResponse | None:
+        """The dev host's question before `POST /admin/functions/{name}` runs a timer: None
+        when the caller's principal may (`run_timers`), else the problem to answer."""
+        try:
+            auth.principal_of(ctx(), config.auth_mode(), headers).require(Permission.RUN_TIMERS)
+        except errors.FleetError as exc:
+            return http.from_error(exc)
+        return None
 
 
 app = FleetApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -67,7 +79,10 @@ JOB_WRITE = (errors.NotFound, errors.IllegalTransition, errors.TooLarge)
 
 
 @app.route(route="fleet/jobs", methods=["POST"])
-@http.endpoint(answer=jobs.Job, status=(201, 200), body=schemas.JobSpec, raises=(errors.IdempotencyConflict,))
+@http.endpoint(
+    needs=Permission.SUBMIT,
+    answer=jobs.Job, status=(201, 200), body=schemas.JobSpec, raises=(errors.IdempotencyConflict,),
+)
 def submit_job(req: func.HttpRequest) -> func.HttpResponse:
     """Submit a job (idempotent by idempotencyKey: 200 with the same job on a repeat)"""
     spec = http.body(req, schemas.JobSpec)
@@ -76,7 +91,7 @@ def submit_job(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs", methods=["GET"])
-@http.endpoint(answer=listing.JobPage, query=schemas.JobsQuery)
+@http.endpoint(needs=Permission.READ, answer=listing.JobPage, query=schemas.JobsQuery)
 def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
     """List jobs, newest first"""
     product = req.params.get("productId")
@@ -93,21 +108,21 @@ def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}", methods=["GET"])
-@http.endpoint(answer=jobs.Job, raises=(errors.NotFound,))
+@http.endpoint(needs=Permission.READ, answer=jobs.Job, raises=(errors.NotFound,))
 def get_job(req: func.HttpRequest) -> func.HttpResponse:
     """A job with its runs and events"""
     return http.ok(listing.get(ctx(), req.route_params["id"]))
 
 
 @app.route(route="fleet/jobs/{id}", methods=["PATCH"])
-@http.endpoint(answer=jobs.Job, body=schemas.PatchBody, raises=(*JOB_WRITE, errors.LeaseLost))
+@http.endpoint(needs=Permission.WORK, answer=jobs.Job, body=schemas.PatchBody, raises=(*JOB_WRITE, errors.LeaseLost))
 def patch_job(req: func.HttpRequest) -> func.HttpResponse:
     """The lease holder moves its job (fenced)"""
     return http.ok(leases.patch(ctx(), req.route_params["id"], http.body(req, schemas.PatchBody)))
 
 
 @app.route(route="fleet/jobs/{id}/lease/release", methods=["POST"])
-@http.endpoint(answer=jobs.Job, body=schemas.ReleaseBody, raises=(*JOB_WRITE, errors.LeaseLost))
+@http.endpoint(needs=Permission.WORK, answer=jobs.Job, body=schemas.ReleaseBody, raises=(*JOB_WRITE, errors.LeaseLost))
 def release_lease(req: func.HttpRequest) -> func.HttpResponse:
     """End the lease (fenced)"""
     return http.ok(leases.release(ctx(), req.route_params["id"], http.body(req, schemas.ReleaseBody)))
@@ -115,6 +130,7 @@ def release_lease(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="fleet/jobs/{id}/actions/{action}", methods=["POST"])
 @http.endpoint(
+    needs=Permission.OPERATE,
     answer=jobs.Job, body=schemas.ActionBody, body_required=False, path={"action": actions.Action}, raises=JOB_WRITE
 )
 def job_action(req: func.HttpRequest) -> func.HttpResponse:
@@ -126,6 +142,7 @@ def job_action(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="fleet/jobs/{id}/children", methods=["POST"])
 @http.endpoint(
+    needs=Permission.SUBMIT,
     answer=dag.ChildrenAdded, status=201, body=schemas.ChildrenSpec, raises=(*JOB_WRITE, errors.IdempotencyConflict)
 )
 def add_children(req: func.HttpRequest) -> func.HttpResponse:
@@ -135,14 +152,17 @@ def add_children(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}/dag", methods=["GET"])
-@http.endpoint(answer=dag.DagNode, raises=(errors.NotFound,))
+@http.endpoint(needs=Permission.READ, answer=dag.DagNode, raises=(errors.NotFound,))
 def get_dag(req: func.HttpRequest) -> func.HttpResponse:
     """The nested DAG subtree under a job"""
     return http.ok(dag.view(ctx(), req.route_params["id"]))
 
 
 @app.route(route="fleet/jobs/{id}/review/request", methods=["POST"])
-@http.endpoint(answer=jobs.Job, body=schemas.ReviewRequestBody, body_required=False, raises=JOB_WRITE)
+@http.endpoint(
+    needs=Permission.REQUEST_REVIEW,
+    answer=jobs.Job, body=schemas.ReviewRequestBody, body_required=False, raises=JOB_WRITE,
+)
 def request_review(req: func.HttpRequest) -> func.HttpResponse:
     """Open the review gate on a testing job"""
     body = http.body(req, schemas.ReviewRequestBody, optional=True)
@@ -150,7 +170,7 @@ def request_review(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}/review", methods=["POST"])
-@http.endpoint(answer=jobs.Job, body=schemas.ReviewBody, raises=(*JOB_WRITE, errors.Forbidden))
+@http.endpoint(needs=Permission.REVIEW, answer=jobs.Job, body=schemas.ReviewBody, raises=(*JOB_WRITE, errors.Forbidden))
 def submit_review(req: func.HttpRequest) -> func.HttpResponse:
     """A reviewer approves or rejects"""
     body = http.body(req, schemas.ReviewBody)
@@ -162,7 +182,7 @@ def submit_review(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/claim", methods=["POST"])
-@http.endpoint(answer=claims.Claimed, body=schemas.ClaimBody)
+@http.endpoint(needs=Permission.WORK, answer=claims.Claimed, body=schemas.ClaimBody)
 def claim_next(req: func.HttpRequest) -> func.HttpResponse:
     """Claim the best queued job of a product"""
     body = http.body(req, schemas.ClaimBody)
@@ -172,7 +192,10 @@ def claim_next(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/jobs/{id}/claim", methods=["POST"])
-@http.endpoint(answer=claims.Claimed, body=schemas.ClaimBody, raises=(errors.NotFound, errors.NotClaimable))
+@http.endpoint(
+    needs=Permission.WORK,
+    answer=claims.Claimed, body=schemas.ClaimBody, raises=(errors.NotFound, errors.NotClaimable),
+)
 def claim_job(req: func.HttpRequest) -> func.HttpResponse:
     """Claim one named job"""
     id = req.route_params["id"]
@@ -191,14 +214,17 @@ def _claim_request(body: schemas.ClaimBody, product: str) -> claims.ClaimRequest
 
 
 @app.route(route="fleet/factories", methods=["GET"])
-@http.endpoint(answer=factories.FactoryList)
+@http.endpoint(needs=Permission.READ, answer=factories.FactoryList)
 def list_factories(req: func.HttpRequest) -> func.HttpResponse:
     """Factories with health and seats"""
     return http.ok(factories.list_all(ctx()))
 
 
 @app.route(route="fleet/factories/{id}/heartbeat", methods=["POST"])
-@http.endpoint(answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.Name})
+@http.endpoint(
+    needs=Permission.WORK,
+    answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.Name},
+)
 def heartbeat(req: func.HttpRequest) -> func.HttpResponse:
     """Register a factory and renew its leases"""
     factory_id = http.route_name(req, "id")
@@ -211,21 +237,24 @@ def heartbeat(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/queue-state", methods=["GET"])
-@http.endpoint(answer=queue_state.QueueState, query=schemas.QueueStateQuery)
+@http.endpoint(needs=Permission.READ, answer=queue_state.QueueState, query=schemas.QueueStateQuery)
 def get_queue_state(req: func.HttpRequest) -> func.HttpResponse:
     """The product's queue version (one point read)"""
     return http.ok(queue_state.read(ctx(), _product(req.params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["GET"])
-@http.endpoint(answer=weight_registry.ProductWeights, path=PRODUCT)
+@http.endpoint(needs=Permission.READ, answer=weight_registry.ProductWeights, path=PRODUCT)
 def get_weights(req: func.HttpRequest) -> func.HttpResponse:
     """The product's scoring weights"""
     return http.ok(weight_registry.view(ctx(), _product(req.route_params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["PUT"])
-@http.endpoint(answer=weight_registry.ProductWeights, body=schemas.WeightsBody, path=PRODUCT)
+@http.endpoint(
+    needs=Permission.SET_WEIGHTS,
+    answer=weight_registry.ProductWeights, body=schemas.WeightsBody, path=PRODUCT,
+)
 def put_weights(req: func.HttpRequest) -> func.HttpResponse:
     """Set the product's scoring weights (per-field merge)"""
     product = _product(req.route_params.get("productId"))
@@ -244,7 +273,7 @@ def _budgets_on() -> None:
 
 
 @app.route(route="fleet/budgets/{productId}", methods=["GET"])
-@http.endpoint(answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
+@http.endpoint(needs=Permission.READ, answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
 def get_budget(req: func.HttpRequest) -> func.HttpResponse:
     """The product's budget (FLEET_BUDGETS)"""
     _budgets_on()
@@ -256,7 +285,10 @@ def get_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}", methods=["PUT"])
-@http.endpoint(answer=budget_rules.BudgetView, body=schemas.BudgetBody, path=PRODUCT, raises=(errors.FeatureDisabled,))
+@http.endpoint(
+    needs=Permission.MANAGE_BUDGETS,
+    answer=budget_rules.BudgetView, body=schemas.BudgetBody, path=PRODUCT, raises=(errors.FeatureDisabled,),
+)
 def put_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Set the ceiling and window (FLEET_BUDGETS)"""
     _budgets_on()
@@ -266,7 +298,7 @@ def put_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}/pause", methods=["POST"])
-@http.endpoint(answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
+@http.endpoint(needs=Permission.MANAGE_BUDGETS, answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
 def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Pause the product's spending (FLEET_BUDGETS)"""
     _budgets_on()
@@ -276,13 +308,45 @@ def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}/resume", methods=["POST"])
-@http.endpoint(answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
+@http.endpoint(needs=Permission.MANAGE_BUDGETS, answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
 def resume_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Resume the product's spending (FLEET_BUDGETS)"""
     _budgets_on()
     product = _product(req.route_params.get("productId"))
     http.no_body(req)
     return http.ok(budgets.resume(ctx(), product).public())
+
+
+# Tokens (admins)
+
+
+@app.route(route="fleet/tokens", methods=["POST"])
+@http.endpoint(needs=Permission.MANAGE_TOKENS, answer=tokens.Created, status=201, body=schemas.TokenBody)
+def create_token(req: func.HttpRequest) -> func.HttpResponse:
+    """Mint an API token (the token is in this answer only)"""
+    body = http.body(req, schemas.TokenBody)
+    expires_in = timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
+    created = tokens.create(
+        ctx(), body.role, name=body.name, products=body.products, factory_id=body.factory_id, expires_in=expires_in
+    )
+    log.info("token %s created (role %s)", created.id, created.role.value)
+    return http.ok(created, 201)
+
+
+@app.route(route="fleet/tokens", methods=["GET"])
+@http.endpoint(needs=Permission.MANAGE_TOKENS, answer=tokens.TokenList)
+def list_tokens(req: func.HttpRequest) -> func.HttpResponse:
+    """Every API token's record (never a token itself)"""
+    return http.ok(tokens.TokenList(items=tokens.list_all(ctx())))
+
+
+@app.route(route="fleet/tokens/{id}", methods=["DELETE"])
+@http.endpoint(needs=Permission.MANAGE_TOKENS, answer=tokens.Token, raises=(errors.NotFound,))
+def revoke_token(req: func.HttpRequest) -> func.HttpResponse:
+    """Revoke an API token: the next request that presents it is refused"""
+    revoked = tokens.revoke(ctx(), req.route_params["id"])
+    log.info("token %s revoked", revoked.id)
+    return http.ok(revoked)
 
 
 # Service
@@ -294,7 +358,7 @@ store_probe = probe.Probe(lambda: ctx().store.ping())
 
 @app.function_name("health")
 @app.route(route="fleet/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-@http.endpoint(answer=health.Health, status=(200, 503), store=False)
+@http.endpoint(needs=None, answer=health.Health, status=(200, 503), store=False)
 def get_health(req: func.HttpRequest) -> func.HttpResponse:
     """Store reachability, flags, version (503 when the store does not answer)"""
     reading = store_probe.check()  # within its own short deadline, however the store fares
@@ -311,7 +375,7 @@ def get_health(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/openapi.json", methods=["GET"])
-@http.endpoint(answer=openapi.Document, store=False)
+@http.endpoint(needs=None, answer=openapi.Document, store=False)
 def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
     """This document"""
     return http.ok(openapi.document(app))

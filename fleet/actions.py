@@ -22,7 +22,9 @@ class Action(str, Enum):
 
 
 def apply(ctx: Context, id: str, action: Action, reason: str | None = None, actor: str | None = None) -> Job:
-    return _apply(ctx, writes.read(ctx, id), action, reason, actor)
+    """Apply `action`; its events name the principal as the actor (`actor`, the caller's own
+    word, counts only with auth off: see `Principal.actor`)."""
+    return _apply(ctx, writes.read(ctx, id), action, reason, ctx.principal.actor(actor))
 
 
 @dataclass(frozen=True)

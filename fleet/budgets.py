@@ -24,7 +24,10 @@ def read(ctx: Context, product_id: str) -> dict[str, Any] | None:
 
 
 def find(ctx: Context, product_id: str) -> Budget | None:
-    """The product's budget as of now (rolled), or None if it has none."""
+    """The product's budget as of now (rolled), or None if it has none (nor for a principal
+    that does not see the product)."""
+    if not ctx.principal.sees(product_id):
+        return None
     doc = read(ctx, product_id)
     return None if doc is None else budget_rules.rolled(Budget.from_doc(doc), ctx.clock.now())
 
@@ -55,6 +58,7 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Bu
     """Create or update the ceiling and window. Lifting the ceiling above spend lifts an
     automatic pause. Changing the window moves to the new kind's current window, whose spend
     is recomputed from the ledger of recent accruals (exact within its memory)."""
+    _reach(ctx, product_id)
     now = ctx.clock.now()
 
     def decide(budget: Budget) -> Budget:
@@ -78,6 +82,7 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Bu
 
 
 def pause(ctx: Context, product_id: str) -> Budget:
+    _reach(ctx, product_id)
     now = ctx.clock.now()
     return change(
         ctx,
@@ -89,6 +94,7 @@ def pause(ctx: Context, product_id: str) -> Budget:
 
 def resume(ctx: Context, product_id: str) -> Budget:
     """Lift a pause; claims stay refused while spend is at or over the ceiling."""
+    _reach(ctx, product_id)
     now = ctx.clock.now()
     budget = change(
         ctx,
@@ -133,3 +139,8 @@ def drop_stale_reservations(ctx: Context) -> int:
                 change(ctx, budget.product_id, lambda b, c=claim: budget_rules.release(b, c, now), create=False)
                 dropped += 1
     return dropped
+
+
+def _reach(ctx: Context, product_id: str) -> None:
+    """Another product's budget is as absent as one never set, to a scoped principal."""
+    ctx.principal.reach(product_id, f"product {product_id} has no budget")

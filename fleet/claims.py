@@ -64,7 +64,11 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
 
     Budgets are checked first, with one point read and no job query. At its seat limit (with
     preemption on) a factory may only take a critical job, by evicting a lower-priority one.
+    A principal claims only as a factory it speaks for, in a product it may enter (else
+    `Forbidden`).
     """
+    ctx.principal.act_as_factory(request.factory_id)
+    ctx.principal.enter(request.product_id)
     now = ctx.clock.now()
     budget = _budget(ctx, request.product_id)
     refused = budget_rules.refusal(budget.rolled)
@@ -110,6 +114,8 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
     """Claim one named job, if it is queued, the factory has its capabilities, the budget
     allows it and the factory has a seat for it (or may preempt for it); else `NotClaimable`
     with the `ClaimReason`."""
+    ctx.principal.reach(product_id, f"no job {job_id!r}")
+    ctx.principal.act_as_factory(request.factory_id)
     now = ctx.clock.now()
     budget = _budget(ctx, product_id)
     refused = budget_rules.refusal(budget.rolled)

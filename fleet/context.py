@@ -1,10 +1,12 @@
-"""What every use case is given: a store, a clock and the settings. No environment, no I/O
-beyond the store."""
+"""What every use case is given: a store, a clock, the settings, and who is asking. No
+environment, no I/O beyond the store."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from fleet.clock import Clock, SystemClock
+from fleet.principals import ANONYMOUS, Principal
 from fleet.store import Store
 
 
@@ -30,3 +32,9 @@ class Context:
     store: Store
     clock: Clock = field(default_factory=SystemClock)
     settings: Settings = field(default_factory=Settings)
+    #: Who the request acts as; `ANONYMOUS` (an admin) when auth is off, and for timers.
+    principal: Principal = ANONYMOUS
+
+    def acting_as(self, principal: Principal) -> "Context":
+        """This context for one request of `principal`."""
+        return dataclasses.replace(self, principal=principal)

@@ -58,7 +58,9 @@ class ChildrenAdded(Model):
 
 def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     """Create the children (in dependency order), then the parent blocked on them. Every job
-    and dep is read once, before the first write."""
+    and dep is read once, before the first write. `Forbidden` for a principal limited to
+    other products."""
+    ctx.principal.enter(spec.product_id)
     parent_id = job_id(spec.product_id, spec.idempotency_key)
     children = _in_dependency_order(spec.idempotency_key, spec.children)
     existing = submit.check_existing(ctx, spec, parent_id)

@@ -140,6 +140,12 @@ class TooLarge(FleetError):
     code = "document_too_large"
 
 
+class Unauthorized(FleetError):
+    """A valid credential is required: `Authorization: Bearer <token>`."""
+
+    code = "unauthorized"
+
+
 class Forbidden(FleetError):
     """Not allowed for this caller."""
 

@@ -85,7 +85,11 @@ def heartbeat(
     running: list[tuple[str, str]],
 ) -> Heartbeat:
     """Record the factory's registration, then renew each `(jobId, leaseId)` it says it runs.
-    Answers per lease `renewed` (with the new expiry) or `revoked` (stop that work now)."""
+    Answers per lease `renewed` (with the new expiry) or `revoked` (stop that work now).
+    `Forbidden` unless the principal speaks for the factory and may enter every product named."""
+    ctx.principal.act_as_factory(factory_id)
+    for product_id in products:
+        ctx.principal.enter(product_id)
     now = ctx.clock.now()
     previous = find(ctx, factory_id) or {}
     ctx.store.upsert(
@@ -155,7 +159,8 @@ def health(last_heartbeat_at: str | None, now: datetime) -> FactoryHealth:
 
 
 def list_all(ctx: Context) -> FactoryList:
-    """Every factory with its health and seats: used (live leases) over its limit."""
+    """Every factory with its health and seats: used (live leases) over its limit. A principal
+    limited to some products sees only the factories serving one of them."""
     now = ctx.clock.now()
     used: dict[str, int] = {}
     for job in held_leases(ctx):
@@ -168,5 +173,6 @@ def list_all(ctx: Context) -> FactoryList:
                 update={"seats_used": used.get(doc["id"], 0), "health": health(doc.get("lastHeartbeatAt"), now)}
             )
             for doc in docs
+            if ctx.principal.products is None or any(ctx.principal.sees(p) for p in doc.get("products") or [])
         ]
     )

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SerializationInfo, WithJsonSchema, field_serializer
 from pydantic.alias_generators import to_camel
 
 from fleet import clock
@@ -54,7 +54,13 @@ class Kind(str, Enum):
     COMPOSITE = "composite"  # a parent that waits, blocked, until all its children ship
 
 
+#: The serialization context key under which an answer names who reads it (`Lease.lease_id`).
+READER = "reader"
+
+
 class Lease(Model):
+    #: A write capability: answered only to whoever `READER` says may see it
+    #: (`Principal.sees_lease_of`), null to anyone else. Documents always keep it.
     lease_id: str
     factory_id: str
     #: Fencing token: grows with every new lease on the job, never reused.
@@ -63,6 +69,16 @@ class Lease(Model):
     #: The sweep extended it for an outage and its holder has not renewed it since: a later
     #: outage does not hold it again (see `fleet.outage`), so a dead holder's work is requeued.
     spared: bool = False
+
+    @field_serializer("lease_id")
+    def _shown_to_reader(self, lease_id: str, info: SerializationInfo) -> str | None:
+        return _shown(lease_id, self.factory_id, info)
+
+
+def _shown(lease_id: str | None, factory_id: str, info: SerializationInfo) -> str | None:
+    """A lease id as the answer's reader may see it (no reader: a store document, all of it)."""
+    reader = (info.context or {}).get(READER)
+    return lease_id if reader is None or reader.sees_lease_of(factory_id) else None
 
 
 class LeaseEnd(Model):
@@ -90,11 +106,16 @@ class Run(Model):
     artifacts: list[Any] = Field(default_factory=list)
     #: Whether the run's cost has been added to its product's budget.
     accrued: bool = False
-    #: The budget reservation its claim made for the job's estimated cost, if any.
+    #: The budget reservation its claim made for the job's estimated cost, if any: named by
+    #: the lease id, so answered only as `Lease.lease_id` is.
     reservation: str | None = None
     #: The holder's own write that ended the run's lease, if one did (not an expiry, a
     #: preemption or an operator): a repeat of exactly that write is answered, not refused.
     ended_by: LeaseEnd | None = None
+
+    @field_serializer("reservation")
+    def _reserved_for_reader(self, reservation: str | None, info: SerializationInfo) -> str | None:
+        return _shown(reservation, self.factory_id, info)
 
 
 class Event(Model):

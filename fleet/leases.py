@@ -44,13 +44,16 @@ def _write(
 ) -> Job:
     """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease (or, its lease
     expired, held for an outage: the outage record is read before deciding, and only then);
-    answer a repeat of the write that ended that lease with the job as it stands."""
+    answer a repeat of the write that ended that lease with the job as it stands. A factory
+    principal writes only leases its own factory holds (`Forbidden` otherwise)."""
     digest = request_digest(write, body)
     now = ctx.clock.now()
     current = writes.read(ctx, id)
     grace = outage.grace_for(ctx, current, lease_id, now)
 
     def fenced(job: Job, grace, now) -> Job | None:
+        if job.lease is not None and not ctx.principal.holds(job.lease.factory_id):
+            raise errors.Forbidden(f"job {id} is leased to another factory than this principal's")
         if outage.held(job, lease_id, now, grace):
             changed = change(job, now)
             if changed.lease is None:  # this write ends the lease: remember it on its run

@@ -30,6 +30,7 @@ def get(ctx: Context, id: str) -> Job:
     product_id = product_of(id)
     if product_id is None:
         raise errors.NotFound(f"no job {id!r}")
+    ctx.principal.reach(product_id, f"no job {id!r}")
     try:
         job = Job.from_doc(ctx.store.read("jobs", product_id, id))
     except errors.NotFound:
@@ -51,8 +52,17 @@ def page(
 
     `continuation` is a token an earlier page of a listing with the same `stage` and
     `product_id` handed out (sealed: see `fleet.continuation`); any other is a
-    `ValidationFailed`. With one, `offset` is ignored."""
+    `ValidationFailed`. With one, `offset` is ignored. A principal limited to some products
+    lists only theirs (another product asked for by name lists as empty)."""
     where = (store.Filter("stage", "=", stage.value),) if stage else (store.Filter("stage", "!=", None),)
+    scope = ctx.principal.products
+    if scope is not None and product_id is None:
+        if len(scope) == 1:
+            product_id = scope[0]
+        else:
+            where += (store.Filter("productId", "in", list(scope)),)
+    elif product_id is not None and not ctx.principal.sees(product_id):
+        return JobPage()
     filters = {"stage": stage.value if stage else None, "productId": product_id}
     store_token = None
     if continuation:

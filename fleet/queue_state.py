@@ -57,6 +57,7 @@ def weight_changes(doc: dict[str, Any]) -> int:
 
 def read(ctx: Context, product_id: str) -> QueueState:
     """The product's queue-state in one point read (its weight-change count is not part of it)."""
+    ctx.principal.reach(product_id, f"no product {product_id!r}")
     try:
         doc = ctx.store.read("jobs", product_id, DOC_ID)
     except errors.NotFound:

@@ -7,12 +7,14 @@ from datetime import datetime
 from fleet import clock, effects, errors, lifecycle, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job, product_of
+from fleet.principals import ANONYMOUS
 from fleet.stages import Stage
 
 
 def request(ctx: Context, id: str, required: int, reviewers: list[str] | None, actor: str | None = None) -> Job:
     """Open (or re-open) the gate on a `testing` job: `required` approvals, optionally only
-    from the named reviewers."""
+    from the named reviewers. The event names the principal (see `Principal.actor`)."""
+    actor = ctx.principal.actor(actor)
     if reviewers is not None and len(set(reviewers)) < required:
         raise errors.ValidationFailed(
             f"{required} approvals required but only {len(set(reviewers))} reviewers named",
@@ -33,9 +35,20 @@ def request(ctx: Context, id: str, required: int, reviewers: list[str] | None, a
     return effects.change(ctx, id, decide).job
 
 
-def decide(ctx: Context, id: str, reviewer: str, approve: bool, comment: str | None = None) -> Job:
+def decide(ctx: Context, id: str, reviewer: str | None, approve: bool, comment: str | None = None) -> Job:
     """Record one reviewer's decision. Approvals count once per reviewer; reaching the quorum
-    ships the job. A rejection sends it to the queue for rework, the comment in its events."""
+    ships the job. A rejection sends it to the queue for rework, the comment in its events.
+
+    The reviewer is the principal: `reviewer` may be omitted, and naming anyone else is
+    `Forbidden`, so distinct approvals are distinct principals. Only with auth off does the
+    caller's word name the reviewer."""
+    if ctx.principal == ANONYMOUS:
+        if not reviewer:
+            raise errors.ValidationFailed("reviewer is required", [{"field": "reviewer", "message": "missing"}])
+    elif reviewer is not None and reviewer != ctx.principal.name:
+        raise errors.Forbidden(f"a review is recorded in the principal's own name ({ctx.principal.name}), not {reviewer}")
+    else:
+        reviewer = ctx.principal.name
     product_id = product_of(id)
     # A rejection queues the job again: its rank key needs the product's weights.
     keyed_with = weight_registry.snapshot(ctx, product_id) if not approve and product_id else None

@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from fleet import listing
 from fleet.budget_rules import Window
 from fleet.jobs import PRODUCT_ID, Kind
+from fleet.principals import Role
 from fleet.scoring import WeightsPatch
 from fleet.stages import Priority, Stage
 
@@ -222,9 +223,24 @@ class Decision(str, Enum):
 class ReviewBody(Body):
     """`POST /fleet/jobs/{id}/review`."""
 
-    reviewer: Name
+    #: Who decides: the principal's name (omit it); naming anyone else is refused. Required
+    #: only when auth is off.
+    reviewer: Name | None = None
     decision: Decision
     comment: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+class TokenBody(Body):
+    """`POST /fleet/tokens`: the token to mint (shown once, in the answer)."""
+
+    role: Role
+    #: The products it is limited to; omitted: every product.
+    products: Annotated[list[ProductId], Field(min_length=1, max_length=100)] | None = None
+    #: The factory a `factory` token speaks for (required for that role, refused for others).
+    factory_id: Name | None = None
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = None
+    #: Seconds until it expires; omitted: never.
+    expires_in_seconds: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
 
 
 class Query(BaseModel):

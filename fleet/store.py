@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from fleet import clock, errors
 
 #: container -> the document field that is its partition key.
-PARTITION_KEYS: dict[str, str] = {"jobs": "productId", "factories": "id", "budgets": "productId"}
+PARTITION_KEYS: dict[str, str] = {"jobs": "productId", "factories": "id", "budgets": "productId", "tokens": "id"}
 
 #: Filter operators every adapter supports. `=`/`!=` with `None` test for null (or absence);
 #: `!=` a value never matches a null or absent field. `in` takes a list of values. `contains`

@@ -36,7 +36,9 @@ def submit(
 ) -> Submitted:
     """Create the job (queued, or blocked while a dep is unfinished). A repeat of the same
     idempotency key returns the existing job; a repeat with different fields is refused.
-    A composite's children (`dag.submit_composite` creates them first) become its deps."""
+    A composite's children (`dag.submit_composite` creates them first) become its deps.
+    `Forbidden` for a principal limited to other products."""
+    ctx.principal.enter(spec.product_id)
     id = job_id(spec.product_id, spec.idempotency_key)
     existing = _existing(ctx, spec.product_id, id, submit_hash(spec, parent_id))
     if existing is not None:

@@ -87,6 +87,7 @@ def for_product(ctx: Context, product_id: str) -> scoring.Weights:
 
 def view(ctx: Context, product_id: str, doc: dict[str, Any] | None = None) -> ProductWeights:
     """The registry entry as answered; from `doc` when the caller has it."""
+    ctx.principal.reach(product_id, f"no product {product_id!r}")
     entry = snapshot_of(product_id, read_doc(ctx, product_id) if doc is None else doc)
     return ProductWeights(
         product_id=product_id,
@@ -104,6 +105,7 @@ def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> ProductWe
     queued by a writer whose own bump comes after this change was counted, so that writer
     re-keys it (`ensure_rank`). With a concurrent change, the passes repeat until one changes
     nothing, each with the weights read afresh (`rekey`)."""
+    ctx.principal.reach(product_id, f"no product {product_id!r}")
     doc = _merge(ctx, product_id, patch)
     entry = snapshot_of(product_id, doc)
     _, failed = _rekey_pass(ctx, product_id, entry.weights)

@@ -59,6 +59,8 @@ def read(ctx: Context, id: str) -> Job:
     product_id = product_of(id)
     if product_id is None:
         raise errors.NotFound(f"no job {id!r}")
+    # Another product's job is as absent as a job never submitted, to a scoped principal.
+    ctx.principal.reach(product_id, f"no job {id!r}")
     try:
         return Job.from_doc(ctx.store.read("jobs", product_id, id))
     except errors.NotFound:
@@ -91,6 +93,7 @@ def change(
     product_id = product_of(id)
     if product_id is None:
         raise errors.NotFound(f"no job {id!r}")
+    ctx.principal.reach(product_id, f"no job {id!r}")
     at = now or ctx.clock.now()
 
     def step(doc: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,7 +3,7 @@ models (`fleet.jobs.Job`, `fleet.claims.Claimed`, `fleet.factories.Heartbeat`, .
 
     from fleetclient import FleetClient, errors
 
-    with FleetClient() as fleet:                      # FLEET_URL / FLEET_KEY, or url=, key=
+    with FleetClient() as fleet:                      # FLEET_URL / FLEET_TOKEN / FLEET_KEY, or url=, token=, key=
         job = fleet.submit_job({"productId": "web", "idempotencyKey": "fix-42", "title": "Fix 42"}).job
         claim = fleet.claim("factory-1", "web", capabilities=["python"])
         if claim.job:
@@ -32,7 +32,8 @@ DEFAULT_URL = "http://127.0.0.1:7071"
 
 class FleetClient:
     """A coordinator at `url` (default `FLEET_URL`, else http://127.0.0.1:7071), called with
-    function key `key` (default `FLEET_KEY`; none if unset)."""
+    API token `token` (default `FLEET_TOKEN`, sent as `Authorization: Bearer`) and function
+    key `key` (default `FLEET_KEY`; none if unset)."""
 
     def __init__(
         self,
@@ -42,11 +43,13 @@ class FleetClient:
         timeout: float | tuple[float, float] = transport.DEFAULT_TIMEOUT,
         backoff: retry.Backoff = retry.Backoff(),
         sleep: Callable[[float], None] = time.sleep,
+        token: str | None = None,
     ) -> None:
         self._http = transport.Transport(
             (url or os.environ.get("FLEET_URL") or DEFAULT_URL).rstrip("/"),
             key if key is not None else (os.environ.get("FLEET_KEY") or None),
             timeout, backoff, sleep,
+            token if token is not None else (os.environ.get("FLEET_TOKEN") or None),
         )
 
     @property

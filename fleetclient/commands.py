@@ -7,10 +7,11 @@
     fleet queue-state --product P
     fleet factory run --factory-id F --product P [...] -- COMMAND…
 
-Every command talks to `--url` (default `FLEET_URL`, else http://127.0.0.1:7071) with `--key`
-(default `FLEET_KEY`), prints a table (or `--json`: the coordinator's answer as sent), and exits
-0 on success, 1 when the coordinator refuses (its code and detail on stderr; with `--json` the
-problem document on stdout too), 3 when it cannot be reached, 2 on a usage error.
+Every command talks to `--url` (default `FLEET_URL`, else http://127.0.0.1:7071) with `--token`
+(default `FLEET_TOKEN`, sent as `Authorization: Bearer`) and `--key` (default `FLEET_KEY`),
+prints a table (or `--json`: the coordinator's answer as sent), and exits 0 on success, 1 when
+the coordinator refuses (its code and detail on stderr; with `--json` the problem document on
+stdout too), 3 when it cannot be reached, 2 on a usage error.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def _values(kind: type[Enum]) -> list[str]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", help="coordinator base URL (default: $FLEET_URL, else http://127.0.0.1:7071)")
+    connection.add_argument("--token", help="API token, sent as Authorization: Bearer (default: $FLEET_TOKEN)")
     connection.add_argument("--key", help="function key, sent as x-functions-key (default: $FLEET_KEY)")
     connection.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
     common = argparse.ArgumentParser(add_help=False, parents=[connection])
@@ -212,7 +214,7 @@ def _factory_run(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds, kill_grace_seconds=args.kill_grace, workdir_root=args.workdir_root,
         keep_workdirs=args.keep_workdirs, **RunnerConfig.flags_from(os.environ),
     )
-    with FleetClient(args.url, args.key, timeout=(5.0, args.timeout)) as client:
+    with FleetClient(args.url, args.key, timeout=(5.0, args.timeout), token=args.token) as client:
         return Runner(client, config).run()
 
 
@@ -228,7 +230,7 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
         from fleetclient.client import FleetClient
 
         try:
-            with FleetClient(args.url, args.key, timeout=(5.0, args.timeout)) as client:
+            with FleetClient(args.url, args.key, timeout=(5.0, args.timeout), token=args.token) as client:
                 text, doc = getattr(handlers, name)(args, client)
         except handlers.Usage as exc:
             print(f"fleet: {exc}", file=sys.stderr)

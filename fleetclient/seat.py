@@ -10,7 +10,7 @@ The command runs in its own working directory with the job in its environment:
     FLEET_CHECKPOINT_FILE  where the command may leave JSON to resume from if it is stopped
     FLEET_BRANCH, FLEET_BASE_BRANCH   in PR mode
 
-`FLEET_KEY` is not passed on: the command is an agent working on untrusted code.
+`FLEET_KEY` and `FLEET_TOKEN` are not passed on: the command is an agent working on untrusted code.
 
 A seat is stopped from outside with `stop()`: `revoked` (the coordinator took the lease away:
 stop the command, write nothing) or `drain` (the runner is shutting down: stop the command and
@@ -41,6 +41,9 @@ from fleetclient.process import JobProcess
 from fleetclient.report import Report
 
 log = logging.getLogger("fleetclient.factory")
+
+#: The runner's credentials: never in a job command's environment.
+CREDENTIALS = frozenset({"FLEET_KEY", "FLEET_TOKEN"})
 
 #: Bounds on the lease length learned from a claim (guards against a skewed local clock).
 MIN_LEASE_SECONDS = 1.0
@@ -153,7 +156,7 @@ class Seat:
         job_file = workdir / "job.json"
         job_file.write_text(json.dumps(job.to_doc(), indent=2))
         checkpoint_file = workdir / "checkpoint.json"
-        env = {k: v for k, v in os.environ.items() if k != "FLEET_KEY"}
+        env = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
         env.update(
             FLEET_JOB_ID=job.id, FLEET_RUN_ID=self.run_id, FLEET_PRODUCT_ID=job.product_id,
             FLEET_FACTORY_ID=self.settings.factory_id, FLEET_JOB_FILE=str(job_file),

@@ -33,9 +33,10 @@ class Answer:
 
 class Transport:
     def __init__(self, url: str, key: str | None, timeout: float | tuple[float, float], backoff: retry.Backoff,
-                 sleep: Callable[[float], None]) -> None:
+                 sleep: Callable[[float], None], token: str | None = None) -> None:
         self.url = url
         self.key = key
+        self.token = token
         self.timeout = timeout
         self.backoff = backoff
         self._sleep = sleep
@@ -105,6 +106,8 @@ class Transport:
             session.headers["Accept"] = "application/json, application/problem+json"
             if self.key:
                 session.headers[KEY_HEADER] = self.key
+            if self.token:
+                session.headers["Authorization"] = f"Bearer {self.token}"
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)

@@ -4,21 +4,33 @@ The domain never reads the environment: this module does, once, and hands it a `
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
 import threading
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from fleet import outage
 from fleet.clock import SystemClock
 from fleet.context import Context, Settings
+from fleet.principals import Principal
 from fleet.store import Store
+from shared import auth
+
+log = logging.getLogger("fleet.config")
 
 TRUTHY = frozenset({"1", "true", "yes"})
+#: The SQLite file used unless `FLEET_DB` names another.
+DEFAULT_DB = ".fleet/fleet.db"
 #: The store deadline when `FLEET_STORE_TIMEOUT_SECONDS` is unset.
 STORE_TIMEOUT_SECONDS = 5.0
 
 _lock = threading.Lock()
 _context: Context | None = None
+_mode: auth.Mode | None = None
+#: Who the request being served acts as (set by `acting`, around one trigger).
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
 
 def truthy(value: str | None) -> bool:
@@ -43,7 +55,7 @@ def store_from(env: Mapping[str, str]) -> Store:
     if kind == "sqlite":
         from shared.stores.sqlite_store import SqliteStore
 
-        return SqliteStore(env.get("FLEET_DB") or ".fleet/fleet.db", timeout=timeout)
+        return SqliteStore(env.get("FLEET_DB") or DEFAULT_DB, timeout=timeout)
     if kind == "cosmos":
         from shared.stores.cosmos_store import CosmosStore
 
@@ -93,7 +105,47 @@ def context() -> Context:
             clock, settings = SystemClock(), settings_from(os.environ)
             store = outage.Watched(store_from(os.environ), clock, settings)
             _context = Context(store=store, clock=clock, settings=settings)
-        return _context
+            _warn_if_open()
+        built = _context
+    principal = _principal.get()
+    return built if principal is None else built.acting_as(principal)
+
+
+def auth_mode() -> auth.Mode:
+    """The process's `FLEET_AUTH` mode, read once (`tokens` unless set: auth is on by default)."""
+    global _mode
+    if _mode is None:
+        _mode = auth.mode_from(os.environ)
+    return _mode
+
+
+def use_auth(mode: auth.Mode | None) -> None:
+    """Authenticate in `mode` from now on (tests), or read `FLEET_AUTH` again next time (None)."""
+    global _mode
+    _mode = mode
+
+
+def principal() -> Principal | None:
+    """Who the request being served acts as; None outside one (or for an anonymous endpoint)."""
+    return _principal.get()
+
+
+@contextlib.contextmanager
+def acting(principal: Principal) -> Iterator[None]:
+    """Within the block, `context()` acts as `principal` (one request's)."""
+    token = _principal.set(principal)
+    try:
+        yield
+    finally:
+        _principal.reset(token)
+
+
+def _warn_if_open() -> None:
+    if auth_mode() == auth.Mode.OFF:
+        log.warning(
+            "FLEET_AUTH=off: AUTHENTICATION IS OFF. Every request acts as an admin, without any "
+            "credential. Never serve like this beyond one trusted machine."
+        )
 
 
 def current() -> Context | None:
@@ -115,6 +167,8 @@ def use(ctx: Context | None) -> None:
         if _context is not None and _context is not ctx:
             _context.store.close()
         _context = ctx
+        if ctx is not None:
+            _warn_if_open()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:

@@ -2,10 +2,13 @@
 map every domain error to an RFC 9457 problem document in one table.
 
 A trigger reads like a line of the API table, and declares once what the OpenAPI document
-(`shared/openapi.py`) says of it: its answer, body, query, path parameters and errors.
+(`shared/openapi.py`) says of it: the permission it needs, its answer, body, query, path
+parameters and errors. Before the trigger runs, the request is authenticated (`shared.auth`,
+in the process's `FLEET_AUTH` mode) and its principal must hold the permission; the trigger's
+use cases then act as that principal (`config.context()` within `config.acting`).
 
     @app.route(route="fleet/jobs/{id}", methods=["GET"])
-    @http.endpoint(answer=jobs.Job, raises=(errors.NotFound,))
+    @http.endpoint(needs=Permission.READ, answer=jobs.Job, raises=(errors.NotFound,))
     def get_job(req):
         '''A job with its runs and events'''
         return http.ok(listing.get(ctx(), req.route_params["id"]))
@@ -25,7 +28,9 @@ import azure.functions as func
 import pydantic
 
 from fleet import errors
-from shared import strict_json
+from fleet.jobs import READER
+from fleet.principals import Permission
+from shared import auth, config, strict_json
 from shared.stores import charge
 
 log = logging.getLogger("fleet.http")
@@ -41,6 +46,7 @@ _BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 #: Domain error → HTTP status. Anything not here is a 500.
 STATUS: dict[type[errors.FleetError], int] = {
     errors.ValidationFailed: 400,
+    errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.FeatureDisabled: 404,
@@ -175,18 +181,21 @@ def route_name(req: func.HttpRequest, name: str) -> str:
 
 
 def ok(answer: pydantic.BaseModel, status: int = 200) -> func.HttpResponse:
-    """`answer` as compact JSON, fields by their (camelCase) aliases."""
-    payload = answer.model_dump(mode="json", by_alias=True)
+    """`answer` as compact JSON, fields by their (camelCase) aliases, as the request's principal
+    may read it (a lease id only to those who may see it: `fleet.jobs.Lease`)."""
+    payload = answer.model_dump(mode="json", by_alias=True, context={READER: config.principal()})
     return func.HttpResponse(
         json.dumps(payload, separators=(",", ":"), allow_nan=False), status_code=status, mimetype="application/json"
     )
 
 
 def problem(status: int, code: str, detail: str, **extra: Any) -> func.HttpResponse:
-    title = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large",
+    title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large",
              415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
     doc = {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail, **extra}
     headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="fleet"'
     if "retryAfter" in extra:
         headers["Retry-After"] = str(max(1, math.ceil(extra["retryAfter"])))
     return func.HttpResponse(json.dumps(doc), status_code=status, mimetype=PROBLEM, headers=headers)
@@ -214,6 +223,8 @@ class Endpoint:
     auth level are the binding's; the summary is the trigger's docstring."""
 
     summary: str
+    #: The permission a principal needs to call it; None: anyone, without a credential.
+    needs: Permission | None
     #: The model of the answer, sent with each of `statuses`.
     answer: type[pydantic.BaseModel]
     statuses: tuple[int, ...] = (200,)
@@ -233,6 +244,7 @@ class Endpoint:
 
 def endpoint(
     *,
+    needs: Permission | None,
     answer: type[pydantic.BaseModel],
     status: int | tuple[int, ...] = 200,
     body: type[pydantic.BaseModel] | None = None,
@@ -242,13 +254,15 @@ def endpoint(
     raises: tuple[type[errors.FleetError], ...] = (),
     store: bool = True,
 ) -> Callable[[Handler], Handler]:
-    """Declare a trigger's operation (see `Endpoint`; `status`: the one or several statuses its
-    answer comes with) and serve it (see `_served`)."""
+    """Declare a trigger's operation (see `Endpoint`; `needs` has no default: every trigger
+    says who may call it; `status`: the one or several statuses its answer comes with) and
+    serve it (see `_served`)."""
 
     def decorate(handler: Handler) -> Handler:
-        served = _served(handler)
+        served = _served(handler, needs)
         served.endpoint = Endpoint(  # type: ignore[attr-defined]
             summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0],
+            needs=needs,
             answer=answer,
             statuses=(status,) if isinstance(status, int) else tuple(status),
             body=body,
@@ -268,17 +282,23 @@ def declared(function: Callable[..., Any]) -> Endpoint | None:
     return getattr(function, "endpoint", None)
 
 
-def _served(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
-    """Wrap a trigger: domain errors become problem documents, anything else a logged 500.
-    A GET takes no body: one that is not empty (or `{}`) is refused before the handler runs."""
+def _served(handler: Handler, needs: Permission | None) -> Handler:
+    """Wrap a trigger: authenticate the request and check it `needs` its permission (401, 403),
+    then run the handler as the request's principal; domain errors become problem documents,
+    anything else a logged 500. A GET takes no body: one that is not empty (or `{}`) is
+    refused before the handler runs."""
 
     @functools.wraps(handler)
     def wrapped(req: func.HttpRequest) -> func.HttpResponse:
         with charge.metered() as meter:
             try:
-                if req.method.upper() in _BODILESS_METHODS:
-                    no_body(req)
-                response = handler(req)
+                if needs is None:
+                    response = _handled(handler, req)
+                else:
+                    principal = auth.principal_of(config.context(), config.auth_mode(), req.headers)
+                    principal.require(needs)
+                    with config.acting(principal):
+                        response = _handled(handler, req)
             except errors.FleetError as exc:
                 response = from_error(exc)
             except Exception:
@@ -293,6 +313,12 @@ def _served(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callabl
         return response
 
     return wrapped
+
+
+def _handled(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
+    if req.method.upper() in _BODILESS_METHODS:
+        no_body(req)
+    return handler(req)
 
 
 def _require_json(content_type: str | None) -> None:

@@ -31,6 +31,9 @@ UNAUTHORIZED = "unauthorized"
 INTERNAL_ERROR = "internal_error"
 #: Either way of presenting a function key opens a keyed operation.
 KEYED = [{"functionKey": []}, {"functionKeyQuery": []}]
+#: An operation that needs a permission takes a bearer token, beside a function key where the
+#: host is configured with keys.
+BEARER = [{"bearerToken": []}, {"bearerToken": [], "functionKey": []}, {"bearerToken": [], "functionKeyQuery": []}]
 
 
 class Info(BaseModel):
@@ -77,6 +80,8 @@ class Problem(BaseModel):
     missing: list[str] = Field(default_factory=list)
     #: `idempotency_conflict`: the job already submitted under the key.
     job_id: str | None = None
+    #: `forbidden`, for a principal whose role lacks it: the permission the operation needs.
+    permission: str | None = None
 
 
 @functools.cache
@@ -105,6 +110,12 @@ def document(app: func.FunctionApp) -> Document:
             "securitySchemes": {
                 "functionKey": {"type": "apiKey", "in": "header", "name": "x-functions-key"},
                 "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code"},
+                "bearerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (`fleet tokens create`, or POST /fleet/tokens): "
+                    "`Authorization: Bearer fleet_...`",
+                },
             },
         },
     )
@@ -147,7 +158,8 @@ def _operation(function: Any, endpoint: http.Endpoint, refs, schemas: dict[str, 
     operation: dict[str, Any] = {
         "operationId": function.get_function_name(),
         "summary": endpoint.summary,
-        "security": KEYED if keyed else [],
+        **({"description": f"Needs the `{endpoint.needs.value}` permission."} if endpoint.needs else {}),
+        "security": BEARER if endpoint.needs is not None else KEYED if keyed else [],
         "responses": responses,
     }
     parameters = _path_parameters(function.get_trigger().route, endpoint, schemas)
@@ -172,8 +184,10 @@ def _problems(endpoint: http.Endpoint, keyed: bool) -> dict[int, list[str]]:
         kinds.append(http.PayloadTooLarge)
     if endpoint.store:
         kinds.append(errors.StoreBusy)
+    if endpoint.needs is not None:
+        kinds.append(errors.Forbidden)
     codes: dict[int, set[str]] = {500: {INTERNAL_ERROR}}
-    if keyed:
+    if keyed or endpoint.needs is not None:
         codes[401] = {UNAUTHORIZED}
     for kind in kinds:
         status = next((s for k, s in http.STATUS.items() if issubclass(kind, k)), 500)

@@ -310,3 +310,14 @@ def test_the_local_settings_sample_runs_func_start_against_azurite_and_the_emula
     assert values["COSMOS_KEY"] == EMULATOR_KEY
     assert values["COSMOS_VERIFY_TLS"] == "false" and values["COSMOS_CREATE"] == "1"
     assert values["FLEET_PREEMPTION"] == values["FLEET_BUDGETS"] == "false"
+
+
+def test_auth_is_tokens_unless_an_entra_app_registration_turns_on_easy_auth(main):
+    setting = app_settings(main)["FLEET_AUTH"]
+    assert "easyAuth" in str(setting) and "easyauth" in str(setting) and "tokens" in str(setting)
+    assert main["parameters"]["entraClientId"]["default"] == ""
+    auth = main["resources"]["easyAuthSettings"]["config"]
+    assert auth["condition"] == "easyAuth"
+    properties = auth["config"]["properties"]
+    assert properties["globalValidation"]["unauthenticatedClientAction"] == "AllowAnonymous"
+    assert properties["identityProviders"]["azureActiveDirectory"]["enabled"] is True

@@ -40,6 +40,13 @@ param instanceMemoryMB int = 2048
 @description('Optional: an Entra object id (yours, from `az ad signed-in-user show --query id -o tsv`) to grant Cosmos data access too, e.g. to run the store conformance suite against this account.')
 param developerPrincipalId string = ''
 
+@description('Optional: the client (application) id of an Entra ID app registration that declares the Fleet.* app roles (infra/README.md). Given, App Service Authentication signs people in with it and the app runs with FLEET_AUTH=easyauth; empty, FLEET_AUTH=tokens. API tokens work either way.')
+param entraClientId string = ''
+
+@description('The Entra ID tenant of that app registration (default: this subscription\'s).')
+param entraTenantId string = subscription().tenantId
+
+var easyAuth = !empty(entraClientId)
 var suffix = uniqueString(resourceGroup().id, namePrefix)
 var functionAppName = '${namePrefix}-${suffix}'
 var storageAccountName = take('${namePrefix}${suffix}', 24)
@@ -247,12 +254,55 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'FLEET_LEASE_SECONDS'
           value: string(leaseSeconds)
         }
+        {
+          name: 'FLEET_AUTH'
+          value: easyAuth ? 'easyauth' : 'tokens'
+        }
       ]
     }
   }
   dependsOn: [
     deploymentContainer
   ]
+}
+
+// App Service Authentication (Easy Auth) with Entra ID, when an app registration is given.
+// Unauthenticated requests pass through to the app (AllowAnonymous), so factories keep calling
+// with API tokens and /fleet/health stays anonymous; the app itself refuses any request that
+// carries neither a token nor the platform's principal header.
+
+resource easyAuthSettings 'Microsoft.Web/sites/config@2024-04-01' = if (easyAuth) {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: false
+      unauthenticatedClientAction: 'AllowAnonymous'
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: entraClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${entraTenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            'api://${entraClientId}'
+            entraClientId
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
+  }
 }
 
 // Role assignments: data-plane access by identity

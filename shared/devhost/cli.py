@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 # Modules that contribute sub-commands, each with ``add_parser(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("fleetclient.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("fleetclient.commands", "shared.devhost.token_commands")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = getattr(module, attribute or "app")
     prefix = hosting.read_route_prefix(Path(module.__file__).parent / "host.json")
     host = hosting.DevHost(app, route_prefix=prefix)
+    _bootstrap_admin()
     try:
         timeout = serving.timeout_from_env()
     except ValueError as error:
@@ -93,6 +94,26 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # stopped before it was listening
         pass
     return 0
+
+
+def _bootstrap_admin() -> None:
+    """With auth on and no usable token in the store, mint one admin token, print it once and
+    keep it in `admin-token` (mode 0600) beside the SQLite file, so `make run` and the
+    README's walk-through work in two commands."""
+    from shared import auth, config
+
+    if auth.mode_from(os.environ) == auth.Mode.OFF:
+        logging.getLogger("fleet.auth").warning(
+            "FLEET_AUTH=off: authentication is OFF, every request acts as an admin. "
+            "Never expose this coordinator beyond this machine.")
+        return
+    token_file = Path(os.environ.get("FLEET_DB") or config.DEFAULT_DB).parent / "admin-token"
+    token = auth.bootstrap(config.context(), token_file)
+    if token is not None:
+        print(f"No API token existed: created an admin token, shown this once and kept in {token_file} (mode 0600):\n"
+              f"    {token}\n"
+              f"Send it as 'Authorization: Bearer <token>' (the fleet CLI and client read FLEET_TOKEN); "
+              f"'fleet tokens create --role ...' makes more.", flush=True)
 
 
 if __name__ == "__main__":

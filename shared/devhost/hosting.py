@@ -14,7 +14,10 @@ body, or one that ended before its ``Content-Length``: the client went away),
 Keys: when any are configured (``keys=``, else the comma-separated ``FLEET_FUNCTION_KEYS``),
 functions of auth level FUNCTION or ADMIN and the admin endpoint need one of them in the
 ``x-functions-key`` header or the ``code`` query parameter; ANONYMOUS functions never do.
-Any configured key opens everything (there is no separate master key).
+Any configured key opens everything (there is no separate master key). Without keys, an app
+may answer for the admin endpoint itself: when it has ``authorize_admin(headers)`` (returning
+None to allow, or the ``func.HttpResponse`` to refuse with), it lets the caller in or refuses
+it (the Fleet app: an admin's bearer token, ``run_timers``).
 
 An app indexes its functions only once (a second ``get_functions()`` raises), so go through
 ``functions_of(app)``, which caches the result, wherever the project needs them.
@@ -99,6 +102,7 @@ class DevHost:
         self.route_prefix = route_prefix.strip("/")
         self.keys = keys_from_env() if keys is None else tuple(k for k in keys if k)
         self.max_body = max_body
+        self._authorize_admin = getattr(app, "authorize_admin", None)
         http_routes: list[routes.Route] = []
         timer_functions: list[timers.Timer] = []
         for function in functions_of(app):
@@ -232,8 +236,13 @@ class DevHost:
         if request.method != "POST":
             return problem(405, "method_not_allowed", f"{request.method} is not allowed on "
                            f"{request.path}", {"Allow": "POST"})
-        if not self._has_key(request):
-            return self._unauthorized()
+        if self.keys:  # as the Functions host's master key: a configured key opens it alone
+            if not self._has_key(request):
+                return self._unauthorized()
+        elif self._authorize_admin is not None:
+            refused = self._authorize_admin(dict(request.headers))
+            if refused is not None:
+                return _to_response(refused)
         if name not in self._timers:
             return problem(404, "not_found", f"No timer function is named {name!r}")
         try:

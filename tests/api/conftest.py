@@ -1,5 +1,6 @@
 """API tests: the real functions of `function_app`, routed by the dev host in-process, over a
-real SQLite store and a fixed clock."""
+real SQLite store and a fixed clock, with auth on: every call sends an admin token the
+fixture minted in the store, unless it passes `token=` (another, or None for none)."""
 from __future__ import annotations
 
 import functools
@@ -12,8 +13,10 @@ from werkzeug.test import Client
 import function_app
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
+from fleet import tokens
+from fleet.principals import Role
 from fleet.store import CountingStore
-from shared import config
+from shared import auth, config
 from shared.devhost import hosting
 from shared.stores.sqlite_store import SqliteStore
 
@@ -29,9 +32,20 @@ class Api:
     ctx: Context
     clock: FixedClock
     store: CountingStore
+    #: The admin token every call sends unless it names another.
+    token: str | None = None
 
-    def call(self, method: str, path: str, json: Any = None, **kw: Any):
-        return self.client.open(path, method=method, json=json, **kw)
+    def call(self, method: str, path: str, json: Any = None, token: Any = ..., **kw: Any):
+        if token is ...:
+            return self.client.open(path, method=method, json=json, **kw)
+        headers = dict(kw.pop("headers", None) or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return Client(host().wsgi).open(path, method=method, json=json, headers=headers, **kw)
+
+    def mint(self, role: Role, **fields: Any) -> str:
+        """A new token of `role` (see `tokens.create`), straight into the store."""
+        return tokens.create(self.ctx, role, **fields).token
 
     def get(self, path: str, **kw: Any):
         return self.call("GET", path, **kw)
@@ -70,18 +84,35 @@ def make_api(tmp_path, **settings: Any) -> Api:
     clock = FixedClock("2026-03-02T10:00:00.000Z")
     store = CountingStore(SqliteStore(str(tmp_path / "fleet.db")))
     ctx = Context(store, clock, Settings(**settings))
+    config.use_auth(auth.Mode.TOKENS)
     config.use(ctx)
-    return Api(Client(host().wsgi), ctx, clock, store)
+    token = tokens.create(ctx, Role.ADMIN, name="api-tests").token
+    return Api(Client(_bearing(host().wsgi, token)), ctx, clock, store, token)
+
+
+def _bearing(wsgi, token: str):
+    """`wsgi`, its requests sent with `token` unless they carry an Authorization of their own."""
+
+    def app(environ, start_response):
+        environ.setdefault("HTTP_AUTHORIZATION", f"Bearer {token}")
+        return wsgi(environ, start_response)
+
+    return app
+
+
+def done() -> None:
+    config.use(None)
+    config.use_auth(None)
 
 
 @pytest.fixture
 def api(tmp_path):
     yield make_api(tmp_path)
-    config.use(None)
+    done()
 
 
 @pytest.fixture
 def flagged_api(tmp_path):
     """Budgets and preemption on."""
     yield make_api(tmp_path, budgets=True, preemption=True)
-    config.use(None)
+    done()

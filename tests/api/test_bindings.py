@@ -154,10 +154,15 @@ def test_each_client_path_is_a_binding(name, verb, path):
         pytest.fail(f"FleetClient.{name} calls {verb} {path}, which no function is bound to")
 
 
+#: An admin's own operations: tokens are managed with `fleet tokens` against the store, or
+#: over HTTP by an admin's tools, not by the factory client.
+ADMINS_OWN = {"create_token", "list_tokens", "revoke_token"}
+
+
 def test_the_client_calls_every_operation():
     reached = {
         _routes().resolve(verb, path)[0].target.get_function_name()
         for _, verb, path in _client_calls()
         if not path.startswith(ADMIN)
     }
-    assert reached == set(_http_functions())
+    assert reached - ADMINS_OWN == set(_http_functions()) - ADMINS_OWN

@@ -15,6 +15,7 @@ from werkzeug.test import Client
 import function_app
 from fleet import errors, jobs, queue_state, schemas
 from fleet.jobs import job_id
+from fleet.principals import Permission, Role
 from shared import http, openapi
 from shared.devhost import hosting
 
@@ -90,7 +91,9 @@ def test_a_new_endpoint_is_documented_from_its_binding_and_declaration_alone():
     app = function_app.FleetApp(http_auth_level=func.AuthLevel.FUNCTION)
 
     @app.route(route="fleet/things/{productId}", methods=["GET"])
-    @http.endpoint(answer=queue_state.QueueState, path={"productId": schemas.ProductId}, raises=(errors.NotFound,))
+    @http.endpoint(
+        needs=Permission.READ, answer=queue_state.QueueState, path={"productId": schemas.ProductId}, raises=(errors.NotFound,)
+    )
     def get_thing(req: func.HttpRequest) -> func.HttpResponse:
         """A thing of a product"""
         raise errors.NotFound()
@@ -103,7 +106,9 @@ def test_a_new_endpoint_is_documented_from_its_binding_and_declaration_alone():
         "$ref": "#/components/schemas/QueueState"
     }
     assert operation["responses"]["404"]["content"][PROBLEM]["schema"]["properties"]["code"]["enum"] == ["not_found"]
-    assert set(operation["responses"]) == {"200", "400", "401", "404", "500", "503", "default"}
+    assert set(operation["responses"]) == {"200", "400", "401", "403", "404", "500", "503", "default"}
+    assert operation["security"][0] == {"bearerToken": []}
+    assert operation["description"] == "Needs the `read` permission."
 
 
 # The document against the triggers
@@ -239,8 +244,11 @@ def test_every_answer_is_what_the_document_says(flagged_api, doc):
     release = {"leaseId": lease, "stage": "testing", "insights": {"costUsd": 0.5}}
     call("POST", f"/fleet/jobs/{held}/lease/release", release, status=200)
     call("POST", f"/fleet/jobs/{held}/review/request", {"reviewers": ["ana"]}, status=200)
-    call("POST", f"/fleet/jobs/{held}/review", {"reviewer": "bob", "decision": "approve"}, status=403)
-    call("POST", f"/fleet/jobs/{held}/review", {"reviewer": "ana", "decision": "approve"}, status=200)
+    ana, bob = flagged_api.mint(Role.REVIEWER, name="ana"), flagged_api.mint(Role.REVIEWER, name="bob")
+    call("POST", f"/fleet/jobs/{held}/review", {"decision": "approve"}, status=403, token=bob)
+    call("POST", f"/fleet/jobs/{held}/review", {"reviewer": "bob", "decision": "approve"}, status=403, token=ana)
+    call("POST", f"/fleet/jobs/{held}/review", {"decision": "approve"}, status=401, token="fleet_nope")
+    call("POST", f"/fleet/jobs/{held}/review", {"decision": "approve"}, status=200, token=ana)
     call("POST", f"/fleet/jobs/{held}/actions/requeue", {"reason": "again"}, status=200)
     call("POST", f"/fleet/jobs/{held}/actions/explode", status=400)
     call("POST", f"/fleet/jobs/{held}/claim", {"factoryId": "f2"}, status=200)
@@ -259,6 +267,12 @@ def test_every_answer_is_what_the_document_says(flagged_api, doc):
     call("POST", "/fleet/jobs", {"productId": "q", "idempotencyKey": "crit", "priority": "critical"}, status=201)
     preempting = call("POST", "/fleet/claim", {"factoryId": "g", "productId": "q", "seatLimit": 1}, status=200)
     assert preempting["preempted"]
+    viewer = call("POST", "/fleet/tokens", {"role": "viewer", "products": ["p"]}, status=201)
+    call("POST", "/fleet/tokens", {"role": "factory"}, status=400)
+    call("POST", "/fleet/tokens", {"role": "viewer"}, status=403, token=viewer["token"])
+    call("GET", "/fleet/tokens", status=200)
+    call("DELETE", f"/fleet/tokens/{viewer['id']}", status=200)
+    call("DELETE", "/fleet/tokens/0000000000000000", status=404)
     # Then every operation answered, each as documented
     assert call.answered == set(call.by_id)
 

@@ -2,6 +2,8 @@
 `testing`; a rejection sends it back for rework."""
 from __future__ import annotations
 
+from fleet.principals import Role
+
 
 def _parked(api, key="k1"):
     job = api.submit(key)
@@ -11,23 +13,43 @@ def _parked(api, key="k1"):
 
 
 def test_quorum_of_distinct_reviewers_ships(api):
+    ann, bob, eve = (api.mint(Role.REVIEWER, name=name) for name in ("ann", "bob", "eve"))
     job = _parked(api)
     api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 2, "reviewers": ["ann", "bob", "cy"]})
-    assert api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": "eve", "decision": "approve"}).status_code == 403
-    api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": "ann", "decision": "approve"})
-    again = api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": "ann", "decision": "approve"}).json
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=eve).status_code == 403
+    api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": "ann", "decision": "approve"}, token=ann)
+    again = api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=ann).json
     assert again["stage"] == "testing" and again["review"]["approvals"] == ["ann"]
-    shipped = api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": "bob", "decision": "approve"}).json
+    shipped = api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=bob).json
     assert shipped["stage"] == "shipped" and shipped["runs"][-1]["result"] == "shipped"
 
 
+def test_one_reviewer_principal_cannot_make_a_quorum_of_two_under_other_names(api):
+    # Given a job whose gate wants two approvals, from anyone
+    ann, bob = api.mint(Role.REVIEWER, name="ann"), api.mint(Role.REVIEWER, name="bob")
+    job = _parked(api)
+    api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 2})
+    # When one reviewer approves in its own name, then claims to be two others
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=ann).status_code == 200
+    for alias in ("bob", "mallory"):
+        refused = api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": alias, "decision": "approve"}, token=ann)
+        assert refused.status_code == 403 and refused.json["code"] == "forbidden"
+    # Then its approvals count once, and the second principal's completes the quorum
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=ann).json["stage"] == "testing"
+    shipped = api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=bob).json
+    assert shipped["stage"] == "shipped" and shipped["review"]["approvals"] == ["ann", "bob"]
+    assert [e["actor"] for e in shipped["events"] if e["type"] == "review_approved"] == ["ann", "bob"]
+
+
 def test_a_reject_sends_the_job_back_for_rework(api):
+    ann = api.mint(Role.REVIEWER, name="ann")
     job = _parked(api)
     api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 1})
     rejected = api.post(f"/fleet/jobs/{job['id']}/review",
-                        {"reviewer": "ann", "decision": "reject", "comment": "tests missing"}).json
+                        {"decision": "reject", "comment": "tests missing"}, token=ann).json
     assert rejected["stage"] == "queued"
     assert rejected["events"][-1]["type"] == "review_rejected" and rejected["events"][-1]["detail"]["comment"] == "tests missing"
+    assert rejected["events"][-1]["actor"] == "ann"
 
 
 def test_review_needs_a_testing_job(api):

@@ -35,6 +35,15 @@ class Http:
         self.session.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auth_off():
+    """The end-to-end tests that are not about credentials serve with FLEET_AUTH=off (every
+    `fleet serve` inherits this environment); `test_auth.py` turns auth on in its own env."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEET_AUTH", "off")
+        yield
+
+
 @pytest.fixture(params=["sqlite", "cosmos"])
 def store_env(request) -> dict[str, str]:
     """The settings that point `fleet serve` at one store."""

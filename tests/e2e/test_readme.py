@@ -22,8 +22,10 @@ def walkthrough() -> str:
 
 
 def test_the_curl_walkthrough_works(tmp_path):
-    with running_server(db=str(tmp_path / "readme.db")) as server:
+    with running_server(db=str(tmp_path / "readme.db"), env={"FLEET_AUTH": None}) as server:
         script = walkthrough().replace("localhost:7071", server.url.removeprefix("http://"))
+        # the token `fleet serve` minted, beside its SQLite file (.fleet/ under `make run`)
+        script = script.replace(".fleet/admin-token", str(tmp_path / "admin-token"))
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script.replace("curl -s", "curl -sf")],
             cwd=tmp_path, capture_output=True, text=True, timeout=60,

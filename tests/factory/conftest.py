@@ -21,28 +21,65 @@ from pathlib import Path
 
 import pytest
 
+from fleet import tokens
+from fleet.clock import SystemClock
+from fleet.context import Context
+from fleet.principals import Role
 from fleetclient import FleetClient
 from fleetclient.retry import Backoff
 from shared.devhost import cli
 from shared.devhost.process import REPO_ROOT, running_server
+from shared.stores.sqlite_store import SqliteStore
 
 #: A quick backoff, so tests of retries do not sleep for long.
 FAST = Backoff(attempts=4, base_seconds=0.01, cap_seconds=0.05, max_retry_after=2.0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def suite_token(tmp_path_factory) -> Iterator[str]:
+    """The suite's one admin token, in `FLEET_TOKEN` for the client, the CLI and the runners
+    (the way an operator runs them). `known_to(db)` puts it into a store before its `fleet
+    serve` starts, so each of the suite's servers, with auth on, accepts it."""
+    db = tmp_path_factory.mktemp("token") / "mint.db"
+    minting = SqliteStore(str(db))
+    try:
+        created = tokens.create(Context(minting, SystemClock()), Role.ADMIN, name="ops")
+        _TOKEN_DOCS.append(minting.read("tokens", created.id, created.id))
+    finally:
+        minting.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLEET_TOKEN", created.token)
+        yield created.token
+
+
+_TOKEN_DOCS: list[dict] = []
+
+
+def known_to(db: Path) -> str:
+    """`db`, a fresh SQLite store that knows the suite's token."""
+    store = SqliteStore(str(db))
+    try:
+        for doc in _TOKEN_DOCS:
+            store.create("tokens", doc)
+    finally:
+        store.close()
+    return str(db)
+
+
 @pytest.fixture(scope="session")
-def server():
+def server(suite_token, tmp_path_factory):
     """A `fleet serve` with default settings, shared by the suite (tests use their own product)."""
-    with running_server(env={"FLEET_BUDGETS": None, "FLEET_PREEMPTION": None, "FLEET_LEASE_SECONDS": None}) as handle:
+    db = known_to(tmp_path_factory.mktemp("server") / "fleet.db")
+    with running_server(env={"FLEET_BUDGETS": None, "FLEET_PREEMPTION": None, "FLEET_LEASE_SECONDS": None}, db=db) as handle:
         yield handle
 
 
 @pytest.fixture(scope="session")
-def fast_server():
+def fast_server(suite_token, tmp_path_factory):
     """A `fleet serve` with 2-second leases, preemption and budgets on, timers off (tests run the
     sweep through the admin endpoint when they mean to)."""
     env = {"FLEET_LEASE_SECONDS": "2", "FLEET_PREEMPTION": "1", "FLEET_BUDGETS": "1"}
-    with running_server(env=env, args=["--no-timers"]) as handle:
+    with running_server(env=env, args=["--no-timers"], db=known_to(tmp_path_factory.mktemp("fast") / "fleet.db")) as handle:
         yield handle
 
 

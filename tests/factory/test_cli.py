@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import requests
 
 from fleetclient import commands
 from tests.factory.conftest import closed_port
@@ -112,15 +113,18 @@ class TestJobs:
         assert sorted(line[:3] for line in lines[1:]) == ["└─ ", "├─ "]
         assert {child["title"] for child in tree["children"]} == {"Part one", "Part two"}
 
-    def test_review_gate_commands(self, fleet_cli, client, product):
+    def test_review_gate_commands(self, fleet_cli, client, product, server, suite_token):
         job = submit(fleet_cli, product, "k1")
         lease = client.claim("f1", product).lease.lease_id
         client.release_lease(job["id"], lease, stage="testing")
+        # each reviewer is a principal of its own: a reviewer token named for them
+        reviewer = {name: reviewer_token(server.url, suite_token, name) for name in ("ann", "bob", "eve")}
 
         requested = fleet_cli.json("jobs", "request-review", job["id"], "--required", "2", "--reviewers", "ann,bob")
-        fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "ann")
-        code, out, err = fleet_cli("jobs", "review", job["id"], "approve", "--reviewer", "eve")
-        shipped = fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "bob", "-m", "lgtm")
+        fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "ann", "--token", reviewer["ann"])
+        code, out, err = fleet_cli("jobs", "review", job["id"], "approve", "--reviewer", "eve", "--token", reviewer["eve"])
+        shipped = fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "bob", "-m", "lgtm",
+                                 "--token", reviewer["bob"])
 
         assert requested["review"]["required"] == 2
         assert code == 1 and "403 forbidden" in err
@@ -205,3 +209,11 @@ class TestErrors:
     def test_the_factory_runner_needs_a_command(self, fleet_cli, product):
         code, _, err = fleet_cli("factory", "run", "--factory-id", "f1", "--product", product)
         assert code == 2 and "command" in err
+
+
+def reviewer_token(url: str, admin_token: str, name: str) -> str:
+    """A reviewer token named `name`, made by an admin over HTTP (`POST /fleet/tokens`)."""
+    answer = requests.post(f"{url}/fleet/tokens", json={"role": "reviewer", "name": name},
+                           headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["token"]

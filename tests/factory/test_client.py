@@ -5,8 +5,9 @@ import pytest
 
 from fleet.stages import Stage
 from fleetclient import FleetClient, errors
+from shared.devhost import serving
 from shared.devhost.process import running_server
-from tests.factory.conftest import FAST, closed_port
+from tests.factory.conftest import FAST, closed_port, known_to
 
 
 def submit(client: FleetClient, product: str, key: str, **fields):
@@ -174,8 +175,31 @@ class TestConnection:
         with FleetClient() as fleet:
             assert (fleet.url, fleet.key) == ("http://127.0.0.1:7071", None)
 
-    def test_the_key_is_sent_as_x_functions_key(self, product):
-        with running_server(env={"FLEET_FUNCTION_KEYS": "k-one,k-two"}) as keyed:
+    def test_the_token_comes_from_the_environment_or_the_caller(self, monkeypatch):
+        monkeypatch.setenv("FLEET_TOKEN", "from-env")
+        with FleetClient() as fleet:
+            assert fleet._http.token == "from-env"
+        with FleetClient(token="given") as fleet:
+            assert fleet._http.token == "given"
+        monkeypatch.delenv("FLEET_TOKEN")
+        with FleetClient() as fleet:
+            assert fleet._http.token is None
+
+    def test_the_token_is_sent_as_a_bearer_credential(self):
+        seen: list[str | None] = []
+
+        def app(environ, start_response):
+            seen.append(environ.get("HTTP_AUTHORIZATION"))
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"productId": "p", "version": 3, "updatedAt": null}']
+
+        with serving.BackgroundServer(app) as echo:
+            with FleetClient(echo.url, token="fleet_t", backoff=FAST) as fleet:
+                assert fleet.queue_state("p").version == 3
+        assert seen == ["Bearer fleet_t"]
+
+    def test_the_key_is_sent_as_x_functions_key(self, product, tmp_path):
+        with running_server(env={"FLEET_FUNCTION_KEYS": "k-one,k-two"}, db=known_to(tmp_path / "keyed.db")) as keyed:
             with FleetClient(keyed.url, key="k-two", backoff=FAST) as fleet:
                 assert fleet.queue_state(product).version == 0
             with FleetClient(keyed.url, key="wrong", backoff=FAST) as fleet:

@@ -14,7 +14,7 @@ import pytest
 from fleet.stages import RunResult, Stage
 from fleetclient import FleetClient
 from shared.devhost.process import running_server
-from tests.factory.conftest import FAST, Cli, kill_group, process_gone, wait_for
+from tests.factory.conftest import FAST, Cli, known_to, kill_group, process_gone, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -64,9 +64,9 @@ def pids_of(out: Path, job_id: str) -> list[int]:
     return [int(pid) for pid in path.read_text().split()] if path.exists() and path.read_text().strip() else []
 
 
-def test_two_runners_ship_every_job_exactly_once(agent, product, start_runner, capsys, monkeypatch):
+def test_two_runners_ship_every_job_exactly_once(agent, product, start_runner, capsys, monkeypatch, tmp_path):
     command, out = agent
-    with running_server(env={"FLEET_BUDGETS": "1"}) as server, FleetClient(server.url, backoff=FAST) as client:
+    with running_server(env={"FLEET_BUDGETS": "1"}, db=known_to(tmp_path / "budgets.db")) as server, FleetClient(server.url, backoff=FAST) as client:
         client.put_budget(product, 100.0, "monthly")
         env = {"AQ_FLEET_AUTOSHIP": "1", "E2E_OUT": str(out)}
         plain = start_runner(server.url, runner_args("plain", product, command, "--seats", "2"), env, "plain")
@@ -200,11 +200,11 @@ def test_sigterm_gives_a_running_job_back_with_its_checkpoint(agent, product, st
     assert given_back.runs[-1].result == RunResult.RELEASED
 
 
-def test_a_coordinator_outage_does_not_stop_running_work(agent, product, start_runner):
+def test_a_coordinator_outage_does_not_stop_running_work(agent, product, start_runner, tmp_path):
     command, out = agent
     # A 10 s lease is renewed every ~3.3 s; a 4 s outage makes at least one heartbeat fail and
     # leaves the lease enough time to be renewed once the coordinator is back.
-    with running_server(env={"FLEET_LEASE_SECONDS": "10"}, args=["--no-timers"]) as server, \
+    with running_server(env={"FLEET_LEASE_SECONDS": "10"}, args=["--no-timers"], db=known_to(tmp_path / "restart.db")) as server, \
             FleetClient(server.url, backoff=FAST) as client:
         job = client.submit_job(product_id=product, idempotency_key="k1", title="outlives an outage").job
         env = {"E2E_OUT": str(out), "SLOW": "1", "SLOW_SECONDS": "6", "AQ_FLEET_AUTOSHIP": "1"}

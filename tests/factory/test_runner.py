@@ -91,6 +91,7 @@ class TestOutcomes:
     def test_the_command_gets_the_job_in_its_environment_and_its_own_directory(
             self, client, product, tmp_path, monkeypatch):
         monkeypatch.setenv("FLEET_KEY", "not-for-the-agent")
+        monkeypatch.setenv("FLEET_TOKEN", "fleet_0123456789abcdef_" + "x" * 43)
         job = submit(client, product, "k1")
 
         assert run(client, product, script(tmp_path, REPORTING)).result() == 0
@@ -100,7 +101,7 @@ class TestOutcomes:
         assert seen["FLEET_PRODUCT_ID"] == product and seen["FLEET_FACTORY_ID"] == f"factory-{product}"
         assert (seen["job"]["id"], seen["job"]["stage"]) == (job.id, "building")
         assert seen["job"]["lease"]["factoryId"] == f"factory-{product}"
-        assert "FLEET_KEY" not in seen
+        assert "FLEET_KEY" not in seen and "FLEET_TOKEN" not in seen
         assert Path(seen["cwd"]).name == "work" and not Path(seen["cwd"]).exists()  # removed afterwards
 
     def test_a_failing_command_releases_its_job_for_retry(self, client, product, tmp_path):

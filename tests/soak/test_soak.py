@@ -71,9 +71,11 @@ class Sampler:
 def test_open_files_and_memory_stay_flat_under_thousands_of_requests(store_env, tmp_path):
     kind, env = store_env
     warm_cycles, cycles = CYCLES[kind]
-    with running_server(env={**env, "FLEET_LEASE_SECONDS": "300"}, db=str(tmp_path / "soak.db"),
+    # auth on, as deployed: every request's token is checked against the store
+    with running_server(env={**env, "FLEET_LEASE_SECONDS": "300", "FLEET_AUTH": None}, db=str(tmp_path / "soak.db"),
                         args=("--no-timers",), max_open_files=MAX_OPEN_FILES) as server:
-        factories = [workload.Factory(server.url, i, keep_alive=i % 2 == 0) for i in range(FACTORIES)]
+        token = (tmp_path / "admin-token").read_text().strip()
+        factories = [workload.Factory(server.url, i, keep_alive=i % 2 == 0, token=token) for i in range(FACTORIES)]
         try:
             # Given a server warmed up by the same load
             workload.run(factories, cycles=warm_cycles)
@@ -86,7 +88,7 @@ def test_open_files_and_memory_stay_flat_under_thousands_of_requests(store_env, 
                 workload.run(factories, cycles=cycles, first_cycle=warm_cycles)
             seconds = time.monotonic() - started
             end_files, end_rss = server.open_files(), server.resident_bytes()
-            jobs = workload.check_documents(server.url, factories)
+            jobs = workload.check_documents(server.url, factories, token)
         finally:
             for factory in factories:
                 factory.close()

@@ -51,6 +51,8 @@ class Factory:
     index: int
     keep_alive: bool = True
     tolerate_outage: bool = False
+    #: The API token sent with every request (None: the server runs with auth off).
+    token: str | None = None
     name: str = field(init=False)
     product: str = field(init=False)
     requests: int = 0
@@ -69,6 +71,7 @@ class Factory:
         self.product = f"soak-p{self.index}"
         if self.keep_alive:
             self._session = requests.Session()
+            self._session.headers.update(credentials(self.token))
 
     def close(self) -> None:
         if self._session is not None:
@@ -155,7 +158,7 @@ class Factory:
             response = self._session.request(method, self.url + path, json=body, timeout=CLIENT_TIMEOUT)
         else:
             response = requests.request(method, self.url + path, json=body, timeout=CLIENT_TIMEOUT,
-                                        headers={"Connection": "close"})
+                                        headers={"Connection": "close", **credentials(self.token)})
         elapsed = time.monotonic() - started
         self.requests += 1
         self.slowest = max(self.slowest, elapsed)
@@ -199,7 +202,11 @@ def run(factories: list[Factory], cycles: int | None = None, stop: threading.Eve
 HELD = frozenset({"assigned", "building", "review", "testing"})
 
 
-def check_documents(url: str, factories: list[Factory]) -> int:
+def credentials(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def check_documents(url: str, factories: list[Factory], token: str | None = None) -> int:
     """The jobs' documents are whole and agree with what the factories were told: every
     acknowledged submit exists; no two acknowledged claims of a job share a lease epoch (no job
     was ever held by two leases at once); a job's lease, runs and stage agree with each other
@@ -208,6 +215,7 @@ def check_documents(url: str, factories: list[Factory]) -> int:
     jobs checked."""
     checked = 0
     with requests.Session() as session:
+        session.headers.update(credentials(token))
         for factory in factories:
             jobs = _all_jobs(session, url, factory.product)
             for job_id in factory.acknowledged:

@@ -1,0 +1,157 @@
+"""Principals and API tokens: the role table, product scopes, factory binding, and tokens that
+are random, stored only as a hash, expire, and stop working the moment they are revoked."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from fleet import errors, tokens
+from fleet.clock import FixedClock
+from fleet.context import Context
+from fleet.principals import GRANTS, Permission, Principal, Role
+from shared.stores.sqlite_store import SqliteStore
+
+
+@pytest.fixture
+def ctx():
+    store = SqliteStore(":memory:")
+    yield Context(store, FixedClock("2026-01-05T09:00:00.000Z"))
+    store.close()
+
+
+# The role table, as the identities issue states it.
+@pytest.mark.parametrize(
+    "role, allowed",
+    [
+        (Role.ADMIN, set(Permission)),
+        (Role.OPERATOR, {"read", "submit", "operate", "request_review", "set_weights", "manage_budgets"}),
+        (Role.SUBMITTER, {"read", "submit"}),
+        (Role.REVIEWER, {"read", "review"}),
+        (Role.FACTORY, {"read", "work"}),
+        (Role.VIEWER, {"read"}),
+    ],
+)
+def test_each_role_holds_exactly_its_permissions(role, allowed):
+    principal = Principal(id="p", name="p", role=role, factory_id="f1" if role == Role.FACTORY else None)
+    assert {p for p in Permission if principal.can(p)} == {Permission(p) for p in allowed}
+    assert GRANTS[role] == {Permission(p) for p in allowed}
+
+
+def test_a_missing_permission_is_forbidden_and_named():
+    viewer = Principal(id="v", name="v", role=Role.VIEWER)
+    with pytest.raises(errors.Forbidden) as refused:
+        viewer.require(Permission.OPERATE)
+    assert "operate" in refused.value.detail and refused.value.extra == {"permission": "operate"}
+
+
+def test_a_product_scope_limits_what_is_seen():
+    scoped = Principal(id="s", name="s", role=Role.OPERATOR, products=("web",))
+    assert scoped.sees("web") and not scoped.sees("api") and not scoped.sees(None)
+    assert Principal(id="a", name="a", role=Role.OPERATOR).sees("api")
+
+
+def test_a_factory_speaks_only_for_itself_and_sees_only_its_own_leases():
+    factory = Principal(id="f", name="f", role=Role.FACTORY, factory_id="f1")
+    assert factory.speaks_for("f1") and not factory.speaks_for("f2")
+    assert factory.sees_lease_of("f1") and not factory.sees_lease_of("f2")
+    operator = Principal(id="o", name="o", role=Role.OPERATOR)
+    assert operator.sees_lease_of("f2") and not operator.speaks_for("f2")
+    assert not Principal(id="v", name="v", role=Role.VIEWER).sees_lease_of("f1")
+
+
+def test_a_created_token_authenticates_as_its_principal(ctx):
+    created = tokens.create(ctx, Role.FACTORY, name="gpu box", products=["web"], factory_id="f1")
+    principal = tokens.authenticate(ctx, created.token)
+    assert principal == Principal(id=created.id, name="gpu box", role=Role.FACTORY, products=("web",), factory_id="f1")
+
+
+def test_tokens_are_random_with_256_bits_and_only_their_hash_is_stored(ctx):
+    a, b = tokens.create(ctx, Role.VIEWER), tokens.create(ctx, Role.VIEWER)
+    assert a.token != b.token
+    secret = a.token.split("_", 2)[2]
+    assert len(secret) >= 43  # 32 random bytes, base64url
+    stored = json.dumps(ctx.store.read("tokens", a.id, a.id))
+    assert secret not in stored and a.token not in stored
+    assert "token" not in tokens.list_all(ctx)[0].to_doc()
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["", "nope", "fleet_0123456789abcdef_" + "x" * 43, "Bearer x", "fleet_zz_" + "a" * 43],
+)
+def test_an_unknown_or_malformed_token_is_unauthorized(ctx, presented):
+    with pytest.raises(errors.Unauthorized):
+        tokens.authenticate(ctx, presented)
+
+
+def test_a_token_with_a_wrong_secret_is_unauthorized(ctx):
+    created = tokens.create(ctx, Role.ADMIN)
+    forged = created.token[:-1] + ("A" if created.token[-1] != "A" else "B")
+    with pytest.raises(errors.Unauthorized):
+        tokens.authenticate(ctx, forged)
+
+
+def test_revoking_stops_the_next_request(ctx):
+    created = tokens.create(ctx, Role.OPERATOR)
+    tokens.authenticate(ctx, created.token)
+    assert tokens.revoke(ctx, created.id).revoked_at is not None
+    with pytest.raises(errors.Unauthorized):
+        tokens.authenticate(ctx, created.token)
+    assert tokens.revoke(ctx, created.id).revoked_at is not None  # idempotent
+
+
+def test_an_expired_token_is_unauthorized(ctx):
+    created = tokens.create(ctx, Role.VIEWER, expires_in=timedelta(days=30))
+    ctx.clock.advance(timedelta(days=30).total_seconds() - 1)
+    tokens.authenticate(ctx, created.token)
+    ctx.clock.advance(1)
+    with pytest.raises(errors.Unauthorized):
+        tokens.authenticate(ctx, created.token)
+
+
+def test_last_used_is_written_at_most_once_a_minute(ctx):
+    created = tokens.create(ctx, Role.VIEWER)
+    etag = lambda: ctx.store.read("tokens", created.id, created.id)["_etag"]  # noqa: E731
+    tokens.authenticate(ctx, created.token)
+    first = etag()
+    ctx.clock.advance(59)
+    tokens.authenticate(ctx, created.token)
+    assert etag() == first
+    ctx.clock.advance(1)
+    tokens.authenticate(ctx, created.token)
+    assert etag() != first
+    assert tokens.list_all(ctx)[0].last_used_at == ctx.clock.now()
+
+
+@pytest.mark.parametrize(
+    "role, fields, field",
+    [
+        (Role.FACTORY, {}, "factoryId"),
+        (Role.OPERATOR, {"factory_id": "f1"}, "factoryId"),
+        (Role.FACTORY, {"factory_id": "bad id"}, "factoryId"),
+        (Role.VIEWER, {"products": ["web\n"]}, "products"),
+        (Role.VIEWER, {"name": "\x00"}, "name"),
+        (Role.VIEWER, {"expires_in": timedelta(0)}, "expiresIn"),
+    ],
+)
+def test_a_token_is_refused_unless_its_fields_make_sense(ctx, role, fields, field):
+    with pytest.raises(errors.ValidationFailed) as refused:
+        tokens.create(ctx, role, **fields)
+    assert refused.value.errors[0]["field"] == field
+
+
+def test_revoking_an_unknown_token_is_not_found(ctx):
+    with pytest.raises(errors.NotFound):
+        tokens.revoke(ctx, "0123456789abcdef")
+    with pytest.raises(errors.NotFound):
+        tokens.revoke(ctx, "../etc")
+
+
+def test_bootstrap_asks_whether_any_token_is_usable(ctx):
+    assert not tokens.any_usable(ctx)
+    created = tokens.create(ctx, Role.ADMIN)
+    assert tokens.any_usable(ctx)
+    tokens.revoke(ctx, created.id)
+    assert not tokens.any_usable(ctx)
