@@ -65,8 +65,6 @@ def _write(
 
     return effects.change(ctx, id, fenced, grace, current=current, now=now, keyed_with=keyed_with).job
 
-    return effects.change(ctx, id, fenced, gap, current=current, now=now, keyed_with=keyed_with).job
-
 
 def _repeated(job: Job, lease_id: str, digest: str) -> bool:
     """Whether `lease_id` ended its own lease on this job with exactly this write. A different
