@@ -92,6 +92,9 @@ def in_process(db: str, claims_n: int, clock: FixedClock) -> dict:
 def over_http(db: str, claims_n: int) -> dict:
     with running_server(db=db) as server:
         session = requests.Session()
+        # auth is on, as deployed: the admin token `fleet serve` minted beside its database
+        token = (Path(db).parent / "admin-token").read_text().strip()
+        session.headers["Authorization"] = f"Bearer {token}"
         latencies = []
         for n in range(claims_n):
             began = time.perf_counter()
