@@ -176,8 +176,9 @@ class FleetClient:
         answer = self._http.call("POST", f"/fleet/jobs/{_seg(job_id)}/review/request", json=body, safe=False)
         return Job.model_validate(answer.body)
 
-    def review(self, job_id: str, reviewer: str, decision: str, comment: str | None = None) -> Job:
-        """`POST /fleet/jobs/{id}/review`: `approve` or `reject`. Not retried once sent."""
+    def review(self, job_id: str, reviewer: str | None, decision: str, comment: str | None = None) -> Job:
+        """`POST /fleet/jobs/{id}/review`: `approve` or `reject`, as `reviewer` (None: the token's
+        own principal; a reviewer is always the principal when auth is on). Not retried once sent."""
         body = _compact({"reviewer": reviewer, "decision": _value(decision), "comment": comment})
         answer = self._http.call("POST", f"/fleet/jobs/{_seg(job_id)}/review", json=body, safe=False)
         return Job.model_validate(answer.body)

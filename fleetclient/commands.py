@@ -124,7 +124,8 @@ def _add_jobs(subparsers, common) -> None:
     p = job_commands.add_parser("review", parents=[common], help="approve or reject a job under review")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("decision", choices=_values(schemas.Decision))
-    p.add_argument("--reviewer", default=_default_actor(), help="who reviews (default: $USER)")
+    p.add_argument("--reviewer", help="who reviews: the token's own principal (the default); needed only "
+                                      "against a coordinator with auth off")
     p.add_argument("--comment", "-m")
     p.set_defaults(run=_command("review"))
 
