@@ -16,8 +16,8 @@ from fleet.store import Query
 from shared import config
 from shared.stores import cosmos_store
 from shared.stores.cosmos_store import CosmosStore
-from shared.stores.local_cosmos import ServerUnavailable, start_cosmos_server
-from tests.support.cosmos import unavailable, unverified_loopback
+from tests.support.cosmos import unverified_loopback
+from tests.support.faults import cosmos_behind_proxy
 from tests.support.proxy import TcpProxy
 
 pytestmark = [unverified_loopback, pytest.mark.cosmos]
@@ -29,21 +29,13 @@ SLACK = 1.0
 @pytest.fixture(scope="module")
 def stalling() -> Iterator[tuple[CosmosStore, TcpProxy]]:
     """A store whose every call passes a proxy the test can pause."""
-    with TcpProxy() as proxy:
-        try:
-            server = start_cosmos_server(advertised_port=proxy.port)
-        except ServerUnavailable as exc:
-            unavailable(str(exc))
-        try:
-            proxy.forward_to(int(server.endpoint.rstrip("/").rsplit(":", 1)[1]))
-            store = CosmosStore(f"https://127.0.0.1:{proxy.port}/", key=server.key, database="deadline",
-                                verify_tls=False, create=True, timeout=DEADLINE)
-            store.upsert("factories", {"id": "f1"})
-            yield store, proxy
-            store.close()
-            gc.collect()  # connections the stalls broke: finalize them here, not in a later test
-        finally:
-            server.stop()
+    with cosmos_behind_proxy() as (server, proxy, endpoint):
+        store = CosmosStore(endpoint, key=server.key, database="deadline", verify_tls=False, create=True,
+                            timeout=DEADLINE)
+        store.upsert("factories", {"id": "f1"})
+        yield store, proxy
+        store.close()
+        gc.collect()  # connections the stalls broke: finalize them here, not in a later test
 
 
 PRIMITIVES = {

@@ -21,6 +21,7 @@ from fleet.errors import StoreFault
 from shared import config
 from shared.stores import sqlite_store
 from shared.stores.sqlite_store import SqliteStore
+from tests.support.faults import write_lock
 
 #: How much later than its deadline a call may return on a busy machine.
 SLACK = 0.5
@@ -38,18 +39,6 @@ def opened(path: str, **options) -> Iterator[SqliteStore]:
         yield store
     finally:
         store.close()
-
-
-@contextlib.contextmanager
-def write_lock(path: str) -> Iterator[None]:
-    """Another writer holding the database's write lock for the block."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 def timed(call) -> tuple[float, BaseException | None]:

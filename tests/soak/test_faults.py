@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import sqlite3
 import threading
 import time
 import uuid
@@ -20,8 +19,8 @@ import pytest
 import requests
 
 from tests.soak import workload
-from shared.stores.local_cosmos import CosmosAccount, ServerUnavailable, start_cosmos_server
-from tests.support.cosmos import unavailable
+from shared.stores.local_cosmos import CosmosAccount
+from tests.support.faults import cosmos_behind_proxy, write_lock
 from tests.support.proxy import TcpProxy
 from shared.devhost.process import running_server
 
@@ -47,32 +46,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def write_lock(db: str) -> Iterator[None]:
-    """Another process's writer holding the SQLite database's write lock for the block."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("BEGIN EXCLUSIVE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
 def proxied_cosmos() -> Iterator[tuple[TcpProxy, dict[str, str]]]:
     """A Cosmos server of its own, reached only through a proxy: the proxy and the settings
     for a `fleet serve` on it."""
-    with TcpProxy() as proxy:
-        try:
-            server = start_cosmos_server(advertised_port=proxy.port)
-        except ServerUnavailable as exc:
-            unavailable(str(exc))
-        try:
-            proxy.forward_to(int(server.endpoint.rstrip("/").rsplit(":", 1)[1]))
-            account = CosmosAccount(f"https://127.0.0.1:{proxy.port}/", server.key, verify_tls=False, local=True)
-            yield proxy, account.environ(database=f"faults-{uuid.uuid4().hex[:8]}")
-        finally:
-            server.stop()
+    with cosmos_behind_proxy() as (server, proxy, endpoint):
+        account = CosmosAccount(endpoint, server.key, verify_tls=False, local=True)
+        yield proxy, account.environ(database=f"faults-{uuid.uuid4().hex[:8]}")
 
 
 def health(url: str) -> tuple[float, requests.Response]:
