@@ -33,13 +33,6 @@ def server():
 
 
 @pytest.fixture
-def http(server):
-    client = Http(server.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def lease(http, request):
     """A job of product `strict` claimed by f1: (job id, lease id)."""
     key = request.node.name[-60:]
