@@ -55,7 +55,7 @@ def action(raw: str, allowed: tuple[Action, ...]) -> Action:
         chosen = None
     if chosen not in allowed:
         names = ", ".join(a.value for a in allowed)
-        raise errors.ValidationFailed(f"action must be one of {names}", [{"field": "action", "message": "unknown"}])
+        raise _invalid("action", f"action must be one of {names}")
     return chosen
 
 
@@ -69,28 +69,33 @@ def bulk_notice(action: Action, done: int, refused: list[str]) -> str:
 def budget_settings(ceiling: str, window: str) -> tuple[float, Window]:
     amount = number(ceiling, "ceiling")
     if amount < 0 or amount > 1e9:
-        raise errors.ValidationFailed("ceiling must be between 0 and 1,000,000,000", [{"field": "ceiling", "message": "range"}])
+        raise _invalid("ceiling", "ceiling must be between 0 and 1,000,000,000")
     try:
         return amount, Window(window)
     except ValueError:
-        raise errors.ValidationFailed("window must be daily, weekly or monthly", [{"field": "window", "message": "unknown"}]) from None
+        raise _invalid("window", "window must be daily, weekly or monthly") from None
 
 
 def number(raw: str, name: str) -> float:
     try:
         value = float(raw.replace(",", "").replace("$", "").strip())
     except ValueError:
-        raise errors.ValidationFailed(f"{name} must be a number", [{"field": name, "message": "not a number"}]) from None
+        raise _invalid(name, f"{name} must be a number") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise errors.ValidationFailed(f"{name} must be a number", [{"field": name, "message": "not a number"}])
+        raise _invalid(name, f"{name} must be a number")
     return value
 
 
 def integer(raw: str, name: str, minimum: int, maximum: int) -> int:
     if not raw.isdigit() or len(raw) > 9 or not minimum <= int(raw) <= maximum:
-        raise errors.ValidationFailed(f"{name} must be a whole number from {minimum} to {maximum}", [{"field": name, "message": "invalid"}])
+        raise _invalid(name, f"{name} must be a whole number from {minimum} to {maximum}")
     return int(raw)
 
 
 def _list(raw: str) -> list[str]:
     return [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
+
+
+def _invalid(field: str, detail: str) -> errors.ValidationFailed:
+    """A form field that is not valid, named as the API names a body's."""
+    return errors.ValidationFailed(detail, [{"field": field, "message": detail}])

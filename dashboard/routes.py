@@ -127,14 +127,16 @@ def dashboard_jobs(request: Request) -> func.HttpResponse:
     tabs = [("All", url(None), stage is None)] + [(render.stage_label(s), url(s), s == stage) for s in Stage]
     newer = url(offset=max(0, offset - views.PAGE_SIZE)) if offset > 0 else None
     older = url(offset=offset + views.PAGE_SIZE) if view.more else None
-    return render.page("jobs.html", **_common(request, view=view, tabs=tabs, newer=newer, older=older, here=url(offset=offset)))
+    values = _common(request, view=view, tabs=tabs, newer=newer, older=older, here=url(offset=offset))
+    return render.page("jobs.html", **values)
 
 
 @bp.route(route="dashboard/fleet/jobs/new", methods=["GET"], auth_level=ANONYMOUS)
 @web.page(needs=Permission.SUBMIT)
 def dashboard_new_job(request: Request) -> func.HttpResponse:
     """The New job form"""
-    return render.page("new_job.html", **_common(request, values={"priority": "normal"}, problems=[], products=views.products(ctx())))
+    values = _common(request, values={"priority": "normal"}, problems=[], products=views.products(ctx()))
+    return render.page("new_job.html", **values)
 
 
 @bp.route(route="dashboard/fleet/jobs/new", methods=["POST"], auth_level=ANONYMOUS)
@@ -146,7 +148,8 @@ def dashboard_submit_job(request: Request) -> func.HttpResponse:
         submitted = forms.submit(ctx(), values)
     except errors.ValidationFailed as exc:
         problems = [f"{e.get('field') or 'form'}: {e.get('message')}" for e in exc.errors] or [exc.detail]
-        return render.page("new_job.html", 400, **_common(request, values=values, problems=problems, products=views.products(ctx())))
+        again = _common(request, values=values, problems=problems, products=views.products(ctx()))
+        return render.page("new_job.html", 400, **again)
     flag = "created" if submitted.created else "existing"
     return web.redirect(f"/dashboard/fleet/jobs/{quote(submitted.job.id, safe='')}?notice={flag}")
 
@@ -158,7 +161,8 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
     action = forms.action(request.field("action"), allowed=(Action.REQUEUE, Action.CANCEL))
     ids = request.fields("ids")
     if not ids or len(ids) > views.PAGE_SIZE * 4:
-        raise errors.ValidationFailed(f"select between 1 and {views.PAGE_SIZE * 4} jobs", [{"field": "ids", "message": "count"}])
+        most = views.PAGE_SIZE * 4
+        raise errors.ValidationFailed(f"select between 1 and {most} jobs", [{"field": "ids", "message": "count"}])
     done, refused = 0, []
     for id in dict.fromkeys(ids):
         try:
@@ -199,7 +203,8 @@ def dashboard_review(request: Request) -> func.HttpResponse:
     if decision not in ("approve", "reject"):
         raise errors.ValidationFailed("decision must be approve or reject", [{"field": "decision", "message": "invalid"}])
     job = review.decide(ctx(), id, None, decision == "approve", request.field("comment")[:4000] or None)
-    return _back_to(id, f"{'Approved' if decision == 'approve' else 'Rejected'}. The job is {render.stage_label(job.stage).lower()}.")
+    verb = "Approved" if decision == "approve" else "Rejected"
+    return _back_to(id, f"{verb}. The job is {render.stage_label(job.stage).lower()}.")
 
 
 @bp.route(route="dashboard/fleet/budget", methods=["GET"], auth_level=ANONYMOUS)

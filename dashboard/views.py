@@ -45,7 +45,7 @@ class Overview:
 def overview(ctx: Context) -> Overview:
     fleet = factories.list_all(ctx).items
     names = products(ctx, fleet)
-    counts = {p: {s: ctx.store.count(store.Query("jobs", p, (store.Filter("stage", "=", s.value),))) for s in Stage} for p in names}
+    counts = {p: {s: _count(ctx, p, s) for s in Stage} for p in names}
     spend: dict[str, budget_rules.BudgetView | None] = {}
     if ctx.settings.budgets:
         for p in names:
@@ -58,6 +58,10 @@ def overview(ctx: Context) -> Overview:
         spend=spend,
         days=activity.days(ctx),
     )
+
+
+def _count(ctx: Context, product: str, stage: Stage) -> int:
+    return ctx.store.count(store.Query("jobs", product, (store.Filter("stage", "=", stage.value),)))
 
 
 @dataclass
@@ -92,7 +96,9 @@ def jobs(ctx: Context, stage: Stage | None, product: str | None, query: str, off
     while searched < SEARCH_DEPTH:
         page = listing.page(ctx, stage=stage, product_id=product, limit=100, offset=cursor)
         searched += len(page.items)
-        matched += [j for j in page.items if (needle in j.title.casefold() or j.idempotency_key == query) and j not in matched]
+        matched += [
+            j for j in page.items if (needle in j.title.casefold() or j.idempotency_key == query) and j not in matched
+        ]
         if page.next_offset is None:
             break
         cursor = page.next_offset

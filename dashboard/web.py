@@ -106,7 +106,8 @@ def page(*, needs: Permission | None, version: Callable[[Request], Version] | No
             log.info("%s %s -> %s (%d store responses)", handler.__name__, req.method, response.status_code, meter.responses)
             return response
 
-        served.page = Page(needs=needs, summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0])  # type: ignore[attr-defined]
+        summary = (handler.__doc__ or handler.__name__).strip().splitlines()[0]
+        served.page = Page(needs=needs, summary=summary)  # type: ignore[attr-defined]
         return served
 
     return decorate

@@ -120,9 +120,8 @@ def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
 
 
 def _add(ctx: Context, day: date, field: str, by: float) -> dict[str, Any]:
-    return ctx.store.increment(
-        "jobs", STATE_PARTITION, _day_id(day), field, by, {"id": _day_id(day), "productId": STATE_PARTITION, "day": day.isoformat()}
-    )
+    initial = {"id": _day_id(day), "productId": STATE_PARTITION, "day": day.isoformat()}
+    return ctx.store.increment("jobs", STATE_PARTITION, _day_id(day), field, by, initial)
 
 
 def _day_id(day: date | datetime) -> str:

@@ -10,6 +10,10 @@ from fleet.budget_rules import Budget, PausedBy, Window
 from fleet.context import Context
 
 
+#: The fields of a budget that nothing pauses.
+RUNNING = {"paused": False, "paused_by": None, "paused_actor": None, "pause_reason": None}
+
+
 def _new(product_id: str, now: datetime) -> Budget:
     return Budget(id=product_id, product_id=product_id, window_start=budget_rules.window_start(Window.MONTHLY, now), updated_at=now)
 
@@ -104,7 +108,7 @@ def resume(ctx: Context, product_id: str) -> Budget:
     budget = change(
         ctx,
         product_id,
-        lambda b: b.model_copy(update={"paused": False, "paused_by": None, "paused_actor": None, "pause_reason": None, "updated_at": now}),
+        lambda b: b.model_copy(update={**RUNNING, "updated_at": now}),
         create=False,
     )
     queue_state.bump(ctx, product_id)

@@ -287,6 +287,14 @@ def test_a_hostile_job_body_is_shown_as_text(coordinator):
     assert "<img src=x" not in page and "&lt;img src=x" in page
 
 
+def test_pages_allow_only_their_own_scripts_and_no_framing(coordinator):
+    c = coordinator
+    page = c.browser(c.mint(Role.VIEWER, name="viewer")).get("/dashboard/fleet")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "form-action 'self'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
 def test_with_budgets_off_the_budget_page_says_so(serve, store_env):
     for c in _coordinator(serve, store_env, "0"):
         admin = c.mint(Role.ADMIN, name="admin")
