@@ -13,7 +13,8 @@ capabilities, `repo` and `baseBranch`, driven in-process through the use cases. 
 - on Cosmos (the local Cosmos-compatible server started here, or the account `COSMOS_ENDPOINT`
   names), the request and response body bytes exchanged with the endpoint, counted by the SDK's
   transport (every HTTP attempt, retries and metadata reads included), and the request units
-  those exchanges are estimated to cost (`store_meters.RU_MODEL`: the local server charges a flat 1 RU);
+  those exchanges are estimated to cost (`store_meters.RU_MODEL`; the local server charges a
+  flat 1 RU a call);
 - on SQLite, which has no wire, the JSON bytes of the documents handed to and returned by the
   store port: a proxy for what Cosmos would move.
 
