@@ -87,8 +87,9 @@ def page(template: str, code: int = 200, **values: Any) -> func.HttpResponse:
     return func.HttpResponse(html, status_code=code, mimetype="text/html", charset="utf-8", headers=dict(HEADERS))
 
 
-def error_page(status: int, title: str, detail: str, signed_in: bool = True) -> func.HttpResponse:
-    return page("error.html", status, title=title, detail=detail, status=status, signed_in=signed_in)
+def error_page(status: int, title: str, detail: str, **who: Any) -> func.HttpResponse:
+    """The page of a request that failed; `who`: the header's principal, when there is one."""
+    return page("error.html", status, title=title, detail=detail, status=status, **{"signed_in": False, **who})
 
 
 def chart(days: list[Any], width: int = 640, height: int = 180) -> Markup:

@@ -28,6 +28,8 @@ bp = func.Blueprint()
 ANONYMOUS = func.AuthLevel.ANONYMOUS
 STATIC = Path(__file__).resolve().parent / "static"
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+#: What a form's use case may refuse that the page it came from shows in place.
+REFUSALS = (errors.IllegalTransition, errors.Conflict, errors.NotClaimable, errors.LeaseLost)
 #: What a notice code a form's redirect names says.
 NOTICES = {"created": "Job created.", "existing": "That idempotency key already names this job."}
 #: Live-refresh choices, in seconds.
@@ -191,7 +193,10 @@ def dashboard_job_action(request: Request) -> func.HttpResponse:
     """Ship, requeue, reject or cancel one job"""
     id = _job_id(request)
     action = forms.action(request.req.route_params.get("action", ""), allowed=tuple(Action))
-    job = actions.apply(ctx(), id, action, request.field("reason") or None)
+    try:
+        job = actions.apply(ctx(), id, action, request.field("reason") or None)
+    except REFUSALS as exc:  # shown in place, on the job's page
+        return _back_to(id, f"Not done: {exc.detail}")
     return _back_to(id, f"{forms.DONE[action]} The job is {render.stage_label(job.stage).lower()}.")
 
 
@@ -203,7 +208,10 @@ def dashboard_review(request: Request) -> func.HttpResponse:
     decision = request.field("decision")
     if decision not in ("approve", "reject"):
         raise errors.ValidationFailed("decision must be approve or reject", [{"field": "decision", "message": "invalid"}])
-    job = review.decide(ctx(), id, None, decision == "approve", request.field("comment")[:4000] or None)
+    try:
+        job = review.decide(ctx(), id, None, decision == "approve", request.field("comment")[:4000] or None)
+    except REFUSALS as exc:
+        return _back_to(id, f"Not done: {exc.detail}")
     verb = "Approved" if decision == "approve" else "Rejected"
     return _back_to(id, f"{verb}. The job is {render.stage_label(job.stage).lower()}.")
 

@@ -122,6 +122,7 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
     from dashboard import render  # the templates load once, on the first page
 
     posting = req.method.upper() == "POST"
+    principal: Principal | None = None
     try:
         principal = _principal(req) if needs is not None else _principal_or_none(req)
         if principal is None and needs is not None:
@@ -144,23 +145,37 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
             if tag is not None and response.status_code == 200:
                 response.headers["ETag"] = tag
     except errors.Unauthorized as exc:
-        return render.error_page(401, "Sign in", exc.detail, signed_in=False)
+        return render.error_page(401, "Sign in", exc.detail)
     except errors.FleetError as exc:
         status = next((s for kind, s in http.STATUS.items() if isinstance(exc, kind)), 500)
         retry = getattr(exc, "retry_after", None) if status == 503 else None
-        response = render.error_page(status, _TITLES.get(status, "Error"), exc.detail)
+        response = render.error_page(status, _title(exc, status), exc.detail, **_who(principal))
         if status == 503:
             response.headers["Retry-After"] = str(max(1, math.ceil(retry or 1)))
         return response
     except Exception:
         log.exception("unhandled error in %s", handler.__name__)
-        return render.error_page(500, "Something went wrong", "the coordinator failed to show this page; see its logs")
+        detail = "the coordinator failed to show this page; see its logs"
+        return render.error_page(500, "Something went wrong", detail, **_who(principal))
     response.headers.setdefault("Cache-Control", "no-cache")
     return response
 
 
 _TITLES = {400: "Not valid", 403: "Not allowed", 404: "Not found", 409: "Not possible now", 413: "Too large", 503: "Busy"}
 
+
+def _title(exc: errors.FleetError, status: int) -> str:
+    if status == 404 and exc.detail.startswith("no job"):
+        return "No job"
+    return _TITLES.get(status, "Error")
+
+
+def _who(principal: Principal | None) -> dict[str, Any]:
+    """What an error page's header shows of who is signed in."""
+    if principal is None:
+        return {"signed_in": False}
+    off = config.auth_mode() == auth.Mode.OFF
+    return {"signed_in": True, "principal": principal, "csrf": form_token(principal), "auth_off": off}
 
 def _principal(req: func.HttpRequest) -> Principal | None:
     """The request's principal; None when it carries no credential at all. A credential that
