@@ -1,0 +1,27 @@
+"""axe-core, run in each page as it renders with data: no serious or critical violation."""
+from __future__ import annotations
+
+import pytest
+
+from tests.browser import dashboard
+from tests.support.cosmos import in_ci
+
+
+@pytest.fixture(scope="module")
+def axe() -> None:
+    if not dashboard.axe_available():
+        reason = f"no {dashboard.AXE} (make test runs npm install)"
+        if in_ci():
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("name", dashboard.PAGES)
+def test_no_serious_or_critical_accessibility_violation(name, axe, page, tokens, shown):
+    if name != "signin":
+        dashboard.signed_in(page, tokens["operator"])
+    page.goto(dashboard.PAGES[name](shown))
+
+    violations = dashboard.axe_violations(page)
+
+    assert not violations, f"{name} ({page.url}):\n{dashboard.describe(violations)}"

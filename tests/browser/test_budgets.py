@@ -1,0 +1,83 @@
+"""Budgets from the browser: Pause and Resume change the product's budget, the settings form
+changes its ceiling and window, and with budgets off every page shows an empty state."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from fleetclient import errors
+from tests.browser import dashboard
+
+
+def test_pause_then_resume_change_the_budget(operator_page, fleet, product):
+    fleet.client.put_budget(product, 40.0, "daily")
+
+    # When the operator pauses the product's budget with a reason
+    page = operator_page
+    page.goto(dashboard.BUDGETS)
+    budget = dashboard.region(page, product)
+    budget.get_by_label("Reason", exact=True).fill("release freeze")
+    budget.get_by_role("button", name="Pause", exact=True).click()
+
+    # Then the page shows who paused it and why, and the API says it is paused
+    budget = dashboard.region(page, product)
+    expect(budget).to_contain_text(re.compile(r"Paused by olive: release freeze"))
+    expect(budget.get_by_role("button", name="Resume", exact=True)).to_be_visible()
+    expect(budget.get_by_role("button", name="Pause", exact=True)).to_have_count(0)
+    assert fleet.client.get_budget(product).paused is True
+
+    # When they resume it
+    budget.get_by_role("button", name="Resume", exact=True).click()
+
+    # Then it runs again
+    budget = dashboard.region(page, product)
+    expect(budget).to_contain_text("Running")
+    expect(budget.get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    assert fleet.client.get_budget(product).paused is False
+
+
+def test_save_changes_the_ceiling_and_the_window(operator_page, fleet, product):
+    fleet.client.put_budget(product, 40.0, "daily")
+
+    page = operator_page
+    page.goto(dashboard.BUDGETS)
+    budget = dashboard.region(page, product)
+    dashboard.fill(budget, "Ceiling (USD)", "75")
+    dashboard.fill(budget, "Window", "monthly")
+    budget.get_by_role("button", name="Save", exact=True).click()
+
+    expect(dashboard.region(page, product)).to_contain_text(re.compile(r"ceiling \$75(\.00)?"))
+    saved = fleet.client.get_budget(product)
+    assert (saved.ceiling_usd, saved.window.value) == (75.0, "monthly")
+
+
+def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product):
+    page = operator_page
+    page.goto(dashboard.BUDGETS)
+    form = dashboard.region(page, "Set a budget")
+    dashboard.fill(form, "Product", product)
+    dashboard.fill(form, "Ceiling (USD)", "12.5")
+    dashboard.fill(form, "Window", "weekly")
+    form.get_by_role("button", name="Save", exact=True).click()
+
+    expect(dashboard.region(page, product)).to_contain_text(re.compile(r"ceiling \$12\.50?"))
+    saved = fleet.client.get_budget(product)
+    assert (saved.ceiling_usd, saved.window.value) == (12.5, "weekly")
+
+
+def test_with_budgets_off_the_pages_show_an_empty_state(open_page, fleet_budgets_off):
+    with pytest.raises(errors.FeatureDisabled):  # what the page degrades from
+        fleet_budgets_off.client.get_budget("anything")
+    page = dashboard.signed_in(open_page(fleet_budgets_off), fleet_budgets_off.admin_token)
+
+    answer = page.goto(dashboard.BUDGETS)
+
+    assert answer.status == 200
+    expect(page.get_by_role("heading", level=1)).to_have_text("Budgets")
+    expect(page.get_by_text("Budgets are off")).to_be_visible()
+    expect(page.get_by_role("button", name="Pause", exact=True)).to_have_count(0)
+    page.goto(dashboard.OVERVIEW)
+    expect(page.get_by_text("Budgets are off")).to_be_visible()
+    expect(dashboard.region(page, "Spend this window")).to_have_count(0)
