@@ -66,8 +66,9 @@ def status(page: Page) -> Locator:
 
 
 def fill(page: Page | Locator, label: str, value: str) -> None:
-    """Set the field labelled `label`: pick the option of a select, type into anything else."""
-    field = page.get_by_label(label, exact=True)
+    """Set the field labelled `label`: pick the option of a select, type into anything else.
+    (Not an exact match: a label wrapping a select names it with the selected option too.)"""
+    field = page.get_by_label(label)
     if field.evaluate("element => element.tagName") == "SELECT":
         field.select_option(value)
     else:
