@@ -60,9 +60,14 @@ def confirm(page: Page, question: str) -> None:
     dialog.get_by_role("button", name="Confirm", exact=True).click()
 
 
-def status(page: Page) -> Locator:
-    """The page's status line (what an action did)."""
-    return page.get_by_role("status")
+def status(page: Page, text: str | re.Pattern[str]) -> Locator:
+    """The status line saying `text` (what an action did)."""
+    return page.get_by_role("status").filter(has_text=text)
+
+
+def facts(page: Page) -> Locator:
+    """A job page's `<dl>` of facts: the one with a `Stage` term."""
+    return page.locator("dl").filter(has=page.locator("dt", has_text=re.compile(r"^\s*Stage\s*$"))).first
 
 
 def fill(page: Page | Locator, label: str, value: str) -> None:
