@@ -105,12 +105,12 @@ def product() -> str:
 
 @pytest.fixture
 def open_page(browser) -> Iterator[Callable[..., Page]]:
-    """`open_page(fleet, viewport=chromium.DESKTOP)`: a page in a fresh context on `fleet`'s
-    server (no cookies). Every context is closed after the test."""
+    """`open_page(fleet, viewport=chromium.DESKTOP, bypass_csp=False)`: a page in a fresh
+    context on `fleet`'s server (no cookies). Every context is closed after the test."""
     with contextlib.ExitStack() as stack:
 
-        def open_(on: world.Fleet, viewport: dict[str, int] = chromium.DESKTOP) -> Page:
-            context = browser.new_context(base_url=on.url, viewport=viewport)
+        def open_(on: world.Fleet, viewport: dict[str, int] = chromium.DESKTOP, bypass_csp: bool = False) -> Page:
+            context = browser.new_context(base_url=on.url, viewport=viewport, bypass_csp=bypass_csp)
             stack.callback(context.close)
             context.set_default_timeout(ACTION_TIMEOUT_MS)
             return context.new_page()

@@ -27,6 +27,11 @@ def job_page(job_id: str) -> str:
     return f"{JOBS}/{quote(job_id, safe='')}"
 
 
+def to_job(job_id: str) -> re.Pattern[str]:
+    """An href to the job's page, its id's `:` escaped or not (both name the same page)."""
+    return re.compile(f"{re.escape(JOBS)}/(?:{re.escape(job_id)}|{re.escape(quote(job_id, safe=''))})$")
+
+
 #: Every page, by name -> its path, given the ids of a job and a composite to show.
 PAGES = {
     "signin": lambda ids: SIGNIN,

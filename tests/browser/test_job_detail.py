@@ -95,8 +95,9 @@ def test_a_reviewer_approves_in_the_review_region(open_page, fleet, tokens, prod
     expect(review).to_contain_text("Approvals")
     expect(review).to_contain_text("ann")
     expect(dashboard.region(page, "Actions").get_by_role("button", name="Ship", exact=True)).to_have_count(0)
+    review.get_by_role("button", name="Approve", exact=True).click()
     with page.expect_response(lambda answer: answer.request.method == "POST") as posted:
-        review.get_by_role("button", name="Approve", exact=True).click()
+        dashboard.confirm(page, "Approve this job as rita?")
 
     # One approval of the two required: recorded in the reviewer's own name, still at the gate.
     assert posted.value.status == 303
@@ -113,12 +114,13 @@ def test_the_dag_of_a_composite_with_two_children_shows_three_nodes(operator_pag
     page.goto(dashboard.job_page(composite.id))
     nodes = dashboard.region(page, "DAG").get_by_role("link")
 
+    # Each node: a link to its job, titled, with its stage beside it.
     expect(nodes).to_have_count(3)
-    expect(nodes.filter(has_text="An epic")).to_contain_text("blocked", ignore_case=True)
+    expect(nodes.filter(has_text="An epic").locator("xpath=..")).to_contain_text("blocked", ignore_case=True)
     for child in tree.children:
-        node = nodes.filter(has_text=child.title)
-        expect(node).to_contain_text("queued", ignore_case=True)
-        expect(node).to_have_attribute("href", re.compile(re.escape(dashboard.job_page(child.id)) + "$"))
+        link = nodes.filter(has_text=child.title)
+        expect(link).to_have_attribute("href", dashboard.to_job(child.id))
+        expect(link.locator("xpath=..")).to_contain_text("queued", ignore_case=True)
 
     nodes.filter(has_text="Child epic-b").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Child epic-b")
