@@ -44,6 +44,7 @@ bench: install
 	$(PY) bench/claim_depth.py
 	$(PY) bench/store_costs.py
 	$(PY) bench/use_case_reads.py
+	$(PY) bench/dashboard_refresh.py
 
 clean:
 	rm -rf $(VENV) node_modules .fleet .pytest_cache

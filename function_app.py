@@ -33,6 +33,7 @@ from fleet import (
 from fleet.jobs import PRODUCT_ID, is_product_id, product_of
 from fleet.principals import Permission
 from fleet.stages import Stage
+from dashboard import routes as dashboard_routes
 from shared import auth, config, http, openapi
 from shared.config import context as ctx
 from shared.stores import probe
@@ -60,6 +61,8 @@ class FleetApp(func.FunctionApp):
 
 app = FleetApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("fleet")
+#: The operator dashboard's pages and forms (`dashboard.routes`), on the same port.
+app.register_functions(dashboard_routes.bp)
 
 
 #: The path parameter of the per-product endpoints.

@@ -50,6 +50,9 @@ class _BudgetFields(Model):
     spent_usd: float = 0.0
     paused: bool = False
     paused_by: PausedBy | None = None
+    #: Who paused it by hand (the principal's name), and why they said; None otherwise.
+    paused_actor: str | None = None
+    pause_reason: str | None = None
     #: claim (lease id) -> {amountUsd, at, runId}: estimated cost of runs not yet accrued.
     reservations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     updated_at: Time
@@ -92,6 +95,15 @@ def window_start(window: Window, now: datetime) -> datetime:
     if window == Window.WEEKLY:
         return day - timedelta(days=day.weekday())
     return day.replace(day=1)
+
+
+def window_end(window: Window, start: datetime) -> datetime:
+    """When the window that began at `start` rolls: the start of the next one."""
+    if window == Window.DAILY:
+        return start + timedelta(days=1)
+    if window == Window.WEEKLY:
+        return start + timedelta(days=7)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 def rolled(budget: Budget, now: datetime) -> Budget:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet import budget_rules, clock, errors, queue_state, store
+from fleet import activity, budget_rules, clock, errors, queue_state, store
 from fleet.budget_rules import Budget, PausedBy, Window
 from fleet.context import Context
+
+
+#: The fields of a budget that nothing pauses.
+RUNNING = {"paused": False, "paused_by": None, "paused_actor": None, "pause_reason": None}
 
 
 def _new(product_id: str, now: datetime) -> Budget:
@@ -78,18 +82,23 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Bu
     budget = change(ctx, product_id, decide)
     if budget_rules.refusal(before) and not budget_rules.refusal(budget) or before is None:
         queue_state.bump(ctx, product_id)
+    activity.touch(ctx)
     return budget
 
 
-def pause(ctx: Context, product_id: str) -> Budget:
+def pause(ctx: Context, product_id: str, reason: str | None = None) -> Budget:
+    """Pause by hand, recording who (the principal) and, if given, why."""
     _reach(ctx, product_id)
     now = ctx.clock.now()
-    return change(
+    paused = {"paused": True, "paused_by": PausedBy.MANUAL, "paused_actor": ctx.principal.actor(), "pause_reason": reason}
+    budget = change(
         ctx,
         product_id,
-        lambda b: b.model_copy(update={"paused": True, "paused_by": PausedBy.MANUAL, "updated_at": now}),
+        lambda b: b.model_copy(update={**paused, "updated_at": now}),
         create=False,
     )
+    activity.touch(ctx)
+    return budget
 
 
 def resume(ctx: Context, product_id: str) -> Budget:
@@ -99,10 +108,11 @@ def resume(ctx: Context, product_id: str) -> Budget:
     budget = change(
         ctx,
         product_id,
-        lambda b: b.model_copy(update={"paused": False, "paused_by": None, "updated_at": now}),
+        lambda b: b.model_copy(update={**RUNNING, "updated_at": now}),
         create=False,
     )
     queue_state.bump(ctx, product_id)
+    activity.touch(ctx)
     return budget
 
 
@@ -117,6 +127,8 @@ def roll_windows(ctx: Context) -> int:
         change(ctx, budget.product_id, lambda b: None, create=False)  # `change` persists the roll
         queue_state.bump(ctx, budget.product_id)
         rolled_count += 1
+    if rolled_count:
+        activity.touch(ctx)
     return rolled_count
 
 

@@ -57,6 +57,12 @@ def unseal(ctx: Context, token: str, filters: dict[str, Any]) -> str:
     )
 
 
+def keyed_digest(ctx: Context, purpose: str, message: str) -> str:
+    """HMAC-SHA256 of `message` for `purpose`, under the same shared key, hex: what else must be
+    tamper-evident across coordinators (the dashboard's form tokens). Never equal to a seal's."""
+    return hmac.new(_secret(ctx.store), f"{purpose}\0{message}".encode(), hashlib.sha256).hexdigest()
+
+
 def _mac(ctx: Context, store_token: str, filters: dict[str, Any]) -> bytes:
     message = json.dumps([store_token, filters], sort_keys=True, separators=(",", ":")).encode()
     return hmac.new(_secret(ctx.store), message, hashlib.sha256).digest()

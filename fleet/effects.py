@@ -5,7 +5,9 @@ decision needs before calling (the job too, when the facts depend on it), the de
 the job is written once with `If-Match`, and then the follow-ups are settled once, by what the
 write did: a job that entered the queue bumps the product's queue-state and has its rank key
 checked against the product's weights; a job with a run's cost pending has it accrued; a job
-that finished re-checks the jobs waiting on it. The answer is a `writes.Written` naming them.
+that finished re-checks the jobs waiting on it; a write a person could see bumps the fleet's
+activity version (`fleet.activity`, for the dashboard: the one follow-up the sweep does not
+repeat, as it is a hint). The answer is a `writes.Written` naming them.
 
 Each follow-up is idempotent and safe to repeat, and the sweep repeats them, so a process that
 dies between the job's write and these never strands work (DESIGN.md, "the one rule of state").
@@ -18,7 +20,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Callable
 
-from fleet import deps, errors, queue_state, spend, store, weight_registry, writes
+from fleet import activity, deps, errors, queue_state, spend, store, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import FINISHED, Stage
@@ -31,6 +33,7 @@ class FollowUp(str, Enum):
     RE_KEY = "re-key"  # the queued job's rank key was checked against the product's current weights
     ACCRUAL = "accrual"  # the costs of the job's ended runs were accrued to its budget, and marked
     DEPENDENTS = "dependents"  # the blocked jobs waiting on the finished job were re-checked
+    ACTIVITY = "activity"  # the fleet's activity version was bumped (and the day's rollup counted)
 
 
 def change(
@@ -69,6 +72,8 @@ def settle(ctx: Context, written: writes.Written, keyed_with: weight_registry.Sn
         job = _attempt(job, FollowUp.ACCRUAL, followed, lambda: spend.settle(ctx, job)) or job
     if job.stage in FINISHED and (written.before is None or written.before.stage not in FINISHED):
         _attempt(job, FollowUp.DEPENDENTS, followed, lambda: release_dependents(ctx, job))
+    if written.wrote and activity.visible_change(written.before, job):
+        _attempt(job, FollowUp.ACTIVITY, followed, lambda: activity.note_write(ctx, written.before, job))
     return dataclasses.replace(written, job=job, followed=tuple(followed))
 
 

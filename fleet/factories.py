@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from fleet import clock, effects, errors, outage, store, writes
+from fleet import activity, clock, effects, errors, outage, store, writes
 from fleet.context import Context
 from fleet.jobs import Job, Model, Time, product_of
 
@@ -103,6 +103,8 @@ def heartbeat(
             "lastHeartbeatAt": clock.format(now),
         },
     )
+    if [previous.get(k) for k in ("products", "capabilities", "seatLimit")] != [products, capabilities, seat_limit]:
+        activity.touch(ctx)  # a new factory, or one that changed what it serves
     leases = [renew(ctx, job_id, lease_id, factory_id) for job_id, lease_id in running]
     return Heartbeat(factory_id=factory_id, leases=leases)
 

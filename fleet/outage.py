@@ -324,6 +324,9 @@ class Watched(store_port.Store):
     def query(self, query, continuation=None):
         return self._call(lambda: self.inner.query(query, continuation))
 
+    def count(self, query):
+        return self._call(lambda: self.inner.count(query))
+
     def ping(self):
         return self._call(self.inner.ping)
 

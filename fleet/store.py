@@ -121,6 +121,11 @@ class Store(ABC):
     def query(self, query: Query, continuation: str | None = None) -> Page:
         """One page of at most `query.limit` documents in `query.order_by` order."""
 
+    def count(self, query: Query) -> int:
+        """How many documents match `query`'s partition and filters (its order and limit aside).
+        Adapters answer with one aggregate query; this fallback pages through them all."""
+        return sum(1 for _ in query_all(self, query))
+
     def ping(self) -> None:
         """Raise `StoreBusy` if the store cannot be reached."""
 
@@ -279,6 +284,10 @@ class CountingStore(Store):
     def query(self, query, continuation=None):
         self.calls[f"query:{query.container}"] += 1
         return self.inner.query(query, continuation)
+
+    def count(self, query):
+        self.calls[f"count:{query.container}"] += 1
+        return self.inner.count(query)
 
     def ping(self):
         return self.inner.ping()

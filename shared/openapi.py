@@ -86,8 +86,9 @@ class Problem(BaseModel):
 
 @functools.cache
 def document(app: func.FunctionApp) -> Document:
-    """The document of every HTTP function of `app` (made once per app)."""
-    functions = [f for f in hosting.functions_of(app) if f.is_http_function()]
+    """The document of every HTTP function of `app` (made once per app) but the dashboard's
+    pages, which answer HTML to browsers and are not part of the API."""
+    functions = [f for f in hosting.functions_of(app) if f.is_http_function() and not _is_page(f)]
     declared = [(f, _declaration(f)) for f in functions]
     refs, defs = models_json_schema(_models(endpoint for _, endpoint in declared), by_alias=True, ref_template=REF)
     schemas = dict(defs.get("$defs", {}))
@@ -119,6 +120,10 @@ def document(app: func.FunctionApp) -> Document:
             },
         },
     )
+
+
+def _is_page(function: Any) -> bool:
+    return getattr(function.get_user_function(), "page", None) is not None
 
 
 def _declaration(function: Any) -> http.Endpoint:

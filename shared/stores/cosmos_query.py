@@ -86,18 +86,53 @@ def field_path(field: str) -> str:
     return "/" + field.replace(".", "/")
 
 
+class _Parameters(list):
+    """A query's parameters, each added under the next name (`@p0`, `@p1`, ...)."""
+
+    def add(self, value: Any) -> str:
+        name = f"@p{len(self)}"
+        self.append({"name": name, "value": value})
+        return name
+
+
 def build_query(
     spec: ContainerSpec, query: Query, continuation: str | None
 ) -> tuple[str | None, list[dict[str, Any]], tuple[tuple[str, bool], ...]]:
     """The parameterised SQL for one page of `query`, its parameters, and the order it pages
     by (`query.order_by` plus `id`). `None` for SQL when nothing can match (`in []`)."""
-    params: list[dict[str, Any]] = []
+    params = _Parameters()
+    param = params.add
+    where = _conditions(spec, query, param)
+    if where is None:
+        return None, [], ()
+    order = page_order(query)
+    if continuation:
+        where.append(_after(order, decode_token(order, continuation), param))
+    sql = f"SELECT TOP {param(query.limit + 1)} * FROM c"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    keys = index_order(spec, query)
+    sql += " ORDER BY " + ", ".join(f"{field_ref(f)} {'DESC' if desc else 'ASC'}" for f, desc in keys)
+    return sql, params, order
 
-    def param(value: Any) -> str:
-        name = f"@p{len(params)}"
-        params.append({"name": name, "value": value})
-        return name
 
+def build_count(spec: ContainerSpec, query: Query) -> tuple[str | None, list[dict[str, Any]]]:
+    """The parameterised SQL that counts the documents matching `query` (its order and limit
+    aside), and its parameters. `None` for SQL when nothing can match (`in []`)."""
+    params = _Parameters()
+    param = params.add
+    where = _conditions(spec, query, param)
+    if where is None:
+        return None, []
+    sql = "SELECT VALUE COUNT(1) FROM c"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql, params
+
+
+def _conditions(spec: ContainerSpec, query: Query, param) -> list[str] | None:
+    """`query`'s partition and filters as SQL conditions (parameters added through `param`);
+    `None` when nothing can match (`in []`)."""
     where: list[str] = []
     if query.partition_key is not None:
         # Redundant with the request's partition key on a real account; the local test server
@@ -108,7 +143,7 @@ def build_query(
         if f.op == "in":
             values = list(f.value)
             if not values:
-                return None, [], ()
+                return None
             # IN, not ARRAY_CONTAINS(@values, …): the service serves IN from the range index.
             where.append(f"{ref} IN ({', '.join(param(v) for v in values)})")
         elif f.op == "contains":
@@ -121,15 +156,7 @@ def build_query(
             where.append(f"{ref} != {param(f.value)} AND IS_DEFINED({ref}) AND NOT IS_NULL({ref})")
         else:
             where.append(f"{ref} {f.op} {param(f.value)}")
-    order = page_order(query)
-    if continuation:
-        where.append(_after(order, decode_token(order, continuation), param))
-    sql = f"SELECT TOP {param(query.limit + 1)} * FROM c"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    keys = index_order(spec, query)
-    sql += " ORDER BY " + ", ".join(f"{field_ref(f)} {'DESC' if desc else 'ASC'}" for f, desc in keys)
-    return sql, params, order
+    return where
 
 
 def page_order(query: Query) -> tuple[tuple[str, bool], ...]:

@@ -196,6 +196,19 @@ class CosmosStore(Store):
         more = len(rows) > query.limit
         return Page(items, cosmos_query.encode_token(order, items[-1]) if more else None)
 
+    def count(self, query: Query) -> int:
+        sql, parameters = cosmos_query.build_count(self.specs[query.container], query)
+        if sql is None:
+            return 0
+        options: dict[str, Any] = {"timeout": self.timeout}
+        if query.partition_key is None:
+            options["enable_cross_partition_query"] = True
+        else:
+            options["partition_key"] = query.partition_key
+        with _converted(query.container):
+            # A cross-partition aggregate arrives as one partial count per partition range.
+            return int(sum(self._container(query.container).query_items(sql, parameters=parameters, **options)))
+
     def ping(self):
         # Reading the database proves the endpoint answers, the credential is accepted and the
         # database exists; any failure means "not usable now" to the health check.

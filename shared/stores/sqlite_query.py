@@ -67,6 +67,45 @@ def column(field: str) -> str:
 def select(query: Query, offset: int = 0) -> tuple[str, list[Any]] | None:
     """The SQL and parameters that read one page of `query` (one row more than its limit, to
     tell whether another page follows) from `offset`; `None` when nothing can match (`in []`)."""
+    filtered = _filters(query)
+    if filtered is None:
+        return None
+    where, params = filtered
+    container = query.container
+    # A key an equality filter pins is the same in every row: ordering by it changes nothing,
+    # and SQLite reads an order off an index only past the keys its equalities consume.
+    pinned = {key(container, f.field) for f in query.where if f.op == "=" and f.value is not None}
+    if query.partition_key is not None:
+        pinned.add("@pk")
+    order: list[tuple[str, bool]] = []
+    for name, desc in [*((key(container, f), desc) for f, desc in query.order_by), ("@pk", False), ("id", False)]:
+        if name not in pinned and all(name != seen for seen, _ in order):
+            order.append((name, desc))
+    index = serving_index(container, pinned, order)
+    source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
+    # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`) only
+    # for a query whose WHERE it can see implies the index's.
+    sql = f"SELECT body, etag FROM {source} WHERE container = '{container}'"
+    sql += "".join(f" AND {w}" for w in where)
+    sql += " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
+    sql += " LIMIT ? OFFSET ?"
+    return sql, [*params, query.limit + 1, offset]
+
+
+def count(query: Query) -> tuple[str, list[Any]] | None:
+    """The SQL and parameters that count the documents matching `query` (its order and limit
+    aside); `None` when nothing can match."""
+    filtered = _filters(query)
+    if filtered is None:
+        return None
+    where, params = filtered
+    sql = f"SELECT COUNT(*) FROM docs WHERE container = '{query.container}'" + "".join(f" AND {w}" for w in where)
+    return sql, params
+
+
+def _filters(query: Query) -> tuple[list[str], list[Any]] | None:
+    """`query`'s partition and filters as SQL conditions and their parameters; `None` when
+    nothing can match (`in []`)."""
     container = query.container
     if container not in PARTITION_KEYS:
         raise ValueError(f"unknown container {container!r}")
@@ -97,24 +136,7 @@ def select(query: Query, offset: int = 0) -> tuple[str, list[Any]] | None:
         else:
             where.append(f"{expr} {f.op} ?")
             params.append(f.value)
-    # A key an equality filter pins is the same in every row: ordering by it changes nothing,
-    # and SQLite reads an order off an index only past the keys its equalities consume.
-    pinned = {key(container, f.field) for f in query.where if f.op == "=" and f.value is not None}
-    if query.partition_key is not None:
-        pinned.add("@pk")
-    order: list[tuple[str, bool]] = []
-    for name, desc in [*((key(container, f), desc) for f, desc in query.order_by), ("@pk", False), ("id", False)]:
-        if name not in pinned and all(name != seen for seen, _ in order):
-            order.append((name, desc))
-    index = serving_index(container, pinned, order)
-    source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
-    # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`) only
-    # for a query whose WHERE it can see implies the index's.
-    sql = f"SELECT body, etag FROM {source} WHERE container = '{container}'"
-    sql += "".join(f" AND {w}" for w in where)
-    sql += " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
-    sql += " LIMIT ? OFFSET ?"
-    return sql, [*params, query.limit + 1, offset]
+    return where, params
 
 
 #: `serving_index`'s name for the table itself, (container, pk, id).

@@ -200,6 +200,13 @@ class SqliteStore(Store):
         more = len(rows) > query.limit
         return Page([_doc(r) for r in rows[: query.limit]], str(offset + query.limit) if more else None)
 
+    def count(self, query: Query) -> int:
+        statement = sqlite_query.count(query)
+        if statement is None:
+            return 0
+        rows, _ = self._run(*statement)
+        return int(rows[0][0])
+
     def explain(self, query: Query, continuation: str | None = None) -> str:
         """SQLite's plan for one page of `query`, one `EXPLAIN QUERY PLAN` step a line ("" when
         the query cannot match anything and runs no SQL)."""

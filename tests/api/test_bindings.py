@@ -10,6 +10,7 @@ import json
 import pytest
 
 import function_app
+from dashboard import web
 from fleetclient import client as client_module
 from shared import http, openapi
 from shared.devhost import hosting, routes
@@ -56,8 +57,11 @@ def _operations() -> dict[tuple[str, str], dict]:
 
 def test_every_http_function_is_under_fleet_with_one_method_and_a_declaration():
     for name, function in _http_functions().items():
-        assert function.get_trigger().route.startswith("fleet/"), name
         assert len(_methods(function)) == 1, f"{name}: one function per endpoint"
+        if web.declared(function.get_user_function()) is not None:  # a dashboard page or form
+            assert function.get_trigger().route.startswith("dashboard"), name
+            continue
+        assert function.get_trigger().route.startswith("fleet/"), name
         assert http.declared(function.get_user_function()) is not None, f"{name}: declare it with http.endpoint"
 
 
@@ -66,9 +70,11 @@ def test_no_two_functions_share_a_route_and_method():
     assert len(bound) == len(set(bound))
 
 
-def test_only_health_is_anonymous():
+def test_only_health_and_the_dashboard_are_anonymous_to_the_host():
+    """A browser carries no function key: the dashboard authenticates its sessions itself."""
     for name, function in _http_functions().items():
-        assert _auth_level(function) == ("ANONYMOUS" if name == "health" else "FUNCTION"), name
+        anonymous = name == "health" or name.startswith("dashboard_")
+        assert _auth_level(function) == ("ANONYMOUS" if anonymous else "FUNCTION"), name
 
 
 def test_timers_and_their_schedules():
@@ -93,6 +99,9 @@ def test_host_json_route_prefix_is_empty():
 def test_every_binding_is_documented_with_its_route_methods_and_auth_level():
     operations = _operations()
     for name, function in _http_functions().items():
+        if web.declared(function.get_user_function()) is not None:
+            assert not any(path.startswith("/dashboard") for path, _ in operations), "pages are not API operations"
+            continue
         for method in _methods(function):
             operation = operations.get(("/" + function.get_trigger().route, method))
             assert operation is not None, f"{method} /{function.get_trigger().route} ({name}) is not documented"
@@ -165,4 +174,5 @@ def test_the_client_calls_every_operation():
         for _, verb, path in _client_calls()
         if not path.startswith(ADMIN)
     }
-    assert reached - ADMINS_OWN == set(_http_functions()) - ADMINS_OWN
+    api = {name for name, f in _http_functions().items() if web.declared(f.get_user_function()) is None}
+    assert reached - ADMINS_OWN == api - ADMINS_OWN  # the dashboard's pages are the browser's

@@ -363,6 +363,21 @@ def test_filters_select_documents(store, ns, where, expected):
     assert page.continuation is None
 
 
+@pytest.mark.parametrize("where, expected", FILTERS)
+def test_count_counts_what_the_filters_select(store, ns, where, expected):
+    seed(store, filter_docs(ns))
+
+    assert store.count(Query("jobs", ns, where=tuple(where), limit=1)) == len(expected)  # the limit aside
+
+
+def test_count_across_partitions(store, ns):
+    p, q = f"{ns}-p", f"{ns}-q"
+    seed(store, [*filter_docs(p), *filter_docs(q)])
+
+    assert store.count(Query("jobs", None, (both(p, q), Filter("stage", "=", "queued")))) == 4
+    assert store.count(Query("jobs", None, (both(p, q), Filter("stage", "=", "review")))) == 0
+
+
 def test_an_unknown_operator_is_refused():
     with pytest.raises(ValueError):
         Filter("stage", "like", "q%")

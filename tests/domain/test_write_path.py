@@ -34,7 +34,12 @@ FLEET = pathlib.Path(inspect.getfile(writes)).parent
 #: Store primitives that write, by how many leading arguments name the document's place.
 WRITES = {"create", "replace", "upsert", "delete", "increment"}
 #: The reserved documents of the jobs container, and the one module each may be written by.
-RESERVED = {"queue_state.py": "DOC_ID", "weight_registry.py": "DOC_ID", "outage.py": "STATE_ID"}
+RESERVED = {
+    "queue_state.py": {"DOC_ID"},
+    "weight_registry.py": {"DOC_ID"},
+    "outage.py": {"STATE_ID"},
+    "activity.py": {"DOC_ID", "_day_id"},  # the activity version, and the day rollups' ids
+}
 
 
 # Statically: no module but writes.py names the jobs container in a store write
@@ -56,12 +61,10 @@ def store_writes(tree: ast.AST):
 
 def reserved_id(module: str, call: ast.Call, rest: list[ast.expr]) -> bool:
     """Whether a jobs-container write in `module` names that module's reserved document: its
-    id is the module's constant (an argument, or the `id` of the document literal written)."""
-    constant = RESERVED.get(module)
-    if constant is None:
-        return False
+    id is one of the module's constants (an argument, or the `id` of the document literal written)."""
+    constants = RESERVED.get(module, set())
     names = {n.id for arg in rest for n in ast.walk(arg) if isinstance(n, ast.Name)}
-    return constant in names
+    return bool(constants & names)
 
 
 @pytest.mark.parametrize("path", sorted(FLEET.glob("*.py")), ids=lambda p: p.name)
@@ -321,7 +324,7 @@ def test_the_outcome_names_the_job_before_and_after_and_what_followed(world, run
     written = effects.change(world.ctx, dep.id, ship)
     # Then the outcome holds the job as read and as written, and the follow-ups that ran
     assert (written.wrote, written.before, written.job.stage) == (True, before, Stage.SHIPPED)
-    assert written.followed == (effects.FollowUp.DEPENDENTS,)
+    assert written.followed == (effects.FollowUp.DEPENDENTS, effects.FollowUp.ACTIVITY)
     assert written.entered(Stage.SHIPPED) and not written.entered(Stage.QUEUED)
     assert world.job(waiting).stage == Stage.QUEUED
     # and a decision that changes nothing writes nothing, and nothing follows
@@ -336,7 +339,7 @@ def test_a_job_entering_the_queue_bumps_the_queue_state_and_checks_its_rank_key(
         world.ctx, job.id, lambda current, weights, now: current.model_copy(update={"stage": Stage.QUEUED, "lease": None}),
         keyed_with=weight_registry.snapshot(world.ctx, PRODUCT),
     )
-    assert written.followed == (effects.FollowUp.QUEUE_STATE, effects.FollowUp.RE_KEY)
+    assert written.followed == (effects.FollowUp.QUEUE_STATE, effects.FollowUp.RE_KEY, effects.FollowUp.ACTIVITY)
     assert world.version() == version + 1
 
 

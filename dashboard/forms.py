@@ -1,0 +1,101 @@
+"""Reading the dashboard's forms into the API's own request models, so a form is held to exactly
+what the API accepts (`fleet.schemas`), and what a form's result says."""
+from __future__ import annotations
+
+import pydantic
+
+from fleet import errors
+from fleet import submit as submitting
+from fleet.actions import Action
+from fleet.budget_rules import Window
+from fleet.context import Context
+from fleet.schemas import JobSpec
+from shared import http
+
+#: The New job form's fields, by their form names.
+JOB_FIELDS = (
+    "productId", "idempotencyKey", "title", "bodyMd", "priority", "capabilities", "deps", "repo", "baseBranch",
+    "estimatedCostUsd",
+)
+#: What the status line says after an action.
+DONE = {Action.SHIP: "Shipped.", Action.REQUEUE: "Requeued.", Action.REJECT: "Rejected.", Action.CANCEL: "Cancelled."}
+_PAST = {Action.REQUEUE: "Requeued", Action.CANCEL: "Cancelled"}
+
+
+def submit_spec(values: dict[str, str]) -> JobSpec:
+    """The New job form as the API's `JobSpec` (empty fields left out), or `ValidationFailed`."""
+    data: dict[str, object] = {
+        "productId": values.get("productId", ""),
+        "idempotencyKey": values.get("idempotencyKey", ""),
+        "title": values.get("title", ""),
+        "bodyMd": values.get("bodyMd", ""),
+        "capabilities": _list(values.get("capabilities", "")),
+        "deps": _list(values.get("deps", "")),
+    }
+    for name in ("priority", "repo", "baseBranch"):
+        if values.get(name):
+            data[name] = values[name]
+    if values.get("estimatedCostUsd"):
+        data["estimatedCostUsd"] = number(values["estimatedCostUsd"], "estimatedCostUsd")
+    try:
+        return JobSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise http.validation_failed(exc) from None
+
+
+def submit(ctx: Context, values: dict[str, str]) -> submitting.Submitted:
+    """Submit the form's job through the API's use case: created, or the existing job."""
+    return submitting.submit(ctx, submit_spec(values))
+
+
+def action(raw: str, allowed: tuple[Action, ...]) -> Action:
+    try:
+        chosen = Action(raw)
+    except ValueError:
+        chosen = None
+    if chosen not in allowed:
+        names = ", ".join(a.value for a in allowed)
+        raise _invalid("action", f"action must be one of {names}")
+    return chosen
+
+
+def bulk_notice(action: Action, done: int, refused: list[str]) -> str:
+    text = f"{_PAST[action]} {done} job{'' if done == 1 else 's'}."
+    if refused:
+        text += f" {len(refused)} could not be changed: " + "; ".join(refused[:10])
+    return text[:1500]
+
+
+def budget_settings(ceiling: str, window: str) -> tuple[float, Window]:
+    amount = number(ceiling, "ceiling")
+    if amount < 0 or amount > 1e9:
+        raise _invalid("ceiling", "ceiling must be between 0 and 1,000,000,000")
+    try:
+        return amount, Window(window)
+    except ValueError:
+        raise _invalid("window", "window must be daily, weekly or monthly") from None
+
+
+def number(raw: str, name: str) -> float:
+    try:
+        value = float(raw.replace(",", "").replace("$", "").strip())
+    except ValueError:
+        raise _invalid(name, f"{name} must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _invalid(name, f"{name} must be a number")
+    return value
+
+
+def integer(raw: str, name: str, minimum: int, maximum: int) -> int:
+    if not raw.isdigit() or len(raw) > 9 or not minimum <= int(raw) <= maximum:
+        raise _invalid(name, f"{name} must be a whole number from {minimum} to {maximum}")
+    return int(raw)
+
+
+def _list(raw: str) -> list[str]:
+    return [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
+
+
+def _invalid(field: str, detail: str) -> errors.ValidationFailed:
+    """A form field that is not valid, named as the API names a body's."""
+    return errors.ValidationFailed(detail, [{"field": field, "message": detail}])

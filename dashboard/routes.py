@@ -1,0 +1,297 @@
+"""The dashboard's triggers: one HTTP function per page or form, registered on the app as a
+blueprint, on the API's port. Each declares the permission it needs (`web.page`); forms call
+the same use cases as the API, as the signed-in principal, and answer 303 back to a page that
+says what happened.
+
+Routes are anonymous to the Functions host (a browser carries no function key): `web` does
+the authentication.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import azure.functions as func
+
+from dashboard import forms, render, views, web
+from dashboard.web import Request, Version
+from fleet import activity, actions, budgets, errors, listing, review, tokens
+from fleet.actions import Action
+from fleet.budget_rules import Window
+from fleet.jobs import is_product_id, product_of
+from fleet.principals import Permission
+from fleet.stages import Stage
+from shared import auth, config
+from shared.config import context as ctx
+
+bp = func.Blueprint()
+ANONYMOUS = func.AuthLevel.ANONYMOUS
+STATIC = Path(__file__).resolve().parent / "static"
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+#: What a notice code a form's redirect names says.
+NOTICES = {"created": "Job created.", "existing": "That idempotency key already names this job."}
+#: Live-refresh choices, in seconds.
+INTERVALS = (5, 10, 30, 60)
+
+
+def _common(request: Request, **values) -> dict:
+    principal = request.principal
+    return {
+        "principal": principal,
+        "csrf": request.csrf,
+        "etag": request.etag,
+        "can": {p.value: principal.can(p) for p in Permission} if principal else {},
+        "auth_off": config.auth_mode() == auth.Mode.OFF,
+        "intervals": INTERVALS,
+        "now": ctx().clock.now(),
+        "budgets_on": ctx().settings.budgets,
+        "preemption_on": ctx().settings.preemption,
+        "notice": NOTICES.get(request.param("notice"), request.param("notice")[:1500]),
+        "stages": list(Stage),
+        "signed_in": principal is not None,
+        **values,
+    }
+
+
+def _minute() -> int:
+    return int(ctx().clock.now().timestamp() // 60)
+
+
+# Sign-in
+
+
+@bp.route(route="dashboard/signin", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=None)
+def dashboard_signin(request: Request) -> func.HttpResponse:
+    """The sign-in page"""
+    return render.page("signin.html", **_common(request, next=_next(request.param("next")), failed=False))
+
+
+@bp.route(route="dashboard/signin", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=None)
+def dashboard_signin_post(request: Request) -> func.HttpResponse:
+    """Sign in with an API token: it becomes the session cookie"""
+    token, target = request.field("token"), _next(request.field("next"))
+    if config.auth_mode() == auth.Mode.OFF:
+        return web.redirect(target)
+    try:
+        tokens.authenticate(ctx(), token)
+    except errors.Unauthorized:
+        return render.page("signin.html", 401, **_common(request, next=target, failed=True))
+    return web.redirect(target, web.session_cookie(token, web.is_secure(request.req)))
+
+
+@bp.route(route="dashboard/signout", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=None)
+def dashboard_signout(request: Request) -> func.HttpResponse:
+    """End the session"""
+    return web.redirect(web.SIGN_IN, web.session_cookie(None, web.is_secure(request.req)))
+
+
+def _next(value: str) -> str:
+    return value if value.startswith("/dashboard/") and not value.startswith("//") else "/dashboard/fleet"
+
+
+# Pages
+
+
+@bp.route(route="dashboard", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.READ)
+def dashboard_home(request: Request) -> func.HttpResponse:
+    """The dashboard's front door: the overview"""
+    return web.redirect("/dashboard/fleet")
+
+
+@bp.route(route="dashboard/fleet", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx()), _minute()))
+def dashboard_overview(request: Request) -> func.HttpResponse:
+    """Overview: factories, jobs by stage, recent jobs, spend, the last days"""
+    view = views.overview(ctx())
+    return render.page("overview.html", **_common(request, view=view, chart=render.chart(view.days), ago=render.ago))
+
+
+@bp.route(route="dashboard/fleet/jobs", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx())))
+def dashboard_jobs(request: Request) -> func.HttpResponse:
+    """Jobs: by stage, product and search, with bulk actions"""
+    stage = _stage(request.param("stage"))
+    product = request.param("product") or None
+    if product is not None and not is_product_id(product):
+        raise errors.ValidationFailed(f"{product[:80]!r} is not a product id", [{"field": "product", "message": "invalid"}])
+    offset = forms.integer(request.param("offset") or "0", "offset", 0, listing.MAX_OFFSET)
+    view = views.jobs(ctx(), stage, product, request.param("q")[:200], offset)
+    def url(stage: Stage | None = stage, offset: int = 0) -> str:
+        query = {"stage": stage.value if stage else "", "product": product or "", "q": view.query, "offset": offset or ""}
+        return "/dashboard/fleet/jobs?" + urlencode({k: v for k, v in query.items() if v})
+
+    tabs = [("All", url(None), stage is None)] + [(render.stage_label(s), url(s), s == stage) for s in Stage]
+    newer = url(offset=max(0, offset - views.PAGE_SIZE)) if offset > 0 else None
+    older = url(offset=offset + views.PAGE_SIZE) if view.more else None
+    values = _common(request, view=view, tabs=tabs, newer=newer, older=older, here=url(offset=offset))
+    return render.page("jobs.html", **values)
+
+
+@bp.route(route="dashboard/fleet/jobs/new", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.SUBMIT)
+def dashboard_new_job(request: Request) -> func.HttpResponse:
+    """The New job form"""
+    values = _common(request, values={"priority": "normal"}, problems=[], products=views.products(ctx()))
+    return render.page("new_job.html", **values)
+
+
+@bp.route(route="dashboard/fleet/jobs/new", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.SUBMIT)
+def dashboard_submit_job(request: Request) -> func.HttpResponse:
+    """Submit a job from the form, through the API's use case"""
+    values = {name: request.field(name) for name in forms.JOB_FIELDS}
+    try:
+        submitted = forms.submit(ctx(), values)
+    except errors.ValidationFailed as exc:
+        problems = [f"{e.get('field') or 'form'}: {e.get('message')}" for e in exc.errors] or [exc.detail]
+        again = _common(request, values=values, problems=problems, products=views.products(ctx()))
+        return render.page("new_job.html", 400, **again)
+    flag = "created" if submitted.created else "existing"
+    return web.redirect(f"/dashboard/fleet/jobs/{quote(submitted.job.id, safe='')}?notice={flag}")
+
+
+@bp.route(route="dashboard/fleet/jobs/bulk", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.OPERATE)
+def dashboard_bulk_action(request: Request) -> func.HttpResponse:
+    """Requeue or cancel the selected jobs"""
+    action = forms.action(request.field("action"), allowed=(Action.REQUEUE, Action.CANCEL))
+    ids = request.fields("ids")
+    if not ids or len(ids) > views.PAGE_SIZE * 4:
+        most = views.PAGE_SIZE * 4
+        raise errors.ValidationFailed(f"select between 1 and {most} jobs", [{"field": "ids", "message": "count"}])
+    done, refused = 0, []
+    for id in dict.fromkeys(ids):
+        try:
+            actions.apply(ctx(), id, action, request.field("reason") or None)
+            done += 1
+        except (errors.NotFound, errors.IllegalTransition, errors.Conflict, errors.ValidationFailed) as exc:
+            refused.append(f"{id}: {exc.detail}")
+    back = request.field("back")
+    target = back if back.startswith("/dashboard/fleet/jobs") else "/dashboard/fleet/jobs"
+    notice = forms.bulk_notice(action, done, refused)
+    return web.redirect(f"{target}{'&' if '?' in target else '?'}{urlencode({'notice': notice})}")
+
+
+@bp.route(route="dashboard/fleet/jobs/{id}", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx()), _job_etag(r.req.route_params["id"])))
+def dashboard_job(request: Request) -> func.HttpResponse:
+    """Job detail: stage, lease, body, events, runs, review gate, DAG and actions"""
+    detail = views.detail(ctx(), _job_id(request))
+    return render.page("job.html", **_common(request, d=detail, job=detail.job, ago=render.ago))
+
+
+@bp.route(route="dashboard/fleet/jobs/{id}/actions/{action}", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.OPERATE)
+def dashboard_job_action(request: Request) -> func.HttpResponse:
+    """Ship, requeue, reject or cancel one job"""
+    id = _job_id(request)
+    action = forms.action(request.req.route_params.get("action", ""), allowed=tuple(Action))
+    job = actions.apply(ctx(), id, action, request.field("reason") or None)
+    return _back_to(id, f"{forms.DONE[action]} The job is {render.stage_label(job.stage).lower()}.")
+
+
+@bp.route(route="dashboard/fleet/jobs/{id}/review", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.REVIEW)
+def dashboard_review(request: Request) -> func.HttpResponse:
+    """Approve or reject at the review gate, as oneself"""
+    id = _job_id(request)
+    decision = request.field("decision")
+    if decision not in ("approve", "reject"):
+        raise errors.ValidationFailed("decision must be approve or reject", [{"field": "decision", "message": "invalid"}])
+    job = review.decide(ctx(), id, None, decision == "approve", request.field("comment")[:4000] or None)
+    verb = "Approved" if decision == "approve" else "Rejected"
+    return _back_to(id, f"{verb}. The job is {render.stage_label(job.stage).lower()}.")
+
+
+@bp.route(route="dashboard/fleet/budget", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx()), ctx().clock.now().date()))
+def dashboard_budget(request: Request) -> func.HttpResponse:
+    """Budgets: spend, reservations, ceilings, windows and pauses per product"""
+    view = views.budget_page(ctx()) if ctx().settings.budgets else None
+    known = list(view.budgets) if view else []
+    return render.page("budget.html", **_common(request, view=view, windows=list(Window), products=known))
+
+
+@bp.route(route="dashboard/fleet/budget", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.MANAGE_BUDGETS)
+def dashboard_budget_new(request: Request) -> func.HttpResponse:
+    """Set a budget for a product named in the form"""
+    return _change_budget(request, request.field("product"), "settings")
+
+
+@bp.route(route="dashboard/fleet/budget/{productId}/{change}", methods=["POST"], auth_level=ANONYMOUS)
+@web.page(needs=Permission.MANAGE_BUDGETS)
+def dashboard_budget_change(request: Request) -> func.HttpResponse:
+    """Pause, resume or set a product's budget"""
+    return _change_budget(request, request.req.route_params.get("productId", ""), request.req.route_params.get("change", ""))
+
+
+def _change_budget(request: Request, product: str, change: str) -> func.HttpResponse:
+    if not ctx().settings.budgets:
+        raise errors.FeatureDisabled("budgets are off on this coordinator (FLEET_BUDGETS)")
+    if not is_product_id(product):
+        raise errors.ValidationFailed(f"{product[:80]!r} is not a product id", [{"field": "product", "message": "invalid"}])
+    if change == "pause":
+        budgets.pause(ctx(), product, request.field("reason")[:500] or None)
+        notice = f"Paused {product}."
+    elif change == "resume":
+        budgets.resume(ctx(), product)
+        notice = f"Resumed {product}."
+    elif change == "settings":
+        ceiling, window = forms.budget_settings(request.field("ceiling"), request.field("window"))
+        budgets.put(ctx(), product, ceiling, window)
+        notice = f"Saved {product}: {render.usd(ceiling)} {window.value}."
+    else:
+        raise errors.NotFound(f"no budget change {change!r}")
+    return web.redirect(f"/dashboard/fleet/budget?{urlencode({'notice': notice})}")
+
+
+@bp.route(route="dashboard/static/{name}", methods=["GET"], auth_level=ANONYMOUS)
+@web.page(needs=None)
+def dashboard_static(request: Request) -> func.HttpResponse:
+    """The dashboard's stylesheet and script"""
+    name = request.req.route_params.get("name", "")
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or path.suffix not in _STATIC_TYPES or not path.is_file():
+        raise errors.NotFound(f"no file {name[:80]!r}")
+    return func.HttpResponse(
+        path.read_bytes(), mimetype=_STATIC_TYPES[path.suffix], headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+# helpers
+
+
+def _stage(raw: str) -> Stage | None:
+    if not raw:
+        return None
+    try:
+        return Stage(raw)
+    except ValueError:
+        raise errors.ValidationFailed(f"unknown stage {raw[:40]!r}", [{"field": "stage", "message": "unknown"}]) from None
+
+
+def _job_id(request: Request) -> str:
+    id = request.req.route_params.get("id", "")
+    if product_of(id) is None or len(id) > 200:
+        raise errors.NotFound(f"no job {id[:80]!r}")
+    return id
+
+
+def _job_etag(id: str) -> str | None:
+    product = product_of(id)
+    if product is None or not config.principal().sees(product):
+        return None
+    try:
+        return ctx().store.read("jobs", product, id).get("_etag")
+    except errors.NotFound:
+        return None
+
+
+def _back_to(id: str, notice: str) -> func.HttpResponse:
+    return web.redirect(f"/dashboard/fleet/jobs/{quote(id, safe='')}?{urlencode({'notice': notice})}")
+

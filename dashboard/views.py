@@ -1,0 +1,158 @@
+"""What each page shows, read through the same use cases as the API, as the signed-in
+principal (its product scope filters everything here as it does there)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet import activity, budget_rules, budgets, dag, errors, factories, listing, queue_state, store
+from fleet.context import Context
+from fleet.jobs import Job, job_id
+from fleet.stages import Stage
+
+#: How many jobs a page of the jobs list holds, and how many the overview lists as recent.
+PAGE_SIZE = 25
+RECENT = 8
+#: A search looks through at most this many of the newest jobs of the filter.
+SEARCH_DEPTH = 500
+#: Products listed at most (every view of them costs a read or two each).
+MAX_PRODUCTS = 50
+
+
+def products(ctx: Context, fleet: list[factories.Factory] | None = None) -> list[str]:
+    """The products this principal sees that the fleet knows of: any that ever queued a job,
+    has a factory serving it (`fleet`: the factories, when the caller has read them), or has a
+    budget."""
+    found: set[str] = set()
+    queue_states = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=MAX_PRODUCTS)
+    found.update(doc["productId"] for doc in ctx.store.query(queue_states).items)
+    for factory in factories.list_all(ctx).items if fleet is None else fleet:
+        found.update(factory.products)
+    if ctx.settings.budgets:
+        found.update(doc["productId"] for doc in ctx.store.query(store.Query("budgets", None, limit=MAX_PRODUCTS)).items)
+    return sorted(p for p in found if ctx.principal.sees(p))[:MAX_PRODUCTS]
+
+
+@dataclass
+class Overview:
+    factories: list[factories.Factory]
+    counts: dict[str, dict[Stage, int]]
+    recent: list[Job]
+    spend: dict[str, budget_rules.BudgetView | None]
+    days: list[activity.Day]
+
+
+def overview(ctx: Context) -> Overview:
+    fleet = factories.list_all(ctx).items
+    names = products(ctx, fleet)
+    counts = {p: {s: _count(ctx, p, s) for s in Stage} for p in names}
+    spend: dict[str, budget_rules.BudgetView | None] = {}
+    if ctx.settings.budgets:
+        for p in names:
+            budget = budgets.find(ctx, p)
+            spend[p] = budget.public() if budget else None
+    return Overview(
+        factories=fleet,
+        counts=counts,
+        recent=listing.page(ctx, limit=RECENT).items,
+        spend=spend,
+        days=activity.days(ctx),
+    )
+
+
+def _count(ctx: Context, product: str, stage: Stage) -> int:
+    return ctx.store.count(store.Query("jobs", product, (store.Filter("stage", "=", stage.value),)))
+
+
+@dataclass
+class JobsView:
+    items: list[Job]
+    stage: Stage | None
+    product: str | None
+    query: str
+    offset: int
+    more: bool
+    products: list[str]
+    searched: int = 0
+
+
+def jobs(ctx: Context, stage: Stage | None, product: str | None, query: str, offset: int) -> JobsView:
+    """A page of jobs newest first; with a search, the jobs among the newest `SEARCH_DEPTH` of the
+    filter whose title contains it (any case) or whose idempotency key is it."""
+    names = products(ctx)
+    if not query:
+        page = listing.page(ctx, stage=stage, product_id=product, limit=PAGE_SIZE, offset=offset)
+        return JobsView(page.items, stage, product, query, offset, page.next_offset is not None, names)
+    needle = query.casefold()
+    matched: list[Job] = []
+    if product:  # an idempotency key names one job of a product: one point read
+        try:
+            exact = listing.get(ctx, job_id(product, query))
+            if stage is None or exact.stage == stage:
+                matched.append(exact)
+        except errors.NotFound:
+            pass
+    searched, cursor = 0, 0
+    while searched < SEARCH_DEPTH:
+        page = listing.page(ctx, stage=stage, product_id=product, limit=100, offset=cursor)
+        searched += len(page.items)
+        matched += [
+            j for j in page.items if (needle in j.title.casefold() or j.idempotency_key == query) and j not in matched
+        ]
+        if page.next_offset is None:
+            break
+        cursor = page.next_offset
+    window = matched[offset : offset + PAGE_SIZE]
+    return JobsView(window, stage, product, query, offset, len(matched) > offset + PAGE_SIZE, names, searched)
+
+
+@dataclass
+class Detail:
+    job: Job
+    tree: dag.DagNode | None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def detail(ctx: Context, id: str) -> Detail:
+    job = listing.get(ctx, id)
+    root = job
+    seen = {job.id}
+    while root.parent_id and root.parent_id not in seen:  # the whole DAG, from its top
+        seen.add(root.parent_id)
+        try:
+            root = listing.get(ctx, root.parent_id)
+        except errors.NotFound:
+            break
+    tree = dag.view(ctx, root.id) if (root.children or root.id != job.id) else None
+    runs = [
+        {
+            "run": run,
+            "cost": run.insights.get("costUsd"),
+            "tokens": run.insights.get("tokens") or _tokens(run.insights),
+            "artifacts": run.artifacts,
+        }
+        for run in reversed(job.runs)
+    ]
+    return Detail(job, tree, runs)
+
+
+def _tokens(insights: dict[str, Any]) -> int | None:
+    total = sum(v for k, v in insights.items() if k.lower().endswith("tokens") and isinstance(v, (int, float)))
+    return int(total) or None
+
+
+@dataclass
+class BudgetsView:
+    budgets: dict[str, budget_rules.BudgetView | None]
+    rolls_at: dict[str, Any]
+
+
+def budget_page(ctx: Context) -> BudgetsView:
+    shown: dict[str, budget_rules.BudgetView | None] = {}
+    rolls: dict[str, Any] = {}
+    for p in products(ctx):
+        budget = budgets.find(ctx, p)
+        shown[p] = budget.public() if budget else None
+        if budget is not None:
+            rolls[p] = budget_rules.window_end(budget.window, budget.window_start)
+    return BudgetsView(shown, rolls)

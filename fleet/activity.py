@@ -1,0 +1,128 @@
+"""What the dashboard asks before it re-reads anything: has the fleet changed, and what shipped
+and was spent, day by day.
+
+- One fleet-wide **version** (`id: "activity"` in the reserved partition of the jobs
+  container), bumped by an atomic increment after every job write a person could see (a new job,
+  a stage, an event, a review, a checkpoint or priority change: not a bare lease renewal), after
+  a budget change, and when a factory registers or changes what it serves. An unchanged version
+  means every dashboard view of jobs and budgets is unchanged, so a refresh answers 304 after one
+  point read. It is a hint for views, never a fact a decision is made on.
+- One **day** document per UTC day (`activity-YYYY-MM-DD`): jobs shipped and USD their runs
+  cost, counted when the write that shipped the job or ended the run is settled. These feed the
+  overview's chart in one single-partition query. They are informational: a follow-up the
+  sweep repeats does not count them again, and one lost to a crash between the job's write and
+  its follow-ups is not counted at all.
+
+Like every follow-up, a bump the store refuses is logged and skipped (`effects`).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from fleet import clock, errors, store
+from fleet.context import Context
+from fleet.jobs import Job, Model
+from fleet.outage import STATE_PARTITION
+from fleet.stages import Stage
+
+log = logging.getLogger("fleet.activity")
+
+DOC_ID = "activity"
+DAY_PREFIX = "activity-"
+#: How many days of rollups the chart shows.
+CHART_DAYS = 14
+
+
+class Day(Model):
+    day: date
+    shipped: int = 0
+    spent_usd: float = 0.0
+
+
+def version(ctx: Context) -> int:
+    """The fleet's activity version, in one point read (0 before anything happened)."""
+    try:
+        return int(ctx.store.read("jobs", STATE_PARTITION, DOC_ID).get("version") or 0)
+    except errors.NotFound:
+        return 0
+
+
+def bump(ctx: Context) -> int:
+    """Something a dashboard shows changed. Returns the new version."""
+    doc = ctx.store.increment(
+        "jobs", STATE_PARTITION, DOC_ID, "version", 1, {"id": DOC_ID, "productId": STATE_PARTITION},
+        stamp={"updatedAt": clock.format(ctx.clock.now())},
+    )
+    return int(doc["version"])
+
+
+def touch(ctx: Context) -> None:
+    """`bump`, after a change that has already been written: a store that refuses it is logged,
+    never the caller's failure (the view then refreshes on the next change)."""
+    try:
+        bump(ctx)
+    except errors.FleetError:
+        log.warning("activity version not bumped; dashboards see this change with the next one", exc_info=True)
+
+
+def visible_change(before: Job | None, after: Job) -> bool:
+    """Whether a job write changed what a person sees of the job (a lease renewal does not)."""
+    if before is None:
+        return True
+    return (
+        before.stage != after.stage
+        or len(before.events) != len(after.events)
+        or before.events_dropped != after.events_dropped
+        or before.review != after.review
+        or before.checkpoint != after.checkpoint
+        or before.priority != after.priority
+        or before.blocked_on != after.blocked_on
+        or (before.lease is None) != (after.lease is None)
+    )
+
+
+def note_write(ctx: Context, before: Job | None, after: Job) -> None:
+    """The follow-up of a job write: count what it shipped and what its ended runs cost on
+    today's rollup, then bump the version if the write was visible."""
+    if not visible_change(before, after):
+        return
+    today = ctx.clock.now().date()
+    if after.stage == Stage.SHIPPED and (before is None or before.stage != Stage.SHIPPED):
+        _add(ctx, today, "shipped", 1)
+    ended_before = {run.run_id for run in (before.runs if before else []) if run.ended_at is not None}
+    cost = sum(
+        float(run.insights.get("costUsd") or 0.0)
+        for run in after.runs
+        if run.ended_at is not None and run.run_id not in ended_before
+    )
+    if cost > 0:
+        _add(ctx, today, "spentUsd", round(cost, 6))
+    bump(ctx)
+
+
+def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
+    """The last `count` days' rollups, oldest first, today last (days with nothing are zeros)."""
+    today = ctx.clock.now().date()
+    first = today - timedelta(days=count - 1)
+    query = store.Query(
+        "jobs", STATE_PARTITION, (store.Filter("id", ">=", _day_id(first)), store.Filter("id", "<=", _day_id(today))),
+        limit=count,
+    )
+    found = {doc["id"]: doc for doc in ctx.store.query(query).items}
+    out = []
+    for offset in range(count):
+        day = first + timedelta(days=offset)
+        doc = found.get(_day_id(day), {})
+        out.append(Day(day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0)))
+    return out
+
+
+def _add(ctx: Context, day: date, field: str, by: float) -> dict[str, Any]:
+    initial = {"id": _day_id(day), "productId": STATE_PARTITION, "day": day.isoformat()}
+    return ctx.store.increment("jobs", STATE_PARTITION, _day_id(day), field, by, initial)
+
+
+def _day_id(day: date | datetime) -> str:
+    return DAY_PREFIX + day.strftime("%Y-%m-%d")
