@@ -38,9 +38,9 @@ PAGES = {
     "overview": lambda ids: OVERVIEW,
     "jobs": lambda ids: JOBS,
     "new-job": lambda ids: NEW_JOB,
-    "job-detail": lambda ids: job_page(ids["job"]),
-    "composite-detail": lambda ids: job_page(ids["composite"]),
-    "budgets": lambda ids: BUDGETS,
+    "job": lambda ids: job_page(ids["job"]),
+    "composite": lambda ids: job_page(ids["composite"]),
+    "budget": lambda ids: BUDGETS,
 }
 
 
