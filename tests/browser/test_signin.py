@@ -9,17 +9,23 @@ from playwright.sync_api import expect
 from tests.browser import dashboard
 
 
-def test_an_unsigned_in_browser_lands_on_the_sign_in_page_and_comes_back_after_it(page, tokens):
+def test_an_unsigned_in_browser_lands_on_the_sign_in_page(page):
     page.goto(dashboard.OVERVIEW)
 
     expect(page).to_have_url(re.compile(r"/dashboard/signin\?next="))
     expect(page.get_by_label("Token")).to_have_attribute("type", "password")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+def test_signing_in_goes_back_to_the_page_asked_for(page, tokens):
+    page.goto(f"{dashboard.JOBS}?stage=failed")
+    expect(page).to_have_url(re.compile(r"/dashboard/signin\?next="))
 
     page.get_by_label("Token").fill(tokens["operator"])
     page.get_by_role("button", name="Sign in").click()
 
-    expect(page).to_have_url(re.compile(r"/dashboard/fleet$"))
-    expect(page.get_by_role("heading", level=1)).to_have_text("Fleet")
+    expect(page).to_have_url(re.compile(r"/dashboard/fleet/jobs\?stage=failed$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Jobs")
 
 
 def test_a_bad_token_is_refused_on_the_same_form(page):
