@@ -42,6 +42,7 @@ def _common(request: Request, **values) -> dict:
         "etag": request.etag,
         "can": {p.value: principal.can(p) for p in Permission} if principal else {},
         "auth_off": config.auth_mode() == auth.Mode.OFF,
+        "easyauth": config.auth_mode() == auth.Mode.EASYAUTH,
         "intervals": INTERVALS,
         "now": ctx().clock.now(),
         "budgets_on": ctx().settings.budgets,

@@ -741,6 +741,19 @@ def test_cosmos_errors_become_the_ports_errors(status, headers, expected, retry_
         assert domain.retry_after == retry_after
 
 
+def test_a_cosmos_write_answered_without_its_document_hands_back_what_was_written():
+    # The service honours `no_response` with an empty body and the new ETag in a header (the
+    # local test server sends the document anyway, which the suite above covers).
+    from azure.core.utils import CaseInsensitiveDict
+    from azure.cosmos._cosmos_responses import CosmosDict
+
+    body = {"id": "p:a", "productId": "p", "stage": "queued"}
+    minimal = CosmosDict({}, response_headers=CaseInsensitiveDict({"etag": '"00-new"', "x-ms-request-charge": "10"}))
+    assert cosmos_store._written(body, minimal) == {**body, "_etag": '"00-new"'}
+    full = CosmosDict({**body, "_etag": '"00-new"', "_ts": 1, "_rid": "x"}, response_headers=CaseInsensitiveDict())
+    assert cosmos_store._written(body, full) == {**body, "_etag": '"00-new"'}
+
+
 def test_other_cosmos_errors_pass_through():
     exc = busy(400)
 

@@ -4,6 +4,8 @@ cookie and form tokens, the 304 of an unchanged view, and malformed, oversized a
 input. What a person sees and clicks is tested in a real browser (`tests/browser`)."""
 from __future__ import annotations
 
+import base64
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -304,3 +306,25 @@ def test_with_budgets_off_the_budget_page_says_so(serve, store_env):
         assert "Budgets are off" in browser.get("/dashboard/fleet").text
         refused = browser.post(f"/dashboard/fleet/budget/{P}/pause")
         assert refused.status_code == 404 and "budgets are off" in refused.text
+
+
+def test_under_easy_auth_the_platforms_principal_is_the_session(serve, store_env):
+    with serve({"FLEET_AUTH": "easyauth"}, args=("--no-timers",)) as server:
+        def as_user(role: str) -> dict[str, str]:
+            claims = [{"typ": "roles", "val": role}, {"typ": "name", "val": "ada@example.com"}, {"typ": "oid", "val": "u-1"}]
+            payload = base64.b64encode(json.dumps({"claims": claims}).encode()).decode()
+            return {"X-MS-CLIENT-PRINCIPAL": payload}
+
+        browser = Browser(server.url)
+        try:
+            browser.session.headers.update(as_user("Fleet.Viewer"))
+            page = browser.get("/dashboard/fleet")
+            assert page.status_code == 200 and "ada@example.com · viewer" in page.text
+            browser.csrf = _CSRF.search(page.text).group(1)
+            assert browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/cancel").status_code == 403
+            browser.session.headers.update(as_user("Fleet.Operator"))
+            assert ">Requeue</button>" in browser.get("/dashboard/fleet/jobs").text
+            signin = browser.get("/dashboard/signin").text
+            assert "/.auth/login/aad?post_login_redirect_uri=" in signin
+        finally:
+            browser.close()
