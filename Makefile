@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 # Debian's Chromium, driven by Playwright in tests/browser (Playwright's own browser download
 # is never used); apt-get needs root, which CI is.
 CHROMIUM := /usr/bin/chromium
@@ -40,11 +41,18 @@ test: install browser
 screenshots: install browser
 	$(PY) -m tests.browser.screenshots
 
-bench: install
+# The benchmarks' own dependencies (huey, the peer of bench/peer_huey.py): `.[bench]`.
+$(BENCH_STAMP): $(PIP_STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: install $(BENCH_STAMP)
 	$(PY) bench/claim_depth.py
 	$(PY) bench/store_costs.py
 	$(PY) bench/use_case_reads.py
 	$(PY) bench/dashboard_refresh.py
+	$(PY) bench/store_traffic.py
+	$(PY) bench/peer_huey.py
 
 clean:
 	rm -rf $(VENV) node_modules .fleet .pytest_cache

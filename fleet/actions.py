@@ -42,7 +42,7 @@ class _Acting:
 def _apply(ctx: Context, job: Job, action: Action, reason: str | None, actor: str | None) -> Job:
     """`apply` to the job as read."""
     if action == Action.REQUEUE:
-        weights = weight_registry.snapshot(ctx, job.product_id)
+        weights = weight_registry.cached(ctx, job.product_id)
         acting = _Acting(action, reason, actor, weights, deps.stages(ctx, job.product_id, job.deps))
     else:
         acting = _Acting(action, reason, actor)

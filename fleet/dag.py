@@ -66,7 +66,7 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     existing = submit.check_existing(ctx, spec, parent_id)
     checked = _check_before_writing(ctx, spec, children, parent_id, spec.deps)
     to_create = existing is None or None in checked.children.values()
-    weights = weight_registry.snapshot(ctx, spec.product_id) if to_create else None
+    weights = weight_registry.cached(ctx, spec.product_id) if to_create else None
     stages = dict(checked.stages)
     for child in children:
         made = checked.children[child.idempotency_key]
@@ -105,7 +105,7 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> Chi
     # written next can never be stranded under a parent that runs without them. A crash in
     # between leaves the parent blocked on children not yet submitted; a retry converges.
     parent = effects.change(ctx, parent.id, _attached, attaching, current=parent).job
-    weights = weight_registry.snapshot(ctx, parent.product_id) if None in checked.children.values() else None
+    weights = weight_registry.cached(ctx, parent.product_id) if None in checked.children.values() else None
     stages = dict(known)
     created: list[Job] = []
     fresh = False

@@ -67,7 +67,7 @@ def unblocking(ctx: Context, job: Job) -> Unblocking:
     """The facts `unblocked` decides on, for `job` as read."""
     known = stages(ctx, job.product_id, job.deps)
     ready = job.stage == Stage.BLOCKED and not waiting(job.product_id, job.deps, known)
-    return Unblocking(known, weight_registry.snapshot(ctx, job.product_id) if ready else None)
+    return Unblocking(known, weight_registry.cached(ctx, job.product_id) if ready else None)
 
 
 def unblocked(job: Job, facts: Unblocking, now: datetime) -> Job | None:

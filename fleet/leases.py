@@ -102,7 +102,9 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
     to the queue with its checkpoint, attempts unchanged."""
     target = _release_target(body)
     product_id = product_of(id)
-    keyed_with = weight_registry.snapshot(ctx, product_id) if product_id else None
+    # Only a release that may queue the job keys it (and checks the key after its bump).
+    queues = target not in TERMINAL and target != Stage.TESTING
+    keyed_with = weight_registry.cached(ctx, product_id) if product_id and queues else None
     weights = keyed_with.weights if keyed_with else None
     report = {
         "insights": body.insights.model_dump(exclude_none=True) if body.insights else None,

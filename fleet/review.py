@@ -51,7 +51,7 @@ def decide(ctx: Context, id: str, reviewer: str | None, approve: bool, comment: 
         reviewer = ctx.principal.name
     product_id = product_of(id)
     # A rejection queues the job again: its rank key needs the product's weights.
-    keyed_with = weight_registry.snapshot(ctx, product_id) if not approve and product_id else None
+    keyed_with = weight_registry.cached(ctx, product_id) if not approve and product_id else None
 
     def change(job: Job, _: None, now: datetime) -> Job | None:
         review = job.review

@@ -37,14 +37,15 @@ def submit(
     """Create the job (queued, or blocked while a dep is unfinished). A repeat of the same
     idempotency key returns the existing job; a repeat with different fields is refused.
     A composite's children (`dag.submit_composite` creates them first) become its deps.
-    `Forbidden` for a principal limited to other products."""
+    `Forbidden` for a principal limited to other products.
+
+    The job is created without reading first (a repeat learns of the job from the create's
+    conflict), keyed with the weights this process last read (`weight_registry.cached`, checked
+    after the queue-state bump): a new job without deps costs its create, the bump and the
+    activity bump."""
     ctx.principal.enter(spec.product_id)
-    id = job_id(spec.product_id, spec.idempotency_key)
-    existing = _existing(ctx, spec.product_id, id, submit_hash(spec, parent_id))
-    if existing is not None:
-        return Submitted(job=existing, created=False)
     keys = all_deps(spec)
-    facts = Facts(deps.stages(ctx, spec.product_id, keys), weight_registry.snapshot(ctx, spec.product_id))
+    facts = Facts(deps.stages(ctx, spec.product_id, keys), weight_registry.cached(ctx, spec.product_id))
     return create(ctx, spec, facts, parent_id, children)
 
 

@@ -11,6 +11,8 @@ follows its write whether they changed since (`ensure_rank`), without reading th
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +29,12 @@ DOC_ID = "weights"
 CHANGE = "change"
 #: How often a PUT takes a newer count after a concurrent PUT wrote under a higher one.
 PUT_ATTEMPTS = 10
+#: Products whose weights a process remembers (`cached`); past this, it forgets them all.
+MAX_CACHED = 1024
+
+_lock = threading.Lock()
+#: The store whose weights were last read, and the snapshots read from it, by product.
+_cached: tuple[weakref.ref, dict[str, "Snapshot"]] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,32 @@ def product_patch(doc: dict[str, Any]) -> scoring.WeightsPatch:
 
 
 def snapshot(ctx: Context, product_id: str) -> Snapshot:
-    """The product's weights, in one point read."""
-    return snapshot_of(product_id, read_doc(ctx, product_id))
+    """The product's weights, in one point read (remembered for `cached`)."""
+    found = snapshot_of(product_id, read_doc(ctx, product_id))
+    _remember(ctx.store, found)
+    return found
+
+
+def cached(ctx: Context, product_id: str) -> Snapshot:
+    """The product's weights as this process last read them; one point read if it has not.
+
+    Only for keying a job its writer then queues, and so checks with `ensure_rank` after its
+    own queue-state bump: a snapshot older than the product's last weight change was written
+    under an older count than the bump shows, so the weights are read again there and the job
+    re-keyed. A process that queues jobs under unchanged weights reads them once."""
+    global _cached
+    with _lock:
+        entries = _cached[1] if _cached is not None and _cached[0]() is ctx.store else {}
+        found = entries.get(product_id)
+    return found if found is not None else snapshot(ctx, product_id)
+
+
+def _remember(store_: Any, found: Snapshot) -> None:
+    global _cached
+    with _lock:
+        if _cached is None or _cached[0]() is not store_ or len(_cached[1]) >= MAX_CACHED:
+            _cached = (weakref.ref(store_), {})
+        _cached[1][found.product_id] = found
 
 
 def snapshot_of(product_id: str, doc: dict[str, Any]) -> Snapshot:
