@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.browser import dashboard
@@ -51,11 +52,22 @@ def test_the_session_cookie_is_http_only_and_same_site_strict(page, tokens):
     assert "fleet_session" not in page.evaluate("document.cookie")
 
 
-def test_every_page_names_the_principal_and_links_the_others(operator_page):
+@pytest.mark.parametrize("name", [name for name in dashboard.PAGES if name != "signin"])
+def test_every_page_names_the_principal_and_links_the_others(name, operator_page, shown):
+    operator_page.goto(dashboard.PAGES[name](shown))
     header = operator_page.get_by_role("banner")
 
-    for name in ("Overview", "Jobs", "Budgets"):
-        expect(header.get_by_role("link", name=name, exact=True)).to_be_visible()
+    for link in ("Overview", "Jobs", "Budgets"):
+        expect(header.get_by_role("link", name=link, exact=True)).to_be_visible()
+    expect(header).to_contain_text("olive")
+    expect(header).to_contain_text("operator")
+    expect(header.get_by_role("button", name="Sign out", exact=True)).to_be_visible()
+
+
+def test_an_error_page_names_the_principal_too(operator_page):
+    assert operator_page.goto(dashboard.job_page("nowhere:aaaaaaaaaaaaaaaaaaaa")).status == 404
+
+    header = operator_page.get_by_role("banner")
     expect(header).to_contain_text("olive")
     expect(header).to_contain_text("operator")
 
