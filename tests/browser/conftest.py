@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from tests.browser import chromium, dashboard, world
+from tests.browser import chromium, ui, world
 from tests.support.cosmos import in_ci
 
 #: How long `expect(...)` waits for the page to show something, on a busy 2-core machine.
@@ -87,7 +87,7 @@ def tokens(fleet) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def shown(fleet) -> dict[str, str]:
     """Something on every page (a factory, a parked job with a PR, a failed one, a composite
-    with two children, a budget): the ids `dashboard.PAGES` takes."""
+    with two children, a budget): the ids `ui.PAGES` takes."""
     product = world.new_product()
     fleet.client.put_budget(product, 20.0, "daily")
     fleet.client.heartbeat("shown-1", products=[product], capabilities=["python"], seat_limit=2)
@@ -127,4 +127,4 @@ def page(open_page, fleet) -> Page:
 @pytest.fixture
 def operator_page(page, tokens) -> Page:
     """A page on `fleet`, signed in as an operator, on the overview."""
-    return dashboard.signed_in(page, tokens["operator"])
+    return ui.signed_in(page, tokens["operator"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from shared.devhost.process import REPO_ROOT
-from tests.browser import chromium, dashboard, world
+from tests.browser import chromium, ui, world
 
 OUT = REPO_ROOT / "docs" / "screenshots"
 SCREENS = {"desktop": chromium.DESKTOP, "mobile": chromium.MOBILE}
@@ -32,15 +32,15 @@ def take(out: Path) -> list[Path]:
                     page = context.new_page()
 
                     def shoot(name: str) -> None:
-                        page.goto(dashboard.PAGES[name](ids))
+                        page.goto(ui.PAGES[name](ids))
                         expect(page.get_by_role("heading", level=1)).to_be_visible()
                         target = out / f"{name}-{screen}.png"
                         page.screenshot(path=str(target), animations="disabled")
                         written.append(target)
 
                     shoot("signin")
-                    dashboard.signed_in(page, fleet.admin_token)
-                    for name in dashboard.PAGES:
+                    ui.signed_in(page, fleet.admin_token)
+                    for name in ui.PAGES:
                         if name != "signin":
                             shoot(name)
                 finally:

@@ -3,28 +3,28 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import dashboard
+from tests.browser import ui
 from tests.support.cosmos import in_ci
 
 
 @pytest.fixture(scope="module")
 def axe() -> None:
-    if not dashboard.axe_available():
-        reason = f"no {dashboard.AXE} (make test runs npm install)"
+    if not ui.axe_available():
+        reason = f"no {ui.AXE} (make test runs npm install)"
         if in_ci():
             pytest.fail(f"CI=true and {reason}", pytrace=False)
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("name", dashboard.PAGES)
+@pytest.mark.parametrize("name", ui.PAGES)
 def test_no_serious_or_critical_accessibility_violation(name, axe, open_page, fleet, tokens, shown):
     # The pages' Content-Security-Policy refuses scripts they do not serve themselves, as it
     # should; this context lifts it only so that axe-core can be put into the page.
     page = open_page(fleet, bypass_csp=True)
     if name != "signin":
-        dashboard.signed_in(page, tokens["operator"])
-    page.goto(dashboard.PAGES[name](shown))
+        ui.signed_in(page, tokens["operator"])
+    page.goto(ui.PAGES[name](shown))
 
-    violations = dashboard.axe_violations(page)
+    violations = ui.axe_violations(page)
 
-    assert not violations, f"{name} ({page.url}):\n{dashboard.describe(violations)}"
+    assert not violations, f"{name} ({page.url}):\n{ui.describe(violations)}"

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from fleetclient import errors
-from tests.browser import dashboard
+from tests.browser import ui
 
 
 def test_pause_then_resume_change_the_budget(operator_page, fleet, product):
@@ -16,14 +16,14 @@ def test_pause_then_resume_change_the_budget(operator_page, fleet, product):
 
     # When the operator pauses the product's budget with a reason
     page = operator_page
-    page.goto(dashboard.BUDGETS)
-    budget = dashboard.region(page, product)
+    page.goto(ui.BUDGETS)
+    budget = ui.region(page, product)
     budget.get_by_label("Reason").fill("release freeze")
     budget.get_by_role("button", name="Pause", exact=True).click()
-    dashboard.confirm(page, f"Pause spending on {product}?")
+    ui.confirm(page, f"Pause spending on {product}?")
 
     # Then the page shows who paused it and why, and the API says it is paused
-    budget = dashboard.region(page, product)
+    budget = ui.region(page, product)
     expect(budget).to_contain_text(re.compile(r"Paused by olive: release freeze"))
     expect(budget.get_by_role("button", name="Resume", exact=True)).to_be_visible()
     expect(budget.get_by_role("button", name="Pause", exact=True)).to_have_count(0)
@@ -31,10 +31,10 @@ def test_pause_then_resume_change_the_budget(operator_page, fleet, product):
 
     # When they resume it
     budget.get_by_role("button", name="Resume", exact=True).click()
-    dashboard.confirm(page, f"Resume spending on {product}?")
+    ui.confirm(page, f"Resume spending on {product}?")
 
     # Then it runs again
-    budget = dashboard.region(page, product)
+    budget = ui.region(page, product)
     expect(budget).to_contain_text("Running")
     expect(budget.get_by_role("button", name="Pause", exact=True)).to_be_visible()
     assert fleet.client.get_budget(product).paused is False
@@ -44,27 +44,27 @@ def test_save_changes_the_ceiling_and_the_window(operator_page, fleet, product):
     fleet.client.put_budget(product, 40.0, "daily")
 
     page = operator_page
-    page.goto(dashboard.BUDGETS)
-    budget = dashboard.region(page, product)
-    dashboard.fill(budget, "Ceiling (USD)", "75")
-    dashboard.fill(budget, "Window", "monthly")
+    page.goto(ui.BUDGETS)
+    budget = ui.region(page, product)
+    ui.fill(budget, "Ceiling (USD)", "75")
+    ui.fill(budget, "Window", "monthly")
     budget.get_by_role("button", name="Save", exact=True).click()
 
-    expect(dashboard.region(page, product)).to_contain_text(re.compile(r"ceiling \$75(\.00)?"))
+    expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$75(\.00)?"))
     saved = fleet.client.get_budget(product)
     assert (saved.ceiling_usd, saved.window.value) == (75.0, "monthly")
 
 
 def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product):
     page = operator_page
-    page.goto(dashboard.BUDGETS)
-    form = dashboard.region(page, "Set a budget")
-    dashboard.fill(form, "Product", product)
-    dashboard.fill(form, "Ceiling (USD)", "12.5")
-    dashboard.fill(form, "Window", "weekly")
+    page.goto(ui.BUDGETS)
+    form = ui.region(page, "Set a budget")
+    ui.fill(form, "Product", product)
+    ui.fill(form, "Ceiling (USD)", "12.5")
+    ui.fill(form, "Window", "weekly")
     form.get_by_role("button", name="Save", exact=True).click()
 
-    expect(dashboard.region(page, product)).to_contain_text(re.compile(r"ceiling \$12\.50?"))
+    expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$12\.50?"))
     saved = fleet.client.get_budget(product)
     assert (saved.ceiling_usd, saved.window.value) == (12.5, "weekly")
 
@@ -72,13 +72,13 @@ def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product)
 def test_with_budgets_off_the_pages_show_an_empty_state(open_page, fleet_budgets_off):
     with pytest.raises(errors.FeatureDisabled):  # what the page degrades from
         fleet_budgets_off.client.get_budget("anything")
-    page = dashboard.signed_in(open_page(fleet_budgets_off), fleet_budgets_off.admin_token)
+    page = ui.signed_in(open_page(fleet_budgets_off), fleet_budgets_off.admin_token)
 
-    answer = page.goto(dashboard.BUDGETS)
+    answer = page.goto(ui.BUDGETS)
 
     assert answer.status == 200
     expect(page.get_by_role("heading", level=1)).to_have_text("Budgets")
     expect(page.locator("main")).to_contain_text("Budgets are off")
     expect(page.get_by_role("button", name="Pause", exact=True)).to_have_count(0)
-    page.goto(dashboard.OVERVIEW)
+    page.goto(ui.OVERVIEW)
     expect(page.locator("main")).to_contain_text("Budgets are off")

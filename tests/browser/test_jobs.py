@@ -9,18 +9,18 @@ from playwright.sync_api import expect
 
 from fleet.jobs import job_id
 from fleetclient import FleetClient
-from tests.browser import dashboard
+from tests.browser import ui
 
 
 def _submit_new_job(page, product: str, key: str, title: str) -> None:
-    page.goto(dashboard.NEW_JOB)
-    dashboard.fill(page, "Product", product)
-    dashboard.fill(page, "Idempotency key", key)
-    dashboard.fill(page, "Title", title)
-    dashboard.fill(page, "Body", "Make the **button** blue.")
-    dashboard.fill(page, "Priority", "high")
-    dashboard.fill(page, "Capabilities", "python, css")
-    dashboard.fill(page, "Estimated cost (USD)", "0.75")
+    page.goto(ui.NEW_JOB)
+    ui.fill(page, "Product", product)
+    ui.fill(page, "Idempotency key", key)
+    ui.fill(page, "Title", title)
+    ui.fill(page, "Body", "Make the **button** blue.")
+    ui.fill(page, "Priority", "high")
+    ui.fill(page, "Capabilities", "python, css")
+    ui.fill(page, "Estimated cost (USD)", "0.75")
     page.get_by_role("button", name="Submit", exact=True).click()
 
 
@@ -30,8 +30,8 @@ def test_a_job_submitted_in_the_browser_is_claimed_by_a_factory(operator_page, f
 
     # Then the browser shows the created job
     expected = job_id(product, "blue-button")
-    expect(dashboard.status(operator_page, "Job created.")).to_be_visible()
-    assert unquote(urlsplit(operator_page.url).path) == f"{dashboard.JOBS}/{expected}"
+    expect(ui.status(operator_page, "Job created.")).to_be_visible()
+    assert unquote(urlsplit(operator_page.url).path) == f"{ui.JOBS}/{expected}"
     expect(operator_page.get_by_role("heading", level=1)).to_have_text("Make the button blue")
 
     # When a factory with those capabilities claims work in that product over HTTP
@@ -46,29 +46,29 @@ def test_a_job_submitted_in_the_browser_is_claimed_by_a_factory(operator_page, f
     assert claimed.job.estimated_cost_usd == 0.75
     assert claimed.job.body_md == "Make the **button** blue."
     operator_page.reload()
-    expect(dashboard.facts(operator_page)).to_contain_text("assigned", ignore_case=True)
-    expect(dashboard.facts(operator_page)).to_contain_text("factory-b")
+    expect(ui.facts(operator_page)).to_contain_text("assigned", ignore_case=True)
+    expect(ui.facts(operator_page)).to_contain_text("factory-b")
 
 
 def test_the_same_idempotency_key_shows_the_existing_job(operator_page, product):
     _submit_new_job(operator_page, product, "already", "Submitted before")
-    expect(dashboard.status(operator_page, "Job created.")).to_be_visible()
+    expect(ui.status(operator_page, "Job created.")).to_be_visible()
     first = urlsplit(operator_page.url).path
 
     _submit_new_job(operator_page, product, "already", "Submitted before")
 
-    expect(dashboard.status(operator_page, "That idempotency key already names this job.")).to_be_visible()
+    expect(ui.status(operator_page, "That idempotency key already names this job.")).to_be_visible()
     assert urlsplit(operator_page.url).path == first
     expect(operator_page.get_by_role("heading", level=1)).to_have_text("Submitted before")
 
 
 def test_invalid_input_keeps_the_values_and_says_what_is_wrong(operator_page, product):
     page = operator_page
-    page.goto(dashboard.NEW_JOB)
-    dashboard.fill(page, "Product", product)
-    dashboard.fill(page, "Idempotency key", "bad-capability")
-    dashboard.fill(page, "Title", "Needs what no factory has")
-    dashboard.fill(page, "Capabilities", "python, not a capability!")
+    page.goto(ui.NEW_JOB)
+    ui.fill(page, "Product", product)
+    ui.fill(page, "Idempotency key", "bad-capability")
+    ui.fill(page, "Title", "Needs what no factory has")
+    ui.fill(page, "Capabilities", "python, not a capability!")
     with page.expect_response(lambda answer: answer.request.method == "POST") as posted:
         page.get_by_role("button", name="Submit", exact=True).click()
 
@@ -87,14 +87,14 @@ def test_bulk_requeue_of_three_failed_jobs_requeues_exactly_those_three(operator
 
     # When the operator selects three of the failed ones and requeues them
     page = operator_page
-    page.goto(f"{dashboard.JOBS}?stage=failed&product={product}")
+    page.goto(f"{ui.JOBS}?stage=failed&product={product}")
     for job in chosen:
         page.get_by_role("checkbox", name=f"Select {job.id}", exact=True).check()
     page.get_by_role("button", name="Requeue", exact=True).click()
-    dashboard.confirm(page, "Requeue 3 jobs?")
+    ui.confirm(page, "Requeue 3 jobs?")
 
     # Then the list says so, and exactly those three are queued again
-    expect(dashboard.status(page, "Requeued 3 jobs.")).to_be_visible()
+    expect(ui.status(page, "Requeued 3 jobs.")).to_be_visible()
     assert [fleet.stage(job.id) for job in chosen] == ["queued"] * 3
     assert [fleet.stage(job.id) for job in left] == ["failed"] * 2
     assert fleet.stage(queued.id) == "queued"
@@ -104,7 +104,7 @@ def test_bulk_cancel_asks_first_and_back_changes_nothing(operator_page, fleet, p
     jobs = [fleet.submit(product, f"withdrawn-{n}", title=f"Withdrawn {n}") for n in range(2)]
 
     page = operator_page
-    page.goto(f"{dashboard.JOBS}?stage=queued&product={product}")
+    page.goto(f"{ui.JOBS}?stage=queued&product={product}")
     for job in jobs:
         page.get_by_role("checkbox", name=f"Select {job.id}", exact=True).check()
     page.get_by_role("button", name="Cancel", exact=True).click()
@@ -116,9 +116,9 @@ def test_bulk_cancel_asks_first_and_back_changes_nothing(operator_page, fleet, p
     assert [fleet.stage(job.id) for job in jobs] == ["queued", "queued"]
 
     page.get_by_role("button", name="Cancel", exact=True).click()
-    dashboard.confirm(page, "Cancel 2 jobs?")
+    ui.confirm(page, "Cancel 2 jobs?")
 
-    expect(dashboard.status(page, "Cancelled 2 jobs.")).to_be_visible()
+    expect(ui.status(page, "Cancelled 2 jobs.")).to_be_visible()
     assert [fleet.stage(job.id) for job in jobs] == ["cancelled", "cancelled"]
 
 
@@ -128,14 +128,14 @@ def test_a_bulk_action_names_each_job_it_could_not_change(operator_page, fleet, 
     fleet.client.action(shipped.id, "ship")
 
     page = operator_page
-    page.goto(f"{dashboard.JOBS}?product={product}")
+    page.goto(f"{ui.JOBS}?product={product}")
     for job in (queued, shipped):
         page.get_by_role("checkbox", name=f"Select {job.id}", exact=True).check()
     page.get_by_role("button", name="Cancel", exact=True).click()
-    dashboard.confirm(page, "Cancel 2 jobs?")
+    ui.confirm(page, "Cancel 2 jobs?")
 
     # A shipped job cannot be cancelled (only requeued): the list says which, and why.
-    expect(dashboard.status(page, re.compile(r"Cancelled 1 jobs?\."))).to_be_visible()
-    expect(dashboard.status(page, shipped.id)).to_be_visible()
+    expect(ui.status(page, re.compile(r"Cancelled 1 jobs?\."))).to_be_visible()
+    expect(ui.status(page, shipped.id)).to_be_visible()
     assert fleet.stage(queued.id) == "cancelled"
     assert fleet.stage(shipped.id) == "shipped"

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import chromium, dashboard
+from tests.browser import chromium, ui
 
 
-@pytest.mark.parametrize("name", dashboard.PAGES)
+@pytest.mark.parametrize("name", ui.PAGES)
 def test_no_page_scrolls_sideways_on_a_phone(name, open_page, fleet, tokens, shown):
     page = open_page(fleet, viewport=chromium.MOBILE)
     if name != "signin":
-        dashboard.signed_in(page, tokens["operator"])
-    page.goto(dashboard.PAGES[name](shown))
+        ui.signed_in(page, tokens["operator"])
+    page.goto(ui.PAGES[name](shown))
 
     width, screen = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
 

@@ -7,11 +7,11 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import dashboard
+from tests.browser import ui
 
 
 def test_an_unsigned_in_browser_lands_on_the_sign_in_page(page):
-    page.goto(dashboard.OVERVIEW)
+    page.goto(ui.OVERVIEW)
 
     expect(page).to_have_url(re.compile(r"/dashboard/signin\?next="))
     expect(page.get_by_label("Token")).to_have_attribute("type", "password")
@@ -19,7 +19,7 @@ def test_an_unsigned_in_browser_lands_on_the_sign_in_page(page):
 
 
 def test_signing_in_goes_back_to_the_page_asked_for(page, tokens):
-    page.goto(f"{dashboard.JOBS}?stage=failed")
+    page.goto(f"{ui.JOBS}?stage=failed")
     expect(page).to_have_url(re.compile(r"/dashboard/signin\?next="))
 
     page.get_by_label("Token").fill(tokens["operator"])
@@ -30,7 +30,7 @@ def test_signing_in_goes_back_to_the_page_asked_for(page, tokens):
 
 
 def test_a_bad_token_is_refused_on_the_same_form(page):
-    page.goto(dashboard.SIGNIN)
+    page.goto(ui.SIGNIN)
     page.get_by_label("Token").fill("fleet_0000000000000000_" + "x" * 43)
     with page.expect_response(lambda answer: answer.request.method == "POST") as posted:
         page.get_by_role("button", name="Sign in").click()
@@ -42,7 +42,7 @@ def test_a_bad_token_is_refused_on_the_same_form(page):
 
 
 def test_the_session_cookie_is_http_only_and_same_site_strict(page, tokens):
-    dashboard.signed_in(page, tokens["viewer"])
+    ui.signed_in(page, tokens["viewer"])
 
     [session] = [cookie for cookie in page.context.cookies() if cookie["name"] == "fleet_session"]
     assert session["httpOnly"] is True
@@ -52,9 +52,9 @@ def test_the_session_cookie_is_http_only_and_same_site_strict(page, tokens):
     assert "fleet_session" not in page.evaluate("document.cookie")
 
 
-@pytest.mark.parametrize("name", [name for name in dashboard.PAGES if name != "signin"])
+@pytest.mark.parametrize("name", [name for name in ui.PAGES if name != "signin"])
 def test_every_page_names_the_principal_and_links_the_others(name, operator_page, shown):
-    operator_page.goto(dashboard.PAGES[name](shown))
+    operator_page.goto(ui.PAGES[name](shown))
     header = operator_page.get_by_role("banner")
 
     for link in ("Overview", "Jobs", "Budgets"):
@@ -65,7 +65,7 @@ def test_every_page_names_the_principal_and_links_the_others(name, operator_page
 
 
 def test_an_error_page_names_the_principal_too(operator_page):
-    assert operator_page.goto(dashboard.job_page("nowhere:aaaaaaaaaaaaaaaaaaaa")).status == 404
+    assert operator_page.goto(ui.job_page("nowhere:aaaaaaaaaaaaaaaaaaaa")).status == 404
 
     header = operator_page.get_by_role("banner")
     expect(header).to_contain_text("olive")
@@ -74,9 +74,9 @@ def test_an_error_page_names_the_principal_too(operator_page):
 
 def test_a_post_without_the_csrf_token_is_refused(operator_page, fleet, product):
     job = fleet.submit(product, "no-csrf", title="Not to be cancelled")
-    operator_page.goto(dashboard.job_page(job.id))
+    operator_page.goto(ui.job_page(job.id))
 
-    answer = dashboard.post_form(operator_page, f"{dashboard.job_page(job.id)}/actions/cancel", {}, with_csrf=False)
+    answer = ui.post_form(operator_page, f"{ui.job_page(job.id)}/actions/cancel", {}, with_csrf=False)
 
     assert answer["status"] == 403
     assert fleet.stage(job.id) == "queued"
@@ -84,10 +84,10 @@ def test_a_post_without_the_csrf_token_is_refused(operator_page, fleet, product)
 
 def test_a_post_with_another_csrf_token_is_refused(operator_page, fleet, product):
     job = fleet.submit(product, "wrong-csrf", title="Not to be cancelled either")
-    operator_page.goto(dashboard.job_page(job.id))
+    operator_page.goto(ui.job_page(job.id))
 
-    answer = dashboard.post_form(
-        operator_page, f"{dashboard.job_page(job.id)}/actions/cancel", {"csrf": "0" * 43}, with_csrf=False
+    answer = ui.post_form(
+        operator_page, f"{ui.job_page(job.id)}/actions/cancel", {"csrf": "0" * 43}, with_csrf=False
     )
 
     assert answer["status"] == 403
@@ -95,8 +95,8 @@ def test_a_post_with_another_csrf_token_is_refused(operator_page, fleet, product
 
 
 def test_every_form_carries_the_page_csrf_token(operator_page):
-    operator_page.goto(dashboard.NEW_JOB)
-    token = dashboard.csrf(operator_page)
+    operator_page.goto(ui.NEW_JOB)
+    token = ui.csrf(operator_page)
 
     hidden = operator_page.locator('form input[type="hidden"][name="csrf"]')
     assert token
@@ -109,5 +109,5 @@ def test_signing_out_ends_the_session(operator_page):
     operator_page.get_by_role("button", name="Sign out").click()
 
     expect(operator_page).to_have_url(re.compile(r"/dashboard/signin"))
-    operator_page.goto(dashboard.JOBS)
+    operator_page.goto(ui.JOBS)
     expect(operator_page).to_have_url(re.compile(r"/dashboard/signin\?next="))
