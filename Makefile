@@ -5,8 +5,12 @@ PY     := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+# Debian's Chromium, driven by Playwright in tests/browser (Playwright's own browser download
+# is never used); apt-get needs root, which CI is.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test screenshots bench clean
 
 install: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -16,16 +20,26 @@ $(PIP_STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The Cosmos-compatible test server (@vercel/cosmosdb-server) for the store conformance suite.
+# The Cosmos-compatible test server (@vercel/cosmosdb-server) for the store conformance suite,
+# and axe-core for the browser tests' accessibility check.
 $(NPM_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
+browser:
+	@test -x $(CHROMIUM) || { \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
 run: install
 	$(VENV)/bin/fleet serve
 
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# docs/screenshots/: every dashboard page at 1280x800 and 390x844, over a demo fleet.
+screenshots: install browser
+	$(PY) -m tests.browser.screenshots
 
 # The benchmarks' own dependencies (huey, the peer of bench/peer_huey.py): `.[bench]`.
 $(BENCH_STAMP): $(PIP_STAMP) pyproject.toml

@@ -1,0 +1,84 @@
+"""Budgets from the browser: Pause and Resume change the product's budget, the settings form
+changes its ceiling and window, and with budgets off every page shows an empty state."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from fleetclient import errors
+from tests.browser import ui
+
+
+def test_pause_then_resume_change_the_budget(operator_page, fleet, product):
+    fleet.client.put_budget(product, 40.0, "daily")
+
+    # When the operator pauses the product's budget with a reason
+    page = operator_page
+    page.goto(ui.BUDGETS)
+    budget = ui.region(page, product)
+    budget.get_by_label("Reason").fill("release freeze")
+    budget.get_by_role("button", name="Pause", exact=True).click()
+    ui.confirm(page, f"Pause spending on {product}?")
+
+    # Then the page shows who paused it and why, and the API says it is paused
+    budget = ui.region(page, product)
+    expect(budget).to_contain_text(re.compile(r"Paused by olive: release freeze"))
+    expect(budget.get_by_role("button", name="Resume", exact=True)).to_be_visible()
+    expect(budget.get_by_role("button", name="Pause", exact=True)).to_have_count(0)
+    assert fleet.client.get_budget(product).paused is True
+
+    # When they resume it
+    budget.get_by_role("button", name="Resume", exact=True).click()
+    ui.confirm(page, f"Resume spending on {product}?")
+
+    # Then it runs again
+    budget = ui.region(page, product)
+    expect(budget).to_contain_text("Running")
+    expect(budget.get_by_role("button", name="Pause", exact=True)).to_be_visible()
+    assert fleet.client.get_budget(product).paused is False
+
+
+def test_save_changes_the_ceiling_and_the_window(operator_page, fleet, product):
+    fleet.client.put_budget(product, 40.0, "daily")
+
+    page = operator_page
+    page.goto(ui.BUDGETS)
+    budget = ui.region(page, product)
+    ui.fill(budget, "Ceiling (USD)", "75")
+    ui.fill(budget, "Window", "monthly")
+    budget.get_by_role("button", name="Save", exact=True).click()
+
+    expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$75(\.00)?"))
+    saved = fleet.client.get_budget(product)
+    assert (saved.ceiling_usd, saved.window.value) == (75.0, "monthly")
+
+
+def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product):
+    page = operator_page
+    page.goto(ui.BUDGETS)
+    form = ui.region(page, "Set a budget")
+    ui.fill(form, "Product", product)
+    ui.fill(form, "Ceiling (USD)", "12.5")
+    ui.fill(form, "Window", "weekly")
+    form.get_by_role("button", name="Save", exact=True).click()
+
+    expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$12\.50?"))
+    saved = fleet.client.get_budget(product)
+    assert (saved.ceiling_usd, saved.window.value) == (12.5, "weekly")
+
+
+def test_with_budgets_off_the_pages_show_an_empty_state(open_page, fleet_budgets_off):
+    with pytest.raises(errors.FeatureDisabled):  # what the page degrades from
+        fleet_budgets_off.client.get_budget("anything")
+    page = ui.signed_in(open_page(fleet_budgets_off), fleet_budgets_off.admin_token)
+
+    answer = page.goto(ui.BUDGETS)
+
+    assert answer.status == 200
+    expect(page.get_by_role("heading", level=1)).to_have_text("Budgets")
+    expect(page.locator("main")).to_contain_text("Budgets are off")
+    expect(page.get_by_role("button", name="Pause", exact=True)).to_have_count(0)
+    page.goto(ui.OVERVIEW)
+    expect(page.locator("main")).to_contain_text("Budgets are off")
