@@ -62,18 +62,21 @@ def create(ctx: Context, job: Job, keyed_with: weight_registry.Snapshot | None =
 def settle(ctx: Context, written: writes.Written, keyed_with: weight_registry.Snapshot | None = None) -> writes.Written:
     """Apply what follows from the write in `written`; the outcome with the job as it stands
     afterwards and the follow-ups that ran. Each follow-up is tried on its own: one the store
-    fails is logged and left to the sweep, and skips no other."""
+    fails is logged and left to the sweep, and skips no other but the activity bump, a hint
+    not worth another store deadline once the store has failed this request."""
     job = written.job
     followed: list[FollowUp] = []
+    failed: list[FollowUp] = []
     if written.entered(Stage.QUEUED):
-        bumped = _attempt(job, FollowUp.QUEUE_STATE, followed, lambda: queue_state.bump(ctx, job.product_id))
-        job = _attempt(job, FollowUp.RE_KEY, followed, lambda: weight_registry.ensure_rank(ctx, job, keyed_with, bumped)) or job
+        bumped = _attempt(job, FollowUp.QUEUE_STATE, followed, lambda: queue_state.bump(ctx, job.product_id), failed)
+        rank = lambda: weight_registry.ensure_rank(ctx, job, keyed_with, bumped)  # noqa: E731
+        job = _attempt(job, FollowUp.RE_KEY, followed, rank, failed) or job
     if job.accrual_pending:
-        job = _attempt(job, FollowUp.ACCRUAL, followed, lambda: spend.settle(ctx, job)) or job
+        job = _attempt(job, FollowUp.ACCRUAL, followed, lambda: spend.settle(ctx, job), failed) or job
     if job.stage in FINISHED and (written.before is None or written.before.stage not in FINISHED):
-        _attempt(job, FollowUp.DEPENDENTS, followed, lambda: release_dependents(ctx, job))
-    if written.wrote and activity.visible_change(written.before, job):
-        _attempt(job, FollowUp.ACTIVITY, followed, lambda: activity.note_write(ctx, written.before, job))
+        _attempt(job, FollowUp.DEPENDENTS, followed, lambda: release_dependents(ctx, job), failed)
+    if written.wrote and not failed and activity.visible_change(written.before, job):
+        _attempt(job, FollowUp.ACTIVITY, followed, lambda: activity.note_write(ctx, written.before, job), failed)
     return dataclasses.replace(written, job=job, followed=tuple(followed))
 
 
@@ -104,13 +107,14 @@ def release_dependents(ctx: Context, finished: Job) -> None:
             continue
 
 
-def _attempt(job: Job, what: FollowUp, followed: list[FollowUp], follow_up: Callable[[], Any]) -> Any:
-    """Run one follow-up and note it in `followed`; if the store fails it, the job's own write
-    stands and the sweep finishes it (None is answered then)."""
+def _attempt(job: Job, what: FollowUp, followed: list[FollowUp], follow_up: Callable[[], Any], failed: list[FollowUp]) -> Any:
+    """Run one follow-up and note it in `followed` (in `failed` if the store fails it: the
+    job's own write stands and the sweep finishes it, and None is answered then)."""
     try:
         result = follow_up()
     except errors.FleetError:
         log.warning("%s after job %s interrupted; the sweep will finish it", what.value, job.id, exc_info=True)
+        failed.append(what)
         return None
     followed.append(what)
     return result
