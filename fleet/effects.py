@@ -3,9 +3,10 @@
 `change` and `create` are the one way a use case writes a job: the caller reads the facts its
 decision needs before calling (the job too, when the facts depend on it), the decision is pure,
 the job is written once with `If-Match`, and then the follow-ups are settled once, by what the
-write did: a job that entered the queue bumps the product's queue-state and has its rank key
-checked against the product's weights; a job with a run's cost pending has it accrued; a job
-that finished re-checks the jobs waiting on it. The answer is a `writes.Written` naming them.
+write did: a job that entered the queue bumps the product's queue-state (registering its
+capability set in the same write) and has its rank key checked against the product's weights;
+a job with a run's cost pending has it accrued; a job that finished re-checks the jobs waiting
+on it. The answer is a `writes.Written` naming them.
 
 Each follow-up is idempotent and safe to repeat, and the sweep repeats them, so a process that
 dies between the job's write and these never strands work (DESIGN.md, "the one rule of state").
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 from fleet import deps, errors, queue_state, spend, store, weight_registry, writes
 from fleet.context import Context
-from fleet.jobs import Job
+from fleet.jobs import Job, cap_key
 from fleet.stages import FINISHED, Stage
 
 log = logging.getLogger("fleet.effects")
@@ -63,7 +64,7 @@ def settle(ctx: Context, written: writes.Written, keyed_with: weight_registry.Sn
     job = written.job
     followed: list[FollowUp] = []
     if written.entered(Stage.QUEUED):
-        bumped = _attempt(job, FollowUp.QUEUE_STATE, followed, lambda: queue_state.bump(ctx, job.product_id))
+        bumped = _attempt(job, FollowUp.QUEUE_STATE, followed, lambda: queue_state.bump(ctx, job.product_id, [cap_key(job.capabilities)]))
         job = _attempt(job, FollowUp.RE_KEY, followed, lambda: weight_registry.ensure_rank(ctx, job, keyed_with, bumped)) or job
     if job.accrual_pending:
         job = _attempt(job, FollowUp.ACCRUAL, followed, lambda: spend.settle(ctx, job)) or job
