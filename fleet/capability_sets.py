@@ -63,9 +63,7 @@ def key_older_jobs(ctx: Context, product_id: str) -> int:
         if not found:
             queue_state.mark_complete(ctx, product_id)
             return keyed
-        keys = sorted({cap_key(job.capabilities) for job in found})
-        for start in range(0, len(keys), queue_state.SETS_PER_BUMP):
-            queue_state.register(ctx, product_id, keys[start : start + queue_state.SETS_PER_BUMP])
+        queue_state.register(ctx, product_id, {cap_key(job.capabilities) for job in found})
         for job in found:
             writes.change(ctx, job.id, _keyed, current=job, request=False)
             keyed += 1

@@ -49,18 +49,24 @@ class QueueState(Model):
 
 def bump(ctx: Context, product_id: str, cap_keys: Iterable[str] = ()) -> dict[str, Any]:
     """Something in `product_id` may be claimable now, needing one of the capability sets
-    `cap_keys` (at most `SETS_PER_BUMP`), which the same write registers. Returns the document
-    after the bump."""
+    `cap_keys`, which the same write registers (beyond `SETS_PER_BUMP` of them, the rest are
+    registered just before it). Returns the document after the bump."""
+    keys = sorted(set(cap_keys))
+    if len(keys) > SETS_PER_BUMP:
+        register(ctx, product_id, keys[SETS_PER_BUMP:])
     now = ctx.clock.now()
-    stamp = {"updatedAt": clock.format(now), **_registered(cap_keys, now)}
+    stamp = {"updatedAt": clock.format(now), **_registered(keys[:SETS_PER_BUMP], now)}
     return ctx.store.increment("jobs", product_id, DOC_ID, "version", 1, _initial(product_id), stamp=stamp)
 
 
-def register(ctx: Context, product_id: str, cap_keys: Iterable[str]) -> dict[str, Any]:
-    """Register capability sets (at most `SETS_PER_BUMP`) without announcing anything: the
-    version stays. Returns the document after the write."""
-    stamp = _registered(cap_keys, ctx.clock.now())
-    return ctx.store.increment("jobs", product_id, DOC_ID, "version", 0, _initial(product_id), stamp=stamp)
+def register(ctx: Context, product_id: str, cap_keys: Iterable[str]) -> dict[str, Any] | None:
+    """Register capability sets without announcing anything (the version stays), in writes of
+    `SETS_PER_BUMP`. Returns the document after the last write; None if there was none."""
+    keys, doc = sorted(set(cap_keys)), None
+    for start in range(0, len(keys), SETS_PER_BUMP):
+        stamp = _registered(keys[start : start + SETS_PER_BUMP], ctx.clock.now())
+        doc = ctx.store.increment("jobs", product_id, DOC_ID, "version", 0, _initial(product_id), stamp=stamp)
+    return doc
 
 
 def count_weight_change(ctx: Context, product_id: str) -> int:
@@ -75,10 +81,7 @@ def _initial(product_id: str) -> dict[str, Any]:
     return {"id": DOC_ID, "productId": product_id, CAP_SETS_COMPLETE: True}
 
 
-def _registered(cap_keys: Iterable[str], now: datetime) -> dict[str, Any]:
-    keys = sorted(set(cap_keys))
-    if len(keys) > SETS_PER_BUMP:
-        raise ValueError(f"at most {SETS_PER_BUMP} capability sets per write, not {len(keys)}")
+def _registered(keys: list[str], now: datetime) -> dict[str, Any]:
     return {cap_set_field(key): _entry(key, now) for key in keys}
 
 

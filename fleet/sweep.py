@@ -154,10 +154,9 @@ def queue_versions(ctx: Context, since: datetime | None = None) -> int:
         nonlocal bumped
         product_id, latest = item
         doc = queue_state.read_doc(ctx, product_id) or {}
-        missing = sorted(keys[product_id] - set(queue_state.cap_sets(doc)))
+        missing = keys[product_id] - set(queue_state.cap_sets(doc))
         if doc.get("updatedAt", "") < latest or missing:
-            for start in range(0, max(1, len(missing)), queue_state.SETS_PER_BUMP):
-                queue_state.bump(ctx, product_id, missing[start : start + queue_state.SETS_PER_BUMP])
+            queue_state.bump(ctx, product_id, missing)
             bumped += 1
 
     each(list(newest.items()), bump_if_behind)

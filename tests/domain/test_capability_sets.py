@@ -185,3 +185,16 @@ def test_the_sweep_registers_the_set_of_a_job_whose_bump_a_crash_lost(world, sto
     for i in range(40):
         world.make_job(f"gpu-{i}", capabilities=["gpu"], age_minutes=600)
     assert world.with_settings(claim_page=2).claim(capabilities=["py"]).job.id == lost.id
+
+
+def test_a_bump_registers_any_number_of_sets_in_writes_a_cosmos_patch_can_take(world, store, ctx):
+    # Given twelve sets to register (a Cosmos patch sets at most ten fields)
+    keys = {cap_key([f"cap-{i}"]) for i in range(12)}
+
+    # When one bump registers them all
+    doc = queue_state.bump(ctx, PRODUCT, keys)
+
+    # Then every set is registered, by one announcing write and one that is not
+    assert set(queue_state.cap_sets(doc)) == keys
+    assert doc["version"] == 1
+    assert store.calls["increment:jobs"] == 2
