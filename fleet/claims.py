@@ -8,7 +8,18 @@ from typing import Any
 
 from pydantic import Field, model_serializer
 
-from fleet import budget_rules, budgets, candidates, effects, errors, factories, preemption, scoring, weight_registry
+from fleet import (
+    budget_rules,
+    budgets,
+    candidates,
+    effects,
+    errors,
+    factories,
+    preemption,
+    queue_state,
+    scoring,
+    weight_registry,
+)
 from fleet.context import Context
 from fleet.jobs import Job, Lease, Model, Run
 from fleet.stages import ClaimReason, Priority, Stage
@@ -79,15 +90,18 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     product = weight_registry.snapshot(ctx, request.product_id)
     weights = scoring.resolve(product.patch, request.weights)
     score = candidates.scorer(now, weights, offered)
+    claimable = _claimable(ctx, request.product_id, offered)
     unaffordable = 0
     for _ in range(RESCANS):
         if running is not None:
             # At the seat limit only critical work may be taken: read only its buckets.
+            page = ctx.settings.claim_page
+            critical = (Priority.CRITICAL,)
             streams = candidates.bucket_streams(
-                request.product_id, now, weights, offered, ctx.settings.claim_page, MAX_ATTEMPTS, (Priority.CRITICAL,)
+                request.product_id, now, weights, offered, page, MAX_ATTEMPTS, critical, claimable
             )
         else:
-            streams = _streams(ctx, request.product_id, now, weights, product, offered)
+            streams = _streams(ctx, request.product_id, now, weights, product, offered, claimable)
         lost = False
         for candidate in candidates.ranked(ctx.store, streams, score):
             try:
@@ -297,11 +311,27 @@ def _streams(
     weights: scoring.Weights,
     product: weight_registry.Snapshot,
     offered: frozenset[str],
+    claimable: candidates.Claimable,
 ) -> list[candidates.Stream]:
     """The fast rank-key stream while the stored keys order like `weights`; else one stream
     per (priority, attempts) bucket (a request override of age/priority/retries, or a weight
     change still re-keying)."""
     page = ctx.settings.claim_page
     if scoring.orders_like(weights, product.weights) and not product.rekeying:
-        return [candidates.rank_stream(product_id, now, weights, offered, page)]
-    return candidates.bucket_streams(product_id, now, weights, offered, max(4, page // 4), MAX_ATTEMPTS)
+        return [candidates.rank_stream(product_id, now, weights, offered, page, claimable)]
+    return candidates.bucket_streams(
+        product_id, now, weights, offered, max(4, page // 4), MAX_ATTEMPTS, claimable=claimable
+    )
+
+
+def _claimable(ctx: Context, product_id: str, offered: frozenset[str]) -> candidates.Claimable:
+    """The capability sets of the product's queue the factory can do, from the queue-state
+    document, read once per claim and only if a first page did not settle it."""
+    known: list[list[str] | None] = []
+
+    def claimable() -> list[str] | None:
+        if not known:
+            known.append(queue_state.claimable_sets(queue_state.read_doc(ctx, product_id), offered))
+        return known[0]
+
+    return claimable

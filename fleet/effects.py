@@ -3,11 +3,12 @@
 `change` and `create` are the one way a use case writes a job: the caller reads the facts its
 decision needs before calling (the job too, when the facts depend on it), the decision is pure,
 the job is written once with `If-Match`, and then the follow-ups are settled once, by what the
-write did: a job that entered the queue bumps the product's queue-state and has its rank key
-checked against the product's weights; a job with a run's cost pending has it accrued; a job
-that finished re-checks the jobs waiting on it; a write a person could see bumps the fleet's
-activity version (`fleet.activity`, for the dashboard: the one follow-up the sweep does not
-repeat, as it is a hint). The answer is a `writes.Written` naming them.
+write did: a job that entered the queue bumps the product's queue-state (registering its
+capability set in the same write) and has its rank key checked against the product's weights;
+a job with a run's cost pending has it accrued; a job that finished re-checks the jobs waiting
+on it; a write a person could see bumps the fleet's activity version (`fleet.activity`, for the
+dashboard: the one follow-up the sweep does not repeat, as it is a hint). The answer is a
+`writes.Written` naming them.
 
 Each follow-up is idempotent and safe to repeat, and the sweep repeats them, so a process that
 dies between the job's write and these never strands work (DESIGN.md, "the one rule of state").
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 from fleet import activity, deps, errors, queue_state, spend, store, weight_registry, writes
 from fleet.context import Context
-from fleet.jobs import Job
+from fleet.jobs import Job, cap_key
 from fleet.stages import FINISHED, Stage
 
 log = logging.getLogger("fleet.effects")
@@ -68,7 +69,8 @@ def settle(ctx: Context, written: writes.Written, keyed_with: weight_registry.Sn
     followed: list[FollowUp] = []
     failed: list[FollowUp] = []
     if written.entered(Stage.QUEUED):
-        bumped = _attempt(job, FollowUp.QUEUE_STATE, followed, lambda: queue_state.bump(ctx, job.product_id), failed)
+        bump = lambda: queue_state.bump(ctx, job.product_id, [cap_key(job.capabilities)])  # noqa: E731
+        bumped = _attempt(job, FollowUp.QUEUE_STATE, followed, bump, failed)
         rank = lambda: weight_registry.ensure_rank(ctx, job, keyed_with, bumped)  # noqa: E731
         job = _attempt(job, FollowUp.RE_KEY, followed, rank, failed) or job
     if job.accrual_pending:

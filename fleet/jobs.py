@@ -172,6 +172,11 @@ class Job(Model):
     def from_doc(cls, doc: dict[str, Any]) -> "Job":
         return cls.model_validate({**doc, "etag": doc.get("_etag")})
 
+    def to_doc(self) -> dict[str, Any]:
+        """The store document: the job's fields plus `capKey`, its capability set's key, which
+        every job write stores so that claims can read one capability set's jobs at a time."""
+        return {**super().to_doc(), CAP_KEY: cap_key(self.capabilities)}
+
     @property
     def latest_run(self) -> Run | None:
         return self.runs[-1] if self.runs else None
@@ -195,6 +200,21 @@ class Job(Model):
     def holds(self, lease_id: str, now: datetime) -> bool:
         """Whether `lease_id` is the job's current, unexpired lease."""
         return self.lease is not None and self.lease.lease_id == lease_id and self.lease.expires_at > now
+
+
+#: The job document field holding `cap_key(capabilities)` (documents only, never answered).
+CAP_KEY = "capKey"
+
+
+def cap_key(capabilities: list[str] | tuple[str, ...]) -> str:
+    """A set of required capabilities as one canonical string: sorted, without repeats,
+    comma-joined (a capability never holds a comma); `""` for none."""
+    return ",".join(sorted(set(capabilities)))
+
+
+def cap_set(key: str) -> frozenset[str]:
+    """The capabilities a `cap_key` names."""
+    return frozenset(key.split(",")) if key else frozenset()
 
 
 def job_id(product_id: str, idempotency_key: str) -> str:

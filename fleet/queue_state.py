@@ -7,18 +7,35 @@ become claimable, so an unchanged version means a claim would find nothing new.
 The same document counts the product's weight changes (`weightChanges`, never in the answer):
 a writer that keyed a queued job with weights it read earlier learns from its own bump whether
 they changed since (`weight_registry.ensure_rank`).
+
+It also names the **capability sets** present in the product's queue (one field per set,
+`capSet_<digest>: {key, at}`, `key` a `jobs.cap_key`), so a claim can read only the jobs of the
+sets its factory can do. The bump that announces a job entering the queue registers the job's
+set in the same atomic write (a stamp, never a read-modify-write), so every queued job whose bump
+has landed is in a registered set; a set registered for jobs no longer queued lingers until the
+sweep prunes it (`capability_sets`). `capSetsComplete` says the registry covers every queued
+job: set when the document is created, or by the sweep once it has keyed a product's older jobs;
+without it claims read the queue unnarrowed.
 """
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from datetime import datetime
+from typing import Any, Iterable
 
-from fleet import clock, errors
+from fleet import clock, errors, jobs, store
 from fleet.context import Context
 from fleet.jobs import Model, Time
 
 DOC_ID = "queue-state"
 #: The field counting the weight changes begun on the product.
 WEIGHT_CHANGES = "weightChanges"
+#: The prefix of the fields registering one capability set each.
+CAP_SET = "capSet_"
+#: True when the registered capability sets cover every queued job of the product.
+CAP_SETS_COMPLETE = "capSetsComplete"
+#: The most capability sets one bump registers (a Cosmos patch sets at most 10 fields).
+SETS_PER_BUMP = 7
 
 
 class QueueState(Model):
@@ -30,24 +47,97 @@ class QueueState(Model):
     updated_at: Time | None = None
 
 
-def bump(ctx: Context, product_id: str) -> dict[str, Any]:
-    """Something in `product_id` may be claimable now. Returns the document after the bump."""
-    return ctx.store.increment(
-        "jobs",
-        product_id,
-        DOC_ID,
-        "version",
-        1,
-        {"id": DOC_ID, "productId": product_id},
-        stamp={"updatedAt": clock.format(ctx.clock.now())},
-    )
+def bump(ctx: Context, product_id: str, cap_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Something in `product_id` may be claimable now, needing one of the capability sets
+    `cap_keys`, which the same write registers (beyond `SETS_PER_BUMP` of them, the rest are
+    registered just before it). Returns the document after the bump."""
+    keys = sorted(set(cap_keys))
+    if len(keys) > SETS_PER_BUMP:
+        register(ctx, product_id, keys[SETS_PER_BUMP:])
+    now = ctx.clock.now()
+    stamp = {"updatedAt": clock.format(now), **_registered(keys[:SETS_PER_BUMP], now)}
+    return ctx.store.increment("jobs", product_id, DOC_ID, "version", 1, _initial(product_id), stamp=stamp)
+
+
+def register(ctx: Context, product_id: str, cap_keys: Iterable[str]) -> dict[str, Any] | None:
+    """Register capability sets without announcing anything (the version stays), in writes of
+    `SETS_PER_BUMP`. Returns the document after the last write; None if there was none."""
+    keys, doc = sorted(set(cap_keys)), None
+    for start in range(0, len(keys), SETS_PER_BUMP):
+        stamp = _registered(keys[start : start + SETS_PER_BUMP], ctx.clock.now())
+        doc = ctx.store.increment("jobs", product_id, DOC_ID, "version", 0, _initial(product_id), stamp=stamp)
+    return doc
 
 
 def count_weight_change(ctx: Context, product_id: str) -> int:
     """Count one more weight change of the product (the version stays): the number the new
     weights are written under."""
-    doc = ctx.store.increment("jobs", product_id, DOC_ID, WEIGHT_CHANGES, 1, {"id": DOC_ID, "productId": product_id})
+    doc = ctx.store.increment("jobs", product_id, DOC_ID, WEIGHT_CHANGES, 1, _initial(product_id))
     return weight_changes(doc)
+
+
+def _initial(product_id: str) -> dict[str, Any]:
+    # A document created now predates every job of the product this code queues: complete.
+    return {"id": DOC_ID, "productId": product_id, CAP_SETS_COMPLETE: True}
+
+
+def _registered(keys: list[str], now: datetime) -> dict[str, Any]:
+    return {cap_set_field(key): _entry(key, now) for key in keys}
+
+
+def _entry(key: str, now: datetime) -> dict[str, str]:
+    return {"key": key, "at": clock.format(now)}
+
+
+def cap_set_field(key: str) -> str:
+    """The queue-state field registering the capability set `key` (a `jobs.cap_key`)."""
+    return CAP_SET + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def cap_sets(doc: dict[str, Any]) -> dict[str, str]:
+    """The capability sets `doc` registers: key -> when a job of the set last entered the queue."""
+    return {v["key"]: v["at"] for k, v in doc.items() if k.startswith(CAP_SET) and isinstance(v, dict)}
+
+
+def claimable_sets(doc: dict[str, Any] | None, offered: frozenset[str]) -> list[str] | None:
+    """The registered capability sets a factory offering `offered` can do, or None when the
+    registry does not cover every queued job (no document, or an older product's not yet
+    keyed by the sweep): then a claim must read the queue unnarrowed."""
+    if not doc or not doc.get(CAP_SETS_COMPLETE):
+        return None
+    return sorted(key for key in cap_sets(doc) if jobs.cap_set(key) <= offered)
+
+
+def mark_complete(ctx: Context, product_id: str) -> None:
+    """Record that the registered capability sets cover every queued job of the product."""
+
+    def complete(doc: dict[str, Any]) -> dict[str, Any] | None:
+        return None if doc.get(CAP_SETS_COMPLETE) else {**doc, CAP_SETS_COMPLETE: True}
+
+    store.update(ctx.store, "jobs", product_id, DOC_ID, complete, initial=_initial(product_id), sleep=ctx.clock.sleep)
+
+
+def rewrite_sets(ctx: Context, doc: dict[str, Any], kept: Iterable[str], dropped: Iterable[str]) -> bool:
+    """Refresh the sets `kept` (a job of each is queued) and drop the sets `dropped` from `doc`
+    (as read, with its ETag), in one conditional write. False, with nothing written, if the
+    document changed since it was read (a bump registers again what it announces)."""
+    now = ctx.clock.now()
+    new = {**doc, **{cap_set_field(key): _entry(key, now) for key in kept}}
+    for key in dropped:
+        new.pop(cap_set_field(key), None)
+    try:
+        ctx.store.replace("jobs", {**new, "id": DOC_ID}, doc["_etag"])
+    except (errors.PreconditionFailed, errors.NotFound):
+        return False
+    return True
+
+
+def read_doc(ctx: Context, product_id: str) -> dict[str, Any] | None:
+    """The product's queue-state document in one point read; None for a product never seen."""
+    try:
+        return ctx.store.read("jobs", product_id, DOC_ID)
+    except errors.NotFound:
+        return None
 
 
 def weight_changes(doc: dict[str, Any]) -> int:
@@ -58,8 +148,7 @@ def weight_changes(doc: dict[str, Any]) -> int:
 def read(ctx: Context, product_id: str) -> QueueState:
     """The product's queue-state in one point read (its weight-change count is not part of it)."""
     ctx.principal.reach(product_id, f"no product {product_id!r}")
-    try:
-        doc = ctx.store.read("jobs", product_id, DOC_ID)
-    except errors.NotFound:
+    doc = read_doc(ctx, product_id)
+    if doc is None:
         return QueueState(product_id=product_id)
     return QueueState(product_id=product_id, version=doc.get("version", 0), updated_at=doc.get("updatedAt"))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from fleet import budgets, clock, effects, lifecycle, outage, queue_state, spend, store, weight_registry
+from fleet import budgets, capability_sets, clock, effects, lifecycle, outage, queue_state, spend, store, weight_registry
 from fleet.batch import each
 from fleet.context import Context, Settings
-from fleet.jobs import Job
+from fleet.jobs import Job, cap_key
 from fleet.stages import FINISHED, RunResult, Stage
 
 log = logging.getLogger("fleet.sweep")
@@ -38,6 +38,7 @@ def run(ctx: Context) -> dict[str, int]:
         ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
         ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
         ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
+        ("capabilitySets", lambda: capability_sets.sweep(ctx)),
         ("accrued", lambda: {"accrued": spend.replay_pending(ctx)}),
         ("reservations", lambda: {"reservationsDropped": budgets.drop_stale_reservations(ctx) if ctx.settings.budgets else 0}),
     ]
@@ -140,18 +141,22 @@ def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
 
 def queue_versions(ctx: Context, since: datetime | None = None) -> int:
     """Bump the queue-state of every product with a job queued since `since` that is newer
-    than the product's version (a bump a crash or a throttled store lost). Returns how many."""
+    than the product's version, or whose capability set it does not register (a bump a crash
+    or a throttled store lost), registering those sets. Returns how many products."""
     newest: dict[str, str] = {}
+    keys: dict[str, set[str]] = {}
     for doc in changed(ctx, Stage.QUEUED, since):
         newest[doc["productId"]] = max(doc["updatedAt"], newest.get(doc["productId"], ""))
+        keys.setdefault(doc["productId"], set()).add(cap_key(doc.get("capabilities") or []))
     bumped = 0
 
     def bump_if_behind(item: tuple[str, str]) -> None:
         nonlocal bumped
         product_id, latest = item
-        updated_at = queue_state.read(ctx, product_id).updated_at
-        if updated_at is None or clock.format(updated_at) < latest:
-            queue_state.bump(ctx, product_id)
+        doc = queue_state.read_doc(ctx, product_id) or {}
+        missing = keys[product_id] - set(queue_state.cap_sets(doc))
+        if doc.get("updatedAt", "") < latest or missing:
+            queue_state.bump(ctx, product_id, missing)
             bumped += 1
 
     each(list(newest.items()), bump_if_behind)

@@ -32,7 +32,7 @@ from fleet import store as store_port
 from fleet import submit
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
-from fleet.jobs import Job, Run, job_id
+from fleet.jobs import Job, Run, cap_key, job_id
 from fleet.schemas import JobSpec, PatchBody, ReleaseBody
 from fleet.stages import Priority, Stage
 
@@ -197,7 +197,8 @@ class World:
         product_id: str = PRODUCT,
         **fields: Any,
     ) -> Job:
-        """Seed a job document as the claim sees it, its rank key keyed with `weights`."""
+        """Seed a job document as the claim sees it, its rank key keyed with `weights` and,
+        queued, its capability set registered on the product's queue-state (the version stays)."""
         key = key or f"job-{next(self._keys)}"
         priority = Priority(priority)
         if created_at is None:
@@ -215,7 +216,10 @@ class World:
             updated_at=created_at,
             **fields,
         )
-        return Job.from_doc(self.store.create("jobs", job.to_doc()))
+        created = Job.from_doc(self.store.create("jobs", job.to_doc()))
+        if created.stage == Stage.QUEUED:
+            queue_state.register(self.ctx, product_id, [cap_key(created.capabilities)])
+        return created
 
     def job(self, id_or_job: str | Job) -> Job:
         """The job as stored now."""

@@ -141,12 +141,21 @@ def test_the_claim_query_has_its_composite_index():
 
 QUEUED = Filter("stage", "=", "queued")
 BLOCKED = Filter("stage", "=", "blocked")
+GPU = Filter("capKey", "=", "gpu")
 QUERY_SHAPES = {
     "jobs_rank": Query("jobs", "p", (QUEUED,), (("rankKey", True), ("createdAt", False))),
     "jobs_bucket": Query("jobs", "p", (QUEUED,), (("priority", False), ("attempts", False), ("createdAt", False))),
     "jobs_bucket_newest": Query(
         "jobs", "p", (QUEUED, Filter("priority", "=", "high"), Filter("attempts", "=", 0)), (("createdAt", True),)
     ),
+    "jobs_rank_caps": Query("jobs", "p", (QUEUED, GPU), (("rankKey", True), ("createdAt", False))),
+    "jobs_bucket_caps": Query(
+        "jobs", "p", (QUEUED, GPU, Filter("priority", "=", "high"), Filter("attempts", "=", 0)), (("createdAt", False),)
+    ),
+    "jobs_bucket_caps_newest": Query(
+        "jobs", "p", (QUEUED, GPU, Filter("priority", "=", "high"), Filter("attempts", "=", 0)), (("createdAt", True),)
+    ),
+    "jobs_id": Query("jobs", None, (Filter("id", "=", "queue-state"),)),
     "jobs_product_created": Query("jobs", "p", (), (("createdAt", True),)),
     "jobs_product_stage_created": Query("jobs", "p", (Filter("stage", "=", "review"),), (("createdAt", True),)),
     "jobs_stage_created": Query("jobs", None, (Filter("stage", "=", "review"),), (("createdAt", True),)),
@@ -194,8 +203,9 @@ def test_every_query_shape_is_served_by_an_index(query):
     head = {f for f, _ in order[: len(order) - len(cosmos_query.page_order(query))]}
     assert len(order) == 1 or order in spec.composite_indexes
     assert head <= equal
-    # An equality filter must lead the index order, or the service scans the whole order.
-    assert head or not equal, f"add a composite index led by one of {sorted(equal)}"
+    # An equality filter must lead the index order, or the service scans the whole order
+    # (except one on `id`, the order's own key: the range index finds it).
+    assert head or not equal - {"id"}, f"add a composite index led by one of {sorted(equal)}"
 
 
 def container(name: str) -> dict[str, Any]:

@@ -26,12 +26,17 @@ MAX_OFFSET = 2**63 - 1
 #: every query: a query is read off the index whose keys, past those its equality filters pin,
 #: begin with its order (`serving_index`), so a descending order needs a descending key.
 INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
-    # claim, fast path: queued jobs of a product by rankKey.
+    # claim, fast path: queued jobs of a product by rankKey …
     ("jobs_rank", "jobs", ("@pk", "stage", "rankKey DESC", "createdAt")),
+    # … and of one capability set (capKey), once a first page did not settle the claim.
+    ("jobs_rank_caps", "jobs", ("@pk", "stage", "capKey", "rankKey DESC", "createdAt")),
     # claim, bucket path: the head of each (priority, attempts) bucket, oldest first …
     ("jobs_bucket", "jobs", ("@pk", "stage", "priority", "attempts", "createdAt")),
-    # … and newest first (a negative age weight).
+    # … and newest first (a negative age weight) …
     ("jobs_bucket_newest", "jobs", ("@pk", "stage", "priority", "attempts", "createdAt DESC")),
+    # … and of one capability set, either way.
+    ("jobs_bucket_caps", "jobs", ("@pk", "stage", "capKey", "priority", "attempts", "createdAt")),
+    ("jobs_bucket_caps_newest", "jobs", ("@pk", "stage", "capKey", "priority", "attempts", "createdAt DESC")),
     # listings, newest first, with and without a product or a stage.
     ("jobs_product_created", "jobs", ("@pk", "createdAt DESC")),
     ("jobs_product_stage_created", "jobs", ("@pk", "stage", "createdAt DESC")),
@@ -50,6 +55,8 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
     ("jobs_rekeying", "jobs", ("rekeying",)),
     # sweep: runs whose cost is not yet on the budget.
     ("jobs_accrual", "jobs", ("accrualPending",)),
+    # sweep: one reserved document of every product (its queue-state), by id across products.
+    ("jobs_id", "jobs", ("id",)),
 ]
 
 

@@ -62,6 +62,9 @@ def job(rng: random.Random, n: int) -> dict[str, Any]:
         doc["lease"] = {"leaseId": f"l{n}", "factoryId": rng.choice(FACTORIES), "expiresAt": at(created + 5)}
     if rng.random() < 0.02:
         doc["accrualPending"] = True
+    cap_key = rng.choice(["", "", "", "gpu", "py", "gpu,py", None])  # None: written before capKey
+    if cap_key is not None:
+        doc["capKey"] = cap_key
     return doc
 
 
@@ -72,7 +75,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteStore]:
     for n in range(4000):
         store.create("jobs", job(rng, n))
     for product in PRODUCTS:
-        store.create("jobs", {"id": "queue-state", "productId": product, "version": 3})
+        store.create("jobs", {"id": "queue-state", "productId": product, "version": 3, "capSetsComplete": True})
         store.create("jobs", {"id": "weights", "productId": product, "rekeying": product == PRODUCTS[0]})
         store.create("budgets", {"id": "budget", "productId": product, "ceilingUsd": 100, "accruals": ["a1"]})
     for factory in FACTORIES:
@@ -87,8 +90,9 @@ LISTED = Filter("stage", "!=", None)
 P = PRODUCTS[1]
 
 
-def bucket(newest_first: bool) -> Query:
-    where = (QUEUED, Filter("priority", "=", "high"), Filter("attempts", "=", 1))
+def bucket(newest_first: bool, cap_key: str | None = None) -> Query:
+    caps = () if cap_key is None else (Filter("capKey", "=", cap_key),)
+    where = (QUEUED, *caps, Filter("priority", "=", "high"), Filter("attempts", "=", 1))
     return Query("jobs", P, where, (("createdAt", newest_first),), 8)
 
 
@@ -103,6 +107,33 @@ SHAPES = [
     # candidates.bucket_streams: the head of one (priority, attempts) bucket
     pytest.param(bucket(newest_first=False), "jobs_bucket", id="claim bucket, oldest first"),
     pytest.param(bucket(newest_first=True), "jobs_bucket_newest", id="claim bucket, newest first"),
+    # the same, narrowed to one capability set (candidates.Stream.narrowed)
+    pytest.param(
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu")), (("rankKey", True), ("createdAt", False)), 8),
+        "jobs_rank_caps",
+        id="claim, one capability set",
+    ),
+    pytest.param(
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "")), (("rankKey", True), ("createdAt", False)), 8),
+        "jobs_rank_caps",
+        id="claim, the jobs needing no capability",
+    ),
+    pytest.param(bucket(newest_first=False, cap_key=""), "jobs_bucket_caps", id="claim bucket, one capability set"),
+    pytest.param(
+        bucket(newest_first=True, cap_key=""), "jobs_bucket_caps_newest", id="claim bucket, one set, newest first"
+    ),
+    # capability_sets: whether a set still has a queued job; every product's queue-state
+    pytest.param(
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu,py")), (("rankKey", True), ("createdAt", False)), 1),
+        "jobs_rank_caps",
+        id="a set's queued job",
+    ),
+    pytest.param(
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", None)), (("rankKey", True), ("createdAt", False)), 100),
+        "jobs_rank",
+        id="queued jobs older than capKey",
+    ),
+    pytest.param(Query("jobs", None, (Filter("id", "=", "queue-state"),), limit=200), "jobs_id", id="queue-states"),
     # listing.page: newest first, with and without a product and a stage (limit + offset)
     pytest.param(Query("jobs", None, (LISTED,), (("createdAt", True),), 70), "jobs_created", id="listing"),
     pytest.param(

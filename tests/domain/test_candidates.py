@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fleet import candidates, claims, scoring, store as store_port, weight_registry
+from fleet import candidates, claims, queue_state, scoring, store as store_port, weight_registry
 from fleet.context import Context
 from fleet.jobs import Job
 from fleet.stages import Priority
@@ -40,6 +40,20 @@ weight_sets = st.builds(
 offered_sets = st.frozensets(st.sampled_from(CAPABILITIES))
 PROPERTY = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+# A queue most of which needs `gpu` (with a mix of other capabilities on top), and a factory
+# that never offers it: it can do almost nothing of the queue.
+mostly_gpu_specs = st.builds(
+    lambda spec, gpu: {**spec, "capabilities": sorted({*spec["capabilities"], "gpu"}) if gpu else spec["capabilities"]},
+    job_specs,
+    st.sampled_from([True] * 9 + [False]),
+)
+without_gpu = st.frozensets(st.sampled_from([c for c in CAPABILITIES if c != "gpu"]))
+#: (job specs, what the factory offers): any mix, or a factory that can do almost nothing.
+queues = st.one_of(
+    st.tuples(st.lists(job_specs, max_size=25), offered_sets),
+    st.tuples(st.lists(mostly_gpu_specs, max_size=30), without_gpu),
+)
+
 
 def seed(world, specs, weights) -> list[Job]:
     now = world.clock.now()
@@ -61,55 +75,74 @@ def ids(cands) -> list[str]:
     return [c.job.id for c in cands]
 
 
+def claimable(world, offered):
+    """The capability sets of the product's queue a factory offering `offered` can do, as a
+    claim reads them when a first page does not settle it."""
+    return lambda: queue_state.claimable_sets(queue_state.read_doc(world.ctx, PRODUCT), offered)
+
+
+def assert_every_path_yields_the_full_scan_order(world, jobs, weights, offered, page):
+    now = world.clock.now()
+    score = candidates.scorer(now, weights, offered)
+    expected = ids(candidates.full_scan(jobs, score))
+    sets = claimable(world, offered)
+    paths = {
+        "fast": [candidates.rank_stream(PRODUCT, now, weights, offered, page)],
+        "fast, narrowed": [candidates.rank_stream(PRODUCT, now, weights, offered, page, sets)],
+        "buckets": candidates.bucket_streams(PRODUCT, now, weights, offered, page, claims.MAX_ATTEMPTS),
+        "buckets, narrowed": candidates.bucket_streams(
+            PRODUCT, now, weights, offered, page, claims.MAX_ATTEMPTS, claimable=sets
+        ),
+    }
+    for name, streams in paths.items():
+        assert ids(candidates.ranked(world.store, streams, score)) == expected, name
+    # and only claimable jobs appear: queued, and the factory has every capability
+    eligible = {j.id for j in jobs if j.stage.value == "queued" and offered.issuperset(j.capabilities)}
+    assert set(expected) == eligible
+
+
 @PROPERTY
-@given(specs=st.lists(job_specs, max_size=25), weights=weight_sets, offered=offered_sets, page=st.integers(1, 7))
-def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(specs, weights, offered, page):
+@given(queue=queues, weights=weight_sets, page=st.integers(1, 7))
+def test_ranked_yields_exactly_the_full_scan_order_over_either_kind_of_stream(queue, weights, page):
+    specs, offered = queue
     with open_world() as world:
         # Given queued jobs keyed with `weights`, and some that are not claimable
         jobs = seed(world, specs, weights)
-        now = world.clock.now()
-        score = candidates.scorer(now, weights, offered)
-        expected = ids(candidates.full_scan(jobs, score))
 
-        # When the fast path and the bucket path rank them
-        fast = ids(candidates.ranked(world.store, [candidates.rank_stream(PRODUCT, now, weights, offered, page)], score))
-        buckets = candidates.bucket_streams(PRODUCT, now, weights, offered, page, claims.MAX_ATTEMPTS)
-        by_bucket = ids(candidates.ranked(world.store, buckets, score))
-
-        # Then both agree with the full scan, id for id
-        assert fast == expected
-        assert by_bucket == expected
-        # and only claimable jobs appear: queued, and the factory has every capability
-        eligible = {j.id for j in jobs if j.stage.value == "queued" and offered.issuperset(j.capabilities)}
-        assert set(expected) == eligible
+        # When the fast path and the bucket path rank them, whole or narrowed to the
+        # capability sets the factory can do, Then each agrees with the full scan, id for id
+        assert_every_path_yields_the_full_scan_order(world, jobs, weights, offered, page)
 
 
 @PROPERTY
-@given(specs=st.lists(job_specs, max_size=25), weights=weight_sets, offered=offered_sets)
-def test_claim_next_takes_the_full_scans_best_with_product_weights(specs, weights, offered):
+@given(queue=queues, weights=weight_sets, page=st.sampled_from([2, 32]))
+def test_claim_next_takes_the_full_scans_best_with_product_weights(queue, weights, page):
+    specs, offered = queue
     with open_world() as world:
         # Given the product's registered weights, and jobs keyed with them
         weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(**weights.model_dump()))
         jobs = seed(world, specs, weights)
         best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), weights, offered))
 
-        # When a factory claims without overriding anything (the rank-key path)
-        claimed = world.claim(capabilities=sorted(offered))
+        # When a factory claims without overriding anything (the rank-key path; with a small
+        # page a factory that can do little narrows to the sets it can do)
+        claimed = world.with_settings(claim_page=page).claim(capabilities=sorted(offered))
 
-        # Then it holds exactly the full scan's best
+        # Then it holds exactly the full scan's best, or nothing when the scan has none
         assert (claimed.job.id if claimed.job else None) == (best[0].job.id if best else None)
 
 
 @PROPERTY
-@given(specs=st.lists(job_specs, max_size=25), override=weight_sets, offered=offered_sets)
-def test_claim_next_takes_the_full_scans_best_with_request_weights(specs, override, offered):
+@given(queue=queues, override=weight_sets)
+def test_claim_next_takes_the_full_scans_best_with_request_weights(queue, override):
+    specs, offered = queue
     with open_world() as world:
         # Given jobs keyed with the default weights
         jobs = seed(world, specs, scoring.DEFAULTS)
         best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), override, offered))
 
         # When a factory claims with its own weights (the bucket path, unless only capabilities differ)
-        claimed = world.claim(capabilities=sorted(offered), weights=override.model_dump())
+        claimed = world.with_settings(claim_page=4).claim(capabilities=sorted(offered), weights=override.model_dump())
 
         # Then it holds exactly the full scan's best under its weights
         assert (claimed.job.id if claimed.job else None) == (best[0].job.id if best else None)
