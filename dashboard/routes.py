@@ -56,8 +56,10 @@ def _common(request: Request, **values) -> dict:
     }
 
 
-def _minute() -> int:
-    return int(ctx().clock.now().timestamp() // 60)
+def _version(*more) -> Version:
+    """What a view depends on: the fleet's activity version, and the minute (heartbeat ages and
+    a factory's own progress, which bumps no version, show within it)."""
+    return Version(activity.version(ctx()), int(ctx().clock.now().timestamp() // 60), *more)
 
 
 # Sign-in
@@ -106,7 +108,7 @@ def dashboard_home(request: Request) -> func.HttpResponse:
 
 
 @bp.route(route="dashboard/fleet", methods=["GET"], auth_level=ANONYMOUS)
-@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx()), _minute()))
+@web.page(needs=Permission.READ, version=lambda r: _version())
 def dashboard_overview(request: Request) -> func.HttpResponse:
     """Overview: factories, jobs by stage, recent jobs, spend, the last days"""
     view = views.overview(ctx())
@@ -114,7 +116,7 @@ def dashboard_overview(request: Request) -> func.HttpResponse:
 
 
 @bp.route(route="dashboard/fleet/jobs", methods=["GET"], auth_level=ANONYMOUS)
-@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx())))
+@web.page(needs=Permission.READ, version=lambda r: _version())
 def dashboard_jobs(request: Request) -> func.HttpResponse:
     """Jobs: by stage, product and search, with bulk actions"""
     stage = _stage(request.param("stage"))
@@ -180,7 +182,7 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
 
 
 @bp.route(route="dashboard/fleet/jobs/{id}", methods=["GET"], auth_level=ANONYMOUS)
-@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx()), _job_etag(r.req.route_params["id"])))
+@web.page(needs=Permission.READ, version=lambda r: _version(_job_etag(r.req.route_params["id"])))
 def dashboard_job(request: Request) -> func.HttpResponse:
     """Job detail: stage, lease, body, events, runs, review gate, DAG and actions"""
     detail = views.detail(ctx(), _job_id(request))
@@ -217,7 +219,7 @@ def dashboard_review(request: Request) -> func.HttpResponse:
 
 
 @bp.route(route="dashboard/fleet/budget", methods=["GET"], auth_level=ANONYMOUS)
-@web.page(needs=Permission.READ, version=lambda r: Version(activity.version(ctx()), ctx().clock.now().date()))
+@web.page(needs=Permission.READ, version=lambda r: _version())
 def dashboard_budget(request: Request) -> func.HttpResponse:
     """Budgets: spend, reservations, ceilings, windows and pauses per product"""
     view = views.budget_page(ctx()) if ctx().settings.budgets else None

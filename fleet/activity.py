@@ -2,11 +2,12 @@
 and was spent, day by day.
 
 - One fleet-wide **version** (`id: "activity"` in the reserved partition of the jobs
-  container), bumped by an atomic increment after every job write a person could see (a new job,
-  a stage, an event, a review, a checkpoint or priority change: not a bare lease renewal), after
-  a budget change, and when a factory registers or changes what it serves. An unchanged version
-  means every dashboard view of jobs and budgets is unchanged, so a refresh answers 304 after one
-  point read. It is a hint for views, never a fact a decision is made on.
+  container), bumped by an atomic increment after a job write the dashboard must show at once
+  (`visible_change`: a new job, a finish, a requeue, parking at review, a review or priority
+  change — not a factory's own progress under its lease), after a budget change, and when a
+  factory registers or changes what it serves. The views' ETags hold it and the minute, so an
+  unchanged view answers 304 after one point read of it, and a factory's progress shows within a
+  minute. It is a hint for views, never a fact a decision is made on.
 - One **day** document per UTC day (`activity-YYYY-MM-DD`): jobs shipped and USD their runs
   cost, counted when the write that shipped the job or ended the run is settled. These feed the
   overview's chart in one single-partition query. They are informational: a follow-up the
@@ -25,7 +26,7 @@ from fleet import clock, errors, store
 from fleet.context import Context
 from fleet.jobs import Job, Model
 from fleet.outage import STATE_PARTITION
-from fleet.stages import Stage
+from fleet.stages import ACTIVE, Stage
 
 log = logging.getLogger("fleet.activity")
 
@@ -68,19 +69,18 @@ def touch(ctx: Context) -> None:
 
 
 def visible_change(before: Job | None, after: Job) -> bool:
-    """Whether a job write changed what a person sees of the job (a lease renewal does not)."""
+    """Whether a job write changes what the dashboard must show at once: a new job, a review or
+    priority change, and any move of stage but a factory's own progress under its lease (a
+    claim, a PATCH to a work stage), which the views show within a minute instead (their ETags
+    hold the minute). A lease renewal, a checkpoint or an event alone bumps nothing either, so
+    claims, heartbeats and PATCHes cost the store what they did."""
     if before is None:
         return True
-    return (
-        before.stage != after.stage
-        or len(before.events) != len(after.events)
-        or before.events_dropped != after.events_dropped
-        or before.review != after.review
-        or before.checkpoint != after.checkpoint
-        or before.priority != after.priority
-        or before.blocked_on != after.blocked_on
-        or (before.lease is None) != (after.lease is None)
-    )
+    if before.review != after.review or before.priority != after.priority:
+        return True
+    if before.stage == after.stage:
+        return False
+    return not (after.stage in ACTIVE and after.lease is not None)
 
 
 def note_write(ctx: Context, before: Job | None, after: Job) -> None:
