@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from fleet import claims, factories, leases, queue_state, schemas, scoring, submit  # noqa: E402
 from fleet.clock import FixedClock  # noqa: E402
 from fleet.context import Context, Settings  # noqa: E402
-from fleet.jobs import job_id  # noqa: E402
+from fleet.jobs import CAP_KEY, cap_key, job_id  # noqa: E402
 from fleet.stages import ClaimReason, Priority  # noqa: E402
 from fleet.store import clean  # noqa: E402
 from shared.stores import local_cosmos  # noqa: E402
@@ -142,6 +142,7 @@ def _copy(template: dict, key: str, priority: Priority, capabilities: list[str],
         "idempotencyKey": key,
         "priority": priority.value,
         "capabilities": sorted(capabilities),
+        CAP_KEY: cap_key(capabilities),
         "rankKey": scoring.rank_key(priority.order, 0, created, scoring.DEFAULTS),
         "createdAt": at,
         "updatedAt": at,
@@ -204,6 +205,7 @@ def starved(rig: Rig, depth: int, times: int = 3) -> dict[str, Cost]:
         # The lowest-ranked job of the queue: low priority and the newest; replaced after each
         # claim takes it, unmeasured.
         rig.raw.create("jobs", _copy(_template(rig), f"easy-{n}", Priority.LOW, [], newest))
+        queue_state.bump(rig.ctx, PRODUCT, [cap_key([])])  # as the write path registers its set
 
     def take_easy(n: int) -> None:
         claimed = claims.claim_next(rig.ctx, offer(f"e{n}"))
