@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import azure.functions as func
 
+from dashboard import render
 from fleet import continuation, errors
 from fleet.principals import ANONYMOUS, Permission, Principal, Role
 from shared import auth, config, http
@@ -119,8 +121,6 @@ def declared(function: Callable[..., Any]) -> Page | None:
 
 
 def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, version) -> func.HttpResponse:
-    from dashboard import render  # the templates load once, on the first page
-
     posting = req.method.upper() == "POST"
     principal: Principal | None = None
     try:
@@ -210,8 +210,6 @@ def form_token(principal: Principal) -> str:
 
 
 def _csrf_ok(request: Request) -> bool:
-    import hmac
-
     return hmac.compare_digest(request.field("csrf").encode(), request.csrf.encode())
 
 
