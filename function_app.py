@@ -30,7 +30,7 @@ from fleet import (
     tokens,
     weight_registry,
 )
-from fleet.jobs import PRODUCT_ID, is_product_id, product_of
+from fleet.jobs import product_of
 from fleet.principals import Permission
 from fleet.stages import Stage
 from dashboard import routes as dashboard_routes
@@ -69,12 +69,6 @@ app.register_functions(dashboard_routes.bp)
 PRODUCT = {"productId": schemas.ProductId}
 
 
-def _product(value: str | None, name: str = "productId") -> str:
-    if not value or not is_product_id(value):
-        raise errors.ValidationFailed(f"{name} must match {PRODUCT_ID}", [{"field": name, "message": "invalid"}])
-    return value
-
-
 # Jobs
 
 #: What every lease holder's and operator's write of a job may be refused with.
@@ -102,7 +96,7 @@ def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
         listing.page(
             ctx(),
             stage=http.param(req, "stage", Stage),
-            product_id=_product(product) if product else None,
+            product_id=http.product_id(product) if product else None,
             limit=http.param(req, "limit", int, 50, minimum=1, maximum=listing.MAX_LIMIT),
             offset=http.param(req, "offset", int, 0, minimum=0, maximum=listing.MAX_OFFSET),
             continuation=http.param(req, "continuation", str),
@@ -243,14 +237,14 @@ def heartbeat(req: func.HttpRequest) -> func.HttpResponse:
 @http.endpoint(needs=Permission.READ, answer=queue_state.QueueState, query=schemas.QueueStateQuery)
 def get_queue_state(req: func.HttpRequest) -> func.HttpResponse:
     """The product's queue version (one point read)"""
-    return http.ok(queue_state.read(ctx(), _product(req.params.get("productId"))))
+    return http.ok(queue_state.read(ctx(), http.product_id(req.params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["GET"])
 @http.endpoint(needs=Permission.READ, answer=weight_registry.ProductWeights, path=PRODUCT)
 def get_weights(req: func.HttpRequest) -> func.HttpResponse:
     """The product's scoring weights"""
-    return http.ok(weight_registry.view(ctx(), _product(req.route_params.get("productId"))))
+    return http.ok(weight_registry.view(ctx(), http.product_id(req.route_params.get("productId"))))
 
 
 @app.route(route="fleet/weights/{productId}", methods=["PUT"])
@@ -260,7 +254,7 @@ def get_weights(req: func.HttpRequest) -> func.HttpResponse:
 )
 def put_weights(req: func.HttpRequest) -> func.HttpResponse:
     """Set the product's scoring weights (per-field merge)"""
-    product = _product(req.route_params.get("productId"))
+    product = http.product_id(req.route_params.get("productId"))
     return http.ok(weight_registry.put(ctx(), product, http.body(req, schemas.WeightsBody)))
 
 
@@ -280,7 +274,7 @@ def _budgets_on() -> None:
 def get_budget(req: func.HttpRequest) -> func.HttpResponse:
     """The product's budget (FLEET_BUDGETS)"""
     _budgets_on()
-    product = _product(req.route_params.get("productId"))
+    product = http.product_id(req.route_params.get("productId"))
     budget = budgets.find(ctx(), product)
     if budget is None:
         raise errors.NotFound(f"product {product} has no budget")
@@ -295,7 +289,7 @@ def get_budget(req: func.HttpRequest) -> func.HttpResponse:
 def put_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Set the ceiling and window (FLEET_BUDGETS)"""
     _budgets_on()
-    product = _product(req.route_params.get("productId"))
+    product = http.product_id(req.route_params.get("productId"))
     body = http.body(req, schemas.BudgetBody)
     return http.ok(budgets.put(ctx(), product, body.ceiling_usd, body.window).public())
 
@@ -305,7 +299,7 @@ def put_budget(req: func.HttpRequest) -> func.HttpResponse:
 def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Pause the product's spending (FLEET_BUDGETS)"""
     _budgets_on()
-    product = _product(req.route_params.get("productId"))
+    product = http.product_id(req.route_params.get("productId"))
     http.no_body(req)
     return http.ok(budgets.pause(ctx(), product).public())
 
@@ -315,7 +309,7 @@ def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
 def resume_budget(req: func.HttpRequest) -> func.HttpResponse:
     """Resume the product's spending (FLEET_BUDGETS)"""
     _budgets_on()
-    product = _product(req.route_params.get("productId"))
+    product = http.product_id(req.route_params.get("productId"))
     http.no_body(req)
     return http.ok(budgets.resume(ctx(), product).public())
 

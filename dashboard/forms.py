@@ -86,12 +86,6 @@ def number(raw: str, name: str) -> float:
     return value
 
 
-def integer(raw: str, name: str, minimum: int, maximum: int) -> int:
-    if not raw.isdigit() or len(raw) > 9 or not minimum <= int(raw) <= maximum:
-        raise _invalid(name, f"{name} must be a whole number from {minimum} to {maximum}")
-    return int(raw)
-
-
 def _list(raw: str) -> list[str]:
     return [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
 

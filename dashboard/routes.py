@@ -18,10 +18,10 @@ from dashboard.web import Request, Version
 from fleet import activity, actions, budgets, errors, listing, review, tokens
 from fleet.actions import Action
 from fleet.budget_rules import Window
-from fleet.jobs import is_product_id, product_of
+from fleet.jobs import product_of
 from fleet.principals import Permission
 from fleet.stages import Stage
-from shared import auth, config
+from shared import auth, config, http
 from shared.config import context as ctx
 
 bp = func.Blueprint()
@@ -37,21 +37,15 @@ INTERVALS = (5, 10, 30, 60)
 
 
 def _common(request: Request, **values) -> dict:
-    principal = request.principal
     return {
-        "principal": principal,
-        "csrf": request.csrf,
+        **web.header(request.principal, request.csrf),
         "etag": request.etag,
-        "can": {p.value: principal.can(p) for p in Permission} if principal else {},
-        "auth_off": config.auth_mode() == auth.Mode.OFF,
-        "easyauth": config.auth_mode() == auth.Mode.EASYAUTH,
         "intervals": INTERVALS,
         "now": ctx().clock.now(),
         "budgets_on": ctx().settings.budgets,
         "preemption_on": ctx().settings.preemption,
         "notice": NOTICES.get(request.param("notice"), request.param("notice")[:1500]),
         "stages": list(Stage),
-        "signed_in": principal is not None,
         **values,
     }
 
@@ -119,11 +113,9 @@ def dashboard_overview(request: Request) -> func.HttpResponse:
 @web.page(needs=Permission.READ, version=lambda r: _version())
 def dashboard_jobs(request: Request) -> func.HttpResponse:
     """Jobs: by stage, product and search, with bulk actions"""
-    stage = _stage(request.param("stage"))
-    product = request.param("product") or None
-    if product is not None and not is_product_id(product):
-        raise errors.ValidationFailed(f"{product[:80]!r} is not a product id", [{"field": "product", "message": "invalid"}])
-    offset = forms.integer(request.param("offset") or "0", "offset", 0, listing.MAX_OFFSET)
+    stage = http.param(request.req, "stage", Stage)
+    product = http.product_id(request.param("product"), "product") if request.param("product") else None
+    offset = http.param(request.req, "offset", int, 0, minimum=0, maximum=listing.MAX_OFFSET)
     view = views.jobs(ctx(), stage, product, request.param("q")[:200], offset)
     def url(stage: Stage | None = stage, offset: int = 0) -> str:
         query = {"stage": stage.value if stage else "", "product": product or "", "q": view.query, "offset": offset or ""}
@@ -173,7 +165,7 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
         try:
             actions.apply(ctx(), id, action, request.field("reason") or None)
             done += 1
-        except (errors.NotFound, errors.IllegalTransition, errors.Conflict, errors.ValidationFailed) as exc:
+        except (*REFUSALS, errors.NotFound, errors.ValidationFailed) as exc:
             refused.append(f"{id}: {exc.detail}")
     back = request.field("back")
     target = back if back.startswith("/dashboard/fleet/jobs") else "/dashboard/fleet/jobs"
@@ -185,7 +177,10 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
 @web.page(needs=Permission.READ, version=lambda r: _version(_job_etag(r.req.route_params["id"])))
 def dashboard_job(request: Request) -> func.HttpResponse:
     """Job detail: stage, lease, body, events, runs, review gate, DAG and actions"""
-    detail = views.detail(ctx(), _job_id(request))
+    try:
+        detail = views.detail(ctx(), _job_id(request))
+    except errors.NotFound as exc:
+        return render.error_page(404, "No job", exc.detail, **web.header(request.principal, request.csrf))
     return render.page("job.html", **_common(request, d=detail, job=detail.job, ago=render.ago))
 
 
@@ -244,8 +239,7 @@ def dashboard_budget_change(request: Request) -> func.HttpResponse:
 def _change_budget(request: Request, product: str, change: str) -> func.HttpResponse:
     if not ctx().settings.budgets:
         raise errors.FeatureDisabled("budgets are off on this coordinator (FLEET_BUDGETS)")
-    if not is_product_id(product):
-        raise errors.ValidationFailed(f"{product[:80]!r} is not a product id", [{"field": "product", "message": "invalid"}])
+    http.product_id(product, "product")
     if change == "pause":
         budgets.pause(ctx(), product, request.field("reason")[:500] or None)
         notice = f"Paused {product}."
@@ -275,15 +269,6 @@ def dashboard_static(request: Request) -> func.HttpResponse:
 
 
 # helpers
-
-
-def _stage(raw: str) -> Stage | None:
-    if not raw:
-        return None
-    try:
-        return Stage(raw)
-    except ValueError:
-        raise errors.ValidationFailed(f"unknown stage {raw[:40]!r}", [{"field": "stage", "message": "unknown"}]) from None
 
 
 def _job_id(request: Request) -> str:

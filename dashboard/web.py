@@ -24,7 +24,6 @@ import functools
 import hashlib
 import hmac
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlsplit
@@ -147,16 +146,16 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
     except errors.Unauthorized as exc:
         return render.error_page(401, "Sign in", exc.detail)
     except errors.FleetError as exc:
-        status = next((s for kind, s in http.STATUS.items() if isinstance(exc, kind)), 500)
-        retry = getattr(exc, "retry_after", None) if status == 503 else None
-        response = render.error_page(status, _title(exc, status), exc.detail, **_who(principal))
-        if status == 503:
-            response.headers["Retry-After"] = str(max(1, math.ceil(retry or 1)))
+        status = http.status_of(exc)
+        response = render.error_page(status, _TITLES.get(status, "Error"), exc.detail, **header(principal))
+        wait = http.retry_after(exc)
+        if wait is not None:
+            response.headers["Retry-After"] = http.retry_after_header(wait)
         return response
     except Exception:
         log.exception("unhandled error in %s", handler.__name__)
         detail = "the coordinator failed to show this page; see its logs"
-        return render.error_page(500, "Something went wrong", detail, **_who(principal))
+        return render.error_page(500, "Something went wrong", detail, **header(principal))
     response.headers.setdefault("Cache-Control", "no-cache")
     return response
 
@@ -164,18 +163,20 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
 _TITLES = {400: "Not valid", 403: "Not allowed", 404: "Not found", 409: "Not possible now", 413: "Too large", 503: "Busy"}
 
 
-def _title(exc: errors.FleetError, status: int) -> str:
-    if status == 404 and exc.detail.startswith("no job"):
-        return "No job"
-    return _TITLES.get(status, "Error")
-
-
-def _who(principal: Principal | None) -> dict[str, Any]:
-    """What an error page's header shows of who is signed in."""
-    if principal is None:
-        return {"signed_in": False}
-    off = config.auth_mode() == auth.Mode.OFF
-    return {"signed_in": True, "principal": principal, "csrf": form_token(principal), "auth_off": off}
+def header(principal: Principal | None, csrf: str | None = None) -> dict[str, Any]:
+    """What every page's header (and its forms) needs of who is signed in: an error page's too.
+    `csrf`: the principal's form token, when the caller has it already."""
+    mode = config.auth_mode()
+    if csrf is None:
+        csrf = form_token(principal) if principal else ""
+    return {
+        "signed_in": principal is not None,
+        "principal": principal,
+        "csrf": csrf,
+        "can": {p.value: principal.can(p) for p in Permission} if principal else {},
+        "auth_off": mode == auth.Mode.OFF,
+        "easyauth": mode == auth.Mode.EASYAUTH,
+    }
 
 def _principal(req: func.HttpRequest) -> Principal | None:
     """The request's principal; None when it carries no credential at all. A credential that

@@ -84,10 +84,8 @@ def visible_change(before: Job | None, after: Job) -> bool:
 
 
 def note_write(ctx: Context, before: Job | None, after: Job) -> None:
-    """The follow-up of a job write: count what it shipped and what its ended runs cost on
-    today's rollup, then bump the version if the write was visible."""
-    if not visible_change(before, after):
-        return
+    """The follow-up of a write that made a `visible_change`: count what it shipped and what its
+    ended runs cost on today's rollup, then bump the version."""
     today = ctx.clock.now().date()
     if after.stage == Stage.SHIPPED and (before is None or before.stage != Stage.SHIPPED):
         _add(ctx, today, "shipped", 1)

@@ -121,10 +121,10 @@ class Store(ABC):
     def query(self, query: Query, continuation: str | None = None) -> Page:
         """One page of at most `query.limit` documents in `query.order_by` order."""
 
+    @abstractmethod
     def count(self, query: Query) -> int:
-        """How many documents match `query`'s partition and filters (its order and limit aside).
-        Adapters answer with one aggregate query; this fallback pages through them all."""
-        return sum(1 for _ in query_all(self, query))
+        """How many documents match `query`'s partition and filters (its order and limit aside),
+        in one aggregate query."""
 
     def ping(self) -> None:
         """Raise `StoreBusy` if the store cannot be reached."""

@@ -93,7 +93,6 @@ def cached(ctx: Context, product_id: str) -> Snapshot:
     own queue-state bump: a snapshot older than the product's last weight change was written
     under an older count than the bump shows, so the weights are read again there and the job
     re-keyed. A process that queues jobs under unchanged weights reads them once."""
-    global _cached
     with _lock:
         entries = _cached[1] if _cached is not None and _cached[0]() is ctx.store else {}
         found = entries.get(product_id)

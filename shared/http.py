@@ -28,7 +28,7 @@ import azure.functions as func
 import pydantic
 
 from fleet import errors
-from fleet.jobs import READER
+from fleet.jobs import PRODUCT_ID, READER, is_product_id
 from fleet.principals import Permission
 from shared import auth, config, strict_json
 from shared.stores import charge
@@ -197,20 +197,42 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> func.HttpRespo
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="fleet"'
     if "retryAfter" in extra:
-        headers["Retry-After"] = str(max(1, math.ceil(extra["retryAfter"])))
+        headers["Retry-After"] = retry_after_header(extra["retryAfter"])
     return func.HttpResponse(json.dumps(doc), status_code=status, mimetype=PROBLEM, headers=headers)
 
 
+def status_of(exc: errors.FleetError) -> int:
+    """The HTTP status a domain error is answered with (`STATUS`; 500 for any other)."""
+    return next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 500)
+
+
+def retry_after(exc: errors.FleetError) -> float | None:
+    """Seconds to wait before trying again, for an error that is worth a retry; None otherwise."""
+    if isinstance(exc, (errors.StoreBusy, errors.StoreUnavailable)):
+        return exc.retry_after
+    return 1 if isinstance(exc, errors.TooManyRetries) else None
+
+
+def retry_after_header(seconds: float) -> str:
+    """`Retry-After`'s value: whole seconds, at least one."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def product_id(value: str | None, name: str = "productId") -> str:
+    """A product id given in a route or query (`name`), or `ValidationFailed` naming it."""
+    if not value or not is_product_id(value):
+        raise errors.ValidationFailed(f"{name} must match {PRODUCT_ID}", [{"field": name, "message": "invalid"}])
+    return value
+
+
 def from_error(exc: errors.FleetError) -> func.HttpResponse:
-    status = next((s for kind, s in STATUS.items() if isinstance(exc, kind)), 500)
     extra: dict[str, Any] = dict(exc.extra)
     if isinstance(exc, errors.ValidationFailed):
         extra["errors"] = exc.errors
-    if isinstance(exc, (errors.StoreBusy, errors.StoreUnavailable)):
-        extra["retryAfter"] = exc.retry_after
-    elif isinstance(exc, errors.TooManyRetries):
-        extra["retryAfter"] = 1
-    return problem(status, exc.code, exc.detail, **extra)
+    wait = retry_after(exc)
+    if wait is not None:
+        extra["retryAfter"] = wait
+    return problem(status_of(exc), exc.code, exc.detail, **extra)
 
 
 #: A trigger: a function of the request.

@@ -189,12 +189,7 @@ class CosmosStore(Store):
         sql, parameters, order = cosmos_query.build_query(self.specs[query.container], query, continuation)
         if sql is None:
             return Page([], None)
-        # One deadline for the whole read: the SDK counts it from when the query is built.
-        options: dict[str, Any] = {"max_item_count": query.limit + 1, "timeout": self.timeout}
-        if query.partition_key is None:
-            options["enable_cross_partition_query"] = True
-        else:
-            options["partition_key"] = query.partition_key
+        options = {**self._query_options(query), "max_item_count": query.limit + 1}
         with _converted(query.container):
             rows = list(islice(client.query_items(sql, parameters=parameters, **options), query.limit + 1))
         items = [_public(r) for r in rows[: query.limit]]
@@ -205,14 +200,10 @@ class CosmosStore(Store):
         sql, parameters = cosmos_query.build_count(self.specs[query.container], query)
         if sql is None:
             return 0
-        options: dict[str, Any] = {"timeout": self.timeout}
-        if query.partition_key is None:
-            options["enable_cross_partition_query"] = True
-        else:
-            options["partition_key"] = query.partition_key
         with _converted(query.container):
             # A cross-partition aggregate arrives as one partial count per partition range.
-            return int(sum(self._container(query.container).query_items(sql, parameters=parameters, **options)))
+            answers = self._container(query.container).query_items(sql, parameters=parameters, **self._query_options(query))
+            return int(sum(answers))
 
     def ping(self):
         # Reading the database proves the endpoint answers, the credential is accepted and the
@@ -241,6 +232,16 @@ class CosmosStore(Store):
             return self._containers[name]
         except KeyError:
             raise ValueError(f"unknown container {name!r}") from None
+
+    def _query_options(self, query: Query) -> dict[str, Any]:
+        """The SDK options of a query: its partition (or cross-partition) and one deadline for
+        the whole read (the SDK counts it from when the query is built)."""
+        options: dict[str, Any] = {"timeout": self.timeout}
+        if query.partition_key is None:
+            options["enable_cross_partition_query"] = True
+        else:
+            options["partition_key"] = query.partition_key
+        return options
 
     def _body(self, container: str, doc: dict[str, Any]) -> dict[str, Any]:
         partition_of(container, doc)  # the same ValueError SqliteStore raises for a doc without one
