@@ -63,6 +63,21 @@ class Query:
     where: tuple[Filter, ...] = ()
     order_by: tuple[tuple[str, bool], ...] = ()
     limit: int = 100
+    #: A projection: the fields each document is read with (dotted paths allowed), besides
+    #: `id`, the partition key, `_etag` and the `order_by` fields, which are always sent (the
+    #: next page's token is made of them). Empty: whole documents. A projected document keeps
+    #: the document's shape (`lease.leaseId` arrives as `{"lease": {"leaseId": …}}`) and
+    #: leaves out what is absent or null, so a reader must treat those alike. What the store
+    #: sends is what is billed: a query that needs three fields of a 5 KB document names them.
+    fields: tuple[str, ...] = ()
+
+    def projection(self) -> tuple[str, ...]:
+        """The fields a projected query reads (with the always-sent ones), in order; () for
+        whole documents."""
+        if not self.fields:
+            return ()
+        always = ("id", PARTITION_KEYS.get(self.container, "id"), *(f for f, _ in self.order_by))
+        return tuple(dict.fromkeys((*always, *self.fields)))
 
 
 @dataclass
@@ -235,6 +250,24 @@ def query_all(store: Store, query: Query) -> Iterator[dict[str, Any]]:
     """Every document `query` matches, page by page."""
     for page in pages(store, query):
         yield from page.items
+
+
+def projected(values: dict[str, Any]) -> dict[str, Any]:
+    """The projected document of `values` (dotted field -> value, None for absent or null):
+    nested as the document is, absent and null fields left out, as `Query.fields` says."""
+    doc: dict[str, Any] = {}
+    for field, value in values.items():
+        if value is None:
+            continue
+        *parents, leaf = field.split(".")
+        into = doc
+        for part in parents:
+            into = into.setdefault(part, {})
+            if not isinstance(into, dict):
+                break
+        else:
+            into[leaf] = value
+    return doc
 
 
 def clean(doc: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.store import Query
+from fleet.store import Query, projected
 
 #: The container definitions shared with Bicep.
 CONTAINERS_FILE = Path(__file__).resolve().parents[2] / "infra" / "bicep" / "containers.json"
@@ -108,12 +108,30 @@ def build_query(
     order = page_order(query)
     if continuation:
         where.append(_after(order, decode_token(order, continuation), param))
-    sql = f"SELECT TOP {param(query.limit + 1)} * FROM c"
+    sql = f"SELECT TOP {param(query.limit + 1)} {selected(query)} FROM c"
     if where:
         sql += " WHERE " + " AND ".join(where)
     keys = index_order(spec, query)
     sql += " ORDER BY " + ", ".join(f"{field_ref(f)} {'DESC' if desc else 'ASC'}" for f, desc in keys)
     return sql, params, order
+
+
+def selected(query: Query) -> str:
+    """What a row of `query` reads: `*`, or (a projection) an object of the projected fields'
+    values under positional names `f0`, `f1`, … in `query.projection()` order (an absent field
+    is left out of it), with `_etag`; `projected_row` puts them back under their fields."""
+    fields = query.projection()
+    if not fields:
+        return "*"
+    return "VALUE {" + ", ".join(f'"f{i}": {field_ref(f)}' for i, f in enumerate(fields)) + ', "_etag": c["_etag"]}'
+
+
+def projected_row(query: Query, row: dict[str, Any]) -> dict[str, Any]:
+    """A row of `selected(query)` as the projected document the port answers."""
+    fields = query.projection()
+    doc = projected({f: row.get(f"f{i}") for i, f in enumerate(fields)})
+    doc["_etag"] = row.get("_etag")
+    return doc
 
 
 def build_count(spec: ContainerSpec, query: Query) -> tuple[str | None, list[dict[str, Any]]]:

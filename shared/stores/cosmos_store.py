@@ -192,7 +192,8 @@ class CosmosStore(Store):
         options = {**self._query_options(query), "max_item_count": query.limit + 1}
         with _converted(query.container):
             rows = list(islice(client.query_items(sql, parameters=parameters, **options), query.limit + 1))
-        items = [_public(r) for r in rows[: query.limit]]
+        read = functools.partial(cosmos_query.projected_row, query) if query.fields else _public
+        items = [read(r) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return Page(items, cosmos_query.encode_token(order, items[-1]) if more else None)
 

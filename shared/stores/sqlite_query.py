@@ -92,11 +92,21 @@ def select(query: Query, offset: int = 0) -> tuple[str, list[Any]] | None:
     source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
     # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`) only
     # for a query whose WHERE it can see implies the index's.
-    sql = f"SELECT body, etag FROM {source} WHERE container = '{container}'"
+    sql = f"SELECT {selected(query)}, etag FROM {source} WHERE container = '{container}'"
     sql += "".join(f" AND {w}" for w in where)
     sql += " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
     sql += " LIMIT ? OFFSET ?"
     return sql, [*params, query.limit + 1, offset]
+
+
+def selected(query: Query) -> str:
+    """What a row of `query` reads: the whole body, or (a projection) a JSON array of the
+    projected fields' values, in `query.projection()` order (`->` keeps objects and arrays
+    JSON, and gives NULL for an absent field)."""
+    fields = query.projection()
+    if not fields:
+        return "body"
+    return "json_array(" + ", ".join("id" if f == "id" else f"body -> {path(f)}" for f in fields) + ")"
 
 
 def count(query: Query) -> tuple[str, list[Any]] | None:

@@ -18,6 +18,7 @@ directory, not a database, I/O error) → `StoreUnavailable` with its `StoreFaul
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fleet import errors
-from fleet.store import Page, Query, Store, clean, partition_of
+from fleet.store import Page, Query, Store, clean, partition_of, projected
 from shared.stores import sqlite_pool, sqlite_query
 
 SCHEMA = """
@@ -198,7 +199,9 @@ class SqliteStore(Store):
             return Page([], None)
         rows, _ = self._run(*statement)
         more = len(rows) > query.limit
-        return Page([_doc(r) for r in rows[: query.limit]], str(offset + query.limit) if more else None)
+        fields = query.projection()
+        read = functools.partial(_projected, fields) if fields else _doc
+        return Page([read(r) for r in rows[: query.limit]], str(offset + query.limit) if more else None)
 
     def count(self, query: Query) -> int:
         statement = sqlite_query.count(query)
@@ -285,6 +288,12 @@ def converted(exc: sqlite3.Error) -> errors.FleetError | None:
 
 def _encode(doc: dict[str, Any]) -> tuple[str, str]:
     return json.dumps(clean(doc), separators=(",", ":")), uuid.uuid4().hex
+
+
+def _projected(fields: tuple[str, ...], row: tuple[str, str]) -> dict[str, Any]:
+    doc = projected(dict(zip(fields, json.loads(row[0]))))
+    doc["_etag"] = row[1]
+    return doc
 
 
 def _doc(row: tuple[str, str]) -> dict[str, Any]:

@@ -627,6 +627,55 @@ def test_pages_cover_every_document_exactly_once_in_order(store, ns, make_query,
     assert all(page.continuation for page in pages[:-1])
 
 
+@pytest.mark.parametrize("limit", [1, 2, 50])
+@pytest.mark.parametrize("make_query, expected", PAGED)
+def test_a_projected_query_pages_as_the_whole_one_does(store, ns, make_query, expected, limit):
+    p, q = f"{ns}-p", f"{ns}-q"
+    seed(store, paging_docs(p, q))
+    query = make_query(p, q)
+    query = Query(query.container, query.partition_key, query.where, query.order_by, limit=limit, fields=("stage",))
+
+    pages = list(fleet_store.pages(store, query))
+
+    assert [keys(page.items) for page in pages] == [expected[i : i + limit] for i in range(0, len(expected), limit)]
+    whole = {d["id"]: d for d in fleet_store.query_all(store, Query(query.container, query.partition_key, query.where))}
+    for doc in (d for page in pages for d in page.items):
+        kept = {"id", "productId", "stage", "_etag", *(f.split(".")[0] for f, _ in query.order_by)}
+        assert set(doc) <= kept and doc["stage"] == whole[doc["id"]]["stage"]
+        assert doc["_etag"] == whole[doc["id"]]["_etag"]
+
+
+def test_a_projection_keeps_the_shape_and_leaves_out_what_is_absent_or_null(store, ns):
+    lease = {"leaseId": "l1", "factoryId": "f1", "expiresAt": T[2]}
+    seed(
+        store,
+        [
+            job(ns, "a", lease=lease, bodyMd="x" * 4000, capabilities=["gpu", "py"], checkpoint={"step": 2}),
+            job(ns, "b", lease=None, capabilities=[]),
+            job(ns, "c"),
+        ],
+    )
+
+    query = Query("jobs", ns, fields=("lease.leaseId", "lease.expiresAt", "capabilities", "checkpoint", "nowhere.deep"))
+    docs = {d["id"]: d for d in fleet_store.query_all(store, query)}
+
+    assert {k: v for k, v in docs[f"{ns}:a"].items() if k != "_etag"} == {
+        "id": f"{ns}:a",
+        "productId": ns,
+        "lease": {"leaseId": "l1", "expiresAt": T[2]},
+        "capabilities": ["gpu", "py"],
+        "checkpoint": {"step": 2},
+    }
+    assert {k: v for k, v in docs[f"{ns}:b"].items() if k != "_etag"} == {"id": f"{ns}:b", "productId": ns, "capabilities": []}
+    assert {k: v for k, v in docs[f"{ns}:c"].items() if k != "_etag"} == {"id": f"{ns}:c", "productId": ns}
+    assert all(d["_etag"] == store.read("jobs", ns, d["id"])["_etag"] for d in docs.values())
+
+
+def test_a_projected_field_name_is_checked(store, ns):
+    with pytest.raises(ValueError):
+        store.query(Query("jobs", ns, fields=("stage') FROM docs --",)))
+
+
 def test_a_page_ending_exactly_at_the_last_document_has_no_continuation(store, ns):
     seed(store, [job(ns, k) for k in "abc"])
 
