@@ -30,6 +30,15 @@ class Exchange:
     op: str
     sent: int
     received: int
+    #: The request asked for no document back (`Prefer: return=minimal`, the SDK's
+    #: `no_response`): Azure answers it with headers only. The local Cosmos-compatible server
+    #: sends the document anyway, so `received` is what it sent and `billed` what Azure would.
+    minimal: bool = False
+
+    @property
+    def billed(self) -> int:
+        """Body bytes as Azure exchanges them: a minimal answer carries none."""
+        return self.sent + (0 if self.minimal else self.received)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class RequestUnits:
     query_per_kb: float = 1.0
 
     def of(self, exchange: Exchange) -> float:
+        # A write's charge follows the document's size, whatever it answers: priced on what the
+        # local server sent back (the document) even when Azure would answer minimally.
         op, sent, received = exchange.op, exchange.sent / KB, exchange.received / KB
         if op == "read":
             return self.read_per_kb * max(1.0, received)
@@ -135,7 +146,9 @@ class WireMeter(RequestsTransport):
         if body is None:
             body = getattr(request, "content", None)
         sent = len(body.encode() if isinstance(body, str) else body or b"")
-        self.log.append(Exchange(wire_op(request), sent, len(response.body() or b"")))
+        prefer = {k.lower(): v for k, v in request.headers.items()}.get("prefer", "")
+        minimal = "return=minimal" in prefer.lower()
+        self.log.append(Exchange(wire_op(request), sent, len(response.body() or b""), minimal))
         return response
 
 

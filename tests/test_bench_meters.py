@@ -37,6 +37,14 @@ def test_request_units_are_linear_in_the_documents_kb(op, sent, received, ru):
     assert store_meters.RU_MODEL.of(store_meters.Exchange(op, sent, received)) == pytest.approx(ru)
 
 
+def test_a_minimal_answer_is_billed_without_the_document_it_did_not_ask_for():
+    written = store_meters.Exchange("replace", 5 * KB, 5 * KB, minimal=True)
+    assert written.billed == 5 * KB
+    assert store_meters.Exchange("read", 0, 5 * KB).billed == 5 * KB
+    # Priced on the document the local server sent back all the same: the charge follows its size.
+    assert store_meters.RU_MODEL.of(written) == pytest.approx(55.0)
+
+
 def test_the_fleet_day_multiplies_each_call_by_how_often_the_reference_fleet_makes_it():
     one = store_traffic.Cost(calls=1, wire_bytes=1e3, requests=1, ru=2, ms=0)
     names = ["submit", "idle poll (queue-state)", "claim", "heartbeat renewing 4 leases",
