@@ -37,7 +37,8 @@ class RequestUnits:
     """Estimated request units of one exchange, from Microsoft's published figures (a 1 KB point
     read ≈ 1 RU, a 1 KB insert ≈ 5.5 RU, a replace ≈ 2 × an insert), linear in the KB of the
     document, at least 1 KB. Assumed: an upsert and a patch (`incr`) cost a replace of the
-    document; a query costs `query_base` plus `query_per_kb` per KB it returns (no charge for
+    document (a patch's document is what it patched: its answer, when the service sends it
+back, or at least 1 KB); a query costs `query_base` plus `query_per_kb` per KB it returns (no charge for
     the index pages it reads); a delete an insert; a metadata read 1 RU."""
 
     read_per_kb: float = 1.0
@@ -96,6 +97,12 @@ class PortMeter(CountingStore):
 
     def replace(self, container, doc, etag):
         return self._logged("replace", json_size(clean(doc)), lambda: super(PortMeter, self).replace(container, doc, etag))
+
+    def patch(self, container, partition_key, id, ops, etag):
+        sent = json_size([{"op": op.kind, "path": f"/{op.field}", "value": op.value} for op in ops])
+        return self._logged(
+            "patch", sent, lambda: super(PortMeter, self).patch(container, partition_key, id, ops, etag)
+        )
 
     def upsert(self, container, doc):
         return self._logged("upsert", json_size(clean(doc)), lambda: super(PortMeter, self).upsert(container, doc))
