@@ -37,8 +37,7 @@ class RequestUnits:
     """Estimated request units of one exchange, from Microsoft's published figures (a 1 KB point
     read ≈ 1 RU, a 1 KB insert ≈ 5.5 RU, a replace ≈ 2 × an insert), linear in the KB of the
     document, at least 1 KB. Assumed: an upsert and a patch (`incr`) cost a replace of the
-    document (a patch's document is what it patched: its answer, when the service sends it
-back, or at least 1 KB); a query costs `query_base` plus `query_per_kb` per KB it returns (no charge for
+    document; a query costs `query_base` plus `query_per_kb` per KB it returns (no charge for
     the index pages it reads); a delete an insert; a metadata read 1 RU."""
 
     read_per_kb: float = 1.0
