@@ -84,7 +84,7 @@ class Recent:
     the least recently used dropped first. Thread-safe. Documents are kept as handed over and
     handed out as kept: nobody mutates them."""
 
-    def __init__(self, bound: int = RECENT_JOBS) -> None:
+    def __init__(self, bound: int) -> None:
         self.bound = bound
         self._docs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -126,7 +126,7 @@ def recent(ctx: Context) -> Recent:
         return memory
     with _RECENT_LOCK:
         if key not in _RECENT:
-            _RECENT[key] = Recent()
+            _RECENT[key] = Recent(RECENT_JOBS)
             weakref.finalize(ctx.store, _RECENT.pop, key, None)
         return _RECENT[key]
 
