@@ -47,8 +47,10 @@ from fleet.stages import Stage
 #: The largest a job document may grow (Cosmos DB refuses items over 2 MB; keep well clear).
 MAX_JOB_BYTES = 1_500_000
 
-#: How many job documents a process remembers per store (`Recent`).
+#: How many job documents a process remembers per store (`Recent`), and how many bytes of
+#: their JSON at most (a few times that in memory).
 RECENT_JOBS = 4096
+RECENT_JOB_BYTES = 16 * 1024 * 1024
 
 #: `decide(job, facts, now)`: the changed job, or None for "nothing to change". Pure.
 Decide = Callable[[Job, Any, datetime], Optional[Job]]
@@ -80,36 +82,54 @@ class Stale(Exception):
 
 
 class Recent:
-    """The job documents one process last wrote or read, with their ETags: at most `bound`,
-    the least recently used dropped first. Thread-safe. Documents are kept as handed over and
-    handed out as kept: nobody mutates them."""
+    """The job documents one process last wrote or read, with their ETags: at most `bound` of
+    them and `budget` bytes of their JSON, the least recently used dropped first (a document
+    larger than a sixteenth of the budget is not kept at all), so memory stays flat however
+    large jobs grow. Thread-safe. Documents are kept as handed over and handed out as kept:
+    nobody mutates them."""
 
-    def __init__(self, bound: int) -> None:
-        self.bound = bound
-        self._docs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+    def __init__(self, bound: int, budget: int) -> None:
+        self.bound, self.budget = bound, budget
+        self._docs: OrderedDict[tuple[str, str], tuple[dict[str, Any], int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, product_id: str, id: str) -> dict[str, Any] | None:
         with self._lock:
-            doc = self._docs.get((product_id, id))
-            if doc is not None:
-                self._docs.move_to_end((product_id, id))
-            return doc
+            kept = self._docs.get((product_id, id))
+            if kept is None:
+                return None
+            self._docs.move_to_end((product_id, id))
+            return kept[0]
 
     def put(self, doc: dict[str, Any]) -> None:
         key = (doc["productId"], doc["id"])
+        size = len(json.dumps(doc, separators=(",", ":"), default=str))
         with self._lock:
-            self._docs[key] = doc
-            self._docs.move_to_end(key)
-            while len(self._docs) > self.bound:
-                self._docs.popitem(last=False)
+            self._drop(key)
+            if size > self.budget // 16:
+                return
+            self._docs[key] = (doc, size)
+            self._bytes += size
+            while len(self._docs) > self.bound or self._bytes > self.budget:
+                self._drop(next(iter(self._docs)))
 
     def forget(self, product_id: str, id: str) -> None:
         with self._lock:
-            self._docs.pop((product_id, id), None)
+            self._drop((product_id, id))
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        kept = self._docs.pop(key, None)
+        if kept is not None:
+            self._bytes -= kept[1]
 
     def __len__(self) -> int:
         return len(self._docs)
+
+    @property
+    def bytes(self) -> int:
+        """The JSON bytes of the documents kept."""
+        return self._bytes
 
 
 #: store object's id -> its `Recent`, dropped when the store is collected (so a store created
@@ -126,7 +146,7 @@ def recent(ctx: Context) -> Recent:
         return memory
     with _RECENT_LOCK:
         if key not in _RECENT:
-            _RECENT[key] = Recent(RECENT_JOBS)
+            _RECENT[key] = Recent(RECENT_JOBS, RECENT_JOB_BYTES)
             weakref.finalize(ctx.store, _RECENT.pop, key, None)
         return _RECENT[key]
 

@@ -245,6 +245,34 @@ def test_a_patch_names_known_operations_on_top_level_fields(kind, field):
         fleet_store.Op(kind, field, 1)
 
 
+Op = fleet_store.Op
+BEFORE = {"id": "p:1", "productId": "p", "stage": "queued", "lease": {"f": 1}, "events": [1, 2], "n": 1}
+
+
+@pytest.mark.parametrize(
+    "after, ops",
+    [
+        ({**BEFORE}, []),
+        ({**BEFORE, "stage": "building"}, [Op("set", "stage", "building")]),
+        ({**BEFORE, "note": None}, [Op("set", "note", None)]),
+        ({k: v for k, v in BEFORE.items() if k != "lease"}, [Op("remove", "lease")]),
+        ({**BEFORE, "events": [1, 2, 3, 4]}, [Op("append", "events", 3), Op("append", "events", 4)]),
+        ({**BEFORE, "events": [2, 3]}, [Op("set", "events", [2, 3])]),  # the ring dropped its oldest
+        ({**BEFORE, "events": [1]}, [Op("set", "events", [1])]),
+        ({**BEFORE, "events": [1, 2, *range(11)]}, [Op("set", "events", [1, 2, *range(11)])]),  # too many to append
+        ({**BEFORE, "n": True}, [Op("set", "n", True)]),  # JSON tells true from 1
+        ({**BEFORE, "n": 1.0}, [Op("set", "n", 1.0)]),
+        ({**BEFORE, "_etag": "x", "stage": "done"}, [Op("set", "stage", "done")]),  # store-owned fields aside
+        ({**BEFORE, **{f"f{i}": i for i in range(11)}}, None),  # more than one patch carries
+        ({**BEFORE, "id": "p:2"}, None),
+        ({**BEFORE, "productId": "q"}, None),
+        ({**BEFORE, "a/b": 1}, None),
+    ],
+)
+def test_diff_is_the_top_level_patch_between_two_documents(after, ops):
+    assert fleet_store.diff({**BEFORE, "_etag": "e"}, after) == ops
+
+
 def test_racing_patchers_on_one_etag_leave_exactly_one_winner(store, ns):
     n = 8
     v1 = store.create("jobs", job(ns, "a", events=[]))

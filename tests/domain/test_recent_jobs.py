@@ -4,6 +4,7 @@ processes share one store here: each is a `Context` over its own store client.""
 from __future__ import annotations
 
 import gc
+import json
 from collections import Counter
 
 import pytest
@@ -52,17 +53,20 @@ def test_the_process_that_wrote_the_job_last_writes_it_again_without_reading(wor
     a.store.reset()
     # When its factory moves it through building and testing, and ships it
     lease = job.lease.lease_id
-    building = leases.patch(a, job.id, PatchBody(lease_id=lease, stage="building"))
-    assert store_port.clean(building.to_doc()) == stored(world, job)
-    testing = leases.patch(a, job.id, PatchBody(lease_id=lease, stage="testing"))
-    shipped = leases.release(a, job.id, ReleaseBody(lease_id=lease, stage="shipped"))
-    # Then no write read the job first, each sent a patch, and what each answered is the
-    # document as stored
+    answers = []
+    for write in (
+        lambda: leases.patch(a, job.id, PatchBody(lease_id=lease, stage="building", note="started")),
+        lambda: leases.patch(a, job.id, PatchBody(lease_id=lease, stage="testing", insights={"costUsd": 1.5})),
+        lambda: leases.release(a, job.id, ReleaseBody(lease_id=lease, stage="shipped", pr_url="https://x/pr/1")),
+    ):
+        answers.append(write())
+        # what each answered is, field for field, the document as stored, with its ETag
+        assert answers[-1].to_doc() == stored(world, job)
+        assert answers[-1].etag == world.observer.store.read("jobs", PRODUCT, job.id)["_etag"]
+    # Then no write read the job first, and each sent a patch
     assert a.store.reads[job.id] == 0
     assert (a.store.calls["patch:jobs"], a.store.calls["replace:jobs"]) == (3, 0)
-    assert (testing.stage, shipped.stage) == (Stage.TESTING, Stage.SHIPPED)
-    assert {**shipped.to_doc(), "etag": None} == {**Job.from_doc(stored(world, job)).to_doc(), "etag": None}
-    assert shipped.etag == world.observer.store.read("jobs", PRODUCT, job.id)["_etag"]
+    assert [answer.stage for answer in answers] == [Stage.BUILDING, Stage.TESTING, Stage.SHIPPED]
 
 
 def test_a_write_on_an_out_of_date_memory_reads_the_job_and_decides_again(world):
@@ -169,11 +173,31 @@ def test_a_job_that_is_gone_is_forgotten(world):
     assert writes.recall(a, job.id) is None
 
 
+def doc(n: int, body: str = "") -> dict:
+    return {"productId": PRODUCT, "id": f"{PRODUCT}:{n}", "_etag": "e", "bodyMd": body}
+
+
 def test_the_bound_drops_the_least_recently_used():
-    memory = writes.Recent(bound=2)
+    memory = writes.Recent(bound=2, budget=1 << 20)
     for n in range(3):
-        memory.put({"productId": PRODUCT, "id": f"{PRODUCT}:{n}", "_etag": "e"})
+        memory.put(doc(n))
         memory.get(PRODUCT, f"{PRODUCT}:0")
     assert len(memory) == 2
     assert memory.get(PRODUCT, f"{PRODUCT}:1") is None
     assert memory.get(PRODUCT, f"{PRODUCT}:0") is not None
+
+
+def test_the_byte_budget_bounds_the_memory_whatever_the_documents_weigh():
+    memory = writes.Recent(bound=100, budget=16_000)
+    for n in range(20):
+        memory.put(doc(n, "x" * 900))
+        memory.put(doc(n, "x" * 900))  # a document written again is counted once
+        assert memory.bytes <= 16_000
+    assert 10 <= len(memory) < 20
+    assert memory.get(PRODUCT, f"{PRODUCT}:19") is not None
+    # a document over a sixteenth of the budget is not kept, and takes its older copy with it
+    memory.put(doc(19, "x" * 1100))
+    assert memory.get(PRODUCT, f"{PRODUCT}:19") is None
+    memory.forget(PRODUCT, f"{PRODUCT}:18")
+    kept = [n for n in range(20) if memory.get(PRODUCT, f"{PRODUCT}:{n}") is not None]
+    assert memory.bytes == sum(len(json.dumps(doc(n, "x" * 900), separators=(",", ":"))) for n in kept)
