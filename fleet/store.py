@@ -4,11 +4,15 @@ Every adapter (`shared.stores.sqlite_store.SqliteStore`, `shared.stores.cosmos_s
 the primitives of `Store`; the loops every use case needs (compare-and-swap retry, paging
 through a query) live once here, above the adapters.
 
-A conditional write sends what changed, not the document: `swap` decides the new document
-whole, then writes the top-level difference from the document it decided on (`diff`) as one
-`patch` under `If-Match`, falling back to a whole `replace` when the difference takes more
-operations than one patch carries (`MAX_PATCH_OPS`). Either way the write is atomic and
-conditional on the ETag the decision was made on, so a lost race writes nothing.
+A conditional write may send what changed instead of the document (`swap(..., patch=True)`,
+as every job write does, and `write`): the new document is decided whole, then the top-level
+difference from the document it was decided on (`diff`) is written as one `patch` under
+`If-Match`, or the whole document with `replace` when the difference takes more operations
+than one patch carries (`MAX_PATCH_OPS`). Either way the write is atomic and conditional on
+the ETag the decision was made on, so a lost race writes nothing; and since the patch applies
+to what is stored at that ETag, the document decided on must be that document (as read, or
+as written), so that what is stored afterwards is exactly the document decided. Other
+documents are replaced whole.
 
 Documents are plain dicts with an `id` and the container's partition-key field. A document
 handed back by a store carries its ETag under `_etag`; stores ignore any `_`-prefixed field they

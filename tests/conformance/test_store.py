@@ -891,6 +891,32 @@ def test_a_cosmos_write_answered_without_its_document_hands_back_what_was_writte
     assert cosmos_store._written(body, full) == {**body, "_etag": '"00-new"'}
 
 
+def test_a_cosmos_patch_is_one_conditional_patch_item_answered_with_its_etag():
+    from azure.core import MatchConditions
+    from azure.core.utils import CaseInsensitiveDict
+    from azure.cosmos._cosmos_responses import CosmosDict
+
+    sent = {}
+
+    class Container:
+        def patch_item(self, **kwargs):
+            sent.update(kwargs)
+            return CosmosDict({}, response_headers=CaseInsensitiveDict({"etag": '"00-new"'}))
+
+    store = CosmosStore.__new__(CosmosStore)
+    store.timeout, store._containers = 1.0, {"jobs": Container()}
+    ops = [fleet_store.Op("set", "stage", "building"), fleet_store.Op("remove", "lease"), fleet_store.Op("append", "events", {"t": 1})]
+
+    assert store.patch("jobs", "p", "p:a", ops, '"00-old"') == {"_etag": '"00-new"'}
+    assert sent["patch_operations"] == [
+        {"op": "set", "path": "/stage", "value": "building"},
+        {"op": "remove", "path": "/lease"},
+        {"op": "add", "path": "/events/-", "value": {"t": 1}},
+    ]
+    assert (sent["etag"], sent["match_condition"], sent["no_response"]) == ('"00-old"', MatchConditions.IfNotModified, True)
+    assert "filter_predicate" not in sent
+
+
 def test_other_cosmos_errors_pass_through():
     exc = busy(400)
 
