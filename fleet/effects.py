@@ -47,11 +47,15 @@ def change(
     now: datetime | None = None,
     retry: bool = True,
     request: bool = True,
+    recalled: bool = False,
     keyed_with: weight_registry.Snapshot | None = None,
 ) -> writes.Written:
     """`writes.change` (see there for the arguments), then `settle`. `keyed_with`: the
-    product's weights as read for the decision, when it may queue the job (its rank key)."""
-    written = writes.change(ctx, id, decide, facts, current=current, now=now, retry=retry, request=request)
+    product's weights as read for the decision, when it may queue the job (its rank key).
+    A `writes.Stale` write (`recalled`) wrote nothing, so nothing follows it."""
+    written = writes.change(
+        ctx, id, decide, facts, current=current, now=now, retry=retry, request=request, recalled=recalled
+    )
     return settle(ctx, written, keyed_with)
 
 

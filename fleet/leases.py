@@ -45,11 +45,13 @@ def _write(
     """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease (or, its lease
     expired, held for an outage: the outage record is read before deciding, and only then);
     answer a repeat of the write that ended that lease with the job as it stands. A factory
-    principal writes only leases its own factory holds (`Forbidden` otherwise)."""
+    principal writes only leases its own factory holds (`Forbidden` otherwise).
+
+    The job this process last wrote or read is decided on first, without reading it
+    (`writes.recall`): a decision on it is trusted only if it writes, so a refusal or a repeat
+    found there, or a lost race, reads the job and decides again, outage grace and all."""
     digest = request_digest(write, body)
     now = ctx.clock.now()
-    current = writes.read(ctx, id)
-    grace = outage.grace_for(ctx, current, lease_id, now)
 
     def fenced(job: Job, grace, now) -> Job | None:
         if job.lease is not None and not ctx.principal.holds(job.lease.factory_id):
@@ -63,7 +65,17 @@ def _write(
             return None  # already done: nothing to write, the job as it stands is the answer
         raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
 
-    return effects.change(ctx, id, fenced, grace, current=current, now=now, keyed_with=keyed_with).job
+    def decided_on(current: Job, recalled: bool) -> Job:
+        grace = outage.grace_for(ctx, current, lease_id, now)
+        return effects.change(ctx, id, fenced, grace, current=current, now=now, recalled=recalled, keyed_with=keyed_with).job
+
+    remembered = writes.recall(ctx, id)
+    if remembered is not None:
+        try:
+            return decided_on(remembered, True)
+        except writes.Stale:
+            pass  # this process's copy is out of date, or refused: decide on the job as stored
+    return decided_on(writes.read(ctx, id), False)
 
 
 def _repeated(job: Job, lease_id: str, digest: str) -> bool:

@@ -4,6 +4,16 @@ Every adapter (`shared.stores.sqlite_store.SqliteStore`, `shared.stores.cosmos_s
 the primitives of `Store`; the loops every use case needs (compare-and-swap retry, paging
 through a query) live once here, above the adapters.
 
+A conditional write may send what changed instead of the document (`swap(..., patch=True)`,
+as every job write does, and `write`): the new document is decided whole, then the top-level
+difference from the document it was decided on (`diff`) is written as one `patch` under
+`If-Match`, or the whole document with `replace` when the difference takes more operations
+than one patch carries (`MAX_PATCH_OPS`). Either way the write is atomic and conditional on
+the ETag the decision was made on, so a lost race writes nothing; and since the patch applies
+to what is stored at that ETag, the document decided on must be that document (as read, or
+as written), so that what is stored afterwards is exactly the document decided. Other
+documents are replaced whole.
+
 Documents are plain dicts with an `id` and the container's partition-key field. A document
 handed back by a store carries its ETag under `_etag`; stores ignore any `_`-prefixed field they
 are given. Every method is atomic on the one document it names: there are no multi-document
@@ -11,7 +21,9 @@ transactions, by design (see DESIGN.md, "the one rule of state").
 """
 from __future__ import annotations
 
+import json
 import random
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -80,6 +92,35 @@ class Query:
         return tuple(dict.fromkeys((*always, *self.fields)))
 
 
+#: What a patch operation does to its top-level field: `set` it to a JSON value, `remove` it,
+#: or `append` one element at the end of the array it holds.
+OP_KINDS = frozenset({"set", "remove", "append"})
+
+#: The most operations one patch carries (Cosmos DB's limit).
+MAX_PATCH_OPS = 10
+
+_TOP_LEVEL = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One patch operation on a top-level field: `Op("set", "stage", "building")`,
+    `Op("remove", "lease")`, `Op("append", "events", {...})`.
+
+    Only top-level fields: a nested path is not one every store applies alike.
+    """
+
+    kind: str
+    field: str
+    value: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OP_KINDS:
+            raise ValueError(f"unknown patch operation {self.kind!r}")
+        if not _TOP_LEVEL.fullmatch(self.field):
+            raise ValueError(f"a patch names top-level fields, not {self.field!r}")
+
+
 @dataclass
 class Page:
     items: list[dict[str, Any]]
@@ -104,6 +145,16 @@ class Store(ABC):
 
         Raises `PreconditionFailed` on a stale ETag and `NotFound` if the document is gone;
         in both cases nothing is written.
+        """
+
+    @abstractmethod
+    def patch(self, container: str, partition_key: str, id: str, ops: list[Op], etag: str) -> dict[str, Any]:
+        """Atomically apply `ops`, in order, to the document if its stored ETag is still `etag`.
+
+        Answers `{"_etag": <the new ETag>}` only: the caller decided the document it wrote.
+        Raises `PreconditionFailed` on a stale ETag and `NotFound` if the document is gone; in
+        both cases nothing is written. More than `MAX_PATCH_OPS` operations raise `ValueError`.
+        A `remove` names a field the document has, an `append` a field holding an array.
         """
 
     @abstractmethod
@@ -176,6 +227,7 @@ def swap(
     initial: dict[str, Any] | None = None,
     current: dict[str, Any] | None = None,
     sleep: Callable[[float], None] | None = None,
+    patch: bool = False,
 ) -> Swapped:
     """Read, decide, write back if unchanged; on a lost race re-read and decide again.
 
@@ -189,6 +241,8 @@ def swap(
     A missing document raises `NotFound`, unless `initial` is given: then `decide` gets
     `initial` and its result (or `initial` itself, for None) is created, and a create that
     loses to a concurrent one decides again on the winner's document.
+
+    `patch`: write the difference from the document decided on (`write`), not the document.
     """
     pause = sleep or _SYSTEM_CLOCK.sleep
     for attempt in range(attempts):
@@ -207,7 +261,8 @@ def swap(
         if new is None:
             return Swapped(current, current, False)
         try:
-            return Swapped(store.replace(container, new, current["_etag"]), current, True)
+            written = write(store, container, current, new) if patch else store.replace(container, new, current["_etag"])
+            return Swapped(written, current, True)
         except errors.PreconditionFailed:
             current = None
             backoff(attempt, pause)
@@ -228,6 +283,69 @@ def update(
     """`swap`, answering only the document as it stands afterwards (the current one as is
     when the decision found nothing to change)."""
     return swap(store, container, partition_key, id, decide, attempts, initial, current, sleep).doc
+
+
+def write(store: Store, container: str, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Write `new` over `current` (the document as stored, with the ETag it was read with) if
+    it is still stored as read: as one `patch` of their difference, or a whole `replace` when
+    the difference does not fit one. The document written, with its new ETag."""
+    ops = diff(current, new)
+    if not ops:
+        return store.replace(container, new, current["_etag"])
+    key = partition_of(container, current)
+    written = store.patch(container, key, current["id"], ops, current["_etag"])
+    return {**clean(new), "_etag": written["_etag"]}
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Op] | None:
+    """The patch that turns `before` into `after`, top-level field by field: a changed field is
+    `set`, a dropped one `remove`d, an array that only grew at its end gets its new elements
+    `append`ed (or is `set` whole, when appending would take more operations than fit).
+
+    None when no patch does it: more than `MAX_PATCH_OPS` operations, a changed `id` or
+    partition key, or a field name a patch cannot name. `[]` when nothing differs."""
+    before, after = clean(before), clean(after)
+    if before.get("id") != after.get("id"):
+        return None
+    ops: list[Op] = []
+    for name, value in after.items():
+        old = before.get(name, _ABSENT)
+        if _same(old, value):
+            continue
+        if not _TOP_LEVEL.fullmatch(name) or (name in _KEYS and name in before):
+            return None  # a key moved: no patch moves a document
+        grown = _grown(old, value)
+        if grown is not None and len(ops) + len(grown) <= MAX_PATCH_OPS:
+            ops += [Op("append", name, element) for element in grown]
+        else:
+            ops.append(Op("set", name, value))
+    for name in before:
+        if name not in after:
+            if not _TOP_LEVEL.fullmatch(name):
+                return None
+            ops.append(Op("remove", name))
+    return ops if len(ops) <= MAX_PATCH_OPS else None
+
+
+_ABSENT = object()
+#: Fields that name a document: `id` and the partition keys.
+_KEYS = frozenset(PARTITION_KEYS.values())
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal as JSON (Python's `==` takes `True` for `1`)."""
+    if old is _ABSENT:
+        return False
+    return old == new and json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+
+
+def _grown(old: Any, new: Any) -> list[Any] | None:
+    """The elements `new` adds at the end of the array `old`, or None if it is not that."""
+    if not (isinstance(old, list) and isinstance(new, list)) or len(new) <= len(old):
+        return None
+    if not _same(old, new[: len(old)]):
+        return None
+    return new[len(old):]
 
 
 def backoff(attempt: int, sleep: Callable[[float], None] | None = None) -> None:
@@ -301,6 +419,10 @@ class CountingStore(Store):
     def replace(self, container, doc, etag):
         self.calls[f"replace:{container}"] += 1
         return self.inner.replace(container, doc, etag)
+
+    def patch(self, container, partition_key, id, ops, etag):
+        self.calls[f"patch:{container}"] += 1
+        return self.inner.patch(container, partition_key, id, ops, etag)
 
     def upsert(self, container, doc):
         self.calls[f"upsert:{container}"] += 1

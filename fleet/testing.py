@@ -41,7 +41,7 @@ PRODUCT = "acme"
 T0 = "2026-01-05T09:00:00.000Z"
 LEASE_SECONDS = 300
 #: The writes `FaultyStore.refuse_writes` refuses.
-WRITES = ("create", "replace", "upsert")
+WRITES = ("create", "replace", "upsert", "patch")
 
 
 def world_settings(**changes: Any) -> Settings:
@@ -64,8 +64,9 @@ class FaultyStore(store_port.CountingStore):
     - `meanwhile(op, container, then)`: `then()` runs once, right after the `nth` matching call
       succeeds and before its caller sees the answer: another process acting at exactly that
       point. `container=None` matches any container; `when(*args)` narrows the match to calls
-      with those arguments (a read's are `(container, partition_key, id)`, a query's `(query,)`).
-    - `refuse_writes(id)`: every create, replace or upsert of document `id` fails with
+      with those arguments (a read's are `(container, partition_key, id)`, a patch's
+      `(container, partition_key, id, ops, etag)`, a query's `(query,)`).
+    - `refuse_writes(id)`: every create, replace, patch or upsert of document `id` fails with
       `TooLarge`, for good (as Cosmos refuses an item past its size limit).
     """
 
@@ -93,8 +94,9 @@ class FaultyStore(store_port.CountingStore):
         self.refused.clear()
 
     def _call(self, op: str, container: str, args: tuple, call: Callable[[], Any]) -> Any:
-        if op in WRITES and args[1].get("id") in self.refused:
-            raise errors.TooLarge(f"writes of {args[1]['id']} are refused")
+        written = args[2] if op == "patch" else args[1].get("id") if op in WRITES else None
+        if written is not None and written in self.refused:
+            raise errors.TooLarge(f"writes of {written} are refused")
         result = self._faulty(op, container, call)
         hook = next((h for h in self.hooks if self._matches(h, op, container, args)), None)
         if hook is not None:
@@ -134,6 +136,10 @@ class FaultyStore(store_port.CountingStore):
     def replace(self, container, doc, etag):
         args = (container, doc, etag)
         return self._call("replace", container, args, lambda: super(FaultyStore, self).replace(*args))
+
+    def patch(self, container, partition_key, id, ops, etag):
+        args = (container, partition_key, id, ops, etag)
+        return self._call("patch", container, args, lambda: super(FaultyStore, self).patch(*args))
 
     def upsert(self, container, doc):
         return self._call("upsert", container, (container, doc), lambda: super(FaultyStore, self).upsert(container, doc))

@@ -3,8 +3,9 @@
 One container per store container (`jobs`, `factories`, `budgets`), partitioned as
 `fleet.store.PARTITION_KEYS` says; their definitions (partition keys, indexing policies, the
 composite indexes the queries need) come from `infra/bicep/containers.json`, which Bicep deploys
-too. Primitives map one-to-one onto SDK calls: point reads, `create_item`, `replace_item` with
-`If-Match`, `upsert_item`, `delete_item`, `patch_item` `incr`, and parameterised queries, which
+too. Primitives map one-to-one onto SDK calls: point reads, `create_item`, `replace_item` and
+`patch_item` with `If-Match`, `upsert_item`, `delete_item`, `patch_item` `incr`, and
+parameterised queries, which
 `shared.stores.cosmos_query` builds and pages with keyset continuation tokens of our own.
 
 Every call has a deadline (`timeout`, from `FLEET_STORE_TIMEOUT_SECONDS`): the SDK's absolute
@@ -41,7 +42,7 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from fleet import errors
-from fleet.store import Page, Query, Store, clean, partition_of
+from fleet.store import MAX_PATCH_OPS, Op, Page, Query, Store, clean, partition_of
 from shared.stores import charge, cosmos_query
 
 #: Status codes that mean "try again shortly": throttled (429, after the SDK's retries), request
@@ -147,6 +148,21 @@ class CosmosStore(Store):
                 no_response=True,
             )
             return _written(body, written)
+
+    def patch(self, container, partition_key, id, ops, etag):
+        if len(ops) > MAX_PATCH_OPS:
+            raise ValueError(f"Cosmos DB patches at most {MAX_PATCH_OPS} operations at once, not {len(ops)}")
+        with _converted(f"{container}/{id}"):
+            written = self._container(container).patch_item(
+                item=id,
+                partition_key=partition_key,
+                patch_operations=[_patch_operation(op) for op in ops],
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+                timeout=self.timeout,
+                no_response=True,
+            )
+            return {"_etag": written.get_response_headers()["etag"]}
 
     def upsert(self, container, doc):
         with _converted(f"{container}/{doc.get('id')}"):
@@ -282,6 +298,15 @@ def _written(body: dict[str, Any], answer: Any) -> dict[str, Any]:
     if answer:
         return _public(answer)
     return {**body, "_etag": answer.get_response_headers()["etag"]}
+
+
+def _patch_operation(op: Op) -> dict[str, Any]:
+    """One port patch operation as Cosmos DB's: an `append` adds at the array's end (`/-`)."""
+    if op.kind == "remove":
+        return {"op": "remove", "path": f"/{op.field}"}
+    if op.kind == "append":
+        return {"op": "add", "path": f"/{op.field}/-", "value": op.value}
+    return {"op": "set", "path": f"/{op.field}", "value": op.value}
 
 
 def _meter_charge(response: Any) -> None:

@@ -3,7 +3,8 @@
 Documents live in one table keyed by (container, partition key, id), bodies as JSON; how
 queries are turned into SQL, and the indexes that serve them, is `shared.stores.sqlite_query`.
 Every write is one statement, so each is atomic on its document without an explicit
-transaction.
+transaction; a patch reads the document, applies its operations here, and writes the result
+with one statement conditional on the ETag it read, as a replace does.
 
 Connections come from a bounded pool (`shared.stores.sqlite_pool`): each store call borrows one
 for its one statement and gives it back, so a process holds at most `pool_size` connections
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fleet import errors
-from fleet.store import Page, Query, Store, clean, partition_of, projected
+from fleet.store import MAX_PATCH_OPS, Op, Page, Query, Store, clean, partition_of, projected
 from shared.stores import sqlite_pool, sqlite_query
 
 SCHEMA = """
@@ -162,6 +163,22 @@ class SqliteStore(Store):
             raise errors.PreconditionFailed(f"{container}/{doc['id']} changed since it was read")
         return {**clean(doc), "_etag": new_etag}
 
+    def patch(self, container, partition_key, id, ops, etag):
+        if len(ops) > MAX_PATCH_OPS:
+            raise ValueError(f"a patch carries at most {MAX_PATCH_OPS} operations, not {len(ops)}")
+        stored = self.read(container, partition_key, id)
+        if stored["_etag"] != etag:
+            raise errors.PreconditionFailed(f"{container}/{id} changed since it was read")
+        body, new_etag = _encode(patched(stored, ops))
+        _, count = self._run(
+            "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?",
+            (body, new_etag, container, partition_key, id, etag),
+        )
+        if count == 0:
+            self.read(container, partition_key, id)  # raises NotFound if it is gone
+            raise errors.PreconditionFailed(f"{container}/{id} changed since it was read")
+        return {"_etag": new_etag}
+
     def upsert(self, container, doc):
         body, etag = _encode(doc)
         self._run(
@@ -284,6 +301,23 @@ def converted(exc: sqlite3.Error) -> errors.FleetError | None:
     if fault is errors.StoreFault.BUSY:
         return errors.StoreBusy(f"sqlite: {exc}", reason=fault)
     return errors.StoreUnavailable(f"sqlite: {exc}", fault)
+
+
+def patched(doc: dict[str, Any], ops: list[Op]) -> dict[str, Any]:
+    """`doc` with `ops` applied in order, as Cosmos DB applies them."""
+    doc = clean(doc)
+    for op in ops:
+        if op.kind == "set":
+            doc[op.field] = op.value
+        elif op.kind == "remove":
+            if op.field not in doc:
+                raise ValueError(f"cannot remove {op.field!r}: the document has no such field")
+            del doc[op.field]
+        else:
+            if not isinstance(doc.get(op.field), list):
+                raise ValueError(f"cannot append to {op.field!r}: it holds no array")
+            doc[op.field] = [*doc[op.field], op.value]
+    return doc
 
 
 def _encode(doc: dict[str, Any]) -> tuple[str, str]:

@@ -186,6 +186,143 @@ def test_replace_of_a_deleted_document_raises_not_found_and_writes_nothing(store
         store.read("jobs", ns, f"{ns}:a")
 
 
+def test_patch_sets_removes_and_appends_top_level_fields(store, ns):
+    v1 = store.create("jobs", job(ns, "a", stage="queued", lease={"factoryId": "f1"}, events=[{"kind": "submitted"}]))
+    ops = [
+        fleet_store.Op("set", "stage", "building"),
+        fleet_store.Op("set", "note", {"text": "new field", "n": [1, 2]}),
+        fleet_store.Op("remove", "lease"),
+        fleet_store.Op("append", "events", {"kind": "stage"}),
+        fleet_store.Op("append", "events", {"kind": "note"}),
+    ]
+
+    written = store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"])
+
+    got = store.read("jobs", ns, f"{ns}:a")
+    assert got["_etag"] == written["_etag"] != v1["_etag"]
+    assert {k: v for k, v in got.items() if k != "_etag"} == {
+        **{k: v for k, v in v1.items() if k not in ("_etag", "lease")},
+        "stage": "building",
+        "note": {"text": "new field", "n": [1, 2]},
+        "events": [{"kind": "submitted"}, {"kind": "stage"}, {"kind": "note"}],
+    }
+
+
+def test_patch_with_a_stale_etag_fails_and_writes_nothing(store, ns):
+    v1 = store.create("jobs", job(ns, "a", stage="queued"))
+    v2 = store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "stage", "assigned")], v1["_etag"])
+
+    with pytest.raises(errors.PreconditionFailed):
+        store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "stage", "cancelled")], v1["_etag"])
+
+    got = store.read("jobs", ns, f"{ns}:a")
+    assert (got["stage"], got["_etag"]) == ("assigned", v2["_etag"])
+
+
+def test_patch_of_a_missing_document_raises_not_found(store, ns):
+    v1 = store.create("jobs", job(ns, "a"))
+    store.delete("jobs", ns, f"{ns}:a")
+
+    with pytest.raises(errors.NotFound):
+        store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "stage", "assigned")], v1["_etag"])
+    with pytest.raises(errors.NotFound):
+        store.patch("jobs", ns, f"{ns}:never", [fleet_store.Op("set", "stage", "assigned")], v1["_etag"])
+
+
+def test_a_patch_of_more_than_ten_operations_is_refused_before_it_writes(store, ns):
+    v1 = store.create("jobs", job(ns, "a"))
+    ops = [fleet_store.Op("set", f"f{i}", i) for i in range(fleet_store.MAX_PATCH_OPS + 1)]
+
+    with pytest.raises(ValueError):
+        store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"])
+
+    assert store.read("jobs", ns, f"{ns}:a") == v1
+
+
+@pytest.mark.parametrize("kind, field", [("unset", "stage"), ("set", "lease/factoryId"), ("set", "_etag")])
+def test_a_patch_names_known_operations_on_top_level_fields(kind, field):
+    with pytest.raises(ValueError):
+        fleet_store.Op(kind, field, 1)
+
+
+Op = fleet_store.Op
+BEFORE = {"id": "p:1", "productId": "p", "stage": "queued", "lease": {"f": 1}, "events": [1, 2], "n": 1}
+
+
+@pytest.mark.parametrize(
+    "after, ops",
+    [
+        ({**BEFORE}, []),
+        ({**BEFORE, "stage": "building"}, [Op("set", "stage", "building")]),
+        ({**BEFORE, "note": None}, [Op("set", "note", None)]),
+        ({k: v for k, v in BEFORE.items() if k != "lease"}, [Op("remove", "lease")]),
+        ({**BEFORE, "events": [1, 2, 3, 4]}, [Op("append", "events", 3), Op("append", "events", 4)]),
+        ({**BEFORE, "events": [2, 3]}, [Op("set", "events", [2, 3])]),  # the ring dropped its oldest
+        ({**BEFORE, "events": [1]}, [Op("set", "events", [1])]),
+        ({**BEFORE, "events": [1, 2, *range(11)]}, [Op("set", "events", [1, 2, *range(11)])]),  # too many to append
+        ({**BEFORE, "n": True}, [Op("set", "n", True)]),  # JSON tells true from 1
+        ({**BEFORE, "n": 1.0}, [Op("set", "n", 1.0)]),
+        ({**BEFORE, "_etag": "x", "stage": "done"}, [Op("set", "stage", "done")]),  # store-owned fields aside
+        ({**BEFORE, **{f"f{i}": i for i in range(11)}}, None),  # more than one patch carries
+        ({**BEFORE, "id": "p:2"}, None),
+        ({**BEFORE, "productId": "q"}, None),
+        ({**BEFORE, "a/b": 1}, None),
+    ],
+)
+def test_diff_is_the_top_level_patch_between_two_documents(after, ops):
+    assert fleet_store.diff({**BEFORE, "_etag": "e"}, after) == ops
+
+
+def test_racing_patchers_on_one_etag_leave_exactly_one_winner(store, ns):
+    n = 8
+    v1 = store.create("jobs", job(ns, "a", events=[]))
+    won: list[int] = []
+
+    def patch(i: int) -> None:
+        try:
+            store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "owner", i), fleet_store.Op("append", "events", i)], v1["_etag"])
+        except errors.PreconditionFailed:
+            return
+        won.append(i)
+
+    race(n, patch)
+
+    got = store.read("jobs", ns, f"{ns}:a")
+    assert len(won) == 1
+    assert (got["owner"], got["events"]) == (won[0], [won[0]])
+
+
+def test_racing_diff_updates_each_apply_exactly_once(store, ns):
+    n = 8
+    store.create("jobs", job(ns, "a", attempts=0, events=[]))
+
+    def add_one(i: int) -> None:
+        fleet_store.swap(
+            store, "jobs", ns, f"{ns}:a", lambda d: {**d, "attempts": d["attempts"] + 1, "events": [*d["events"], i]},
+            attempts=50, patch=True,
+        )
+
+    race(n, add_one)
+
+    got = store.read("jobs", ns, f"{ns}:a")
+    assert got["attempts"] == n
+    assert sorted(got["events"]) == list(range(n))
+
+
+def test_a_diff_update_answers_the_document_as_stored(store, ns):
+    store.create("jobs", job(ns, "a", stage="queued", lease={"factoryId": "f1"}, events=[1]))
+
+    swapped = fleet_store.swap(
+        store, "jobs", ns, f"{ns}:a",
+        lambda d: {**{k: v for k, v in d.items() if k != "lease"}, "stage": "building", "events": [*d["events"], 2]},
+        patch=True,
+    )
+
+    assert swapped.wrote
+    assert swapped.doc == store.read("jobs", ns, f"{ns}:a")
+    assert "lease" not in swapped.doc and swapped.doc["events"] == [1, 2]
+
+
 def test_upsert_creates_then_replaces_whatever_the_etag(store, ns):
     created = store.upsert("jobs", job(ns, "a", title="one"))
     assert store.read("jobs", ns, f"{ns}:a") == created
@@ -801,6 +938,32 @@ def test_a_cosmos_write_answered_without_its_document_hands_back_what_was_writte
     assert cosmos_store._written(body, minimal) == {**body, "_etag": '"00-new"'}
     full = CosmosDict({**body, "_etag": '"00-new"', "_ts": 1, "_rid": "x"}, response_headers=CaseInsensitiveDict())
     assert cosmos_store._written(body, full) == {**body, "_etag": '"00-new"'}
+
+
+def test_a_cosmos_patch_is_one_conditional_patch_item_answered_with_its_etag():
+    from azure.core import MatchConditions
+    from azure.core.utils import CaseInsensitiveDict
+    from azure.cosmos._cosmos_responses import CosmosDict
+
+    sent = {}
+
+    class Container:
+        def patch_item(self, **kwargs):
+            sent.update(kwargs)
+            return CosmosDict({}, response_headers=CaseInsensitiveDict({"etag": '"00-new"'}))
+
+    store = CosmosStore.__new__(CosmosStore)
+    store.timeout, store._containers = 1.0, {"jobs": Container()}
+    ops = [fleet_store.Op("set", "stage", "building"), fleet_store.Op("remove", "lease"), fleet_store.Op("append", "events", {"t": 1})]
+
+    assert store.patch("jobs", "p", "p:a", ops, '"00-old"') == {"_etag": '"00-new"'}
+    assert sent["patch_operations"] == [
+        {"op": "set", "path": "/stage", "value": "building"},
+        {"op": "remove", "path": "/lease"},
+        {"op": "add", "path": "/events/-", "value": {"t": 1}},
+    ]
+    assert (sent["etag"], sent["match_condition"], sent["no_response"]) == ('"00-old"', MatchConditions.IfNotModified, True)
+    assert "filter_predicate" not in sent
 
 
 def test_other_cosmos_errors_pass_through():

@@ -190,4 +190,4 @@ def test_an_action_that_loses_a_race_re_reads_and_still_applies(world, running_j
     shipped = actions.apply(ctx, job.id, Action.SHIP)
     # Then it decides again on the job as it now is, and ships it
     assert (shipped.stage, shipped.lease) == (Stage.SHIPPED, None)
-    assert ctx.store.calls["replace:jobs"] == 2
+    assert ctx.store.calls["patch:jobs"] == 2

@@ -489,7 +489,7 @@ def test_a_claim_that_crashed_after_reserving_is_repaired_by_the_sweep(world, fa
     # Given a claim that reserved an estimate, then died before its job write
     world.put_budget(10.0)
     job = world.submit_job("est", estimated_cost_usd=4.0)
-    faulty.crash("replace", "jobs")
+    faulty.crash("patch", "jobs")
     with pytest.raises(errors.StoreBusy):
         world.claim()
     assert world.job(job).stage == Stage.QUEUED

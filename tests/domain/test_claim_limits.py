@@ -83,8 +83,8 @@ def test_if_the_preemptor_is_taken_by_a_rival_the_freed_seat_is_simply_free(worl
         request = claims.ClaimRequest("factory-2", PRODUCT)
         claims.claim_job(rival.observer, urgent.id, PRODUCT, request)
 
-    # (replace #1 on jobs is the eviction; the rival then takes the critical job)
-    faulty.meanwhile("replace", "jobs", rival_claims)
+    # (patch #1 on jobs is the eviction; the rival then takes the critical job)
+    faulty.meanwhile("patch", "jobs", rival_claims)
     claimed = world.claim("factory-1")
     # Then the rival holds the critical job; the victim was evicted once, and the freed seat
     # is simply free: the same claim, no longer at the limit, takes the best job left (the

@@ -28,12 +28,19 @@ class RivalStore(store_port.CountingStore):
         self.rival = rival
         self.raced = False
 
-    def replace(self, container, doc, etag):
+    def _race(self, container: str) -> None:
         if container == "jobs" and not self.raced:
             self.raced = True
             job = Job.from_doc(self.inner.read("jobs", PRODUCT, self.victim))
             claims.take(self.rival_ctx, job, self.rival, self.rival_ctx.clock.now())
+
+    def replace(self, container, doc, etag):
+        self._race(container)
         return super().replace(container, doc, etag)
+
+    def patch(self, container, partition_key, id, ops, etag):
+        self._race(container)
+        return super().patch(container, partition_key, id, ops, etag)
 
 
 def racing(world: World, victim: Job) -> Context:

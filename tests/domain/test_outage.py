@@ -59,6 +59,10 @@ class Flaky(store_port.CountingStore):
         self._check()
         return super().replace(container, doc, etag)
 
+    def patch(self, container, partition_key, id, ops, etag):
+        self._check()
+        return super().patch(container, partition_key, id, ops, etag)
+
     def upsert(self, container, doc):
         self._check()
         return super().upsert(container, doc)

@@ -192,7 +192,7 @@ def test_runs_that_ended_while_budgets_were_off_are_not_charged_to_the_current_w
         ("replace", "budgets", 1, True, 4.0),
         # the budget counted it; the job's `accrued` mark (its 2nd write) never happened
         # (the mark writes on the ETag the PATCH's own write returned: it reads nothing first)
-        ("replace", "jobs", 2, False, 4.0),
+        ("patch", "jobs", 2, False, 4.0),
     ],
 )
 def test_a_crash_after_the_job_write_neither_loses_nor_double_counts(world, faulty, op, container, nth, after, counted_before_sweep):
@@ -229,7 +229,7 @@ def test_a_crash_creating_the_first_budget_document_is_repaired(world, faulty):
 def test_a_crash_on_the_job_write_itself_changes_nothing(world, faulty):
     world.put_budget(100.0)
     job = world.patch(world.running_job("work"), "testing")
-    faulty.crash("replace", "jobs")
+    faulty.crash("patch", "jobs")
     with pytest.raises(errors.StoreBusy):
         world.patch(job, "shipped", insights={"costUsd": 4.0})
     assert (world.job(job).stage, spent(world)) == (Stage.TESTING, 0.0)
@@ -243,7 +243,7 @@ def test_a_crash_after_the_job_write_before_any_follow_up_is_repaired(world, fau
     # Given the coordinator died right after writing the shipped job (the factory saw an error)
     world.put_budget(100.0)
     job = world.patch(world.running_job("work"), "testing")
-    faulty.crash("replace", "jobs", after=True)
+    faulty.crash("patch", "jobs", after=True)
     with pytest.raises(errors.StoreBusy):
         world.patch(job, "shipped", insights={"costUsd": 4.0})
     # When the factory retries, Then it is answered with the shipped job (its own write), and
@@ -260,7 +260,7 @@ def test_concurrent_replays_count_once(world, faulty):
     # Given an accrual interrupted after the budget write
     world.put_budget(100.0)
     job = world.patch(world.running_job("work"), "testing")
-    faulty.crash("replace", "jobs", nth=2)
+    faulty.crash("patch", "jobs", nth=2)
     world.patch(job, "shipped", insights={"costUsd": 4.0})
     stale = world.job(job)
     assert (stale.accrual_pending, spent(world)) == (True, 4.0)
@@ -313,6 +313,7 @@ CRASHES = st.sampled_from(
         ("replace", "budgets"),
         ("read", "budgets"),
         ("replace", "jobs"),
+        ("patch", "jobs"),
         ("read", "jobs"),
         ("query", "jobs"),
         ("increment", "jobs"),

@@ -32,7 +32,7 @@ from fleet.testing import LEASE_SECONDS, PRODUCT, open_world
 
 FLEET = pathlib.Path(inspect.getfile(writes)).parent
 #: Store primitives that write, by how many leading arguments name the document's place.
-WRITES = {"create", "replace", "upsert", "delete", "increment"}
+WRITES = {"create", "replace", "patch", "upsert", "delete", "increment"}
 #: The reserved documents of the jobs container, and the one module each may be written by.
 RESERVED = {
     "queue_state.py": {"DOC_ID"},
@@ -47,15 +47,15 @@ RESERVED = {
 
 def store_writes(tree: ast.AST):
     """Each call in `tree` of a store's write primitive (`ctx.store.replace(...)`) or of the
-    port's shared CAS loop (`store.update(...)`, `store.swap(...)`), with the argument naming
-    its container and the rest."""
+    port's shared CAS loop and write (`store.update(...)`, `store.swap(...)`,
+    `store.write(...)`), with the argument naming its container and the rest."""
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
         name, args, receiver = node.func.attr, node.args, node.func.value
         if isinstance(receiver, ast.Attribute) and receiver.attr == "store" and name in WRITES and args:
             yield node, args[0], args[1:]
-        elif isinstance(receiver, ast.Name) and receiver.id in ("store", "store_port") and name in ("update", "swap"):
+        elif isinstance(receiver, ast.Name) and receiver.id in ("store", "store_port") and name in ("update", "swap", "write"):
             yield node, args[1] if len(args) > 1 else None, args[2:]
 
 
@@ -118,6 +118,10 @@ class WriterRecorder(store_port.CountingStore):
     def replace(self, container, doc, etag):
         self._note(container, doc["id"])
         return super().replace(container, doc, etag)
+
+    def patch(self, container, partition_key, id, ops, etag):
+        self._note(container, id)
+        return super().patch(container, partition_key, id, ops, etag)
 
     def upsert(self, container, doc):
         self._note(container, doc["id"])
@@ -212,7 +216,7 @@ def test_a_release_that_loses_a_race_reads_the_weights_once_and_the_job_again(wo
     assert (retried.stage, retried.attempts) == (Stage.QUEUED, 1)
     assert counting.reads[job.id] == 2
     assert counting.reads[weight_registry.DOC_ID] == 1
-    assert counting.calls["replace:jobs"] == 2  # its renewal's write and its own
+    assert counting.calls["patch:jobs"] == 2  # its renewal's write and its own
 
 
 @pytest.mark.parametrize(
@@ -356,18 +360,25 @@ def test_a_claim_writes_once_on_the_etag_it_read_and_a_lost_race_raises(world, m
 
 
 class LosingStore(store_port.CountingStore):
-    """Refuses the first `losses` conditional replaces as if a rival had written first."""
+    """Refuses the first `losses` conditional writes as if a rival had written first."""
 
     def __init__(self, inner, losses: int) -> None:
         super().__init__(inner)
         self.losses = losses
 
-    def replace(self, container, doc, etag):
+    def _lose(self) -> None:
         if self.losses:
             self.losses -= 1
             self.calls["lost"] += 1
             raise errors.PreconditionFailed()
+
+    def replace(self, container, doc, etag):
+        self._lose()
         return super().replace(container, doc, etag)
+
+    def patch(self, container, partition_key, id, ops, etag):
+        self._lose()
+        return super().patch(container, partition_key, id, ops, etag)
 
 
 def test_backoffs_pause_through_the_clock_not_the_real_time(world, running_job, monkeypatch):
@@ -411,7 +422,7 @@ def test_the_shipped_releases_accrual_mark_reads_nothing():
         shipped = leases.release(ctx, job.id, ReleaseBody(lease_id=job.lease.lease_id, stage="shipped", insights={"costUsd": 2.0}))
         assert (shipped.accrual_pending, shipped.latest_run.accrued) == (False, True)
         assert counting.reads[job.id] == 1
-        assert counting.calls["replace:jobs"] == 2  # the release and the accrual mark
+        assert counting.calls["patch:jobs"] == 2  # the release and the accrual mark
 
 
 def test_the_jobs_containers_reserved_documents_are_written_by_their_own_modules_only():
