@@ -1,7 +1,7 @@
 """Continuation tokens as clients see them: opaque and tamper-evident.
 
-A store's own continuation token says where its next page starts (an offset on SQLite, the last
-document's order values on Cosmos), and a client could edit it to page from anywhere, or carry
+A store's own continuation token says where its next page starts (the last document's order
+values, `shared.stores.keyset`), and a client could edit it to page from anywhere, or carry
 it over to a listing with other filters. So a listing hands out `seal(...)` instead: the store's
 token and an HMAC-SHA256 over it and the listing's filters, base64url, `{token}.{mac}`. `unseal`
 gives the store's token back only for a token this fleet sealed for the same filters.

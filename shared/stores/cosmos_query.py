@@ -18,7 +18,6 @@ instead of failing at the service with a 400.
 """
 from __future__ import annotations
 
-import base64
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.store import Query, projected
+from shared.stores import keyset
 
 #: The container definitions shared with Bicep.
 CONTAINERS_FILE = Path(__file__).resolve().parents[2] / "infra" / "bicep" / "containers.json"
@@ -222,34 +222,19 @@ def _is_null(ref: str) -> str:
     return f"(NOT IS_DEFINED({ref}) OR IS_NULL({ref}))"
 
 
-# Keyset continuation. Cosmos orders undefined < null < false < true < numbers < strings, so a
-# token records whether each value was absent, null, or a value, and "after the token" is spelt
-# per class. The token carries its order's field names so a token of another query is refused.
-
-_UNDEFINED = object()
+# Keyset continuation (`shared.stores.keyset`). Cosmos orders undefined < null < false < true <
+# numbers < strings, so "after the token" is spelt per class of the token's value.
 
 
 def encode_token(order: tuple[tuple[str, bool], ...], doc: dict[str, Any]) -> str:
     """The continuation token that resumes a query paging by `order` after `doc`."""
-    values = []
-    for f, _ in order:
-        value = _get(doc, f)
-        values.append([] if value is _UNDEFINED else [value])
-    raw = json.dumps({"o": [f for f, _ in order], "v": values}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return keyset.encode([f for f, _ in order], [_get(doc, f) for f, _ in order])
 
 
 def decode_token(order: tuple[tuple[str, bool], ...], token: str) -> list[Any]:
     """The order values `token` holds; `ValueError` for a malformed token or one of a query
     paging by another order."""
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        fields, values = raw["o"], raw["v"]
-        if fields != [f for f, _ in order] or len(values) != len(order):
-            raise ValueError("continuation token belongs to another query")
-        return [v[0] if v else _UNDEFINED for v in values]
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ValueError(f"bad continuation token: {exc}") from None
+    return keyset.decode([f for f, _ in order], token)
 
 
 def _after(order, last: list[Any], param) -> str:
@@ -270,35 +255,48 @@ def _after(order, last: list[Any], param) -> str:
 
 
 def _same(ref: str, value: Any, param) -> str:
-    if value is _UNDEFINED:
+    if value is keyset.ABSENT:
         return f"NOT IS_DEFINED({ref})"
     if value is None:
         return f"IS_NULL({ref})"
     return f"{ref} = {param(value)}"
 
 
+#: Cosmos's order of JSON scalar types past null, each with the function that tests for it. A
+#: comparison across types is undefined (no match), so "after a value" also names the types
+#: that sort after its own.
+_TYPES = (("IS_BOOL", bool), ("IS_NUMBER", (int, float)), ("IS_STRING", str))
+
+
+def _rank(value: Any) -> int:
+    """Where the type of `value` (a scalar: `keyset.decode` refuses anything else) is in `_TYPES`."""
+    return next(i for i, (_, kind) in enumerate(_TYPES) if isinstance(value, kind))
+
+
 def _above(ref: str, value: Any, param) -> list[list[str]]:
     """Values after `value` in ascending order, as alternatives of conjunctions."""
-    if value is _UNDEFINED:
+    if value is keyset.ABSENT:
         return [[f"IS_DEFINED({ref})"]]
     if value is None:
         return [[f"IS_DEFINED({ref})", f"NOT IS_NULL({ref})"]]
-    return [[f"{ref} > {param(value)}"]]
+    later = [[f"{test}({ref})"] for test, _ in _TYPES[_rank(value) + 1 :]]
+    return [[f"{ref} > {param(value)}"], *later]
 
 
 def _below(ref: str, value: Any, param) -> list[list[str]]:
     """Values after `value` in descending order (null, then absent, come last)."""
-    if value is _UNDEFINED:
+    if value is keyset.ABSENT:
         return []
     if value is None:
         return [[f"NOT IS_DEFINED({ref})"]]
-    return [[f"{ref} < {param(value)}"], [f"IS_NULL({ref})"], [f"NOT IS_DEFINED({ref})"]]
+    later = [[f"{test}({ref})"] for test, _ in reversed(_TYPES[: _rank(value)])]
+    return [[f"{ref} < {param(value)}"], *later, [f"IS_NULL({ref})"], [f"NOT IS_DEFINED({ref})"]]
 
 
 def _get(doc: dict[str, Any], field: str) -> Any:
     value: Any = doc
     for part in field.split("."):
         if not isinstance(value, dict) or part not in value:
-            return _UNDEFINED
+            return keyset.ABSENT
         value = value[part]
     return value

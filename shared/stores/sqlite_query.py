@@ -10,16 +10,20 @@ table), so the index serves the tiebreak too. Within a partition that is `id` or
 Cosmos; across partitions it is partition-key order first. The SQL names the index a query is
 read by (`serving_index`, as `shared.stores.cosmos_query` picks a composite index) instead of leaving
 it to SQLite's planner, which without statistics prefers the primary key and a sort.
+
+Pages continue by keyset, as on Cosmos (`shared.stores.keyset`): a token is the last row's
+values of that total order, and the next page is read from where they sit in the index
+(`_after`), never `OFFSET`, which reads and drops every row before the page, so that paging
+deep through a query cost the square of its depth.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 from fleet.store import PARTITION_KEYS, Query
+from shared.stores import keyset
 
-
-#: The largest continuation token (an offset) a query takes: SQLite's integers are 64-bit.
-MAX_OFFSET = 2**63 - 1
 
 #: (name, container, key expressions). A key is a dotted field (`@pk`: the partition key),
 #: optionally with " DESC". Each index implicitly ends with (pk, id) ascending, the tiebreak of
@@ -71,32 +75,60 @@ def column(field: str) -> str:
     return f"json_extract(body, '$.{field}')"
 
 
-def select(query: Query, offset: int = 0) -> tuple[str, list[Any]] | None:
-    """The SQL and parameters that read one page of `query` (one row more than its limit, to
-    tell whether another page follows) from `offset`; `None` when nothing can match (`in []`)."""
-    filtered = _filters(query)
-    if filtered is None:
+def select(query: Query, continuation: str | None = None) -> list[tuple[str, list[Any]]] | None:
+    """The statements that read one page of `query`, after the position `continuation` names
+    (`ValueError` for a token this store did not hand out); `None` when nothing can match
+    (`in []`). Each ends in `LIMIT ?`, left for the caller to bind: the rows still wanted, one
+    more than the page holds to tell whether another follows. Read them in turn until that
+    many rows are in: together they read the rows after the position in order (`_after`).
+
+    A row is `(body, etag, *order values)` (`body`: what `selected` reads): its values of `page_order(query)`, as SQLite
+    compares them, from which `token` makes the position after it."""
+    order = page_order(query)
+    last = position(order, continuation) if continuation else None
+    if _filters(query) is None:
         return None
-    where, params = filtered
     container = query.container
-    # A key an equality filter pins is the same in every row: ordering by it changes nothing,
-    # and SQLite reads an order off an index only past the keys its equalities consume.
-    pinned = {key(container, f.field) for f in query.where if f.op == "=" and f.value is not None}
-    if query.partition_key is not None:
-        pinned.add("@pk")
+    index = serving_index(container, _pinned(query), order)
+    source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
+    values = "".join(f", {column(name)}" for name, _ in order)
+    statements = []
+    for stretch in [Stretch(frozenset(), [], [], order)] if last is None else _after(order, last):
+        where, params = _filters(query, stretch.tied) or ([], [])
+        # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`)
+        # only for a query whose WHERE it can see implies the index's.
+        sql = f"SELECT {selected(query)}, etag{values} FROM {source} WHERE container = '{container}'"
+        sql += "".join(f" AND {w}" for w in [*where, *stretch.conditions])
+        statements.append((sql + _order_by(stretch.order) + " LIMIT ?", [*params, *stretch.params]))
+    return statements
+
+
+def page_order(query: Query) -> list[tuple[str, bool]]:
+    """The total order `query` is read in, as `INDEXES` names keys: its `order_by`, then the
+    partition key, then `id`, less the keys its equality filters pin.
+
+    A key an equality filter pins is the same in every row: ordering by it changes nothing,
+    and SQLite reads an order off an index only past the keys its equalities consume."""
+    pinned = _pinned(query)
     order: list[tuple[str, bool]] = []
-    for name, desc in [*((key(container, f), desc) for f, desc in query.order_by), ("@pk", False), ("id", False)]:
+    for name, desc in [*((key(query.container, f), desc) for f, desc in query.order_by), ("@pk", False), ("id", False)]:
         if name not in pinned and all(name != seen for seen, _ in order):
             order.append((name, desc))
-    index = serving_index(container, pinned, order)
-    source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
-    # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`) only
-    # for a query whose WHERE it can see implies the index's.
-    sql = f"SELECT {selected(query)}, etag FROM {source} WHERE container = '{container}'"
-    sql += "".join(f" AND {w}" for w in where)
-    sql += " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
-    sql += " LIMIT ? OFFSET ?"
-    return sql, [*params, query.limit + 1, offset]
+    return order
+
+
+def _pinned(query: Query) -> set[str]:
+    """The keys `query`'s equality filters (and its partition key) hold to one value."""
+    pinned = {key(query.container, f.field) for f in query.where if f.op == "=" and f.value is not None}
+    if query.partition_key is not None:
+        pinned.add("@pk")
+    return pinned
+
+
+def _order_by(order: list[tuple[str, bool]]) -> str:
+    if not order:
+        return ""
+    return " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
 
 
 def selected(query: Query) -> str:
@@ -120,9 +152,13 @@ def count(query: Query) -> tuple[str, list[Any]] | None:
     return sql, params
 
 
-def _filters(query: Query) -> tuple[list[str], list[Any]] | None:
+def _filters(query: Query, tied: frozenset[str] = frozenset()) -> tuple[list[str], list[Any]] | None:
     """`query`'s partition and filters as SQL conditions and their parameters; `None` when
-    nothing can match (`in []`)."""
+    nothing can match (`in []`).
+
+    A filter on a `tied` key (one a stretch of a continued page holds to one value) is spelt
+    `+expr`, which no index serves: SQLite would otherwise read the index by the filter's
+    range instead of the tie's equality, and then sort."""
     container = query.container
     if container not in PARTITION_KEYS:
         raise ValueError(f"unknown container {container!r}")
@@ -133,6 +169,8 @@ def _filters(query: Query) -> tuple[list[str], list[Any]] | None:
         params.append(query.partition_key)
     for f in query.where:
         expr = column(key(container, f.field))
+        if key(container, f.field) in tied:
+            expr = f"+{expr}"
         if f.op == "in":
             values = list(f.value)
             if not values:
@@ -194,16 +232,81 @@ def index_sql(name: str, container: str, keys: tuple[str, ...]) -> str:
     return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}'"
 
 
-def offset(continuation: str | None) -> int:
-    """The offset a continuation token names; `ValueError` for anything this store did not hand out."""
-    if not continuation:
-        return 0
-    if not (isinstance(continuation, str) and continuation.isascii() and continuation.isdigit()):
-        raise ValueError(f"bad continuation token {continuation!r}")
-    offset = int(continuation)
-    if offset > MAX_OFFSET:
-        raise ValueError(f"bad continuation token {continuation!r}: out of range")
-    return offset
+# Keyset continuation (`shared.stores.keyset`). The position is the last row's values of
+# `page_order`, as `select` reads them off `json_extract` (so as SQLite sorts and compares them):
+# null for a null or absent field alike, integers for booleans, text for the rest of JSON.
+
+
+def token(query: Query, values: tuple[Any, ...] | list[Any]) -> str:
+    """The continuation token of the position after a row of `query` with order `values`."""
+    return keyset.encode([name for name, _ in page_order(query)], values)
+
+
+def position(order: list[tuple[str, bool]], continuation: str) -> list[Any]:
+    """The order values `continuation` holds; `ValueError` for a malformed token, one of a query
+    in another order, or one holding what `select` cannot have read (the partition key and
+    `id` are text; other keys a null, a 64-bit integer, a float but NaN, or text)."""
+    values = keyset.decode([name for name, _ in order], continuation)
+    for (name, _), value in zip(order, values):
+        if name in ("@pk", "id"):
+            ok = isinstance(value, str)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            ok = -(2**63) <= value < 2**63
+        else:
+            ok = value is None or isinstance(value, str) or isinstance(value, float) and not math.isnan(value)
+        if not ok:
+            raise ValueError(f"bad continuation token: {name} cannot be {value!r}")
+    return values
+
+
+#: What every value but NULL compares at or above: numbers, and text and blobs, which compare
+#: above every number. `k >= BELOW_ALL` is `k IS NOT NULL` spelt as a bound: SQLite seeks past
+#: the nulls by it, where it reads them all for `IS NOT NULL` (and, once `ANALYZE` has measured
+#: the file, sorts what it reads).
+BELOW_ALL = float("-inf")
+
+
+class Stretch(NamedTuple):
+    """Rows in one stretch of the serving index: `conditions` (with their `params`) on top of
+    the query's filters, read in `order`."""
+
+    #: The keys the stretch holds to one value (ties on the position).
+    tied: frozenset[str]
+    conditions: list[str]
+    params: list[Any]
+    order: list[tuple[str, bool]]
+
+
+def _after(order: list[tuple[str, bool]], last: list[Any]) -> list[Stretch]:
+    """The rows after `last` in `order`, as stretches to read in turn.
+
+    Stretch i holds the rows tied with `last` on its first i keys and after it on key i+1,
+    deepest first, so reading them in turn reads in order. Each is one stretch of the serving
+    index, an equality on each tied key and a bound on the next, so SQLite seeks to where the
+    page starts instead of reading every row before it (as a single `k1 > v1 OR k1 = v1 AND …`
+    would have it do), and reads the order past the tied keys off the index (tied keys are left
+    out of ORDER BY, as pinned ones are: SQLite sorts by an expression it has an equality on).
+
+    NULL (a null or absent field) sorts first ascending and last descending, and compares to
+    nothing: a tie on it is `IS NULL`, after it ascending is `>= BELOW_ALL`, and after a value
+    descending is below the value, then the nulls, a stretch of their own."""
+    stretches = []
+    for i in reversed(range(len(order))):
+        ties: list[str] = []
+        tied: list[Any] = []
+        for (name, _), value in zip(order[:i], last[:i]):
+            ties.append(f"{column(name)} IS NULL" if value is None else f"{column(name)} = ?")
+            tied += [] if value is None else [value]
+        names = frozenset(name for name, _ in order[:i])
+        (name, desc), value, expr = order[i], last[i], column(order[i][0])
+        if not desc and value is None:
+            stretches.append(Stretch(names, [*ties, f"{expr} >= ?"], [*tied, BELOW_ALL], order[i:]))
+        elif not desc:
+            stretches.append(Stretch(names, [*ties, f"{expr} > ?"], [*tied, value], order[i:]))
+        elif value is not None:
+            stretches.append(Stretch(names, [*ties, f"{expr} < ?"], [*tied, value], order[i:]))
+            stretches.append(Stretch(names | {name}, [*ties, f"{expr} IS NULL"], tied, order[i + 1 :]))
+    return stretches
 
 
 def json_types(value: Any) -> str:

@@ -210,15 +210,32 @@ class SqliteStore(Store):
         return _doc(rows[0])
 
     def query(self, query: Query, continuation=None):
-        offset = sqlite_query.offset(continuation)
-        statement = sqlite_query.select(query, offset)
-        if statement is None:
+        statements = sqlite_query.select(query, continuation)
+        if statements is None:
             return Page([], None)
-        rows, _ = self._run(*statement)
+        rows = self._read(statements, query.limit + 1)
+        items = rows[: query.limit]
         more = len(rows) > query.limit
         fields = query.projection()
         read = functools.partial(_projected, fields) if fields else _doc
-        return Page([read(r) for r in rows[: query.limit]], str(offset + query.limit) if more else None)
+        return Page([read(r) for r in items], sqlite_query.token(query, items[-1][2:]) if more and items else None)
+
+    def _read(self, statements: list[tuple[str, list[Any]]], wanted: int) -> list[Any]:
+        """The first `wanted` rows `statements` read in turn (each binds the rows still wanted
+        to its last `LIMIT ?`), from one snapshot: a page is one read, however many ranges."""
+        rows: list[Any] = []
+        with _converted(), self._pool.connection() as conn:
+            if len(statements) > 1:
+                conn.execute("BEGIN")
+            try:
+                for sql, params in statements:
+                    rows += conn.execute(sql, [*params, wanted - len(rows)]).fetchall()
+                    if len(rows) >= wanted:
+                        break
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        return rows
 
     def count(self, query: Query) -> int:
         statement = sqlite_query.count(query)
@@ -228,14 +245,15 @@ class SqliteStore(Store):
         return int(rows[0][0])
 
     def explain(self, query: Query, continuation: str | None = None) -> str:
-        """SQLite's plan for one page of `query`, one `EXPLAIN QUERY PLAN` step a line ("" when
-        the query cannot match anything and runs no SQL)."""
-        statement = sqlite_query.select(query, sqlite_query.offset(continuation))
-        if statement is None:
-            return ""
-        sql, params = statement
-        rows, _ = self._run("EXPLAIN QUERY PLAN " + sql, params)
-        return "\n".join(row[3] for row in rows)
+        """SQLite's plan for one page of `query`, one `EXPLAIN QUERY PLAN` step a line, the
+        plan of each of its statements in turn ("" when the query cannot match anything and
+        runs no SQL)."""
+        statements = sqlite_query.select(query, continuation)
+        plans = []
+        for sql, params in statements or []:
+            rows, _ = self._run("EXPLAIN QUERY PLAN " + sql, [*params, query.limit + 1])
+            plans += [row[3] for row in rows]
+        return "\n".join(plans)
 
     def ping(self):
         """Prove the database takes a write now: take the write lock and change the header in

@@ -9,7 +9,10 @@ bucket heads, listings, lease sweeps): on Cosmos each needs the composite index
 """
 from __future__ import annotations
 
+import base64
+import dataclasses
 import gc
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -21,9 +24,10 @@ from azure.cosmos import exceptions as cosmos_exceptions
 from fleet import errors, store as fleet_store
 from fleet.store import Filter, Query, Store
 from shared import config
-from shared.stores import charge, cosmos_query, cosmos_store
+from shared.stores import charge, cosmos_query, cosmos_store, keyset
 from shared.stores.cosmos_store import CosmosStore
 from shared.stores.local_cosmos import EMULATOR_KEY, CosmosServer, ServerUnavailable, start_cosmos_server
+from shared.stores.sqlite_store import SqliteStore
 from tests.support.cosmos import unavailable, unverified_loopback
 
 pytestmark = unverified_loopback
@@ -830,6 +834,155 @@ def test_a_garbled_continuation_token_is_refused(store, ns, token):
 
     with pytest.raises(ValueError):  # the API answers 400
         store.query(Query("jobs", ns, limit=1), continuation=token)
+
+
+def absent(doc: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """`doc` without `fields`."""
+    return {k: v for k, v in doc.items() if k not in fields}
+
+
+def null_docs(p: str, q: str) -> list[dict[str, Any]]:
+    # Every order key null on some documents and absent on others, tied on some and distinct
+    # on the rest (integers and floats), so a page boundary falls inside each run.
+    return [
+        job(p, "a", rankKey=None, createdAt=T[1], updatedAt=T[1], parentId="x"),
+        absent(job(p, "b", updatedAt=T[2]), "rankKey", "createdAt"),
+        job(p, "c", rankKey=3, createdAt=None, updatedAt=None, parentId=None),
+        job(p, "d", rankKey=3, createdAt=T[1], updatedAt=T[1], parentId="x"),
+        job(p, "e", rankKey=3, createdAt=T[0], updatedAt=T[0], parentId="y"),
+        job(p, "f", rankKey=-1.5, createdAt=None, parentId="x"),
+        job(p, "g", rankKey=7.25, createdAt=T[2], updatedAt=None),
+        absent(job(p, "h", rankKey=None, updatedAt=T[1], parentId=None), "createdAt"),
+        absent(job(p, "i", createdAt=T[1], updatedAt=T[1], parentId="x"), "rankKey"),
+        job(p, "j", rankKey=3.5, createdAt=T[1], updatedAt=T[3], parentId="y"),
+        job(p, "k", rankKey=None, createdAt=None, updatedAt=None, parentId=None),
+        job(p, "l", rankKey=3, createdAt=T[1], updatedAt=T[1], parentId="x", priority="high"),
+        absent(job(q, "a", rankKey=None, parentId="x"), "createdAt", "updatedAt"),
+        job(q, "b", rankKey=3, createdAt=T[1], updatedAt=None),
+        job(q, "c", rankKey=3, createdAt=None, updatedAt=T[1]),
+    ]
+
+
+NULL_ORDERS = [
+    pytest.param(
+        lambda p, q: Query("jobs", p, (Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False))),
+        id="claim order: descending, then ascending",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q),), (("createdAt", True),)), id="descending, across products"
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", None, (both(p, q), Filter("stage", "=", "queued")), (("updatedAt", False),)),
+        id="ascending, across products",
+    ),
+    pytest.param(
+        lambda p, q: Query(
+            "jobs", p, (Filter("stage", "=", "queued"), Filter("priority", "=", "normal"), Filter("attempts", "=", 0)),
+            (("createdAt", False),),
+        ),
+        id="ascending, some keys pinned",
+    ),
+    pytest.param(
+        lambda p, q: Query(
+            "jobs", p, (Filter("stage", "=", "queued"), Filter("priority", "=", "normal"), Filter("attempts", "=", 0)),
+            (("createdAt", True),),
+        ),
+        id="descending, some keys pinned",
+    ),
+    pytest.param(
+        lambda p, q: Query("jobs", p, (), (("parentId", False), ("createdAt", False))), id="two ascending keys"
+    ),
+]
+
+
+@pytest.mark.parametrize("make_query", NULL_ORDERS)
+def test_paging_one_document_at_a_time_through_null_absent_and_tied_keys_reads_what_one_page_does(
+    store, ns, make_query
+):
+    p, q = f"{ns}-p", f"{ns}-q"
+    docs = null_docs(p, q)
+    seed(store, docs)
+    query = make_query(p, q)
+    whole = store.query(dataclasses.replace(query, limit=100))
+
+    pages = list(fleet_store.pages(store, dataclasses.replace(query, limit=1)))
+
+    assert whole.continuation is None
+    assert [keys(page.items) for page in pages] == [[k] for k in keys(whole.items)]
+    matching = [
+        d
+        for d in docs
+        if query.partition_key in (None, d["productId"])
+        and all(d.get(f.field) == f.value or f.op == "in" and d["productId"] in f.value for f in query.where)
+    ]
+    assert sorted(keys(whole.items)) == sorted(keys(matching))  # none left out for a null or absent key
+
+
+def test_paging_through_an_order_key_of_mixed_json_types_reads_what_one_page_does(store, ns):
+    values = [None, "b", 2, True, "a", 2.5, False, -1, "b", 2, None, True, 0.5, ""]
+    docs = [job(ns, f"{n:02d}", rankKey=v, parentId=v) for n, v in enumerate(values)]
+    seed(store, [*docs, absent(job(ns, "zz"), "rankKey", "parentId")])
+    # Descending and ascending, each as an index serves it on Cosmos.
+    for where, order in [
+        ((Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False))),
+        ((), (("parentId", False),)),
+    ]:
+        whole = store.query(Query("jobs", ns, where, order, limit=100))
+
+        pages = list(fleet_store.pages(store, Query("jobs", ns, where, order, limit=1)))
+
+        assert [keys(page.items) for page in pages] == [[k] for k in keys(whole.items)]
+        assert len(whole.items) == len(docs) + 1
+
+
+def test_a_token_of_a_query_in_another_order_is_refused(store, ns):
+    seed(store, [job(ns, k) for k in "abc"])
+    token = store.query(Query("jobs", ns, (), (("createdAt", True),), limit=1)).continuation
+
+    with pytest.raises(ValueError):
+        store.query(Query("jobs", ns, (), (("updatedAt", True),), limit=1), continuation=token)
+
+
+def _forged(token: str, edit: Callable[[dict[str, Any]], Any]) -> str:
+    raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    return base64.urlsafe_b64encode(json.dumps(edit(raw)).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda token: token + "=",  # padded: not the one spelling handed out
+        lambda token: token.replace("-", "+").replace("_", "/") + "A" * (-len(token) % 4),
+        lambda token: token[:-2],
+        lambda token: _forged(token, lambda raw: {**raw, "x": 1}),
+        lambda token: _forged(token, lambda raw: {**raw, "v": raw["v"][:-1]}),
+        lambda token: _forged(token, lambda raw: {**raw, "v": ["ab" for _ in raw["v"]]}),
+        lambda token: _forged(token, lambda raw: {**raw, "v": [[1, 2] for _ in raw["v"]]}),
+        lambda token: _forged(token, lambda raw: raw["v"]),
+        lambda token: _forged(token, lambda raw: {**raw, "v": [[["a"]] for _ in raw["v"]]}),
+        lambda token: base64.urlsafe_b64encode(b"[" * 100_000).decode(),
+    ],
+)
+def test_an_edited_continuation_token_is_refused(store, ns, forge):
+    seed(store, [job(ns, k) for k in "abc"])
+    query = Query("jobs", ns, (), (("createdAt", True),), limit=1)
+    token = store.query(query).continuation
+    forged = forge(token)
+    assert forged != token
+
+    with pytest.raises(ValueError):
+        store.query(query, continuation=forged)
+
+
+@pytest.mark.parametrize("value", [[["a"]], [{"a": 1}], [True], [2**63], [float("nan")], []])
+def test_a_token_holding_what_sqlite_cannot_have_read_is_refused(tmp_path, value):
+    sqlite = SqliteStore(str(tmp_path / "fleet.db"))
+    query = Query("jobs", "p", (), (("createdAt", True),), limit=1)
+    token = keyset.encode(["createdAt", "id"], [value[0] if value else keyset.ABSENT, "p:a"])
+
+    with pytest.raises(ValueError):
+        sqlite.query(query, continuation=token)
+    sqlite.close()
 
 
 def test_ping_answers(store):
