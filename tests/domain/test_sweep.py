@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, factories, outage, scoring, sweep, weight_registry
+from fleet import actions, factories, liveness, outage, scoring, sweep, weight_registry
 from fleet.stages import RunResult, Stage
 
 from fleet.testing import LEASE_SECONDS, PRODUCT, flags_on, interleaved
@@ -252,6 +252,10 @@ def test_a_renewed_spared_lease_is_an_ordinary_lease_again(world, ctx, running_j
     sweep.expired_leases(ctx)
     clock.advance(LEASE_SECONDS + ctx.settings.outage_grace_seconds)
     sweep.expired_leases(ctx)
+    assert world.job(job).lease.spared is True
     [answer] = factories.heartbeat(ctx, "factory-1", [PRODUCT], [], None, [(job.id, job.lease.lease_id)]).to_doc()["leases"]
     assert answer["status"] == "renewed"
-    assert world.job(job).lease.spared is False
+    # by its factory's document: the job's own lease still says spared, the rule no longer
+    assert liveness.spared(world.job(job).lease, factories.find(ctx, "factory-1")) is False
+    # and its next write says so on the job too
+    assert world.patch(job, "review").lease.spared is False
