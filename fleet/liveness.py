@@ -52,15 +52,19 @@ class Held:
     spared: bool = False
 
     @classmethod
-    def from_doc(cls, lease: dict[str, Any] | None) -> "Held | None":
-        """From a (projected) job document's `lease`; None if it has none."""
+    def from_doc(cls, lease: dict[str, Any] | None, factory_id: str | None = None) -> "Held | None":
+        """From a (projected) job document's `lease`; None if it has none. `factory_id`: the
+        holder, when the query filtered on it and so did not read it."""
         if not lease or not lease.get("leaseId") or not lease.get("expiresAt"):
             return None
-        return cls(lease["leaseId"], lease.get("factoryId", ""), clock.parse(lease["expiresAt"]), bool(lease.get("spared")))
+        holder = lease.get("factoryId", factory_id or "")
+        return cls(lease["leaseId"], holder, clock.parse(lease["expiresAt"]), bool(lease.get("spared")))
 
 
 #: The lease fields a projected job query reads for `Held.from_doc`.
 LEASE_FIELDS = ("lease.leaseId", "lease.expiresAt", "lease.factoryId", "lease.spared")
+#: The same, for a query of one factory's leases (its filter names the holder).
+ONE_FACTORYS_LEASE_FIELDS = ("lease.leaseId", "lease.expiresAt", "lease.spared")
 
 
 def factory_until(lease: LeaseLike, factory_doc: dict[str, Any] | None) -> datetime | None:
