@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field, model_serializer
 
@@ -15,6 +15,7 @@ from fleet import (
     effects,
     errors,
     factories,
+    liveness,
     preemption,
     queue_state,
     scoring,
@@ -85,8 +86,8 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     refused = budget_rules.refusal(budget.rolled)
     if refused:
         return Claimed(reason=refused)
-    offered, seat_limit = _factory_view(ctx, request)
-    running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
+    offered, seat_limit, factory = _factory_view(ctx, request)
+    running = _running_at_limit(ctx, request.factory_id, seat_limit, now, factory)
     product = weight_registry.snapshot(ctx, request.product_id)
     weights = scoring.resolve(product.patch, request.weights)
     score = candidates.scorer(now, weights, offered)
@@ -109,7 +110,7 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
             except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost):
                 lost = True
                 if running is not None:
-                    running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
+                    running = _running_at_limit(ctx, request.factory_id, seat_limit, now, factory)
             except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or unestimated) job may still fit.
                 unaffordable += 1
@@ -135,8 +136,8 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
     refused = budget_rules.refusal(budget.rolled)
     if refused:
         raise _not_claimable(f"product {product_id}: {refused.value}", refused)
-    offered, seat_limit = _factory_view(ctx, request)
-    running = _running_at_limit(ctx, request.factory_id, seat_limit, now)
+    offered, seat_limit, factory = _factory_view(ctx, request)
+    running = _running_at_limit(ctx, request.factory_id, seat_limit, now, factory)
     job = Job.from_doc(ctx.store.read("jobs", product_id, job_id))
     if job.stage != Stage.QUEUED:
         raise _not_claimable(f"job {job.id} is {job.stage.value}, not queued", ClaimReason.NOT_QUEUED)
@@ -286,21 +287,37 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
     return True
 
 
-def _factory_view(ctx: Context, request: ClaimRequest) -> tuple[frozenset[str], int | None]:
-    """The factory's capabilities and seat limit: the claim's, else its last heartbeat's."""
+def _factory_view(
+    ctx: Context, request: ClaimRequest
+) -> tuple[frozenset[str], int | None, Callable[[], dict[str, Any]]]:
+    """The factory's capabilities and seat limit (the claim's, else its last heartbeat's), and
+    its document for lease liveness: read here only if the first two need it, else once, when
+    first asked for (`_running_at_limit`, for a lease past its own expiry)."""
     needs_doc = request.capabilities is None or (ctx.settings.preemption and request.seat_limit is None)
-    factory = factories.find(ctx, request.factory_id) if needs_doc else None
-    factory = factory or {}
-    offered = request.capabilities if request.capabilities is not None else factory.get("capabilities", [])
-    seat_limit = request.seat_limit if request.seat_limit is not None else factory.get("seatLimit")
-    return frozenset(offered), seat_limit
+    read: list[dict[str, Any]] = [factories.find(ctx, request.factory_id) or {}] if needs_doc else []
+
+    def factory() -> dict[str, Any]:
+        if not read:
+            read.append(factories.find(ctx, request.factory_id) or {})
+        return read[0]
+
+    doc = read[0] if read else {}
+    offered = request.capabilities if request.capabilities is not None else doc.get("capabilities", [])
+    seat_limit = request.seat_limit if request.seat_limit is not None else doc.get("seatLimit")
+    return frozenset(offered), seat_limit, factory
 
 
-def _running_at_limit(ctx: Context, factory_id: str, seat_limit: int | None, now: datetime) -> list[Job] | None:
-    """The factory's running jobs if preemption is on and it is at its seat limit, else None."""
+def _running_at_limit(
+    ctx: Context, factory_id: str, seat_limit: int | None, now: datetime, factory: Callable[[], dict[str, Any]]
+) -> list[Job] | None:
+    """The factory's running jobs (leases live by `fleet.liveness`, with its document
+    `factory()`, asked for only if some lease's own expiry has passed) if preemption is on and
+    it is at its seat limit, else None."""
     if not ctx.settings.preemption or seat_limit is None:
         return None
-    running = [j for j in factories.held_leases(ctx, factory_id) if j.lease and j.lease.expires_at > now]
+    held = [j for j in factories.held_leases(ctx, factory_id) if j.lease]
+    doc = factory() if any(j.lease.expires_at <= now for j in held) else None
+    running = [j for j in held if liveness.live(j.lease, doc, now)]
     return running if len(running) >= seat_limit else None
 
 

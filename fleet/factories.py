@@ -1,15 +1,25 @@
-"""Factories: registration by heartbeat, lease renewal, health and seats."""
+"""Factories: registration by heartbeat, lease renewal, health and seats.
+
+A factory's document (`factories` container, id = factory id) is written by its heartbeats
+only: what it serves (`products`, `capabilities`, `seatLimit`), `firstSeenAt`,
+`lastHeartbeatAt`, and its lease liveness: `leaseUntil` (one lease term after its last
+heartbeat) and `leases` (the ids of the leases that heartbeat renewed). A job's lease L held by
+factory F is live at `now` iff the job's own `lease.expiresAt > now`, or F's document has
+`leaseUntil > now` and lists L; its effective expiry is the later of the two
+(`fleet.liveness`, the one place that decides it: fenced writes, the sweep, seat counts and
+preemption all ask it).
+"""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field
 
-from fleet import activity, clock, effects, errors, outage, store, writes
-from fleet.context import Context
-from fleet.jobs import Job, Model, Time, product_of
+from fleet import activity, clock, liveness, outage, store
+from fleet.context import Context, Settings
+from fleet.jobs import Job, Model, Time
 
 #: Heartbeat age up to which a factory is `online`, then `stale`; past `STALE` it is `offline`.
 ONLINE_SECONDS = 60
@@ -70,10 +80,7 @@ class Heartbeat(Model):
 
 
 def find(ctx: Context, factory_id: str) -> dict[str, Any] | None:
-    try:
-        return ctx.store.read("factories", factory_id, factory_id)
-    except errors.NotFound:
-        return None
+    return liveness.read_factory(ctx, factory_id)
 
 
 def heartbeat(
@@ -84,14 +91,40 @@ def heartbeat(
     seat_limit: int | None,
     running: list[tuple[str, str]],
 ) -> Heartbeat:
-    """Record the factory's registration, then renew each `(jobId, leaseId)` it says it runs.
-    Answers per lease `renewed` (with the new expiry) or `revoked` (stop that work now).
-    `Forbidden` unless the principal speaks for the factory and may enter every product named."""
+    """Record the factory's registration and renew each `(jobId, leaseId)` it says it runs,
+    answering per lease `renewed` (with the new expiry) or `revoked` (stop that work now).
+    `Forbidden` unless the principal speaks for the factory and may enter every product named.
+
+    The renewal is the factory document's (see `fleet.liveness`): `leaseUntil` one lease term
+    from now and `leases` the ids renewed, written in the heartbeat's one upsert. No job
+    document is written, so a heartbeat costs at most three store calls whatever it names: the
+    factory's document (point read), the factory's leases (one query, projected to the lease),
+    the upsert; and the outage record (a point read) only when a named lease is past its
+    effective expiry. A lease is renewed if the job's current lease is still that one, held by
+    this factory, and live by the rule on the factory document as it was before this heartbeat
+    (or held for an outage, `outage.grace_until` on its effective expiry): a heartbeat keeps a
+    live lease alive and never brings back one that has ended.
+    """
     ctx.principal.act_as_factory(factory_id)
     for product_id in products:
         ctx.principal.enter(product_id)
     now = ctx.clock.now()
     previous = find(ctx, factory_id) or {}
+    held = _held_by(ctx, factory_id) if running else {}
+    record: list[outage.Record] = []
+
+    def outages() -> outage.Record:  # read once, and only for a lease past its effective expiry
+        if not record:
+            record.append(outage.read(ctx))
+        return record[0]
+
+    until = now + timedelta(seconds=ctx.settings.lease_seconds)
+    answers = [
+        LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.RENEWED, expires_at=until)
+        if renewed(held.get(job_id), lease_id, previous, now, outages, ctx.settings)
+        else LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.REVOKED)
+        for job_id, lease_id in running
+    ]
     ctx.store.upsert(
         "factories",
         {
@@ -101,44 +134,46 @@ def heartbeat(
             "seatLimit": seat_limit,
             "firstSeenAt": previous.get("firstSeenAt", clock.format(now)),
             "lastHeartbeatAt": clock.format(now),
+            "leaseUntil": clock.format(until),
+            "leases": list(dict.fromkeys(a.lease_id for a in answers if not a.revoked)),
         },
     )
     if [previous.get(k) for k in ("products", "capabilities", "seatLimit")] != [products, capabilities, seat_limit]:
         activity.touch(ctx)  # a new factory, or one that changed what it serves
-    leases = [renew(ctx, job_id, lease_id, factory_id) for job_id, lease_id in running]
-    return Heartbeat(factory_id=factory_id, leases=leases)
+    return Heartbeat(factory_id=factory_id, leases=answers)
 
 
-def renew(ctx: Context, job_id: str, lease_id: str, factory_id: str | None = None) -> LeaseRenewal:
-    """Extend one lease by a lease term if it is still the job's live lease, or one held for
-    an outage (and, when `factory_id` is given, held by that factory)."""
-    now = ctx.clock.now()
-    product_id = product_of(job_id)
-    revoked = LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.REVOKED)
-    if product_id is None:
-        return revoked
+def renewed(
+    held: liveness.Held | None,
+    lease_id: str,
+    factory_doc: dict[str, Any],
+    now: datetime,
+    outages: Callable[[], outage.Record],
+    settings: Settings,
+) -> bool:
+    """Whether a heartbeat renews `lease_id`, given `held`, the current lease of the job it
+    names (None: no such job, none of this factory's, or not the principal's to see), and the
+    factory's document before this heartbeat. `outages()` reads the outage record, asked for
+    only for the job's current lease once it is past its effective expiry."""
+    if held is None or held.lease_id != lease_id:
+        return False
+    if liveness.live(held, factory_doc, now):
+        return True
+    return outage.grace_until(outages(), liveness.effective(held, factory_doc), now, settings) is not None
 
-    def extend(job: Job, grace, now) -> Job:
-        if job.lease is None or (factory_id is not None and job.lease.factory_id != factory_id):
-            raise errors.LeaseLost()
-        if not outage.held(job, lease_id, now, grace):
-            raise errors.LeaseLost()
-        expires_at = now + timedelta(seconds=ctx.settings.lease_seconds)
-        lease = job.lease.model_copy(update={"expires_at": expires_at, "spared": False})
-        renewed = job.model_copy(update={"lease": lease, "updated_at": now})
-        if not job.holds(lease_id, now):  # it expired in an outage: say why it lives on
-            renewed = renewed.with_event(now, "lease_renewed", job.lease.factory_id, reason="outage")
-        return renewed
 
-    try:
-        current = writes.read(ctx, job_id)
-        if current.lease is None or (factory_id is not None and current.lease.factory_id != factory_id):
-            return revoked  # not this factory's: refused before any outage read
-        grace = outage.grace_for(ctx, current, lease_id, now)
-        job = effects.change(ctx, job_id, extend, grace, current=current, now=now, request=False).job
-    except (errors.NotFound, errors.LeaseLost):
-        return revoked
-    return LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.RENEWED, expires_at=job.lease.expires_at)
+def _held_by(ctx: Context, factory_id: str) -> dict[str, liveness.Held]:
+    """The factory's current leases by job id, of the products the principal sees: one query,
+    projected to what liveness needs of the lease (not its holder, which the filter names; in
+    no order, which would send the ordering field with every row)."""
+    where = (store.Filter("lease.factoryId", "=", factory_id),)
+    query = store.Query("jobs", None, where, limit=500, fields=liveness.ONE_FACTORYS_LEASE_FIELDS)
+    held: dict[str, liveness.Held] = {}
+    for doc in store.query_all(ctx.store, query):
+        lease = liveness.Held.from_doc(doc.get("lease"), factory_id)
+        if lease is not None and ctx.principal.sees(doc.get("productId")):
+            held[doc["id"]] = lease
+    return held
 
 
 def held_leases(ctx: Context, factory_id: str | None = None) -> list[Job]:
@@ -161,14 +196,26 @@ def health(last_heartbeat_at: str | None, now: datetime) -> FactoryHealth:
 
 
 def list_all(ctx: Context) -> FactoryList:
-    """Every factory with its health and seats: used (live leases) over its limit. A principal
-    limited to some products sees only the factories serving one of them."""
+    """Every factory with its health and seats: used (leases live by `fleet.liveness`, decided
+    with the factory documents listed here) over its limit. A principal limited to some
+    products sees only the factories serving one of them."""
     now = ctx.clock.now()
-    used: dict[str, int] = {}
-    for job in held_leases(ctx):
-        if job.lease and job.lease.expires_at > now:
-            used[job.lease.factory_id] = used.get(job.lease.factory_id, 0) + 1
     docs = store.query_all(ctx.store, store.Query("factories", None, order_by=(("id", False),), limit=500))
+    docs = list(docs)
+    by_id = {doc["id"]: doc for doc in docs}
+    held = store.Query(
+        "jobs",
+        None,
+        (store.Filter("lease.factoryId", "!=", None),),
+        (("lease.factoryId", False),),
+        limit=500,
+        fields=liveness.LEASE_FIELDS,
+    )
+    used: dict[str, int] = {}
+    for doc in store.query_all(ctx.store, held):
+        lease = liveness.Held.from_doc(doc.get("lease"))
+        if lease is not None and liveness.live(lease, by_id.get(lease.factory_id), now):
+            used[lease.factory_id] = used.get(lease.factory_id, 0) + 1
     return FactoryList(
         items=[
             Factory.from_doc(doc).model_copy(

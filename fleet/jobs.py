@@ -65,9 +65,12 @@ class Lease(Model):
     factory_id: str
     #: Fencing token: grows with every new lease on the job, never reused.
     epoch: int
+    #: The lease's own expiry: a term after its claim or its holder's last write that kept it.
+    #: Its holder's heartbeats extend it on the factory's document instead (`fleet.liveness`).
     expires_at: Time
-    #: The sweep extended it for an outage and its holder has not renewed it since: a later
-    #: outage does not hold it again (see `fleet.outage`), so a dead holder's work is requeued.
+    #: The sweep extended it for an outage and its holder has not renewed it since (a heartbeat
+    #: that did shows on the factory's document: `liveness.spared`): a later outage does not
+    #: hold it again (see `fleet.outage`), so a dead holder's work is requeued.
     spared: bool = False
 
     @field_serializer("lease_id")
@@ -198,7 +201,8 @@ class Job(Model):
         return self.model_copy(update={"runs": [*self.runs[:-1], self.runs[-1].model_copy(update=update)]})
 
     def holds(self, lease_id: str, now: datetime) -> bool:
-        """Whether `lease_id` is the job's current, unexpired lease."""
+        """Whether `lease_id` is the job's current lease and its own expiry has not passed (it
+        may live on by its factory's heartbeats: `liveness.holds` decides that)."""
         return self.lease is not None and self.lease.lease_id == lease_id and self.lease.expires_at > now
 
 

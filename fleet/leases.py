@@ -1,7 +1,8 @@
 """Fenced factory writes: a lease holder moves its job (PATCH) or ends its lease (release).
 
-Every write names a `leaseId`; unless it is the job's current, unexpired lease (or one held for
-an outage, see `fleet.outage`) the write is refused with `lease_lost` and nothing changes, so a
+Every write names a `leaseId`; unless it is the job's current lease and live (`fleet.liveness`:
+by the job's own expiry or its factory's heartbeat; or held for an outage, see `fleet.outage`)
+the write is refused with `lease_lost` and nothing changes, so a
 factory that lost its lease (expired, preempted, requeued) can never overwrite the job's newer
 owner.
 
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
-from fleet import effects, errors, lifecycle, outage, weight_registry, writes
+from fleet import effects, errors, lifecycle, liveness, outage, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import Job, LeaseEnd, product_of
 from fleet.schemas import PatchBody, ReleaseBody, ReleaseResult
@@ -42,32 +44,38 @@ def _write(
     change,
     keyed_with: weight_registry.Snapshot | None = None,
 ) -> Job:
-    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease (or, its lease
-    expired, held for an outage: the outage record is read before deciding, and only then);
-    answer a repeat of the write that ended that lease with the job as it stands. A factory
-    principal writes only leases its own factory holds (`Forbidden` otherwise).
+    """Apply `change(job, now) -> Job` if `lease_id` is the job's live lease (`fleet.liveness`:
+    its own expiry, or its factory's heartbeat; once the job's own expiry has passed, its
+    factory's document is read before deciding, and only then; past its effective expiry too,
+    the outage record, for a lease held for an outage); answer a repeat of the write that ended
+    that lease with the job as it stands. A write that keeps the lease refreshes the job's own
+    expiry to a lease term from now in the same write, so the next write decides on the job
+    alone. A factory principal writes only leases its own factory holds (`Forbidden` otherwise).
 
     The job this process last wrote or read is decided on first, without reading it
     (`writes.recall`): a decision on it is trusted only if it writes, so a refusal or a repeat
-    found there, or a lost race, reads the job and decides again, outage grace and all."""
+    found there, or a lost race, reads the job and decides again, its standing and all."""
     digest = request_digest(write, body)
     now = ctx.clock.now()
+    term = timedelta(seconds=ctx.settings.lease_seconds)
 
-    def fenced(job: Job, grace, now) -> Job | None:
+    def fenced(job: Job, standing: outage.Standing, now) -> Job | None:
         if job.lease is not None and not ctx.principal.holds(job.lease.factory_id):
             raise errors.Forbidden(f"job {id} is leased to another factory than this principal's")
-        if outage.held(job, lease_id, now, grace):
+        if outage.held(job, lease_id, now, standing):
             changed = change(job, now)
             if changed.lease is None:  # this write ends the lease: remember it on its run
-                changed = changed.with_latest_run(ended_by=LeaseEnd(lease_id=lease_id, write=write, digest=digest))
-            return changed
+                return changed.with_latest_run(ended_by=LeaseEnd(lease_id=lease_id, write=write, digest=digest))
+            return _refreshed(job, changed, standing, now, term)
         if _repeated(job, lease_id, digest):
             return None  # already done: nothing to write, the job as it stands is the answer
         raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
 
     def decided_on(current: Job, recalled: bool) -> Job:
-        grace = outage.grace_for(ctx, current, lease_id, now)
-        return effects.change(ctx, id, fenced, grace, current=current, now=now, recalled=recalled, keyed_with=keyed_with).job
+        standing = outage.grace_for(ctx, current, lease_id, now)
+        return effects.change(
+            ctx, id, fenced, standing, current=current, now=now, recalled=recalled, keyed_with=keyed_with
+        ).job
 
     remembered = writes.recall(ctx, id)
     if remembered is not None:
@@ -76,6 +84,16 @@ def _write(
         except writes.Stale:
             pass  # this process's copy is out of date, or refused: decide on the job as stored
     return decided_on(writes.read(ctx, id), False)
+
+
+def _refreshed(job: Job, changed: Job, standing: outage.Standing, now: datetime, term: timedelta) -> Job:
+    """`changed` (by a write that keeps `job`'s lease) with the lease's own expiry a term from
+    now, no longer `spared`; a lease that lived on only for an outage says so."""
+    lease = changed.lease.model_copy(update={"expires_at": now + term, "spared": False})
+    refreshed = changed.model_copy(update={"lease": lease})
+    if not liveness.live(job.lease, standing.factory, now):
+        refreshed = refreshed.with_event(now, "lease_renewed", job.lease.factory_id, reason="outage")
+    return refreshed
 
 
 def _repeated(job: Job, lease_id: str, digest: str) -> bool:

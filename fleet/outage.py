@@ -28,18 +28,24 @@ outages (a new instance of a scaled-out app) cannot keep a dead holder's work fo
 else can take the job meanwhile: claims take only queued jobs, and only the sweep queues
 expired work.
 
-Cost: the record is point-read only for a lease that has expired; a live lease costs nothing.
+Expiry here is always the lease's effective expiry (`fleet.liveness`): the later of the job's
+own and its factory's, when the factory's last heartbeat renewed it. A lease the sweep spared
+is renewed since once its factory's document carries it past the spared expiry.
+
+Cost: the record is point-read only for a lease past its effective expiry; a live lease costs
+nothing.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from pydantic import Field
 
-from fleet import errors, store as store_port
+from fleet import errors, liveness, store as store_port
 from fleet.clock import Clock
 from fleet.context import Context, Settings
 from fleet.jobs import Job, Lease, Model, Time
@@ -92,9 +98,10 @@ def open_gap(record: Record, now: datetime, stale_seconds: float) -> Gap | None:
     return Gap(began_at=last, recovered_at=now)
 
 
-def grace_until(record: Record, lease: Lease, now: datetime, settings: Settings) -> datetime | None:
+def grace_until(record: Record, lease: Lease | liveness.Held, now: datetime, settings: Settings) -> datetime | None:
     """Until when `lease`, expired, still counts as its holder's because it expired in (or
-    just after) an outage gap; None if it does not."""
+    just after) an outage gap; None if it does not. Given a job's lease, pass it as its
+    factory document leaves it (`liveness.effective`): grace runs from the effective expiry."""
     if lease.expires_at > now or lease.spared:
         return None
     term = timedelta(seconds=settings.lease_seconds)
@@ -192,31 +199,55 @@ def _change(ctx: Context, change: Callable[[Record], Record], current: dict[str,
     return Record.from_doc(written)
 
 
-def spared_until(ctx: Context, job: Job, lease_id: str, now: datetime) -> datetime | None:
-    """If `lease_id`, the job's current lease, has expired but is held for an outage: until
-    when. One point read, made only for a lease that has expired."""
+def spared_until(
+    ctx: Context, job: Job, lease_id: str, now: datetime, factory_doc: dict[str, Any] | None = None
+) -> datetime | None:
+    """If `lease_id`, the job's current lease, is past its effective expiry (`fleet.liveness`,
+    with its factory's document `factory_doc`) but held for an outage: until when. One point
+    read, made only for such a lease."""
     lease = job.lease
-    if lease is None or lease.lease_id != lease_id or lease.expires_at > now or lease.spared:
+    if lease is None or lease.lease_id != lease_id:
         return None
-    return grace_until(read(ctx), lease, now, ctx.settings)
+    view = liveness.effective(lease, factory_doc)
+    if view.expires_at > now or view.spared:
+        return None
+    return grace_until(read(ctx), view, now, ctx.settings)
 
 
-def grace_for(ctx: Context, job: Job, lease_id: str, now: datetime) -> datetime | None:
-    """What `held` needs to know of outages for a write naming `lease_id`, read before the
-    write decides: `spared_until` (a point read only for the job's own lease, expired)."""
-    return spared_until(ctx, job, lease_id, now)
+@dataclass(frozen=True)
+class Standing:
+    """What a fenced write decides with beyond the job, read before it decides: the holder's
+    factory document (None: not read, the lease's own expiry had not passed) and the outage
+    grace (None: none, or not needed)."""
+
+    factory: dict[str, Any] | None = None
+    grace: datetime | None = None
 
 
-def held(job: Job, lease_id: str, now: datetime, grace: datetime | None) -> bool:
-    """`job.holds`, with the outage grace `grace_for` found (pure: the decision of a write)."""
-    if job.holds(lease_id, now):
-        return True
+def grace_for(ctx: Context, job: Job, lease_id: str, now: datetime) -> Standing:
+    """What `held` needs for a write naming `lease_id`: nothing while the job's own lease is
+    unexpired; else its factory's document (one point read) and, if the lease is past its
+    effective expiry too, `spared_until` (one more)."""
     lease = job.lease
-    return grace is not None and lease is not None and lease.lease_id == lease_id and not lease.spared and now < grace
+    if lease is None or lease.lease_id != lease_id or lease.expires_at > now:
+        return Standing()
+    factory = liveness.read_factory(ctx, lease.factory_id) or {}
+    return Standing(factory, spared_until(ctx, job, lease_id, now, factory))
+
+
+def held(job: Job, lease_id: str, now: datetime, standing: Standing) -> bool:
+    """Whether `lease_id` is the job's lease and live (`liveness.holds`), or held for an outage
+    with the grace `grace_for` found (pure: the decision of a write)."""
+    lease = job.lease
+    if liveness.holds(lease, lease_id, standing.factory, now):
+        return True
+    if lease is None or lease.lease_id != lease_id or standing.grace is None:
+        return False
+    return not liveness.spared(lease, standing.factory) and now < standing.grace
 
 
 def holds(ctx: Context, job: Job, lease_id: str, now: datetime) -> bool:
-    """`job.holds`, with outage grace."""
+    """Whether `lease_id` is the job's live lease, with its factory's liveness and outage grace."""
     return held(job, lease_id, now, grace_for(ctx, job, lease_id, now))
 
 

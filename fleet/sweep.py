@@ -1,7 +1,9 @@
 """The sweeps a timer runs: what keeps the fleet live when factories or processes die.
 
 Correctness never depends on them running on time — a write naming an expired lease is fenced
-anyway — but liveness does: expired work goes back to the queue only here, and follow-up
+anyway — but liveness does: expired work goes back to the queue only here (a lease expires at
+its effective expiry, `fleet.liveness`: the later of the job's own `lease.expiresAt` and its
+factory's `leaseUntil`, the factory's only while its last heartbeat listed the lease), and follow-up
 writes a crash interrupted (queue-state bumps, unblocking dependents, accruals, re-keying) are
 finished here. Every change is a conditional write that re-decides on the current document, so
 a job finished after the sweep read it is never clobbered. One job that keeps failing is
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from fleet import budgets, capability_sets, clock, effects, lifecycle, outage, queue_state, spend, store, weight_registry
+from fleet import budgets, capability_sets, clock, effects, lifecycle, liveness, outage, queue_state, spend, store, weight_registry
 from fleet.batch import each
 from fleet.context import Context, Settings
 from fleet.jobs import Job, cap_key
@@ -53,15 +55,35 @@ def run(ctx: Context) -> dict[str, int]:
 
 
 def expired_leases(ctx: Context) -> dict[str, int]:
-    """Every job whose lease has expired: back to the queue with an attempt more, or
+    """Every job whose lease has ended: back to the queue with an attempt more, or
     `dead_letter` at `maxAttempts`.
 
-    Outage grace (`fleet.outage`): a lease that expired in an outage gap — one a process
-    recorded, or the one a stale stamp shows now (the sweep itself had not run for longer than
-    `outage_grace_seconds`) — is extended until one lease term after the gap ended and marked
-    `spared`, instead of expired, so an outage never causes a mass expiry. If its holder does
-    not renew it by then, a later sweep expires it as usual. The gap a stale stamp shows is
-    recorded at the end, with the sweep's own stamp.
+    A lease ends at its effective expiry (`fleet.liveness`): the job's own expiry, or later,
+    its factory's `leaseUntil` while the factory's heartbeats list it. The jobs whose own
+    expiry has passed are read in one query projected to their leases, so the many whose
+    factory keeps them alive cost a few hundred bytes each; each factory's document is read
+    once per sweep, when a job of that factory first needs it (after the query, so a
+    heartbeat that landed meanwhile counts), and a job live by the rule is left without a job
+    read. The others are read again and decided on the job as it is now, with the factory
+    document as a fact: a write that refreshed the lease, a release or a requeue since the
+    query all keep the sweep from touching it.
+
+    Why a factory document read a moment before the job's write may be stale and that is
+    still safe: a heartbeat renews only a lease live by the factory's document before it, and
+    the sweep expires only a lease that is not live at the sweep's `now` by a document it read
+    after `now`. A heartbeat it misses therefore decided before the sweep's `now`, on a lease
+    that ended by then: the holder heartbeat in the last instant of a term (it is due every
+    third of one). Expiring it is what would have happened a moment later; and it is only a
+    lost lease, never two holders, for the job's document names the current lease and every
+    change of it is conditional: the holder's next write is `lease_lost` and its next
+    heartbeat answers `revoked`.
+
+    Outage grace (`fleet.outage`): a lease whose effective expiry fell in an outage gap — one
+    a process recorded, or the one a stale stamp shows now (the sweep itself had not run for
+    longer than `outage_grace_seconds`) — is extended until one lease term after the gap ended
+    and marked `spared`, instead of expired, so an outage never causes a mass expiry. If its
+    holder does not renew it by then, a later sweep expires it as usual. The gap a stale stamp
+    shows is recorded at the end, with the sweep's own stamp.
     """
     stored = outage.read_doc(ctx)
     return _expired_leases(ctx, outage.Record.from_doc(stored or {}), stored)
@@ -69,10 +91,13 @@ def expired_leases(ctx: Context) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class _Expiry:
-    """What expiring one job decides with: the outage record (a lease that expired in one of
-    its gaps is spared), the product's weights (the retried job's rank key), the settings."""
+    """What expiring one job decides with: the outage record (a lease whose effective expiry
+    fell in one of its gaps is spared), the holder's factory document as this sweep read it
+    (its heartbeat may keep the lease live), the product's weights (the retried job's rank
+    key), the settings."""
 
     record: outage.Record
+    factory: dict[str, Any] | None
     weights: weight_registry.Snapshot
     settings: Settings
 
@@ -86,17 +111,25 @@ def _expired_leases(ctx: Context, record: outage.Record, stored: dict[str, Any] 
         (store.Filter("lease.expiresAt", "<", clock.format(now)),),
         (("lease.expiresAt", False),),
         limit=200,
+        fields=liveness.LEASE_FIELDS,
     )
     counts = {"expired": 0, "deadLettered": 0, "spared": 0}
     weights: dict[str, weight_registry.Snapshot] = {}  # read once per product this sweep
+    factories: dict[str, dict[str, Any] | None] = {}  # read once per factory this sweep
 
     def expire(doc: dict[str, Any]) -> None:
+        held = liveness.Held.from_doc(doc.get("lease"))
+        if held is None:
+            return
+        if held.factory_id not in factories:
+            factories[held.factory_id] = liveness.read_factory(ctx, held.factory_id)
+        factory = factories[held.factory_id]
+        if liveness.live(held, factory, now):
+            return  # its factory's heartbeats keep it
         if doc["productId"] not in weights:
             weights[doc["productId"]] = weight_registry.snapshot(ctx, doc["productId"])
-        facts = _Expiry(record, weights[doc["productId"]], ctx.settings)
-        written = effects.change(
-            ctx, doc["id"], _expired, facts, current=Job.from_doc(doc), now=now, request=False, keyed_with=facts.weights
-        )
+        facts = _Expiry(record, factory, weights[doc["productId"]], ctx.settings)
+        written = effects.change(ctx, doc["id"], _expired, facts, now=now, request=False, keyed_with=facts.weights)
         if not written.wrote:
             return  # renewed or finished since the query read it
         if written.job.lease is not None and written.job.lease.spared:
@@ -110,14 +143,18 @@ def _expired_leases(ctx: Context, record: outage.Record, stored: dict[str, Any] 
 
 
 def _expired(job: Job, facts: _Expiry, now: datetime) -> Job | None:
-    if job.lease is None or job.lease.expires_at > now:
-        return None  # renewed or finished since we read it
-    until = outage.grace_until(facts.record, job.lease, now, facts.settings)
+    """The job with its lease expired (requeued or dead-lettered), or spared for an outage;
+    None if its lease is live by `fleet.liveness` (refreshed, or kept by its factory's
+    heartbeat) or gone (finished, released, requeued) since the sweep's query."""
+    lease = job.lease
+    if lease is None or liveness.live(lease, facts.factory, now):
+        return None
+    until = outage.grace_until(facts.record, liveness.effective(lease, facts.factory), now, facts.settings)
     if until is not None:
-        lease = job.lease.model_copy(update={"expires_at": until, "spared": True})
-        return job.model_copy(update={"lease": lease}).with_event(now, "lease_spared", reason="outage")
+        spared = lease.model_copy(update={"expires_at": until, "spared": True})
+        return job.model_copy(update={"lease": spared}).with_event(now, "lease_spared", reason="outage")
     return lifecycle.retried(job, now, facts.weights.weights, RunResult.EXPIRED).with_event(
-        now, "lease_expired", job.lease.factory_id
+        now, "lease_expired", lease.factory_id
     )
 
 

@@ -193,6 +193,13 @@ SHAPES = [
         "jobs_lease_factory",
         id="seats: every held lease",
     ),
+    # factories.heartbeat: one factory's leases in no order (projected to the lease, which
+    # changes what a row sends, not the plan)
+    pytest.param(
+        Query("jobs", None, (Filter("lease.factoryId", "=", "factory-3"),), limit=500),
+        "jobs_lease_factory",
+        id="heartbeat: one factory's leases",
+    ),
     # sweep.rekeys, spend.replay_pending
     pytest.param(
         Query("jobs", None, (Filter("rekeying", "=", True),), limit=100), "jobs_rekeying", id="sweep: re-keying"

@@ -1,16 +1,17 @@
 """Factories: a heartbeat registers the factory and renews the leases it runs, answering
-`renewed` or `revoked` for each; listings show health from heartbeat age and seats in use."""
+`renewed` or `revoked` for each, by writing its own document only (`leaseUntil`, `leases`: see
+`fleet.liveness`); listings show health from heartbeat age and seats in use."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
 
-from fleet import actions, clock as clock_mod, errors, factories, outage
+from fleet import actions, clock as clock_mod, errors, factories, liveness, outage, sweep
 from fleet.context import Context
 from fleet.store import CountingStore
 from fleet.jobs import job_id
-from fleet.stages import Stage
+from fleet.stages import RunResult, Stage
 
 from fleet.testing import LEASE_SECONDS, PRODUCT
 
@@ -43,9 +44,9 @@ def test_a_heartbeat_renews_a_live_lease_by_a_lease_term(world, ctx, running_job
         "status": "renewed",
         "expiresAt": clock_mod.format(expected),
     }
-    assert world.job(job).lease.expires_at == expected
-    # and the lease keeps its identity and epoch
-    assert world.job(job).lease.model_copy(update={"expires_at": job.lease.expires_at}) == job.lease
+    # by its factory's document, the job's own lease untouched
+    assert effective_expiry(world, job) == expected
+    assert world.job(job).lease == job.lease
     # and the factory may write past the old expiry
     clock.advance(200)
     assert world.patch(job, "review").stage == Stage.REVIEW
@@ -64,7 +65,8 @@ def test_an_expired_lease_is_revoked_not_revived(world, ctx, running_job, clock)
     clock.advance(LEASE_SECONDS + 1)
     [answer] = heartbeat(ctx, running=[(job, job.lease.lease_id)])
     assert (answer["status"], answer["expiresAt"]) == ("revoked", None)
-    assert world.job(job).lease.expires_at == job.lease.expires_at
+    assert effective_expiry(world, job) == job.lease.expires_at
+    assert factories.find(ctx, "factory-1")["leases"] == []
 
 
 def test_a_superseded_lease_is_revoked(world, ctx, running_job, claim):
@@ -197,10 +199,10 @@ def test_factories_are_listed_by_id(ctx):
     assert [f["id"] for f in factories.list_all(ctx).to_doc()["items"]] == ["alpha", "mid", "zeta"]
 
 
-def test_renew_of_a_job_gone_missing_is_revoked(ctx, running_job, store):
+def test_a_heartbeat_naming_a_job_gone_missing_revokes_it(ctx, running_job, store):
     job = running_job()
     store.delete("jobs", PRODUCT, job.id)
-    assert factories.renew(ctx, job.id, job.lease.lease_id).to_doc()["status"] == "revoked"
+    assert heartbeat(ctx, running=[(job, job.lease.lease_id)])[0]["status"] == "revoked"
     with pytest.raises(errors.NotFound):
         store.read("jobs", PRODUCT, job.id)
 
@@ -208,16 +210,17 @@ def test_renew_of_a_job_gone_missing_is_revoked(ctx, running_job, store):
 # Renewal after an outage (see `fleet.outage` and tests/domain/test_outage.py)
 
 
-def test_after_an_outage_the_holder_renews_its_expired_lease_and_the_job_says_why(world, ctx, running_job, clock):
+def test_after_an_outage_the_holder_renews_its_expired_lease(world, ctx, running_job, clock):
     job = running_job(stage="building")
     outage.record_sweep(ctx, clock.now())
     clock.advance(LEASE_SECONDS + 60)
     outage.record_recovery(ctx, None, clock.now())
     [answer] = heartbeat(ctx, "factory-1", running=[(job, job.lease.lease_id)])
     assert answer["status"] == "renewed"
-    renewed = world.job(job)
-    assert renewed.lease.expires_at == clock.now() + timedelta(seconds=LEASE_SECONDS)
-    assert (renewed.events[-1].type, renewed.events[-1].detail) == ("lease_renewed", {"reason": "outage"})
+    assert effective_expiry(world, job) == clock.now() + timedelta(seconds=LEASE_SECONDS)
+    # and the sweep leaves it be: no spare, no expiry
+    assert sweep.expired_leases(ctx)["spared"] == 0
+    assert world.job(job).lease == job.lease
 
 
 def test_after_an_outage_another_factory_cannot_renew_the_lease_even_naming_it(world, ctx, running_job, clock, store):
@@ -227,5 +230,118 @@ def test_after_an_outage_another_factory_cannot_renew_the_lease_even_naming_it(w
     outage.record_recovery(ctx, None, clock.now())
     counting = Context(CountingStore(store), clock, ctx.settings)
     assert heartbeat(counting, "factory-2", running=[(job, job.lease.lease_id)])[0]["status"] == "revoked"
-    assert counting.store.calls["read:jobs"] == 1  # the job; refused before any outage read
+    # its leases' query finds none of its own: refused before any outage read
+    assert counting.store.calls["query:jobs"] == 1
+    assert counting.store.calls["read:jobs"] == 0
     assert world.job(job).lease == job.lease
+    assert effective_expiry(world, job) == job.lease.expires_at
+
+
+# Factory-level liveness (`fleet.liveness`): a heartbeat writes no job document
+
+
+def effective_expiry(world, job):
+    lease = world.job(job).lease
+    return liveness.effective_expiry(lease, factories.find(world.observer, lease.factory_id))
+
+
+def job_writes(store) -> int:
+    return store.calls["replace:jobs"] + store.calls["upsert:jobs"]
+
+
+def test_a_lease_its_factory_keeps_heartbeating_outlives_its_own_expiry(world, ctx, running_job, clock, store):
+    # Given a job its factory keeps naming in heartbeats every 100 s, far past its own expiry
+    job = running_job(stage="building")
+    for _ in range(12):
+        clock.advance(100)
+        store.calls.clear()
+        assert heartbeat(ctx, running=[(job, job.lease.lease_id)])[0]["status"] == "renewed"
+        assert job_writes(store) == 0  # the heartbeat wrote no job document
+        # Then the sweep leaves it
+        assert sweep.expired_leases(ctx)["expired"] == 0
+    assert world.job(job).lease.expires_at < clock.now()  # its own expiry long gone
+    # and nothing wrote the job meanwhile
+    assert (world.job(job).lease, world.job(job).etag) == (job.lease, job.etag)
+    # and its writes are accepted, the PATCH refreshing the job's own expiry
+    patched = world.patch(job, "testing")
+    assert (patched.stage, patched.lease.expires_at) == (Stage.TESTING, clock.now() + timedelta(seconds=LEASE_SECONDS))
+    assert world.release(job, stage="shipped").stage == Stage.SHIPPED
+
+
+def test_a_lease_whose_factory_stops_heartbeating_expires_once_both_expiries_pass(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    clock.advance(100)
+    heartbeat(ctx, running=[(job, job.lease.lease_id)])  # the factory's last word: until 400 s
+    # Past the job's own expiry (300 s) its factory's heartbeat still holds it
+    clock.advance(LEASE_SECONDS - 100 + 50)
+    assert sweep.expired_leases(ctx)["expired"] == 0
+    assert world.job(job).lease == job.lease
+    # and once the factory's term is over too, the sweep requeues it with an attempt counted
+    clock.advance(51)
+    assert sweep.expired_leases(ctx)["expired"] == 1
+    requeued = world.job(job)
+    assert (requeued.stage, requeued.lease, requeued.attempts) == (Stage.QUEUED, None, 1)
+    assert (requeued.events[-1].type, requeued.latest_run.result) == ("lease_expired", RunResult.EXPIRED)
+    # and a write by it is then lease_lost
+    with pytest.raises(errors.LeaseLost):
+        world.patch(job, "review")
+
+
+def test_a_write_by_a_lease_past_both_expiries_is_lease_lost_before_any_sweep(world, ctx, running_job, clock):
+    job = running_job(stage="building")
+    clock.advance(100)
+    heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    clock.advance(LEASE_SECONDS + 1)
+    with pytest.raises(errors.LeaseLost):
+        world.patch(job, "review")
+    assert world.job(job).stage == Stage.BUILDING
+
+
+def test_a_lease_its_factory_no_longer_names_expires_at_its_own_expiry(world, ctx, running_job, clock):
+    # Given a factory that named the lease once, then heartbeats on without it
+    job = running_job(stage="building")
+    clock.advance(100)
+    heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    clock.advance(100)
+    heartbeat(ctx, running=[])
+    assert effective_expiry(world, job) == job.lease.expires_at
+    # Then the lease ends at the job's own expiry
+    clock.advance(LEASE_SECONDS - 200 + 1)
+    heartbeat(ctx, running=[])
+    assert sweep.expired_leases(ctx)["expired"] == 1
+    assert (world.job(job).stage, world.job(job).attempts) == (Stage.QUEUED, 1)
+
+
+def test_a_heartbeat_cannot_bring_back_a_lease_it_stopped_naming(ctx, running_job, clock):
+    job = running_job(stage="building")
+    clock.advance(100)
+    heartbeat(ctx, running=[])
+    clock.advance(LEASE_SECONDS)
+    assert heartbeat(ctx, running=[(job, job.lease.lease_id)])[0]["status"] == "revoked"
+
+
+@pytest.mark.parametrize("n", [1, 4, 16])
+def test_a_heartbeat_costs_at_most_three_store_calls_whatever_it_renews(world, ctx, running_job, clock, store, n):
+    # Given a factory running n jobs, heartbeating every 100 s past their own expiries
+    jobs = [running_job(f"j{i}", stage="building") for i in range(n)]
+    running = [(job, job.lease.lease_id) for job in jobs]
+    heartbeat(ctx, running=running, seat_limit=n)  # registering it (its one activity bump)
+    for _ in range(4):
+        clock.advance(100)
+        store.calls.clear()
+        answers = heartbeat(ctx, running=running, seat_limit=n)
+        # Then each heartbeat renews them all in at most three store calls, writing no job
+        assert [a["status"] for a in answers] == ["renewed"] * n
+        assert sum(store.calls.values()) <= 3, store.calls
+        assert job_writes(store) == 0
+    assert set(factories.find(ctx, "factory-1")["leases"]) == {job.lease.lease_id for job in jobs}
+
+
+def test_seats_count_the_leases_their_factory_keeps_alive(ctx, running_job, clock):
+    job = running_job("a", factory="factory-1")
+    clock.advance(200)
+    heartbeat(ctx, "factory-1", running=[(job, job.lease.lease_id)])
+    clock.advance(200)  # past the job's own expiry
+    assert factories.list_all(ctx).to_doc()["items"][0]["seatsUsed"] == 1
+    clock.advance(LEASE_SECONDS)
+    assert factories.list_all(ctx).to_doc()["items"][0]["seatsUsed"] == 0

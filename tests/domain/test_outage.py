@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings as hypothesis_settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fleet import actions, clock as clock_mod, errors, factories, outage, store as store_port, sweep
+from fleet import actions, clock as clock_mod, errors, factories, liveness, outage, store as store_port, sweep
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
 from fleet.jobs import Job, Lease, job_id
@@ -115,6 +115,17 @@ class Coordinator:
     def raw(self, job: Job) -> Job:
         """The job as stored, read past the process (no outage bookkeeping)."""
         return Job.from_doc(self.sqlite.read("jobs", job.product_id, job.id))
+
+    def lease(self, job: Job) -> liveness.Held:
+        """The job's lease as its factory's document leaves it (`liveness.effective`)."""
+        lease = self.raw(job).lease
+        return liveness.effective(lease, self.sqlite_factory(lease.factory_id))
+
+    def sqlite_factory(self, factory_id: str) -> dict | None:
+        try:
+            return self.sqlite.read("factories", factory_id, factory_id)
+        except errors.NotFound:
+            return None
 
     def record(self) -> outage.Record:
         return outage.Record.from_doc(self.sqlite.read("jobs", outage.STATE_PARTITION, outage.STATE_ID))
@@ -318,9 +329,9 @@ def test_after_a_restart_longer_than_its_lease_the_holder_carries_on_and_nobody_
         assert fleet.world.claim("factory-2").job is None
         # Then the holder's first heartbeat renews the lease for a full term
         assert fleet.heartbeat("factory-1", job) == ["renewed"]
-        renewed = fleet.raw(job)
-        assert renewed.lease.expires_at == fleet.clock.now() + timedelta(seconds=lease_seconds)
-        assert (renewed.lease.lease_id, renewed.lease.spared) == (job.lease.lease_id, False)
+        renewed = fleet.lease(job)
+        assert renewed.expires_at == fleet.clock.now() + timedelta(seconds=lease_seconds)
+        assert (renewed.lease_id, renewed.spared) == (job.lease.lease_id, False)
         # and its writes are accepted: the job ships under the lease it kept
         fleet.world.patch(job, "testing")
         shipped = fleet.world.release(job, stage="shipped")
@@ -356,7 +367,17 @@ def test_after_a_store_outage_the_holder_renews_its_expired_lease(fleet):
     job = fleet.world.running_job(stage="building")
     fleet.store_outage(TERM + 30)
     assert fleet.heartbeat("factory-1", job) == ["renewed"]
-    assert fleet.raw(job).events[-1].type == "lease_renewed"
+    assert fleet.lease(job).expires_at == fleet.clock.now() + timedelta(seconds=TERM)
+    # and its writes are accepted, each refreshing the job's own expiry
+    assert fleet.world.patch(job, "review").lease.expires_at == fleet.clock.now() + timedelta(seconds=TERM)
+
+
+def test_a_write_held_only_for_an_outage_says_why_the_lease_lived_on(fleet):
+    job = fleet.world.running_job(stage="building")
+    fleet.store_outage(TERM + 30)
+    written = fleet.world.patch(job, "review")
+    assert (written.events[-1].type, written.events[-1].detail) == ("lease_renewed", {"reason": "outage"})
+    assert (written.lease.expires_at, written.lease.spared) == (fleet.clock.now() + timedelta(seconds=TERM), False)
 
 
 def test_a_lease_that_expired_before_the_outage_is_not_held(fleet):
@@ -384,7 +405,7 @@ def test_a_heartbeat_of_a_live_lease_reads_no_record_and_an_expired_one_one(flee
     fleet.clock.advance(10)
     assert fleet.heartbeat("factory-1", job) == ["renewed"]
     assert fleet.flaky.calls["read:outage-record"] == 0
-    assert fleet.flaky.calls["read:jobs"] == 1  # the job itself
+    assert (fleet.flaky.calls["read:jobs"], fleet.flaky.calls["query:jobs"]) == (0, 1)  # the factory's leases
 
 
 def test_a_lease_spared_by_the_sweep_and_not_renewed_is_not_saved_by_a_later_start(short_leases):
@@ -466,11 +487,11 @@ class Outages(RuleBasedStateMachine):
         [answer] = factories.heartbeat(self.fleet.ctx, factory, [PRODUCT], [], None, [(id, lease_id)]).to_doc()["leases"]
         after = self.job(id)
         if answer["status"] == "renewed":
-            # only the holder renews, and afterwards the job is plainly its
+            # only the holder renews, and afterwards the job is plainly its, by its factory
             assert holder == lease_id and before.lease.factory_id == factory
-            assert after.holds(lease_id, self.fleet.clock.now())
-        else:
-            assert after.lease == before.lease
+            assert liveness.holds(after.lease, lease_id, self.fleet.sqlite_factory(factory), self.fleet.clock.now())
+        # a heartbeat never writes the job
+        assert after.lease == before.lease
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data(), write=st.sampled_from(WRITES))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from fleet import errors, preemption, scoring, weight_registry
+from fleet import errors, factories, preemption, scoring, weight_registry
 from fleet.stages import Priority, RunResult, Stage
 
 from fleet.testing import LEASE_SECONDS, at, flags_on, job_value, open_world
@@ -184,6 +184,26 @@ def test_the_evicted_factory_learns_its_lease_is_gone(world):
     # and its next heartbeat says that lease is revoked
     [answer] = world.heartbeat("factory-1", seat_limit=1, running=[low])
     assert answer["status"] == "revoked"
+
+
+def test_a_seat_its_factory_keeps_alive_counts_and_its_preempted_lease_is_revoked(world, clock):
+    # Given factory-1 (one seat) building a low job its heartbeats keep alive past its own expiry
+    low = world.running_job("low", priority="low", stage="building")
+    for _ in range(4):
+        clock.advance(100)
+        world.heartbeat("factory-1", seat_limit=1, running=[low])
+    assert world.job(low).lease.expires_at < clock.now()
+    # When a normal job arrives, Then the seat is taken: no claim
+    world.submit_job("normal")
+    assert world.claim("factory-1").job is None
+    # and a critical one preempts the low job
+    urgent = world.submit_job("urgent", priority="critical")
+    claimed = world.claim("factory-1")
+    assert (claimed.job.id, claimed.preempted) == (urgent.id, [low.id])
+    # and the next heartbeat answers its lease revoked, and no longer carries it
+    [answer] = world.heartbeat("factory-1", seat_limit=1, running=[low])
+    assert answer["status"] == "revoked"
+    assert low.lease.lease_id not in factories.find(world.ctx, "factory-1")["leases"]
 
 
 def test_the_victim_keeps_its_own_checkpoint(world):

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, factories, outage, scoring, sweep, weight_registry
+from fleet import actions, factories, liveness, outage, scoring, sweep, weight_registry
 from fleet.stages import RunResult, Stage
 
 from fleet.testing import LEASE_SECONDS, PRODUCT, flags_on, interleaved
@@ -252,6 +252,66 @@ def test_a_renewed_spared_lease_is_an_ordinary_lease_again(world, ctx, running_j
     sweep.expired_leases(ctx)
     clock.advance(LEASE_SECONDS + ctx.settings.outage_grace_seconds)
     sweep.expired_leases(ctx)
+    assert world.job(job).lease.spared is True
     [answer] = factories.heartbeat(ctx, "factory-1", [PRODUCT], [], None, [(job.id, job.lease.lease_id)]).to_doc()["leases"]
     assert answer["status"] == "renewed"
-    assert world.job(job).lease.spared is False
+    # by its factory's document: the job's own lease still says spared, the rule no longer
+    assert liveness.spared(world.job(job).lease, factories.find(ctx, "factory-1")) is False
+    # and its next write says so on the job too
+    assert world.patch(job, "review").lease.spared is False
+
+
+# Factory-level liveness (`fleet.liveness`)
+
+
+def held_for_an_outage(world, ctx, running_job, clock):
+    """A running job whose lease expired in a recorded outage, its holder not yet back."""
+    job = running_job(stage="building")
+    outage.record_sweep(ctx, clock.now())
+    clock.advance(LEASE_SECONDS + 60)
+    outage.record_recovery(ctx, None, clock.now())
+    return job
+
+
+def test_a_heartbeat_landing_after_the_sweeps_query_keeps_the_job(world, ctx, running_job, clock):
+    # Given a lease held for an outage, and its holder's heartbeat landing right after the
+    # sweep's query read it
+    job = held_for_an_outage(world, ctx, running_job, clock)
+    beat = lambda: world.heartbeat("factory-1", running=[job])  # noqa: E731
+    racing = interleaved(world, "query", beat, when=expiry_query)
+    # When the sweep decides
+    counts = sweep.expired_leases(racing)
+    # Then its factory's heartbeat keeps the lease: neither spared nor expired, the job unwritten
+    assert (counts["expired"], counts["spared"]) == (0, 0)
+    assert world.job(job).lease == job.lease
+    assert racing.store.calls["replace:jobs"] == 1  # the outage record's stamp only
+
+
+def test_a_write_landing_after_the_sweeps_query_keeps_the_job(world, ctx, running_job, clock):
+    # Given a lease held for an outage, and its holder's PATCH landing right after the sweep's
+    # query read it (refreshing the job's own expiry)
+    job = held_for_an_outage(world, ctx, running_job, clock)
+    write = lambda: world.patch(job, "review")  # noqa: E731
+    racing = interleaved(world, "query", write, when=expiry_query)
+    # When the sweep decides, Then it reads the job afresh and leaves it
+    counts = sweep.expired_leases(racing)
+    assert (counts["expired"], counts["spared"]) == (0, 0)
+    kept = world.job(job)
+    assert (kept.stage, kept.lease.lease_id, kept.lease.spared) == (Stage.REVIEW, job.lease.lease_id, False)
+    assert kept.lease.expires_at == clock.now() + timedelta(seconds=LEASE_SECONDS)
+
+
+def test_the_sweep_reads_each_factory_once_and_no_job_its_factory_keeps(world, ctx, running_job, clock, store):
+    # Given a factory keeping three jobs alive past their own expiry, and a silent one's job
+    kept = [running_job(f"k{n}", factory="factory-1") for n in range(3)]
+    dead = running_job("dead", factory="factory-2")
+    clock.advance(200)
+    world.heartbeat("factory-1", running=kept)
+    clock.advance(LEASE_SECONDS - 200 + 1)
+    store.calls.clear()
+    # When the sweep runs
+    counts = sweep.expired_leases(ctx)
+    # Then only the silent factory's job is read and expired, each factory read once
+    assert counts["expired"] == 1 and world.job(dead).stage == Stage.QUEUED
+    assert store.calls["read:factories"] == 2
+    assert all(world.job(job).lease == job.lease for job in kept)

@@ -204,11 +204,11 @@ class DocumentReads(store_port.CountingStore):
 
 
 def test_a_release_that_loses_a_race_reads_the_weights_once_and_the_job_again(world, running_job):
-    # Given a running job, and its factory's heartbeat landing between the release's read
-    # and its write (so the release's conditional write loses)
+    # Given a running job, and its factory's note landing between the release's read and its
+    # write (so the release's conditional write loses)
     job = running_job("job")
-    renew = lambda: factories.renew(world.ctx, job.id, job.lease.lease_id)  # noqa: E731
-    counting = DocumentReads(world.store, job.id, renew)
+    note = lambda: world.patch(job, "assigned", note="halfway")  # noqa: E731
+    counting = DocumentReads(world.store, job.id, note)
     ctx = Context(counting, world.clock, world.ctx.settings)
     # When the factory releases it for a retry
     retried = leases.release(ctx, job.id, ReleaseBody(lease_id=job.lease.lease_id, result="retry"))
@@ -216,7 +216,7 @@ def test_a_release_that_loses_a_race_reads_the_weights_once_and_the_job_again(wo
     assert (retried.stage, retried.attempts) == (Stage.QUEUED, 1)
     assert counting.reads[job.id] == 2
     assert counting.reads[weight_registry.DOC_ID] == 1
-    assert counting.calls["patch:jobs"] == 2  # its renewal's write and its own
+    assert counting.calls["patch:jobs"] == 2  # the note's write and its own
 
 
 @pytest.mark.parametrize(

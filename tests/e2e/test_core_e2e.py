@@ -25,8 +25,10 @@ def test_submit_claim_patch_ship(http):
 
 
 def test_racing_factories_never_hold_a_job_twice(http, server):
-    """Given 120 queued jobs, when 8 factories race to claim and ship them over HTTP, then
-    every job is claimed exactly once; and no PATCH naming a superseded lease ever succeeds."""
+    """Given 120 queued jobs, when 8 factories race to claim and ship them over HTTP,
+    heartbeating what they run as they go, then every job is claimed exactly once, every
+    heartbeat renews the lease its factory holds and revokes the one it has shipped; and no
+    PATCH naming a superseded lease ever succeeds."""
     jobs = 120
     for n in range(jobs):
         assert http.post("/fleet/jobs", {"productId": "race", "idempotencyKey": f"j{n}"}).status_code == 201
@@ -46,11 +48,19 @@ def test_racing_factories_never_hold_a_job_twice(http, server):
                 with lock:
                     claims.append((job_id, name, lease))
                 for stage in ("building", "testing", "shipped"):
+                    if stage == "testing" and beat(client, name, job_id, lease) != "renewed":
+                        errors.append(f"{name} {job_id}: its live lease was not renewed")
                     response = client.call("PATCH", f"/fleet/jobs/{job_id}", {"leaseId": lease, "stage": stage})
                     if response.status_code != 200:
                         errors.append(f"{name} {job_id} {stage}: {response.text}")
+                if beat(client, name, job_id, lease) != "revoked":
+                    errors.append(f"{name} {job_id}: a shipped job's lease was renewed")
         finally:
             client.close()
+
+    def beat(client: Http, name: str, job_id: str, lease: str) -> str:
+        running = [{"jobId": job_id, "leaseId": lease}]
+        return client.post(f"/fleet/factories/{name}/heartbeat", {"running": running}).json()["leases"][0]["status"]
 
     threads = [threading.Thread(target=factory, args=(f"f{i}",)) for i in range(8)]
     for t in threads:
@@ -117,6 +127,35 @@ def test_leases_expire_through_the_admin_endpoint(serve):
         swept = http.get(f"/fleet/jobs/{job['id']}").json()
         assert swept["stage"] == "queued" and swept["attempts"] == 1
         late = http.call("PATCH", f"/fleet/jobs/{job['id']}", {"leaseId": lease["leaseId"], "stage": "building"})
+        assert late.status_code == 409 and late.json()["code"] == "lease_lost"
+        http.close()
+
+
+def test_a_lease_lives_while_its_factory_heartbeats_and_ends_when_it_stops(serve):
+    """Over both stores, on the server's real clock: a lease its factory keeps heartbeating
+    outlives its own expiry (the sweep leaves it, its writes are accepted); once the
+    heartbeats stop, the sweep requeues it and its writes are lease_lost."""
+    with serve({"FLEET_LEASE_SECONDS": "2"}) as server:
+        http = Http(server.url)
+        job = http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "k"}).json()
+        lease = http.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()["lease"]
+        running = {"running": [{"jobId": job["id"], "leaseId": lease["leaseId"]}]}
+        sweep = lambda: http.post("/admin/functions/sweep_expired_leases", {"input": ""}).status_code  # noqa: E731
+        for _ in range(8):  # 4 s: twice the lease term
+            beat = http.post("/fleet/factories/f1/heartbeat", running).json()["leases"][0]
+            assert beat["status"] == "renewed"
+            time.sleep(0.5)
+            assert sweep() == 202
+        kept = http.get(f"/fleet/jobs/{job['id']}").json()
+        assert (kept["stage"], kept["attempts"], kept["lease"]["leaseId"]) == ("assigned", 0, lease["leaseId"])
+        assert kept["lease"]["expiresAt"] < beat["expiresAt"]  # its own expiry: the claim's
+        patch = {"leaseId": lease["leaseId"], "stage": "building"}
+        assert http.call("PATCH", f"/fleet/jobs/{job['id']}", patch).status_code == 200
+        time.sleep(2.3)  # no heartbeat for longer than a term
+        assert sweep() == 202
+        swept = http.get(f"/fleet/jobs/{job['id']}").json()
+        assert (swept["stage"], swept["attempts"], swept["events"][-1]["type"]) == ("queued", 1, "lease_expired")
+        late = http.call("PATCH", f"/fleet/jobs/{job['id']}", {**patch, "stage": "testing"})
         assert late.status_code == 409 and late.json()["code"] == "lease_lost"
         http.close()
 
