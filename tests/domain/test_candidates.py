@@ -72,7 +72,7 @@ def seed(world, specs, weights) -> list[Job]:
 
 
 def ids(cands) -> list[str]:
-    return [c.job.id for c in cands]
+    return [c.head.id for c in cands]
 
 
 def claimable(world, offered):
@@ -129,7 +129,7 @@ def test_claim_next_takes_the_full_scans_best_with_product_weights(queue, weight
         claimed = world.with_settings(claim_page=page).claim(capabilities=sorted(offered))
 
         # Then it holds exactly the full scan's best, or nothing when the scan has none
-        assert (claimed.job.id if claimed.job else None) == (best[0].job.id if best else None)
+        assert (claimed.job.id if claimed.job else None) == (best[0].head.id if best else None)
 
 
 @PROPERTY
@@ -145,7 +145,7 @@ def test_claim_next_takes_the_full_scans_best_with_request_weights(queue, overri
         claimed = world.with_settings(claim_page=4).claim(capabilities=sorted(offered), weights=override.model_dump())
 
         # Then it holds exactly the full scan's best under its weights
-        assert (claimed.job.id if claimed.job else None) == (best[0].job.id if best else None)
+        assert (claimed.job.id if claimed.job else None) == (best[0].head.id if best else None)
 
 
 # Exact examples
@@ -170,8 +170,15 @@ def test_the_fast_path_reads_one_page_whatever_the_depth():
     queries = {}
     for depth in (50, 2000):
         with open_world() as world:
-            # Given `depth` queued jobs of mixed priority and age
-            jobs = [world.make_job(f"job-{i}", priority=list(Priority)[i % 4], age_minutes=i % 120) for i in range(depth)]
+            # Given `depth` queued jobs of mixed priority and age (no two created in the same
+            # millisecond: a tie at the top longer than the first page costs another page)
+            now = world.clock.now()
+            jobs = [
+                world.make_job(
+                    f"job-{i}", priority=list(Priority)[i % 4], created_at=now - timedelta(minutes=i % 120, milliseconds=i)
+                )
+                for i in range(depth)
+            ]
             counting = store_port.CountingStore(world.store)
             ctx = Context(counting, world.clock, world.ctx.settings)
 
@@ -180,7 +187,7 @@ def test_the_fast_path_reads_one_page_whatever_the_depth():
 
             # Then it got the full scan's best having read the same, small number of pages
             best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), scoring.DEFAULTS, frozenset()))[0]
-            assert claimed.job.id == best.job.id
+            assert claimed.job.id == best.head.id
             queries[depth] = counting.calls["query:jobs"]
     assert queries[50] == queries[2000] <= 2, queries
 
@@ -201,7 +208,7 @@ def test_the_bucket_path_reads_a_bounded_number_of_pages_whatever_the_depth():
             claimed = claims.claim_next(ctx, request)
             weights = scoring.resolve(request.weights)
             best = candidates.full_scan(jobs, candidates.scorer(world.clock.now(), weights, frozenset()))[0]
-            assert claimed.job.id == best.job.id
+            assert claimed.job.id == best.head.id
             queries[depth] = counting.calls["query:jobs"]
     # one read per (priority, attempts) bucket, and a few more at most
     assert queries[50] == queries[2000] <= len(Priority) * claims.MAX_ATTEMPTS + 4, queries
