@@ -148,6 +148,65 @@ def test_claim_next_takes_the_full_scans_best_with_request_weights(queue, overri
         assert (claimed.job.id if claimed.job else None) == (best[0].head.id if best else None)
 
 
+@PROPERTY
+@given(
+    queue=queues,
+    weights=weight_sets,
+    factories=st.lists(st.one_of(offered_sets, without_gpu), min_size=1, max_size=3),
+    first=st.sampled_from([1, 3, 12]),
+)
+def test_factories_of_mixed_capabilities_claiming_in_turn_each_take_their_full_scans_best(
+    queue, weights, factories, first
+):
+    specs, offered = queue
+    with open_world() as world:
+        # Given the product's registered weights, jobs keyed with them, and factories that
+        # offer different sets (some able to do almost nothing of a queue that needs gpu)
+        weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(**weights.model_dump()))
+        remaining = seed(world, specs, weights)
+        factories = [offered, *factories]
+        claimer = world.with_settings(claim_first_page=first, claim_page=3)
+        now = world.clock.now()
+
+        # When they claim in turn until a whole round finds nothing (each claim ranking from
+        # heads with the weights its process remembers, and reading its pick whole)
+        idle, turn = 0, 0
+        while idle < len(factories):
+            can = factories[turn % len(factories)]
+            best = candidates.full_scan(remaining, candidates.scorer(now, weights, can))
+            claimed = claimer.claim(f"factory-{turn}", capabilities=sorted(can))
+
+            # Then each takes exactly the best a full scan of what is left finds for it
+            assert (claimed.job.id if claimed.job else None) == (best[0].head.id if best else None)
+            if claimed.job is None:
+                idle += 1
+            else:
+                idle = 0
+                assert claimed.job.stage.value == "assigned" and can.issuperset(claimed.job.capabilities)
+                remaining = [job for job in remaining if job.id != claimed.job.id]
+            turn += 1
+
+
+@PROPERTY
+@given(queue=queues)
+def test_a_head_ranks_as_the_job_it_was_read_from(queue):
+    specs, offered = queue
+    with open_world() as world:
+        # Given jobs of every shape, some fields at their defaults (a projection leaves them out)
+        jobs = seed(world, specs, scoring.DEFAULTS)
+        query = candidates.rank_stream(PRODUCT, world.clock.now(), scoring.DEFAULTS, offered, 100).query
+        rows = list(store_port.query_all(world.store, query))
+
+        # When their projected rows are read as heads
+        heads = {row["id"]: candidates.Head.from_row(row) for row in rows}
+
+        # Then each is the head of its job as stored, ETag and all, and carries nothing else
+        stored = {job.id: world.store.read("jobs", PRODUCT, job.id) for job in jobs if job.stage.value == "queued"}
+        assert heads == {id: candidates.Head.of(Job.from_doc(doc)) for id, doc in stored.items()}
+        for row in rows:
+            assert set(row) <= {"id", "productId", "_etag", *candidates.HEAD_FIELDS}
+
+
 # Exact examples
 
 
