@@ -11,6 +11,7 @@ does. Each index of `INDEXES` serves at least one shape here.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sqlite3
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from fleet.candidates import HEAD_FIELDS
 from fleet.store import Filter, Query, clean
 from shared.stores import sqlite_store
 from shared.stores import sqlite_query
@@ -93,7 +95,7 @@ P = PRODUCTS[1]
 def bucket(newest_first: bool, cap_key: str | None = None) -> Query:
     caps = () if cap_key is None else (Filter("capKey", "=", cap_key),)
     where = (QUEUED, *caps, Filter("priority", "=", "high"), Filter("attempts", "=", 1))
-    return Query("jobs", P, where, (("createdAt", newest_first),), 8)
+    return Query("jobs", P, where, (("createdAt", newest_first),), 8, HEAD_FIELDS)
 
 
 def changed(stage: str, since: str | None) -> Query:
@@ -103,18 +105,20 @@ def changed(stage: str, since: str | None) -> Query:
 
 SHAPES = [
     # candidates.rank_stream: the claim, fast path
-    pytest.param(Query("jobs", P, (QUEUED,), (("rankKey", True), ("createdAt", False)), 8), "jobs_rank", id="claim"),
+    pytest.param(
+        Query("jobs", P, (QUEUED,), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS), "jobs_rank", id="claim"
+    ),
     # candidates.bucket_streams: the head of one (priority, attempts) bucket
     pytest.param(bucket(newest_first=False), "jobs_bucket", id="claim bucket, oldest first"),
     pytest.param(bucket(newest_first=True), "jobs_bucket_newest", id="claim bucket, newest first"),
     # the same, narrowed to one capability set (candidates.Stream.narrowed)
     pytest.param(
-        Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu")), (("rankKey", True), ("createdAt", False)), 8),
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu")), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS),
         "jobs_rank_caps",
         id="claim, one capability set",
     ),
     pytest.param(
-        Query("jobs", P, (QUEUED, Filter("capKey", "=", "")), (("rankKey", True), ("createdAt", False)), 8),
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "")), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS),
         "jobs_rank_caps",
         id="claim, the jobs needing no capability",
     ),
@@ -220,6 +224,7 @@ def test_every_index_serves_a_query_shape():
 
 @pytest.mark.parametrize("query, index", SHAPES)
 def test_a_shape_read_through_its_index_returns_what_a_table_scan_does(store, query, index):
+    query = dataclasses.replace(query, fields=())  # whole documents, to compare with the table's
     sql, params = sqlite_query.select(query)
     conn = sqlite3.connect(store.path)
     try:
