@@ -25,7 +25,7 @@ class Settings:
     #: Candidates the first page of a claim's rank-key stream reads, at most `claim_page`: the
     #: page that settles an ordinary claim (what it does not settle, the capability-set
     #: streams read on, `claim_page` at a time).
-    claim_first_page: int = 12
+    claim_first_page: int = 16
     #: How old a product's weights, as this process last read them, an ordinary claim may rank
     #: with instead of reading them again (`FLEET_CLAIM_WEIGHTS_SECONDS`; 0: read every time).
     #: See `weight_registry.recent` for what that costs in exactness.
