@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet import claims, factories, queue_state, scoring, testing  # noqa: E402
-from fleet.clock import FixedClock  # noqa: E402
+from fleet.clock import FixedClock, truncated  # noqa: E402
 from fleet.context import Settings  # noqa: E402
 from fleet.jobs import Job, job_id  # noqa: E402
 from fleet.stages import Priority  # noqa: E402
@@ -49,7 +49,7 @@ def seed(store: SqliteStore, depth: int, clock: FixedClock) -> None:
     weights = scoring.DEFAULTS
     start = clock.now() - timedelta(days=2)
     for n in range(depth):
-        created = start + timedelta(seconds=n * 170_000 / depth)
+        created = truncated(start + timedelta(seconds=n * 170_000 / depth))
         priority = PRIORITIES[n % 4]
         job = Job(
             id=job_id(PRODUCT, f"job-{n}"),
@@ -127,7 +127,7 @@ def seed_mix(world: testing.World, depth: int) -> None:
     start = now - timedelta(days=2)
     for n in range(depth + 1):
         plain = n == depth
-        created = now - timedelta(seconds=1) if plain else start + timedelta(seconds=n * 170_000 / depth)
+        created = now - timedelta(seconds=1) if plain else truncated(start + timedelta(seconds=n * 170_000 / depth))
         priority = Priority.LOW if plain else PRIORITIES[n % 4]
         job = Job(
             id=job_id(PRODUCT, f"mix-{n}"),

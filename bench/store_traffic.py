@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleet import claims, factories, leases, queue_state, schemas, scoring, submit  # noqa: E402
-from fleet.clock import FixedClock  # noqa: E402
+from fleet.clock import FixedClock, truncated  # noqa: E402
 from fleet.context import Context, Settings  # noqa: E402
 from fleet.jobs import CAP_KEY, cap_key, job_id  # noqa: E402
 from fleet.stages import ClaimReason, Priority  # noqa: E402
@@ -136,7 +136,7 @@ def seed(rig: Rig, n: int, capabilities: Callable[[int], list[str]] = lambda i: 
     start = rig.clock.now() - timedelta(days=2)
     priorities = list(Priority)
     for i in range(n - 1):
-        created = start + timedelta(seconds=i * 170_000 / n)
+        created = truncated(start + timedelta(seconds=i * 170_000 / n))
         rig.raw.create("jobs", _copy(template, f"{tag}-{i}", priorities[i % 3], capabilities(i), created))
 
 

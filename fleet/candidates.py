@@ -14,9 +14,14 @@ can do (`capKey = key`, read in the same order), which together hold every job i
 yield, and whose bound is exact (every job of a set gets the same capability bonus).
 
 Candidates compare by key `(-score, createdAtMs, id)`: higher score first, then older, then id.
+
+Streams read *heads*, not jobs: projected rows of the few fields the score and the bounds need
+(`HEAD_FIELDS`, about 0.2 KB a row where the whole document is 5 KB or more), decoded without
+validating whole jobs. What a claim takes it then reads whole, by id (see `claims`).
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -26,6 +31,10 @@ from typing import Callable, Iterator
 from fleet import clock, scoring, store
 from fleet.jobs import CAP_KEY, Job, cap_set
 from fleet.stages import Priority, Stage
+
+#: What a stream reads of each queued job (with `id`, `productId` and `_etag`, always sent):
+#: the score's terms and the rank key its bound is made of.
+HEAD_FIELDS = ("priority", "attempts", "createdAt", "rankKey", "capabilities")
 
 #: Slack for float rounding between `rankKey + w.age*now` and the score computed from fields:
 #: absolute, plus relative to the magnitudes that cancel (a few ulps, generously).
@@ -37,10 +46,47 @@ EXHAUSTED = (math.inf,)
 UNREAD = (-math.inf,)
 
 
+@dataclass(frozen=True)
+class Head:
+    """A queued job as a stream read it: what ranks it, and the ETag it was read with (a
+    claim that finds the job changed since treats it as a race lost)."""
+
+    id: str
+    product_id: str
+    etag: str | None
+    priority: Priority
+    attempts: int
+    created_at: datetime
+    rank_key: float
+    capabilities: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Head":
+        """A projected row, absent fields as a job's defaults (a projection leaves out what is
+        absent or null)."""
+        return cls(
+            row["id"],
+            row["productId"],
+            row.get("_etag"),
+            Priority(row.get("priority") or Priority.NORMAL.value),
+            row.get("attempts") or 0,
+            clock.parse(row["createdAt"]),
+            row.get("rankKey") or 0.0,
+            tuple(row.get("capabilities") or ()),
+        )
+
+    @classmethod
+    def of(cls, job: Job) -> "Head":
+        return cls(
+            job.id, job.product_id, job.etag, job.priority, job.attempts, job.created_at, job.rank_key,
+            tuple(job.capabilities),
+        )
+
+
 @dataclass(order=True)
 class Candidate:
     key: tuple
-    job: Job = field(compare=False)
+    head: Head = field(compare=False)
     score: float = field(compare=False)
 
 
@@ -50,25 +96,34 @@ class Stream:
 
     query: store.Query
     #: Given the last job read, the best key any unread job of this stream could have.
-    bound_after: Callable[[Job], tuple]
+    bound_after: Callable[[Head], tuple]
     bound: tuple = UNREAD
     continuation: str | None = None
     #: The streams that hold every eligible job of this one, one per capability set the
     #: factory can do, to read instead of a second page; None (from it too) when unknown.
     narrowed: Callable[[], list["Stream"] | None] | None = None
+    #: The size of every page after the first (None: the query's limit).
+    page_after: int | None = None
 
-    def read(self, source: store.Store) -> list[Job]:
-        page = source.query(self.query, self.continuation)
-        jobs = [Job.from_doc(doc) for doc in page.items]
+    def read(self, source: store.Store) -> list[Head]:
+        query = self.query
+        if self.continuation is not None and self.page_after is not None:
+            query = dataclasses.replace(query, limit=self.page_after)
+        page = source.query(query, self.continuation)
+        heads = [Head.from_row(row) for row in page.items]
         self.continuation = page.continuation
-        if not page.continuation or not jobs:
+        if not page.continuation or not heads:
             self.bound = EXHAUSTED
         else:
-            self.bound = self.bound_after(jobs[-1])
-        return jobs
+            self.bound = self.bound_after(heads[-1])
+        return heads
 
 
-def ranked(source: store.Store, streams: list[Stream], score: Callable[[Job], Candidate | None]) -> Iterator[Candidate]:
+#: Scores a head for a claim; None if the claim may not take it.
+Score = Callable[[Head], "Candidate | None"]
+
+
+def ranked(source: store.Store, streams: list[Stream], score: Score) -> Iterator[Candidate]:
     """Every eligible job of `streams` in candidate order (see the module docstring)."""
     streams = list(streams)
     heap: list[Candidate] = []
@@ -87,24 +142,25 @@ def ranked(source: store.Store, streams: list[Stream], score: Callable[[Job], Ca
                 # What it already yielded or holds in the heap is in `seen`: read once only.
                 streams = [s for s in streams if s is not stream] + narrowed
                 continue
-        for job in stream.read(source):
-            if job.id in seen:
+        for head in stream.read(source):
+            if head.id in seen:
                 continue
-            seen.add(job.id)
-            candidate = score(job)
+            seen.add(head.id)
+            candidate = score(head)
             if candidate is not None:
                 heapq.heappush(heap, candidate)
 
 
-def scorer(now: datetime, weights: scoring.Weights, offered: frozenset[str]) -> Callable[[Job], Candidate | None]:
-    """Scores a job for a factory offering `offered`; None if it lacks a required capability."""
+def scorer(now: datetime, weights: scoring.Weights, offered: frozenset[str]) -> Score:
+    """Scores a queued job's head for a factory offering `offered`; None if it lacks a
+    required capability."""
 
-    def score(job: Job) -> Candidate | None:
-        if job.stage != Stage.QUEUED or not offered.issuperset(job.capabilities):
+    def score(head: Head) -> Candidate | None:
+        if not offered.issuperset(head.capabilities):
             return None
-        bonus = scoring.capability_bonus(job.capabilities, offered)
-        value = scoring.score(job.priority.order, job.attempts, job.created_at, bonus, now, weights)
-        return Candidate((-value, _ms(job.created_at), job.id), job, value)
+        bonus = scoring.capability_bonus(head.capabilities, offered)
+        value = scoring.score(head.priority.order, head.attempts, head.created_at, bonus, now, weights)
+        return Candidate((-value, _ms(head.created_at), head.id), head, value)
 
     return score
 
@@ -121,14 +177,19 @@ def rank_stream(
     offered: frozenset[str],
     page: int,
     claimable: Claimable | None = None,
+    page_after: int | None = None,
 ) -> Stream:
     """Queued jobs by stored rank key: the fast path, valid while the rank keys were computed
-    with weights that order like `weights`. With `claimable`, narrowed after one page."""
+    with weights that order like `weights`. With `claimable`, narrowed after one page.
+    `page_after`: the size of every later page, and of the narrowed streams' pages (a short
+    first page settles an ordinary claim; what it does not settle reads on in longer ones)."""
     stream = _rank_stream(product_id, now, weights, page, max(0.0, weights.capabilities) * len(offered))
+    stream.page_after = page_after
+    later = page_after or page
     if claimable is not None:
         stream.narrowed = _narrowing(
             claimable,
-            lambda key: _rank_stream(product_id, now, weights, page, weights.capabilities * len(cap_set(key)), key),
+            lambda key: _rank_stream(product_id, now, weights, later, weights.capabilities * len(cap_set(key)), key),
         )
     return stream
 
@@ -148,13 +209,13 @@ def _rank_stream(
     bounds the capability bonus of the jobs it has not read."""
     now_term = weights.age * clock.minutes(now)
 
-    def bound_after(last: Job) -> tuple:
+    def bound_after(last: Head) -> tuple:
         # An unread job scores at most this; on a tie it might be older, so page on (-inf).
         noise = EPSILON + RELATIVE_EPSILON * (abs(now_term) + abs(last.rank_key))
         return (-(now_term + last.rank_key + slack + noise), -math.inf)
 
-    query = store.Query("jobs", product_id, _queued(key), (("rankKey", True), ("createdAt", False)), page)
-    return Stream(query, bound_after)
+    order = (("rankKey", True), ("createdAt", False))
+    return Stream(store.Query("jobs", product_id, _queued(key), order, page, HEAD_FIELDS), bound_after)
 
 
 def _queued(key: str | None) -> tuple[store.Filter, ...]:
@@ -207,18 +268,20 @@ def _bucket_stream(
     the capability bonus of the jobs it has not read."""
     oldest_first = weights.age >= 0
 
-    def bound_after(last: Job) -> tuple:
+    def bound_after(last: Head) -> tuple:
         ceiling = scoring.score(priority.order, attempts, last.created_at, best_bonus, now, weights)
         # Oldest first: unread jobs are younger, so they lose a tie to `last`'s key.
         return (-ceiling, _ms(last.created_at), last.id) if oldest_first else (-ceiling, -math.inf)
 
     where = (*_queued(key), store.Filter("priority", "=", priority.value), store.Filter("attempts", "=", attempts))
-    return Stream(store.Query("jobs", product_id, where, (("createdAt", not oldest_first),), page), bound_after)
+    order = (("createdAt", not oldest_first),)
+    return Stream(store.Query("jobs", product_id, where, order, page, HEAD_FIELDS), bound_after)
 
 
-def full_scan(jobs: list[Job], score: Callable[[Job], Candidate | None]) -> list[Candidate]:
+def full_scan(jobs: list[Job], score: Score) -> list[Candidate]:
     """Reference order: every eligible job, sorted. What `ranked` must agree with."""
-    return sorted(c for c in map(score, jobs) if c is not None)
+    heads = (Head.of(job) for job in jobs if job.stage == Stage.QUEUED)
+    return sorted(c for c in map(score, heads) if c is not None)
 
 
 def _ms(at: datetime) -> float:

@@ -78,6 +78,21 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     preemption on) a factory may only take a critical job, by evicting a lower-priority one.
     A principal claims only as a factory it speaks for, in a product it may enter (else
     `Forbidden`).
+
+    Candidates are ranked from their heads (`candidates.Head`: a few fields a row); the one
+    taken is then read whole by id, and taken only if it is as its head was read (same ETag).
+    An ordinary claim ranks with the product's weights as this process read them at most
+    `claim_weights_seconds` ago (`weight_registry.recent`), so it is three store calls: the
+    candidate page, the point read and the conditional write. On the rank-key path every head
+    read is checked against those weights: a head keyed otherwise shows they may have changed,
+    and the claim reads them and ranks again. So the claim order is a full scan's, except in
+    the seconds after another process changed the weights, before the re-keying reaches the
+    heads a claim reads (or, on the bucket path, before the snapshot ages out): such a claim
+    ranks with the weights as they were and may take a different job than a full scan with
+    the new ones (or the old: the keys it reads may be half re-keyed) would, but never one
+    that is not queued, that the factory cannot do, or that another holds, which the point
+    read and the conditional write rule out whatever the weights. At the seat limit the
+    weights are read afresh: the victim of a preemption is chosen with them too.
     """
     ctx.principal.act_as_factory(request.factory_id)
     ctx.principal.enter(request.product_id)
@@ -88,9 +103,44 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
         return Claimed(reason=refused)
     offered, seat_limit, factory = _factory_view(ctx, request)
     running = _running_at_limit(ctx, request.factory_id, seat_limit, now, factory)
-    product = weight_registry.snapshot(ctx, request.product_id)
+    within = ctx.settings.claim_weights_seconds if running is None else 0
+    product, read_now = weight_registry.recent(ctx, request.product_id, within)
+    scan = _Scan(request, now, offered, seat_limit, budget, factory)
+    try:
+        return _claim_best(ctx, scan, running, product, checked=not read_now)
+    except _Unkeyed:
+        fresh = weight_registry.snapshot(ctx, request.product_id)
+        return _claim_best(ctx, scan, running, fresh, checked=False)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one claim ranks and takes its candidates with, besides the weights."""
+
+    request: ClaimRequest
+    now: datetime
+    offered: frozenset[str]
+    seat_limit: int | None
+    budget: _Budget
+    #: The factory's document, read at most once, when seat counting needs it.
+    factory: Callable[[], dict[str, Any] | None]
+
+
+class _Unkeyed(Exception):
+    """A head read on the rank-key path is not keyed with the weights the claim ranks with."""
+
+
+def _claim_best(
+    ctx: Context, scan: _Scan, running: list[Job] | None, product: weight_registry.Snapshot, checked: bool
+) -> Claimed:
+    """The best candidate taken, falling through races lost. `checked`: the weights are a
+    remembered snapshot, so raise `_Unkeyed` at the first head on the rank-key path that
+    they did not key (for the caller to read them and rank again)."""
+    request, now, offered = scan.request, scan.now, scan.offered
     weights = scoring.resolve(product.patch, request.weights)
     score = candidates.scorer(now, weights, offered)
+    if checked and running is None and _keyed_path(weights, product):
+        score = _keyed_by(product.weights, score)
     claimable = _claimable(ctx, request.product_id, offered)
     unaffordable = 0
     for _ in range(RESCANS):
@@ -106,11 +156,12 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
         lost = False
         for candidate in candidates.ranked(ctx.store, streams, score):
             try:
-                return _claim(ctx, candidate.job, request.factory_id, offered, running, budget, product)
+                job = _as_read(ctx, candidate.head, offered)
+                return _claim(ctx, job, request.factory_id, offered, running, scan.budget, product)
             except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost):
                 lost = True
                 if running is not None:
-                    running = _running_at_limit(ctx, request.factory_id, seat_limit, now, factory)
+                    running = _running_at_limit(ctx, request.factory_id, scan.seat_limit, now, scan.factory)
             except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or unestimated) job may still fit.
                 unaffordable += 1
@@ -123,6 +174,28 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     if unaffordable:
         return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
     return Claimed(reason=ClaimReason.SEAT_LIMIT if running is not None else ClaimReason.NO_JOB)
+
+
+def _as_read(ctx: Context, head: candidates.Head, offered: frozenset[str]) -> Job:
+    """The candidate's job, whole, with its ETag: what the claim's write and its answer need.
+    `PreconditionFailed` (a race lost) if it changed since its head was read, or is no longer
+    queued or within what the factory offers; `NotFound` if it is gone."""
+    job = Job.from_doc(ctx.store.read("jobs", head.product_id, head.id))
+    if job.etag != head.etag or job.stage != Stage.QUEUED or not offered.issuperset(job.capabilities):
+        raise errors.PreconditionFailed(f"job {job.id} changed since it was ranked")
+    return job
+
+
+def _keyed_by(keyed_with: scoring.Weights, score: candidates.Score) -> candidates.Score:
+    """`score`, raising `_Unkeyed` for a head whose stored rank key `keyed_with` does not give
+    (a job a writer has not re-keyed yet, or weights changed since they were read)."""
+
+    def checked(head: candidates.Head) -> candidates.Candidate | None:
+        if scoring.rank_key(head.priority.order, head.attempts, head.created_at, keyed_with) != head.rank_key:
+            raise _Unkeyed()
+        return score(head)
+
+    return checked
 
 
 def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest) -> Claimed:
@@ -332,13 +405,20 @@ def _streams(
 ) -> list[candidates.Stream]:
     """The fast rank-key stream while the stored keys order like `weights`; else one stream
     per (priority, attempts) bucket (a request override of age/priority/retries, or a weight
-    change still re-keying)."""
+    change still re-keying). The rank-key stream's one page of the whole queue is the short
+    `claim_first_page`: what it does not settle, the capability-set streams read on."""
     page = ctx.settings.claim_page
-    if scoring.orders_like(weights, product.weights) and not product.rekeying:
-        return [candidates.rank_stream(product_id, now, weights, offered, page, claimable)]
+    if _keyed_path(weights, product):
+        first = min(ctx.settings.claim_first_page, page)
+        return [candidates.rank_stream(product_id, now, weights, offered, first, claimable, page)]
     return candidates.bucket_streams(
         product_id, now, weights, offered, max(4, page // 4), MAX_ATTEMPTS, claimable=claimable
     )
+
+
+def _keyed_path(weights: scoring.Weights, product: weight_registry.Snapshot) -> bool:
+    """Whether the stored rank keys order queued jobs as `weights` do."""
+    return scoring.orders_like(weights, product.weights) and not product.rekeying
 
 
 def _claimable(ctx: Context, product_id: str, offered: frozenset[str]) -> candidates.Claimable:

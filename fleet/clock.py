@@ -29,8 +29,7 @@ class SystemClock:
     def now(self) -> datetime:
         """Now, truncated to the millisecond: the precision times are stored with, so a value
         computed from `now` (a rank key) equals the one recomputed from the stored time."""
-        now = datetime.now(timezone.utc)
-        return now.replace(microsecond=now.microsecond // 1000 * 1000)
+        return truncated(datetime.now(timezone.utc))
 
 
 class FixedClock:
@@ -72,6 +71,12 @@ def parse(text: str) -> datetime:
     """Inverse of `format`; accepts any ISO-8601 with an offset or `Z` (naive means UTC)."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def truncated(at: datetime) -> datetime:
+    """`at` to the millisecond: the precision times are stored with (what `parse(format(at))`
+    gives back)."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 def minutes(at: datetime) -> float:

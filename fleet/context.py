@@ -22,6 +22,14 @@ class Settings:
     preempt_exempt_seconds: int = 0
     #: Candidates read per page by a claim.
     claim_page: int = 32
+    #: Candidates the first page of a claim's rank-key stream reads, at most `claim_page`: the
+    #: page that settles an ordinary claim (what it does not settle, the capability-set
+    #: streams read on, `claim_page` at a time).
+    claim_first_page: int = 16
+    #: How old a product's weights, as this process last read them, an ordinary claim may rank
+    #: with instead of reading them again (`FLEET_CLAIM_WEIGHTS_SECONDS`; 0: read every time).
+    #: See `weight_registry.recent` for what that costs in exactness.
+    claim_weights_seconds: int = 5
     #: A last-alive stamp older than this (the sweep renews it every minute) shows an outage
     #: gap still open: the coordinator, or its timer, stopped (see `fleet.outage`).
     outage_grace_seconds: int = 180

@@ -209,6 +209,8 @@ class World:
         priority = Priority(priority)
         if created_at is None:
             created_at = self.clock.now() - timedelta(minutes=age_minutes or 0)
+        # As stored: a rank key computed from a finer time than the stored one keys nothing.
+        created_at = clocks.truncated(created_at)
         job = Job(
             id=job_id(product_id, key),
             product_id=product_id,

@@ -8,6 +8,8 @@ A weight change is counted on the product's queue-state document before the new 
 written, and the weights document names the count it was written under (`change`), so a
 writer that queued a job with weights it read earlier learns from the queue-state bump that
 follows its write whether they changed since (`ensure_rank`), without reading them again.
+A claim has no such bump: it ranks with weights this process read a few seconds ago at most
+(`recent`), and reads them again when a rank key it reads says they changed (`claims`).
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ PUT_ATTEMPTS = 10
 MAX_CACHED = 1024
 
 _lock = threading.Lock()
-#: The store whose weights were last read, and the snapshots read from it, by product.
-_cached: tuple[weakref.ref, dict[str, "Snapshot"]] | None = None
+#: The store whose weights were last read, and the snapshots read from it (with when, by the
+#: reader's clock), by product.
+_cached: tuple[weakref.ref, dict[str, tuple["Snapshot", datetime]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def product_patch(doc: dict[str, Any]) -> scoring.WeightsPatch:
 def snapshot(ctx: Context, product_id: str) -> Snapshot:
     """The product's weights, in one point read (remembered for `cached`)."""
     found = snapshot_of(product_id, read_doc(ctx, product_id))
-    _remember(ctx.store, found)
+    _remember(ctx, found)
     return found
 
 
@@ -93,18 +96,51 @@ def cached(ctx: Context, product_id: str) -> Snapshot:
     own queue-state bump: a snapshot older than the product's last weight change was written
     under an older count than the bump shows, so the weights are read again there and the job
     re-keyed. A process that queues jobs under unchanged weights reads them once."""
+    found = _recalled(ctx, product_id)
+    return found[0] if found is not None else snapshot(ctx, product_id)
+
+
+def recent(ctx: Context, product_id: str, within: float) -> tuple[Snapshot, bool]:
+    """The product's weights as this process read them at most `within` seconds ago (by the
+    context's clock), else read again; and whether they were read just now.
+
+    For a claim, which has no bump to validate them with: a claim that uses these is exact
+    (ranks as it would with weights read now) unless another process wrote a weight change
+    in the last `within` seconds. A change made in this process replaces the snapshot at once
+    (`put`, `rekey` and the end of a re-keying remember what they write), and a read that
+    answers older weights than the snapshot's never replaces it (`_remember`), so outside that
+    window the snapshot is the registry's current entry. `within <= 0`: always read."""
+    found = _recalled(ctx, product_id)
+    if found is not None and within > 0:
+        entry, read_at = found
+        age = (ctx.clock.now() - read_at).total_seconds()
+        if 0 <= age <= within:
+            return entry, False
+    return snapshot(ctx, product_id), True
+
+
+def _recalled(ctx: Context, product_id: str) -> tuple[Snapshot, datetime] | None:
     with _lock:
         entries = _cached[1] if _cached is not None and _cached[0]() is ctx.store else {}
-        found = entries.get(product_id)
-    return found if found is not None else snapshot(ctx, product_id)
+        return entries.get(product_id)
 
 
-def _remember(store_: Any, found: Snapshot) -> None:
+def _remember(ctx: Context, found: Snapshot) -> None:
+    """Remember `found`, read now, unless the snapshot remembered is of a later weight change
+    or of its end (a read that began before a write of this process may answer after it)."""
     global _cached
     with _lock:
-        if _cached is None or _cached[0]() is not store_ or len(_cached[1]) >= MAX_CACHED:
-            _cached = (weakref.ref(store_), {})
-        _cached[1][found.product_id] = found
+        if _cached is None or _cached[0]() is not ctx.store or len(_cached[1]) >= MAX_CACHED:
+            _cached = (weakref.ref(ctx.store), {})
+        known = _cached[1].get(found.product_id)
+        if known is None or _order(known[0]) <= _order(found):
+            _cached[1][found.product_id] = (found, ctx.clock.now())
+
+
+def _order(entry: Snapshot) -> tuple[int, bool]:
+    """Snapshots of one product in the order they were written: by weight change, and within
+    one, re-keying before done."""
+    return entry.change, not entry.rekeying
 
 
 def snapshot_of(product_id: str, doc: dict[str, Any]) -> Snapshot:
@@ -139,6 +175,7 @@ def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> ProductWe
     ctx.principal.reach(product_id, f"no product {product_id!r}")
     doc = _merge(ctx, product_id, patch)
     entry = snapshot_of(product_id, doc)
+    _remember(ctx, entry)
     _, failed = _rekey_pass(ctx, product_id, entry.weights)
     bumped = queue_state.bump(ctx, product_id)
     if failed or queue_state.weight_changes(bumped) != entry.change:
@@ -213,7 +250,9 @@ def _finish(ctx: Context, product_id: str, weights: scoring.Weights, doc: dict[s
             return None
         return {**current, "rekeying": False}
 
-    return store.update(ctx.store, "jobs", product_id, DOC_ID, done, current=doc, sleep=ctx.clock.sleep)
+    finished = store.update(ctx.store, "jobs", product_id, DOC_ID, done, current=doc, sleep=ctx.clock.sleep)
+    _remember(ctx, snapshot_of(product_id, finished))
+    return finished
 
 
 def _key(job: Job, weights: scoring.Weights) -> float:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from fleet import store as fleet_store
+from fleet.candidates import HEAD_FIELDS
 from fleet.store import Filter, Query, clean
 from shared.stores import sqlite_store
 from shared.stores import sqlite_query
@@ -104,7 +105,7 @@ P = PRODUCTS[1]
 def bucket(newest_first: bool, cap_key: str | None = None) -> Query:
     caps = () if cap_key is None else (Filter("capKey", "=", cap_key),)
     where = (QUEUED, *caps, Filter("priority", "=", "high"), Filter("attempts", "=", 1))
-    return Query("jobs", P, where, (("createdAt", newest_first),), 8)
+    return Query("jobs", P, where, (("createdAt", newest_first),), 8, HEAD_FIELDS)
 
 
 def changed(stage: str, since: str | None) -> Query:
@@ -114,18 +115,20 @@ def changed(stage: str, since: str | None) -> Query:
 
 SHAPES = [
     # candidates.rank_stream: the claim, fast path
-    pytest.param(Query("jobs", P, (QUEUED,), (("rankKey", True), ("createdAt", False)), 8), "jobs_rank", id="claim"),
+    pytest.param(
+        Query("jobs", P, (QUEUED,), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS), "jobs_rank", id="claim"
+    ),
     # candidates.bucket_streams: the head of one (priority, attempts) bucket
     pytest.param(bucket(newest_first=False), "jobs_bucket", id="claim bucket, oldest first"),
     pytest.param(bucket(newest_first=True), "jobs_bucket_newest", id="claim bucket, newest first"),
     # the same, narrowed to one capability set (candidates.Stream.narrowed)
     pytest.param(
-        Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu")), (("rankKey", True), ("createdAt", False)), 8),
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu")), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS),
         "jobs_rank_caps",
         id="claim, one capability set",
     ),
     pytest.param(
-        Query("jobs", P, (QUEUED, Filter("capKey", "=", "")), (("rankKey", True), ("createdAt", False)), 8),
+        Query("jobs", P, (QUEUED, Filter("capKey", "=", "")), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS),
         "jobs_rank_caps",
         id="claim, the jobs needing no capability",
     ),
@@ -265,8 +268,9 @@ def test_every_index_serves_a_query_shape():
 
 
 def table_scan(store: SqliteStore, query: Query, index: str) -> list[dict[str, Any]]:
-    """What `query`'s first page holds read off the table, not its index: every match, sorted."""
-    ((sql, params),) = sqlite_query.select(query)
+    """What `query`'s first page holds read off the table, not its index: every match, sorted,
+    whole (a projected shape is compared on the documents it projects)."""
+    ((sql, params),) = sqlite_query.select(replace(query, fields=()))
     conn = sqlite3.connect(store.path)
     try:
         rows = conn.execute(sql.replace(f"INDEXED BY {index}", "NOT INDEXED"), [*params, query.limit + 1]).fetchall()
@@ -279,7 +283,7 @@ def table_scan(store: SqliteStore, query: Query, index: str) -> list[dict[str, A
 def test_a_shape_read_through_its_index_returns_what_a_table_scan_does(store, query, index):
     scanned = table_scan(store, query, index)
 
-    page = store.query(query)
+    page = store.query(replace(query, fields=()))
 
     assert scanned  # the seed gives every shape something to find
     assert [clean(doc) for doc in page.items] == scanned[: query.limit]
@@ -289,7 +293,7 @@ def test_a_shape_read_through_its_index_returns_what_a_table_scan_does(store, qu
 def test_paging_a_shape_returns_what_one_table_scan_does(store, query, index):
     scanned = table_scan(store, replace(query, limit=10_000), index)
 
-    pages = list(fleet_store.pages(store, replace(query, limit=13)))
+    pages = list(fleet_store.pages(store, replace(query, limit=13, fields=())))
 
     assert [clean(doc) for page in pages for doc in page.items] == scanned
 

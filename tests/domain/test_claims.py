@@ -185,6 +185,33 @@ def test_losing_the_race_for_the_only_job_means_no_job(world, make_job):
     assert (result.job, result.reason) == (None, "no_job")
 
 
+def test_a_job_taken_between_the_page_and_its_read_falls_through_to_the_next_best(world, make_job):
+    # Given the best job and the next best, and a rival that takes the best right after our
+    # candidate page was read (so the page shows it queued)
+    best = make_job("best", priority="critical")
+    next_best = make_job("next", priority="high")
+    rival = lambda: claims.take(world.ctx, world.job(best), "factory-rival", world.clock.now())  # noqa: E731
+    world.store.meanwhile("query", "jobs", rival)
+    # When we claim, Then the best job read whole is no longer what was ranked: we take the next
+    assert world.claim("factory-1", capabilities=[]).job.id == next_best.id
+    assert world.job(best).lease.factory_id == "factory-rival"
+
+
+def test_a_job_changed_since_its_head_was_read_is_passed_over_as_a_race_lost(world, make_job, store):
+    # Given the best job, changed (still queued) right after our candidate page was read
+    best = make_job("best", priority="critical")
+    next_best = make_job("next", priority="high")
+
+    def touch() -> None:
+        doc = store.inner.read("jobs", PRODUCT, best.id)
+        store.inner.replace("jobs", {**doc, "priority": "low"}, doc["_etag"])
+
+    world.store.meanwhile("query", "jobs", touch)
+    # When we claim, Then its head no longer says what ranked it: we take the next best
+    assert world.claim("factory-1", capabilities=[]).job.id == next_best.id
+    assert world.job(best).stage == Stage.QUEUED
+
+
 # Claiming a named job
 
 

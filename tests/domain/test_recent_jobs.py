@@ -70,21 +70,22 @@ def test_the_process_that_wrote_the_job_last_writes_it_again_without_reading(wor
 
 
 def test_a_write_on_an_out_of_date_memory_reads_the_job_and_decides_again(world):
-    # Given process A remembers the running job, and process B renews its lease since
+    # Given process A remembers the running job, and process B took a note of its factory since
     a, b = process(world), process(world)
     job = world.running_job("job")
     writes.read(a, job.id)
     world.clock.advance(60)
-    factories.renew(b, job.id, job.lease.lease_id)
+    leases.patch(b, job.id, PatchBody(lease_id=job.lease.lease_id, stage="assigned", note="halfway"))
     renewed = world.job(job)
     a.store.reset()
     # When A takes the factory's PATCH
     patched = leases.patch(a, job.id, PatchBody(lease_id=job.lease.lease_id, stage="building"))
-    # Then its write on the memory lost, it read the job and wrote again: B's renewal stands
+    # Then its write on the memory lost, it read the job and wrote again: B's write stands
     assert a.store.reads[job.id] == 1
     assert a.store.calls["patch:jobs"] == 2
     assert (patched.stage, world.job(job).stage) == (Stage.BUILDING, Stage.BUILDING)
     assert world.job(job).lease.expires_at == renewed.lease.expires_at
+    assert any(e.detail.get("note") == "halfway" for e in world.job(job).events)
     # and A remembers the job as it now stands
     assert writes.recall(a, job.id).etag == patched.etag
 

@@ -7,7 +7,7 @@ import pytest
 
 from fleet import claims, leases, scoring, store as store_port, sweep, weight_registry
 from fleet.context import Context, Settings
-from fleet.jobs import job_id
+from fleet.jobs import Job, job_id
 from fleet.schemas import ReleaseBody, WeightsBody
 
 from fleet.testing import PRODUCT, interleaved, open_world
@@ -159,3 +159,108 @@ def test_a_job_requeued_during_a_weight_change_is_keyed_with_the_new_weights():
 
         # Then a claim takes it first (200 beats 130 and 120)
         assert world.claim("factory-2").job.id == running.id
+
+
+# Claims rank with the weights their process remembers
+
+
+def changed_elsewhere(world, weights: dict[str, float], rekey: bool) -> None:
+    """Another process's weight change, unseen by this one: the registry entry written (and,
+    `rekey`, every queued job re-keyed and the change finished), straight to the store."""
+    raw = world.store.inner
+    resolved = scoring.resolve(scoring.WeightsPatch(**weights))
+    doc = {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": weights, "rekeying": not rekey, "change": 1}
+    raw.upsert("jobs", doc)
+    if rekey:
+        queued = store_port.Query("jobs", PRODUCT, (store_port.Filter("stage", "=", "queued"),))
+        for found in list(store_port.query_all(raw, queued)):
+            job = Job.from_doc(found)
+            key = scoring.rank_key(job.priority.order, job.attempts, job.created_at, resolved)
+            raw.replace("jobs", {**found, "rankKey": key}, found["_etag"])
+
+
+def counted(world) -> Context:
+    """`world`'s process, its store calls counted from now (the same store: the same remembered
+    weights). Its claims name what they offer, so no factory document is read."""
+    world.store.reset()
+    return world.ctx
+
+
+def test_an_ordinary_claim_is_three_store_calls_once_its_process_knows_the_weights(world, make_job):
+    for i in range(5):
+        make_job(f"job-{i}", age_minutes=i)
+    # The first claim of a process reads the weights: 4 calls
+    counted(world)
+    world.claim("factory-1", capabilities=[])
+    assert world.store.total() == 4
+    # then the candidate page, the pick read whole and its write
+    counted(world)
+    world.claim("factory-2", capabilities=[])
+    assert dict(world.store.calls) == {"query:jobs": 1, "read:jobs": 1, "patch:jobs": 1}
+
+
+def test_with_no_remembering_every_claim_reads_the_weights():
+    with open_world(Settings(claim_weights_seconds=0)) as world:
+        for i in range(3):
+            world.make_job(f"job-{i}", age_minutes=i)
+        for factory in ("factory-1", "factory-2"):
+            counted(world)
+            world.claim(factory, capabilities=[])
+            assert world.store.calls["read:jobs"] == 2  # the weights, and the pick
+
+
+def test_a_weight_change_in_this_process_reaches_its_next_claim_at_once(world, ctx, make_job):
+    # Given a claim that remembered the default weights
+    make_job("old", age_minutes=60)
+    make_job("older", age_minutes=61)
+    high = make_job("high", priority="high")
+    assert world.claim("factory-1", capabilities=[]).job.idempotency_key == "older"
+    # When this process raises the priority weight, its clock not moving at all
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))
+    # Then the next claim ranks with it: 0 + 200 beats 60 + 100
+    assert world.claim("factory-2", capabilities=[]).job.id == high.id
+
+
+def test_a_weight_change_elsewhere_reaches_claims_as_soon_as_it_re_keys_a_job_they_read(world, make_job):
+    # Given a claim that remembered the default weights
+    make_job("old", age_minutes=60)
+    make_job("older", age_minutes=61)
+    high = make_job("high", priority="high")
+    assert world.claim("factory-1", capabilities=[]).job.idempotency_key == "older"
+    # When another process raises the priority weight and re-keys the queue
+    changed_elsewhere(world, {"priority": 100}, rekey=True)
+    counted(world)
+    # Then the next claim, though its weights are a second old, sees keys they do not give,
+    # reads them again and ranks with the new ones
+    assert world.claim("factory-2", capabilities=[]).job.id == high.id
+    assert world.store.calls["read:jobs"] == 2  # the weights, and the pick
+
+
+def test_in_the_window_after_a_change_elsewhere_a_claim_takes_a_queued_job_of_the_old_order(world, make_job, clock):
+    # Given a claim that remembered the default weights
+    make_job("old", age_minutes=60)
+    older = make_job("older", age_minutes=61)
+    high = make_job("high", priority="high")
+    assert world.claim("factory-1", capabilities=[]).job.idempotency_key == "older"
+    # When another process has written new weights and not re-keyed a job yet
+    changed_elsewhere(world, {"priority": 100}, rekey=False)
+    # Then a claim within the window ranks by the weights it remembers: the old order's next,
+    # queued and the factory's own, not the new order's best
+    within = world.claim("factory-2", capabilities=[]).job
+    assert within.idempotency_key == "old" and within.lease.factory_id == "factory-2"
+    assert world.job(older).lease.factory_id == "factory-1"
+    # and once they are older than the window, the next claim reads them again
+    clock.advance(world.ctx.settings.claim_weights_seconds + 1)
+    assert world.claim("factory-3", capabilities=[]).job.id == high.id
+
+
+def test_a_read_that_answers_weights_older_than_remembered_ones_does_not_replace_them(world, ctx, make_job):
+    # Given a read of the weights that answers them as set, and a PUT of this process that
+    # lands after the store answered it and before the reader remembers what it read
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=20))
+    put = lambda: weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))  # noqa: E731
+    world.store.meanwhile("read", "jobs", put, when=lambda container, pk, id: id == weight_registry.DOC_ID)
+    assert weight_registry.snapshot(ctx, PRODUCT).weights.priority == 20
+    # Then what claims remember is the PUT's
+    remembered, read_now = weight_registry.recent(ctx, PRODUCT, ctx.settings.claim_weights_seconds)
+    assert not read_now and remembered.weights.priority == 100
