@@ -32,9 +32,9 @@ from fleet import clock, scoring, store
 from fleet.jobs import CAP_KEY, Job, cap_set
 from fleet.stages import Priority, Stage
 
-#: What a stream reads of each queued job (with `id`, `productId` and `_etag`, always sent):
-#: the score's terms and the rank key its bound is made of.
-HEAD_FIELDS = ("priority", "attempts", "createdAt", "rankKey", "capabilities")
+#: What a stream reads of each queued job (with `id`, always sent): the score's terms, the
+#: rank key its bound is made of, and the ETag the pick is taken on only if it still holds.
+HEAD_FIELDS = ("productId", "_etag", "priority", "attempts", "createdAt", "rankKey", "capabilities")
 
 #: Slack for float rounding between `rankKey + w.age*now` and the score computed from fields:
 #: absolute, plus relative to the magnitudes that cancel (a few ulps, generously).

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from fleet import activity, clock, liveness, outage, store
 from fleet.context import Context, Settings
-from fleet.jobs import Job, Model, Time
+from fleet.jobs import Job, Model, Time, product_of
 
 #: Heartbeat age up to which a factory is `online`, then `stale`; past `STALE` it is `offline`.
 ONLINE_SECONDS = 60
@@ -171,7 +171,7 @@ def _held_by(ctx: Context, factory_id: str) -> dict[str, liveness.Held]:
     held: dict[str, liveness.Held] = {}
     for doc in store.query_all(ctx.store, query):
         lease = liveness.Held.from_doc(doc.get("lease"), factory_id)
-        if lease is not None and ctx.principal.sees(doc.get("productId")):
+        if lease is not None and ctx.principal.sees(product_of(doc["id"])):
             held[doc["id"]] = lease
     return held
 

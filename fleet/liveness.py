@@ -62,7 +62,7 @@ class Held:
 
 
 #: The lease fields a projected job query reads for `Held.from_doc`.
-LEASE_FIELDS = ("lease.leaseId", "lease.expiresAt", "lease.factoryId", "lease.spared")
+LEASE_FIELDS = ("productId", "lease.leaseId", "lease.expiresAt", "lease.factoryId", "lease.spared")
 #: The same, for a query of one factory's leases (its filter names the holder).
 ONE_FACTORYS_LEASE_FIELDS = ("lease.leaseId", "lease.expiresAt", "lease.spared")
 

@@ -76,20 +76,26 @@ class Query:
     order_by: tuple[tuple[str, bool], ...] = ()
     limit: int = 100
     #: A projection: the fields each document is read with (dotted paths allowed), besides
-    #: `id`, the partition key, `_etag` and the `order_by` fields, which are always sent (the
-    #: next page's token is made of them). Empty: whole documents. A projected document keeps
-    #: the document's shape (`lease.leaseId` arrives as `{"lease": {"leaseId": …}}`) and
-    #: leaves out what is absent or null, so a reader must treat those alike. What the store
-    #: sends is what is billed: a query that needs three fields of a 5 KB document names them.
+    #: `id` and the `order_by` fields, which are always sent (the next page's token is made of
+    #: them); name `_etag` for the document's ETag. Empty: whole documents. A projected
+    #: document keeps the document's shape (`lease.leaseId` arrives as `{"lease": {"leaseId":
+    #: …}}`) and leaves out what is absent or null, so a reader must treat those alike. What
+    #: the store sends is what is billed: a query that needs three fields of a 5 KB document
+    #: names them, and only those (an ETag is 40-odd bytes a row).
     fields: tuple[str, ...] = ()
 
     def projection(self) -> tuple[str, ...]:
-        """The fields a projected query reads (with the always-sent ones), in order; () for
-        whole documents."""
+        """The document fields a projected query reads (with the always-sent ones, without
+        `_etag`), in order; () for whole documents."""
         if not self.fields:
             return ()
-        always = ("id", PARTITION_KEYS.get(self.container, "id"), *(f for f, _ in self.order_by))
-        return tuple(dict.fromkeys((*always, *self.fields)))
+        always = ("id", *(f for f, _ in self.order_by))
+        return tuple(dict.fromkeys(f for f in (*always, *self.fields) if f != "_etag"))
+
+    @property
+    def with_etags(self) -> bool:
+        """Whether each document comes with its `_etag` (always, unless a projection leaves it out)."""
+        return not self.fields or "_etag" in self.fields
 
 
 #: What a patch operation does to its top-level field: `set` it to a JSON value, `remove` it,

@@ -119,18 +119,23 @@ def build_query(
 def selected(query: Query) -> str:
     """What a row of `query` reads: `*`, or (a projection) an object of the projected fields'
     values under positional names `f0`, `f1`, … in `query.projection()` order (an absent field
-    is left out of it), with `_etag`; `projected_row` puts them back under their fields."""
+    is left out of it), and `_etag` if asked for; `projected_row` puts them back under their
+    fields."""
     fields = query.projection()
     if not fields:
         return "*"
-    return "VALUE {" + ", ".join(f'"f{i}": {field_ref(f)}' for i, f in enumerate(fields)) + ', "_etag": c["_etag"]}'
+    values = [f'"f{i}": {field_ref(f)}' for i, f in enumerate(fields)]
+    if query.with_etags:
+        values.append('"_etag": c["_etag"]')
+    return "VALUE {" + ", ".join(values) + "}"
 
 
 def projected_row(query: Query, row: dict[str, Any]) -> dict[str, Any]:
     """A row of `selected(query)` as the projected document the port answers."""
     fields = query.projection()
     doc = projected({f: row.get(f"f{i}") for i, f in enumerate(fields)})
-    doc["_etag"] = row.get("_etag")
+    if query.with_etags:
+        doc["_etag"] = row.get("_etag")
     return doc
 
 

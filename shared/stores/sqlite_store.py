@@ -216,8 +216,7 @@ class SqliteStore(Store):
         rows = self._read(statements, query.limit + 1)
         items = rows[: query.limit]
         more = len(rows) > query.limit
-        fields = query.projection()
-        read = functools.partial(_projected, fields) if fields else _doc
+        read = functools.partial(_projected, query) if query.fields else _doc
         return Page([read(r) for r in items], sqlite_query.token(query, items[-1][2:]) if more and items else None)
 
     def _read(self, statements: list[tuple[str, list[Any]]], wanted: int) -> list[Any]:
@@ -342,9 +341,10 @@ def _encode(doc: dict[str, Any]) -> tuple[str, str]:
     return json.dumps(clean(doc), separators=(",", ":")), uuid.uuid4().hex
 
 
-def _projected(fields: tuple[str, ...], row: tuple[str, str]) -> dict[str, Any]:
-    doc = projected(dict(zip(fields, json.loads(row[0]))))
-    doc["_etag"] = row[1]
+def _projected(query: Query, row: tuple[str, str]) -> dict[str, Any]:
+    doc = projected(dict(zip(query.projection(), json.loads(row[0]))))
+    if query.with_etags:
+        doc["_etag"] = row[1]
     return doc
 
 
