@@ -135,7 +135,7 @@ def heartbeat(
             "firstSeenAt": previous.get("firstSeenAt", clock.format(now)),
             "lastHeartbeatAt": clock.format(now),
             "leaseUntil": clock.format(until),
-            "leases": list(dict.fromkeys(a.lease_id for a in answers if not a.revoked)),
+            "leases": list(dict.fromkeys(liveness.listed(a.lease_id) for a in answers if not a.revoked)),
         },
     )
     if [previous.get(k) for k in ("products", "capabilities", "seatLimit")] != [products, capabilities, seat_limit]:

@@ -2,7 +2,8 @@
 
 A heartbeat renews every lease its factory runs by writing one small document, the factory's
 own (`factories` container, id = factory id): `leaseUntil`, one lease term after the heartbeat,
-and `leases`, the ids of the leases that heartbeat renewed. It writes no job document: a
+and `leases`, the leases that heartbeat renewed (each by `listed`: the first 16 characters of
+its id, 64 random bits, as the list travels with every heartbeat). It writes no job document: a
 factory running sixteen jobs pays what a factory running one pays. (Kubernetes made the same
 move for node heartbeats, KEP-589: a small Lease object per node instead of rewriting the node.)
 
@@ -61,6 +62,17 @@ class Held:
         return cls(lease["leaseId"], holder, clock.parse(lease["expiresAt"]), bool(lease.get("spared")))
 
 
+#: How many leading characters of a lease id (random hex) a factory document lists it by.
+LISTED_CHARS = 16
+
+
+def listed(lease_id: str) -> str:
+    """How a factory document's `leases` names `lease_id`: its first `LISTED_CHARS` characters.
+    A list only ever keeps alive the lease its job names, so two leases of one factory would
+    have to share 64 random bits for one to stand in for the other."""
+    return lease_id[:LISTED_CHARS]
+
+
 #: The lease fields a projected job query reads for `Held.from_doc`.
 LEASE_FIELDS = ("productId", "lease.leaseId", "lease.expiresAt", "lease.factoryId", "lease.spared")
 #: The same, for a query of one factory's leases (its filter names the holder).
@@ -72,7 +84,7 @@ def factory_until(lease: LeaseLike, factory_doc: dict[str, Any] | None) -> datet
     that factory's document and lists the lease; else None."""
     if not factory_doc or factory_doc.get("id") != lease.factory_id or not factory_doc.get("leaseUntil"):
         return None
-    if lease.lease_id not in (factory_doc.get("leases") or ()):
+    if listed(lease.lease_id) not in (factory_doc.get("leases") or ()):
         return None
     return clock.parse(factory_doc["leaseUntil"])
 

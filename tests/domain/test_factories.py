@@ -334,7 +334,7 @@ def test_a_heartbeat_costs_at_most_three_store_calls_whatever_it_renews(world, c
         assert [a["status"] for a in answers] == ["renewed"] * n
         assert sum(store.calls.values()) <= 3, store.calls
         assert job_writes(store) == 0
-    assert set(factories.find(ctx, "factory-1")["leases"]) == {job.lease.lease_id for job in jobs}
+    assert set(factories.find(ctx, "factory-1")["leases"]) == {liveness.listed(job.lease.lease_id) for job in jobs}
 
 
 def test_seats_count_the_leases_their_factory_keeps_alive(ctx, running_job, clock):

@@ -68,3 +68,12 @@ def test_a_projected_lease_reads_as_held():
     assert liveness.Held.from_doc({**doc, "factoryId": "f2", "spared": True}) == liveness.Held("L", "f2", OWN, True)
     assert liveness.Held.from_doc(None) is None
     assert liveness.Held.from_doc({}) is None
+
+
+def test_a_factory_document_lists_a_lease_by_the_head_of_its_id():
+    lease_id = "0123456789abcdef" + "f" * 16
+    own = Lease(lease_id=lease_id, factory_id="f1", epoch=1, expires_at=OWN)
+    assert liveness.listed(lease_id) == "0123456789abcdef"
+    assert liveness.effective_expiry(own, factory(400, leases=(liveness.listed(lease_id),))) == at(400)
+    # another lease of the same factory, listed, keeps this one alive only by sharing 64 bits
+    assert liveness.effective_expiry(own, factory(400, leases=("0123456789abcdee",))) == OWN
