@@ -21,7 +21,6 @@ transactions, by design (see DESIGN.md, "the one rule of state").
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from abc import ABC, abstractmethod
@@ -339,10 +338,19 @@ _KEYS = frozenset(PARTITION_KEYS.values())
 
 
 def _same(old: Any, new: Any) -> bool:
-    """Equal as JSON (Python's `==` takes `True` for `1`)."""
+    """Equal as JSON (Python's `==` takes `True` for `1`, and `1` for `1.0`, which JSON tells
+    apart as a boolean, and keeps as written)."""
     if old is _ABSENT:
         return False
-    return old == new and json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+    if old is new:
+        return True
+    if type(old) is not type(new):
+        return False
+    if isinstance(old, dict):
+        return old.keys() == new.keys() and all(_same(value, new[key]) for key, value in old.items())
+    if isinstance(old, list):
+        return len(old) == len(new) and all(map(_same, old, new))
+    return old == new
 
 
 def _grown(old: Any, new: Any) -> list[Any] | None:

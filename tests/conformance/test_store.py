@@ -266,6 +266,8 @@ BEFORE = {"id": "p:1", "productId": "p", "stage": "queued", "lease": {"f": 1}, "
         ({**BEFORE, "events": [1, 2, *range(11)]}, [Op("set", "events", [1, 2, *range(11)])]),  # too many to append
         ({**BEFORE, "n": True}, [Op("set", "n", True)]),  # JSON tells true from 1
         ({**BEFORE, "n": 1.0}, [Op("set", "n", 1.0)]),
+        ({**BEFORE, "lease": {"f": True}}, [Op("set", "lease", {"f": True})]),
+        ({**BEFORE, "events": [True, 2]}, [Op("set", "events", [True, 2])]),  # nested, too
         ({**BEFORE, "_etag": "x", "stage": "done"}, [Op("set", "stage", "done")]),  # store-owned fields aside
         ({**BEFORE, **{f"f{i}": i for i in range(11)}}, None),  # more than one patch carries
         ({**BEFORE, "id": "p:2"}, None),
