@@ -108,10 +108,10 @@ class PortMeter(CountingStore):
     def replace(self, container, doc, etag):
         return self._logged("replace", json_size(clean(doc)), lambda: super(PortMeter, self).replace(container, doc, etag))
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         sent = json_size([{"op": op.kind, "path": f"/{op.field}", "value": op.value} for op in ops])
         return self._logged(
-            "patch", sent, lambda: super(PortMeter, self).patch(container, partition_key, id, ops, etag)
+            "patch", sent, lambda: super(PortMeter, self).patch(container, partition_key, id, ops, etag, answer)
         )
 
     def upsert(self, container, doc):

@@ -34,7 +34,9 @@ from fleet.stages import Priority, Stage
 
 #: What a stream reads of each queued job (with `id`, always sent): the score's terms, the
 #: rank key its bound is made of, and the ETag the pick is taken on only if it still holds.
-HEAD_FIELDS = ("productId", "_etag", "priority", "attempts", "createdAt", "rankKey", "capabilities")
+HEAD_FIELDS = (
+    "productId", "_etag", "priority", "attempts", "createdAt", "rankKey", "capabilities", "leaseEpoch", "estimatedCostUsd"
+)
 
 #: Slack for float rounding between `rankKey + w.age*now` and the score computed from fields:
 #: absolute, plus relative to the magnitudes that cancel (a few ulps, generously).
@@ -59,6 +61,9 @@ class Head:
     created_at: datetime
     rank_key: float
     capabilities: tuple[str, ...]
+    #: What a claim takes the job by without reading it whole: its lease's epoch, its estimate.
+    lease_epoch: int = 0
+    estimated_cost_usd: float | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> "Head":
@@ -73,13 +78,15 @@ class Head:
             clock.parse(row["createdAt"]),
             row.get("rankKey") or 0.0,
             tuple(row.get("capabilities") or ()),
+            row.get("leaseEpoch") or 0,
+            row.get("estimatedCostUsd"),
         )
 
     @classmethod
     def of(cls, job: Job) -> "Head":
         return cls(
             job.id, job.product_id, job.etag, job.priority, job.attempts, job.created_at, job.rank_key,
-            tuple(job.capabilities),
+            tuple(job.capabilities), job.lease_epoch, job.estimated_cost_usd,
         )
 
 

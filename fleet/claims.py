@@ -12,6 +12,7 @@ from fleet import (
     budget_rules,
     budgets,
     candidates,
+    clock,
     effects,
     errors,
     factories,
@@ -20,6 +21,7 @@ from fleet import (
     queue_state,
     scoring,
     weight_registry,
+    writes,
 )
 from fleet.context import Context
 from fleet.jobs import Job, Lease, Model, Run
@@ -79,20 +81,24 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     A principal claims only as a factory it speaks for, in a product it may enter (else
     `Forbidden`).
 
-    Candidates are ranked from their heads (`candidates.Head`: a few fields a row); the one
-    taken is then read whole by id, and taken only if it is as its head was read (same ETag).
-    An ordinary claim ranks with the product's weights as this process read them at most
-    `claim_weights_seconds` ago (`weight_registry.recent`), so it is three store calls: the
-    candidate page, the point read and the conditional write. On the rank-key path every head
-    read is checked against those weights: a head keyed otherwise shows they may have changed,
-    and the claim reads them and ranks again. So the claim order is a full scan's, except in
-    the seconds after another process changed the weights, before the re-keying reaches the
-    heads a claim reads (or, on the bucket path, before the snapshot ages out): such a claim
-    ranks with the weights as they were and may take a different job than a full scan with
-    the new ones (or the old: the keys it reads may be half re-keyed) would, but never one
-    that is not queued, that the factory cannot do, or that another holds, which the point
-    read and the conditional write rule out whatever the weights. At the seat limit the
-    weights are read afresh: the victim of a preemption is chosen with them too.
+    Candidates are ranked from their heads (`candidates.Head`: a few fields a row), and the
+    best is taken by its head (`_take_head`): one patch conditional on the ETag its head was
+    read with, which the store answers with the whole job, so an ordinary claim is three store
+    calls: the product's weights, the candidate page, the take. A job changed since its head
+    was read fails the condition and the claim falls through to the next best, so the pick is
+    exactly a full scan's with the weights as read. At its seat limit a claim reads its pick
+    whole (`_as_read`) before choosing a victim to preempt for it.
+
+    With `claim_weights_seconds` set, an ordinary claim ranks with the weights as this process
+    read them at most that long ago (`weight_registry.recent`): two calls. On the rank-key
+    path every head read is checked against those weights, and a head keyed otherwise makes
+    the claim read them and rank again; so the order is a full scan's except in the seconds
+    after another process changed the weights, before the re-keying reaches the heads a claim
+    reads (or, on the bucket path, before the snapshot ages out): such a claim ranks with the
+    weights as they were and may take a different job than a full scan with the new ones
+    would, never one that is not queued, that the factory cannot do, or that another holds,
+    which the conditional write rules out whatever the weights. At the seat limit the weights
+    are always read: the victim of a preemption is chosen with them too.
     """
     ctx.principal.act_as_factory(request.factory_id)
     ctx.principal.enter(request.product_id)
@@ -156,6 +162,8 @@ def _claim_best(
         lost = False
         for candidate in candidates.ranked(ctx.store, streams, score):
             try:
+                if running is None and candidate.head.etag:
+                    return _take_head(ctx, candidate.head, request.factory_id, scan.budget)
                 job = _as_read(ctx, candidate.head, offered)
                 return _claim(ctx, job, request.factory_id, offered, running, scan.budget, product)
             except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost):
@@ -272,6 +280,53 @@ def _claim(
             budgets.change(ctx, job.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
         raise
     return Claimed.taken(taken, [victim.id] if victim else [])
+
+
+def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Budget) -> Claimed:
+    """Take the job `head` ranks without reading it whole: reserve its estimate (budgets on),
+    then one patch of what a claim changes (stage, lease, epoch, `updatedAt`, the new run and
+    event appended), conditional on the ETag the head was read with, which the store answers
+    with the job as it stands. A job changed since its head was read (taken, requeued, its
+    priority or capabilities changed) fails the condition: a race lost, as `PreconditionFailed`
+    (or `NotFound`), with the reservation given back."""
+    now = ctx.clock.now()
+    seen = _as_seen(head)
+    lease = _new_lease(ctx, seen, factory_id, now)
+    reserved = _reserve(ctx, seen, lease, now, budget)
+    try:
+        decided = _claimed(seen, _Taking(lease, reserved, None), now)
+        written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
+    except (errors.PreconditionFailed, errors.NotFound):
+        if reserved:
+            budgets.change(ctx, head.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
+        raise
+    return Claimed.taken(effects.settle(ctx, written).job)
+
+
+#: The top-level fields a claim sets (`_claimed`), besides the run and event it appends.
+TAKEN_FIELDS = ("stage", "lease", "leaseEpoch", "updatedAt")
+
+
+def _as_seen(head: candidates.Head) -> Job:
+    """The queued job as its head shows it: what `_claimed` decides the claim's change on (the
+    fields it writes are all the head's or new)."""
+    at = clock.format(head.created_at)
+    return Job.from_doc(
+        {
+            "id": head.id,
+            "productId": head.product_id,
+            "idempotencyKey": "",
+            "priority": head.priority.value,
+            "attempts": head.attempts,
+            "capabilities": list(head.capabilities),
+            "leaseEpoch": head.lease_epoch,
+            "estimatedCostUsd": head.estimated_cost_usd,
+            "rankKey": head.rank_key,
+            "createdAt": at,
+            "updatedAt": at,
+            "_etag": head.etag,
+        }
+    )
 
 
 def take(ctx: Context, job: Job, factory_id: str, now: datetime) -> Job:

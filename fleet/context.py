@@ -27,9 +27,10 @@ class Settings:
     #: streams read on, `claim_page` at a time).
     claim_first_page: int = 16
     #: How old a product's weights, as this process last read them, an ordinary claim may rank
-    #: with instead of reading them again (`FLEET_CLAIM_WEIGHTS_SECONDS`; 0: read every time).
-    #: See `weight_registry.recent` for what that costs in exactness.
-    claim_weights_seconds: int = 5
+    #: with instead of reading them again (`FLEET_CLAIM_WEIGHTS_SECONDS`; 0, the default: read
+    #: every time, and the claim order is exact). See `weight_registry.recent` for what a
+    #: window costs in exactness.
+    claim_weights_seconds: int = 0
     #: A last-alive stamp older than this (the sweep renews it every minute) shows an outage
     #: gap still open: the coordinator, or its timer, stopped (see `fleet.outage`).
     outage_grace_seconds: int = 180

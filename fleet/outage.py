@@ -343,8 +343,8 @@ class Watched(store_port.Store):
     def replace(self, container, doc, etag):
         return self._call(lambda: self.inner.replace(container, doc, etag))
 
-    def patch(self, container, partition_key, id, ops, etag):
-        return self._call(lambda: self.inner.patch(container, partition_key, id, ops, etag))
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
+        return self._call(lambda: self.inner.patch(container, partition_key, id, ops, etag, answer))
 
     def upsert(self, container, doc):
         return self._call(lambda: self.inner.upsert(container, doc))

@@ -153,10 +153,14 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def patch(self, container: str, partition_key: str, id: str, ops: list[Op], etag: str) -> dict[str, Any]:
+    def patch(
+        self, container: str, partition_key: str, id: str, ops: list[Op], etag: str, answer: bool = False
+    ) -> dict[str, Any]:
         """Atomically apply `ops`, in order, to the document if its stored ETag is still `etag`.
 
-        Answers `{"_etag": <the new ETag>}` only: the caller decided the document it wrote.
+        Answers `{"_etag": <the new ETag>}` only: the caller decided the document it wrote;
+        with `answer`, the whole document as it stands afterwards (for a caller that changed a
+        document it has not read: the store sends it back once, instead of a read before).
         Raises `PreconditionFailed` on a stale ETag and `NotFound` if the document is gone; in
         both cases nothing is written. More than `MAX_PATCH_OPS` operations raise `ValueError`.
         A `remove` names a field the document has, an `append` a field holding an array.
@@ -434,9 +438,9 @@ class CountingStore(Store):
         self.calls[f"replace:{container}"] += 1
         return self.inner.replace(container, doc, etag)
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         self.calls[f"patch:{container}"] += 1
-        return self.inner.patch(container, partition_key, id, ops, etag)
+        return self.inner.patch(container, partition_key, id, ops, etag, answer)
 
     def upsert(self, container, doc):
         self.calls[f"upsert:{container}"] += 1

@@ -137,8 +137,8 @@ class FaultyStore(store_port.CountingStore):
         args = (container, doc, etag)
         return self._call("replace", container, args, lambda: super(FaultyStore, self).replace(*args))
 
-    def patch(self, container, partition_key, id, ops, etag):
-        args = (container, partition_key, id, ops, etag)
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
+        args = (container, partition_key, id, ops, etag, answer)
         return self._call("patch", container, args, lambda: super(FaultyStore, self).patch(*args))
 
     def upsert(self, container, doc):

@@ -8,8 +8,9 @@ A weight change is counted on the product's queue-state document before the new 
 written, and the weights document names the count it was written under (`change`), so a
 writer that queued a job with weights it read earlier learns from the queue-state bump that
 follows its write whether they changed since (`ensure_rank`), without reading them again.
-A claim has no such bump: it ranks with weights this process read a few seconds ago at most
-(`recent`), and reads them again when a rank key it reads says they changed (`claims`).
+A claim has no such bump: it reads the weights (one point read), or, with
+`claim_weights_seconds` set, ranks with weights this process read that long ago at most
+(`recent`) and reads them again when a rank key it reads says they changed (`claims`).
 """
 from __future__ import annotations
 

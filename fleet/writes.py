@@ -240,6 +240,34 @@ def create(ctx: Context, job: Job) -> Written:
     return Written(Job.from_doc(doc), None, True)
 
 
+def unread(
+    ctx: Context, id: str, etag: str, seen: Job, decided: Job, fields: tuple[str, ...], appended: tuple[str, ...]
+) -> Written:
+    """Write the job `id` without reading it: `seen` is the job as a projected read of it
+    showed it (with `etag`, that read's ETag), `decided` its change, which touches only
+    `fields` (set) and grows each array of `appended` by one element at its end. One patch,
+    conditional on `etag`, and the store answers the job as it stands afterwards; `before`
+    is that job with the written fields as they were. `PreconditionFailed` if it changed since
+    that read, `NotFound` if it is gone.
+
+    For a decision that needs no more of the job than the projection showed (a claim's). The
+    rings of `appended` are not trimmed by it: a job's events or runs may stand one over their
+    ring until its next write, which is decided on the whole job and trims them."""
+    product_id = _reached(ctx, id)
+    doc, was = decided.to_doc(), seen.to_doc()
+    ops = [store.Op("set", name, doc[name]) for name in fields]
+    ops += [store.Op("append", name, doc[name][-1]) for name in appended]
+    memory = recent(ctx)
+    try:
+        stored = ctx.store.patch("jobs", product_id, id, ops, etag, answer=True)
+    except (errors.PreconditionFailed, errors.NotFound):
+        memory.forget(product_id, id)
+        raise
+    memory.put(stored)
+    before = {**stored, **{name: was[name] for name in fields}, **{name: stored[name][:-1] for name in appended}}
+    return Written(Job.from_doc(stored), Job.from_doc(before), True)
+
+
 def _once(ctx: Context, id: str, step, first: dict[str, Any] | None) -> store.Swapped:
     """One attempt of `store.swap`, a lost race raised as `PreconditionFailed`."""
     current = first if first is not None else ctx.store.read("jobs", product_of(id), id)

@@ -44,7 +44,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         preemption=truthy(env.get("FLEET_PREEMPTION")),
         budgets=truthy(env.get("FLEET_BUDGETS")),
         preempt_exempt_seconds=_int(env, "FLEET_PREEMPT_EXEMPT_SECONDS", 0, minimum=0),
-        claim_weights_seconds=_int(env, "FLEET_CLAIM_WEIGHTS_SECONDS", 5, minimum=0),
+        claim_weights_seconds=_int(env, "FLEET_CLAIM_WEIGHTS_SECONDS", 0, minimum=0),
     )
 
 

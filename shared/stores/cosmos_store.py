@@ -149,7 +149,7 @@ class CosmosStore(Store):
             )
             return _written(body, written)
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         if len(ops) > MAX_PATCH_OPS:
             raise ValueError(f"Cosmos DB patches at most {MAX_PATCH_OPS} operations at once, not {len(ops)}")
         with _converted(f"{container}/{id}"):
@@ -160,8 +160,10 @@ class CosmosStore(Store):
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
                 timeout=self.timeout,
-                no_response=True,
+                no_response=not answer,
             )
+            if answer:
+                return _public(written)
             return {"_etag": written.get_response_headers()["etag"]}
 
     def upsert(self, container, doc):

@@ -163,7 +163,7 @@ class SqliteStore(Store):
             raise errors.PreconditionFailed(f"{container}/{doc['id']} changed since it was read")
         return {**clean(doc), "_etag": new_etag}
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         if len(ops) > MAX_PATCH_OPS:
             raise ValueError(f"a patch carries at most {MAX_PATCH_OPS} operations, not {len(ops)}")
         statement = _patch_in_place(ops)
@@ -173,13 +173,19 @@ class SqliteStore(Store):
             # absent field, appending to what is not an array); the read below tells which.
             sql, params = statement
             new_etag = uuid.uuid4().hex
-            _, count = self._run(sql, (*params, new_etag, container, partition_key, id, etag))
-            if count:
-                return {"_etag": new_etag}
+            if answer:
+                rows, _ = self._run(sql + " RETURNING body, etag", (*params, new_etag, container, partition_key, id, etag))
+                if rows:
+                    return _doc(rows[0])
+            else:
+                _, count = self._run(sql, (*params, new_etag, container, partition_key, id, etag))
+                if count:
+                    return {"_etag": new_etag}
         stored = self.read(container, partition_key, id)
         if stored["_etag"] != etag:
             raise errors.PreconditionFailed(f"{container}/{id} changed since it was read")
-        body, new_etag = _encode(patched(stored, ops))
+        doc = patched(stored, ops)
+        body, new_etag = _encode(doc)
         _, count = self._run(
             "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?",
             (body, new_etag, container, partition_key, id, etag),
@@ -187,7 +193,7 @@ class SqliteStore(Store):
         if count == 0:
             self.read(container, partition_key, id)  # raises NotFound if it is gone
             raise errors.PreconditionFailed(f"{container}/{id} changed since it was read")
-        return {"_etag": new_etag}
+        return {**doc, "_etag": new_etag} if answer else {"_etag": new_etag}
 
     def upsert(self, container, doc):
         body, etag = _encode(doc)

@@ -279,6 +279,21 @@ def test_diff_is_the_top_level_patch_between_two_documents(after, ops):
     assert fleet_store.diff({**BEFORE, "_etag": "e"}, after) == ops
 
 
+def test_a_patch_asked_to_answer_sends_the_document_as_it_stands(store, ns):
+    v1 = store.create("jobs", job(ns, "a", events=[1], bodyMd="b" * 3000))
+    ops = [fleet_store.Op("set", "stage", "assigned"), fleet_store.Op("append", "events", 2)]
+
+    answered = store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"], answer=True)
+
+    stored = store.read("jobs", ns, f"{ns}:a")
+    assert answered == stored
+    assert (answered["stage"], answered["events"], answered["bodyMd"]) == ("assigned", [1, 2], "b" * 3000)
+    with pytest.raises(errors.PreconditionFailed):
+        store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"], answer=True)
+    with pytest.raises(errors.NotFound):
+        store.patch("jobs", ns, f"{ns}:gone", ops, v1["_etag"], answer=True)
+
+
 def test_racing_patchers_on_one_etag_leave_exactly_one_winner(store, ns):
     n = 8
     v1 = store.create("jobs", job(ns, "a", events=[]))

@@ -11,7 +11,7 @@ import pytest
 
 from fleet import actions, claims, errors, factories, store as store_port
 from fleet.context import Context, Settings
-from fleet.jobs import Job, job_id
+from fleet.jobs import EVENT_RING, Job, job_id
 from fleet.stages import RunResult, Stage
 
 from fleet.testing import LEASE_SECONDS, PRODUCT, World, open_world
@@ -38,9 +38,9 @@ class RivalStore(store_port.CountingStore):
         self._race(container)
         return super().replace(container, doc, etag)
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         self._race(container)
-        return super().patch(container, partition_key, id, ops, etag)
+        return super().patch(container, partition_key, id, ops, etag, answer)
 
 
 def racing(world: World, victim: Job) -> Context:
@@ -185,14 +185,14 @@ def test_losing_the_race_for_the_only_job_means_no_job(world, make_job):
     assert (result.job, result.reason) == (None, "no_job")
 
 
-def test_a_job_taken_between_the_page_and_its_read_falls_through_to_the_next_best(world, make_job):
+def test_a_job_taken_between_the_page_and_its_take_falls_through_to_the_next_best(world, make_job):
     # Given the best job and the next best, and a rival that takes the best right after our
     # candidate page was read (so the page shows it queued)
     best = make_job("best", priority="critical")
     next_best = make_job("next", priority="high")
     rival = lambda: claims.take(world.ctx, world.job(best), "factory-rival", world.clock.now())  # noqa: E731
     world.store.meanwhile("query", "jobs", rival)
-    # When we claim, Then the best job read whole is no longer what was ranked: we take the next
+    # When we claim, Then the best job no longer carries the ETag it was ranked with: we take the next
     assert world.claim("factory-1", capabilities=[]).job.id == next_best.id
     assert world.job(best).lease.factory_id == "factory-rival"
 
@@ -210,6 +210,39 @@ def test_a_job_changed_since_its_head_was_read_is_passed_over_as_a_race_lost(wor
     # When we claim, Then its head no longer says what ranked it: we take the next best
     assert world.claim("factory-1", capabilities=[]).job.id == next_best.id
     assert world.job(best).stage == Stage.QUEUED
+
+
+def test_a_claim_takes_its_pick_by_its_head_and_answers_the_whole_job_as_stored(world, make_job, store):
+    # Given a queued job with a body, and a store counting calls
+    job = make_job("job", body_md="# the work\n" * 300, estimated_cost_usd=None)
+    store.reset()
+    # When a factory claims it
+    claimed = world.claim("factory-1", capabilities=[])
+    # Then it took it without reading it (the weights, the page, one patch) and answered it as
+    # it is stored now, body and all, its run and claim event appended
+    assert dict(store.calls) == {"read:jobs": 1, "query:jobs": 1, "patch:jobs": 1}
+    stored = world.job(job)
+    assert claimed.job.to_doc() == stored.to_doc() and claimed.job.etag == stored.etag
+    assert stored.body_md == job.body_md and stored.stage == Stage.ASSIGNED
+    assert [run.run_id for run in stored.runs] == [f"{job.id}#1"] and stored.events[-1].type == "claimed"
+    assert claimed.lease == stored.lease and stored.lease_epoch == 1
+
+
+def test_a_claim_may_leave_the_events_ring_one_over_until_the_next_write_trims_it(world, make_job):
+    # Given a queued job whose events ring is full
+    job = make_job("job")
+    full = world.job(job)
+    for i in range(EVENT_RING):
+        full = full.with_event(world.clock.now(), "note", None, n=i)
+    world.store.inner.replace("jobs", full.to_doc(), full.etag)
+    dropped = world.job(job).events_dropped
+    # When a factory claims it, the ring holds one event more; and its next write trims it
+    claimed = world.claim("factory-1", capabilities=[]).job
+    assert len(world.job(job).events) == EVENT_RING + 1
+    world.patch(claimed, "building")
+    after = world.job(job)
+    assert len(after.events) == EVENT_RING and after.events_dropped == dropped + 2
+    assert [e.type for e in after.events[-2:]] == ["claimed", "stage"]
 
 
 # Claiming a named job

@@ -59,9 +59,9 @@ class Flaky(store_port.CountingStore):
         self._check()
         return super().replace(container, doc, etag)
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         self._check()
-        return super().patch(container, partition_key, id, ops, etag)
+        return super().patch(container, partition_key, id, ops, etag, answer)
 
     def upsert(self, container, doc):
         self._check()

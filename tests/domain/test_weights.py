@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from fleet import claims, leases, scoring, store as store_port, sweep, weight_registry
+from fleet import claims, leases, scoring, store as store_port, sweep, testing, weight_registry
 from fleet.context import Context, Settings
 from fleet.jobs import Job, job_id
 from fleet.schemas import ReleaseBody, WeightsBody
@@ -186,29 +186,31 @@ def counted(world) -> Context:
     return world.ctx
 
 
-def test_an_ordinary_claim_is_three_store_calls_once_its_process_knows_the_weights(world, make_job):
+@pytest.mark.settings(testing.world_settings(claim_weights_seconds=5))
+def test_a_claim_remembering_the_weights_is_two_store_calls_once_its_process_knows_them(world, make_job):
     for i in range(5):
         make_job(f"job-{i}", age_minutes=i)
-    # The first claim of a process reads the weights: 4 calls
+    # The first claim of a process reads the weights: 3 calls
     counted(world)
     world.claim("factory-1", capabilities=[])
-    assert world.store.total() == 4
-    # then the candidate page, the pick read whole and its write
+    assert world.store.total() == 3
+    # then the candidate page and the pick taken by its head
     counted(world)
     world.claim("factory-2", capabilities=[])
-    assert dict(world.store.calls) == {"query:jobs": 1, "read:jobs": 1, "patch:jobs": 1}
+    assert dict(world.store.calls) == {"query:jobs": 1, "patch:jobs": 1}
 
 
-def test_with_no_remembering_every_claim_reads_the_weights():
+def test_with_no_remembering_every_claim_reads_the_weights_and_is_three_store_calls():
     with open_world(Settings(claim_weights_seconds=0)) as world:
         for i in range(3):
             world.make_job(f"job-{i}", age_minutes=i)
         for factory in ("factory-1", "factory-2"):
             counted(world)
             world.claim(factory, capabilities=[])
-            assert world.store.calls["read:jobs"] == 2  # the weights, and the pick
+            assert dict(world.store.calls) == {"read:jobs": 1, "query:jobs": 1, "patch:jobs": 1}  # the weights
 
 
+@pytest.mark.settings(testing.world_settings(claim_weights_seconds=5))
 def test_a_weight_change_in_this_process_reaches_its_next_claim_at_once(world, ctx, make_job):
     # Given a claim that remembered the default weights
     make_job("old", age_minutes=60)
@@ -221,6 +223,7 @@ def test_a_weight_change_in_this_process_reaches_its_next_claim_at_once(world, c
     assert world.claim("factory-2", capabilities=[]).job.id == high.id
 
 
+@pytest.mark.settings(testing.world_settings(claim_weights_seconds=5))
 def test_a_weight_change_elsewhere_reaches_claims_as_soon_as_it_re_keys_a_job_they_read(world, make_job):
     # Given a claim that remembered the default weights
     make_job("old", age_minutes=60)
@@ -233,9 +236,10 @@ def test_a_weight_change_elsewhere_reaches_claims_as_soon_as_it_re_keys_a_job_th
     # Then the next claim, though its weights are a second old, sees keys they do not give,
     # reads them again and ranks with the new ones
     assert world.claim("factory-2", capabilities=[]).job.id == high.id
-    assert world.store.calls["read:jobs"] == 2  # the weights, and the pick
+    assert world.store.calls["read:jobs"] == 1  # the weights
 
 
+@pytest.mark.settings(testing.world_settings(claim_weights_seconds=5))
 def test_in_the_window_after_a_change_elsewhere_a_claim_takes_a_queued_job_of_the_old_order(world, make_job, clock):
     # Given a claim that remembered the default weights
     make_job("old", age_minutes=60)
@@ -254,6 +258,7 @@ def test_in_the_window_after_a_change_elsewhere_a_claim_takes_a_queued_job_of_th
     assert world.claim("factory-3", capabilities=[]).job.id == high.id
 
 
+@pytest.mark.settings(testing.world_settings(claim_weights_seconds=5))
 def test_a_read_that_answers_weights_older_than_remembered_ones_does_not_replace_them(world, ctx, make_job):
     # Given a read of the weights that answers them as set, and a PUT of this process that
     # lands after the store answered it and before the reader remembers what it read

@@ -119,9 +119,9 @@ class WriterRecorder(store_port.CountingStore):
         self._note(container, doc["id"])
         return super().replace(container, doc, etag)
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         self._note(container, id)
-        return super().patch(container, partition_key, id, ops, etag)
+        return super().patch(container, partition_key, id, ops, etag, answer)
 
     def upsert(self, container, doc):
         self._note(container, doc["id"])
@@ -376,9 +376,9 @@ class LosingStore(store_port.CountingStore):
         self._lose()
         return super().replace(container, doc, etag)
 
-    def patch(self, container, partition_key, id, ops, etag):
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
         self._lose()
-        return super().patch(container, partition_key, id, ops, etag)
+        return super().patch(container, partition_key, id, ops, etag, answer)
 
 
 def test_backoffs_pause_through_the_clock_not_the_real_time(world, running_job, monkeypatch):
