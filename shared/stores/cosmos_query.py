@@ -236,6 +236,17 @@ def encode_token(order: tuple[tuple[str, bool], ...], doc: dict[str, Any]) -> st
     return keyset.encode([f for f, _ in order], [_get(doc, f) for f, _ in order])
 
 
+def row_token(query: Query, order: tuple[tuple[str, bool], ...], row: dict[str, Any]) -> str:
+    """The continuation token that resumes `query` after `row`, as the service sent it: a
+    projected row holds a null order value as null and leaves an absent one out, which the
+    projected document (`projected_row`, which leaves out both) no longer tells apart."""
+    if not query.fields:
+        return encode_token(order, row)
+    names = {f: f"f{i}" for i, f in enumerate(query.projection())}
+    values = [row[names[f]] if names[f] in row else keyset.ABSENT for f, _ in order]
+    return keyset.encode([f for f, _ in order], values)
+
+
 def decode_token(order: tuple[tuple[str, bool], ...], token: str) -> list[Any]:
     """The order values `token` holds; `ValueError` for a malformed token or one of a query
     paging by another order."""

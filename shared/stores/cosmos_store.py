@@ -213,7 +213,7 @@ class CosmosStore(Store):
         read = functools.partial(cosmos_query.projected_row, query) if query.fields else _public
         items = [read(r) for r in rows[: query.limit]]
         more = len(rows) > query.limit
-        return Page(items, cosmos_query.encode_token(order, items[-1]) if more else None)
+        return Page(items, cosmos_query.row_token(query, order, rows[query.limit - 1]) if more else None)
 
     def count(self, query: Query) -> int:
         sql, parameters = cosmos_query.build_count(self.specs[query.container], query)

@@ -1246,3 +1246,23 @@ def test_equality_filters_lead_the_order_when_an_index_has_them():
         ("stage", False), ("rankKey", True), ("createdAt", False), ("id", False)
     )
     assert cosmos_query.index_order(spec, in_stages) == (("createdAt", True), ("id", False))
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_a_projected_query_pages_past_null_order_values_as_the_whole_one_does(store, ns, limit):
+    # Two jobs with a null rankKey, and one without: the claim order puts them last, so a page
+    # can end on a null whose token must say null, not absent (Cosmos orders them apart).
+    docs = [
+        job(ns, "a", rankKey=3),
+        job(ns, "f", rankKey=None),
+        job(ns, "h", rankKey=None),
+        job(ns, "j", rankKey=None),
+    ]
+    seed(store, docs)
+    order = (("rankKey", True), ("createdAt", False))
+    whole = Query("jobs", ns, (Filter("stage", "=", "queued"),), order, limit=limit)
+    projected = dataclasses.replace(whole, fields=("stage",))
+
+    expected = [d["id"] for d in fleet_store.query_all(store, whole)]
+    assert [d["id"] for d in fleet_store.query_all(store, projected)] == expected
+    assert sorted(expected) == sorted(d["id"] for d in docs)
