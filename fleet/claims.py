@@ -187,8 +187,11 @@ def _claim_best(
 def _as_read(ctx: Context, head: candidates.Head, offered: frozenset[str]) -> Job:
     """The candidate's job, whole, with its ETag: what the claim's write and its answer need.
     `PreconditionFailed` (a race lost) if it changed since its head was read, or is no longer
-    queued or within what the factory offers; `NotFound` if it is gone."""
-    job = Job.from_doc(ctx.store.read("jobs", head.product_id, head.id))
+    queued or within what the factory offers; `NotFound` if it is gone. The document read is
+    remembered (`writes.recent`), so that the claim's write patches it."""
+    doc = ctx.store.read("jobs", head.product_id, head.id)
+    writes.recent(ctx).put(doc)
+    job = Job.from_doc(doc)
     if job.etag != head.etag or job.stage != Stage.QUEUED or not offered.issuperset(job.capabilities):
         raise errors.PreconditionFailed(f"job {job.id} changed since it was ranked")
     return job

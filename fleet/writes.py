@@ -212,16 +212,18 @@ def change(
         return _bounded(id, new.model_copy(update={"updated_at": at}).to_doc())
 
     memory = recent(ctx)
-    first = _doc_of(memory, current)
+    first, stored = _doc_of(memory, current)
     if (recalled or not retry) and current is not None and first is None:
         raise errors.PreconditionFailed(f"job {id} was handed over without the ETag it was read with")
     try:
         if recalled:
-            swapped = _trial(ctx, id, step, first)
+            swapped = _trial(ctx, id, step, first, stored)
         elif retry:
-            swapped = store.swap(ctx.store, "jobs", product_id, id, step, current=first, sleep=ctx.clock.sleep, patch=True)
+            swapped = store.swap(
+                ctx.store, "jobs", product_id, id, step, current=first, sleep=ctx.clock.sleep, patch=stored
+            )
         else:
-            swapped = _once(ctx, id, step, first)
+            swapped = _once(ctx, id, step, first, stored)
     except (errors.NotFound, errors.PreconditionFailed, errors.TooManyRetries) as exc:
         memory.forget(product_id, id)
         if isinstance(exc, errors.NotFound):
@@ -268,16 +270,16 @@ def unread(
     return Written(Job.from_doc(stored), Job.from_doc(before), True)
 
 
-def _once(ctx: Context, id: str, step, first: dict[str, Any] | None) -> store.Swapped:
+def _once(ctx: Context, id: str, step, first: dict[str, Any] | None, stored: bool) -> store.Swapped:
     """One attempt of `store.swap`, a lost race raised as `PreconditionFailed`."""
     current = first if first is not None else ctx.store.read("jobs", product_of(id), id)
     new = step(current)
     if new is None:
         return store.Swapped(current, current, False)
-    return store.Swapped(store.write(ctx.store, "jobs", current, new), current, True)
+    return store.Swapped(_write(ctx, current, new, stored or first is None), current, True)
 
 
-def _trial(ctx: Context, id: str, step, remembered: dict[str, Any]) -> store.Swapped:
+def _trial(ctx: Context, id: str, step, remembered: dict[str, Any], stored: bool) -> store.Swapped:
     """One attempt decided on a remembered document, trusted only if it writes."""
     try:
         new = step(remembered)
@@ -286,7 +288,7 @@ def _trial(ctx: Context, id: str, step, remembered: dict[str, Any]) -> store.Swa
     if new is None:
         raise Stale(f"job {id}: a decision on a remembered copy found nothing to change")
     try:
-        return store.Swapped(store.write(ctx.store, "jobs", remembered, new), remembered, True)
+        return store.Swapped(_write(ctx, remembered, new, stored), remembered, True)
     except (errors.PreconditionFailed, errors.NotFound) as exc:
         recent(ctx).forget(product_of(id), id)
         raise Stale(f"job {id} changed since this process last wrote or read it") from exc
@@ -302,15 +304,28 @@ def _reached(ctx: Context, id: str) -> str:
     return product_id
 
 
-def _doc_of(memory: Recent, job: Job | None) -> dict[str, Any] | None:
-    """The store document `job` was read as, for deciding on it first: the one remembered when
-    it is that version, else rebuilt from `job`; None (read it) when `job` carries no ETag."""
+def _doc_of(memory: Recent, job: Job | None) -> tuple[dict[str, Any] | None, bool]:
+    """The store document `job` was read as, for deciding on it first, and whether it is the
+    document as stored: the one remembered when it is that version (True), else rebuilt from
+    `job` (False); None (read it) when `job` carries no ETag."""
     if job is None or not job.etag:
-        return None
+        return None, True
     remembered = memory.get(job.product_id, job.id)
     if remembered is not None and remembered.get("_etag") == job.etag:
-        return remembered
-    return {**job.to_doc(), "_etag": job.etag}
+        return remembered, True
+    return {**job.to_doc(), "_etag": job.etag}, False
+
+
+def _write(ctx: Context, current: dict[str, Any], new: dict[str, Any], stored: bool) -> dict[str, Any]:
+    """`new` written over `current` if it is still stored as read: as a patch of their
+    difference when `current` is the document as stored, else whole. A document rebuilt from
+    a `Job` is not always the one stored (one written before a field existed lacks it, where
+    the rebuilt one has its default), and a patch applies only what differs from it, so what
+    is stored would not be the document decided: a field the decision kept, say `capKey`,
+    would stay missing."""
+    if stored:
+        return store.write(ctx.store, "jobs", current, new)
+    return ctx.store.replace("jobs", new, current["_etag"])
 
 
 def _bounded(id: str, doc: dict[str, Any]) -> dict[str, Any]:

@@ -203,3 +203,21 @@ def test_a_bump_registers_any_number_of_sets_in_writes_a_cosmos_patch_can_take(w
     assert set(queue_state.cap_sets(doc)) == keys
     assert doc["version"] == 1
     assert store.calls["increment:jobs"] == 2
+
+
+def test_a_job_written_before_capability_keys_enters_the_queue_with_its_key(world, store, ctx):
+    # Given a blocked job whose document predates capability keys, waiting on a running dep
+    dep = world.running_job("dep", stage="testing")
+    old = world.submit_job("old", capabilities=["gpu"], deps=["dep"])
+    doc = store.read("jobs", PRODUCT, old.id)
+    doc.pop(CAP_KEY)
+    store.replace("jobs", doc, doc["_etag"])
+
+    # When its dep ships, which unblocks it (decided on the job as the dependents' query read it)
+    world.patch(dep, "shipped")
+
+    # Then it is queued with its key, where the narrowed streams of a claim look for it (once
+    # the sweep has keyed the older queued jobs and marked the registry complete, nothing else
+    # would give it one)
+    stored = store.read("jobs", PRODUCT, old.id)
+    assert (stored["stage"], stored.get(CAP_KEY)) == ("queued", "gpu")
