@@ -3,9 +3,10 @@ principal (its product scope filters everything here as it does there)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from fleet import activity, budget_rules, budgets, dag, errors, factories, listing, queue_state, store
+from fleet import activity, budget_rules, budgets, dag, errors, factories, listing, liveness, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Job, job_id
 from fleet.stages import Stage
@@ -111,6 +112,9 @@ class Detail:
     job: Job
     tree: dag.DagNode | None
     runs: list[dict[str, Any]] = field(default_factory=list)
+    #: When the job's lease ends unless renewed: its effective expiry (`fleet.liveness`), which
+    #: its factory's heartbeats carry past the job's own `lease.expiresAt`.
+    lease_until: datetime | None = None
 
 
 def detail(ctx: Context, id: str) -> Detail:
@@ -133,7 +137,10 @@ def detail(ctx: Context, id: str) -> Detail:
         }
         for run in reversed(job.runs)
     ]
-    return Detail(job, tree, runs)
+    lease_until = None
+    if job.lease is not None:  # one point read of its holder's document, for a leased job only
+        lease_until = liveness.effective_expiry(job.lease, factories.find(ctx, job.lease.factory_id))
+    return Detail(job, tree, runs, lease_until)
 
 
 def _tokens(insights: dict[str, Any]) -> int | None:

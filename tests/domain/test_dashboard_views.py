@@ -1,0 +1,23 @@
+"""What the dashboard's views read, beyond the use cases they call (`dashboard/views.py`)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from dashboard import views
+
+
+def test_a_job_page_shows_when_the_lease_ends_as_its_factorys_heartbeats_carry_it(world, running_job, clock):
+    # Given a running job whose factory heartbeats it past its own expiry
+    job = running_job("job")
+    own = job.lease.expires_at
+    clock.advance(200)
+    world.heartbeat("factory-1", running=[job])
+    # When the job's page is read, Then its lease ends a term after that heartbeat, not at the
+    # job's own expiry
+    shown = views.detail(world.ctx, job.id)
+    assert world.job(job).lease.expires_at == own
+    assert shown.lease_until == own + timedelta(seconds=200)
+
+
+def test_a_job_page_of_a_job_without_a_lease_shows_none(world, submit_job):
+    assert views.detail(world.ctx, submit_job("job").id).lease_until is None
