@@ -194,6 +194,23 @@ class Job(Model):
         dropped = max(0, len(runs) - RUN_RING)
         return self.model_copy(update={"runs": runs[dropped:], "runs_dropped": self.runs_dropped + dropped})
 
+    def ringed(self) -> "Job":
+        """The job with its rings at most full, what is cut from them counted: a claim taken by
+        its head appends its run and event unread (`writes.unread`), so a ring may stand one
+        over until the job's next write, which passes through here (`writes.change`)."""
+        events, runs = self.events, self.runs
+        if len(events) <= EVENT_RING and len(runs) <= RUN_RING:
+            return self
+        cut_events, cut_runs = max(0, len(events) - EVENT_RING), max(0, len(runs) - RUN_RING)
+        return self.model_copy(
+            update={
+                "events": events[cut_events:],
+                "events_dropped": self.events_dropped + cut_events,
+                "runs": runs[cut_runs:],
+                "runs_dropped": self.runs_dropped + cut_runs,
+            }
+        )
+
     def with_latest_run(self, **update: Any) -> "Job":
         """The job with its latest run changed; unchanged if it has none."""
         if not self.runs:

@@ -207,6 +207,7 @@ def change(
         new = decide(Job.from_doc(doc), facts, at)
         if new is None:
             return None
+        new = new.ringed()
         if not request:
             return new.to_doc()
         return _bounded(id, new.model_copy(update={"updated_at": at}).to_doc())
@@ -254,7 +255,8 @@ def unread(
 
     For a decision that needs no more of the job than the projection showed (a claim's). The
     rings of `appended` are not trimmed by it: a job's events or runs may stand one over their
-    ring until its next write, which is decided on the whole job and trims them."""
+    ring until its next write, which is decided on the whole job and trims them (`change`,
+    `Job.ringed`)."""
     product_id = _reached(ctx, id)
     doc, was = decided.to_doc(), seen.to_doc()
     ops = [store.Op("set", name, doc[name]) for name in fields]
