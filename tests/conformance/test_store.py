@@ -313,6 +313,36 @@ def test_racing_patchers_on_one_etag_leave_exactly_one_winner(store, ns):
     assert (got["owner"], got["events"]) == (won[0], [won[0]])
 
 
+def test_racing_answered_patchers_on_one_etag_leave_one_winner_answered_as_stored(store, ns):
+    n = 8
+    v1 = store.create("jobs", job(ns, "a", events=[], bodyMd="b" * 2000))
+    won: list[tuple[int, dict[str, Any]]] = []
+
+    def patch(i: int) -> None:
+        ops = [fleet_store.Op("set", "owner", i), fleet_store.Op("append", "events", i)]
+        try:
+            answered = store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"], answer=True)
+        except errors.PreconditionFailed:
+            return
+        won.append((i, answered))
+
+    race(n, patch)
+
+    got = store.read("jobs", ns, f"{ns}:a")
+    assert len(won) == 1
+    assert (got["owner"], got["events"]) == (won[0][0], [won[0][0]])
+    assert won[0][1] == got
+
+
+def test_an_answered_patch_keeps_the_etag_and_drops_the_other_system_fields(store, ns):
+    v1 = store.create("jobs", job(ns, "a", events=[]))
+    answered = store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "stage", "assigned")], v1["_etag"], answer=True)
+    assert answered["_etag"] and answered["_etag"] != v1["_etag"]
+    assert not {"_rid", "_self", "_ts", "_attachments"} & set(answered)
+    assert answered == store.read("jobs", ns, f"{ns}:a")
+    store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "stage", "building")], answered["_etag"])
+
+
 def test_racing_diff_updates_each_apply_exactly_once(store, ns):
     n = 8
     store.create("jobs", job(ns, "a", attempts=0, events=[]))

@@ -104,3 +104,104 @@ def test_a_job_claimed_and_given_back_many_times_keeps_its_runs_ring(world, make
     after = Job.from_doc(stored(world, job))
     assert len(after.runs) <= RUN_RING + 1
     assert len(after.runs) + after.runs_dropped == RUN_RING + 5
+
+
+@BUDGETS
+def test_a_claim_by_head_that_loses_its_race_gives_its_reservation_back(world, make_job):
+    # Given two estimated jobs, and a rival that takes the best right after our page was read
+    world.put_budget(100.0)
+    best = make_job("best", priority="critical", estimated_cost_usd=5.0)
+    make_job("next", priority="high", estimated_cost_usd=3.0)
+    rival = lambda: claims.take(world.ctx, world.job(best), "factory-rival", world.clock.now())  # noqa: E731
+    world.store.meanwhile("query", "jobs", rival)
+    # When we claim, we reserve for the best, lose it at the take, and take the next
+    claimed = world.claim("factory-1", capabilities=[]).job
+    # Then only the next job's reservation is held, under our lease
+    held = world.stored_budget().reservations
+    assert list(held) == [claimed.lease.lease_id] and held[claimed.lease.lease_id]["amountUsd"] == 3.0
+
+
+@BUDGETS
+def test_a_claim_by_head_whose_take_the_store_refuses_leaves_its_reservation_to_the_sweep(world, make_job):
+    # Given an estimated job, and a store that fails the take
+    from fleet import budgets
+
+    world.put_budget(100.0)
+    make_job("job", estimated_cost_usd=5.0)
+    world.store.crash("patch", "jobs")
+    # When we claim, the store's failure is the answer, and the reservation stays: the take
+    # may have landed for all the claim knows
+    with pytest.raises(errors.StoreBusy):
+        world.claim("factory-1", capabilities=[])
+    assert len(world.stored_budget().reservations) == 1
+    # Then the sweep drops it once a lease term has passed with no run naming it
+    world.clock.advance(seconds=world.ctx.settings.lease_seconds + 1)
+    assert budgets.drop_stale_reservations(world.ctx) == 1
+    assert world.stored_budget().reservations == {}
+
+
+@BUDGETS
+@pytest.mark.parametrize("pending", [False, True])
+def test_a_claim_by_head_bumps_no_activity_and_accrues_a_pending_run_once(world, make_job, pending):
+    from fleet import activity
+
+    world.put_budget(100.0)
+    job = make_job("job", estimated_cost_usd=2.0)
+    if pending:
+        run = Run(run_id=f"{job.id}#1", factory_id="f-old", started_at=job.created_at, ended_at=job.created_at,
+                  result=RunResult.RELEASED, insights={"costUsd": 1.25})
+        seeded(world, job, leaseEpoch=1, runs=[run.to_doc()], accrualPending=True)
+    version = activity.version(world.ctx)
+    spent = world.stored_budget().spent_usd
+    store = world.store
+    store.reset()
+
+    claimed = claims.claim_next(world.ctx, claims.ClaimRequest("factory-1", PRODUCT, [], None, None))
+
+    assert activity.version(world.ctx) == version
+    assert world.stored_budget().spent_usd == pytest.approx(spent + (1.25 if pending else 0.0))
+    # the accrual marks the job once more; nothing else writes it
+    assert store.calls["patch:jobs"] + store.calls["replace:jobs"] == (2 if pending else 1)
+    assert claimed.job.accrual_pending is False and claimed.job.etag == stored(world, job)["_etag"]
+
+
+def test_factories_racing_over_one_file_take_by_head_each_job_once_answered_as_stored(tmp_path):
+    """Eight threads claim by head over one SQLite file (a pool of connections): no job is
+    taken twice, and every claim's answer is the job as stored right after it."""
+    import threading
+
+    from fleet.testing import open_world
+
+    with open_world(path=str(tmp_path / "fleet.db")) as world:
+        jobs = [world.make_job(f"job-{i}", priority=["low", "normal", "high", "critical"][i % 4]) for i in range(40)]
+        taken: list[str] = []
+        problems: list[str] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(8)
+
+        def factory(name: str) -> None:
+            try:
+                barrier.wait()
+                while (claimed := world.claim(name, capabilities=[]).job) is not None:
+                    doc = world.store.inner.read("jobs", PRODUCT, claimed.id)
+                    if claimed.to_doc() != Job.from_doc(doc).to_doc() or claimed.etag != doc["_etag"]:
+                        problems.append(f"{name}: answer of {claimed.id} is not as stored")
+                    if claimed.lease.factory_id != name or len(claimed.runs) != 1:
+                        problems.append(f"{name}: {claimed.id} answered with {claimed.lease} {claimed.runs}")
+                    with lock:
+                        taken.append(claimed.id)
+            except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
+                problems.append(f"{name}: {exc!r}")
+
+        threads = [threading.Thread(target=factory, args=(f"factory-{n}",)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+
+        assert problems == []
+        assert sorted(taken) == sorted(job.id for job in jobs)
+        for job in jobs:
+            final = Job.from_doc(stored(world, job))
+            assert final.lease_epoch == 1 and [r.run_id for r in final.runs] == [f"{job.id}#1"]
+            assert [e.type for e in final.events].count("claimed") == 1
