@@ -1,6 +1,7 @@
 """Claiming: a factory takes the best queued job it can do, under a new fenced lease."""
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -187,11 +188,9 @@ def _claim_best(
 def _as_read(ctx: Context, head: candidates.Head, offered: frozenset[str]) -> Job:
     """The candidate's job, whole, with its ETag: what the claim's write and its answer need.
     `PreconditionFailed` (a race lost) if it changed since its head was read, or is no longer
-    queued or within what the factory offers; `NotFound` if it is gone. The document read is
-    remembered (`writes.recent`), so that the claim's write patches it."""
-    doc = ctx.store.read("jobs", head.product_id, head.id)
-    writes.recent(ctx).put(doc)
-    job = Job.from_doc(doc)
+    queued or within what the factory offers; `NotFound` if it is gone. Read through
+    `writes.read`, which remembers the document, so that the claim's write patches it."""
+    job = writes.read(ctx, head.id)
     if job.etag != head.etag or job.stage != Stage.QUEUED or not offered.issuperset(job.capabilities):
         raise errors.PreconditionFailed(f"job {job.id} changed since it was ranked")
     return job
@@ -425,14 +424,8 @@ def _factory_view(
     its document for lease liveness: read here only if the first two need it, else once, when
     first asked for (`_running_at_limit`, for a lease past its own expiry)."""
     needs_doc = request.capabilities is None or (ctx.settings.preemption and request.seat_limit is None)
-    read: list[dict[str, Any]] = [factories.find(ctx, request.factory_id) or {}] if needs_doc else []
-
-    def factory() -> dict[str, Any]:
-        if not read:
-            read.append(factories.find(ctx, request.factory_id) or {})
-        return read[0]
-
-    doc = read[0] if read else {}
+    factory = functools.cache(lambda: factories.find(ctx, request.factory_id) or {})
+    doc = factory() if needs_doc else {}
     offered = request.capabilities if request.capabilities is not None else doc.get("capabilities", [])
     seat_limit = request.seat_limit if request.seat_limit is not None else doc.get("seatLimit")
     return frozenset(offered), seat_limit, factory

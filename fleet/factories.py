@@ -11,6 +11,7 @@ preemption all ask it).
 """
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Callable
@@ -111,12 +112,7 @@ def heartbeat(
     now = ctx.clock.now()
     previous = find(ctx, factory_id) or {}
     held = _held_by(ctx, factory_id) if running else {}
-    record: list[outage.Record] = []
-
-    def outages() -> outage.Record:  # read once, and only for a lease past its effective expiry
-        if not record:
-            record.append(outage.read(ctx))
-        return record[0]
+    outages = functools.cache(lambda: outage.read(ctx))  # once, for a lease past its effective expiry
 
     until = now + timedelta(seconds=ctx.settings.lease_seconds)
     answers = [
@@ -200,8 +196,7 @@ def list_all(ctx: Context) -> FactoryList:
     with the factory documents listed here) over its limit. A principal limited to some
     products sees only the factories serving one of them."""
     now = ctx.clock.now()
-    docs = store.query_all(ctx.store, store.Query("factories", None, order_by=(("id", False),), limit=500))
-    docs = list(docs)
+    docs = list(store.query_all(ctx.store, store.Query("factories", None, order_by=(("id", False),), limit=500)))
     by_id = {doc["id"]: doc for doc in docs}
     held = store.Query(
         "jobs",
