@@ -103,6 +103,7 @@ def release_dependents(ctx: Context, finished: Job) -> None:
         "jobs",
         finished.product_id,
         (store.Filter("stage", "=", Stage.BLOCKED.value), store.Filter("deps", "contains", finished.idempotency_key)),
+        (("createdAt", True),),  # as the product's listing of a stage is read: no index of its own
         limit=200,
     )
     # Read them all before writing: unblocking shrinks the result being paged through.

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from fleet import batch, errors, queue_state, scoring, store, writes
+from fleet.capability_sets import RANKED
 from fleet.context import Context
 from fleet.jobs import Job, Model
 from fleet.stages import Stage
@@ -228,7 +229,8 @@ def rekey(ctx: Context, product_id: str) -> int:
 
 def _rekey_pass(ctx: Context, product_id: str, weights: scoring.Weights) -> tuple[int, int]:
     """Re-key the queued jobs whose rank key is not `weights`'s: (how many, how many failed)."""
-    query = store.Query("jobs", product_id, (store.Filter("stage", "=", Stage.QUEUED.value),), limit=200)
+    # In claim order: the claims' index serves it, and no index of its own re-keys with every write.
+    query = store.Query("jobs", product_id, (store.Filter("stage", "=", Stage.QUEUED.value),), RANKED, limit=200)
     queued = [Job.from_doc(doc) for doc in store.query_all(ctx.store, query)]
     stale = [job for job in queued if _key(job, weights) != job.rank_key]
     changed = 0

@@ -160,7 +160,6 @@ QUERY_SHAPES = {
     "jobs_product_stage_created": Query("jobs", "p", (Filter("stage", "=", "review"),), (("createdAt", True),)),
     "jobs_stage_created": Query("jobs", None, (Filter("stage", "=", "review"),), (("createdAt", True),)),
     "jobs_created": Query("jobs", None, (), (("createdAt", True),)),
-    "jobs_stage": Query("jobs", None, (BLOCKED,)),
     "jobs_stage_updated": Query(
         "jobs", None, (Filter("stage", "=", "done"), Filter("updatedAt", ">=", "2025")), (("updatedAt", False),)
     ),
@@ -178,8 +177,9 @@ MORE_SHAPES = {
         "jobs", "p", (QUEUED, Filter("priority", "=", "high"), Filter("attempts", "=", 0)), (("createdAt", False),)
     ),
     "one stage, oldest change first": Query("jobs", None, (BLOCKED,), (("updatedAt", False),)),
-    "a product's blocked jobs": Query("jobs", "p", (BLOCKED,)),
-    "a finished dep's blocked dependents": Query("jobs", "p", (BLOCKED, Filter("deps", "contains", "k1")), limit=200),
+    "a finished dep's blocked dependents": Query(
+        "jobs", "p", (BLOCKED, Filter("deps", "contains", "k1")), (("createdAt", True),), limit=200
+    ),
     "held leases": Query("jobs", None, (Filter("lease.factoryId", "!=", None),), (("lease.factoryId", False),)),
     "jobs listed, any stage": Query("jobs", None, (Filter("stage", "!=", None),), (("createdAt", True),)),
     "children, oldest first": Query("jobs", "p", (Filter("parentId", "=", "p:1"),), (("createdAt", False),)),

@@ -18,6 +18,7 @@ deep through a query cost the square of its depth.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -46,9 +47,6 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
     ("jobs_product_stage_created", "jobs", ("@pk", "stage", "createdAt DESC")),
     ("jobs_stage_created", "jobs", ("stage", "createdAt DESC")),
     ("jobs_created", "jobs", ("createdAt DESC",)),
-    # jobs in one stage, of one product or of all, any order (blocked jobs for the sweep and
-    # for a finished dep's dependents, a product's queued jobs to re-key).
-    ("jobs_stage", "jobs", ("stage",)),
     # jobs in one stage changed since a moment, oldest change first, across products.
     ("jobs_stage_updated", "jobs", ("stage", "updatedAt")),
     # sweeps and seats: leases by expiry and by holder.
@@ -62,6 +60,33 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
     # sweep: one reserved document of every product (its queue-state), by id across products.
     ("jobs_id", "jobs", ("id",)),
 ]
+
+#: The documents each index holds: every index is partial, holding only the documents whose
+#: field is not null (None) or equals a literal. A write re-keys every index that holds the
+#: document before or after it, so what an index leaves out costs no write: the claim indexes
+#: hold queued jobs only (a job's later stages and counters in the container re-key none of
+#: them), the listings jobs only (not the queue-states, version and day counters beside them),
+#: the lease indexes leased jobs only. A query is read off an index only when its filters imply
+#: what the index holds (`_holds`), spelt so that SQLite sees it (`_filters`).
+MEMBERS: dict[str, tuple[str, str | None]] = {
+    "jobs_rank": ("stage", "queued"),
+    "jobs_rank_caps": ("stage", "queued"),
+    "jobs_bucket": ("stage", "queued"),
+    "jobs_bucket_newest": ("stage", "queued"),
+    "jobs_bucket_caps": ("stage", "queued"),
+    "jobs_bucket_caps_newest": ("stage", "queued"),
+    "jobs_product_created": ("stage", None),
+    "jobs_product_stage_created": ("stage", None),
+    "jobs_stage_created": ("stage", None),
+    "jobs_created": ("stage", None),
+    "jobs_stage_updated": ("stage", None),
+    "jobs_lease_expiry": ("lease.expiresAt", None),
+    "jobs_lease_factory": ("lease.factoryId", None),
+    "jobs_parent": ("parentId", None),
+    "jobs_rekeying": ("rekeying", None),
+    "jobs_accrual": ("accrualPending", None),
+    "jobs_id": ("id", "queue-state"),
+}
 
 
 def column(field: str) -> str:
@@ -89,12 +114,12 @@ def select(query: Query, continuation: str | None = None) -> list[tuple[str, lis
     if _filters(query) is None:
         return None
     container = query.container
-    index = serving_index(container, _pinned(query), order)
+    index = serving_index(query, order)
     source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
     values = "".join(f", {column(name)}" for name, _ in order)
     statements = []
     for stretch in [Stretch(frozenset(), [], [], order)] if last is None else _after(order, last):
-        where, params = _filters(query, stretch.tied) or ([], [])
+        where, params = _filters(query, stretch.tied, MEMBERS.get(index)) or ([], [])
         # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`)
         # only for a query whose WHERE it can see implies the index's.
         sql = f"SELECT {selected(query)}, etag{values} FROM {source} WHERE container = '{container}'"
@@ -152,9 +177,16 @@ def count(query: Query) -> tuple[str, list[Any]] | None:
     return sql, params
 
 
-def _filters(query: Query, tied: frozenset[str] = frozenset()) -> tuple[list[str], list[Any]] | None:
+def _filters(
+    query: Query, tied: frozenset[str] = frozenset(), held: tuple[str, str | None] | None = None
+) -> tuple[list[str], list[Any]] | None:
     """`query`'s partition and filters as SQL conditions and their parameters; `None` when
     nothing can match (`in []`).
+
+    `held`: what the partial index the query is read off holds (`MEMBERS`). An equality on its
+    literal is spelt with the literal, not a parameter, for SQLite to see that the index holds
+    what the query reads; a not-null one it sees in the filter that implies it (`_holds`), and
+    needs nothing more (an added `IS NOT NULL` would have it sort what an equality orders).
 
     A filter on a `tied` key (one a stretch of a continued page holds to one value) is spelt
     `+expr`, which no index serves: SQLite would otherwise read the index by the filter's
@@ -188,6 +220,8 @@ def _filters(query: Query, tied: frozenset[str] = frozenset()) -> tuple[list[str
             params.append(f.value)
         elif f.value is None and f.op in ("=", "!="):
             where.append(f"{expr} IS {'NOT ' if f.op == '!=' else ''}NULL")
+        elif held is not None and held[1] is not None and (f.field, f.op, f.value) == (held[0], "=", held[1]):
+            where.append(member_condition(*held))
         else:
             where.append(f"{expr} {f.op} ?")
             params.append(f.value)
@@ -198,27 +232,72 @@ def _filters(query: Query, tied: frozenset[str] = frozenset()) -> tuple[list[str
 PRIMARY_KEY = "primary key"
 
 
-def serving_index(container: str, pinned: set[str], order: list[tuple[str, bool]]) -> str | None:
-    """The index that reads a query in `order` without a sort, narrowed by the most `pinned`
-    keys (equality-filtered ones); `PRIMARY_KEY` for the table itself, `None` when none does.
+def serving_index(query: Query, order: list[tuple[str, bool]]) -> str | None:
+    """The index that reads `query` in `order` without a sort, narrowed by the most keys its
+    equality filters pin; `PRIMARY_KEY` for the table itself, `None` when none does.
 
-    An index serves when its keys, after the pinned ones it starts with, begin with `order`.
+    An index serves when it holds every document the query can match (`_holds`) and its keys,
+    after the pinned ones it starts with, begin with `order`.
     `SqliteStore` names that index to SQLite (`INDEXED BY`) rather than leave the choice to
     its planner: with no statistics it takes `container = 'jobs'` for as selective as any
     index and would read every job by primary key, then sort (and `ANALYZE` would measure a
     small file, in which every `accrualPending` is null and the index looks useless).
     """
+    return _serving(query.container, frozenset(_pinned(query)), tuple(order), _shape(query.where))
+
+
+def _shape(where: tuple) -> tuple:
+    """What of `where` decides which partial indexes hold a query (`_holds`): each filter's
+    field and operator, whether its value is null, and the value where an index holds a literal."""
+    return tuple((f.field, f.op, f.value is None, f.value if _literal(f.field, f.value) else None) for f in where)
+
+
+def _literal(field: str, value: Any) -> bool:
+    return isinstance(value, str) and (field, value) in _LITERALS
+
+
+@functools.lru_cache(maxsize=512)
+def _serving(container: str, pinned: frozenset[str], order: tuple, shape: tuple) -> str | None:
+    """`serving_index` of a query shape: the use cases run a few dozen, each many times."""
     best, narrowed = None, -1
-    candidates = [(PRIMARY_KEY, ("@pk",))] + [(name, keys) for name, c, keys in INDEXES if c == container]
+    candidates = [(PRIMARY_KEY, ("@pk",))] + [
+        (name, keys) for name, c, keys in INDEXES if c == container and _holds(shape, name)
+    ]
     for name, keys in candidates:
         full = [(k.removesuffix(" DESC"), k.endswith(" DESC")) for k in keys]
         full += [(k, False) for k in ("@pk", "id") if all(k != f for f, _ in full)]  # SQLite appends the primary key
         lead = 0
         while lead < len(full) and full[lead][0] in pinned:
             lead += 1
-        if full[lead : lead + len(order)] == order and lead > narrowed:
+        if tuple(full[lead : lead + len(order)]) == order and lead > narrowed:
             best, narrowed = name, lead
     return best
+
+
+_LITERALS = {(field, literal) for field, literal in MEMBERS.values() if literal is not None}
+
+#: Filters that, on a field, imply it is not null, as SQLite infers it for a partial index:
+#: a comparison (SQL compares nothing to NULL), `IN`, and `!= None` (`IS NOT NULL` itself).
+IMPLY_NOT_NULL = ("=", "<", ">", "<=", ">=", "!=", "in")
+
+
+def _holds(shape: tuple, index: str) -> bool:
+    """Whether `index` holds every document a query of `shape` (`_shape`) can match: its
+    filters require the field the index is partial on to equal its literal, or not to be null."""
+    field, literal = MEMBERS[index]
+    if literal is not None:
+        return any((f, op, value) == (field, "=", literal) for f, op, _, value in shape)
+    return any(f == field and op in IMPLY_NOT_NULL and not (op == "=" and null) for f, op, null, _ in shape)
+
+
+def member_condition(field: str, literal: str | None) -> str:
+    """The SQL condition that a document's `field` is not null (None) or equals `literal`: what
+    a partial index holds (`MEMBERS`), as its `CREATE INDEX` spells it."""
+    if literal is None:
+        return f"{column(field)} IS NOT NULL"
+    if not literal.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"bad index literal {literal!r}")
+    return f"{column(field)} = '{literal}'"
 
 
 def key(container: str, field: str) -> str:
@@ -229,7 +308,7 @@ def key(container: str, field: str) -> str:
 def index_sql(name: str, container: str, keys: tuple[str, ...]) -> str:
     """The `CREATE INDEX` statement of one of `INDEXES`, as SQLite keeps it in its schema."""
     exprs = ", ".join(column(k.removesuffix(" DESC")) + (" DESC" if k.endswith(" DESC") else "") for k in keys)
-    return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}'"
+    return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}' AND {member_condition(*MEMBERS[name])}"
 
 
 # Keyset continuation (`shared.stores.keyset`). The position is the last row's values of

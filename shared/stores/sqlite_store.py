@@ -232,7 +232,7 @@ class SqliteStore(Store):
         rows = self._read(statements, query.limit + 1)
         items = rows[: query.limit]
         more = len(rows) > query.limit
-        read = functools.partial(_projected, query) if query.fields else _doc
+        read = functools.partial(_projected, query.projection(), query.with_etags) if query.fields else _doc
         return Page([read(r) for r in items], sqlite_query.token(query, items[-1][2:]) if more and items else None)
 
     def _read(self, statements: list[tuple[str, list[Any]]], wanted: int) -> list[Any]:
@@ -362,19 +362,26 @@ def _patch_in_place(ops: list[Op]) -> tuple[str, list[Any]] | None:
     for op in ops:
         if kinds.setdefault(op.field, op.kind) != op.kind:
             return None
-    body, params, guards = "body", [], []
+    # One `json_set` takes every set and append (`[#]`: past an array's end), applied in turn;
+    # one `json_remove` then every remove: SQLite parses and writes the body once a function, so
+    # a patch costs two passes over a large document, not one per operation. A field is named
+    # by operations of one kind only, so sets, appends and removes of other fields commute.
+    changes, params, removed, guards = [], [], [], []
     for op in ops:
         path = f"'$.{op.field}'"  # a top-level name (`Op` checks it): nothing to quote
         if op.kind == "set":
-            body = f"json_set({body}, {path}, json(?))"
+            changes.append(f"{path}, json(?)")
             params.append(json.dumps(op.value, separators=(",", ":")))
         elif op.kind == "remove":
-            body = f"json_remove({body}, {path})"
+            removed.append(path)
             guards.append(f"json_type(body, {path}) IS NOT NULL")
         else:
-            body = f"json_insert({body}, '$.{op.field}[#]', json(?))"
+            changes.append(f"'$.{op.field}[#]', json(?)")
             params.append(json.dumps(op.value, separators=(",", ":")))
             guards.append(f"json_type(body, {path}) = 'array'")
+    body = f"json_set(body, {', '.join(changes)})" if changes else "body"
+    if removed:
+        body = f"json_remove({body}, {', '.join(dict.fromkeys(removed))})"
     where = "".join(f" AND {guard}" for guard in dict.fromkeys(guards))
     sql = f"UPDATE docs SET body = {body}, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?{where}"
     return sql, params
@@ -384,9 +391,9 @@ def _encode(doc: dict[str, Any]) -> tuple[str, str]:
     return json.dumps(clean(doc), separators=(",", ":")), uuid.uuid4().hex
 
 
-def _projected(query: Query, row: tuple[str, str]) -> dict[str, Any]:
-    doc = projected(dict(zip(query.projection(), json.loads(row[0]))))
-    if query.with_etags:
+def _projected(projection: tuple[str, ...], with_etags: bool, row: tuple[str, str]) -> dict[str, Any]:
+    doc = projected(dict(zip(projection, json.loads(row[0]))))
+    if with_etags:
         doc["_etag"] = row[1]
     return doc
 

@@ -163,16 +163,18 @@ SHAPES = [
         "jobs_product_stage_created",
         id="listing, product and stage",
     ),
-    # blocked jobs in no order (the sweep's, before sweep.changed); deps.release_dependents
-    # (a product's blocked jobs naming the finished job's key); weights.rekey
-    pytest.param(Query("jobs", None, (BLOCKED,), limit=200), "jobs_stage", id="blocked jobs"),
-    pytest.param(Query("jobs", P, (BLOCKED,), limit=200), "jobs_stage", id="a product's blocked jobs"),
+    # effects.release_dependents (a product's blocked jobs naming the finished job's key, read
+    # as its listing of the stage is); weight_registry's re-key (queued jobs, in claim order)
     pytest.param(
-        Query("jobs", P, (BLOCKED, Filter("deps", "contains", "k7")), limit=200),
-        "jobs_stage",
+        Query("jobs", P, (BLOCKED, Filter("deps", "contains", "k7")), (("createdAt", True),), limit=200),
+        "jobs_product_stage_created",
         id="blocked dependents of a finished dep",
     ),
-    pytest.param(Query("jobs", P, (QUEUED,), limit=200), "jobs_stage", id="re-key a product's queued jobs"),
+    pytest.param(
+        Query("jobs", P, (QUEUED,), (("rankKey", True), ("createdAt", False)), limit=200),
+        "jobs_rank",
+        id="re-key a product's queued jobs",
+    ),
     # sweep.changed: jobs in one stage changed since a moment (or ever), across products
     pytest.param(changed("queued", at(30_000)), "jobs_stage_updated", id="queued since"),
     pytest.param(changed("blocked", at(30_000)), "jobs_stage_updated", id="blocked since"),
