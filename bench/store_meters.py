@@ -120,10 +120,12 @@ class PortMeter(CountingStore):
     def delete(self, container, partition_key, id):
         return self._logged("delete", 0, lambda: super(PortMeter, self).delete(container, partition_key, id))
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
-        sent = json_size({field: by, **(stamp or {})})
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
+        sent = json_size({field: by, **(also or {}), **(stamp or {})})
         return self._logged(
-            "patch", sent, lambda: super(PortMeter, self).increment(container, partition_key, id, field, by, initial, stamp)
+            "patch",
+            sent,
+            lambda: super(PortMeter, self).increment(container, partition_key, id, field, by, initial, stamp, also),
         )
 
     def query(self, query, continuation=None):

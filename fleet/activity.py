@@ -1,15 +1,18 @@
 """What the dashboard asks before it re-reads anything: has the fleet changed, and what shipped
 and was spent, day by day.
 
-- One fleet-wide **version** (`id: "activity"` in the reserved partition of the jobs
-  container), bumped by an atomic increment after a job write the dashboard must show at once
+- One fleet-wide **version**, on today's day document (below), bumped by an atomic increment
+  after a job write the dashboard must show at once
   (`visible_change`: a new job, a finish, a requeue, parking at review, a review or priority
   change — not a factory's own progress under its lease), after a budget change, and when a
   factory registers or changes what it serves. The views' ETags hold it and the minute, so an
   unchanged view answers 304 after one point read of it, and a factory's progress shows within a
-  minute. It is a hint for views, never a fact a decision is made on.
-- One **day** document per UTC day (`activity-YYYY-MM-DD`): jobs shipped and USD their runs
-  cost, counted when the write that shipped the job or ended the run is settled. These feed the
+  minute. It starts again from 0 each UTC day, with a new document: the minute in the ETags
+  tells the days apart. It is a hint for views, never a fact a decision is made on.
+- One **day** document per UTC day (`activity-YYYY-MM-DD`, in the reserved partition of the
+  jobs container): the version, and jobs shipped and USD their runs cost, counted when the
+  write that shipped the job or ended the run is settled, in the same increment as that
+  write's version bump (so a finish costs one store write besides the job's). These feed the
   overview's chart in one single-partition query. They are informational: a follow-up the
   sweep repeats does not count them again, and one lost to a crash between the job's write and
   its follow-ups is not counted at all.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from fleet import clock, errors, store
 from fleet.context import Context
@@ -30,7 +32,6 @@ from fleet.stages import ACTIVE, Stage
 
 log = logging.getLogger("fleet.activity")
 
-DOC_ID = "activity"
 DAY_PREFIX = "activity-"
 #: How many days of rollups the chart shows.
 CHART_DAYS = 14
@@ -43,18 +44,21 @@ class Day(Model):
 
 
 def version(ctx: Context) -> int:
-    """The fleet's activity version, in one point read (0 before anything happened)."""
+    """The fleet's activity version today, in one point read (0 before anything happened)."""
     try:
-        return int(ctx.store.read("jobs", STATE_PARTITION, DOC_ID).get("version") or 0)
+        return int(ctx.store.read("jobs", STATE_PARTITION, _day_id(ctx.clock.now())).get("version") or 0)
     except errors.NotFound:
         return 0
 
 
-def bump(ctx: Context) -> int:
-    """Something a dashboard shows changed. Returns the new version."""
+def bump(ctx: Context, counted: dict[str, float] | None = None) -> int:
+    """Something a dashboard shows changed: bump the version, and add `counted` (`shipped`,
+    `spentUsd`) to today's rollup in the same write. Returns the new version."""
+    now = ctx.clock.now()
+    day = now.date()
+    initial = {"id": _day_id(day), "productId": STATE_PARTITION, "day": day.isoformat()}
     doc = ctx.store.increment(
-        "jobs", STATE_PARTITION, DOC_ID, "version", 1, {"id": DOC_ID, "productId": STATE_PARTITION},
-        stamp={"updatedAt": clock.format(ctx.clock.now())},
+        "jobs", STATE_PARTITION, _day_id(day), "version", 1, initial, stamp={"updatedAt": clock.format(now)}, also=counted
     )
     return int(doc["version"])
 
@@ -84,11 +88,11 @@ def visible_change(before: Job | None, after: Job) -> bool:
 
 
 def note_write(ctx: Context, before: Job | None, after: Job) -> None:
-    """The follow-up of a write that made a `visible_change`: count what it shipped and what its
-    ended runs cost on today's rollup, then bump the version."""
-    today = ctx.clock.now().date()
+    """The follow-up of a write that made a `visible_change`: bump the version, counting what
+    it shipped and what its ended runs cost on today's rollup in the same increment."""
+    counted: dict[str, float] = {}
     if after.stage == Stage.SHIPPED and (before is None or before.stage != Stage.SHIPPED):
-        _add(ctx, today, "shipped", 1)
+        counted["shipped"] = 1
     ended_before = {run.run_id for run in (before.runs if before else []) if run.ended_at is not None}
     cost = sum(
         float(run.insights.get("costUsd") or 0.0)
@@ -96,8 +100,8 @@ def note_write(ctx: Context, before: Job | None, after: Job) -> None:
         if run.ended_at is not None and run.run_id not in ended_before
     )
     if cost > 0:
-        _add(ctx, today, "spentUsd", round(cost, 6))
-    bump(ctx)
+        counted["spentUsd"] = round(cost, 6)
+    bump(ctx, counted)
 
 
 def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
@@ -115,11 +119,6 @@ def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
         doc = found.get(_day_id(day), {})
         out.append(Day(day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0)))
     return out
-
-
-def _add(ctx: Context, day: date, field: str, by: float) -> dict[str, Any]:
-    initial = {"id": _day_id(day), "productId": STATE_PARTITION, "day": day.isoformat()}
-    return ctx.store.increment("jobs", STATE_PARTITION, _day_id(day), field, by, initial)
 
 
 def _day_id(day: date | datetime) -> str:

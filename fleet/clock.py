@@ -64,7 +64,12 @@ class FixedClock:
 
 def format(at: datetime) -> str:  # noqa: A001 - the module's name makes the meaning plain
     """`2026-01-05T09:00:00.123Z`: UTC, milliseconds, sortable as a string."""
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    if at.tzinfo is not timezone.utc:
+        at = at.astimezone(timezone.utc)
+    return (
+        f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:{at.second:02d}"
+        f".{at.microsecond // 1000:03d}Z"
+    )
 
 
 def parse(text: str) -> datetime:

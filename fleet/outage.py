@@ -352,8 +352,8 @@ class Watched(store_port.Store):
     def delete(self, container, partition_key, id):
         return self._call(lambda: self.inner.delete(container, partition_key, id))
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
-        return self._call(lambda: self.inner.increment(container, partition_key, id, field, by, initial, stamp))
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
+        return self._call(lambda: self.inner.increment(container, partition_key, id, field, by, initial, stamp, also))
 
     def query(self, query, continuation=None):
         return self._call(lambda: self.inner.query(query, continuation))

@@ -184,11 +184,14 @@ class Store(ABC):
         by: float,
         initial: dict[str, Any],
         stamp: dict[str, Any] | None = None,
+        also: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """Atomically add `by` to the top-level number `field` without a read-modify-write,
-        and set the top-level fields in `stamp` in the same write.
+        add each of `also` to its top-level number, and set the top-level fields in `stamp`,
+        all in the same write.
 
-        A missing document is created as `initial` with `field` set to `by` (and `stamp`).
+        A missing document is created as `initial` with `field` set to `by` (and `also` and
+        `stamp`).
         Concurrent increments never lose an update. Returns the document after the increment.
         """
 
@@ -450,9 +453,9 @@ class CountingStore(Store):
         self.calls[f"delete:{container}"] += 1
         return self.inner.delete(container, partition_key, id)
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
         self.calls[f"increment:{container}"] += 1
-        return self.inner.increment(container, partition_key, id, field, by, initial, stamp)
+        return self.inner.increment(container, partition_key, id, field, by, initial, stamp, also)
 
     def query(self, query, continuation=None):
         self.calls[f"query:{query.container}"] += 1

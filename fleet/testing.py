@@ -148,8 +148,8 @@ class FaultyStore(store_port.CountingStore):
         args = (container, partition_key, id)
         return self._call("delete", container, args, lambda: super(FaultyStore, self).delete(*args))
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
-        args = (container, partition_key, id, field, by, initial, stamp)
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
+        args = (container, partition_key, id, field, by, initial, stamp, also)
         return self._call("increment", container, args, lambda: super(FaultyStore, self).increment(*args))
 
     def query(self, query, continuation=None):

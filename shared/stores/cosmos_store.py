@@ -175,13 +175,13 @@ class CosmosStore(Store):
         with _converted(f"{container}/{id}"):
             self._container(container).delete_item(item=id, partition_key=partition_key, timeout=self.timeout)
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
-        stamp = stamp or {}
-        for name in (field, *stamp):
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
+        stamp, added = stamp or {}, {field: by, **(also or {})}
+        for name in (*added, *stamp):
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
                 raise ValueError(f"increment takes top-level fields, not {name!r}")
         client = self._container(container)
-        ops = [{"op": "incr", "path": f"/{field}", "value": by}]
+        ops = [{"op": "incr", "path": f"/{name}", "value": value} for name, value in added.items()]
         ops += [{"op": "set", "path": f"/{name}", "value": value} for name, value in stamp.items()]
         if len(ops) > 10:
             raise ValueError("Cosmos DB patches at most 10 fields at once")
@@ -196,7 +196,7 @@ class CosmosStore(Store):
             except exceptions.CosmosResourceNotFoundError:
                 pass
             key_field = self.specs[container].partition_key_field
-            body = {**clean(initial), **stamp, "id": id, key_field: partition_key, field: by}
+            body = {**clean(initial), **stamp, "id": id, key_field: partition_key, **added}
             try:
                 return _public(client.create_item(body=body, timeout=self.timeout))
             except exceptions.CosmosResourceExistsError:

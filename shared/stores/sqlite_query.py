@@ -89,6 +89,7 @@ MEMBERS: dict[str, tuple[str, str | None]] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def column(field: str) -> str:
     """The SQL expression for a dotted document field (`@pk`: the partition-key column)."""
     if field == "@pk":
@@ -107,8 +108,9 @@ def select(query: Query, continuation: str | None = None) -> list[tuple[str, lis
     more than the page holds to tell whether another follows. Read them in turn until that
     many rows are in: together they read the rows after the position in order (`_after`).
 
-    A row is `(body, etag, *order values)` (`body`: what `selected` reads): its values of `page_order(query)`, as SQLite
-    compares them, from which `token` makes the position after it."""
+    A row is `(body, cold, etag, *order values)` (`body, cold`: what `selected` reads): its
+    values of `page_order(query)`, as SQLite compares them, from which `token` makes the
+    position after it."""
     order = page_order(query)
     last = position(order, continuation) if continuation else None
     if _filters(query) is None:
@@ -156,14 +158,35 @@ def _order_by(order: list[tuple[str, bool]]) -> str:
     return " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
 
 
+#: Fields a container's documents keep out of their indexed body, in the `cold` table beside
+#: `docs` (same key): large, written once, never filtered or ordered on. A write re-keys the
+#: indexes holding its document and rewrites the whole row, and an index's expressions and a
+#: projection's `->` parse the whole body: a job's 4 KB `bodyMd` in its body made every one of
+#: those move it again. A document written before this layout keeps them in its body until it
+#: is next written whole; a read takes the cold table's where it has them, else the body's.
+COLD: dict[str, frozenset[str]] = {"jobs": frozenset({"bodyMd"})}
+
+#: The cold half of the document a `docs` row holds (NULL if none), as a scalar subquery.
+COLD_BODY = "(SELECT c.body FROM cold AS c WHERE c.container = docs.container AND c.pk = docs.pk AND c.id = docs.id)"
+
+
 def selected(query: Query) -> str:
-    """What a row of `query` reads: the whole body, or (a projection) a JSON array of the
-    projected fields' values, in `query.projection()` order (`->` keeps objects and arrays
-    JSON, and gives NULL for an absent field)."""
+    """What a row of `query` reads: the whole body then its cold half (`COLD_BODY`), or (a
+    projection) a JSON array of the projected fields' values, in `query.projection()` order
+    (`->` keeps objects and arrays JSON, and gives NULL for an absent field), then NULL."""
     fields = query.projection()
     if not fields:
-        return "body"
-    return "json_array(" + ", ".join("id" if f == "id" else f"body -> {path(f)}" for f in fields) + ")"
+        return f"body, {COLD_BODY}" if COLD.get(query.container) else "body, NULL"
+    return "json_array(" + ", ".join(_projected_value(query.container, f) for f in fields) + "), NULL"
+
+
+def _projected_value(container: str, field: str) -> str:
+    if field == "id":
+        return "id"
+    if field.split(".")[0] in COLD.get(container, ()):
+        cold = COLD_BODY.replace("SELECT c.body", f"SELECT c.body -> {path(field)}")
+        return f"coalesce({cold}, body -> {path(field)})"
+    return f"body -> {path(field)}"
 
 
 def count(query: Query) -> tuple[str, list[Any]] | None:
@@ -194,6 +217,10 @@ def _filters(
     container = query.container
     if container not in PARTITION_KEYS:
         raise ValueError(f"unknown container {container!r}")
+    cold = COLD.get(container, frozenset())
+    for name in [*(f.field for f in query.where), *(f for f, _ in query.order_by)]:
+        if name.split(".")[0] in cold:
+            raise ValueError(f"{container} documents keep {name!r} beside their indexed body: no query filters or orders on it")
     where: list[str] = []
     params: list[Any] = []
     if query.partition_key is not None:
@@ -395,6 +422,7 @@ def json_types(value: Any) -> str:
     return "'integer', 'real'" if isinstance(value, (int, float)) else "'text'"
 
 
+@functools.lru_cache(maxsize=256)
 def path(field: str) -> str:
     """The quoted JSON path of a dotted field."""
     return column(field).removeprefix("json_extract(body, ").removesuffix(")")

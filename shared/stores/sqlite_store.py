@@ -2,12 +2,15 @@
 
 Documents live in one table keyed by (container, partition key, id), bodies as JSON; how
 queries are turned into SQL, and the indexes that serve them, is `shared.stores.sqlite_query`.
-Every write is one statement, so each is atomic on its document without an explicit
-transaction; a patch reads the document, applies its operations here, and writes the result
-with one statement conditional on the ETag it read, as a replace does.
+The few large fields a container's queries never touch (`sqlite_query.COLD`: a job's `bodyMd`)
+live in a second table, `cold`, beside their document, so that a write re-keys and rewrites a
+small body. A write of a document without such fields is one statement, atomic on its own;
+one with them writes both rows in one transaction. A patch applies its operations to the
+stored JSON in one statement conditional on the ETag (one it cannot apply so, or one of a
+cold field, reads the document, applies them here, and writes it whole as a replace does).
 
 Connections come from a bounded pool (`shared.stores.sqlite_pool`): each store call borrows one
-for its one statement and gives it back, so a process holds at most `pool_size` connections
+for its statement (or transaction) and gives it back, so a process holds at most `pool_size` connections
 however many requests it serves. Every call answers within `timeout` seconds (the store
 deadline, `FLEET_STORE_TIMEOUT_SECONDS`): the wait for a free connection and the wait on
 another process's lock both count against it.
@@ -37,6 +40,16 @@ CREATE TABLE IF NOT EXISTS docs (
     pk        TEXT NOT NULL,
     id        TEXT NOT NULL,
     etag      TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (container, pk, id)
+) WITHOUT ROWID
+"""
+#: The cold halves of documents (`sqlite_query.COLD`), keyed as their documents are.
+COLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cold (
+    container TEXT NOT NULL,
+    pk        TEXT NOT NULL,
+    id        TEXT NOT NULL,
     body      TEXT NOT NULL,
     PRIMARY KEY (container, pk, id)
 ) WITHOUT ROWID
@@ -130,51 +143,85 @@ class SqliteStore(Store):
             cursor = conn.execute(sql, params)
             return cursor.fetchall(), cursor.rowcount
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A borrowed connection in a write transaction (`BEGIN IMMEDIATE`: the write lock is
+        waited for up front, within the deadline), committed when the block ends, rolled back
+        if it raises: a document and its cold half are written together or not at all."""
+        with _converted(), self._pool.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     # primitives
 
     def read(self, container, partition_key, id):
         rows, _ = self._run(
-            "SELECT body, etag FROM docs WHERE container = ? AND pk = ? AND id = ?", (container, partition_key, id)
+            f"SELECT body, {_cold_of(container)}, etag FROM docs WHERE container = ? AND pk = ? AND id = ?",
+            (container, partition_key, id),
         )
         if not rows:
             raise errors.NotFound(f"{container}/{id} not found")
         return _doc(rows[0])
 
     def create(self, container, doc):
-        body, etag = _encode(doc)
+        (hot, cold), etag = _split(container, doc), _etag()
+        key = (container, partition_of(container, doc), doc["id"])
+        insert = "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)"
         try:
-            self._run(
-                "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)",
-                (container, partition_of(container, doc), doc["id"], etag, body),
-            )
+            if cold is None:
+                self._run(insert, (*key, etag, hot))
+            else:
+                with self._transaction() as conn:
+                    conn.execute(insert, (*key, etag, hot))
+                    conn.execute("INSERT INTO cold (container, pk, id, body) VALUES (?, ?, ?, ?)", (*key, cold))
         except sqlite3.IntegrityError:
             raise errors.Conflict(f"{container}/{doc['id']} already exists") from None
         return {**clean(doc), "_etag": etag}
 
     def replace(self, container, doc, etag):
-        body, new_etag = _encode(doc)
         pk = partition_of(container, doc)
-        _, count = self._run(
-            "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?",
-            (body, new_etag, container, pk, doc["id"], etag),
-        )
-        if count == 0:
+        new_etag = self._rewrite(container, pk, doc["id"], doc, etag)
+        if new_etag is None:
             self.read(container, pk, doc["id"])  # raises NotFound if it is gone
             raise errors.PreconditionFailed(f"{container}/{doc['id']} changed since it was read")
         return {**clean(doc), "_etag": new_etag}
 
+    def _rewrite(self, container: str, pk: str, id: str, doc: dict[str, Any], etag: str) -> str | None:
+        """Write `doc` whole over the document stored with `etag`: its new ETag, or None if
+        the ETag moved (or it is gone)."""
+        (hot, cold), new_etag = _split(container, doc), _etag()
+        update = "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?"
+        if container not in sqlite_query.COLD:
+            _, count = self._run(update, (hot, new_etag, container, pk, id, etag))
+            return new_etag if count else None
+        with self._transaction() as conn:
+            if not conn.execute(update, (hot, new_etag, container, pk, id, etag)).rowcount:
+                return None
+            _write_cold(conn, (container, pk, id), cold)
+        return new_etag
+
     def patch(self, container, partition_key, id, ops, etag, answer=False):
         if len(ops) > MAX_PATCH_OPS:
             raise ValueError(f"a patch carries at most {MAX_PATCH_OPS} operations, not {len(ops)}")
-        statement = _patch_in_place(ops)
+        cold = sqlite_query.COLD.get(container, frozenset())
+        statement = None if any(op.field in cold for op in ops) else _patch_in_place(ops)
         if statement is not None:
             # One UPDATE applies the operations to the stored JSON: the document is not read.
             # It changes nothing if the ETag moved or an operation does not apply (removing an
             # absent field, appending to what is not an array); the read below tells which.
             sql, params = statement
-            new_etag = uuid.uuid4().hex
+            new_etag = _etag()
             if answer:
-                rows, _ = self._run(sql + " RETURNING body, etag", (*params, new_etag, container, partition_key, id, etag))
+                rows, _ = self._run(
+                    sql + f" RETURNING body, {_cold_of(container)}, etag",
+                    (*params, new_etag, container, partition_key, id, etag),
+                )
                 if rows:
                     return _doc(rows[0])
             else:
@@ -185,43 +232,52 @@ class SqliteStore(Store):
         if stored["_etag"] != etag:
             raise errors.PreconditionFailed(f"{container}/{id} changed since it was read")
         doc = patched(stored, ops)
-        body, new_etag = _encode(doc)
-        _, count = self._run(
-            "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?",
-            (body, new_etag, container, partition_key, id, etag),
-        )
-        if count == 0:
+        new_etag = self._rewrite(container, partition_key, id, doc, etag)
+        if new_etag is None:
             self.read(container, partition_key, id)  # raises NotFound if it is gone
             raise errors.PreconditionFailed(f"{container}/{id} changed since it was read")
         return {**doc, "_etag": new_etag} if answer else {"_etag": new_etag}
 
     def upsert(self, container, doc):
-        body, etag = _encode(doc)
-        self._run(
+        (hot, cold), etag = _split(container, doc), _etag()
+        key = (container, partition_of(container, doc), doc["id"])
+        upsert = (
             "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, etag = excluded.etag",
-            (container, partition_of(container, doc), doc["id"], etag, body),
+            "ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, etag = excluded.etag"
         )
+        if container not in sqlite_query.COLD:
+            self._run(upsert, (*key, etag, hot))
+        else:
+            with self._transaction() as conn:
+                conn.execute(upsert, (*key, etag, hot))
+                _write_cold(conn, key, cold)
         return {**clean(doc), "_etag": etag}
 
     def delete(self, container, partition_key, id):
-        _, count = self._run(
-            "DELETE FROM docs WHERE container = ? AND pk = ? AND id = ?", (container, partition_key, id)
-        )
+        key = (container, partition_key, id)
+        delete = "DELETE FROM docs WHERE container = ? AND pk = ? AND id = ?"
+        if container not in sqlite_query.COLD:
+            _, count = self._run(delete, key)
+        else:
+            with self._transaction() as conn:
+                count = conn.execute(delete, key).rowcount
+                conn.execute("DELETE FROM cold WHERE container = ? AND pk = ? AND id = ?", key)
         if count == 0:
             raise errors.NotFound(f"{container}/{id} not found")
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
-        stamp = stamp or {}
-        body, etag = _encode({**initial, **stamp, field: by})
-        sets = [f"{sqlite_query.path(field)}, coalesce(json_extract(body, {sqlite_query.path(field)}), 0) + ?"]
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
+        stamp, added = stamp or {}, {field: by, **(also or {})}
+        if any(name in sqlite_query.COLD.get(container, ()) for name in (*initial, *stamp)):
+            raise ValueError(f"an increment keeps its document whole: it cannot hold {sorted(sqlite_query.COLD[container])}")
+        body, etag = _encode({**initial, **stamp, **added})
+        sets = [f"{sqlite_query.path(name)}, coalesce(json_extract(body, {sqlite_query.path(name)}), 0) + ?" for name in added]
         sets += [f"{sqlite_query.path(name)}, json(?)" for name in stamp]
         rows, _ = self._run(
             "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (container, pk, id) DO UPDATE SET "
             f"body = json_set(body, {', '.join(sets)}), etag = ? "
-            "RETURNING body, etag",
-            (container, partition_key, id, etag, body, by, *(json.dumps(v) for v in stamp.values()), uuid.uuid4().hex),
+            "RETURNING body, NULL, etag",
+            (container, partition_key, id, etag, body, *added.values(), *(json.dumps(v) for v in stamp.values()), _etag()),
         )
         return _doc(rows[0])
 
@@ -233,7 +289,7 @@ class SqliteStore(Store):
         items = rows[: query.limit]
         more = len(rows) > query.limit
         read = functools.partial(_projected, query.projection(), query.with_etags) if query.fields else _doc
-        return Page([read(r) for r in items], sqlite_query.token(query, items[-1][2:]) if more and items else None)
+        return Page([read(r) for r in items], sqlite_query.token(query, items[-1][3:]) if more and items else None)
 
     def _read(self, statements: list[tuple[str, list[Any]]], wanted: int) -> list[Any]:
         """The first `wanted` rows `statements` read in turn (each binds the rows still wanted
@@ -295,6 +351,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(SCHEMA)
+        conn.execute(COLD_SCHEMA)
         wanted = {name: sqlite_query.index_sql(name, container, keys) for name, container, keys in sqlite_query.INDEXES}
         existing = dict(
             conn.execute(
@@ -387,18 +444,61 @@ def _patch_in_place(ops: list[Op]) -> tuple[str, list[Any]] | None:
     return sql, params
 
 
+def _etag() -> str:
+    """A new document's ETag: 128 random bits, as Cosmos DB's are opaque and never reused."""
+    return os.urandom(16).hex()
+
+
 def _encode(doc: dict[str, Any]) -> tuple[str, str]:
-    return json.dumps(clean(doc), separators=(",", ":")), uuid.uuid4().hex
+    return _json(clean(doc)), _etag()
 
 
-def _projected(projection: tuple[str, ...], with_etags: bool, row: tuple[str, str]) -> dict[str, Any]:
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _split(container: str, doc: dict[str, Any]) -> tuple[str, str | None]:
+    """`doc` as stored: the JSON of its body, and of its cold half (`sqlite_query.COLD`; None
+    when it has none: a null field stays in the body, as it reads)."""
+    doc = clean(doc)
+    cold_fields = sqlite_query.COLD.get(container)
+    if not cold_fields:
+        return _json(doc), None
+    cold = {name: doc[name] for name in cold_fields if doc.get(name) is not None}
+    if not cold:
+        return _json(doc), None
+    return _json({k: v for k, v in doc.items() if k not in cold}), _json(cold)
+
+
+def _write_cold(conn: sqlite3.Connection, key: tuple[str, str, str], cold: str | None) -> None:
+    """Store a document's cold half beside it (none: drop any it had), in its transaction;
+    one unchanged is not written again."""
+    if cold is None:
+        conn.execute("DELETE FROM cold WHERE container = ? AND pk = ? AND id = ?", key)
+    else:
+        conn.execute(
+            "INSERT INTO cold (container, pk, id, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body WHERE body IS NOT excluded.body",
+            (*key, cold),
+        )
+
+
+def _cold_of(container: str) -> str:
+    """What a statement on `docs` selects for a row's cold half."""
+    return sqlite_query.COLD_BODY if container in sqlite_query.COLD else "NULL"
+
+
+def _projected(projection: tuple[str, ...], with_etags: bool, row: tuple[Any, ...]) -> dict[str, Any]:
     doc = projected(dict(zip(projection, json.loads(row[0]))))
     if with_etags:
-        doc["_etag"] = row[1]
+        doc["_etag"] = row[2]
     return doc
 
 
-def _doc(row: tuple[str, str]) -> dict[str, Any]:
+def _doc(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A document from its row: `(body, cold half or NULL, etag)`."""
     doc = json.loads(row[0])
-    doc["_etag"] = row[1]
+    if row[1] is not None:
+        doc.update(json.loads(row[1]))
+    doc["_etag"] = row[2]
     return doc

@@ -451,17 +451,34 @@ def test_increment_stamps_fields_in_the_same_write(store, ns):
     assert store.read("jobs", ns, "queue-state") == bumped
 
 
+def test_increment_adds_to_other_fields_in_the_same_write(store, ns):
+    # (a finish bumps the activity version and counts itself on the day's rollup at once)
+    initial = {"id": "day", "productId": ns, "day": "2026-01-01"}
+
+    created = store.increment("jobs", ns, "day", "version", 1, initial, also={"shipped": 1})
+    counted = store.increment("jobs", ns, "day", "version", 1, initial, also={"shipped": 1, "spentUsd": 0.25})
+    bumped = store.increment("jobs", ns, "day", "version", 1, initial, stamp={"updatedAt": T[1]}, also={})
+
+    assert (created["version"], created["shipped"], created["day"]) == (1, 1, "2026-01-01")
+    assert (counted["version"], counted["shipped"], counted["spentUsd"]) == (2, 2, 0.25)
+    assert (bumped["version"], bumped["shipped"], bumped["spentUsd"], bumped["updatedAt"]) == (3, 2, 0.25, T[1])
+    assert store.read("jobs", ns, "day") == bumped
+
+
 def test_concurrent_increments_never_lose_an_update(store, ns):
     threads, each = 8, 5
     initial = {"id": "queue-state", "productId": ns, "version": 0}
 
     def bump(i: int) -> None:
         for _ in range(each):
-            store.increment("jobs", ns, "queue-state", "version", 1, initial, stamp={"updatedAt": T[i % 6]})
+            store.increment(
+                "jobs", ns, "queue-state", "version", 1, initial, stamp={"updatedAt": T[i % 6]}, also={"seen": i % 2}
+            )
 
     race(threads, bump)  # all start on a missing document: exactly one create wins
 
-    assert store.read("jobs", ns, "queue-state")["version"] == threads * each
+    doc = store.read("jobs", ns, "queue-state")
+    assert (doc["version"], doc["seen"]) == (threads * each, threads // 2 * each)
 
 
 # The shared compare-and-swap loop over every adapter

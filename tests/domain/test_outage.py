@@ -71,9 +71,9 @@ class Flaky(store_port.CountingStore):
         self._check()
         return super().query(query, continuation)
 
-    def increment(self, container, partition_key, id, field, by, initial, stamp=None):
+    def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
         self._check()
-        return super().increment(container, partition_key, id, field, by, initial, stamp)
+        return super().increment(container, partition_key, id, field, by, initial, stamp, also)
 
 
 class Coordinator:

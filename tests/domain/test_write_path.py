@@ -38,7 +38,7 @@ RESERVED = {
     "queue_state.py": {"DOC_ID"},
     "weight_registry.py": {"DOC_ID"},
     "outage.py": {"STATE_ID"},
-    "activity.py": {"DOC_ID", "_day_id"},  # the activity version, and the day rollups' ids
+    "activity.py": {"_day_id"},  # the day rollups, which hold the activity version
 }
 
 
@@ -279,8 +279,8 @@ def test_a_put_overtaken_by_a_later_counted_put_counts_again(world):
     first = []
 
     class Overtaking(store_port.CountingStore):
-        def increment(self, container, partition_key, id, field, by, initial, stamp=None):
-            doc = super().increment(container, partition_key, id, field, by, initial, stamp)
+        def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
+            doc = super().increment(container, partition_key, id, field, by, initial, stamp, also)
             if field == queue_state.WEIGHT_CHANGES and not first:
                 first.append(doc[field])
                 weight_registry.put(world.ctx, PRODUCT, scoring.WeightsPatch(age=2))
