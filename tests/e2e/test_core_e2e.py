@@ -253,6 +253,33 @@ def test_concurrent_heartbeats_of_one_factory_never_move_its_liveness_back(serve
             http.close()
 
 
+def test_a_job_document_without_runs_or_events_is_claimed(serve, store_env):
+    """Over both stores: a queued job whose document lacks `runs` and `events` (an older
+    release's, a hand-written one) is claimed, and the claim answers its run and event."""
+    with serve(args=("--no-timers",)) as server:
+        http = Http(server.url)
+        store = config.store_from({**store_env, "FLEET_DB": server.db})
+        try:
+            job = http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "older"}).json()
+            doc = store.read("jobs", "p", job["id"])
+            store.replace("jobs", {k: v for k, v in doc.items() if k not in ("runs", "events")}, doc["_etag"])
+
+            response = http.post("/fleet/claim", {"factoryId": "f1", "productId": "p"})
+
+            assert response.status_code == 200, response.text
+            claimed = response.json()
+            assert claimed["job"]["id"] == job["id"] and claimed["lease"]["factoryId"] == "f1"
+            assert [r["runId"] for r in claimed["job"]["runs"]] == [claimed["runId"]] == [f"{job['id']}#1"]
+            assert [e["type"] for e in claimed["job"]["events"]] == ["claimed"]
+            stored = store.read("jobs", "p", job["id"])
+            assert (stored["stage"], stored["lease"]["leaseId"]) == ("assigned", claimed["lease"]["leaseId"])
+            assert [r["runId"] for r in stored["runs"]] == [claimed["runId"]]
+            assert [e["type"] for e in stored["events"]] == ["claimed"]
+        finally:
+            store.close()
+            http.close()
+
+
 def test_data_survives_a_restart(http, server):
     job = http.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "durable"}).json()
     http.post("/fleet/claim", {"factoryId": "f1", "productId": "p"})
