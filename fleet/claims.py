@@ -290,19 +290,40 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
     event appended), conditional on the ETag the head was read with, which the store answers
     with the job as it stands. A job changed since its head was read (taken, requeued, its
     priority or capabilities changed) fails the condition: a race lost, as `PreconditionFailed`
-    (or `NotFound`), with the reservation given back."""
+    (or `NotFound`), with the reservation given back.
+
+    A job document without its `runs` or `events` array (an older release's, a hand-written
+    one: `Job.from_doc` reads them as empty) cannot take the appends, and the store refuses
+    the patch whole (`ValueError`, nothing written). Such a job is read whole and taken by the
+    ordinary write (`_take_as_read`), under the same lease and still conditional on the ETag
+    its head was read with, so it is exactly as fenced as the patch: one more read, for a
+    document that then has its arrays."""
     now = ctx.clock.now()
     seen = _as_seen(head)
     lease = _new_lease(ctx, seen, factory_id, now)
     reserved = _reserve(ctx, seen, lease, now, budget)
     try:
         decided = _claimed(seen, _Taking(lease, reserved, None), now)
-        written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
+        try:
+            written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
+        except ValueError:
+            return Claimed.taken(_take_as_read(ctx, head, lease, now, reserved))
     except (errors.PreconditionFailed, errors.NotFound):
         if reserved:
             budgets.change(ctx, head.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
         raise
     return Claimed.taken(effects.settle(ctx, written).job)
+
+
+def _take_as_read(ctx: Context, head: candidates.Head, lease: Lease, now: datetime, reserved: bool) -> Job:
+    """Take the job `head` ranks by reading it whole and writing it as every job write does
+    (`_take`: decided on the whole document, which may lack fields the patch assumed), under
+    `lease`. `PreconditionFailed` if it is no longer stored at the ETag its head was read with,
+    so the take is conditional on that ETag as the patch was."""
+    job = writes.read(ctx, head.id)
+    if job.etag != head.etag:
+        raise errors.PreconditionFailed(f"job {job.id} changed since it was ranked")
+    return _take(ctx, job, lease, now, reserved)
 
 
 #: The top-level fields a claim sets (`_claimed`), besides the run and event it appends.

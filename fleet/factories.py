@@ -7,7 +7,8 @@ heartbeat) and `leases` (the ids of the leases that heartbeat renewed). A job's 
 factory F is live at `now` iff the job's own `lease.expiresAt > now`, or F's document has
 `leaseUntil > now` and lists L; its effective expiry is the later of the two
 (`fleet.liveness`, the one place that decides it: fenced writes, the sweep, seat counts and
-preemption all ask it).
+preemption all ask it). Heartbeats write it conditionally, so that one landing after a later
+one of the same factory never moves its liveness back (`heartbeat`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from pydantic import Field
 
-from fleet import activity, clock, liveness, outage, store
+from fleet import activity, clock, errors, liveness, outage, store
 from fleet.context import Context, Settings
 from fleet.jobs import Job, Model, Time, product_of
 
@@ -84,6 +85,11 @@ def find(ctx: Context, factory_id: str) -> dict[str, Any] | None:
     return liveness.read_factory(ctx, factory_id)
 
 
+#: How many times a heartbeat writes its factory's document: once, and again after each race
+#: lost to another heartbeat of the factory (a re-read and a fresh decision each time).
+HEARTBEAT_ATTEMPTS = 4
+
+
 def heartbeat(
     ctx: Context,
     factory_id: str,
@@ -97,46 +103,111 @@ def heartbeat(
     `Forbidden` unless the principal speaks for the factory and may enter every product named.
 
     The renewal is the factory document's (see `fleet.liveness`): `leaseUntil` one lease term
-    from now and `leases` the ids renewed, written in the heartbeat's one upsert. No job
+    from now and `leases` the ids renewed, written in the heartbeat's one write. No job
     document is written, so a heartbeat costs at most three store calls whatever it names: the
     factory's document (point read), the factory's leases (one query, projected to the lease),
-    the upsert; and the outage record (a point read) only when a named lease is past its
+    the write; and the outage record (a point read) only when a named lease is past its
     effective expiry. A lease is renewed if the job's current lease is still that one, held by
     this factory, and live by the rule on the factory document as it was before this heartbeat
     (or held for an outage, `outage.grace_until` on its effective expiry): a heartbeat keeps a
     live lease alive and never brings back one that has ended.
+
+    The write is conditional (`_write_liveness`): a replace on the ETag of the document read,
+    or a create when there was none, and a race lost to another heartbeat of the factory
+    re-reads and decides again, at most `HEARTBEAT_ATTEMPTS` times in all (then
+    `TooManyRetries`, a 503 worth retrying). Two heartbeats of one factory can land out of
+    order (one delayed in a proxy, a paused instance): a last writer winning would let the
+    older one move `leaseUntil` back and drop the leases the newer one listed, so the sweep
+    could end live work and the next heartbeat answer `revoked` for a lease still running. So
+    a heartbeat older than the one stored (its `lastHeartbeatAt` later than this `now`) never
+    moves `leaseUntil` back nor drops a stored lease: it only adds the leases it renewed, and
+    writes nothing when they are listed already.
     """
     ctx.principal.act_as_factory(factory_id)
     for product_id in products:
         ctx.principal.enter(product_id)
     now = ctx.clock.now()
-    previous = find(ctx, factory_id) or {}
+    previous = find(ctx, factory_id)
     held = _held_by(ctx, factory_id) if running else {}
     outages = functools.cache(lambda: outage.read(ctx))  # once, for a lease past its effective expiry
 
     until = now + timedelta(seconds=ctx.settings.lease_seconds)
-    answers = [
-        LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.RENEWED, expires_at=until)
-        if renewed(held.get(job_id), lease_id, previous, now, outages, ctx.settings)
-        else LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.REVOKED)
-        for job_id, lease_id in running
-    ]
-    ctx.store.upsert(
-        "factories",
-        {
-            "id": factory_id,
-            "products": products,
-            "capabilities": capabilities,
-            "seatLimit": seat_limit,
-            "firstSeenAt": previous.get("firstSeenAt", clock.format(now)),
-            "lastHeartbeatAt": clock.format(now),
-            "leaseUntil": clock.format(until),
-            "leases": list(dict.fromkeys(liveness.listed(a.lease_id) for a in answers if not a.revoked)),
-        },
-    )
-    if [previous.get(k) for k in ("products", "capabilities", "seatLimit")] != [products, capabilities, seat_limit]:
-        activity.touch(ctx)  # a new factory, or one that changed what it serves
-    return Heartbeat(factory_id=factory_id, leases=answers)
+    for attempt in range(HEARTBEAT_ATTEMPTS):
+        if attempt:
+            # Another heartbeat of this factory wrote first: decide again on what it wrote.
+            store.backoff(attempt - 1, ctx.clock.sleep)
+            previous = find(ctx, factory_id)
+        before = previous or {}
+        answers = [
+            LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.RENEWED, expires_at=until)
+            if renewed(held.get(job_id), lease_id, before, now, outages, ctx.settings)
+            else LeaseRenewal(job_id=job_id, lease_id=lease_id, status=Renewal.REVOKED)
+            for job_id, lease_id in running
+        ]
+        doc = _liveness_doc(before, factory_id, products, capabilities, seat_limit, now, until, answers)
+        try:
+            if doc is not None:
+                _write_liveness(ctx, previous, doc)
+        except (errors.PreconditionFailed, errors.Conflict, errors.NotFound):
+            continue
+        if doc is not None and _registration(before) != _registration(doc):
+            activity.touch(ctx)  # a new factory, or one that changed what it serves
+        return Heartbeat(factory_id=factory_id, leases=answers)
+    raise errors.TooManyRetries(f"factory {factory_id}: its document kept changing under this heartbeat")
+
+
+def _liveness_doc(
+    stored: dict[str, Any],
+    factory_id: str,
+    products: list[str],
+    capabilities: list[str],
+    seat_limit: int | None,
+    now: datetime,
+    until: datetime,
+    answers: list[LeaseRenewal],
+) -> dict[str, Any] | None:
+    """The factory document this heartbeat writes over `stored` (`{}`: none yet), or None if
+    there is nothing to write. A heartbeat at least as recent as the stored one writes its own
+    registration and liveness. One older than it (a late arrival) keeps what the later one
+    wrote (registration, `lastHeartbeatAt`, the later `leaseUntil`, its `leases`) and only adds
+    the leases it renewed itself, so that what it answered `renewed` stays true; None when the
+    stored document lists them all already."""
+    renewed_ids = list(dict.fromkeys(liveness.listed(a.lease_id) for a in answers if not a.revoked))
+    first_seen = stored.get("firstSeenAt") or clock.format(now)
+    last = stored.get("lastHeartbeatAt")
+    if last and clock.parse(last) > now:
+        listed = list(stored.get("leases") or [])
+        added = [lease for lease in renewed_ids if lease not in listed]
+        stored_until = stored.get("leaseUntil")
+        later = clock.format(until) if not stored_until or clock.parse(stored_until) < until else stored_until
+        if not added and later == stored_until:
+            return None
+        return {**store.clean(stored), "leaseUntil": later, "leases": listed + added, "firstSeenAt": first_seen}
+    return {
+        "id": factory_id,
+        "products": products,
+        "capabilities": capabilities,
+        "seatLimit": seat_limit,
+        "firstSeenAt": first_seen,
+        "lastHeartbeatAt": clock.format(now),
+        "leaseUntil": clock.format(until),
+        "leases": renewed_ids,
+    }
+
+
+def _write_liveness(ctx: Context, previous: dict[str, Any] | None, doc: dict[str, Any]) -> None:
+    """Write the factory's document if it is still as `previous` was read: a replace on its
+    ETag, or a create when there was none. A race lost raises `PreconditionFailed` (another
+    heartbeat replaced it), `Conflict` (another created it) or `NotFound` (it is gone)."""
+    if previous is None:
+        ctx.store.create("factories", doc)
+    else:
+        ctx.store.replace("factories", doc, previous["_etag"])
+
+
+def _registration(doc: dict[str, Any]) -> list[Any]:
+    """What a factory says it serves, as its document has it."""
+    return [doc.get(k) for k in ("products", "capabilities", "seatLimit")]
 
 
 def renewed(

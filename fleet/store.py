@@ -163,7 +163,11 @@ class Store(ABC):
         document it has not read: the store sends it back once, instead of a read before).
         Raises `PreconditionFailed` on a stale ETag and `NotFound` if the document is gone; in
         both cases nothing is written. More than `MAX_PATCH_OPS` operations raise `ValueError`.
-        A `remove` names a field the document has, an `append` a field holding an array.
+        A `remove` names a field the document has, an `append` a field holding an array (as
+        the operations before it leave the document): a patch with one that does not apply to
+        the document as stored raises `ValueError`, and nothing is written (Cosmos DB refuses
+        it with a 400). An older document may lack an array a newer one always has: a caller
+        that appends without having read the document must expect this.
         """
 
     @abstractmethod

@@ -153,15 +153,23 @@ class CosmosStore(Store):
         if len(ops) > MAX_PATCH_OPS:
             raise ValueError(f"Cosmos DB patches at most {MAX_PATCH_OPS} operations at once, not {len(ops)}")
         with _converted(f"{container}/{id}"):
-            written = self._container(container).patch_item(
-                item=id,
-                partition_key=partition_key,
-                patch_operations=[_patch_operation(op) for op in ops],
-                etag=etag,
-                match_condition=MatchConditions.IfNotModified,
-                timeout=self.timeout,
-                no_response=not answer,
-            )
+            try:
+                written = self._container(container).patch_item(
+                    item=id,
+                    partition_key=partition_key,
+                    patch_operations=[_patch_operation(op) for op in ops],
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                    timeout=self.timeout,
+                    no_response=not answer,
+                )
+            except exceptions.CosmosHttpResponseError as exc:
+                # 400: an operation does not apply to the document as stored (an append to a
+                # field holding no array, a remove of an absent one): nothing was written, and
+                # the port says so as SQLite does, with a ValueError.
+                if exc.status_code == 400:
+                    raise ValueError(f"{container}/{id}: the patch does not apply: {exc.message}") from exc
+                raise
             if answer:
                 return _public(written)
             return {"_etag": written.get_response_headers()["etag"]}

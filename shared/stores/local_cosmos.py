@@ -49,9 +49,11 @@ EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPM
 # call goes to; with COSMOSDB_ADVERTISED_PORT it names that port on loopback instead (a proxy
 # in front of it, so that the SDK's calls all pass the proxy).
 #
-# One bug of @vercel/cosmosdb-server 1.0.1 is patched before the routes load (they capture the
+# Two bugs of @vercel/cosmosdb-server 1.0.1 are patched before the routes load (they capture the
 # handlers when required): a point read of a missing document that names its partition key (as
 # every SDK read does) dereferences the missing document and answers 500; Cosmos answers 404.
+# And a patch's `add` at `/field/-` (an append) to a field that holds no array sets a field
+# named `-` on the document; Cosmos refuses the patch with 400 and writes nothing.
 _SCRIPT = r"""
 const lib = `${process.argv[1]}/lib`;
 const readDocument = require(`${lib}/handler/read-document`);
@@ -64,6 +66,36 @@ readDocument.default = (account, req, res, params) => {
     res.statusCode = 404;
     return { code: "NotFound", message: "Entity with the specified id does not exist in the system." };
   }
+};
+const patchOps = require(`${lib}/handler/_patch-operations`);
+const { parsePartitionKey } = require(`${lib}/utils/get-partition-from-header`);
+const patchOperation = patchOps.patchOperation;
+patchOps.patchOperation = (collection, input) => {
+  const data = collection.document(input.id, parsePartitionKey(input.partitionKey, input.id)).read();
+  if (data && !(input.ifMatch && input.ifMatch !== data._etag)) {
+    const arrays = {};  // a top-level field's array-ness as the operations before leave it
+    for (const [i, op] of (input.operations || []).entries()) {
+      const path = typeof op.path === "string" ? op.path.split("/") : [];
+      if (path.length !== 2 && !(path.length === 3 && path[2] === "-")) continue;
+      const field = path[1];
+      if (path.length === 3 && op.op === "add") {
+        const array = field in arrays ? arrays[field] : Array.isArray(data[field]);
+        if (!array) {
+          return {
+            statusCode: 400,
+            body: {
+              code: "BadRequest",
+              message: `For Operation(${i}): Add Operation can only create a child object of an existing node ` +
+                "(array or object) and can't create path recursively.",
+            },
+          };
+        }
+      } else if (path.length === 2) {
+        arrays[field] = op.op === "remove" ? false : Array.isArray(op.value);
+      }
+    }
+  }
+  return patchOperation(collection, input);
 };
 const { createHttpsServer } = require(lib);
 const server = createHttpsServer({ keepAlive: true });

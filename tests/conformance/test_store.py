@@ -212,6 +212,40 @@ def test_patch_sets_removes_and_appends_top_level_fields(store, ns):
     }
 
 
+@pytest.mark.parametrize("answer", [False, True])
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"runs": None}, {"runs": {"not": "an array"}}],
+    ids=["absent", "null", "an object"],
+)
+def test_an_append_to_a_field_holding_no_array_is_refused_whole(store, ns, fields, answer):
+    # Given a job document whose `runs` is absent, null or not an array (an older release's)
+    v1 = store.create("jobs", job(ns, "a", events=[], **fields))
+    ops = [
+        fleet_store.Op("set", "stage", "assigned"),
+        fleet_store.Op("append", "runs", {"runId": "r1"}),
+        fleet_store.Op("append", "events", {"kind": "claimed"}),
+    ]
+    # Then a patch appending to it is refused, as the port says (Cosmos: a 400)
+    with pytest.raises(ValueError):
+        store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"], answer=answer)
+    # and writes nothing: not its sets, not the other field's append, not a stray field
+    assert store.read("jobs", ns, f"{ns}:a") == v1
+    # while a stale ETag still answers as a race lost, whatever the operations
+    store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "n", 1)], v1["_etag"])
+    with pytest.raises(errors.PreconditionFailed):
+        store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"], answer=answer)
+
+
+def test_an_append_to_an_array_set_earlier_in_the_patch_applies(store, ns):
+    v1 = store.create("jobs", job(ns, "a"))
+    ops = [fleet_store.Op("set", "runs", [{"runId": "r1"}]), fleet_store.Op("append", "runs", {"runId": "r2"})]
+
+    store.patch("jobs", ns, f"{ns}:a", ops, v1["_etag"])
+
+    assert store.read("jobs", ns, f"{ns}:a")["runs"] == [{"runId": "r1"}, {"runId": "r2"}]
+
+
 def test_patch_with_a_stale_etag_fails_and_writes_nothing(store, ns):
     v1 = store.create("jobs", job(ns, "a", stage="queued"))
     v2 = store.patch("jobs", ns, f"{ns}:a", [fleet_store.Op("set", "stage", "assigned")], v1["_etag"])

@@ -205,3 +205,53 @@ def test_factories_racing_over_one_file_take_by_head_each_job_once_answered_as_s
             final = Job.from_doc(stored(world, job))
             assert final.lease_epoch == 1 and [r.run_id for r in final.runs] == [f"{job.id}#1"]
             assert [e.type for e in final.events].count("claimed") == 1
+
+
+@BUDGETS
+@pytest.mark.parametrize("missing", [("runs",), ("events",), ("runs", "events")], ids=["runs", "events", "both"])
+def test_a_job_document_without_its_runs_or_events_is_claimed_whole(world, make_job, missing):
+    # Given a queued, estimated job whose document lacks `runs`, `events` or both (an older
+    # release's), which the take's appends cannot apply to
+    world.put_budget(100.0)
+    job = make_job("job", estimated_cost_usd=2.0)
+    before = seeded(world, job, **{name: None for name in missing})
+    kept_events = before.get("events", [])
+    store = world.store
+    store.reset()
+    # When a factory claims
+    claimed = world.claim("factory-1", capabilities=[])
+    # Then it takes the job: the refused patch, then one read of the job (besides the
+    # product's weights) and one write of it, the difference as a patch
+    assert claimed.job is not None and claimed.job.id == job.id
+    assert (store.calls["read:jobs"], store.calls["patch:jobs"], store.calls["replace:jobs"]) == (2, 2, 0)
+    # answering the run and claim event, under the lease (and reservation) it took
+    lease = claimed.lease
+    assert claimed.run_id == f"{job.id}#1" and [r.run_id for r in claimed.job.runs] == [claimed.run_id]
+    assert claimed.job.runs[-1].reservation == lease.lease_id
+    assert claimed.job.events[-1].type == "claimed"
+    assert [e.type for e in claimed.job.events][:-1] == [e["type"] for e in kept_events]
+    # and it is stored so, its arrays whole again
+    after = stored(world, job)
+    assert Job.from_doc(after).to_doc() == claimed.job.to_doc() and after["_etag"] == claimed.job.etag
+    assert [r["runId"] for r in after["runs"]] == [claimed.run_id] and after["events"][-1]["type"] == "claimed"
+    assert list(world.stored_budget().reservations) == [lease.lease_id]
+
+
+@BUDGETS
+def test_a_job_without_runs_changed_before_its_whole_take_is_a_race_lost(world, make_job):
+    # Given the best job lacking `runs`, and a rival that takes it right after our claim, its
+    # patch refused, read it whole
+    world.put_budget(100.0)
+    best = make_job("best", priority="critical", estimated_cost_usd=5.0)
+    make_job("next", priority="high", estimated_cost_usd=3.0)
+    seeded(world, best, runs=None)
+    rival = lambda: claims.take(world.ctx, world.job(best), "factory-rival", world.clock.now())  # noqa: E731
+    world.store.meanwhile("read", "jobs", rival, when=lambda container, key, id: id == best.id)
+    # When we claim, the whole take is conditional on the ETag the head was read with: it
+    # loses to the rival, gives its reservation back and takes the next best
+    claimed = world.claim("factory-1", capabilities=[]).job
+    assert claimed.id != best.id
+    assert Job.from_doc(stored(world, best)).lease.factory_id == "factory-rival"
+    held = world.stored_budget().reservations
+    assert claimed.lease.lease_id in held and held[claimed.lease.lease_id]["amountUsd"] == 3.0
+    assert all(r["amountUsd"] != 5.0 or k != claimed.lease.lease_id for k, r in held.items())

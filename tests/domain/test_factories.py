@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from fleet import actions, clock as clock_mod, errors, factories, liveness, outage, sweep
+from fleet import actions, clock as clock_mod, errors, factories, liveness, outage, sweep, testing
 from fleet.context import Context
 from fleet.store import CountingStore
 from fleet.jobs import job_id
@@ -345,3 +345,112 @@ def test_seats_count_the_leases_their_factory_keeps_alive(ctx, running_job, cloc
     assert factories.list_all(ctx).to_doc()["items"][0]["seatsUsed"] == 1
     clock.advance(LEASE_SECONDS)
     assert factories.list_all(ctx).to_doc()["items"][0]["seatsUsed"] == 0
+
+
+# Heartbeats out of order: a late one never moves the factory's liveness back
+
+
+def listed_of(*jobs) -> set[str]:
+    return {liveness.listed(job.lease.lease_id) for job in jobs}
+
+
+def test_a_late_heartbeat_keeps_the_later_ones_liveness(world, ctx, running_job, clock, store):
+    # Given a factory whose heartbeat at t1 renewed two leases
+    a, b = running_job("a", stage="building"), running_job("b", stage="building")
+    t0 = clock.advance(100)
+    t1 = clock.advance(50)
+    heartbeat(ctx, running=[(a, a.lease.lease_id), (b, b.lease.lease_id)])
+    # When an older heartbeat of it, taken at t0 and delayed, lands after it
+    clock.set(t0)
+    store.calls.clear()
+    answers = heartbeat(ctx, running=[(a, a.lease.lease_id), (b, b.lease.lease_id)])
+    # Then it renews what it names, by its own term, and writes nothing: t1's document stands
+    expected = clock_mod.format(t0 + timedelta(seconds=LEASE_SECONDS))
+    assert [(x["status"], x["expiresAt"]) for x in answers] == [("renewed", expected)] * 2
+    assert sum(store.calls.values()) == 2 and store.calls["replace:factories"] == 0, store.calls
+    doc = factories.find(ctx, "factory-1")
+    assert doc["leaseUntil"] == clock_mod.format(t1 + timedelta(seconds=LEASE_SECONDS))
+    assert doc["lastHeartbeatAt"] == clock_mod.format(t1)
+    assert set(doc["leases"]) == listed_of(a, b)
+    # So past both jobs' own expiries, but within t1's term, the sweep leaves them and the
+    # next heartbeat renews them (an older write landing last would have revoked both)
+    clock.set(t1 + timedelta(seconds=LEASE_SECONDS - 1))
+    assert sweep.expired_leases(ctx)["expired"] == 0
+    answers = heartbeat(ctx, running=[(a, a.lease.lease_id), (b, b.lease.lease_id)])
+    assert [x["status"] for x in answers] == ["renewed"] * 2
+
+
+def test_a_late_heartbeat_adds_the_leases_it_renewed_and_drops_none(world, ctx, running_job, clock):
+    # Given a factory whose heartbeat at t1 named only lease b, with a seat limit of 4
+    a, b = running_job("a", stage="building"), running_job("b", stage="building")
+    t0 = clock.advance(100)
+    t1 = clock.advance(50)
+    heartbeat(ctx, running=[(b, b.lease.lease_id)], seat_limit=4)
+    # When an older heartbeat that named a (and an older seat limit) lands after it
+    clock.set(t0)
+    [answer] = heartbeat(ctx, running=[(a, a.lease.lease_id)], seat_limit=2)
+    # Then a, answered renewed, is listed; b stays listed; t1's term and registration stand
+    assert answer["status"] == "renewed"
+    doc = factories.find(ctx, "factory-1")
+    assert set(doc["leases"]) == listed_of(a, b)
+    assert (doc["leaseUntil"], doc["seatLimit"]) == (clock_mod.format(t1 + timedelta(seconds=LEASE_SECONDS)), 4)
+    assert effective_expiry(world, a) == effective_expiry(world, b) == t1 + timedelta(seconds=LEASE_SECONDS)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first heartbeat", "later heartbeat"])
+def test_a_heartbeat_that_loses_the_race_to_a_later_one_decides_again_on_it(ctx, running_job, clock, store, first):
+    # Given a factory's heartbeat taken at t0 (its first, or one after an earlier one), and
+    # a later one, at t1, landing between its read of the factory document and its write
+    a, b = running_job("a", stage="building"), running_job("b", stage="building")
+    if not first:
+        heartbeat(ctx, running=[(a, a.lease.lease_id)])
+    t0 = clock.advance(100)
+    t1 = t0 + timedelta(seconds=50)
+
+    def later() -> None:
+        clock.set(t1)
+        heartbeat(ctx, running=[(b, b.lease.lease_id)])
+        clock.set(t0)
+
+    store.meanwhile("query", "jobs", later)  # its query of the leases, after its read
+    # When it writes, its write is refused (a replace on a stale ETag, or a create of a
+    # document that now exists); it reads again and keeps the later liveness
+    [answer] = heartbeat(ctx, running=[(a, a.lease.lease_id)])
+    assert answer["status"] == "renewed"
+    doc = factories.find(ctx, "factory-1")
+    assert (doc["lastHeartbeatAt"], doc["leaseUntil"]) == (
+        clock_mod.format(t1),
+        clock_mod.format(t1 + timedelta(seconds=LEASE_SECONDS)),
+    )
+    assert set(doc["leases"]) == listed_of(a, b)
+    assert doc["firstSeenAt"] == clock_mod.format(t1 if first else clock_mod.parse(testing.T0))
+
+
+def test_a_heartbeat_whose_document_keeps_changing_gives_up_with_a_503_to_retry(ctx, running_job, clock, store):
+    # Given a factory document something rewrites every time a heartbeat reads it
+    from shared import http
+
+    job = running_job(stage="building")
+    heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    clock.advance(100)
+    raw = store.inner
+
+    def rewrite() -> None:
+        doc = raw.read("factories", "factory-1", "factory-1")
+        raw.replace("factories", {**doc, "rewrites": doc.get("rewrites", 0) + 1}, doc["_etag"])
+
+    for _ in range(factories.HEARTBEAT_ATTEMPTS):
+        store.meanwhile("read", "factories", rewrite)
+    store.calls.clear()
+    # When the factory heartbeats, it tries a bounded number of times, pausing between them
+    pauses = clock.pauses
+    with pytest.raises(errors.TooManyRetries) as raised:
+        heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    assert store.calls["read:factories"] == store.calls["replace:factories"] == factories.HEARTBEAT_ATTEMPTS
+    assert clock.pauses - pauses == factories.HEARTBEAT_ATTEMPTS - 1
+    # and answers a clean 503 with Retry-After, as other bounded retries do
+    response = http.from_error(raised.value)
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
+    # Then once the document is left alone, the heartbeat passes
+    [answer] = heartbeat(ctx, running=[(job, job.lease.lease_id)])
+    assert answer["status"] == "renewed"
