@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from itertools import islice
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
+from azure.core.utils import CaseInsensitiveDict
 from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from fleet import errors
@@ -59,6 +61,47 @@ TIMEOUT = 5.0
 #: and a logical partition at its storage quota.
 WRITE_FORBIDDEN = 3
 PARTITION_FULL = 1014
+
+
+class _ThreadsOwnHeaders:
+    """`last_response_headers` of one SDK client connection, one per thread (see
+    `_headers_per_thread`)."""
+
+    def __get__(self, connection: Any, owner: type | None = None) -> Any:
+        if connection is None:
+            return self
+        mine = connection.__dict__["_headers_by_thread"]
+        headers = getattr(mine, "headers", None)
+        if headers is None:
+            headers = mine.headers = CaseInsensitiveDict()
+        return headers
+
+    def __set__(self, connection: Any, headers: Any) -> None:
+        connection.__dict__["_headers_by_thread"].headers = headers
+
+
+#: The SDK's connection class → its subclass whose `last_response_headers` is per thread.
+_PER_THREAD: dict[type, type] = {}
+
+
+def _headers_per_thread(connection: Any) -> None:
+    """Give each thread its own `last_response_headers` on the SDK's client connection.
+
+    azure-cosmos (4.17.1, the latest) keeps the headers of the last response on the
+    connection every thread shares: a call sets it to its response's headers and then stamps
+    retry counts into it, while a concurrent query copies the headers it was given, which may
+    be that very dict. The copy fails (`RuntimeError: OrderedDict mutated during iteration`),
+    after the service has answered: a 500 for a write that was applied. Every call of the SDK
+    sets and reads the attribute on the thread it runs on, so one per thread keeps what each
+    call sees its own and changes nothing else (a thread's entry goes with the thread)."""
+    cls = type(connection)
+    if cls not in _PER_THREAD:
+        _PER_THREAD[cls] = type(cls.__name__, (cls,), {"last_response_headers": _ThreadsOwnHeaders()})
+    current = connection.__dict__.pop("last_response_headers", None)
+    connection.__dict__["_headers_by_thread"] = threading.local()
+    connection.__class__ = _PER_THREAD[cls]
+    if current is not None:
+        connection.last_response_headers = current
 
 
 class CosmosStore(Store):
@@ -103,6 +146,7 @@ class CosmosStore(Store):
                 raw_response_hook=_meter_charge,
                 **{**deadline_options(timeout), **client_options},
             )
+            _headers_per_thread(self._client.client_connection)
             if create:
                 self.create_containers()
         self._database = self._client.get_database_client(database)

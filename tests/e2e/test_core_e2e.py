@@ -198,7 +198,6 @@ def test_concurrent_heartbeats_of_one_factory_never_move_its_liveness_back(serve
                 leases.append({"jobId": claimed["job"]["id"], "leaseId": claimed["lease"]["leaseId"]})
             answered: list[tuple[str, frozenset[str]]] = []  # (expiresAt, leases renewed)
             problems: list[str] = []
-            sdk_faults: list[int] = []
             lock = threading.Lock()
             barrier = threading.Barrier(threads)
 
@@ -212,9 +211,6 @@ def test_concurrent_heartbeats_of_one_factory_never_move_its_liveness_back(serve
                         if response.status_code == 503:
                             if response.json()["code"] != "store_busy" or not response.headers.get("Retry-After"):
                                 problems.append(f"thread {t}: {response.text}")
-                            continue
-                        if response.status_code == 500 and store_env.get("FLEET_STORE") == "cosmos":
-                            sdk_faults.append(t)  # see below: checked against the server's log
                             continue
                         if response.status_code != 200:
                             problems.append(f"thread {t}: {response.status_code} {response.text}")
@@ -254,11 +250,6 @@ def test_concurrent_heartbeats_of_one_factory_never_move_its_liveness_back(serve
             watcher.join(timeout=10)
 
             assert problems == [], server.log()[-20000:]
-            # azure-cosmos (4.17) shares its client's last response headers between threads: a
-            # query copying them while another call stamps them fails with this RuntimeError, a
-            # 500 that is the SDK's, not the heartbeat's. Any other 500 fails the test.
-            sdk_race = "RuntimeError: OrderedDict mutated during iteration"
-            assert server.log().count(sdk_race) >= len(sdk_faults), server.log()[-20000:]
             assert len(answered) >= threads * rounds // 2
             doc = store.read("factories", "f1", "f1")
             latest = max(at for at, _ in answered)
