@@ -174,12 +174,7 @@ class SqliteStore(Store):
         key = (container, partition_of(container, doc), doc["id"])
         insert = "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)"
         try:
-            if cold is None:
-                self._run(insert, (*key, etag, hot))
-            else:
-                with self._transaction() as conn:
-                    conn.execute(insert, (*key, etag, hot))
-                    conn.execute("INSERT INTO cold (container, pk, id, body) VALUES (?, ?, ?, ?)", (*key, cold))
+            self._write(key, insert, (*key, etag, hot), cold, fresh=True)
         except sqlite3.IntegrityError:
             raise errors.Conflict(f"{container}/{doc['id']} already exists") from None
         return {**clean(doc), "_etag": etag}
@@ -197,14 +192,24 @@ class SqliteStore(Store):
         the ETag moved (or it is gone)."""
         (hot, cold), new_etag = _split(container, doc), _etag()
         update = "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?"
-        if container not in sqlite_query.COLD:
-            _, count = self._run(update, (hot, new_etag, container, pk, id, etag))
-            return new_etag if count else None
+        count = self._write((container, pk, id), update, (hot, new_etag, container, pk, id, etag), cold)
+        return new_etag if count else None
+
+    def _write(
+        self, key: tuple[str, str, str], sql: str, params: tuple, cold: str | None, fresh: bool = False
+    ) -> int:
+        """Run the write `sql` on the document `key` names and, in a container that keeps
+        fields cold, store its cold half `cold` (None: drop any it had) in the same
+        transaction, if the statement wrote the row; its row count. One statement alone where
+        there is nothing to store beside it: another container's, or a new document (`fresh`)
+        without cold fields, which has none to drop."""
+        if key[0] not in sqlite_query.COLD or (fresh and cold is None):
+            return self._run(sql, params)[1]
         with self._transaction() as conn:
-            if not conn.execute(update, (hot, new_etag, container, pk, id, etag)).rowcount:
-                return None
-            _write_cold(conn, (container, pk, id), cold)
-        return new_etag
+            count = conn.execute(sql, params).rowcount
+            if count:
+                _write_cold(conn, key, cold)
+            return count
 
     def patch(self, container, partition_key, id, ops, etag, answer=False):
         if len(ops) > MAX_PATCH_OPS:
@@ -245,24 +250,12 @@ class SqliteStore(Store):
             "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, etag = excluded.etag"
         )
-        if container not in sqlite_query.COLD:
-            self._run(upsert, (*key, etag, hot))
-        else:
-            with self._transaction() as conn:
-                conn.execute(upsert, (*key, etag, hot))
-                _write_cold(conn, key, cold)
+        self._write(key, upsert, (*key, etag, hot), cold)
         return {**clean(doc), "_etag": etag}
 
     def delete(self, container, partition_key, id):
         key = (container, partition_key, id)
-        delete = "DELETE FROM docs WHERE container = ? AND pk = ? AND id = ?"
-        if container not in sqlite_query.COLD:
-            _, count = self._run(delete, key)
-        else:
-            with self._transaction() as conn:
-                count = conn.execute(delete, key).rowcount
-                conn.execute("DELETE FROM cold WHERE container = ? AND pk = ? AND id = ?", key)
-        if count == 0:
+        if self._write(key, "DELETE FROM docs WHERE container = ? AND pk = ? AND id = ?", key, None) == 0:
             raise errors.NotFound(f"{container}/{id} not found")
 
     def increment(self, container, partition_key, id, field, by, initial, stamp=None, also=None):
@@ -428,13 +421,13 @@ def _patch_in_place(ops: list[Op]) -> tuple[str, list[Any]] | None:
         path = f"'$.{op.field}'"  # a top-level name (`Op` checks it): nothing to quote
         if op.kind == "set":
             changes.append(f"{path}, json(?)")
-            params.append(json.dumps(op.value, separators=(",", ":")))
+            params.append(_json(op.value))
         elif op.kind == "remove":
             removed.append(path)
             guards.append(f"json_type(body, {path}) IS NOT NULL")
         else:
             changes.append(f"'$.{op.field}[#]', json(?)")
-            params.append(json.dumps(op.value, separators=(",", ":")))
+            params.append(_json(op.value))
             guards.append(f"json_type(body, {path}) = 'array'")
     body = f"json_set(body, {', '.join(changes)})" if changes else "body"
     if removed:
