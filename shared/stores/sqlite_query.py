@@ -1,6 +1,7 @@
-"""How `SqliteStore` reads: the expression indexes, and the SQL of a query.
+"""How `SqliteStore` reads: the indexes, and the SQL of a query.
 
-Queries filter and order on `json_extract` expressions; the indexes below make every query
+Queries filter and order on document fields: the key column of a field an index keys on
+(`KEYED`), `json_extract` of the body for any other. The indexes below make every query
 the use cases run an index range scan read in index order (no sort), so its cost does not grow
 with the number of documents; `tests/conformance/test_sqlite_plans.py` pins each plan.
 
@@ -89,16 +90,46 @@ MEMBERS: dict[str, tuple[str, str | None]] = {
 }
 
 
-@functools.lru_cache(maxsize=256)
-def column(field: str) -> str:
-    """The SQL expression for a dotted document field (`@pk`: the partition-key column)."""
+#: The fields a container's documents also keep in columns of their own beside the body, one
+#: `key_column` each: every field an index keys on or is partial on. An index on `json_extract`
+#: expressions parses the body, before and after, on every write of a document it may hold, and
+#: SQLite cannot tell which of them a new body leaves as they were, so a write re-keyed all of
+#: them (and a counter beside the jobs, every increment, parsed its body for every partial
+#: index's condition). On columns, a write sets the columns of the fields it changes
+#: (`shared.stores.sqlite_keys`) and SQLite re-keys only the indexes on those; a filter, an order
+#: and a page's position read the column. A column holds its field as `json_extract` reads it
+#: (null for an absent field, 1 and 0 for booleans, JSON text for an object or an array), so
+#: queries compare, sort and page as they did on the expressions.
+KEYED: dict[str, tuple[str, ...]] = {
+    container: tuple(sorted(
+        ({k.removesuffix(" DESC") for _, c, keys in INDEXES if c == container for k in keys}
+         | {MEMBERS[name][0] for name, c, _ in INDEXES if c == container})
+        - {"@pk", "id"}
+    ))
+    for container in {c for _, c, _ in INDEXES}
+}
+
+
+def key_column(field: str) -> str:
+    """The column a keyed field (`KEYED`) is kept in."""
+    return "k_" + field.replace(".", "_")
+
+
+
+assert all(len({key_column(f) for f in fields}) == len(fields) for fields in KEYED.values())
+
+
+@functools.lru_cache(maxsize=512)
+def column(container: str, field: str) -> str:
+    """The SQL expression for a dotted field of `container`'s documents (`@pk`: the
+    partition-key column): its key column if it is keyed (`KEYED`), else `json_extract`."""
     if field == "@pk":
         return "pk"
     if field == "id":
         return "id"
-    if not all(part.replace("_", "").isalnum() for part in field.split(".")):
-        raise ValueError(f"bad field name {field!r}")
-    return f"json_extract(body, '$.{field}')"
+    if field in KEYED.get(container, ()):
+        return key_column(field)
+    return f"json_extract(body, {path(field)})"
 
 
 def select(query: Query, continuation: str | None = None) -> list[tuple[str, list[Any]]] | None:
@@ -118,15 +149,15 @@ def select(query: Query, continuation: str | None = None) -> list[tuple[str, lis
     container = query.container
     index = serving_index(query, order)
     source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
-    values = "".join(f", {column(name)}" for name, _ in order)
+    values = "".join(f", {column(container, name)}" for name, _ in order)
     statements = []
-    for stretch in [Stretch(frozenset(), [], [], order)] if last is None else _after(order, last):
+    for stretch in [Stretch(frozenset(), [], [], order)] if last is None else _after(container, order, last):
         where, params = _filters(query, stretch.tied, MEMBERS.get(index)) or ([], [])
         # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`)
         # only for a query whose WHERE it can see implies the index's.
         sql = f"SELECT {selected(query)}, etag{values} FROM {source} WHERE container = '{container}'"
         sql += "".join(f" AND {w}" for w in [*where, *stretch.conditions])
-        statements.append((sql + _order_by(stretch.order) + " LIMIT ?", [*params, *stretch.params]))
+        statements.append((sql + _order_by(container, stretch.order) + " LIMIT ?", [*params, *stretch.params]))
     return statements
 
 
@@ -152,10 +183,10 @@ def _pinned(query: Query) -> set[str]:
     return pinned
 
 
-def _order_by(order: list[tuple[str, bool]]) -> str:
+def _order_by(container: str, order: list[tuple[str, bool]]) -> str:
     if not order:
         return ""
-    return " ORDER BY " + ", ".join(column(name) + (" DESC" if desc else "") for name, desc in order)
+    return " ORDER BY " + ", ".join(column(container, name) + (" DESC" if desc else "") for name, desc in order)
 
 
 #: Fields a container's documents keep out of their indexed body, in the `cold` table beside
@@ -173,7 +204,10 @@ COLD_BODY = "(SELECT c.body FROM cold AS c WHERE c.container = docs.container AN
 def selected(query: Query) -> str:
     """What a row of `query` reads: the whole body then its cold half (`COLD_BODY`), or (a
     projection) a JSON array of the projected fields' values, in `query.projection()` order
-    (`->` keeps objects and arrays JSON, and gives NULL for an absent field), then NULL."""
+    (`->` keeps objects and arrays JSON, and gives NULL for an absent field), then NULL.
+
+    A projection reads its fields out of the body, keyed or not: SQLite parses a row's body
+    once for all the `->` of it, so a field read from its key column instead saves nothing."""
     fields = query.projection()
     if not fields:
         return f"body, {COLD_BODY}" if COLD.get(query.container) else "body, NULL"
@@ -227,7 +261,7 @@ def _filters(
         where.append("pk = ?")
         params.append(query.partition_key)
     for f in query.where:
-        expr = column(key(container, f.field))
+        expr = column(container, key(container, f.field))
         if key(container, f.field) in tied:
             expr = f"+{expr}"
         if f.op == "in":
@@ -248,7 +282,7 @@ def _filters(
         elif f.value is None and f.op in ("=", "!="):
             where.append(f"{expr} IS {'NOT ' if f.op == '!=' else ''}NULL")
         elif held is not None and held[1] is not None and (f.field, f.op, f.value) == (held[0], "=", held[1]):
-            where.append(member_condition(*held))
+            where.append(member_condition(container, *held))
         else:
             where.append(f"{expr} {f.op} ?")
             params.append(f.value)
@@ -317,14 +351,14 @@ def _holds(shape: tuple, index: str) -> bool:
     return any(f == field and op in IMPLY_NOT_NULL and not (op == "=" and null) for f, op, null, _ in shape)
 
 
-def member_condition(field: str, literal: str | None) -> str:
+def member_condition(container: str, field: str, literal: str | None) -> str:
     """The SQL condition that a document's `field` is not null (None) or equals `literal`: what
     a partial index holds (`MEMBERS`), as its `CREATE INDEX` spells it."""
     if literal is None:
-        return f"{column(field)} IS NOT NULL"
+        return f"{column(container, field)} IS NOT NULL"
     if not literal.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"bad index literal {literal!r}")
-    return f"{column(field)} = '{literal}'"
+    return f"{column(container, field)} = '{literal}'"
 
 
 def key(container: str, field: str) -> str:
@@ -334,8 +368,8 @@ def key(container: str, field: str) -> str:
 
 def index_sql(name: str, container: str, keys: tuple[str, ...]) -> str:
     """The `CREATE INDEX` statement of one of `INDEXES`, as SQLite keeps it in its schema."""
-    exprs = ", ".join(column(k.removesuffix(" DESC")) + (" DESC" if k.endswith(" DESC") else "") for k in keys)
-    return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}' AND {member_condition(*MEMBERS[name])}"
+    exprs = ", ".join(column(container, k.removesuffix(" DESC")) + (" DESC" if k.endswith(" DESC") else "") for k in keys)
+    return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}' AND {member_condition(container, *MEMBERS[name])}"
 
 
 # Keyset continuation (`shared.stores.keyset`). The position is the last row's values of
@@ -383,7 +417,7 @@ class Stretch(NamedTuple):
     order: list[tuple[str, bool]]
 
 
-def _after(order: list[tuple[str, bool]], last: list[Any]) -> list[Stretch]:
+def _after(container: str, order: list[tuple[str, bool]], last: list[Any]) -> list[Stretch]:
     """The rows after `last` in `order`, as stretches to read in turn.
 
     Stretch i holds the rows tied with `last` on its first i keys and after it on key i+1,
@@ -401,10 +435,10 @@ def _after(order: list[tuple[str, bool]], last: list[Any]) -> list[Stretch]:
         ties: list[str] = []
         tied: list[Any] = []
         for (name, _), value in zip(order[:i], last[:i]):
-            ties.append(f"{column(name)} IS NULL" if value is None else f"{column(name)} = ?")
+            ties.append(f"{column(container, name)} IS NULL" if value is None else f"{column(container, name)} = ?")
             tied += [] if value is None else [value]
         names = frozenset(name for name, _ in order[:i])
-        (name, desc), value, expr = order[i], last[i], column(order[i][0])
+        (name, desc), value, expr = order[i], last[i], column(container, order[i][0])
         if not desc and value is None:
             stretches.append(Stretch(names, [*ties, f"{expr} >= ?"], [*tied, BELOW_ALL], order[i:]))
         elif not desc:
@@ -425,4 +459,6 @@ def json_types(value: Any) -> str:
 @functools.lru_cache(maxsize=256)
 def path(field: str) -> str:
     """The quoted JSON path of a dotted field."""
-    return column(field).removeprefix("json_extract(body, ").removesuffix(")")
+    if not all(part.replace("_", "").isalnum() for part in field.split(".")):
+        raise ValueError(f"bad field name {field!r}")
+    return f"'$.{field}'"

@@ -32,7 +32,7 @@ from typing import Any
 
 from fleet import errors
 from fleet.store import MAX_PATCH_OPS, Op, Page, Query, Store, clean, partition_of, projected
-from shared.stores import sqlite_pool, sqlite_query
+from shared.stores import sqlite_keys, sqlite_pool, sqlite_query
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS docs (
     PRIMARY KEY (container, pk, id)
 ) WITHOUT ROWID
 """
+#: The key columns (`sqlite_query.KEYED`) follow `body`: `_migrate` adds them, to a new file as to
+#: one an older version wrote.
 #: The cold halves of documents (`sqlite_query.COLD`), keyed as their documents are.
 COLD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cold (
@@ -172,9 +174,8 @@ class SqliteStore(Store):
     def create(self, container, doc):
         (hot, cold), etag = _split(container, doc), _etag()
         key = (container, partition_of(container, doc), doc["id"])
-        insert = "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?)"
         try:
-            self._write(key, insert, (*key, etag, hot), cold, fresh=True)
+            self._write(key, _insert(container), (*key, etag, hot, *sqlite_keys.of_doc(container, doc)), cold, fresh=True)
         except sqlite3.IntegrityError:
             raise errors.Conflict(f"{container}/{doc['id']} already exists") from None
         return {**clean(doc), "_etag": etag}
@@ -191,8 +192,9 @@ class SqliteStore(Store):
         """Write `doc` whole over the document stored with `etag`: its new ETag, or None if
         the ETag moved (or it is gone)."""
         (hot, cold), new_etag = _split(container, doc), _etag()
-        update = "UPDATE docs SET body = ?, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?"
-        count = self._write((container, pk, id), update, (hot, new_etag, container, pk, id, etag), cold)
+        keys = sqlite_keys.of_doc(container, doc)
+        update = f"UPDATE docs SET body = ?{_sets(sqlite_keys.columns(container))}, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?"
+        count = self._write((container, pk, id), update, (hot, *keys, new_etag, container, pk, id, etag), cold)
         return new_etag if count else None
 
     def _write(
@@ -215,7 +217,7 @@ class SqliteStore(Store):
         if len(ops) > MAX_PATCH_OPS:
             raise ValueError(f"a patch carries at most {MAX_PATCH_OPS} operations, not {len(ops)}")
         cold = sqlite_query.COLD.get(container, frozenset())
-        statement = None if any(op.field in cold for op in ops) else _patch_in_place(ops)
+        statement = None if any(op.field in cold for op in ops) else _patch_in_place(container, ops)
         if statement is not None:
             # One UPDATE applies the operations to the stored JSON: the document is not read.
             # It changes nothing if the ETag moved or an operation does not apply (removing an
@@ -246,11 +248,11 @@ class SqliteStore(Store):
     def upsert(self, container, doc):
         (hot, cold), etag = _split(container, doc), _etag()
         key = (container, partition_of(container, doc), doc["id"])
-        upsert = (
-            "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (container, pk, id) DO UPDATE SET body = excluded.body, etag = excluded.etag"
+        columns = ["body", "etag", *sqlite_keys.columns(container)]
+        upsert = _insert(container) + " ON CONFLICT (container, pk, id) DO UPDATE SET " + ", ".join(
+            f"{name} = excluded.{name}" for name in columns
         )
-        self._write(key, upsert, (*key, etag, hot), cold)
+        self._write(key, upsert, (*key, etag, hot, *sqlite_keys.of_doc(container, doc)), cold)
         return {**clean(doc), "_etag": etag}
 
     def delete(self, container, partition_key, id):
@@ -262,15 +264,22 @@ class SqliteStore(Store):
         stamp, added = stamp or {}, {field: by, **(also or {})}
         if any(name in sqlite_query.COLD.get(container, ()) for name in (*initial, *stamp)):
             raise ValueError(f"an increment keeps its document whole: it cannot hold {sorted(sqlite_query.COLD[container])}")
-        body, etag = _encode({**initial, **stamp, **added})
+        fresh = {**initial, **stamp, **added}
+        body, etag = _encode(fresh)
         sets = [f"{sqlite_query.path(name)}, coalesce(json_extract(body, {sqlite_query.path(name)}), 0) + ?" for name in added]
         sets += [f"{sqlite_query.path(name)}, json(?)" for name in stamp]
+        changes = [*added.values(), *(json.dumps(v) for v in stamp.values())]
+        new_body = f"json_set(body, {', '.join(sets)})"
+        # A keyed field the increment changes: its column is read out of the body it writes.
+        keyed = [f for f in sqlite_query.KEYED.get(container, ()) if f.partition(".")[0] in (*added, *stamp)]
+        rekeyed = "".join(f", {sqlite_query.key_column(f)} = json_extract({new_body}, {sqlite_query.path(f)})" for f in keyed)
         rows, _ = self._run(
-            "INSERT INTO docs (container, pk, id, etag, body) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (container, pk, id) DO UPDATE SET "
-            f"body = json_set(body, {', '.join(sets)}), etag = ? "
-            "RETURNING body, NULL, etag",
-            (container, partition_key, id, etag, body, *added.values(), *(json.dumps(v) for v in stamp.values()), _etag()),
+            _insert(container) + " ON CONFLICT (container, pk, id) DO UPDATE SET "
+            f"body = {new_body}{rekeyed}, etag = ? RETURNING body, NULL, etag",
+            (
+                container, partition_key, id, etag, body, *sqlite_keys.of_doc(container, fresh),
+                *changes, *changes * len(keyed), _etag(),
+            ),
         )
         return _doc(rows[0])
 
@@ -338,9 +347,10 @@ class SqliteStore(Store):
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Create the table and make its indexes exactly `sqlite_query.INDEXES`: a file an older version wrote
-    gets an index whose definition changed rebuilt, and one no query uses any more dropped.
-    One transaction, so processes opening the same file at once do this one at a time."""
+    """Create the tables, the key columns and the indexes, exactly `sqlite_query.INDEXES`: a
+    file an older version wrote gets the key columns it lacks, filled from the bodies, an index
+    whose definition changed rebuilt, and one no query uses any more dropped. One transaction,
+    so processes opening the same file at once do this one at a time."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(SCHEMA)
@@ -354,6 +364,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for name, sql in existing.items():
             if wanted.get(name) != sql:
                 conn.execute(f'DROP INDEX "{name}"')
+        _add_key_columns(conn)
         for name, sql in wanted.items():
             if existing.get(name) != sql:
                 conn.execute(sql)
@@ -362,6 +373,21 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:  # a BEGIN that timed out left none to roll back
             conn.execute("ROLLBACK")
         raise
+
+
+def _add_key_columns(conn: sqlite3.Connection) -> None:
+    """Add the key columns `docs` lacks (all of them, to a new file), each filled from its field
+    in the bodies of its container's documents: after the indexes that change are dropped,
+    before they are built on the columns."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(docs)")}
+    for container, fields in sqlite_query.KEYED.items():
+        missing = [field for field in fields if sqlite_query.key_column(field) not in present]
+        for field in missing:
+            conn.execute(f"ALTER TABLE docs ADD COLUMN {sqlite_query.key_column(field)}")
+            present.add(sqlite_query.key_column(field))
+        if missing:
+            fill = ", ".join(f"{sqlite_query.key_column(f)} = json_extract(body, {sqlite_query.path(f)})" for f in missing)
+            conn.execute(f"UPDATE docs SET {fill} WHERE container = ?", (container,))
 
 
 @contextlib.contextmanager
@@ -403,15 +429,19 @@ def patched(doc: dict[str, Any], ops: list[Op]) -> dict[str, Any]:
     return doc
 
 
-def _patch_in_place(ops: list[Op]) -> tuple[str, list[Any]] | None:
-    """The UPDATE that applies `ops` to the stored body with SQLite's JSON functions, guarded
-    so that it applies only where `patched` would (the caller binds the new ETag and the
-    document's key and ETag); None when a field is named by operations of different kinds,
-    whose guards on the stored body would not say what the earlier ones leave."""
+def _patch_in_place(container: str, ops: list[Op]) -> tuple[str, list[Any]] | None:
+    """The UPDATE that applies `ops` to the stored body with SQLite's JSON functions, and sets
+    the key columns of the fields they change, guarded so that it applies only where `patched`
+    would (the caller binds the new ETag and the document's key and ETag); None when a field
+    is named by operations of different kinds, whose guards on the stored body would not say
+    what the earlier ones leave, or an append changes a keyed field (`sqlite_keys.of_ops`)."""
     kinds: dict[str, str] = {}
     for op in ops:
         if kinds.setdefault(op.field, op.kind) != op.kind:
             return None
+    keys = sqlite_keys.of_ops(container, ops)
+    if keys is None:
+        return None
     # One `json_set` takes every set and append (`[#]`: past an array's end), applied in turn;
     # one `json_remove` then every remove: SQLite parses and writes the body once a function, so
     # a patch costs two passes over a large document, not one per operation. A field is named
@@ -433,8 +463,24 @@ def _patch_in_place(ops: list[Op]) -> tuple[str, list[Any]] | None:
     if removed:
         body = f"json_remove({body}, {', '.join(dict.fromkeys(removed))})"
     where = "".join(f" AND {guard}" for guard in dict.fromkeys(guards))
-    sql = f"UPDATE docs SET body = {body}, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?{where}"
-    return sql, params
+    sql = f"UPDATE docs SET body = {body}{_sets(keys)}, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?{where}"
+    return sql, [*params, *keys.values()]
+
+
+@functools.lru_cache(maxsize=16)
+def _insert(container: str) -> str:
+    """The INSERT of a new row of `container`: its key, ETag, body and key columns."""
+    columns = sqlite_keys.columns(container)
+    return f"INSERT INTO docs (container, pk, id, etag, body{_names(columns)}) VALUES (?, ?, ?, ?, ?{', ?' * len(columns)})"
+
+
+def _names(columns) -> str:
+    return "".join(f", {name}" for name in columns)
+
+
+def _sets(columns) -> str:
+    """`, column = ?` for each of `columns`, for an UPDATE's SET."""
+    return "".join(f", {name} = ?" for name in columns)
 
 
 def _etag() -> str:

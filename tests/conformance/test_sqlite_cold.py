@@ -17,6 +17,7 @@ import pytest
 
 from fleet import errors
 from fleet.store import Filter, Op, Query
+from shared.stores import sqlite_keys
 from shared.stores.sqlite_store import SqliteStore
 
 BODY = "Fix the flaky retry test.\n" * 200
@@ -97,10 +98,13 @@ def test_a_write_of_the_body_itself_moves_it_and_one_without_it_drops_it(store):
 
 
 def test_a_job_written_before_the_layout_reads_whole_and_moves_on_its_next_whole_write(store):
-    with store.connection() as conn:  # as an older version wrote it: bodyMd in the body
+    old = job("p:1", bodyMd=BODY)
+    columns = sqlite_keys.columns("jobs")
+    with store.connection() as conn:  # as an older version wrote it: bodyMd in the body (key columns as opening it fills them)
         conn.execute(
-            "INSERT INTO docs (container, pk, id, etag, body) VALUES ('jobs', 'p', 'p:1', 'e1', ?)",
-            (json.dumps(job("p:1", bodyMd=BODY)),),
+            f"INSERT INTO docs (container, pk, id, etag, body, {', '.join(columns)}) "
+            f"VALUES ('jobs', 'p', 'p:1', 'e1', ?{', ?' * len(columns)})",
+            (json.dumps(old), *sqlite_keys.of_doc("jobs", old)),
         )
 
     assert store.read("jobs", "p", "p:1")["bodyMd"] == BODY

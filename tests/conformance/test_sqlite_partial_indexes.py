@@ -30,7 +30,7 @@ def store(tmp_path):
 
 def held_by(store: SqliteStore, index: str) -> set[str]:
     """The ids of the documents `index` holds, read through it by its own condition."""
-    condition = sqlite_query.member_condition(*MEMBERS[index])
+    condition = sqlite_query.member_condition("jobs", *MEMBERS[index])
     with store.connection() as conn:
         rows = conn.execute(f"SELECT id FROM docs INDEXED BY {index} WHERE container = 'jobs' AND {condition}")
         return {id for (id,) in rows}
@@ -46,7 +46,7 @@ def test_every_index_is_partial_and_names_what_it_holds(store):
         definitions = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"))
     assert set(MEMBERS) == {name for name, _, _ in INDEXES}
     for name, (field, literal) in MEMBERS.items():
-        assert definitions[name].endswith(" AND " + sqlite_query.member_condition(field, literal)), definitions[name]
+        assert definitions[name].endswith(" AND " + sqlite_query.member_condition("jobs", field, literal)), definitions[name]
 
 
 def test_the_counters_beside_the_jobs_are_in_no_job_index(store):
