@@ -188,16 +188,20 @@ def rank_stream(
 ) -> Stream:
     """Queued jobs by stored rank key: the fast path, valid while the rank keys were computed
     with weights that order like `weights`. With `claimable`, narrowed after one page.
-    `page_after`: the size of every later page, and of the narrowed streams' pages (a short
-    first page settles an ordinary claim; what it does not settle reads on in longer ones)."""
+    `page_after`: the size of every later page, of this stream's and of the narrowed ones (a
+    short first page settles an ordinary claim, and a narrowed stream's, every job of which
+    the factory can do; what they do not settle, a claim that lost races, reads on in longer
+    ones)."""
     stream = _rank_stream(product_id, now, weights, page, max(0.0, weights.capabilities) * len(offered))
     stream.page_after = page_after
-    later = page_after or page
+
+    def narrowed(key: str) -> Stream:
+        one = _rank_stream(product_id, now, weights, page, weights.capabilities * len(cap_set(key)), key)
+        one.page_after = page_after
+        return one
+
     if claimable is not None:
-        stream.narrowed = _narrowing(
-            claimable,
-            lambda key: _rank_stream(product_id, now, weights, later, weights.capabilities * len(cap_set(key)), key),
-        )
+        stream.narrowed = _narrowing(claimable, narrowed)
     return stream
 
 

@@ -22,10 +22,11 @@ class Settings:
     preempt_exempt_seconds: int = 0
     #: Candidates read per page by a claim.
     claim_page: int = 32
-    #: Candidates the first page of a claim's rank-key stream reads, at most `claim_page`: the
-    #: page that settles an ordinary claim (what it does not settle, the capability-set
-    #: streams read on, `claim_page` at a time).
-    claim_first_page: int = 16
+    #: Candidates the first page of a claim's rank-key stream reads, and of each capability-set
+    #: stream's it narrows to, at most `claim_page`: the page that settles an ordinary claim
+    #: (each candidate read costs about as much as the write that takes one; what a first page
+    #: does not settle, a claim that lost races to it, reads on `claim_page` at a time).
+    claim_first_page: int = 4
     #: How old a product's weights, as this process last read them, an ordinary claim may rank
     #: with instead of reading them again (`FLEET_CLAIM_WEIGHTS_SECONDS`; 0, the default: read
     #: every time, and the claim order is exact). See `weight_registry.recent` for what a

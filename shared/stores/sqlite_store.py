@@ -450,14 +450,12 @@ def _patch_in_place(container: str, ops: list[Op]) -> tuple[str, list[Any]] | No
     for op in ops:
         path = f"'$.{op.field}'"  # a top-level name (`Op` checks it): nothing to quote
         if op.kind == "set":
-            changes.append(f"{path}, json(?)")
-            params.append(_json(op.value))
+            changes.append(f"{path}, {_bound(op.value, params)}")
         elif op.kind == "remove":
             removed.append(path)
             guards.append(f"json_type(body, {path}) IS NOT NULL")
         else:
-            changes.append(f"'$.{op.field}[#]', json(?)")
-            params.append(_json(op.value))
+            changes.append(f"'$.{op.field}[#]', {_bound(op.value, params)}")
             guards.append(f"json_type(body, {path}) = 'array'")
     body = f"json_set(body, {', '.join(changes)})" if changes else "body"
     if removed:
@@ -465,6 +463,17 @@ def _patch_in_place(container: str, ops: list[Op]) -> tuple[str, list[Any]] | No
     where = "".join(f" AND {guard}" for guard in dict.fromkeys(guards))
     sql = f"UPDATE docs SET body = {body}{_sets(keys)}, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?{where}"
     return sql, [*params, *keys.values()]
+
+
+def _bound(value: Any, params: list[Any]) -> str:
+    """The SQL of `value` as a `json_set` argument, its parameter appended to `params`: text
+    and an integer as they are (SQLite sets a JSON string, a JSON integer), anything else as
+    its JSON (a real as SQL would lose digits: `json_set` renders one with 15)."""
+    if type(value) is str or type(value) is int and -(2**63) <= value < 2**63:
+        params.append(value)
+        return "?"
+    params.append(_json(value))
+    return "json(?)"
 
 
 @functools.lru_cache(maxsize=16)
