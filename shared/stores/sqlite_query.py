@@ -63,8 +63,9 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 #: The documents each index holds: every index is partial, holding only the documents whose
-#: field is not null (None) or equals a literal. A write re-keys every index that holds the
-#: document before or after it, so what an index leaves out costs no write: the claim indexes
+#: field is not null (None) or equals a literal. A write re-keys every index on a column it
+#: changes (`KEYED`) that holds the document before or after it, so what an index leaves out
+#: costs no write: the claim indexes
 #: hold queued jobs only (a job's later stages and counters in the container re-key none of
 #: them), the listings jobs only (not the queue-states, version and day counters beside them),
 #: the lease indexes leased jobs only. A query is read off an index only when its filters imply
@@ -190,10 +191,9 @@ def _order_by(container: str, order: list[tuple[str, bool]]) -> str:
 
 
 #: Fields a container's documents keep out of their indexed body, in the `cold` table beside
-#: `docs` (same key): large, written once, never filtered or ordered on. A write re-keys the
-#: indexes holding its document and rewrites the whole row, and an index's expressions and a
-#: projection's `->` parse the whole body: a job's 4 KB `bodyMd` in its body made every one of
-#: those move it again. A document written before this layout keeps them in its body until it
+#: `docs` (same key): large, written once, never filtered or ordered on. A write rewrites the
+#: whole row, and a projection's `->` parses the whole body: a job's 4 KB `bodyMd` in its body
+#: made every one of those move it again. A document written before this layout keeps them in its body until it
 #: is next written whole; a read takes the cold table's where it has them, else the body's.
 COLD: dict[str, frozenset[str]] = {"jobs": frozenset({"bodyMd"})}
 
@@ -373,8 +373,9 @@ def index_sql(name: str, container: str, keys: tuple[str, ...]) -> str:
 
 
 # Keyset continuation (`shared.stores.keyset`). The position is the last row's values of
-# `page_order`, as `select` reads them off `json_extract` (so as SQLite sorts and compares them):
-# null for a null or absent field alike, integers for booleans, text for the rest of JSON.
+# `page_order`, as `select` reads them off the key columns and `json_extract` (so as SQLite
+# sorts and compares them): null for a null or absent field alike, integers for booleans, text
+# for the rest of JSON.
 
 
 def token(query: Query, values: tuple[Any, ...] | list[Any]) -> str:

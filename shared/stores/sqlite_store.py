@@ -1,7 +1,9 @@
 """`SqliteStore`: the embedded store, one SQLite file in WAL mode.
 
-Documents live in one table keyed by (container, partition key, id), bodies as JSON; how
-queries are turned into SQL, and the indexes that serve them, is `shared.stores.sqlite_query`.
+Documents live in one table keyed by (container, partition key, id), bodies as JSON, with the
+fields the indexes key on also in key columns of their own (`sqlite_query.KEYED`; what a write
+sets in them is `shared.stores.sqlite_keys`); how queries are turned into SQL, and the indexes
+that serve them, is `shared.stores.sqlite_query`.
 The few large fields a container's queries never touch (`sqlite_query.COLD`: a job's `bodyMd`)
 live in a second table, `cold`, beside their document, so that a write re-keys and rewrites a
 small body. A write of a document without such fields is one statement, atomic on its own;
