@@ -10,6 +10,7 @@ after every kind of write, that each column equals `json_extract` of its field.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fleet.store import Op
@@ -45,14 +46,32 @@ def of_ops(container: str, ops: list[Op]) -> dict[str, Any] | None:
 
 
 def value(v: Any) -> Any:
-    """`v` as `json_extract` reads it: SQL has no booleans, and an object or array is its JSON."""
+    """`v` as `json_extract` reads it: SQL has no booleans, and an object or array is its JSON.
+    `ValueError` for text no column can hold as `json_extract` reads it (a NUL, where it stops
+    reading; an unpaired surrogate, which UTF-8 cannot encode)."""
+    if isinstance(v, str):
+        if not v.isascii() and not _encodable(v) or "\x00" in v:
+            raise ValueError(f"an indexed field cannot hold {v!r}: a NUL or an unpaired surrogate")
+        return v
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, int) and not -(2**63) <= v < 2**63:
-        return float(v)  # SQLite reads an integer past 64 bits as a real
+        # SQLite reads an integer past 64 bits as a real, one past a double's range as infinity.
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
     if isinstance(v, (dict, list)):
         return json.dumps(v, separators=(",", ":"))
     return v
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _dig(doc: Any, rest: str) -> Any:

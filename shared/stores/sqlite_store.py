@@ -366,7 +366,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for name, sql in existing.items():
             if wanted.get(name) != sql:
                 conn.execute(f'DROP INDEX "{name}"')
-        _add_key_columns(conn)
+        # An index to build means a version without these indexes wrote the file last (it
+        # builds its own on opening), and may have left key columns behind its bodies.
+        _add_key_columns(conn, refill=any(existing.get(name) != sql for name, sql in wanted.items()))
         for name, sql in wanted.items():
             if existing.get(name) != sql:
                 conn.execute(sql)
@@ -377,16 +379,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _add_key_columns(conn: sqlite3.Connection) -> None:
+def _add_key_columns(conn: sqlite3.Connection, refill: bool) -> None:
     """Add the key columns `docs` lacks (all of them, to a new file), each filled from its field
-    in the bodies of its container's documents: after the indexes that change are dropped,
-    before they are built on the columns."""
+    in the bodies of its container's documents (every one, with `refill`): after the indexes
+    that change are dropped, before they are built on the columns."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(docs)")}
     for container, fields in sqlite_query.KEYED.items():
         missing = [field for field in fields if sqlite_query.key_column(field) not in present]
         for field in missing:
             conn.execute(f"ALTER TABLE docs ADD COLUMN {sqlite_query.key_column(field)}")
             present.add(sqlite_query.key_column(field))
+        missing = list(fields) if refill else missing
         if missing:
             fill = ", ".join(f"{sqlite_query.key_column(f)} = json_extract(body, {sqlite_query.path(f)})" for f in missing)
             conn.execute(f"UPDATE docs SET {fill} WHERE container = ?", (container,))
@@ -468,10 +471,11 @@ def _patch_in_place(container: str, ops: list[Op]) -> tuple[str, list[Any]] | No
 
 
 def _bound(value: Any, params: list[Any]) -> str:
-    """The SQL of `value` as a `json_set` argument, its parameter appended to `params`: text
-    and an integer as they are (SQLite sets a JSON string, a JSON integer), anything else as
-    its JSON (a real as SQL would lose digits: `json_set` renders one with 15)."""
-    if type(value) is str or type(value) is int and -(2**63) <= value < 2**63:
+    """The SQL of `value` as a `json_set` argument, its parameter appended to `params`: ASCII
+    text and an integer as they are (SQLite sets a JSON string, a JSON integer), anything else
+    as its JSON (a real as SQL would lose digits: `json_set` renders one with 15; other text,
+    which may hold what UTF-8 cannot, escaped as the body holds it)."""
+    if type(value) is str and value.isascii() or type(value) is int and -(2**63) <= value < 2**63:
         params.append(value)
         return "?"
     params.append(_json(value))
