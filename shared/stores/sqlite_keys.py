@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from fleet.store import Op
-from shared.stores.sqlite_query import KEYED, key_column
+from shared.stores.sqlite_query import KEYED, key_column, path
 
 
 def columns(container: str) -> tuple[str, ...]:
@@ -24,7 +24,13 @@ def columns(container: str) -> tuple[str, ...]:
 
 def of_doc(container: str, doc: dict[str, Any]) -> tuple[Any, ...]:
     """The values of `container`'s key columns (`columns` order) for the document `doc`."""
-    return tuple(value(_dig(doc.get(head), rest) if rest else doc.get(head)) for _, head, rest in _FIELDS.get(container, ()))
+    return tuple(value(_dig(doc.get(head), rest)) for _, head, rest in _FIELDS.get(container, ()))
+
+
+def read_out(fields: list[str] | tuple[str, ...], body: str = "body") -> str:
+    """`k = json_extract(body, path)` for the key column of each of `fields`, joined for an
+    UPDATE's SET: the columns filled from what the SQL expression `body` holds."""
+    return ", ".join(f"{key_column(f)} = json_extract({body}, {path(f)})" for f in fields)
 
 
 def of_ops(container: str, ops: list[Op]) -> dict[str, Any] | None:
@@ -36,7 +42,7 @@ def of_ops(container: str, ops: list[Op]) -> dict[str, Any] | None:
     for op in ops:
         for name, rest in heads.get(op.field, ()):
             if op.kind == "set":
-                changed[name] = value(_dig(op.value, rest) if rest else op.value)
+                changed[name] = value(_dig(op.value, rest))
             elif op.kind == "remove" or rest:
                 # Gone, or (appended to: an array before and after) no object to read `rest` of.
                 changed[name] = None
@@ -74,21 +80,21 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _dig(doc: Any, rest: str) -> Any:
-    """What `json_extract` reads at the dotted path `rest` inside `doc`."""
-    for part in rest.split("."):
+def _dig(doc: Any, rest: tuple[str, ...]) -> Any:
+    """What `json_extract` reads at the path `rest` (names, none: `doc` itself) inside `doc`."""
+    for part in rest:
         doc = doc.get(part) if isinstance(doc, dict) else None
     return doc
 
 
-#: Per container: each keyed field's column, top-level name and the rest of its path ("" if none).
+#: Per container: each keyed field's column, top-level name and the rest of its path.
 _FIELDS = {
-    container: tuple((key_column(field), *field.partition(".")[::2]) for field in fields)
+    container: tuple((key_column(field), field.split(".")[0], tuple(field.split(".")[1:])) for field in fields)
     for container, fields in KEYED.items()
 }
 _COLUMNS = {container: tuple(name for name, _, _ in fields) for container, fields in _FIELDS.items()}
 #: Per container: top-level name → the key columns under it, with the rest of their paths.
-_HEADS: dict[str, dict[str, list[tuple[str, str]]]] = {}
+_HEADS: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {}
 for _container, _fields in _FIELDS.items():
     for _name, _head, _rest in _fields:
         _HEADS.setdefault(_container, {}).setdefault(_head, []).append((_name, _rest))

@@ -65,9 +65,8 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
 #: The documents each index holds: every index is partial, holding only the documents whose
 #: field is not null (None) or equals a literal. A write re-keys every index on a column it
 #: changes (`KEYED`) that holds the document before or after it, so what an index leaves out
-#: costs no write: the claim indexes
-#: hold queued jobs only (a job's later stages and counters in the container re-key none of
-#: them), the listings jobs only (not the queue-states, version and day counters beside them),
+#: costs no write: the claim indexes hold queued jobs only (a job's later stages and counters
+#: in the container re-key none of them), the listings jobs only (not the queue-states, version and day counters beside them),
 #: the lease indexes leased jobs only. A query is read off an index only when its filters imply
 #: what the index holds (`_holds`), spelt so that SQLite sees it (`_filters`).
 MEMBERS: dict[str, tuple[str, str | None]] = {
@@ -114,7 +113,6 @@ KEYED: dict[str, tuple[str, ...]] = {
 def key_column(field: str) -> str:
     """The column a keyed field (`KEYED`) is kept in."""
     return "k_" + field.replace(".", "_")
-
 
 
 assert all(len({key_column(f) for f in fields}) == len(fields) for fields in KEYED.values())
@@ -193,8 +191,9 @@ def _order_by(container: str, order: list[tuple[str, bool]]) -> str:
 #: Fields a container's documents keep out of their indexed body, in the `cold` table beside
 #: `docs` (same key): large, written once, never filtered or ordered on. A write rewrites the
 #: whole row, and a projection's `->` parses the whole body: a job's 4 KB `bodyMd` in its body
-#: made every one of those move it again. A document written before this layout keeps them in its body until it
-#: is next written whole; a read takes the cold table's where it has them, else the body's.
+#: made every one of those move it again. A document written before this layout keeps them in
+#: its body until it is next written whole; a read takes the cold table's where it has them,
+#: else the body's.
 COLD: dict[str, frozenset[str]] = {"jobs": frozenset({"bodyMd"})}
 
 #: The cold half of the document a `docs` row holds (NULL if none), as a scalar subquery.
@@ -369,7 +368,8 @@ def key(container: str, field: str) -> str:
 def index_sql(name: str, container: str, keys: tuple[str, ...]) -> str:
     """The `CREATE INDEX` statement of one of `INDEXES`, as SQLite keeps it in its schema."""
     exprs = ", ".join(column(container, k.removesuffix(" DESC")) + (" DESC" if k.endswith(" DESC") else "") for k in keys)
-    return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}' AND {member_condition(container, *MEMBERS[name])}"
+    members = member_condition(container, *MEMBERS[name])
+    return f"CREATE INDEX {name} ON docs(container, {exprs}) WHERE container = '{container}' AND {members}"
 
 
 # Keyset continuation (`shared.stores.keyset`). The position is the last row's values of

@@ -36,6 +36,8 @@ from fleet import errors
 from fleet.store import MAX_PATCH_OPS, Op, Page, Query, Store, clean, partition_of, projected
 from shared.stores import sqlite_keys, sqlite_pool, sqlite_query
 
+#: The key columns (`sqlite_query.KEYED`) follow `body`: `_migrate` adds them, to a new file as
+#: to one an older version wrote.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     container TEXT NOT NULL,
@@ -46,8 +48,6 @@ CREATE TABLE IF NOT EXISTS docs (
     PRIMARY KEY (container, pk, id)
 ) WITHOUT ROWID
 """
-#: The key columns (`sqlite_query.KEYED`) follow `body`: `_migrate` adds them, to a new file as to
-#: one an older version wrote.
 #: The cold halves of documents (`sqlite_query.COLD`), keyed as their documents are.
 COLD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cold (
@@ -195,8 +195,7 @@ class SqliteStore(Store):
         the ETag moved (or it is gone)."""
         (hot, cold), new_etag = _split(container, doc), _etag()
         keys = sqlite_keys.of_doc(container, doc)
-        update = f"UPDATE docs SET body = ?{_sets(sqlite_keys.columns(container))}, etag = ? WHERE container = ? AND pk = ? AND id = ? AND etag = ?"
-        count = self._write((container, pk, id), update, (hot, *keys, new_etag, container, pk, id, etag), cold)
+        count = self._write((container, pk, id), _update(container), (hot, *keys, new_etag, container, pk, id, etag), cold)
         return new_etag if count else None
 
     def _write(
@@ -250,11 +249,7 @@ class SqliteStore(Store):
     def upsert(self, container, doc):
         (hot, cold), etag = _split(container, doc), _etag()
         key = (container, partition_of(container, doc), doc["id"])
-        columns = ["body", "etag", *sqlite_keys.columns(container)]
-        upsert = _insert(container) + " ON CONFLICT (container, pk, id) DO UPDATE SET " + ", ".join(
-            f"{name} = excluded.{name}" for name in columns
-        )
-        self._write(key, upsert, (*key, etag, hot, *sqlite_keys.of_doc(container, doc)), cold)
+        self._write(key, _upsert(container), (*key, etag, hot, *sqlite_keys.of_doc(container, doc)), cold)
         return {**clean(doc), "_etag": etag}
 
     def delete(self, container, partition_key, id):
@@ -274,7 +269,7 @@ class SqliteStore(Store):
         new_body = f"json_set(body, {', '.join(sets)})"
         # A keyed field the increment changes: its column is read out of the body it writes.
         keyed = [f for f in sqlite_query.KEYED.get(container, ()) if f.partition(".")[0] in (*added, *stamp)]
-        rekeyed = "".join(f", {sqlite_query.key_column(f)} = json_extract({new_body}, {sqlite_query.path(f)})" for f in keyed)
+        rekeyed = f", {sqlite_keys.read_out(keyed, new_body)}" if keyed else ""
         rows, _ = self._run(
             _insert(container) + " ON CONFLICT (container, pk, id) DO UPDATE SET "
             f"body = {new_body}{rekeyed}, etag = ? RETURNING body, NULL, etag",
@@ -391,8 +386,7 @@ def _add_key_columns(conn: sqlite3.Connection, refill: bool) -> None:
             present.add(sqlite_query.key_column(field))
         missing = list(fields) if refill else missing
         if missing:
-            fill = ", ".join(f"{sqlite_query.key_column(f)} = json_extract(body, {sqlite_query.path(f)})" for f in missing)
-            conn.execute(f"UPDATE docs SET {fill} WHERE container = ?", (container,))
+            conn.execute(f"UPDATE docs SET {sqlite_keys.read_out(missing)} WHERE container = ?", (container,))
 
 
 @contextlib.contextmanager
@@ -487,6 +481,24 @@ def _insert(container: str) -> str:
     """The INSERT of a new row of `container`: its key, ETag, body and key columns."""
     columns = sqlite_keys.columns(container)
     return f"INSERT INTO docs (container, pk, id, etag, body{_names(columns)}) VALUES (?, ?, ?, ?, ?{', ?' * len(columns)})"
+
+
+@functools.lru_cache(maxsize=16)
+def _update(container: str) -> str:
+    """The UPDATE of a whole row of `container` stored with an ETag: body, key columns, ETag."""
+    return (
+        f"UPDATE docs SET body = ?{_sets(sqlite_keys.columns(container))}, etag = ? "
+        "WHERE container = ? AND pk = ? AND id = ? AND etag = ?"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert(container: str) -> str:
+    """The INSERT of a row of `container` that, where the row exists, writes it whole instead."""
+    columns = ["body", "etag", *sqlite_keys.columns(container)]
+    return _insert(container) + " ON CONFLICT (container, pk, id) DO UPDATE SET " + ", ".join(
+        f"{name} = excluded.{name}" for name in columns
+    )
 
 
 def _names(columns) -> str:
