@@ -285,7 +285,9 @@ def _bucket_stream(
         return (-ceiling, _ms(last.created_at), last.id) if oldest_first else (-ceiling, -math.inf)
 
     where = (*_queued(key), store.Filter("priority", "=", priority.value), store.Filter("attempts", "=", attempts))
-    order = (("createdAt", not oldest_first),)
+    # Newest first ties on `id` descending too: the oldest-first order read backwards, so one
+    # index serves both (a tie's order within the stream changes nothing: its bound is -inf).
+    order = (("createdAt", False),) if oldest_first else (("createdAt", True), ("id", True))
     return Stream(store.Query("jobs", product_id, where, order, page, HEAD_FIELDS), bound_after)
 
 

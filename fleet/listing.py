@@ -13,6 +13,10 @@ from fleet.stages import Stage
 MAX_OFFSET = 10_000
 #: The most jobs one page holds.
 MAX_LIMIT = 500
+#: Every job, and no other document of the jobs container (its queue-states, day counters and
+#: records have no `createdAt`): the filter of a listing of any stage. A field no write changes,
+#: so the store's index of it is not re-keyed by a job's moves.
+LISTED = store.Filter("createdAt", "!=", None)
 
 
 class JobPage(Model):
@@ -54,7 +58,7 @@ def page(
     `product_id` handed out (sealed: see `fleet.continuation`); any other is a
     `ValidationFailed`. With one, `offset` is ignored. A principal limited to some products
     lists only theirs (another product asked for by name lists as empty)."""
-    where = (store.Filter("stage", "=", stage.value),) if stage else (store.Filter("stage", "!=", None),)
+    where = (store.Filter("stage", "=", stage.value),) if stage else (LISTED,)
     scope = ctx.principal.products
     if scope is not None and product_id is None:
         if len(scope) == 1:

@@ -36,13 +36,11 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
     ("jobs_rank", "jobs", ("@pk", "stage", "rankKey DESC", "createdAt")),
     # … and of one capability set (capKey), once a first page did not settle the claim.
     ("jobs_rank_caps", "jobs", ("@pk", "stage", "capKey", "rankKey DESC", "createdAt")),
-    # claim, bucket path: the head of each (priority, attempts) bucket, oldest first …
+    # claim, bucket path: the head of each (priority, attempts) bucket, oldest first (newest
+    # first, for a negative age weight, read backwards) …
     ("jobs_bucket", "jobs", ("@pk", "stage", "priority", "attempts", "createdAt")),
-    # … and newest first (a negative age weight) …
-    ("jobs_bucket_newest", "jobs", ("@pk", "stage", "priority", "attempts", "createdAt DESC")),
-    # … and of one capability set, either way.
+    # … and of one capability set.
     ("jobs_bucket_caps", "jobs", ("@pk", "stage", "capKey", "priority", "attempts", "createdAt")),
-    ("jobs_bucket_caps_newest", "jobs", ("@pk", "stage", "capKey", "priority", "attempts", "createdAt DESC")),
     # listings, newest first, with and without a product or a stage.
     ("jobs_product_created", "jobs", ("@pk", "createdAt DESC")),
     ("jobs_product_stage_created", "jobs", ("@pk", "stage", "createdAt DESC")),
@@ -67,19 +65,19 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
 #: changes (`KEYED`) that holds the document before or after it, so what an index leaves out
 #: costs no write: the claim indexes hold queued jobs only (a job's later stages and counters
 #: in the container re-key none of them), the listings jobs only (not the queue-states, version and day counters beside them),
-#: the lease indexes leased jobs only. A query is read off an index only when its filters imply
+#: the lease indexes leased jobs only. The two listings by `createdAt` alone hold the documents
+#: with a `createdAt`, which only jobs have and no write changes, rather than those with a
+#: `stage`: a stage change re-keys the indexes whose condition it changes, and these it spares. A query is read off an index only when its filters imply
 #: what the index holds (`_holds`), spelt so that SQLite sees it (`_filters`).
 MEMBERS: dict[str, tuple[str, str | None]] = {
     "jobs_rank": ("stage", "queued"),
     "jobs_rank_caps": ("stage", "queued"),
     "jobs_bucket": ("stage", "queued"),
-    "jobs_bucket_newest": ("stage", "queued"),
     "jobs_bucket_caps": ("stage", "queued"),
-    "jobs_bucket_caps_newest": ("stage", "queued"),
-    "jobs_product_created": ("stage", None),
+    "jobs_product_created": ("createdAt", None),
     "jobs_product_stage_created": ("stage", None),
     "jobs_stage_created": ("stage", None),
-    "jobs_created": ("stage", None),
+    "jobs_created": ("createdAt", None),
     "jobs_stage_updated": ("stage", None),
     "jobs_lease_expiry": ("lease.expiresAt", None),
     "jobs_lease_factory": ("lease.factoryId", None),
@@ -150,7 +148,8 @@ def select(query: Query, continuation: str | None = None) -> list[tuple[str, lis
     source = "docs" if index is None else "docs NOT INDEXED" if index == PRIMARY_KEY else f"docs INDEXED BY {index}"
     values = "".join(f", {column(container, name)}" for name, _ in order)
     statements = []
-    for stretch in [Stretch(frozenset(), [], [], order)] if last is None else _after(container, order, last):
+    stretches = [Stretch(frozenset(), [], [], order)] if last is None else _after(container, order, last, _never_null(query))
+    for stretch in stretches:
         where, params = _filters(query, stretch.tied, MEMBERS.get(index)) or ([], [])
         # The container as a literal: SQLite uses a partial index (`WHERE container = 'jobs'`)
         # only for a query whose WHERE it can see implies the index's.
@@ -297,7 +296,8 @@ def serving_index(query: Query, order: list[tuple[str, bool]]) -> str | None:
     equality filters pin; `PRIMARY_KEY` for the table itself, `None` when none does.
 
     An index serves when it holds every document the query can match (`_holds`) and its keys,
-    after the pinned ones it starts with, begin with `order`.
+    after the pinned ones it starts with, begin with `order`, or with `order` reversed (every
+    key's direction flipped: SQLite reads the index backwards).
     `SqliteStore` names that index to SQLite (`INDEXED BY`) rather than leave the choice to
     its planner: with no statistics it takes `container = 'jobs'` for as selective as any
     index and would read every job by primary key, then sort (and `ANALYZE` would measure a
@@ -329,7 +329,9 @@ def _serving(container: str, pinned: frozenset[str], order: tuple, shape: tuple)
         lead = 0
         while lead < len(full) and full[lead][0] in pinned:
             lead += 1
-        if tuple(full[lead : lead + len(order)]) == order and lead > narrowed:
+        keys = tuple(full[lead : lead + len(order)])
+        backwards = tuple((k, not desc) for k, desc in keys)  # SQLite reads an index either way
+        if order in (keys, backwards) and lead > narrowed:
             best, narrowed = name, lead
     return best
 
@@ -418,7 +420,18 @@ class Stretch(NamedTuple):
     order: list[tuple[str, bool]]
 
 
-def _after(container: str, order: list[tuple[str, bool]], last: list[Any]) -> list[Stretch]:
+def _never_null(query: Query) -> frozenset[str]:
+    """The fields (as `INDEXES` names keys) the filters of `query` hold not null."""
+    return frozenset(
+        key(query.container, f.field)
+        for f in query.where
+        if f.op in IMPLY_NOT_NULL and not (f.op == "=" and f.value is None)
+    )
+
+
+def _after(
+    container: str, order: list[tuple[str, bool]], last: list[Any], never_null: frozenset[str] = frozenset()
+) -> list[Stretch]:
     """The rows after `last` in `order`, as stretches to read in turn.
 
     Stretch i holds the rows tied with `last` on its first i keys and after it on key i+1,
@@ -430,7 +443,9 @@ def _after(container: str, order: list[tuple[str, bool]], last: list[Any]) -> li
 
     NULL (a null or absent field) sorts first ascending and last descending, and compares to
     nothing: a tie on it is `IS NULL`, after it ascending is `>= BELOW_ALL`, and after a value
-    descending is below the value, then the nulls, a stretch of their own."""
+    descending is below the value, then the nulls, a stretch of their own, which a key the
+    query's filters hold not null (`never_null`) has none of: left out, as it would match
+    nothing, and no index partial on that key could serve it (SQLite would find no plan)."""
     stretches = []
     for i in reversed(range(len(order))):
         ties: list[str] = []
@@ -446,7 +461,8 @@ def _after(container: str, order: list[tuple[str, bool]], last: list[Any]) -> li
             stretches.append(Stretch(names, [*ties, f"{expr} > ?"], [*tied, value], order[i:]))
         elif value is not None:
             stretches.append(Stretch(names, [*ties, f"{expr} < ?"], [*tied, value], order[i:]))
-            stretches.append(Stretch(names | {name}, [*ties, f"{expr} IS NULL"], tied, order[i + 1 :]))
+            if name not in never_null:
+                stretches.append(Stretch(names | {name}, [*ties, f"{expr} IS NULL"], tied, order[i + 1 :]))
     return stretches
 
 

@@ -83,7 +83,7 @@ def test_a_job_is_in_the_claim_indexes_only_while_queued_and_in_the_lease_ones_o
     "query",
     [
         Query("jobs", "p", (Filter("stage", "=", "queued"),), (("rankKey", True), ("createdAt", False))),
-        Query("jobs", None, (Filter("stage", "!=", None),), (("createdAt", True),)),
+        Query("jobs", None, (Filter("createdAt", "!=", None),), (("createdAt", True),)),
         Query("jobs", None, (Filter("lease.factoryId", "=", "f1"),)),
         Query("jobs", None, (Filter("id", "=", queue_state.DOC_ID),)),
     ],

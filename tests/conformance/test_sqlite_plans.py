@@ -98,14 +98,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteStore]:
 
 QUEUED = Filter("stage", "=", "queued")
 BLOCKED = Filter("stage", "=", "blocked")
-LISTED = Filter("stage", "!=", None)
+LISTED = Filter("createdAt", "!=", None)
 P = PRODUCTS[1]
 
 
 def bucket(newest_first: bool, cap_key: str | None = None) -> Query:
     caps = () if cap_key is None else (Filter("capKey", "=", cap_key),)
     where = (QUEUED, *caps, Filter("priority", "=", "high"), Filter("attempts", "=", 1))
-    return Query("jobs", P, where, (("createdAt", newest_first),), 8, HEAD_FIELDS)
+    order = (("createdAt", True), ("id", True)) if newest_first else (("createdAt", False),)  # as candidates reads them
+    return Query("jobs", P, where, order, 8, HEAD_FIELDS)
 
 
 def changed(stage: str, since: str | None) -> Query:
@@ -120,7 +121,7 @@ SHAPES = [
     ),
     # candidates.bucket_streams: the head of one (priority, attempts) bucket
     pytest.param(bucket(newest_first=False), "jobs_bucket", id="claim bucket, oldest first"),
-    pytest.param(bucket(newest_first=True), "jobs_bucket_newest", id="claim bucket, newest first"),
+    pytest.param(bucket(newest_first=True), "jobs_bucket", id="claim bucket, newest first (read backwards)"),
     # the same, narrowed to one capability set (candidates.Stream.narrowed)
     pytest.param(
         Query("jobs", P, (QUEUED, Filter("capKey", "=", "gpu")), (("rankKey", True), ("createdAt", False)), 8, HEAD_FIELDS),
@@ -134,7 +135,7 @@ SHAPES = [
     ),
     pytest.param(bucket(newest_first=False, cap_key=""), "jobs_bucket_caps", id="claim bucket, one capability set"),
     pytest.param(
-        bucket(newest_first=True, cap_key=""), "jobs_bucket_caps_newest", id="claim bucket, one set, newest first"
+        bucket(newest_first=True, cap_key=""), "jobs_bucket_caps", id="claim bucket, one set, newest first (backwards)"
     ),
     # capability_sets: whether a set still has a queued job; every product's queue-state
     pytest.param(
@@ -261,8 +262,8 @@ def test_a_continued_page_seeks_to_where_it_starts(store, query, index):
     order = sqlite_query.page_order(query)
     token = sqlite_query.token(query, [P if name in ("@pk", "id") else 0 for name, _ in order])
     first = store.explain(query, continuation=token).splitlines()[0]
-    name = order[-1][0]
-    assert f"{'id' if name == 'id' else 'pk' if name == '@pk' else '<expr>'}>?" in first, first
+    name, desc = order[-1]
+    assert f"{'id' if name == 'id' else 'pk' if name == '@pk' else '<expr>'}{'<' if desc else '>'}?" in first, first
 
 
 def test_every_index_serves_a_query_shape():

@@ -724,10 +724,10 @@ ORDERS = [
             "jobs",
             p,
             (Filter("stage", "=", "queued"),),
-            (("priority", False), ("attempts", False), ("createdAt", True)),
+            (("priority", False), ("attempts", False), ("createdAt", True), ("id", True)),
         ),
         ["p:a", "p:d", "p:c", "p:b"],
-        id="bucket heads: newest first",
+        id="bucket heads: newest first, ties by id descending",
     ),
     # createdAt: q:b T4, p:e T3, p:d T2, p:a p:b q:a T1, p:c T0
     pytest.param(
