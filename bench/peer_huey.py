@@ -14,7 +14,9 @@ Each round runs both, alternating which goes first, each on a fresh temp-file SQ
 Both carry the same job: a `bodyMd` of `--body-kb` KB, two capabilities, `repo` and `baseBranch`
 (huey as the task's argument). Reports jobs/s (enqueue to last execute) per round and the median
 over rounds of each, and of the per-round ratios project / huey, with the CPU time of this
-process per job (what a loaded machine's wall clock blurs). The order rotates each round.
+process per job (what a loaded machine's wall clock blurs) and the bytes it wrote per job
+(`wchar` of `/proc/self/io`, Linux only: WAL frames, checkpoints, huey's journal; what the disk
+must take). The order rotates each round.
 huey is a bench-only dependency (`pip install -e '.[bench]'`).
 """
 from __future__ import annotations
@@ -101,6 +103,15 @@ RUNNERS = {
 PEERS = [name for name in RUNNERS if name != "project"]
 
 
+def written() -> int | None:
+    """The bytes this process has written so far (`write` and `pwrite` calls), None off Linux."""
+    try:
+        with open("/proc/self/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -111,6 +122,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
     phases: dict[str, list[tuple[float, float]]] = {name: [] for name in RUNNERS}
     cpu: dict[str, list[float]] = {name: [] for name in RUNNERS}
+    wrote: dict[str, list[float]] = {name: [] for name in RUNNERS}
     with tempfile.TemporaryDirectory() as tmp:
         for i, run in enumerate(RUNNERS.values()):  # warm-up: imports, first connections
             run(os.path.join(tmp, f"warm-{i}.db"), 50, body)
@@ -118,9 +130,11 @@ def main() -> None:
             names = list(RUNNERS)
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
-                began = time.process_time()
+                began, bytes_before = time.process_time(), written()
                 enqueue, drain = RUNNERS[name](os.path.join(tmp, f"round-{r}-{names.index(name)}.db"), args.jobs, body)
                 cpu[name].append((time.process_time() - began) * 1000 / args.jobs)
+                if bytes_before is not None:
+                    wrote[name].append((written() - bytes_before) / 1024 / args.jobs)
                 rates[name].append(args.jobs / (enqueue + drain))
                 phases[name].append((enqueue, drain))
             print(f"round {r + 1}: " + ", ".join(f"{name} {rates[name][-1]:,.0f} jobs/s" for name in order), flush=True)
@@ -128,13 +142,14 @@ def main() -> None:
           f"SQLite {__import__('sqlite3').sqlite_version}, huey {__import__('huey').__version__}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}")
     print(f"{args.rounds} rounds × {args.jobs:,} jobs ({args.body_kb:g} KB bodyMd), one worker, temp-file SQLite; medians:")
-    print("| system | jobs/s (enqueue → last execute) | enqueue jobs/s | dequeue + execute jobs/s | CPU ms per job |")
-    print("|---|---|---|---|---|")
+    print("| system | jobs/s (enqueue → last execute) | enqueue jobs/s | dequeue + execute jobs/s | CPU ms per job "
+          "| KB written per job |")
+    print("|---|---|---|---|---|---|")
     for name in RUNNERS:
         enqueue = statistics.median(args.jobs / e for e, _ in phases[name])
         drain = statistics.median(args.jobs / d for _, d in phases[name])
         print(f"| {name} | {statistics.median(rates[name]):,.0f} | {enqueue:,.0f} | {drain:,.0f} | "
-              f"{statistics.median(cpu[name]):.2f} |")
+              f"{statistics.median(cpu[name]):.2f} | {statistics.median(wrote[name]) if wrote[name] else float('nan'):,.0f} |")
     print()
     for peer in PEERS:
         ratios = [p / h for p, h in zip(rates["project"], rates[peer])]
