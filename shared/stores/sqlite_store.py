@@ -401,9 +401,21 @@ def _converted() -> Iterator[None]:
         raise domain from exc
 
 
+#: What SQLite says when a statement names an index (`INDEXED BY`) that the file lacks or that
+#: cannot serve it: a process of another version opened the file since and rebuilt its indexes.
+_FOREIGN_INDEXES = ("no such index", "no query solution")
+
+
 def converted(exc: sqlite3.Error) -> errors.FleetError | None:
     """The port's error for a SQLite error, or None when it is no store fault."""
-    fault = FAULTS.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF)
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == 1 and str(exc).startswith(_FOREIGN_INDEXES):  # SQLITE_ERROR
+        return errors.StoreUnavailable(
+            f"sqlite: {exc}: the file's indexes are not this version's (a coordinator of another "
+            "version opened it since); run one version on a file at a time",
+            errors.StoreFault.UNAVAILABLE,
+        )
+    fault = FAULTS.get(code)
     if fault is None:
         return None
     if fault is errors.StoreFault.BUSY:

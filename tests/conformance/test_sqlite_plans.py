@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from fleet import errors
 from fleet import store as fleet_store
 from fleet.candidates import HEAD_FIELDS
 from fleet.store import Filter, Query, clean
@@ -335,6 +336,29 @@ def test_an_index_an_older_version_defined_differently_is_rebuilt_and_an_unused_
         indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"))
     assert indexes == {name: sqlite_query.index_sql(name, c, keys) for name, c, keys in INDEXES}
     assert_reads_in_order(store.explain(Query("jobs", None, (LISTED,), (("createdAt", True),))), "jobs_created")
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "rebuilt",
+    [
+        "DROP INDEX jobs_created",  # an index it names is gone
+        # or holds other documents than its queries imply (SQLite then has no plan for them)
+        "DROP INDEX jobs_created; CREATE INDEX jobs_created ON docs(container, k_createdAt DESC)"
+        " WHERE container = 'jobs' AND k_stage IS NOT NULL",
+    ],
+    ids=["dropped", "redefined"],
+)
+def test_indexes_another_version_rebuilt_make_a_query_unavailable_not_a_crash(tmp_path, rebuilt):
+    path = str(tmp_path / "shared.db")
+    store = SqliteStore(path)
+    conn = sqlite3.connect(path)  # the other version, opening the file while this one runs
+    conn.executescript(rebuilt)
+    conn.close()
+
+    with pytest.raises(errors.StoreUnavailable, match="another version") as raised:
+        store.query(Query("jobs", None, (LISTED,), (("createdAt", True),)))
+    assert raised.value.reason is errors.StoreFault.UNAVAILABLE
     store.close()
 
 
