@@ -149,11 +149,19 @@ class StoreBusy(FleetApiError):
     code_name = "store_busy"
 
 
+class StoreUnavailable(StoreBusy):
+    """The coordinator's store cannot serve calls until an operator acts (read-only, full,
+    refused, unopenable: the problem's `reason` says which); retrying later passes once they
+    have. A `StoreBusy`, so code that waits out a busy store waits this out too."""
+
+    code_name = "store_unavailable"
+
+
 _BY_CODE: dict[str, type[FleetApiError]] = {
     kind.code_name: kind
     for kind in (
         ValidationFailed, Unauthorized, Forbidden, NotFound, FeatureDisabled, LeaseLost, IllegalTransition,
-        IdempotencyConflict, NotClaimable, PayloadTooLarge, StoreBusy,
+        IdempotencyConflict, NotClaimable, PayloadTooLarge, StoreBusy, StoreUnavailable,
     )
 }
 _BY_STATUS: dict[int, type[FleetApiError]] = {

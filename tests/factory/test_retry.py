@@ -53,6 +53,18 @@ def test_retries_stop_after_the_last_attempt_with_the_typed_error(stub):
     assert raised.value.detail == "still busy"
 
 
+def test_a_store_an_operator_must_fix_is_its_own_error_and_still_a_busy_store(stub):
+    unavailable = problem(503, "store_unavailable", "sqlite: attempt to write a readonly database", reason="read_only")
+    server = stub([(503, {"Retry-After": "5"}, unavailable)])
+
+    with FleetClient(server.url, backoff=FAST) as fleet, pytest.raises(errors.StoreUnavailable) as raised:
+        fleet.claim("f1", "web")
+
+    assert isinstance(raised.value, errors.StoreBusy)
+    assert (raised.value.code, raised.value.retry_after) == ("store_unavailable", 5.0)
+    assert raised.value.problem["reason"] == "read_only"
+
+
 @pytest.mark.parametrize("call", [
     pytest.param(lambda f: f.claim("f1", "web"), id="claim"),
     pytest.param(lambda f: f.patch_job("web:x", "L", "building"), id="patch"),
