@@ -64,11 +64,12 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
 #: field is not null (None) or equals a literal. A write re-keys every index on a column it
 #: changes (`KEYED`) that holds the document before or after it, so what an index leaves out
 #: costs no write: the claim indexes hold queued jobs only (a job's later stages and counters
-#: in the container re-key none of them), the listings jobs only (not the queue-states, version and day counters beside them),
-#: the lease indexes leased jobs only. The two listings by `createdAt` alone hold the documents
-#: with a `createdAt`, which only jobs have and no write changes, rather than those with a
-#: `stage`: a stage change re-keys the indexes whose condition it changes, and these it spares. A query is read off an index only when its filters imply
-#: what the index holds (`_holds`), spelt so that SQLite sees it (`_filters`).
+#: in the container re-key none of them), the listings jobs only (not the queue-states,
+#: version and day counters beside them), the lease indexes leased jobs only. The two listings
+#: by `createdAt` alone hold the documents with a `createdAt`, which only jobs have and no
+#: write changes, rather than those with a `stage`: a stage change re-keys the indexes whose
+#: condition it changes, and these it spares. A query is read off an index only when its
+#: filters imply what the index holds (`_holds`), spelt so that SQLite sees it (`_filters`).
 MEMBERS: dict[str, tuple[str, str | None]] = {
     "jobs_rank": ("stage", "queued"),
     "jobs_rank_caps": ("stage", "queued"),
@@ -343,13 +344,18 @@ _LITERALS = {(field, literal) for field, literal in MEMBERS.values() if literal 
 IMPLY_NOT_NULL = ("=", "<", ">", "<=", ">=", "!=", "in")
 
 
+def _implies_not_null(op: str, null: bool) -> bool:
+    """Whether a filter with `op` (and a value that is None: `null`) holds its field not null."""
+    return op in IMPLY_NOT_NULL and not (op == "=" and null)
+
+
 def _holds(shape: tuple, index: str) -> bool:
     """Whether `index` holds every document a query of `shape` (`_shape`) can match: its
     filters require the field the index is partial on to equal its literal, or not to be null."""
     field, literal = MEMBERS[index]
     if literal is not None:
         return any((f, op, value) == (field, "=", literal) for f, op, _, value in shape)
-    return any(f == field and op in IMPLY_NOT_NULL and not (op == "=" and null) for f, op, null, _ in shape)
+    return any(f == field and _implies_not_null(op, null) for f, op, null, _ in shape)
 
 
 def member_condition(container: str, field: str, literal: str | None) -> str:
@@ -422,11 +428,7 @@ class Stretch(NamedTuple):
 
 def _never_null(query: Query) -> frozenset[str]:
     """The fields (as `INDEXES` names keys) the filters of `query` hold not null."""
-    return frozenset(
-        key(query.container, f.field)
-        for f in query.where
-        if f.op in IMPLY_NOT_NULL and not (f.op == "=" and f.value is None)
-    )
+    return frozenset(key(query.container, f.field) for f in query.where if _implies_not_null(f.op, f.value is None))
 
 
 def _after(
