@@ -12,7 +12,18 @@ Each round runs both, alternating which goes first, each on a fresh temp-file SQ
   `SqliteStore` runs with (`synchronous=NORMAL` in WAL mode: no fsync per commit), like for like.
 
 Both carry the same job: a `bodyMd` of `--body-kb` KB, two capabilities, `repo` and `baseBranch`
-(huey as the task's argument). Reports jobs/s (enqueue to last execute) per round and the median
+(huey as the task's argument).
+
+Two more rows take the project's time apart, so that what a layout change could buy is read off
+them rather than guessed:
+
+- "project, database in memory": the same lifecycle on an in-memory SQLite database (no WAL, no
+  file, no fsync): what the use cases cost with the disk taken away;
+- "project's SQL alone": every statement the project ran on its store in a recorded run (this
+  run's first, before the rounds), replayed in order with the same parameters on a fresh file of
+  the same layout and pragmas by bare `sqlite3`, no use case or store code: the store's share.
+  The project's CPU less this is its Python.
+ Reports jobs/s (enqueue to last execute) per round and the median
 over rounds of each, and of the per-round ratios project / huey, with the CPU time of this
 process per job (what a loaded machine's wall clock blurs) and the bytes it wrote per job
 (`wchar` of `/proc/self/io`, Linux only: WAL frames, checkpoints, huey's journal; what the disk
@@ -25,11 +36,13 @@ import argparse
 import functools
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from huey import SqliteHuey
 
@@ -52,23 +65,90 @@ def payload(n: int, body: str) -> dict:
 
 def project(db: str, jobs: int, body: str) -> tuple[float, float]:
     """Seconds to submit `jobs`, and to claim and ship them all with one worker."""
-    store = SqliteStore(db)
+    return lifecycle(SqliteStore(db), jobs, body, time.perf_counter)
+
+
+def lifecycle(store: SqliteStore, jobs: int, body: str, mark: Callable[[], float]) -> tuple[float, float]:
+    """Submit `jobs` on `store`, then claim and ship them all with one worker, and close it:
+    `mark()` before, between and after, answered as (between - before, after - between)."""
     ctx = Context(store, SystemClock(), Settings())
     try:
-        began = time.perf_counter()
+        began = mark()
         for n in range(jobs):
             submit.submit(ctx, schemas.JobSpec(product_id=PRODUCT, **payload(n, body)))
-        submitted = time.perf_counter()
+        submitted = mark()
         shipped = 0
         request = claims.ClaimRequest("worker", PRODUCT, capabilities=CAPABILITIES)
         while (job := claims.claim_next(ctx, request).job) is not None:
             leases.release(ctx, job.id, schemas.ReleaseBody(lease_id=job.lease.lease_id, stage="shipped"))
             shipped += 1
-        done = time.perf_counter()
+        done = mark()
     finally:
         store.close()
     assert shipped == jobs, shipped
     return submitted - began, done - submitted
+
+
+def in_memory(db: str, jobs: int, body: str) -> tuple[float, float]:
+    """`project` on a private in-memory database named after `db`'s file."""
+    return project(f"file:{Path(db).stem}?mode=memory&cache=shared", jobs, body)
+
+
+class Recording(SqliteStore):
+    """A `SqliteStore` whose connections note every statement they run, with its parameters,
+    in `log` (a shared list: the store serves one thread here, so they run in that order)."""
+
+    def __init__(self, path: str, log: list[tuple[str, tuple]]) -> None:
+        self.log = log
+        super().__init__(path)
+
+    def _connect(self):
+        return _Noting(super()._connect(), self.log)
+
+
+class _Noting:
+    """A connection that notes what it executes, otherwise itself."""
+
+    def __init__(self, conn, log: list[tuple[str, tuple]]) -> None:
+        self._conn, self._log = conn, log
+
+    def execute(self, sql: str, params=()):
+        self._log.append((sql, tuple(params)))
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+
+def record(db: str, jobs: int, body: str) -> tuple[list[tuple[str, tuple]], int]:
+    """The statements `project` runs for `jobs` jobs (after the store's opening), and how many
+    of them are the submits'."""
+    log: list[tuple[str, tuple]] = []
+    store = Recording(db, log)
+    log.clear()  # the schema is made: record what the use cases run from here
+    submitted, _ = lifecycle(store, jobs, body, lambda: len(log))
+    return log, submitted
+
+
+def replay(log: list[tuple[str, tuple]], submitted: int, db: str, jobs: int, body: str) -> tuple[float, float]:
+    """Seconds to run `log`'s submits' statements, then the rest, on a fresh database at `db`
+    (made by opening a `SqliteStore` on it: its layout and indexes), on one connection set up as
+    the store sets up its own (WAL, `synchronous=NORMAL`, autocommit), fetching every row."""
+    SqliteStore(db).close()
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        began = time.perf_counter()
+        for sql, params in log[:submitted]:
+            conn.execute(sql, params).fetchall()
+        enqueued = time.perf_counter()
+        for sql, params in log[submitted:]:
+            conn.execute(sql, params).fetchall()
+        done = time.perf_counter()
+    finally:
+        conn.close()
+    return enqueued - began, done - enqueued
 
 
 def huey(db: str, jobs: int, body: str, synchronous: str | None = None) -> tuple[float, float]:
@@ -99,8 +179,11 @@ RUNNERS = {
     "project": project,
     "huey": huey,
     "huey, synchronous=NORMAL": functools.partial(huey, synchronous="NORMAL"),
+    "project, database in memory": in_memory,
 }
-PEERS = [name for name in RUNNERS if name != "project"]
+PEERS = ["huey", "huey, synchronous=NORMAL"]
+#: The rows whose ratio to huey (as it comes) is printed too: where the project's time goes.
+PARTS = ["project, database in memory", "project's SQL alone"]
 
 
 def written() -> int | None:
@@ -124,14 +207,23 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in RUNNERS}
     wrote: dict[str, list[float]] = {name: [] for name in RUNNERS}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, run in enumerate(RUNNERS.values()):  # warm-up: imports, first connections
+        runners = dict(RUNNERS)
+        log, submitted = record(os.path.join(tmp, "recorded.db"), args.jobs, body)
+        runners["project's SQL alone"] = functools.partial(replay, log, submitted)
+        rates.update({name: [] for name in runners})
+        phases.update({name: [] for name in runners})
+        cpu.update({name: [] for name in runners})
+        wrote.update({name: [] for name in runners})
+        warm_log, warm_submitted = record(os.path.join(tmp, "warm-recorded.db"), 50, body)
+        warm = dict(RUNNERS, replay=functools.partial(replay, warm_log, warm_submitted))
+        for i, run in enumerate(warm.values()):  # warm-up: imports, first connections
             run(os.path.join(tmp, f"warm-{i}.db"), 50, body)
         for r in range(args.rounds):
-            names = list(RUNNERS)
+            names = list(runners)
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 began, bytes_before = time.process_time(), written()
-                enqueue, drain = RUNNERS[name](os.path.join(tmp, f"round-{r}-{names.index(name)}.db"), args.jobs, body)
+                enqueue, drain = runners[name](os.path.join(tmp, f"round-{r}-{names.index(name)}.db"), args.jobs, body)
                 cpu[name].append((time.process_time() - began) * 1000 / args.jobs)
                 if bytes_before is not None:
                     wrote[name].append((written() - bytes_before) / 1024 / args.jobs)
@@ -139,22 +231,26 @@ def main() -> None:
                 phases[name].append((enqueue, drain))
             print(f"round {r + 1}: " + ", ".join(f"{name} {rates[name][-1]:,.0f} jobs/s" for name in order), flush=True)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"SQLite {__import__('sqlite3').sqlite_version}, huey {__import__('huey').__version__}, "
+          f"SQLite {sqlite3.sqlite_version}, huey {__import__('huey').__version__}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}")
     print(f"{args.rounds} rounds × {args.jobs:,} jobs ({args.body_kb:g} KB bodyMd), one worker, temp-file SQLite; medians:")
     print("| system | jobs/s (enqueue → last execute) | enqueue jobs/s | dequeue + execute jobs/s | CPU ms per job "
           "| KB written per job |")
     print("|---|---|---|---|---|---|")
-    for name in RUNNERS:
+    for name in runners:
         enqueue = statistics.median(args.jobs / e for e, _ in phases[name])
         drain = statistics.median(args.jobs / d for _, d in phases[name])
         print(f"| {name} | {statistics.median(rates[name]):,.0f} | {enqueue:,.0f} | {drain:,.0f} | "
               f"{statistics.median(cpu[name]):.2f} | {statistics.median(wrote[name]) if wrote[name] else float('nan'):,.0f} |")
     print()
-    for peer in PEERS:
-        ratios = [p / h for p, h in zip(rates["project"], rates[peer])]
-        print(f"project / {peer}: {statistics.median(ratios):.2f} (median of the per-round ratios; "
+    for part, peer in [("project", peer) for peer in PEERS] + [(part, "huey") for part in PARTS]:
+        ratios = [p / h for p, h in zip(rates[part], rates[peer])]
+        print(f"{part} / {peer}: {statistics.median(ratios):.2f} (median of the per-round ratios; "
               f"range {min(ratios):.2f}–{max(ratios):.2f})")
+    python = [c - s for c, s in zip(cpu["project"], cpu["project's SQL alone"])]
+    print(f"project's CPU per job less its SQL's: {statistics.median(python):.2f} ms (its Python); "
+          f"huey's whole job: {statistics.median(cpu['huey']):.2f} ms CPU, "
+          f"{1000 / statistics.median(rates['huey']):.2f} ms wall")
 
 
 if __name__ == "__main__":
