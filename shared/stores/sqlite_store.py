@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS cold (
 ) WITHOUT ROWID
 """
 
+#: The version of the file's layout (`SCHEMA`, `COLD_SCHEMA` and `sqlite_query`'s key columns
+#: and indexes), kept in the file's `PRAGMA user_version`: `_migrate` lays out a file of an older
+#: one (0: a new file, or one written before the layout had a version) as this version's and
+#: stamps it; a file of a newer one it leaves alone, refusing to open it (its own indexes would
+#: replace the newer version's under that version's feet). Raise it with any change of the
+#: layout (`tests/conformance/test_sqlite_layout.py` pins what it covers).
+LAYOUT_VERSION = 1
+
 #: Connections a file store keeps at most: the dev host's concurrent requests share them.
 POOL_SIZE = 8
 #: Seconds a store call may take before it gives up (`FLEET_STORE_TIMEOUT_SECONDS`' default).
@@ -109,11 +117,15 @@ class SqliteStore(Store):
             fault = errors.StoreFault.DENIED if denied else errors.StoreFault.UNAVAILABLE
             raise errors.StoreUnavailable(f"sqlite: cannot create the directory of {path}: {exc}", fault) from exc
         self._pool = sqlite_pool.Pool(self._connect, pool_size, timeout)
-        with _converted():
-            if memory:
-                self._keepalive = self._connect()  # the database lives as long as one connection to it
-            with self._pool.connection() as conn:
-                _migrate(conn)
+        try:
+            with _converted():
+                if memory:
+                    self._keepalive = self._connect()  # the database lives as long as one connection to it
+                with self._pool.connection() as conn:
+                    _migrate(conn)
+        except BaseException:
+            self.close()  # an opening that fails keeps no connection open
+            raise
 
     # connections
 
@@ -346,10 +358,18 @@ class SqliteStore(Store):
 def _migrate(conn: sqlite3.Connection) -> None:
     """Create the tables, the key columns and the indexes, exactly `sqlite_query.INDEXES`: a
     file an older version wrote gets the key columns it lacks, filled from the bodies, an index
-    whose definition changed rebuilt, and one no query uses any more dropped. One transaction,
-    so processes opening the same file at once do this one at a time."""
+    whose definition changed rebuilt, and one no query uses any more dropped; then it is stamped
+    `LAYOUT_VERSION`. A file a newer version laid out is left as it is: `StoreUnavailable`. One
+    transaction, so processes opening the same file at once do this one at a time."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        (layout,) = conn.execute("PRAGMA user_version").fetchone()
+        if layout > LAYOUT_VERSION:
+            raise errors.StoreUnavailable(
+                f"sqlite: {_name(conn)} is laid out by a newer version of the coordinator (layout "
+                f"{layout}; this version's is {LAYOUT_VERSION}); run that version or a later one on it",
+                errors.StoreFault.UNAVAILABLE,
+            )
         conn.execute(SCHEMA)
         conn.execute(COLD_SCHEMA)
         wanted = {name: sqlite_query.index_sql(name, container, keys) for name, container, keys in sqlite_query.INDEXES}
@@ -367,11 +387,30 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for name, sql in wanted.items():
             if existing.get(name) != sql:
                 conn.execute(sql)
+        if layout != LAYOUT_VERSION:
+            _stamp(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:  # a BEGIN that timed out left none to roll back
             conn.execute("ROLLBACK")
         raise
+
+
+def _stamp(conn: sqlite3.Connection) -> None:
+    """Stamp the file `LAYOUT_VERSION`; a file that takes no writes (whose layout then needed
+    nothing else, or the change would have failed first) stays unstamped: no newer version can
+    have laid it out meanwhile, and the first opening that may write it stamps it."""
+    try:
+        conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION}")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != 8:  # SQLITE_READONLY
+            raise
+
+
+def _name(conn: sqlite3.Connection) -> str:
+    """The file `conn` has open, as an operator would look for it ("the database" in memory)."""
+    path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    return path or "the database"
 
 
 def _add_key_columns(conn: sqlite3.Connection, refill: bool) -> None:

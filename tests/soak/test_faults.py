@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ import requests
 
 from tests.soak import workload
 from shared.stores.local_cosmos import CosmosAccount
+from shared.stores.sqlite_store import LAYOUT_VERSION
 from tests.support.faults import cosmos_behind_proxy, write_lock
 from tests.support.proxy import TcpProxy
 from shared.devhost.process import running_server
@@ -198,6 +200,40 @@ def test_an_unopenable_database_answers_503_store_unavailable(tmp_path):
         _, state = health(server.url)
         assert state.status_code == 503
         assert state.json()["store"] == {"kind": None, "reachable": False, "reason": "unavailable"}
+
+
+def test_a_database_a_newer_version_laid_out_answers_503_and_is_left_as_it_is(tmp_path):
+    # Given a database with a job in it, then stamped with a newer version's layout
+    db = str(tmp_path / "fleet.db")
+    with running_server(db=db, args=SERVE_ARGS) as server:
+        job = submit(server.url, "before")[1].json()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {LAYOUT_VERSION + 1}")
+    conn.close()
+    schema = _schema(db)
+
+    # When this version serves it
+    with running_server(db=db, args=SERVE_ARGS) as server:
+        answer = submit(server.url, "after")[1]
+        read = requests.get(f"{server.url}/fleet/jobs/{job['id']}", timeout=10)
+
+        # Then every call answers 503 store_unavailable saying why, and nothing in the file changed
+        problem = assert_problem(answer, 503, "store_unavailable")
+        assert "newer version" in problem["detail"], problem
+        assert_problem(read, 503, "store_unavailable")
+        assert health(server.url)[1].status_code == 503
+        assert "Traceback" not in server.log()
+    assert _schema(db) == schema
+
+
+def _schema(db: str) -> tuple:
+    """The layout version and the schema of the database at `db`."""
+    conn = sqlite3.connect(db)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        return version, conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    finally:
+        conn.close()
 
 
 def test_health_answers_within_its_deadline_while_sqlite_is_locked(tmp_path):
