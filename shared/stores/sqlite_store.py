@@ -110,7 +110,7 @@ class SqliteStore(Store):
             # no busy wait), so an in-memory store lends one connection at a time.
             pool_size = 1
         try:
-            if not memory and os.path.dirname(path):
+            if not memory and not path.startswith("file:") and os.path.dirname(path):  # a URI names its own
                 os.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as exc:
             denied = isinstance(exc, PermissionError)
@@ -122,7 +122,7 @@ class SqliteStore(Store):
                 if memory:
                     self._keepalive = self._connect()  # the database lives as long as one connection to it
                 with self._pool.connection() as conn:
-                    _migrate(conn)
+                    _migrate(conn, "the in-memory database" if memory else path)
         except BaseException:
             self.close()  # an opening that fails keeps no connection open
             raise
@@ -355,21 +355,18 @@ class SqliteStore(Store):
             self._keepalive.close()
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, where: str) -> None:
     """Create the tables, the key columns and the indexes, exactly `sqlite_query.INDEXES`: a
     file an older version wrote gets the key columns it lacks, filled from the bodies, an index
     whose definition changed rebuilt, and one no query uses any more dropped; then it is stamped
-    `LAYOUT_VERSION`. A file a newer version laid out is left as it is: `StoreUnavailable`. One
-    transaction, so processes opening the same file at once do this one at a time."""
+    `LAYOUT_VERSION`. A file a newer version laid out (`where`, as the operator named it) is left
+    as it is: `StoreUnavailable`, found before taking the write lock (the newer version's writes
+    never wait on this one) and again under it. One transaction, so processes opening the same
+    file at once do this one at a time."""
+    _refuse_newer(conn, where)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        (layout,) = conn.execute("PRAGMA user_version").fetchone()
-        if layout > LAYOUT_VERSION:
-            raise errors.StoreUnavailable(
-                f"sqlite: {_name(conn)} is laid out by a newer version of the coordinator (layout "
-                f"{layout}; this version's is {LAYOUT_VERSION}); run that version or a later one on it",
-                errors.StoreFault.UNAVAILABLE,
-            )
+        layout = _refuse_newer(conn, where)
         conn.execute(SCHEMA)
         conn.execute(COLD_SCHEMA)
         wanted = {name: sqlite_query.index_sql(name, container, keys) for name, container, keys in sqlite_query.INDEXES}
@@ -407,10 +404,16 @@ def _stamp(conn: sqlite3.Connection) -> None:
             raise
 
 
-def _name(conn: sqlite3.Connection) -> str:
-    """The file `conn` has open, as an operator would look for it ("the database" in memory)."""
-    path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
-    return path or "the database"
+def _refuse_newer(conn: sqlite3.Connection, where: str) -> int:
+    """The file's layout version; `StoreUnavailable` if a newer version laid it out."""
+    (layout,) = conn.execute("PRAGMA user_version").fetchone()
+    if layout > LAYOUT_VERSION:
+        raise errors.StoreUnavailable(
+            f"sqlite: {where} is laid out by a newer version of the coordinator (layout {layout}; "
+            f"this version's is {LAYOUT_VERSION}); run that version or a later one on it",
+            errors.StoreFault.UNAVAILABLE,
+        )
+    return layout
 
 
 def _add_key_columns(conn: sqlite3.Connection, refill: bool) -> None:
