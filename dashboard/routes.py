@@ -174,11 +174,11 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
 
 
 @bp.route(route="dashboard/fleet/jobs/{id}", methods=["GET"], auth_level=ANONYMOUS)
-@web.page(needs=Permission.READ, version=lambda r: _version(_job_etag(r.req.route_params["id"])))
+@web.page(needs=Permission.READ, version=lambda r: _version(_job_etag(r)))
 def dashboard_job(request: Request) -> func.HttpResponse:
     """Job detail: stage, lease, body, events, runs, review gate, DAG and actions"""
     try:
-        detail = views.detail(ctx(), _job_id(request))
+        detail = views.detail(ctx(), _job_id(request), request.read.get("job"))
     except errors.NotFound as exc:
         return render.error_page(404, "No job", exc.detail, **web.header(request.principal, request.csrf))
     return render.page("job.html", **_common(request, d=detail, job=detail.job, ago=render.ago))
@@ -278,14 +278,18 @@ def _job_id(request: Request) -> str:
     return id
 
 
-def _job_etag(id: str) -> str | None:
+def _job_etag(request: Request) -> str | None:
+    """The ETag of the job the page shows (None: no such job, or not one the principal sees),
+    its document kept in `request.read` for the page to render from."""
+    id = request.req.route_params.get("id", "")
     product = product_of(id)
     if product is None or not config.principal().sees(product):
         return None
     try:
-        return ctx().store.read("jobs", product, id).get("_etag")
+        doc = request.read["job"] = ctx().store.read("jobs", product, id)
     except errors.NotFound:
         return None
+    return doc.get("_etag")
 
 
 def _back_to(id: str, notice: str) -> func.HttpResponse:

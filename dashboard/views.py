@@ -117,8 +117,9 @@ class Detail:
     lease_until: datetime | None = None
 
 
-def detail(ctx: Context, id: str) -> Detail:
-    job = listing.get(ctx, id)
+def detail(ctx: Context, id: str, doc: dict[str, Any] | None = None) -> Detail:
+    """The job page's content; `doc`: the job's document as this request already read it."""
+    job = listing.get(ctx, id, doc)
     root = job
     seen = {job.id}
     while root.parent_id and root.parent_id not in seen:  # the whole DAG, from its top

@@ -24,7 +24,7 @@ import functools
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -67,6 +67,9 @@ class Request:
     form: dict[str, list[str]]
     #: The page's ETag, for its script's conditional refreshes (None: a page that has none).
     etag: str | None = None
+    #: Documents the page's version read, by name, for its handler to render from rather than
+    #: read again (the content then is the one the ETag names).
+    read: dict[str, Any] = field(default_factory=dict)
 
     def field(self, name: str, default: str = "") -> str:
         values = self.form.get(name)

@@ -1,6 +1,8 @@
 """Reading jobs: one by id, and pages of them newest first."""
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from fleet import continuation as tokens
@@ -29,14 +31,17 @@ class JobPage(Model):
     continuation: str | None = None
 
 
-def get(ctx: Context, id: str) -> Job:
-    """One job with its runs and events. A blocked job's `blockedOn` is read fresh."""
+def get(ctx: Context, id: str, doc: dict[str, Any] | None = None) -> Job:
+    """One job with its runs and events. A blocked job's `blockedOn` is read fresh. `doc`: the
+    job's document as the caller read it a moment ago (one request's), not read again."""
     product_id = product_of(id)
     if product_id is None:
         raise errors.NotFound(f"no job {id!r}")
     ctx.principal.reach(product_id, f"no job {id!r}")
+    if doc is not None and doc.get("id") != id:
+        raise ValueError(f"the document given for job {id!r} is {doc.get('id')!r}'s")
     try:
-        job = Job.from_doc(ctx.store.read("jobs", product_id, id))
+        job = Job.from_doc(doc if doc is not None else ctx.store.read("jobs", product_id, id))
     except errors.NotFound:
         raise errors.NotFound(f"no job {id!r}") from None
     if job.stage == Stage.BLOCKED:
