@@ -216,7 +216,12 @@ def _factory_run(args: argparse.Namespace) -> int:
         keep_workdirs=args.keep_workdirs, **RunnerConfig.flags_from(os.environ),
     )
     with FleetClient(args.url, args.key, timeout=(5.0, args.timeout), token=args.token) as client:
-        return Runner(client, config).run()
+        try:
+            runner = Runner(client, config)
+        except ValueError as exc:  # the command cannot be run: claim nothing
+            print(f"fleet factory run: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return runner.run()
 
 
 # Plumbing

@@ -14,7 +14,9 @@ running jobs are finished. The runner exits 0 when done.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -86,6 +88,22 @@ class RunStats:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
+def runnable(command: tuple[str, ...]) -> tuple[str, ...]:
+    """`command` with its program made absolute when it is given as a path: each job runs in a
+    work directory of its own, where a relative path names nothing. `ValueError` when there is
+    no such program (a path to no executable file, a name not on `PATH`): a runner that started
+    anyway would fail every job it claims, one attempt each, until they dead-letter."""
+    program = command[0]
+    if os.sep in program or (os.altsep and os.altsep in program):
+        path = os.path.abspath(program)
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            raise ValueError(f"cannot run {program}: {path} is not an executable file")
+        return (path, *command[1:])
+    if shutil.which(program) is None:
+        raise ValueError(f"cannot run {program}: no such command on PATH")
+    return command
+
+
 class Runner:
     def __init__(self, client: FleetClient, config: RunnerConfig, out: TextIO | None = None,
                  rng: random.Random | None = None) -> None:
@@ -93,12 +111,13 @@ class Runner:
             raise ValueError("seats must be at least 1")
         if not config.command:
             raise ValueError("a command to run per job is required")
+        command = runnable(tuple(config.command))
         self.client = client
         self.config = config
         self.stats = RunStats()
         self._rng = rng or random.Random()
         self._seat_settings = SeatSettings(
-            factory_id=config.factory_id, command=tuple(config.command), autoship=config.autoship,
+            factory_id=config.factory_id, command=command, autoship=config.autoship,
             pr_mode=config.pr_mode, git_base=config.git_base, kill_grace_seconds=config.kill_grace_seconds,
             workdir_root=config.workdir_root, keep_workdirs=config.keep_workdirs, out=out,
         )

@@ -210,6 +210,14 @@ class TestErrors:
         code, _, err = fleet_cli("factory", "run", "--factory-id", "f1", "--product", product)
         assert code == 2 and "command" in err
 
+    def test_the_factory_runner_refuses_a_command_it_cannot_run_and_claims_nothing(self, fleet_cli, product):
+        job = submit(fleet_cli, product, "k1")
+
+        code, _, err = fleet_cli("factory", "run", "--factory-id", "f1", "--product", product, "--", "./no-agent.sh")
+
+        assert code == commands.EXIT_USAGE and "cannot run ./no-agent.sh" in err and "not an executable file" in err
+        assert fleet_cli.json("jobs", "show", job["id"])["stage"] == "queued"
+
 
 def reviewer_token(url: str, admin_token: str, name: str) -> str:
     """A reviewer token named `name`, made by an admin over HTTP (`POST /fleet/tokens`)."""

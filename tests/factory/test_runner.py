@@ -114,10 +114,38 @@ class TestOutcomes:
         assert (done.stage, done.attempts) == (Stage.QUEUED, 1)
         assert done.runs[-1].result == RunResult.RETRY and done.runs[-1].insights == {"costUsd": 0.1}
 
-    def test_a_command_that_cannot_start_is_a_failed_attempt(self, client, product):
+    @pytest.mark.parametrize("command", ["/nonexistent/agent", "./no-agent-here.sh", "no-such-command-anywhere"])
+    def test_a_command_that_does_not_exist_is_refused_before_any_claim(self, client, product, command):
         job = submit(client, product, "k1")
 
-        assert run(client, product, ("/nonexistent/agent",)).result() == 0
+        with pytest.raises(ValueError, match=f"cannot run {command}"):
+            Runner(client, config(product, (command, "--flag")))
+
+        assert client.get_job(job.id).attempts == 0
+
+    def test_a_command_given_by_a_relative_path_runs_in_every_job_directory(self, client, product, tmp_path,
+                                                                            monkeypatch):
+        agent = tmp_path / "agent.sh"
+        agent.write_text('#!/bin/sh\necho \'{"insights": {"costUsd": 0.42}}\'\n')
+        agent.chmod(0o755)
+        job = submit(client, product, "k1")
+        monkeypatch.chdir(tmp_path)
+
+        assert run(client, product, ("./agent.sh",), autoship=True).result() == 0
+
+        done = client.get_job(job.id)
+        assert done.stage == Stage.SHIPPED and done.runs[-1].insights == {"costUsd": 0.42}
+
+    def test_a_command_that_cannot_start_is_a_failed_attempt(self, client, product, tmp_path):
+        # The command was there when the runner started, and is gone when a job comes.
+        agent = tmp_path / "agent.sh"
+        agent.write_text("#!/bin/sh\n")
+        agent.chmod(0o755)
+        job = submit(client, product, "k1")
+        runner = Runner(client, config(product, (str(agent),)), out=io.StringIO())
+        agent.unlink()
+
+        assert runner.run() == 0
 
         assert client.get_job(job.id).attempts == 1
 
