@@ -74,14 +74,17 @@ def touch(ctx: Context) -> None:
 
 def visible_change(before: Job | None, after: Job) -> bool:
     """Whether a job write changes what the dashboard must show at once: a new job, a review or
-    priority change, and any move of stage but a factory's own progress under its lease (a
-    claim, a PATCH to a work stage), which the views show within a minute instead (their ETags
-    hold the minute). A lease renewal, a checkpoint or an event alone bumps nothing either, so
-    claims, heartbeats and PATCHes cost the store what they did."""
+    priority change, a lease ending (a finish, a give-back, parking at review: the job's run
+    ends, and what it cost joins today's spend), and any move of stage but a factory's own
+    progress under its lease (a claim, a PATCH to a work stage), which the views show within a
+    minute instead (their ETags hold the minute). A lease renewal, a checkpoint or an event
+    alone bumps nothing either, so claims, heartbeats and PATCHes cost the store what they did."""
     if before is None:
         return True
     if before.review != after.review or before.priority != after.priority:
         return True
+    if before.lease is not None and after.lease is None:
+        return True  # parking at review moves no stage: a job is released at testing
     if before.stage == after.stage:
         return False
     return not (after.stage in ACTIVE and after.lease is not None)

@@ -1,0 +1,45 @@
+"""Today's rollup (`fleet/activity.py`) over HTTP: what a job's writes bump and count — the
+version the dashboard's ETags hold, jobs shipped, and what their runs cost, each counted once."""
+from __future__ import annotations
+
+from fleet import activity
+
+
+def today(api) -> tuple[int, int, float]:
+    """(version, jobs shipped, USD spent) today."""
+    day = activity.days(api.ctx, 1)[0]
+    return activity.version(api.ctx), day.shipped, day.spent_usd
+
+
+def walk_to_testing(api, key: str, cost: float) -> tuple[str, str]:
+    """Submit, claim and PATCH a job to building, then testing reporting `cost`: (job id, lease)."""
+    api.submit(key, product="web")
+    claim = api.claim(product="web")
+    job, lease = claim["job"]["id"], claim["lease"]["leaseId"]
+    for stage, insights in (("building", None), ("testing", {"costUsd": cost})):
+        body = {"leaseId": lease, "stage": stage, **({"insights": insights} if insights else {})}
+        assert api.call("PATCH", f"/fleet/jobs/{job}", body).status_code == 200
+    return job, lease
+
+
+def test_a_job_parked_at_review_counts_its_runs_cost_and_shipping_it_counts_the_job(api):
+    version, _, _ = today(api)
+    job, lease = walk_to_testing(api, "fix-login", 0.42)
+    assert today(api) == (version + 1, 0, 0.0)  # the submit bumped; the claim and PATCHes did not
+
+    parked = api.post(f"/fleet/jobs/{job}/lease/release", {"leaseId": lease, "stage": "testing"})
+    assert parked.status_code == 200 and parked.json["lease"] is None
+    assert today(api) == (version + 2, 0, 0.42)
+
+    assert api.post(f"/fleet/jobs/{job}/actions/ship", {}).status_code == 200
+    assert today(api) == (version + 3, 1, 0.42)  # the run's cost is not counted again
+
+
+def test_a_job_shipped_by_its_release_counts_once(api):
+    job, lease = walk_to_testing(api, "fix-login", 0.5)
+
+    shipped = api.post(f"/fleet/jobs/{job}/lease/release", {"leaseId": lease, "stage": "shipped"})
+    again = api.post(f"/fleet/jobs/{job}/lease/release", {"leaseId": lease, "stage": "shipped"})  # a retry
+
+    assert shipped.status_code == again.status_code == 200
+    assert today(api)[1:] == (1, 0.5)
