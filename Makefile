@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
 PIP_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -14,9 +15,15 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 install: $(PIP_STAMP) $(NPM_STAMP)
 
-$(PIP_STAMP): pyproject.toml requirements.txt
+# What serving needs (the project's own dependencies); `make run` installs no more.
+$(RUN_STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# The tests' dependencies besides.
+$(PIP_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -31,7 +38,7 @@ browser:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-run: install
+run: $(RUN_STAMP)
 	$(VENV)/bin/fleet serve
 
 test: install browser
