@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fleet import activity, budget_rules, budgets, dag, errors, factories, listing, liveness, queue_state, store
+from fleet import actions, activity, budget_rules, budgets, dag, errors, factories, listing, liveness, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Job, job_id
 from fleet.stages import Stage
@@ -115,6 +115,8 @@ class Detail:
     #: When the job's lease ends unless renewed: its effective expiry (`fleet.liveness`), which
     #: its factory's heartbeats carry past the job's own `lease.expiresAt`.
     lease_until: datetime | None = None
+    #: The operator actions that would change the job now (`actions.available`), by value.
+    actions: frozenset[str] = frozenset()
 
 
 def detail(ctx: Context, id: str, doc: dict[str, Any] | None = None) -> Detail:
@@ -141,7 +143,7 @@ def detail(ctx: Context, id: str, doc: dict[str, Any] | None = None) -> Detail:
     lease_until = None
     if job.lease is not None:  # one point read of its holder's document, for a leased job only
         lease_until = liveness.effective_expiry(job.lease, factories.find(ctx, job.lease.factory_id))
-    return Detail(job, tree, runs, lease_until)
+    return Detail(job, tree, runs, lease_until, frozenset(a.value for a in actions.available(job)))
 
 
 def _tokens(insights: dict[str, Any]) -> int | None:

@@ -150,7 +150,10 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
         return render.error_page(401, "Sign in", exc.detail)
     except errors.FleetError as exc:
         status = http.status_of(exc)
-        response = render.error_page(status, _TITLES.get(status, "Error"), exc.detail, **header(principal))
+        for_role = isinstance(exc, errors.Forbidden) and "permission" in exc.extra  # not a form refused
+        response = render.error_page(
+            status, _TITLES.get(status, "Error"), exc.detail, for_role=for_role, **header(principal)
+        )
         wait = http.retry_after(exc)
         if wait is not None:
             response.headers["Retry-After"] = http.retry_after_header(wait)

@@ -21,6 +21,13 @@ class Action(str, Enum):
     SHIP = "ship"  # mark it delivered: shipped (a no-op on a shipped job)
 
 
+def available(job: Job) -> frozenset[Action]:
+    """The actions that would change `job` now: a job that has ended (shipped, done, failed,
+    dead-lettered, cancelled) can only be requeued; the others would answer
+    `illegal_transition`, or change nothing on the stage it is at."""
+    return frozenset({Action.REQUEUE}) if job.stage in TERMINAL else frozenset(Action)
+
+
 def apply(ctx: Context, id: str, action: Action, reason: str | None = None, actor: str | None = None) -> Job:
     """Apply `action`; its events name the principal as the actor (`actor`, the caller's own
     word, counts only with auth off: see `Principal.actor`)."""

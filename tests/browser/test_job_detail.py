@@ -31,6 +31,9 @@ def test_ship_on_a_parked_job_ships_it_and_the_runs_table_links_its_pr(operator_
     shipped = fleet.client.get_job(job.id)
     assert shipped.stage.value == "shipped"
     assert shipped.events[-1].actor == "olive"
+    # and of the actions only what still changes a shipped job is offered: requeue
+    actions = ui.region(page, "Actions")
+    expect(actions.get_by_role("button")).to_have_text(["Requeue"])
 
 
 def test_back_leaves_the_job_as_it_was(operator_page, fleet, product):
@@ -72,16 +75,28 @@ def test_requeue_puts_a_failed_job_back_in_the_queue(operator_page, fleet, produ
 
 
 def test_a_refused_action_is_shown_in_place(operator_page, fleet, product):
+    # Given a job's page open while the job waits at the gate, which another operator then rejects
+    job = fleet.parked(product, "overtaken", PR, "aq/job/overtaken", title="Rejected meanwhile")
+    page = operator_page
+    page.goto(ui.job_page(job.id))
+    fleet.client.action(job.id, "reject", reason="not wanted")
+
+    # When this page's Ship is used
+    ui.region(page, "Actions").get_by_role("button", name="Ship", exact=True).click()
+    ui.confirm(page, "Ship this job?")
+
+    # Then a failed job is terminal: shipping it needs a requeue first, and the page says why
+    expect(ui.status(page, "requeue it first")).to_be_visible()
+    assert fleet.stage(job.id) == "failed"
+
+
+def test_an_ended_job_offers_only_a_requeue(operator_page, fleet, product):
     job = fleet.failed(product, "finished", title="Finished, failed")
 
     page = operator_page
     page.goto(ui.job_page(job.id))
-    ui.region(page, "Actions").get_by_role("button", name="Ship", exact=True).click()
-    ui.confirm(page, "Ship this job?")
 
-    # A failed job is terminal: shipping it needs a requeue first, and the page says why.
-    expect(ui.status(page, "requeue it first")).to_be_visible()
-    assert fleet.stage(job.id) == "failed"
+    expect(ui.region(page, "Actions").get_by_role("button")).to_have_text(["Requeue"])
 
 
 def test_a_reviewer_approves_in_the_review_region(open_page, fleet, tokens, product):

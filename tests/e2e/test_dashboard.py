@@ -196,10 +196,12 @@ def test_a_form_needs_its_token_and_this_dashboards_origin(coordinator):
     browser = c.browser(admin)
     no_token = browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/cancel", csrf=False)
     assert no_token.status_code == 403 and "reload the page" in no_token.text
+    assert "your role" not in no_token.text  # an admin's form refused for what it is, not its role
     wrong = browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/cancel", {"csrf": "0" * 64}, csrf=False)
     assert wrong.status_code == 403
     other_site = browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/cancel", headers={"Origin": "https://evil.example"})
-    assert other_site.status_code == 403
+    assert other_site.status_code == 403 and "is not this dashboard" in other_site.text
+    assert "your role" not in other_site.text
     # Another principal's form token is not this one's
     viewer = c.browser(c.mint(Role.OPERATOR, name="operator"))
     viewer.csrf = browser.csrf
