@@ -88,20 +88,25 @@ class RunStats:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
-def runnable(command: tuple[str, ...]) -> tuple[str, ...]:
-    """`command` with its program made absolute when it is given as a path: each job runs in a
-    work directory of its own, where a relative path names nothing. `ValueError` when there is
-    no such program (a path to no executable file, a name not on `PATH`): a runner that started
-    anyway would fail every job it claims, one attempt each, until they dead-letter."""
-    program = command[0]
+def runnable(command: tuple[str, ...], in_clone: bool = False) -> tuple[str, ...]:
+    """`command` with its program made absolute: each job runs in a work directory of its own,
+    where a relative path, or a name found through a relative `PATH` entry, names nothing.
+    `ValueError` when there is no such program (a path to no executable file, a name not on
+    `PATH`): a runner that started anyway would fail every job it claims, one attempt each,
+    until they dead-letter. `in_clone` (PR mode, where a job runs in a clone of its repo): a
+    relative path that names nothing here is left as it is, the repo's own script."""
+    program, rest = os.path.expanduser(command[0]), command[1:]
     if os.sep in program or (os.altsep and os.altsep in program):
         path = os.path.abspath(program)
-        if not os.path.isfile(path) or not os.access(path, os.X_OK):
-            raise ValueError(f"cannot run {program}: {path} is not an executable file")
-        return (path, *command[1:])
-    if shutil.which(program) is None:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return (path, *rest)
+        if in_clone and not os.path.isabs(program):
+            return (program, *rest)
+        raise ValueError(f"cannot run {command[0]}: {path} is not an executable file")
+    found = shutil.which(program)
+    if found is None:
         raise ValueError(f"cannot run {program}: no such command on PATH")
-    return command
+    return (os.path.abspath(found), *rest)
 
 
 class Runner:
@@ -111,7 +116,7 @@ class Runner:
             raise ValueError("seats must be at least 1")
         if not config.command:
             raise ValueError("a command to run per job is required")
-        command = runnable(tuple(config.command))
+        command = runnable(tuple(config.command), in_clone=config.pr_mode)
         self.client = client
         self.config = config
         self.stats = RunStats()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from fleet.stages import RunResult, Stage
 from fleetclient import FleetClient
-from fleetclient.runner import Runner, RunnerConfig
+from fleetclient.runner import Runner, RunnerConfig, runnable
 from tests.factory.conftest import git, wait_for
 
 RUN_TIMEOUT = 20.0
@@ -122,6 +123,28 @@ class TestOutcomes:
             Runner(client, config(product, (command, "--flag")))
 
         assert client.get_job(job.id).attempts == 0
+
+    def test_a_command_is_made_absolute_however_it_was_found(self, tmp_path, monkeypatch):
+        (tmp_path / "bin").mkdir()
+        agent = tmp_path / "bin" / "agent"
+        agent.write_text("#!/bin/sh\n")
+        agent.chmod(0o755)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("PATH", "bin" + os.pathsep + os.environ["PATH"])  # a relative PATH entry
+
+        assert runnable(("bin/agent", "-v")) == (str(agent), "-v")
+        assert runnable(("~/bin/agent",)) == (str(agent),)
+        assert runnable(("agent",)) == (str(agent),)
+
+    def test_in_pr_mode_a_relative_path_may_name_the_repos_own_script(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+
+        assert runnable(("./scripts/fix.sh", "x"), in_clone=True) == ("./scripts/fix.sh", "x")
+        with pytest.raises(ValueError, match="cannot run ./scripts/fix.sh"):
+            runnable(("./scripts/fix.sh",))
+        with pytest.raises(ValueError, match="cannot run /nonexistent/fix.sh"):
+            runnable(("/nonexistent/fix.sh",), in_clone=True)
 
     def test_a_command_given_by_a_relative_path_runs_in_every_job_directory(self, client, product, tmp_path,
                                                                             monkeypatch):
