@@ -295,13 +295,16 @@ def put_budget(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="fleet/budgets/{productId}/pause", methods=["POST"])
-@http.endpoint(needs=Permission.MANAGE_BUDGETS, answer=budget_rules.BudgetView, path=PRODUCT, raises=BUDGET)
+@http.endpoint(
+    needs=Permission.MANAGE_BUDGETS, answer=budget_rules.BudgetView, body=schemas.PauseBody, body_required=False,
+    path=PRODUCT, raises=BUDGET,
+)
 def pause_budget(req: func.HttpRequest) -> func.HttpResponse:
-    """Pause the product's spending (FLEET_BUDGETS)"""
+    """Pause the product's spending (FLEET_BUDGETS), optionally saying why"""
     _budgets_on()
     product = http.product_id(req.route_params.get("productId"))
-    http.no_body(req)
-    return http.ok(budgets.pause(ctx(), product).public())
+    body = http.body(req, schemas.PauseBody, optional=True)
+    return http.ok(budgets.pause(ctx(), product, body.reason).public())
 
 
 @app.route(route="fleet/budgets/{productId}/resume", methods=["POST"])

@@ -22,6 +22,8 @@ from fleet.stages import ClaimReason
 #: How many accrual ids a budget remembers: far more than ever end between two sweeps (the
 #: sweep replays an interrupted accrual within a minute), few enough to keep the document small.
 ACCRUAL_MEMORY = 500
+#: Decimal places of the USD figures the API shows (spend is sums of floats).
+USD_DIGITS = 6
 
 
 class Window(str, Enum):
@@ -73,8 +75,12 @@ class Budget(_BudgetFields):
     def public(self) -> "BudgetView":
         """What the API shows of it."""
         shown = {name: getattr(self, name) for name in _BudgetFields.model_fields}
-        remaining = None if self.ceiling_usd is None else max(0.0, self.ceiling_usd - self.spent_usd)
-        return BudgetView(**shown, reserved_usd=self.reserved_usd, remaining_usd=remaining)
+        shown["spent_usd"] = round(self.spent_usd, USD_DIGITS)
+        reserved = round(self.reserved_usd, USD_DIGITS)
+        remaining = None
+        if self.ceiling_usd is not None:
+            remaining = max(0.0, round(self.ceiling_usd - self.spent_usd - self.reserved_usd, USD_DIGITS))
+        return BudgetView(**shown, reserved_usd=reserved, remaining_usd=remaining)
 
 
 class BudgetView(_BudgetFields):
@@ -83,7 +89,8 @@ class BudgetView(_BudgetFields):
 
     #: The estimated cost of claimed runs not yet accrued.
     reserved_usd: float
-    #: The ceiling less the spend (never below 0); None without a ceiling.
+    #: The ceiling less the spend and the reservations (never below 0): the room a claim's
+    #: estimate must fit in; None without a ceiling.
     remaining_usd: float | None
 
 

@@ -84,7 +84,9 @@ class Principal(Model):
         """`Forbidden`, naming the permission, unless this principal holds it."""
         if not self.can(permission):
             raise errors.Forbidden(
-                f"a {self.role.value} principal lacks the {permission.value!r} permission", permission=permission.value
+                f"{'an' if self.role.value[0] in 'aeiou' else 'a'} {self.role.value} principal lacks the "
+                f"{permission.value!r} permission",
+                permission=permission.value,
             )
 
     def sees(self, product_id: str | None) -> bool:

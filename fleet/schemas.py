@@ -173,6 +173,12 @@ class ReleaseBody(Body):
     checkpoint: Annotated[Any, AfterValidator(_bounded(64 * 1024))] = None
 
 
+class PauseBody(Body):
+    """`POST /fleet/budgets/{productId}/pause` (optional): why, shown with the pause."""
+
+    reason: Text | None = None
+
+
 class ActionBody(Body):
     """`POST /fleet/jobs/{id}/actions/{action}`."""
 

@@ -265,8 +265,10 @@ class FleetClient:
         answer = self._http.call("PUT", f"/fleet/budgets/{_seg(product_id)}", json=body)
         return budget_rules.BudgetView.model_validate(answer.body)
 
-    def pause_budget(self, product_id: str) -> budget_rules.BudgetView:
-        answer = self._http.call("POST", f"/fleet/budgets/{_seg(product_id)}/pause")
+    def pause_budget(self, product_id: str, reason: str | None = None) -> budget_rules.BudgetView:
+        """`POST /fleet/budgets/{productId}/pause`, saying why if `reason` is given."""
+        body = {"reason": reason} if reason is not None else None
+        answer = self._http.call("POST", f"/fleet/budgets/{_seg(product_id)}/pause", json=body)
         return budget_rules.BudgetView.model_validate(answer.body)
 
     def resume_budget(self, product_id: str) -> budget_rules.BudgetView:

@@ -137,6 +137,8 @@ def _add_budgets(subparsers, common) -> None:
                             ("resume", "lift a manual pause")):
         p = budgets.add_parser(name, parents=[common], help=help_text)
         p.add_argument("product", metavar="PRODUCT")
+        if name == "pause":
+            p.add_argument("--reason", "-m", help="why, shown with the pause (up to 500 characters)")
         p.set_defaults(run=_command("budget"))
     p = budgets.add_parser("set", parents=[common], help="set a product's ceiling per window")
     p.add_argument("product", metavar="PRODUCT")

@@ -82,14 +82,15 @@ def request_review(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 def review(args: argparse.Namespace, client: FleetClient) -> Shown:
     job = client.review(args.job_id, args.reviewer, args.decision, args.comment)
-    return views.job_line(job, f"{args.decision}d:"), job.to_doc()
+    done = {"approve": "approved:", "reject": "rejected:"}.get(args.decision, f"{args.decision}:")
+    return views.job_line(job, done), job.to_doc()
 
 
 def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
     calls = {
         "show": lambda: client.get_budget(args.product),
         "set": lambda: client.put_budget(args.product, args.ceiling, args.window),
-        "pause": lambda: client.pause_budget(args.product),
+        "pause": lambda: client.pause_budget(args.product, args.reason),
         "resume": lambda: client.resume_budget(args.product),
     }
     result = calls[args.budgets_command]()

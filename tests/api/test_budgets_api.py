@@ -77,7 +77,38 @@ def test_estimates_reserve_the_ceiling_at_claim(flagged_api):
     assert api.claim("f1")["job"] is not None
     assert api.claim("f2")["job"] is not None
     assert api.claim("f3") == {"job": None, "reason": "budget_exceeded"}  # 4 + 4 + 4 > 10
-    assert api.get("/fleet/budgets/p").json["reservedUsd"] == 8
+    budget = api.get("/fleet/budgets/p").json
+    assert (budget["reservedUsd"], budget["remainingUsd"]) == (8, 2)  # the room the third claim lacked
+
+
+def test_what_is_shown_of_spend_is_rounded_to_a_millionth(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 1})
+    for n, cost in enumerate((0.1, 0.2, 0.3)):  # 0.1 + 0.2 + 0.3 is 0.6000000000000001 in floats
+        job = api.submit(f"k{n}")
+        lease = api.claim()["lease"]["leaseId"]
+        api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "stage": "shipped", "insights": {"costUsd": cost}})
+
+    budget = api.get("/fleet/budgets/p").json
+
+    assert (budget["spentUsd"], budget["remainingUsd"]) == (0.6, 0.4)
+
+
+def test_a_pause_may_say_why_and_the_reason_is_checked(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10})
+
+    paused = api.post("/fleet/budgets/p/pause", {"reason": "vendor outage"})
+    too_long = api.post("/fleet/budgets/p/pause", {"reason": "x" * 501})
+    unknown = api.post("/fleet/budgets/p/pause", {"why": "x"})
+    bare = api.post("/fleet/budgets/p/resume")
+
+    assert paused.status_code == 200 and paused.json["pauseReason"] == "vendor outage"
+    assert paused.json["pausedBy"] == "manual"
+    assert too_long.status_code == 400 and too_long.json["errors"][0]["field"] == "reason"
+    assert unknown.status_code == 400 and unknown.json["errors"][0]["field"] == "why"
+    assert bare.status_code == 200 and bare.json["pauseReason"] is None
+    assert api.post("/fleet/budgets/p/pause").json["pauseReason"] is None  # no body: no reason
 
 
 @pytest.mark.parametrize("body,field", [({"ceilingUsd": -1}, "ceilingUsd"), ({"ceilingUsd": 1, "window": "hourly"}, "window"), ({}, "ceilingUsd")])

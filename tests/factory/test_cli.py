@@ -130,6 +130,16 @@ class TestJobs:
         assert code == 1 and "403 forbidden" in err
         assert shipped["stage"] == "shipped"
 
+    def test_a_review_rejection_says_so(self, fleet_cli, client, product, server, suite_token):
+        job = submit(fleet_cli, product, "k1")
+        client.release_lease(job["id"], client.claim("f1", product).lease.lease_id, stage="testing")
+        fleet_cli.json("jobs", "request-review", job["id"], "--required", "1", "--reviewers", "ann")
+
+        code, out, _ = fleet_cli("jobs", "review", job["id"], "reject", "--reviewer", "ann", "-m", "no tests",
+                                 "--token", reviewer_token(server.url, suite_token, "ann"))
+
+        assert code == 0 and out.startswith("rejected:") and "queued" in out
+
 
 class TestProductsAndFactories:
     def test_weights_show_and_set(self, fleet_cli, product):
@@ -177,12 +187,12 @@ class TestBudgets:
 
     def test_set_pause_resume(self, fast_cli, product):
         code, out, _ = fast_cli("budgets", "set", product, "--ceiling", "25", "--window", "weekly")
-        paused = fast_cli.json("budgets", "pause", product)
+        paused = fast_cli.json("budgets", "pause", product, "--reason", "vendor outage")
         resumed = fast_cli.json("budgets", "resume", product)
         shown = fast_cli.json("budgets", "show", product)
 
         assert code == 0 and "ceiling:   $25.00" in out and "window:    weekly from" in out
-        assert paused["paused"] is True and resumed["paused"] is False
+        assert paused["paused"] is True and paused["pauseReason"] == "vendor outage" and resumed["paused"] is False
         assert (shown["ceilingUsd"], shown["window"], shown["spentUsd"]) == (25.0, "weekly", 0.0)
 
 
