@@ -27,7 +27,10 @@ ProductId = Annotated[str, StringConstraints(pattern=PRODUCT_ID)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$")]
 Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")]
-Text = Annotated[str, StringConstraints(max_length=500)]
+#: Free text holds no control characters but tab, newline and carriage return: a NUL or an
+#: escape sequence has no place in a title, a body or a comment, and a page showing one breaks.
+PLAIN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+Text = Annotated[str, StringConstraints(max_length=500, pattern=PLAIN)]
 #: `owner/name`, or an https/ssh/git clone URL.
 Repo = Annotated[
     str,
@@ -86,7 +89,7 @@ class Insights(BaseModel):
 class ChildSpec(Body):
     idempotency_key: Key
     title: Text = ""
-    body_md: Annotated[str, StringConstraints(max_length=65536)] = ""
+    body_md: Annotated[str, StringConstraints(max_length=65536, pattern=PLAIN)] = ""
     priority: Priority | None = None
     capabilities: Annotated[list[Capability], Field(max_length=32)] = []
     deps: Annotated[list[Key], Field(max_length=100)] = []
@@ -233,7 +236,7 @@ class ReviewBody(Body):
     #: only when auth is off.
     reviewer: Name | None = None
     decision: Decision
-    comment: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    comment: Annotated[str, StringConstraints(max_length=4000, pattern=PLAIN)] | None = None
 
 
 class TokenBody(Body):

@@ -206,6 +206,17 @@ def test_hostile_text_is_stored_verbatim_not_interpreted(api):
     assert len(api.get("/fleet/jobs").json["items"]) == 1
 
 
+@pytest.mark.parametrize("field", ["title", "bodyMd"])
+@pytest.mark.parametrize("control", ["\u0000", "\u001b[31m", "\u007f"])
+def test_control_characters_in_free_text_are_refused_by_name(api, field, control):
+    response = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "k1", field: f"a{control}b"})
+
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == field
+    assert api.get("/fleet/jobs").json["items"] == []  # nothing written
+    kept = api.submit("k2", title="tab\tand", bodyMd="lines\r\nand\ttabs")
+    assert api.job(kept["id"])["bodyMd"] == "lines\r\nand\ttabs"
+
+
 def test_a_forged_continuation_token_is_a_400(api):
     response = api.get("/fleet/jobs?continuation=not-a-token")
     assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"
