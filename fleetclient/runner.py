@@ -36,6 +36,9 @@ log = logging.getLogger("fleetclient.factory")
 IDLE_HEARTBEAT_SECONDS = 20.0
 #: Poll intervals are jittered by ±this fraction, so idle factories do not claim in lockstep.
 POLL_JITTER = 0.25
+#: What a preempted seat may take beyond its kill grace to end (its last fenced write is
+#: refused, its work directory removed) before the critical job that evicted it starts anyway.
+EVICTION_SLACK_SECONDS = 5.0
 TICK = 0.1
 
 
@@ -194,7 +197,8 @@ class Runner:
             if config.max_jobs is not None and self.stats.claimed >= config.max_jobs:
                 return
             if config.exit_when_idle and self._idle and running == 0:
-                log.info("factory %s: queue empty and nothing running; exiting", config.factory_id)
+                why = self._last_reason.value if self._last_reason else "the gate saw no change"
+                log.info("factory %s: nothing to claim (%s) and nothing running; exiting", config.factory_id, why)
                 return
             # A full runner still claims when the coordinator preempts: a critical job may evict one of its own.
             if (running < config.seats or self._coordinator_preempts()) and self._poll():
@@ -243,8 +247,9 @@ class Runner:
         self._idle = False
         self._last_reason = None
         self.stats.claimed += 1
-        for victim in claim.preempted:
-            self._stop_seat(victim, StopReason.REVOKED)
+        evicted = [seat for victim in claim.preempted for seat in self._stop_seat(victim, StopReason.REVOKED)]
+        for seat in evicted:  # the critical job takes the evicted one's seat once its command is gone
+            seat.join(config.kill_grace_seconds + EVICTION_SLACK_SECONDS)
         seat = Seat(self.client, self._seat_settings, claim, on_done=self._seat_done)
         with self._lock:
             self._seats.append(seat)
@@ -286,10 +291,14 @@ class Runner:
             self._idle = False  # its outcome may have queued more (dependents, a retry): look again
         self._wake.set()
 
-    def _stop_seat(self, job_id: str, reason: StopReason, lease_id: str | None = None) -> None:
-        for seat in self.running:
-            if seat.job.id == job_id and (lease_id is None or seat.lease_id == lease_id):
-                seat.stop(reason)
+    def _stop_seat(self, job_id: str, reason: StopReason, lease_id: str | None = None) -> list[Seat]:
+        """Stop the running seats of `job_id` (under `lease_id`, if given); the seats stopped."""
+        stopped = [
+            seat for seat in self.running if seat.job.id == job_id and (lease_id is None or seat.lease_id == lease_id)
+        ]
+        for seat in stopped:
+            seat.stop(reason)
+        return stopped
 
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)

@@ -22,12 +22,20 @@ pytestmark = pytest.mark.e2e
 #: SLOW=1 (or SLOW_UNLESS_CRITICAL=1 for a non-critical job) leaves a checkpoint, writes
 #: `<job>.pid` and sleeps (SLOW_SECONDS, default 60), and with IGNORE_TERM=1 it ignores SIGTERM
 #: and starts a child in its process group; then, or otherwise, it logs `<job> <factory>` to
-#: ran.log, works briefly, and reports its cost.
+#: ran.log, works briefly, and reports its cost. Every job first writes `<job>.beside`: the
+#: commands of other jobs (their `.pid`) still running as it starts.
 AGENT = """
 import json, os, pathlib, signal, subprocess, sys, time
 out = pathlib.Path(os.environ["E2E_OUT"])
 job = json.load(open(os.environ["FLEET_JOB_FILE"]))
 name = job["id"].replace(":", "_")
+def alive(pid):
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+others = [p.read_text().split() for p in out.glob("*.pid") if p.stem != name]
+(out / (name + ".beside")).write_text(" ".join(pids[0] for pids in others if pids and alive(int(pids[0]))))
 if os.environ.get("SLOW") or (os.environ.get("SLOW_UNLESS_CRITICAL") and job["priority"] != "critical"):
     pids = [os.getpid()]
     if os.environ.get("IGNORE_TERM"):
@@ -179,6 +187,30 @@ def test_a_preempted_job_is_stopped_for_a_critical_one(agent, product, start_run
     assert fast_client.get_job(critical.id).stage == Stage.SHIPPED
     preempted = fast_client.get_job(normal.id)
     assert preempted.stage == Stage.QUEUED and preempted.runs[-1].result == RunResult.PREEMPTED
+
+
+def test_a_critical_job_starts_only_once_the_command_it_evicted_has_stopped(
+    agent, product, start_runner, fast_server, fast_client
+):
+    # Given a one-seat factory whose job's command ignores SIGTERM (killed after --kill-grace 1)
+    command, out = agent
+    normal = fast_client.submit_job(product_id=product, idempotency_key="normal", title="normal").job
+    env = {"E2E_OUT": str(out), "SLOW_UNLESS_CRITICAL": "1", "IGNORE_TERM": "1", "AQ_FLEET_AUTOSHIP": "1"}
+    runner = start_runner(fast_server.url, runner_args("one-seat", product, command, "--seats", "1", "--max-jobs", "2"),
+                          env)
+    pids = wait_for(lambda: pids_of(out, normal.id), 15, "the normal job's command to start")
+    try:
+        # When a critical job evicts it
+        critical = fast_client.submit_job(product_id=product, idempotency_key="critical", title="critical",
+                                          priority="critical").job
+        assert runner.wait(30) == 0, runner.log()
+    finally:
+        kill_group(pids[0])
+
+    # Then the critical job's command started with the evicted one gone, not beside it
+    assert fast_client.get_job(critical.id).stage == Stage.SHIPPED
+    beside = out / (critical.id.replace(":", "_") + ".beside")
+    assert beside.read_text() == "", f"started beside {beside.read_text()}\n{runner.log()}"
 
 
 def test_sigterm_gives_a_running_job_back_with_its_checkpoint(agent, product, start_runner, fast_server, fast_client):
