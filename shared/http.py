@@ -315,12 +315,12 @@ def _served(handler: Handler, needs: Permission | None) -> Handler:
         with charge.metered() as meter:
             try:
                 if needs is None:
-                    response = _handled(handler, req)
+                    response = _handled(handler, req, declared(wrapped))
                 else:
                     principal = auth.principal_of(config.context(), config.auth_mode(), req.headers)
                     principal.require(needs)
                     with config.acting(principal):
-                        response = _handled(handler, req)
+                        response = _handled(handler, req, declared(wrapped))
             except errors.FleetError as exc:
                 response = from_error(exc)
             except Exception:
@@ -337,10 +337,30 @@ def _served(handler: Handler, needs: Permission | None) -> Handler:
     return wrapped
 
 
-def _handled(handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
+def _handled(handler: Handler, req: func.HttpRequest, endpoint: Endpoint | None) -> func.HttpResponse:
     if req.method.upper() in _BODILESS_METHODS:
         no_body(req)
+    if endpoint is not None:
+        known_params(req, endpoint.query)
     return handler(req)
+
+
+#: Query parameters the platform reads, not the operation: a function key (`?code=`).
+PLATFORM_PARAMS = frozenset({"code"})
+
+
+def known_params(req: func.HttpRequest, query: type[pydantic.BaseModel] | None) -> None:
+    """`ValidationFailed` naming a query parameter the operation does not take (a misspelt
+    `productId` would otherwise widen a listing to every product)."""
+    taken = PLATFORM_PARAMS | {field.alias or name for name, field in (query.model_fields if query else {}).items()}
+    unknown = sorted(name for name in req.params if name not in taken and name.lower() not in PLATFORM_PARAMS)
+    if unknown:
+        shown = ", ".join(name[:50] for name in unknown[:5])
+        allowed = ", ".join(sorted(taken - PLATFORM_PARAMS)) or "none"
+        raise errors.ValidationFailed(
+            f"unknown query parameter: {shown} (this operation takes {allowed})",
+            [{"field": name[:50], "message": "unknown query parameter"} for name in unknown[:5]],
+        )
 
 
 def _require_json(content_type: str | None) -> None:

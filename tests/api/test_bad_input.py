@@ -217,6 +217,24 @@ def test_control_characters_in_free_text_are_refused_by_name(api, field, control
     assert api.job(kept["id"])["bodyMd"] == "lines\r\nand\ttabs"
 
 
+@pytest.mark.parametrize("path,named", [
+    ("/fleet/jobs?prodcutId=web", "prodcutId"),  # a misspelt filter must not list every product
+    ("/fleet/jobs?stage=queued&limit=5&extra=1", "extra"),
+    ("/fleet/queue-state?productId=p&since=3", "since"),
+    ("/fleet/factories?verbose=1", "verbose"),
+])
+def test_an_unknown_query_parameter_is_a_400_naming_it(api, path, named):
+    response = api.get(path)
+
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == named
+    assert named in response.json["detail"]
+
+
+def test_a_function_key_in_the_query_is_the_platforms_not_an_unknown_parameter(api):
+    assert api.get("/fleet/jobs?code=abc&limit=1").status_code == 200
+    assert api.get("/fleet/factories?CODE=abc").status_code == 200
+
+
 def test_a_forged_continuation_token_is_a_400(api):
     response = api.get("/fleet/jobs?continuation=not-a-token")
     assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"

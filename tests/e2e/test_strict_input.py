@@ -388,7 +388,7 @@ def test_no_function_key_appears_in_the_server_log():
         ]
         assert [a.status_code for a in answers] == [200, 200, 401, 404, 202, 200, 401, 415]
         # The name percent-encoded (requests would decode it before sending).
-        encoded = raw_request(handle, f"GET /fleet/jobs?c%6Fde={keys[0]}&x=1 HTTP/1.1\nHost: fleet\n")
+        encoded = raw_request(handle, f"GET /fleet/jobs?c%6Fde={keys[0]}&limit=1 HTTP/1.1\nHost: fleet\n")
         assert answer_of(encoded)[0] == 200
         # A request line http.server cannot parse is logged with its reason, quoting the line.
         # (It answers as HTTP/0.9 would, the body alone.)
