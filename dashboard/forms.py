@@ -9,7 +9,7 @@ from fleet import submit as submitting
 from fleet.actions import Action
 from fleet.budget_rules import Window
 from fleet.context import Context
-from fleet.schemas import JobSpec
+from fleet.schemas import ActionBody, JobSpec, PauseBody, ReviewBody
 from shared import http
 
 #: The New job form's fields, by their form names.
@@ -46,6 +46,31 @@ def submit_spec(values: dict[str, str]) -> JobSpec:
 def submit(ctx: Context, values: dict[str, str]) -> submitting.Submitted:
     """Submit the form's job through the API's use case: created, or the existing job."""
     return submitting.submit(ctx, submit_spec(values))
+
+
+def reason(raw: str) -> str | None:
+    """An action's or a pause's reason from its form, held to what the API takes (`Text`)."""
+    return _as_api(ActionBody, "reason", raw)
+
+
+def pause_reason(raw: str) -> str | None:
+    return _as_api(PauseBody, "reason", raw)
+
+
+def comment(raw: str) -> str | None:
+    """A review's comment from its form, held to what the API takes."""
+    return _as_api(ReviewBody, "comment", raw, decision="approve")
+
+
+def _as_api(body: type[pydantic.BaseModel], field: str, raw: str, **others: str) -> str | None:
+    """`raw` as the API's `body` takes `field` (its length, its characters), None when empty: a
+    form says no more than a request may."""
+    if not raw:
+        return None
+    try:
+        return getattr(body(**{field: raw, **others}), field)
+    except pydantic.ValidationError as exc:
+        raise http.validation_failed(exc) from None
 
 
 def action(raw: str, allowed: tuple[Action, ...]) -> Action:

@@ -160,10 +160,11 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
     if not ids or len(ids) > views.PAGE_SIZE * 4:
         most = views.PAGE_SIZE * 4
         raise errors.ValidationFailed(f"select between 1 and {most} jobs", [{"field": "ids", "message": "count"}])
+    reason = forms.reason(request.field("reason"))
     done, refused = 0, []
     for id in dict.fromkeys(ids):
         try:
-            actions.apply(ctx(), id, action, request.field("reason") or None)
+            actions.apply(ctx(), id, action, reason)
             done += 1
         except (*REFUSALS, errors.NotFound, errors.ValidationFailed) as exc:
             refused.append(f"{id}: {exc.detail}")
@@ -191,7 +192,7 @@ def dashboard_job_action(request: Request) -> func.HttpResponse:
     id = _job_id(request)
     action = forms.action(request.req.route_params.get("action", ""), allowed=tuple(Action))
     try:
-        job = actions.apply(ctx(), id, action, request.field("reason") or None)
+        job = actions.apply(ctx(), id, action, forms.reason(request.field("reason")))
     except REFUSALS as exc:  # shown in place, on the job's page
         return _back_to(id, f"Not done: {exc.detail}")
     return _back_to(id, f"{forms.DONE[action]} The job is {render.stage_label(job.stage).lower()}.")
@@ -206,7 +207,7 @@ def dashboard_review(request: Request) -> func.HttpResponse:
     if decision not in ("approve", "reject"):
         raise errors.ValidationFailed("decision must be approve or reject", [{"field": "decision", "message": "invalid"}])
     try:
-        job = review.decide(ctx(), id, None, decision == "approve", request.field("comment")[:4000] or None)
+        job = review.decide(ctx(), id, None, decision == "approve", forms.comment(request.field("comment")))
     except REFUSALS as exc:
         return _back_to(id, f"Not done: {exc.detail}")
     verb = "Approved" if decision == "approve" else "Rejected"
@@ -241,7 +242,7 @@ def _change_budget(request: Request, product: str, change: str) -> func.HttpResp
         raise errors.FeatureDisabled("budgets are off on this coordinator (FLEET_BUDGETS)")
     http.product_id(product, "product")
     if change == "pause":
-        budgets.pause(ctx(), product, request.field("reason")[:500] or None)
+        budgets.pause(ctx(), product, forms.pause_reason(request.field("reason")))
         notice = f"Paused {product}."
     elif change == "resume":
         budgets.resume(ctx(), product)

@@ -75,11 +75,11 @@ class Budget(_BudgetFields):
     def public(self) -> "BudgetView":
         """What the API shows of it."""
         shown = {name: getattr(self, name) for name in _BudgetFields.model_fields}
-        shown["spent_usd"] = round(self.spent_usd, USD_DIGITS)
-        reserved = round(self.reserved_usd, USD_DIGITS)
+        shown["spent_usd"] = _usd(self.spent_usd)
+        reserved = _usd(self.reserved_usd)
         remaining = None
         if self.ceiling_usd is not None:
-            remaining = max(0.0, round(self.ceiling_usd - self.spent_usd - self.reserved_usd, USD_DIGITS))
+            remaining = max(0.0, _usd(self.ceiling_usd - self.spent_usd - self.reserved_usd))
         return BudgetView(**shown, reserved_usd=reserved, remaining_usd=remaining)
 
 
@@ -137,9 +137,15 @@ def refusal(budget: Budget | None) -> ClaimReason | None:
         return None
     if budget.paused:
         return ClaimReason.BUDGET_PAUSED
-    if budget.ceiling_usd is not None and budget.spent_usd >= budget.ceiling_usd:
+    if budget.ceiling_usd is not None and _usd(budget.spent_usd) >= budget.ceiling_usd:
         return ClaimReason.BUDGET_EXCEEDED
     return None
+
+
+def _usd(amount: float) -> float:
+    """`amount` to `USD_DIGITS` places: what the API shows, and what the ceiling is held to
+    (a sum of floats is a hair off: 0.3 + 0.55 + 0.05 is 0.9000000000000001)."""
+    return round(amount, USD_DIGITS)
 
 
 def accrue(
@@ -167,7 +173,7 @@ def accrue(
     }
     if amount and not earlier:
         update["ledger"] = [*budget.ledger, (ended_at or now, amount)][-ACCRUAL_MEMORY:]
-    if budget.ceiling_usd is not None and spent >= budget.ceiling_usd and not budget.paused:
+    if budget.ceiling_usd is not None and _usd(spent) >= budget.ceiling_usd and not budget.paused:
         update.update(paused=True, paused_by=PausedBy.CEILING)
     return budget.model_copy(update=update)
 
@@ -176,7 +182,7 @@ def reserve(budget: Budget, claim: str, run_id: str, amount: float, now: datetim
     """Hold `amount` of the ceiling for the claim `claim` (its lease id) about to start run
     `run_id`; `BudgetExhausted` if it does not fit. Reserving the same claim again replaces it."""
     others = sum(r["amountUsd"] for k, r in budget.reservations.items() if k != claim)
-    if budget.ceiling_usd is not None and budget.spent_usd + others + amount > budget.ceiling_usd:
+    if budget.ceiling_usd is not None and _usd(budget.spent_usd + others + amount) > budget.ceiling_usd:
         raise BudgetExhausted()
     held = {"amountUsd": amount, "at": clock.format(now), "runId": run_id}
     return budget.model_copy(update={"reservations": {**budget.reservations, claim: held}, "updated_at": now})

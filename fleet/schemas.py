@@ -31,6 +31,8 @@ Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, patte
 #: escape sequence has no place in a title, a body or a comment, and a page showing one breaks.
 PLAIN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 Text = Annotated[str, StringConstraints(max_length=500, pattern=PLAIN)]
+#: An artifact's URL or path: one line of text.
+Link = Annotated[str, StringConstraints(max_length=2000, pattern=r"^[^\x00-\x1f\x7f]*$")]
 #: `owner/name`, or an https/ssh/git clone URL.
 Repo = Annotated[
     str,
@@ -133,7 +135,7 @@ class PatchBody(Body):
 
     lease_id: Name
     stage: Stage
-    note: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    note: Annotated[str, StringConstraints(max_length=4000, pattern=PLAIN)] | None = None
     insights: Insights | None = None
 
 
@@ -143,7 +145,7 @@ class Artifact(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     name: Text | None = None
-    url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    url: Link | None = None
 
     @model_validator(mode="after")
     def _small(self) -> "Artifact":
@@ -169,9 +171,9 @@ class ReleaseBody(Body):
     stage: Stage | None = None
     result: ReleaseResult | None = None
     insights: Insights | None = None
-    pr_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://\S+$")] | None = None
+    pr_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")] | None = None
     branch: Branch | None = None
-    artifacts: Annotated[list[Artifact | Annotated[str, StringConstraints(max_length=2000)]], Field(max_length=100)] = []
+    artifacts: Annotated[list[Artifact | Link], Field(max_length=100)] = []
     #: Where to resume from: free-form JSON, at most 64 KiB.
     checkpoint: Annotated[Any, AfterValidator(_bounded(64 * 1024))] = None
 

@@ -248,16 +248,27 @@ class Runner:
         self._last_reason = None
         self.stats.claimed += 1
         evicted = [seat for victim in claim.preempted for seat in self._stop_seat(victim, StopReason.REVOKED)]
-        for seat in evicted:  # the critical job takes the evicted one's seat once its command is gone
-            seat.join(config.kill_grace_seconds + EVICTION_SLACK_SECONDS)
         seat = Seat(self.client, self._seat_settings, claim, on_done=self._seat_done)
-        with self._lock:
+        with self._lock:  # listed from now on: the heartbeats renew its lease while it waits below
             self._seats.append(seat)
             self._beat_due = min(self._beat_due, seat.renew_due)
         log.info("factory %s: claimed %s (run %s, %s)", config.factory_id, claim.job.id, claim.run_id,
                  f"gate: {decision.why.value}")
+        self._await_evicted(evicted, claim.job.id)
         seat.start()
         return True
+
+    def _await_evicted(self, evicted: list[Seat], job_id: str) -> None:
+        """Wait for the seats a critical claim evicted to end (their kill grace and a few
+        seconds at most, all together), so that the job taking their place does not run beside
+        their commands; one that outlives the wait is left to end on its own, and said."""
+        deadline = time.monotonic() + self.config.kill_grace_seconds + EVICTION_SLACK_SECONDS
+        for seat in evicted:
+            seat.join(max(0.0, deadline - time.monotonic()))
+        for seat in evicted:
+            if not seat.done:
+                log.warning("factory %s: %s starts while the command of %s, which it evicted, is still ending",
+                            self.config.factory_id, job_id, seat.job.id)
 
     def _finish(self) -> None:
         """Wait for the running jobs; once draining, stop them after `drain_seconds`."""

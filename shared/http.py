@@ -340,23 +340,24 @@ def _served(handler: Handler, needs: Permission | None) -> Handler:
 def _handled(handler: Handler, req: func.HttpRequest, endpoint: Endpoint | None) -> func.HttpResponse:
     if req.method.upper() in _BODILESS_METHODS:
         no_body(req)
-    if endpoint is not None:
+    if endpoint is not None and endpoint.needs is not None:  # health and the OpenAPI document: any
         known_params(req, endpoint.query)
     return handler(req)
 
 
-#: Query parameters the platform reads, not the operation: a function key (`?code=`).
-PLATFORM_PARAMS = frozenset({"code"})
+#: Query parameters the platform reads, not the operation: a function key (`?code=`, and the
+#: key's name, `clientId`, that Azure's own callers send beside it), in any case.
+PLATFORM_PARAMS = frozenset({"code", "clientid"})
 
 
 def known_params(req: func.HttpRequest, query: type[pydantic.BaseModel] | None) -> None:
     """`ValidationFailed` naming a query parameter the operation does not take (a misspelt
     `productId` would otherwise widen a listing to every product)."""
-    taken = PLATFORM_PARAMS | {field.alias or name for name, field in (query.model_fields if query else {}).items()}
+    taken = {field.alias or name for name, field in (query.model_fields if query else {}).items()}
     unknown = sorted(name for name in req.params if name not in taken and name.lower() not in PLATFORM_PARAMS)
     if unknown:
-        shown = ", ".join(name[:50] for name in unknown[:5])
-        allowed = ", ".join(sorted(taken - PLATFORM_PARAMS)) or "none"
+        shown = ", ".join(repr(name[:50]) for name in unknown[:5])
+        allowed = ", ".join(sorted(taken)) or "none"
         raise errors.ValidationFailed(
             f"unknown query parameter: {shown} (this operation takes {allowed})",
             [{"field": name[:50], "message": "unknown query parameter"} for name in unknown[:5]],

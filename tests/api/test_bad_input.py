@@ -232,7 +232,30 @@ def test_an_unknown_query_parameter_is_a_400_naming_it(api, path, named):
 
 def test_a_function_key_in_the_query_is_the_platforms_not_an_unknown_parameter(api):
     assert api.get("/fleet/jobs?code=abc&limit=1").status_code == 200
-    assert api.get("/fleet/factories?CODE=abc").status_code == 200
+    assert api.get("/fleet/factories?CODE=abc&clientId=default").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/fleet/health?_=1700000000", "/fleet/openapi.json?v=2"])
+def test_the_anonymous_documents_take_any_query_a_monitor_adds(api, path):
+    assert api.get(path).status_code in (200, 503)
+
+
+@pytest.mark.parametrize("write,field", [
+    (lambda job, lease: ("PATCH", f"/fleet/jobs/{job}", {"leaseId": lease, "stage": "building", "note": "a\u0000b"}), "note"),
+    (lambda job, lease: ("POST", f"/fleet/jobs/{job}/lease/release",
+                         {"leaseId": lease, "stage": "shipped", "artifacts": ["report\u001b[2J.md"]}), "artifacts.0"),
+    (lambda job, lease: ("POST", f"/fleet/jobs/{job}/lease/release",
+                         {"leaseId": lease, "stage": "shipped", "prUrl": "https://example.com/\u0000"}), "prUrl"),
+], ids=["note", "artifact", "prUrl"])
+def test_control_characters_in_a_factorys_text_are_refused(api, write, field):
+    job = api.submit("k1")
+    lease = api.claim()["lease"]["leaseId"]
+    method, path, body = write(job["id"], lease)
+
+    response = api.call(method, path, body)
+
+    assert response.status_code == 400 and response.json["errors"][0]["field"].startswith(field), response.json
+    assert api.job(job["id"])["stage"] == "assigned"
 
 
 def test_a_forged_continuation_token_is_a_400(api):

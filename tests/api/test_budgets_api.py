@@ -94,6 +94,20 @@ def test_what_is_shown_of_spend_is_rounded_to_a_millionth(flagged_api):
     assert (budget["spentUsd"], budget["remainingUsd"]) == (0.6, 0.4)
 
 
+def test_the_ceiling_holds_to_the_millionth_the_figures_show(flagged_api):
+    # 0.3 + 0.55 + 0.05 is 0.9000000000000001 in floats: the 0.1 shown as left must fit a 0.1 job
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 1})
+    for n, cost in enumerate((0.3, 0.55, 0.05)):
+        job = api.submit(f"k{n}")
+        lease = api.claim()["lease"]["leaseId"]
+        api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "stage": "shipped", "insights": {"costUsd": cost}})
+    assert api.get("/fleet/budgets/p").json["remainingUsd"] == 0.1
+    api.submit("last", estimatedCostUsd=0.1)
+
+    assert api.claim()["job"]["idempotencyKey"] == "last"
+
+
 def test_a_pause_may_say_why_and_the_reason_is_checked(flagged_api):
     api = flagged_api
     api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10})

@@ -281,6 +281,11 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "nan", "window": "daily"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "5", "window": "hourly"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/sideways").status_code == 404
+    # a form's free text is held to what the API takes: no control characters, the same length
+    assert browser.post(f"/dashboard/fleet/budget/{P}/pause", {"reason": "a\x00b"}).status_code == 400
+    assert browser.post(f"/dashboard/fleet/budget/{P}/pause", {"reason": "x" * 501}).status_code == 400
+    assert browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/cancel", {"reason": "\x1b[2J"}).status_code == 400
+    assert c.api("GET", f"/fleet/budgets/{P}", admin).json()["paused"] is False
     listing = c.api("GET", "/fleet/jobs?limit=50", admin).json()["items"]
     assert sorted(j["idempotencyKey"] for j in listing) == ["a", "spare", "theirs"]  # nothing half-written
     assert c.api("GET", f"/fleet/budgets/{P}", admin).json()["ceilingUsd"] == 50
