@@ -122,9 +122,15 @@ def no_body(req: func.HttpRequest) -> None:
     body(req, NoBody, optional=True)
 
 
+#: How pydantic names the member of a union a value was tried against, in an error's location
+#: (`constrained-str`, `function-after[_small(), Artifact]`): no field of the request.
+_UNION_MEMBER = re.compile(r"^[a-z]+(-[a-z]+)+(\[.*\])?$")
+
+
 def validation_failed(exc: pydantic.ValidationError) -> errors.ValidationFailed:
     fields = [
-        {"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"], "type": e["type"]}
+        {"field": ".".join(str(part) for part in e["loc"] if not _UNION_MEMBER.match(str(part))), "message": e["msg"],
+         "type": e["type"]}
         for e in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
     names = ", ".join(sorted({f["field"] or "(body)" for f in fields}))

@@ -258,6 +258,18 @@ def test_control_characters_in_a_factorys_text_are_refused(api, write, field):
     assert api.job(job["id"])["stage"] == "assigned"
 
 
+@pytest.mark.parametrize("artifact,field", [("x" * 5000, "artifacts.0"), ({"name": "log", "url": 5}, "artifacts.0.url")])
+def test_an_artifact_refused_is_named_by_its_place_not_by_pydantics_union_members(api, artifact, field):
+    job = api.submit("k1")
+    lease = api.claim()["lease"]["leaseId"]
+
+    response = api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "stage": "shipped",
+                                                                   "artifacts": [artifact]})
+
+    assert response.status_code == 400 and field in {e["field"] for e in response.json["errors"]}
+    assert "constrained" not in response.text and "function-after" not in response.text
+
+
 def test_a_forged_continuation_token_is_a_400(api):
     response = api.get("/fleet/jobs?continuation=not-a-token")
     assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"
