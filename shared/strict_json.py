@@ -50,7 +50,11 @@ def _check_values(data: Any) -> None:
         if len(path) >= MAX_DEPTH:
             raise _too_deep()
         if isinstance(node, dict):
+            for key in node:
+                _text(key, ".".join((*path, "(key)")))
             stack.extend((child, (*path, key)) for key, child in node.items())
+        elif isinstance(node, str):
+            _text(node, ".".join(path))
         elif isinstance(node, list):
             stack.extend((child, (*path, str(i))) for i, child in enumerate(node))
         elif _out_of_range(node):
@@ -58,6 +62,19 @@ def _check_values(data: Any) -> None:
             raise errors.ValidationFailed(
                 f"{field or 'the body'} is a number out of range", [{"field": field, "message": "number out of range"}]
             )
+
+
+def _text(value: str, field: str) -> None:
+    """`ValidationFailed` if `value` holds a lone surrogate (a `\\ud800` escape without its
+    pair): no character, and no store or page can hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        escape = f"\\u{ord(value[exc.start]):04x}"
+        raise errors.ValidationFailed(
+            f"{field or 'the body'} holds {escape}, half of a UTF-16 pair without its other half: not text",
+            [{"field": field, "message": "lone surrogate"}],
+        ) from None
 
 
 def _out_of_range(value: Any) -> bool:

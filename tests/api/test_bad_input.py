@@ -270,6 +270,19 @@ def test_an_artifact_refused_is_named_by_its_place_not_by_pydantics_union_member
     assert "constrained" not in response.text and "function-after" not in response.text
 
 
+@pytest.mark.parametrize("raw,field", [
+    (rb'{"productId": "p", "idempotencyKey": "k", "title": "a\ud800b"}', "title"),
+    (rb'{"productId": "p", "idempotencyKey": "k", "children": [{"idempotencyKey": "\udfff"}]}', "children.0.idempotencyKey"),
+])
+def test_a_lone_surrogate_is_named_where_it_is(api, raw, field):
+    response = api.client.open("/fleet/jobs", method="POST", data=raw, content_type="application/json")
+
+    assert response.status_code == 400 and response.json["errors"][0]["field"] == field
+    assert "half of a UTF-16 pair" in response.json["detail"]
+    paired = b'{"productId": "p", "idempotencyKey": "k", "title": "\\ud83d\\ude00"}'  # a whole pair is a character
+    assert api.client.open("/fleet/jobs", method="POST", data=paired, content_type="application/json").json["title"] == "\U0001f600"
+
+
 def test_a_forged_continuation_token_is_a_400(api):
     response = api.get("/fleet/jobs?continuation=not-a-token")
     assert response.status_code == 400 and response.json["errors"][0]["field"] == "continuation"
