@@ -159,8 +159,8 @@ def _copy(template: dict, key: str, priority: Priority, capabilities: list[str],
 def standard(rig: Rig, jobs: int, claims_n: int) -> dict[str, Cost]:
     """The issue's table over `jobs` queued jobs (the claims and the heartbeats' 21 leases take
     some of them)."""
-    if jobs < claims_n + 22:
-        raise SystemExit(f"--jobs {jobs} is too few for {claims_n} claims and 21 leases to heartbeat")
+    if jobs < claims_n + 32:
+        raise SystemExit(f"--jobs {jobs} is too few for {claims_n} + 10 claims and 21 leases to heartbeat")
     ctx, clock = rig.ctx, rig.clock
     submit.submit(ctx, spec("warm-up"))  # the product's first submit also creates its queue-state
 
@@ -172,6 +172,10 @@ def standard(rig: Rig, jobs: int, claims_n: int) -> dict[str, Cost]:
     rows["idle poll (queue-state)"] = rig.measure(lambda n: queue_state.read(ctx, PRODUCT), 20)
     held = []
     rows["claim"] = rig.measure(lambda n: held.append(claims.claim_next(ctx, offer(f"c{n}")).job), claims_n)
+    wider = [*CAPABILITIES, "gpu"]  # offering more than any queued job needs: the usual fleet host
+    rows["claim, the factory offering a capability more"] = rig.measure(
+        lambda n: claims.claim_next(ctx, offer(f"w{n}", wider)), 10
+    )
     for n_leases in (1, 4, 16):
         factory = f"hb{n_leases}"
         mine = [claims.claim_next(ctx, offer(factory)).job for _ in range(n_leases)]

@@ -111,6 +111,8 @@ class Stream:
     narrowed: Callable[[], list["Stream"] | None] | None = None
     #: The size of every page after the first (None: the query's limit).
     page_after: int | None = None
+    #: The last head it read (None before its first page).
+    last: Head | None = None
 
     def read(self, source: store.Store) -> list[Head]:
         query = self.query
@@ -119,6 +121,7 @@ class Stream:
         page = source.query(query, self.continuation)
         heads = [Head.from_row(row) for row in page.items]
         self.continuation = page.continuation
+        self.last = heads[-1] if heads else self.last
         if not page.continuation or not heads:
             self.bound = EXHAUSTED
         else:
@@ -147,6 +150,12 @@ def ranked(source: store.Store, streams: list[Stream], score: Score) -> Iterator
             narrowed, stream.narrowed = stream.narrowed(), None
             if narrowed is not None:
                 # What it already yielded or holds in the heap is in `seen`: read once only.
+                # Each narrowed stream reads the same order over one set, so what of its set
+                # is unread lies past `stream.last`: bounded from there with its set's exact
+                # bonus, it need not be read at all if that settles the claim.
+                if stream.last is not None:
+                    for one in narrowed:
+                        one.bound = one.bound_after(stream.last)
                 streams = [s for s in streams if s is not stream] + narrowed
                 continue
         for head in stream.read(source):

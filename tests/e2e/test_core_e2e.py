@@ -38,14 +38,20 @@ def answered(call, attempts: int = 30):
     return response
 
 
-def test_racing_factories_never_hold_a_job_twice(http, server):
+@pytest.mark.parametrize("mixed", [False, True], ids=["plain", "capability-mix"])
+def test_racing_factories_never_hold_a_job_twice(http, server, mixed):
     """Given 120 queued jobs, when 8 factories race to claim and ship them over HTTP,
     heartbeating what they run as they go, then every job is claimed exactly once, every
     heartbeat renews the lease its factory holds and revokes the one it has shipped; and no
-    PATCH naming a superseded lease ever succeeds."""
+    PATCH naming a superseded lease ever succeeds. `mixed`: a third of the jobs need `python`,
+    and half the factories offer `gpu` besides, which no job needs (their claims narrow to
+    the capability sets they can do)."""
     jobs = 120
+    product = "race-mix" if mixed else "race"
     for n in range(jobs):
-        assert http.post("/fleet/jobs", {"productId": "race", "idempotencyKey": f"j{n}"}).status_code == 201
+        needs = ["python"] if mixed and n % 3 == 0 else []
+        job = {"productId": product, "idempotencyKey": f"j{n}", "capabilities": needs}
+        assert http.post("/fleet/jobs", job).status_code == 201
 
     claims: list[tuple[str, str, str]] = []
     lock = threading.Lock()
@@ -55,7 +61,9 @@ def test_racing_factories_never_hold_a_job_twice(http, server):
         client = Http(server.url)
         try:
             while True:
-                body = answered(lambda: client.post("/fleet/claim", {"factoryId": name, "productId": "race"})).json()
+                offered = (["python", "gpu"] if name[-1] in "1357" else ["python"]) if mixed else None
+                claim = {"factoryId": name, "productId": product, **({"capabilities": offered} if offered else {})}
+                body = answered(lambda: client.post("/fleet/claim", claim)).json()
                 assert "job" in body, body
                 if body["job"] is None:
                     return
@@ -90,7 +98,7 @@ def test_racing_factories_never_hold_a_job_twice(http, server):
     per_job = Counter(job_id for job_id, _, _ in claims)
     assert len(per_job) == jobs and set(per_job.values()) == {1}
     assert len({f for _, f, _ in claims}) > 1  # they really raced
-    listed = http.get("/fleet/jobs?productId=race&stage=shipped&limit=500").json()["items"]
+    listed = http.get(f"/fleet/jobs?productId={product}&stage=shipped&limit=500").json()["items"]
     assert len(listed) == jobs and all(j["leaseEpoch"] == 1 for j in listed)
 
 
