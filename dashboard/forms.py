@@ -9,7 +9,7 @@ from fleet import submit as submitting
 from fleet.actions import Action
 from fleet.budget_rules import Window
 from fleet.context import Context
-from fleet.schemas import ActionBody, JobSpec, PauseBody, ReviewBody
+from fleet.schemas import ActionBody, JobSpec, ReviewBody
 from shared import http
 
 #: The New job form's fields, by their form names.
@@ -49,12 +49,9 @@ def submit(ctx: Context, values: dict[str, str]) -> submitting.Submitted:
 
 
 def reason(raw: str) -> str | None:
-    """An action's or a pause's reason from its form, held to what the API takes (`Text`)."""
+    """An action's or a pause's reason from its form, held to what the API takes (`Text`, in
+    `ActionBody` as in `PauseBody`)."""
     return _as_api(ActionBody, "reason", raw)
-
-
-def pause_reason(raw: str) -> str | None:
-    return _as_api(PauseBody, "reason", raw)
 
 
 def comment(raw: str) -> str | None:

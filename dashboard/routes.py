@@ -242,7 +242,7 @@ def _change_budget(request: Request, product: str, change: str) -> func.HttpResp
         raise errors.FeatureDisabled("budgets are off on this coordinator (FLEET_BUDGETS)")
     http.product_id(product, "product")
     if change == "pause":
-        budgets.pause(ctx(), product, forms.pause_reason(request.field("reason")))
+        budgets.pause(ctx(), product, forms.reason(request.field("reason")))
         notice = f"Paused {product}."
     elif change == "resume":
         budgets.resume(ctx(), product)

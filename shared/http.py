@@ -320,13 +320,14 @@ def _served(handler: Handler, needs: Permission | None) -> Handler:
     def wrapped(req: func.HttpRequest) -> func.HttpResponse:
         with charge.metered() as meter:
             try:
+                endpoint = declared(wrapped)
                 if needs is None:
-                    response = _handled(handler, req, declared(wrapped))
+                    response = _handled(handler, req, endpoint)
                 else:
                     principal = auth.principal_of(config.context(), config.auth_mode(), req.headers)
                     principal.require(needs)
                     with config.acting(principal):
-                        response = _handled(handler, req, declared(wrapped))
+                        response = _handled(handler, req, endpoint)
             except errors.FleetError as exc:
                 response = from_error(exc)
             except Exception:
