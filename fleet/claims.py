@@ -85,13 +85,15 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     Candidates are ranked from their heads (`candidates.Head`: a few fields a row), and the
     best is taken by its head (`_take_head`): one patch conditional on the ETag its head was
     read with, which the store answers with the whole job, so an ordinary claim is three store
-    calls: the product's weights, the candidate page, the take. A job changed since its head
+    calls: the product's queue-state document (its weights' copy and capability sets, see
+    `weight_registry.for_claim`; the weights document too while a weight change is under way),
+    the candidate page, the take. A job changed since its head
     was read fails the condition and the claim falls through to the next best, so the pick is
     exactly a full scan's with the weights as read. At its seat limit a claim reads its pick
     whole (`_as_read`) before choosing a victim to preempt for it.
 
     With `claim_weights_seconds` set, an ordinary claim ranks with the weights as this process
-    read them at most that long ago (`weight_registry.recent`): two calls. On the rank-key
+    read them at most that long ago (`weight_registry.for_claim`): two calls. On the rank-key
     path every head read is checked against those weights, and a head keyed otherwise makes
     the claim read them and rank again; so the order is a full scan's except in the seconds
     after another process changed the weights, before the re-keying reaches the heads a claim
@@ -111,10 +113,11 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     offered, seat_limit, factory = _factory_view(ctx, request)
     running = _running_at_limit(ctx, request.factory_id, seat_limit, now, factory)
     within = ctx.settings.claim_weights_seconds if running is None else 0
-    product, read_now = weight_registry.recent(ctx, request.product_id, within)
-    scan = _Scan(request, now, offered, seat_limit, budget, factory)
+    weighed = weight_registry.for_claim(ctx, request.product_id, within)
+    product = weighed.snapshot
+    scan = _Scan(request, now, offered, seat_limit, budget, factory, weighed.queue_state)
     try:
-        return _claim_best(ctx, scan, running, product, checked=not read_now)
+        return _claim_best(ctx, scan, running, product, checked=not weighed.read_now)
     except _Unkeyed:
         fresh = weight_registry.snapshot(ctx, request.product_id)
         return _claim_best(ctx, scan, running, fresh, checked=False)
@@ -131,6 +134,8 @@ class _Scan:
     budget: _Budget
     #: The factory's document, read at most once, when seat counting needs it.
     factory: Callable[[], dict[str, Any] | None]
+    #: The product's queue-state document if read with the weights (`ForClaim.queue_state`).
+    queue_state: tuple[dict[str, Any] | None, ...] = ()
 
 
 class _Unkeyed(Exception):
@@ -148,7 +153,7 @@ def _claim_best(
     score = candidates.scorer(now, weights, offered)
     if checked and running is None and _keyed_path(weights, product):
         score = _keyed_by(product.weights, score)
-    claimable = _claimable(ctx, request.product_id, offered)
+    claimable = _claimable(ctx, request.product_id, offered, scan.queue_state)
     unaffordable = 0
     for _ in range(RESCANS):
         if running is not None:
@@ -493,14 +498,18 @@ def _keyed_path(weights: scoring.Weights, product: weight_registry.Snapshot) -> 
     return scoring.orders_like(weights, product.weights) and not product.rekeying
 
 
-def _claimable(ctx: Context, product_id: str, offered: frozenset[str]) -> candidates.Claimable:
+def _claimable(
+    ctx: Context, product_id: str, offered: frozenset[str], read: tuple[dict[str, Any] | None, ...]
+) -> candidates.Claimable:
     """The capability sets of the product's queue the factory can do, from the queue-state
-    document, read once per claim and only if a first page did not settle it."""
+    document: as `read` with the weights, else read once per claim and only if a first page did
+    not settle it."""
     known: list[list[str] | None] = []
 
     def claimable() -> list[str] | None:
         if not known:
-            known.append(queue_state.claimable_sets(queue_state.read_doc(ctx, product_id), offered))
+            doc = read[0] if read else queue_state.read_doc(ctx, product_id)
+            known.append(queue_state.claimable_sets(doc, offered))
         return known[0]
 
     return claimable

@@ -16,6 +16,12 @@ has landed is in a registered set; a set registered for jobs no longer queued li
 sweep prunes it (`capability_sets`). `capSetsComplete` says the registry covers every queued
 job: set when the document is created, or by the sweep once it has keyed a product's older jobs;
 without it claims read the queue unnarrowed.
+
+And it carries a copy of the product's weights for claims (`claimWeights: {weights, change}`):
+those of the last weight change whose re-keying finished, stamped after it finished, so that a
+claim reads its weights and the capability sets in one point read (`weight_registry.for_claim`).
+The copy is only used while its `change` equals `weightChanges`: a change counted since (and
+every change is counted before its weights are written) makes claims read the weights document.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ WEIGHT_CHANGES = "weightChanges"
 CAP_SET = "capSet_"
 #: True when the registered capability sets cover every queued job of the product.
 CAP_SETS_COMPLETE = "capSetsComplete"
+#: The copy of the weights of the product's last finished weight change, for claims.
+CLAIM_WEIGHTS = "claimWeights"
 #: The most capability sets one bump registers (a Cosmos patch sets at most 10 fields).
 SETS_PER_BUMP = 7
 
@@ -76,9 +84,27 @@ def count_weight_change(ctx: Context, product_id: str) -> int:
     return weight_changes(doc)
 
 
+def stamp_claim_weights(ctx: Context, product_id: str, weights: dict[str, float], change: int) -> None:
+    """Record that weight change `change` set the product's `weights` (what the product sets)
+    and finished re-keying (the version stays)."""
+    stamp = {CLAIM_WEIGHTS: {"weights": weights, "change": change}}
+    ctx.store.increment("jobs", product_id, DOC_ID, "version", 0, _initial(product_id), stamp=stamp)
+
+
+def claim_weights(doc: dict[str, Any] | None) -> tuple[dict[str, float], int] | None:
+    """The product's weights (what it sets) and their change as `doc` copies them, if the copy
+    is of the last change counted (so that change finished re-keying); else None."""
+    copy = (doc or {}).get(CLAIM_WEIGHTS)
+    if not isinstance(copy, dict) or int(copy.get("change") or 0) != weight_changes(doc or {}):
+        return None
+    return dict(copy.get("weights") or {}), int(copy.get("change") or 0)
+
+
 def _initial(product_id: str) -> dict[str, Any]:
-    # A document created now predates every job of the product this code queues: complete.
-    return {"id": DOC_ID, "productId": product_id, CAP_SETS_COMPLETE: True}
+    # A document created now predates every job of the product this code queues (complete)
+    # and every weight change (each counts on it first, and before that every weight change
+    # bumped it): the defaults are the weights.
+    return {"id": DOC_ID, "productId": product_id, CAP_SETS_COMPLETE: True, CLAIM_WEIGHTS: {"weights": {}, "change": 0}}
 
 
 def _registered(keys: list[str], now: datetime) -> dict[str, Any]:

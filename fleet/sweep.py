@@ -40,6 +40,7 @@ def run(ctx: Context) -> dict[str, int]:
         ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
         ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
         ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
+        ("claimWeights", lambda: {"claimWeightsStamped": weight_registry.restamp(ctx)}),
         ("capabilitySets", lambda: capability_sets.sweep(ctx)),
         ("accrued", lambda: {"accrued": spend.replay_pending(ctx)}),
         ("reservations", lambda: {"reservationsDropped": budgets.drop_stale_reservations(ctx) if ctx.settings.budgets else 0}),

@@ -8,9 +8,13 @@ A weight change is counted on the product's queue-state document before the new 
 written, and the weights document names the count it was written under (`change`), so a
 writer that queued a job with weights it read earlier learns from the queue-state bump that
 follows its write whether they changed since (`ensure_rank`), without reading them again.
-A claim has no such bump: it reads the weights (one point read), or, with
-`claim_weights_seconds` set, ranks with weights this process read that long ago at most
-(`recent`) and reads them again when a rank key it reads says they changed (`claims`).
+A claim has no such bump: it reads the weights, or, with `claim_weights_seconds` set, ranks
+with weights this process read that long ago at most and reads them again when a rank key it
+reads says they changed (`claims`). It reads them from the copy on the product's queue-state
+document (`for_claim`), which it reads anyway for the capability sets: the weights of the last
+change whose re-keying finished, stamped after it finished (`_finish`), and used only while no
+change was counted since; otherwise (a change under way, or a stamp lost or overtaken) from this
+document, a second point read. The sweep stamps a copy that fell behind (`restamp`).
 """
 from __future__ import annotations
 
@@ -102,6 +106,36 @@ def cached(ctx: Context, product_id: str) -> Snapshot:
     return found[0] if found is not None else snapshot(ctx, product_id)
 
 
+@dataclass(frozen=True)
+class ForClaim:
+    """A claim's weights (`for_claim`), and the queue-state document read for them."""
+
+    snapshot: Snapshot
+    #: Read by this claim, not recalled.
+    read_now: bool
+    #: `(doc,)` when the product's queue-state document was read for them (`doc` None for a
+    #: product never seen), else `()`.
+    queue_state: tuple[dict[str, Any] | None, ...] = ()
+
+
+def for_claim(ctx: Context, product_id: str, within: float) -> ForClaim:
+    """The product's weights as this process read them at most `within` seconds ago (by the
+    context's clock, as `recent` does), else read now: from the queue-state document's copy
+    when it is of the last change counted, else from the registry (one more point read).
+    The queue-state document comes with them when it was read, for the capability sets."""
+    found = _recent(ctx, product_id, within)
+    if found is not None:
+        return ForClaim(found, read_now=False)
+    doc = queue_state.read_doc(ctx, product_id)
+    copied = queue_state.claim_weights(doc) if doc is not None else (({}, 0))
+    if copied is None:
+        return ForClaim(snapshot(ctx, product_id), read_now=True, queue_state=(doc,))
+    patch = scoring.WeightsPatch(**copied[0])
+    entry = Snapshot(product_id, patch, scoring.resolve(patch), rekeying=False, change=copied[1])
+    _remember(ctx, entry)
+    return ForClaim(entry, read_now=True, queue_state=(doc,))
+
+
 def recent(ctx: Context, product_id: str, within: float) -> tuple[Snapshot, bool]:
     """The product's weights as this process read them at most `within` seconds ago (by the
     context's clock), else read again; and whether they were read just now.
@@ -112,13 +146,19 @@ def recent(ctx: Context, product_id: str, within: float) -> tuple[Snapshot, bool
     (`put`, `rekey` and the end of a re-keying remember what they write), and a read that
     answers older weights than the snapshot's never replaces it (`_remember`), so outside that
     window the snapshot is the registry's current entry. `within <= 0`: always read."""
+    found = _recent(ctx, product_id, within)
+    return (found, False) if found is not None else (snapshot(ctx, product_id), True)
+
+
+def _recent(ctx: Context, product_id: str, within: float) -> Snapshot | None:
+    """The snapshot this process read at most `within` seconds ago, if any."""
     found = _recalled(ctx, product_id)
     if found is not None and within > 0:
         entry, read_at = found
         age = (ctx.clock.now() - read_at).total_seconds()
         if 0 <= age <= within:
-            return entry, False
-    return snapshot(ctx, product_id), True
+            return entry
+    return None
 
 
 def _recalled(ctx: Context, product_id: str) -> tuple[Snapshot, datetime] | None:
@@ -254,8 +294,38 @@ def _finish(ctx: Context, product_id: str, weights: scoring.Weights, doc: dict[s
         return {**current, "rekeying": False}
 
     finished = store.update(ctx.store, "jobs", product_id, DOC_ID, done, current=doc, sleep=ctx.clock.sleep)
-    _remember(ctx, snapshot_of(product_id, finished))
+    entry = snapshot_of(product_id, finished)
+    _remember(ctx, entry)
+    if not entry.rekeying:
+        _stamp(ctx, entry)
     return finished
+
+
+def _stamp(ctx: Context, entry: Snapshot) -> None:
+    """Copy finished weights to the queue-state document for claims: a fact that stays true
+    (change `entry.change` set these weights and finished), used only while it is the last
+    change counted, so a stamp landing late or twice does no harm."""
+    queue_state.stamp_claim_weights(ctx, entry.product_id, entry.patch.model_dump(exclude_none=True), entry.change)
+
+
+def restamp(ctx: Context) -> int:
+    """Stamp the copy of every product whose queue-state document's copy is not of its last
+    counted change while its weights are not re-keying (a process stopped between finishing a
+    change and stamping it, a late stamp of an older change, or a document from before the
+    copy). Returns how many were stamped."""
+    query = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=200)
+    behind = [doc for doc in store.query_all(ctx.store, query) if queue_state.claim_weights(doc) is None]
+    stamped = 0
+
+    def stamp(doc: dict[str, Any]) -> None:
+        nonlocal stamped
+        entry = snapshot_of(doc["productId"], read_doc(ctx, doc["productId"]))
+        if not entry.rekeying and entry.change == queue_state.weight_changes(doc):
+            _stamp(ctx, entry)
+            stamped += 1
+
+    batch.each(behind, stamp)
+    return stamped
 
 
 def _key(job: Job, weights: scoring.Weights) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from fleet import claims, leases, scoring, store as store_port, sweep, testing, weight_registry
+from fleet import claims, leases, queue_state, scoring, store as store_port, sweep, testing, weight_registry
 from fleet.context import Context, Settings
 from fleet.jobs import Job, job_id
 from fleet.schemas import ReleaseBody, WeightsBody
@@ -87,11 +87,17 @@ def test_after_a_weight_change_claims_follow_the_new_weights_on_the_fast_path(wo
     assert not bucket_path
 
 
-def test_while_rekeying_claims_take_the_bucket_path_and_still_pick_right(world, make_job, store):
+def died_before_rekeying(ctx, store, weights):
+    """What a PUT of `weights` leaves when it dies after writing them, before re-keying."""
+    change = queue_state.count_weight_change(ctx, PRODUCT)
+    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": weights, "rekeying": True, "change": change})
+
+
+def test_while_rekeying_claims_take_the_bucket_path_and_still_pick_right(world, ctx, make_job, store):
     # Given a PUT that changed the weights but died before re-keying (stale rank keys)
     make_job("old", age_minutes=60)  # default keys: 60 + 10 = 70, the best by its stale key
     high = make_job("high", priority="high")  # new weights: 0 + 200 = 200 beats 60 + 100 = 160
-    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
+    died_before_rekeying(ctx, store, {"priority": 100})
     # When a factory claims
     result, bucket_path = claim_recording(world)
     # Then it ignored the stale keys and took the job the new weights rank first
@@ -101,12 +107,68 @@ def test_while_rekeying_claims_take_the_bucket_path_and_still_pick_right(world, 
 
 def test_the_sweep_finishes_a_rekey_a_crash_interrupted(world, ctx, make_job, store):
     old = make_job("old", age_minutes=60)
-    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True})
+    died_before_rekeying(ctx, store, {"priority": 100})
     assert sweep.rekeys(ctx) == 1
     assert world.job(old).rank_key == scoring.rank_key(1, 0, old.created_at, scoring.Weights(priority=100))
     assert weight_registry.view(ctx, PRODUCT).to_doc()["rekeying"] is False
     # and claims are back on the fast path
     assert claim_recording(world)[1] is False
+
+
+def claim_counted(world, **request):
+    """A claim by a factory naming what it offers, and its store calls."""
+    counting = store_port.CountingStore(world.store)
+    ctx = Context(counting, world.clock, world.ctx.settings)
+    result = claims.claim_next(ctx, claims.ClaimRequest("f1", PRODUCT, capabilities=[], **request))
+    return result, sum(counting.calls.values())
+
+
+def test_a_claim_reads_its_weights_from_the_queue_state_document_once_a_change_finished(world, ctx, make_job):
+    # Given weights changed and re-keyed by a PUT
+    make_job("old", age_minutes=60)
+    high = make_job("high", priority="high")
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))
+    # When a factory claims, then claims again with nothing left
+    taken, calls = claim_counted(world)
+    claim_counted(world)
+    nothing, nothing_calls = claim_counted(world)
+    # Then it ranked with the new weights from the queue-state document's copy: three calls
+    # (that document, the page, the take), and two for nothing; the weights document unread
+    assert taken.job.id == high.id and calls == 3
+    assert nothing.job is None and nothing_calls == 2
+
+
+def test_a_copy_behind_the_last_change_counted_is_not_used_and_the_sweep_restamps_it(world, ctx, make_job, store):
+    # Given a PUT that finished re-keying but died before stamping the copy for claims
+    old = make_job("old", age_minutes=60)
+    high = make_job("high", priority="high")
+    change = queue_state.count_weight_change(ctx, PRODUCT)
+    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": True, "change": change})
+    weight_registry._rekey_pass(ctx, PRODUCT, scoring.resolve(scoring.WeightsPatch(priority=100)))
+    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": False, "change": change})
+    assert queue_state.claim_weights(queue_state.read_doc(ctx, PRODUCT)) is None  # the copy is of change 0
+    # When a factory claims, it reads the weights document too, and ranks with the new weights
+    taken, calls = claim_counted(world)
+    assert taken.job.id == high.id and calls == 4
+    # And once the sweep ran, the copy is of that change and a claim is three calls again
+    assert sweep.run(ctx)["claimWeightsStamped"] == 1
+    assert queue_state.claim_weights(queue_state.read_doc(ctx, PRODUCT)) == ({"priority": 100.0}, change)
+    again, again_calls = claim_counted(world)
+    assert again.job.id == old.id and again_calls == 3
+    assert sweep.run(ctx)["claimWeightsStamped"] == 0
+
+
+def test_a_late_stamp_of_an_older_change_is_not_used(world, ctx, make_job):
+    # Given two weight changes, the first one's stamp landing after the second's
+    make_job("old", age_minutes=60)
+    high = make_job("high", priority="high")
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=5))
+    first = queue_state.claim_weights(queue_state.read_doc(ctx, PRODUCT))
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))
+    queue_state.stamp_claim_weights(ctx, PRODUCT, *first)
+    # When a factory claims, it does not rank with the older weights (which pick "old")
+    taken, calls = claim_counted(world)
+    assert taken.job.id == high.id and calls == 4
 
 
 def test_a_request_override_of_the_order_takes_the_bucket_path(world, make_job):
