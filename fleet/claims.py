@@ -187,6 +187,11 @@ def _claim_best(
             break
     if unaffordable:
         return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
+    if lost:
+        # Every rescan lost its races to jobs still queued (a weight change re-keying them, an
+        # operator changing them): "nothing for you" would send the factory to wait for a new
+        # queue-state version while work is there to take.
+        raise errors.TooManyRetries(f"product {request.product_id}: its candidates kept changing under this claim")
     return Claimed(reason=ClaimReason.SEAT_LIMIT if running is not None else ClaimReason.NO_JOB)
 
 

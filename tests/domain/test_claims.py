@@ -212,6 +212,25 @@ def test_a_job_changed_since_its_head_was_read_is_passed_over_as_a_race_lost(wor
     assert world.job(best).stage == Stage.QUEUED
 
 
+def test_a_claim_whose_candidates_keep_changing_asks_to_be_retried_not_told_nothing_is_left(world, make_job, store):
+    # Given a queued job that changes (still queued) after every candidate page a claim reads,
+    # as a weight change re-keying the queue over and over does
+    only = make_job("only")
+
+    def touch() -> None:
+        doc = store.inner.read("jobs", PRODUCT, only.id)
+        store.inner.replace("jobs", {**doc, "rankKey": doc["rankKey"] + 1}, doc["_etag"])
+
+    for _ in range(claims.RESCANS * 4):
+        world.store.meanwhile("query", "jobs", touch)
+    # When a factory claims, Then it is told to retry (503 store_busy), not that nothing is left
+    with pytest.raises(errors.TooManyRetries):
+        world.claim("factory-1", capabilities=[])
+    # and once the changes stop, the next claim takes the job
+    world.store.disarm()
+    assert world.claim("factory-1", capabilities=[]).job.id == only.id
+
+
 def test_a_claim_takes_its_pick_by_its_head_and_answers_the_whole_job_as_stored(world, make_job, store):
     # Given a queued job with a body, and a store counting calls
     job = make_job("job", body_md="# the work\n" * 300, estimated_cost_usd=None)

@@ -38,16 +38,18 @@ def answered(call, attempts: int = 30):
     return response
 
 
-@pytest.mark.parametrize("mixed", [False, True], ids=["plain", "capability-mix"])
-def test_racing_factories_never_hold_a_job_twice(http, server, mixed):
+@pytest.mark.parametrize("mixed, reweighed", [(False, False), (True, False), (True, True)], ids=["plain", "capability-mix", "weights-changing"])
+def test_racing_factories_never_hold_a_job_twice(http, server, mixed, reweighed):
     """Given 120 queued jobs, when 8 factories race to claim and ship them over HTTP,
     heartbeating what they run as they go, then every job is claimed exactly once, every
     heartbeat renews the lease its factory holds and revokes the one it has shipped; and no
     PATCH naming a superseded lease ever succeeds. `mixed`: a third of the jobs need `python`,
     and half the factories offer `gpu` besides, which no job needs (their claims narrow to
-    the capability sets they can do)."""
+    the capability sets they can do). `reweighed`: an operator changes the product's weights
+    over and over meanwhile (claims rank with the queue-state document's copy of them, or read
+    them while a change re-keys the queue)."""
     jobs = 120
-    product = "race-mix" if mixed else "race"
+    product = ("race-weights" if reweighed else "race-mix") if mixed else "race"
     for n in range(jobs):
         needs = ["python"] if mixed and n % 3 == 0 else []
         job = {"productId": product, "idempotencyKey": f"j{n}", "capabilities": needs}
@@ -88,13 +90,36 @@ def test_racing_factories_never_hold_a_job_twice(http, server, mixed):
         assert response.status_code == 200, response.text
         return response.json()["leases"][0]["status"]
 
+    racing, reweighs = threading.Event(), []
+
+    def operator() -> None:
+        client = Http(server.url)
+        try:
+            for n in range(1000):
+                if not racing.is_set():
+                    return
+                response = answered(lambda: client.call("PUT", f"/fleet/weights/{product}", {"priority": 1 + n % 7 * 20, "age": 1 + n % 3}))
+                if response.status_code != 200:
+                    errors.append(f"weights PUT: {response.text}")
+                reweighs.append(n)
+        finally:
+            client.close()
+
     threads = [threading.Thread(target=factory, args=(f"f{i}",)) for i in range(8)]
+    changer = threading.Thread(target=operator)
+    racing.set()
+    if reweighed:
+        changer.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    racing.clear()
+    if reweighed:
+        changer.join(timeout=60)
 
     assert not errors
+    assert len(reweighs) > 1 if reweighed else not reweighs
     per_job = Counter(job_id for job_id, _, _ in claims)
     assert len(per_job) == jobs and set(per_job.values()) == {1}
     assert len({f for _, f, _ in claims}) > 1  # they really raced
