@@ -37,12 +37,27 @@ def _values(kind: type[Enum]) -> list[str]:
     return [member.value for member in kind]
 
 
+def add_global(parser: argparse.ArgumentParser) -> None:
+    """The connection options before the command too (`fleet --url U jobs list`); given after
+    it as well, the command's win."""
+    _connection_options(parser, {"url": None, "token": None, "key": None, "timeout": 30.0})
+
+
+def _connection_options(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
+    """`--url`, `--token`, `--key`, `--timeout`, defaulting as `defaults` says (a command's
+    parsers leave them unset when not given, so that the options before the command hold)."""
+    parser.add_argument("--url", default=defaults["url"],
+                        help="coordinator base URL (default: $FLEET_URL, else http://127.0.0.1:7071)")
+    parser.add_argument("--token", default=defaults["token"],
+                        help="API token, sent as Authorization: Bearer (default: $FLEET_TOKEN)")
+    parser.add_argument("--key", default=defaults["key"], help="function key, sent as x-functions-key (default: $FLEET_KEY)")
+    parser.add_argument("--timeout", type=float, default=defaults["timeout"],
+                        help="seconds to wait for an answer (default 30)")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     connection = argparse.ArgumentParser(add_help=False)
-    connection.add_argument("--url", help="coordinator base URL (default: $FLEET_URL, else http://127.0.0.1:7071)")
-    connection.add_argument("--token", help="API token, sent as Authorization: Bearer (default: $FLEET_TOKEN)")
-    connection.add_argument("--key", help="function key, sent as x-functions-key (default: $FLEET_KEY)")
-    connection.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
+    _connection_options(connection, dict.fromkeys(("url", "token", "key", "timeout"), argparse.SUPPRESS))
     common = argparse.ArgumentParser(add_help=False, parents=[connection])
     common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
     _add_jobs(subparsers, common)

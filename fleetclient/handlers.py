@@ -82,7 +82,12 @@ def request_review(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 def review(args: argparse.Namespace, client: FleetClient) -> Shown:
     job = client.review(args.job_id, args.reviewer, args.decision, args.comment)
-    done = {"approve": "approved:", "reject": "rejected:"}.get(args.decision, f"{args.decision}:")
+    if args.decision == "approve":
+        # An approval repeated counts once: the tally says whether this one counted.
+        review = job.review or {}
+        done = f"approved ({len(review.get('approvals', []))}/{review.get('required')}):"
+    else:
+        done = {"reject": "rejected:"}.get(args.decision, f"{args.decision}:")
     return views.job_line(job, done), job.to_doc()
 
 

@@ -8,6 +8,9 @@ Only ``fleet serve`` lives here. Every other sub-command lives in its own module
         parser.add_argument(...)
         parser.set_defaults(run=run_jobs)   # run_jobs(args: argparse.Namespace) -> int
 
+A module may also define ``add_global(parser)``, for options its commands take before the
+command name as well (the connection options: ``fleet --url U jobs list``).
+
 A command that has sub-commands of its own (``fleet factory run``) adds a nested
 ``add_subparsers`` and sets ``run`` on each leaf. ``run`` returns the exit code. Keep heavy
 imports inside ``run``: every module in the list is imported to build ``fleet --help``.
@@ -33,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve_parser(subparsers)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+        module = importlib.import_module(name)
+        module.add_parser(subparsers)
+        if hasattr(module, "add_global"):  # options a module's commands also take before the command
+            module.add_global(parser)
     return parser
 
 

@@ -25,6 +25,18 @@ class TestJobs:
         assert out.startswith(f"submitted {product}:") and "queued" in out and "Fix login" in out
         assert again.startswith("already submitted:")
 
+    def test_the_connection_options_may_come_before_the_command(self, fleet_cli, product, monkeypatch):
+        submit(fleet_cli, product, "k1")
+        monkeypatch.setenv("FLEET_URL", f"http://127.0.0.1:{closed_port()}")
+
+        before = fleet_cli("--url", fleet_cli.url, "--timeout", "5", "jobs", "list", "--product", product)
+        after = fleet_cli("--url", "http://127.0.0.1:1", "jobs", "list", "--url", fleet_cli.url, "--product", product)
+        neither = fleet_cli("jobs", "list", "--product", product, "--timeout", "2")
+
+        assert before[0] == after[0] == 0 and "k1" not in before[2]
+        assert len(before[1].splitlines()) == len(after[1].splitlines()) == 2  # the header, the job
+        assert neither[0] == 3  # FLEET_URL names a closed port
+
     def test_submit_json_is_the_job_document(self, fleet_cli, product):
         submit(fleet_cli, product, "a")
         job = submit(fleet_cli, product, "k1", "--capabilities", "go", "--max-attempts", "5", "--deps", "a")
@@ -121,12 +133,15 @@ class TestJobs:
         reviewer = {name: reviewer_token(server.url, suite_token, name) for name in ("ann", "bob", "eve")}
 
         requested = fleet_cli.json("jobs", "request-review", job["id"], "--required", "2", "--reviewers", "ann,bob")
-        fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "ann", "--token", reviewer["ann"])
+        first = fleet_cli("jobs", "review", job["id"], "approve", "--reviewer", "ann", "--token", reviewer["ann"])
+        again = fleet_cli("jobs", "review", job["id"], "approve", "--reviewer", "ann", "--token", reviewer["ann"])
         code, out, err = fleet_cli("jobs", "review", job["id"], "approve", "--reviewer", "eve", "--token", reviewer["eve"])
         shipped = fleet_cli.json("jobs", "review", job["id"], "approve", "--reviewer", "bob", "-m", "lgtm",
                                  "--token", reviewer["bob"])
 
         assert requested["review"]["required"] == 2
+        # the same reviewer approving twice counts once, and the tally says so
+        assert first[1].startswith("approved (1/2):") and again[1].startswith("approved (1/2):")
         assert code == 1 and "403 forbidden" in err
         assert shipped["stage"] == "shipped"
 
