@@ -155,6 +155,8 @@ def _claim_best(
         score = _keyed_by(product.weights, score)
     claimable = _claimable(ctx, request.product_id, offered, scan.queue_state)
     unaffordable = 0
+    changed: set[str] = set()  # the jobs whose take the last scan lost to a change
+    churned = False  # a later scan found one of them queued still
     for _ in range(RESCANS):
         if running is not None:
             # At the seat limit only critical work may be taken: read only its buckets.
@@ -165,15 +167,18 @@ def _claim_best(
             )
         else:
             streams = _streams(ctx, request.product_id, now, weights, product, offered, claimable)
-        lost = False
+        lost, lost_to_change = False, set()
         for candidate in candidates.ranked(ctx.store, streams, score):
+            churned = churned or candidate.head.id in changed
             try:
                 if running is None and candidate.head.etag:
                     return _take_head(ctx, candidate.head, request.factory_id, scan.budget)
                 job = _as_read(ctx, candidate.head, offered)
                 return _claim(ctx, job, request.factory_id, offered, running, scan.budget, product)
-            except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost):
+            except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost) as race:
                 lost = True
+                if not isinstance(race, errors.NotFound):
+                    lost_to_change.add(candidate.head.id)
                 if running is not None:
                     running = _running_at_limit(ctx, request.factory_id, scan.seat_limit, now, scan.factory)
             except budget_rules.BudgetExhausted:
@@ -185,12 +190,14 @@ def _claim_best(
                 return Claimed(reason=ClaimReason.SEAT_LIMIT)
         if not lost:
             break
+        changed = lost_to_change
     if unaffordable:
         return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
-    if lost:
-        # Every rescan lost its races to jobs still queued (a weight change re-keying them, an
-        # operator changing them): "nothing for you" would send the factory to wait for a new
-        # queue-state version while work is there to take.
+    if lost and churned:
+        # Every scan lost its races, and a job lost in one was queued still in the next: its
+        # candidates are changing under it (a weight change re-keying them), not being taken.
+        # "Nothing for you" would send the factory to wait for a new queue-state version while
+        # work is there to take. (Races lost to other factories' takes end in no_job.)
         raise errors.TooManyRetries(f"product {request.product_id}: its candidates kept changing under this claim")
     return Claimed(reason=ClaimReason.SEAT_LIMIT if running is not None else ClaimReason.NO_JOB)
 

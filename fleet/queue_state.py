@@ -42,6 +42,8 @@ CAP_SET = "capSet_"
 CAP_SETS_COMPLETE = "capSetsComplete"
 #: The copy of the weights of the product's last finished weight change, for claims.
 CLAIM_WEIGHTS = "claimWeights"
+#: Marks the copy a queue-state document is created with, until the sweep has checked it.
+UNCHECKED = "unchecked"
 #: The most capability sets one bump registers (a Cosmos patch sets at most 10 fields).
 SETS_PER_BUMP = 7
 
@@ -91,6 +93,12 @@ def stamp_claim_weights(ctx: Context, product_id: str, weights: dict[str, float]
     ctx.store.increment("jobs", product_id, DOC_ID, "version", 0, _initial(product_id), stamp=stamp)
 
 
+def unchecked(doc: dict[str, Any]) -> bool:
+    """Whether `doc`'s copy of the weights is the one it was created with, not checked yet."""
+    copy = doc.get(CLAIM_WEIGHTS)
+    return isinstance(copy, dict) and bool(copy.get(UNCHECKED))
+
+
 def claim_weights(doc: dict[str, Any] | None) -> tuple[dict[str, float], int] | None:
     """The product's weights (what it sets) and their change as `doc` copies them, if the copy
     is of the last change counted (so that change finished re-keying); else None."""
@@ -102,9 +110,10 @@ def claim_weights(doc: dict[str, Any] | None) -> tuple[dict[str, float], int] | 
 
 def _initial(product_id: str) -> dict[str, Any]:
     # A document created now predates every job of the product this code queues (complete)
-    # and every weight change (each counts on it first, and before that every weight change
-    # bumped it): the defaults are the weights.
-    return {"id": DOC_ID, "productId": product_id, CAP_SETS_COMPLETE: True, CLAIM_WEIGHTS: {"weights": {}, "change": 0}}
+    # and every weight change this code makes (each counts on it first): the defaults are the
+    # weights. Unless a weights document predates it, written by hand or by an older release
+    # that did not count its changes: the sweep checks the copy once (`UNCHECKED`).
+    return {"id": DOC_ID, "productId": product_id, CAP_SETS_COMPLETE: True, CLAIM_WEIGHTS: {"weights": {}, "change": 0, UNCHECKED: True}}
 
 
 def _registered(keys: list[str], now: datetime) -> dict[str, Any]:

@@ -127,8 +127,8 @@ def for_claim(ctx: Context, product_id: str, within: float) -> ForClaim:
     if found is not None:
         return ForClaim(found, read_now=False)
     doc = queue_state.read_doc(ctx, product_id)
-    copied = queue_state.claim_weights(doc) if doc is not None else (({}, 0))
-    if copied is None:
+    copied = queue_state.claim_weights(doc)
+    if copied is None:  # a change under way, a copy behind (the sweep restamps it), no document
         return ForClaim(snapshot(ctx, product_id), read_now=True, queue_state=(doc,))
     patch = scoring.WeightsPatch(**copied[0])
     entry = Snapshot(product_id, patch, scoring.resolve(patch), rekeying=False, change=copied[1])
@@ -308,24 +308,54 @@ def _stamp(ctx: Context, entry: Snapshot) -> None:
     queue_state.stamp_claim_weights(ctx, entry.product_id, entry.patch.model_dump(exclude_none=True), entry.change)
 
 
+def _finished(entry: Snapshot, queue_doc: dict[str, Any]) -> bool:
+    """Whether `entry`, read after `queue_doc`, is of the last change that document counts,
+    re-keyed: what a copy may say."""
+    return not entry.rekeying and entry.change == queue_state.weight_changes(queue_doc)
+
+
 def restamp(ctx: Context) -> int:
     """Stamp the copy of every product whose queue-state document's copy is not of its last
     counted change while its weights are not re-keying (a process stopped between finishing a
-    change and stamping it, a late stamp of an older change, or a document from before the
-    copy). Returns how many were stamped."""
+    change and stamping it, a late stamp of an older change, a document from before the copy),
+    or whose copy is the one the document was created with, not checked yet against a weights
+    document that may predate it.
+
+    A change counted whose weights were never written (its PUT stopped between the two, or
+    gave up) would hold every copy off for good: the weights document is moved to that count
+    with its weights as they are (conditionally, and only while not re-keying), as if a change
+    to the same weights had finished; a PUT still on its way to writing under that count then
+    finds itself overtaken and counts again (`_merge`). Returns how many were stamped."""
     query = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=200)
-    behind = [doc for doc in store.query_all(ctx.store, query) if queue_state.claim_weights(doc) is None]
+    docs = store.query_all(ctx.store, query)
+    behind = [doc for doc in docs if queue_state.claim_weights(doc) is None or queue_state.unchecked(doc)]
     stamped = 0
 
     def stamp(doc: dict[str, Any]) -> None:
         nonlocal stamped
-        entry = snapshot_of(doc["productId"], read_doc(ctx, doc["productId"]))
-        if not entry.rekeying and entry.change == queue_state.weight_changes(doc):
+        product_id, count = doc["productId"], queue_state.weight_changes(doc)
+        entry = snapshot_of(product_id, read_doc(ctx, product_id))
+        if not entry.rekeying and entry.change < count:
+            entry = snapshot_of(product_id, _close(ctx, product_id, count))
+        if _finished(entry, doc):
+            _remember(ctx, entry)
             _stamp(ctx, entry)
             stamped += 1
 
     batch.each(behind, stamp)
     return stamped
+
+
+def _close(ctx: Context, product_id: str, count: int) -> dict[str, Any]:
+    """The weights document written under `count` with its weights unchanged, unless it is
+    re-keying or already at `count` or later; the document as it then stands."""
+
+    def close(doc: dict[str, Any]) -> dict[str, Any] | None:
+        if doc.get("rekeying") or int(doc.get(CHANGE) or 0) >= count:
+            return None
+        return {**doc, CHANGE: count}
+
+    return store.update(ctx.store, "jobs", product_id, DOC_ID, close, initial=_empty(product_id), sleep=ctx.clock.sleep)
 
 
 def _key(job: Job, weights: scoring.Weights) -> float:

@@ -231,6 +231,25 @@ def test_a_claim_whose_candidates_keep_changing_asks_to_be_retried_not_told_noth
     assert world.claim("factory-1", capabilities=[]).job.id == only.id
 
 
+def test_a_claim_losing_every_scan_to_other_factories_takes_is_told_nothing_is_left(world, make_job):
+    # Given one queued job, and rivals that take whatever is queued right after each candidate
+    # page this claim reads, while a new job arrives (the next page's only job)
+    arrivals = iter(range(claims.RESCANS * 4))
+    make_job("first")
+
+    def rivals() -> None:
+        for doc in world.store.inner.query(store_port.Query("jobs", PRODUCT, (store_port.Filter("stage", "=", "queued"),), limit=50)).items:
+            claims.take(world.ctx, world.job(doc["id"]), "factory-rival", world.clock.now())
+        make_job(f"next-{next(arrivals)}")
+
+    for _ in range(claims.RESCANS * 4):
+        world.store.meanwhile("query", "jobs", rivals)
+    # When a factory claims, Then every scan lost its race to a take, none to a change: no job
+    # (not 503: nothing it lost is there to take)
+    result = world.claim("factory-1", capabilities=[])
+    assert (result.job, result.reason) == (None, "no_job")
+
+
 def test_a_claim_takes_its_pick_by_its_head_and_answers_the_whole_job_as_stored(world, make_job, store):
     # Given a queued job with a body, and a store counting calls
     job = make_job("job", body_md="# the work\n" * 300, estimated_cost_usd=None)

@@ -158,6 +158,58 @@ def test_a_copy_behind_the_last_change_counted_is_not_used_and_the_sweep_restamp
     assert sweep.run(ctx)["claimWeightsStamped"] == 0
 
 
+def test_a_change_counted_but_never_written_is_closed_by_the_sweep(world, ctx, make_job):
+    # Given weights set, then a PUT that counted its change and stopped before writing it
+    make_job("old", age_minutes=60)
+    high = make_job("high", priority="high")
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=100))
+    queue_state.count_weight_change(ctx, PRODUCT)
+    # When a factory claims, it reads the weights document too (the copy is behind the count)
+    assert claim_counted(world)[1] == 4
+    # Then the sweep writes the weights as they are under that count and stamps them
+    assert sweep.run(ctx)["claimWeightsStamped"] == 1
+    assert weight_registry.read_doc(ctx, PRODUCT)[weight_registry.CHANGE] == queue_state.weight_changes(queue_state.read_doc(ctx, PRODUCT))
+    taken, calls = claim_counted(world)
+    assert calls == 3 and taken.job.idempotency_key == "old"  # "high" went first, with the weights as set
+    assert world.job(high).stage.value == "assigned"
+    # and a later PUT still counts, writes and finishes its change
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(age=2))
+    assert weight_registry.view(ctx, PRODUCT).weights == {"priority": 100.0, "age": 2.0}
+    assert queue_state.claim_weights(queue_state.read_doc(ctx, PRODUCT))[0] == {"priority": 100.0, "age": 2.0}
+
+
+def test_a_put_overtaken_by_the_sweep_closing_its_count_counts_again(world, ctx, monkeypatch):
+    # Given a PUT whose count the sweep closes before the PUT writes its weights under it
+    real = queue_state.count_weight_change
+
+    def counted_then_closed(ctx_, product_id):
+        count = real(ctx_, product_id)
+        if count == 1:
+            weight_registry.restamp(ctx)
+        return count
+
+    monkeypatch.setattr(queue_state, "count_weight_change", counted_then_closed)
+    # When it goes on, it finds itself overtaken, counts again and writes under the new count
+    weight_registry.put(ctx, PRODUCT, scoring.WeightsPatch(priority=7))
+    doc, queue = weight_registry.read_doc(ctx, PRODUCT), queue_state.read_doc(ctx, PRODUCT)
+    assert (doc["weights"], doc[weight_registry.CHANGE], queue_state.weight_changes(queue)) == ({"priority": 7.0}, 2, 2)
+    assert queue_state.claim_weights(queue) == ({"priority": 7.0}, 2)
+
+
+def test_the_copy_a_queue_state_document_starts_with_is_checked_against_older_weights(world, ctx, make_job, store):
+    # Given a weights document from before weight changes were counted (change 0), and no
+    # queue-state document yet: the first submit makes one, copying the defaults
+    store.upsert("jobs", {"id": weight_registry.DOC_ID, "productId": PRODUCT, "weights": {"priority": 100}, "rekeying": False})
+    make_job("old", age_minutes=60)
+    queue_state.bump(ctx, PRODUCT)
+    assert queue_state.unchecked(queue_state.read_doc(ctx, PRODUCT))
+    # When the sweep runs, Then the copy is the weights document's
+    assert sweep.run(ctx)["claimWeightsStamped"] == 1
+    copy = queue_state.read_doc(ctx, PRODUCT)
+    assert not queue_state.unchecked(copy) and queue_state.claim_weights(copy) == ({"priority": 100.0}, 0)
+    assert sweep.run(ctx)["claimWeightsStamped"] == 0
+
+
 def test_a_late_stamp_of_an_older_change_is_not_used(world, ctx, make_job):
     # Given two weight changes, the first one's stamp landing after the second's
     make_job("old", age_minutes=60)
