@@ -80,7 +80,7 @@ class Budget(_BudgetFields):
         remaining = None
         if self.ceiling_usd is not None:
             remaining = max(0.0, _usd(self.ceiling_usd - self.spent_usd - self.reserved_usd))
-        return BudgetView(**shown, reserved_usd=reserved, remaining_usd=remaining)
+        return BudgetView(**shown, reserved_usd=reserved, remaining_usd=remaining, refusal=refusal(self))
 
 
 class BudgetView(_BudgetFields):
@@ -92,6 +92,9 @@ class BudgetView(_BudgetFields):
     #: The ceiling less the spend and the reservations (never below 0): the room a claim's
     #: estimate must fit in; None without a ceiling.
     remaining_usd: float | None
+    #: Why claims of the product are refused now (`budget_paused`, or `budget_exceeded`: spend
+    #: at the ceiling, even when not paused, as after a resume); None when they may be made.
+    refusal: ClaimReason | None = None
 
 
 def window_start(window: Window, now: datetime) -> datetime:

@@ -143,4 +143,5 @@ def budget(b: budget_rules.BudgetView) -> str:
         ("reserved", usd(b.reserved_usd)),
         ("remaining", usd(b.remaining_usd) if b.remaining_usd is not None else None),
         ("paused", paused),
+        ("claims", f"refused ({b.refusal.value})" if b.refusal else "open"),
     ])

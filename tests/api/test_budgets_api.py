@@ -24,16 +24,19 @@ def test_budget_lifecycle_and_claim_refusals(flagged_api):
              {"leaseId": claimed["lease"]["leaseId"], "stage": "shipped", "insights": {"costUsd": 1.25}})
     budget = api.get("/fleet/budgets/p").json
     assert budget["spentUsd"] == 1.25 and budget["paused"] and budget["pausedBy"] == "ceiling"
+    assert budget["refusal"] == "budget_paused"
 
     api.submit("k2")
     api.store.reset()
     assert api.claim() == {"job": None, "reason": "budget_paused"}
     assert api.store.total("query:jobs") == 0  # the budget is checked first: no job scan
 
-    assert api.post("/fleet/budgets/p/resume").json["paused"] is False
+    resumed = api.post("/fleet/budgets/p/resume").json
+    # resumed, but spend is at the ceiling: the answer says claims are still refused, and why
+    assert resumed["paused"] is False and resumed["refusal"] == "budget_exceeded"
     assert api.claim() == {"job": None, "reason": "budget_exceeded"}
     raised = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 5.0, "window": "daily"}).json
-    assert raised["paused"] is False
+    assert raised["paused"] is False and raised["refusal"] is None
     assert api.claim()["job"]["idempotencyKey"] == "k2"
 
 

@@ -40,6 +40,24 @@ def test_pause_then_resume_change_the_budget(operator_page, fleet, product):
     assert fleet.client.get_budget(product).paused is False
 
 
+def test_a_budget_resumed_at_its_ceiling_says_claims_are_still_refused(operator_page, fleet, product):
+    # Given a product whose spend reached its ceiling, resumed by hand
+    fleet.client.put_budget(product, 1.0, "daily")
+    fleet.client.submit_job(product_id=product, idempotency_key="dear", title="Dear")
+    claimed = fleet.client.claim("f-dear", product)
+    fleet.client.release_lease(claimed.job.id, claimed.lease.lease_id, stage="shipped", insights={"costUsd": 2.5})
+    assert fleet.client.resume_budget(product).paused is False
+
+    # When the operator opens the budgets page
+    page = operator_page
+    page.goto(ui.BUDGETS)
+
+    # Then the budget does not read as running: claims stay refused while spend is at the ceiling
+    budget = ui.region(page, product)
+    expect(budget).to_contain_text("Claims refused: spend is at the ceiling")
+    expect(budget).not_to_contain_text("Running")
+
+
 def test_save_changes_the_ceiling_and_the_window(operator_page, fleet, product):
     fleet.client.put_budget(product, 40.0, "daily")
 

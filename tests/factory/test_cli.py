@@ -203,10 +203,12 @@ class TestBudgets:
     def test_set_pause_resume(self, fast_cli, product):
         code, out, _ = fast_cli("budgets", "set", product, "--ceiling", "25", "--window", "weekly")
         paused = fast_cli.json("budgets", "pause", product, "--reason", "vendor outage")
+        _, paused_out, _ = fast_cli("budgets", "show", product)
         resumed = fast_cli.json("budgets", "resume", product)
         shown = fast_cli.json("budgets", "show", product)
 
         assert code == 0 and "ceiling:   $25.00" in out and "window:    weekly from" in out
+        assert "claims:    open" in out and "claims:    refused (budget_paused)" in paused_out
         assert paused["paused"] is True and paused["pauseReason"] == "vendor outage" and resumed["paused"] is False
         assert (shown["ceilingUsd"], shown["window"], shown["spentUsd"]) == (25.0, "weekly", 0.0)
 
