@@ -39,7 +39,6 @@ def sweep(ctx: Context) -> dict[str, int]:
     its stale sets. Counts what was done."""
     now = ctx.clock.now()
     counts = {"capSetsKeyed": 0, "capSetsPruned": 0}
-    query = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=200)
 
     def tend(doc: dict[str, Any]) -> None:
         if doc.get(queue_state.CAP_SETS_COMPLETE):
@@ -47,7 +46,7 @@ def sweep(ctx: Context) -> dict[str, int]:
         else:
             counts["capSetsKeyed"] += key_older_jobs(ctx, doc["productId"])
 
-    counts["capSetsFailed"] = each(list(store.query_all(ctx.store, query)), tend)
+    counts["capSetsFailed"] = each(queue_state.every_doc(ctx), tend)
     return counts
 
 

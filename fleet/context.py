@@ -29,7 +29,7 @@ class Settings:
     claim_first_page: int = 4
     #: How old a product's weights, as this process last read them, an ordinary claim may rank
     #: with instead of reading them again (`FLEET_CLAIM_WEIGHTS_SECONDS`; 0, the default: read
-    #: every time, and the claim order is exact). See `weight_registry.recent` for what a
+    #: every time, and the claim order is exact). See `weight_registry._recent` for what a
     #: window costs in exactness.
     claim_weights_seconds: int = 0
     #: A last-alive stamp older than this (the sweep renews it every minute) shows an outage

@@ -175,6 +175,13 @@ def read_doc(ctx: Context, product_id: str) -> dict[str, Any] | None:
         return None
 
 
+def every_doc(ctx: Context) -> list[dict[str, Any]]:
+    """Every product's queue-state document (one cross-partition query, paged): what the
+    sweep's steps that tend them go through."""
+    query = store.Query("jobs", None, (store.Filter("id", "=", DOC_ID),), limit=200)
+    return list(store.query_all(ctx.store, query))
+
+
 def weight_changes(doc: dict[str, Any]) -> int:
     """How many weight changes of the product the queue-state document has counted."""
     return int(doc.get(WEIGHT_CHANGES) or 0)

@@ -119,8 +119,8 @@ class ForClaim:
 
 
 def for_claim(ctx: Context, product_id: str, within: float) -> ForClaim:
-    """The product's weights as this process read them at most `within` seconds ago (by the
-    context's clock, as `recent` does), else read now: from the queue-state document's copy
+    """The product's weights as this process read them at most `within` seconds ago
+    (`_recent`), else read now: from the queue-state document's copy
     when it is of the last change counted, else from the registry (one more point read).
     The queue-state document comes with them when it was read, for the capability sets."""
     found = _recent(ctx, product_id, within)
@@ -136,22 +136,16 @@ def for_claim(ctx: Context, product_id: str, within: float) -> ForClaim:
     return ForClaim(entry, read_now=True, queue_state=(doc,))
 
 
-def recent(ctx: Context, product_id: str, within: float) -> tuple[Snapshot, bool]:
-    """The product's weights as this process read them at most `within` seconds ago (by the
-    context's clock), else read again; and whether they were read just now.
+def _recent(ctx: Context, product_id: str, within: float) -> Snapshot | None:
+    """The snapshot this process read at most `within` seconds ago (by the context's clock),
+    if any; None when `within <= 0`.
 
     For a claim, which has no bump to validate them with: a claim that uses these is exact
     (ranks as it would with weights read now) unless another process wrote a weight change
     in the last `within` seconds. A change made in this process replaces the snapshot at once
     (`put`, `rekey` and the end of a re-keying remember what they write), and a read that
     answers older weights than the snapshot's never replaces it (`_remember`), so outside that
-    window the snapshot is the registry's current entry. `within <= 0`: always read."""
-    found = _recent(ctx, product_id, within)
-    return (found, False) if found is not None else (snapshot(ctx, product_id), True)
-
-
-def _recent(ctx: Context, product_id: str, within: float) -> Snapshot | None:
-    """The snapshot this process read at most `within` seconds ago, if any."""
+    window the snapshot is the registry's current entry."""
     found = _recalled(ctx, product_id)
     if found is not None and within > 0:
         entry, read_at = found
@@ -326,9 +320,7 @@ def restamp(ctx: Context) -> int:
     with its weights as they are (conditionally, and only while not re-keying), as if a change
     to the same weights had finished; a PUT still on its way to writing under that count then
     finds itself overtaken and counts again (`_merge`). Returns how many were stamped."""
-    query = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=200)
-    docs = store.query_all(ctx.store, query)
-    behind = [doc for doc in docs if queue_state.claim_weights(doc) is None or queue_state.unchecked(doc)]
+    behind = [doc for doc in queue_state.every_doc(ctx) if queue_state.claim_weights(doc) is None or queue_state.unchecked(doc)]
     stamped = 0
 
     def stamp(doc: dict[str, Any]) -> None:

@@ -381,5 +381,5 @@ def test_a_read_that_answers_weights_older_than_remembered_ones_does_not_replace
     world.store.meanwhile("read", "jobs", put, when=lambda container, pk, id: id == weight_registry.DOC_ID)
     assert weight_registry.snapshot(ctx, PRODUCT).weights.priority == 20
     # Then what claims remember is the PUT's
-    remembered, read_now = weight_registry.recent(ctx, PRODUCT, ctx.settings.claim_weights_seconds)
-    assert not read_now and remembered.weights.priority == 100
+    remembered = weight_registry.for_claim(ctx, PRODUCT, ctx.settings.claim_weights_seconds)
+    assert not remembered.read_now and remembered.snapshot.weights.priority == 100
