@@ -125,6 +125,16 @@ def release_lease(req: func.HttpRequest) -> func.HttpResponse:
     return http.ok(leases.release(ctx(), req.route_params["id"], http.body(req, schemas.ReleaseBody)))
 
 
+@app.route(route="fleet/jobs/{id}/lease/report", methods=["POST"])
+@http.endpoint(
+    needs=Permission.WORK,
+    answer=jobs.Job, body=schemas.ReportBody, raises=(*JOB_WRITE, errors.IdempotencyConflict, errors.Forbidden)
+)
+def report_run(req: func.HttpRequest) -> func.HttpResponse:
+    """A lease taken from its holder reports its run's cost and results, once"""
+    return http.ok(leases.report(ctx(), req.route_params["id"], http.body(req, schemas.ReportBody)))
+
+
 @app.route(route="fleet/jobs/{id}/actions/{action}", methods=["POST"])
 @http.endpoint(
     needs=Permission.OPERATE,

@@ -134,9 +134,12 @@ def detail(ctx: Context, id: str, doc: dict[str, Any] | None = None) -> Detail:
     runs = [
         {
             "run": run,
-            "cost": run.insights.get("costUsd"),
+            "cost": run.cost_usd,
             "tokens": run.insights.get("tokens") or _tokens(run.insights),
             "artifacts": run.artifacts,
+            # reported by the lease after it was taken (`leases.report`)
+            "late": run.late_report is not None,
+            "pr_url": run.pr_url or (run.late_report.pr_url if run.late_report else None),
         }
         for run in reversed(job.runs)
     ]

@@ -75,7 +75,8 @@ def touch(ctx: Context) -> None:
 def visible_change(before: Job | None, after: Job) -> bool:
     """Whether a job write changes what the dashboard must show at once: a new job, a review or
     priority change, a lease ending (a finish, a give-back, parking at review: the job's run
-    ends, and what it cost joins today's spend), and any move of stage but a factory's own
+    ends, and what it cost joins today's spend), a lost lease's late report of its run (its
+    cost joins too), and any move of stage but a factory's own
     progress under its lease (a claim, a PATCH to a work stage), which the views show within a
     minute instead (their ETags hold the minute). A lease renewal, a checkpoint or an event
     alone bumps nothing either, so claims, heartbeats and PATCHes cost the store what they did."""
@@ -85,6 +86,8 @@ def visible_change(before: Job | None, after: Job) -> bool:
         return True
     if before.lease is not None and after.lease is None:
         return True  # parking at review moves no stage: a job is released at testing
+    if _reported_late(before) != _reported_late(after):
+        return True  # a lost lease reported its run: the day's spend may grow
     if before.stage == after.stage:
         return False
     return not (after.stage in ACTIVE and after.lease is not None)
@@ -102,9 +105,16 @@ def note_write(ctx: Context, before: Job | None, after: Job) -> None:
         for run in after.runs
         if run.ended_at is not None and run.run_id not in ended_before
     )
+    late_before = _reported_late(before) if before else frozenset()
+    cost += sum(run.late_usd for run in after.runs if run.late_report and run.run_id not in late_before)
     if cost > 0:
         counted["spentUsd"] = round(cost, 6)
     bump(ctx, counted)
+
+
+def _reported_late(job: Job) -> frozenset[str]:
+    """The runs of `job` a lost lease has reported (`leases.report`)."""
+    return frozenset(run.run_id for run in job.runs if run.late_report is not None)
 
 
 def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:

@@ -95,6 +95,22 @@ class LeaseEnd(Model):
     digest: str
 
 
+class LateReport(Model):
+    """What a run's factory reported after its lease was taken from it (preempted, expired and
+    requeued, or given back by an operator): once, by that lease (`leases.report`). Kept apart
+    from what the holder reported while it held the lease, which it does not change."""
+
+    at: Time
+    insights: dict[str, Any] = Field(default_factory=dict)
+    pr_url: str | None = None
+    branch: str | None = None
+    artifacts: list[Any] = Field(default_factory=list)
+    #: Digest of the report's body (`leases.request_digest`): a repeat is answered, not refused.
+    digest: str
+    #: Whether its cost beyond the run's own (`Run.late_usd`) has been added to the budget.
+    accrued: bool = False
+
+
 class Run(Model):
     """One claim of a job by a factory."""
 
@@ -115,10 +131,33 @@ class Run(Model):
     #: The holder's own write that ended the run's lease, if one did (not an expiry, a
     #: preemption or an operator): a repeat of exactly that write is answered, not refused.
     ended_by: LeaseEnd | None = None
+    #: The lease the run was held under, recorded as the run ends: what a report of the run
+    #: after its lease was taken names (`late_report`). Answered only as `Lease.lease_id` is.
+    lease_id: str | None = None
+    #: What its factory reported once it had lost the lease, if it did.
+    late_report: LateReport | None = None
 
-    @field_serializer("reservation")
-    def _reserved_for_reader(self, reservation: str | None, info: SerializationInfo) -> str | None:
-        return _shown(reservation, self.factory_id, info)
+    @field_serializer("reservation", "lease_id")
+    def _reserved_for_reader(self, lease_id: str | None, info: SerializationInfo) -> str | None:
+        return _shown(lease_id, self.factory_id, info)
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What the run cost: the larger of what its holder reported and what its lost lease
+        reported later (each is a command's figure for the whole run), as accrued; None if
+        neither said."""
+        late = self.late_report.insights.get("costUsd") if self.late_report else None
+        said = [float(usd) for usd in (self.insights.get("costUsd"), late) if usd is not None]
+        return max(said) if said else None
+
+    @property
+    def late_usd(self) -> float:
+        """What the late report adds to the cost its holder had reported: the budget's and
+        the day's share of it, never negative."""
+        if self.late_report is None:
+            return 0.0
+        late = float(self.late_report.insights.get("costUsd") or 0.0)
+        return max(0.0, late - float(self.insights.get("costUsd") or 0.0))
 
 
 class Event(Model):

@@ -11,6 +11,12 @@ Retries are safe. A write that ends its own lease (every release, and the autosh
 write). The same write repeated by the same lease — its answer was lost — is answered with the
 job as it stands and changes nothing: no second attempt, accrual or run end. Any other write
 by that lease is still `lease_lost`.
+
+A lease taken from its holder (preempted, expired and requeued, given back by an operator) may
+still report, once, what its run did (`report`): the run's cost would otherwise never reach the
+budget, since a factory learns the cost as its command ends, after the lease is gone. The report
+changes nothing of the job but that run's `lateReport`, and its cost beyond what the holder had
+reported is accrued once, as its own accrual (`{runId}:late`).
 """
 from __future__ import annotations
 
@@ -22,8 +28,8 @@ from pydantic import BaseModel
 
 from fleet import effects, errors, lifecycle, liveness, outage, weight_registry, writes
 from fleet.context import Context
-from fleet.jobs import Job, LeaseEnd, product_of
-from fleet.schemas import PatchBody, ReleaseBody, ReleaseResult
+from fleet.jobs import Job, LateReport, LeaseEnd, product_of
+from fleet.schemas import PatchBody, ReleaseBody, ReleaseResult, ReportBody
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 
 
@@ -160,6 +166,46 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
         return job.with_event(now, "released", factory, stage=job.stage.value)
 
     return _write(ctx, id, body.lease_id, "release", body, change, keyed_with)
+
+
+def report(ctx: Context, id: str, body: ReportBody) -> Job:
+    """Record what the run held under `body.lease_id` did, reported after that lease was taken
+    from its holder: on that run only, once (the same report again is answered with the job as
+    it stands). Refused while the lease is the job's (PATCH or release it), for a run its holder
+    ended itself (that write carried its report), and for a lease that ran no run the job keeps."""
+    digest = request_digest("report", body)
+    reported = {
+        "insights": body.insights.model_dump(exclude_none=True) if body.insights else {},
+        "pr_url": body.pr_url,
+        "branch": body.branch,
+        "artifacts": [a if isinstance(a, str) else a.model_dump(exclude_none=True) for a in body.artifacts],
+    }
+
+    def change(job: Job, _: None, now: datetime) -> Job | None:
+        if job.lease is not None and job.lease.lease_id == body.lease_id:
+            raise errors.IllegalTransition(f"lease {body.lease_id} still holds job {id}: PATCH or release it")
+        at = next((n for n in range(len(job.runs) - 1, -1, -1) if job.runs[n].lease_id == body.lease_id), None)
+        if at is None:
+            raise errors.NotFound(f"job {id} keeps no run held under lease {body.lease_id}")
+        run = job.runs[at]
+        if not ctx.principal.holds(run.factory_id):
+            raise errors.Forbidden(f"the run under lease {body.lease_id} was another factory's than this principal's")
+        if run.ended_by is not None:
+            raise errors.IllegalTransition(f"run {run.run_id} was ended by its holder's own {run.ended_by.write}")
+        if run.late_report is not None:
+            if run.late_report.digest == digest:
+                return None  # a repeat: the job as it stands is the answer
+            raise errors.IdempotencyConflict(f"run {run.run_id} was already reported, with a different body")
+        late = run.model_copy(update={"late_report": LateReport(at=now, digest=digest, **reported)})
+        if late.late_usd:
+            changed = job.model_copy(update={"accrual_pending": True})
+        else:  # it adds nothing to what the run's own accrual counts
+            late = late.model_copy(update={"late_report": late.late_report.model_copy(update={"accrued": True})})
+            changed = job
+        runs = [*job.runs[:at], late, *job.runs[at + 1:]]
+        return changed.model_copy(update={"runs": runs}).with_event(now, "run_reported", run.factory_id, runId=run.run_id)
+
+    return effects.change(ctx, id, change).job
 
 
 def _release_target(body: ReleaseBody) -> Stage | ReleaseResult | None:

@@ -14,12 +14,15 @@ from fleet.stages import FINISHED, TERMINAL, RunResult, Stage
 
 
 def end_run(job: Job, now: datetime, result: RunResult | None, **report: Any) -> Job:
-    """Close the latest run (if open) with `result`, merging what the factory reported.
-    A run already closed keeps its end time; a later outcome (a parked run shipped) sets its result."""
+    """Close the latest run (if open) with `result`, merging what the factory reported, and
+    record the lease it ran under. A run already closed keeps its end time; a later outcome (a
+    parked run shipped) sets its result."""
     run = job.latest_run
     if run is None:
         return job
     update: dict[str, Any] = {"ended_at": run.ended_at or now}
+    if run.ended_at is None and job.lease is not None:
+        update["lease_id"] = job.lease.lease_id  # what a late report of the run names
     if result is not None:
         update["result"] = result
     if report.get("insights"):

@@ -164,6 +164,10 @@ class ReleaseResult(str, Enum):
     RELEASED = "released"  # given back unfinished: back to the queue with its checkpoint, attempts unchanged
 
 
+PrUrl = Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")]
+Artifacts = Annotated[list[Artifact | Link], Field(max_length=100)]
+
+
 class ReleaseBody(Body):
     """`POST /fleet/jobs/{id}/lease/release`."""
 
@@ -171,11 +175,30 @@ class ReleaseBody(Body):
     stage: Stage | None = None
     result: ReleaseResult | None = None
     insights: Insights | None = None
-    pr_url: Annotated[str, StringConstraints(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")] | None = None
+    pr_url: PrUrl | None = None
     branch: Branch | None = None
-    artifacts: Annotated[list[Artifact | Link], Field(max_length=100)] = []
+    artifacts: Artifacts = []
     #: Where to resume from: free-form JSON, at most 64 KiB.
     checkpoint: Annotated[Any, AfterValidator(_bounded(64 * 1024))] = None
+
+
+class ReportBody(Body):
+    """`POST /fleet/jobs/{id}/lease/report`: what a run did, reported by the lease it ran under
+    after that lease was taken from it (preempted, expired, given back by an operator)."""
+
+    lease_id: Name
+    insights: Insights | None = None
+    pr_url: PrUrl | None = None
+    branch: Branch | None = None
+    artifacts: Artifacts = []
+
+    @model_validator(mode="after")
+    def _says_something(self) -> "ReportBody":
+        if not (self.insights and self.insights.model_dump(exclude_none=True)) and not (
+            self.pr_url or self.branch or self.artifacts
+        ):
+            raise ValueError("a report names insights, prUrl, branch or artifacts")
+        return self
 
 
 class PauseBody(Body):

@@ -4,9 +4,14 @@ Order of writes (each idempotent): the job's own write ends the run and sets
 `accrualPending`; then each ended, unaccrued run is accrued to the budget by run id (the
 budget remembers the id, so a replay adds nothing); then the job's runs are marked `accrued`
 and the flag cleared. A crash anywhere leaves `accrualPending` set, and the sweep replays.
+
+A run reported late by the lease taken from it (`leases.report`) accrues what that report adds
+to the run's own cost as an accrual of its own, `{runId}:late`, whether or not the run's own
+accrual has happened yet: the two never count the same dollar.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from fleet import batch, budget_rules, budgets, errors, queue_state, store, writes
@@ -19,34 +24,69 @@ def settle(ctx: Context, job: Job) -> Job:
     if not job.accrual_pending or not ctx.settings.budgets:
         return job
     now = ctx.clock.now()
-    due = tuple(run for run in job.runs if run.ended_at is not None and not run.accrued)
+    due = _due(job.runs)
     budgets.change(ctx, job.product_id, lambda budget: _accrued(budget, due, now))
-    if any(run.reservation for run in due):
+    if any(accrual.reservation for accrual in due):
         # The reservation gave way to what the run really cost: claims may fit again.
         queue_state.bump(ctx, job.product_id)
+    done = frozenset(accrual.id for accrual in due)
     try:
-        return writes.change(ctx, job.id, _marked, frozenset(run.run_id for run in due), current=job, request=False).job
+        return writes.change(ctx, job.id, _marked, done, current=job, request=False).job
     except errors.NotFound:
         return job
 
 
-def _accrued(budget: budget_rules.Budget, due: tuple[Run, ...], now: datetime) -> budget_rules.Budget | None:
-    """`budget` with every run in `due` accrued once (in one write); None if all were counted."""
+@dataclass(frozen=True)
+class _Accrual:
+    """One amount a run adds to its budget, once by `id`."""
+
+    id: str
+    usd: float
+    reservation: str | None
+    ended_at: datetime | None
+
+
+def late_id(run: Run) -> str:
+    """The accrual id of what `run`'s late report adds to its cost."""
+    return f"{run.run_id}:late"
+
+
+def _due(runs: list[Run]) -> tuple[_Accrual, ...]:
+    """What the ended runs have still to accrue: each one's own cost, and what a late report
+    added to it."""
+    due = []
+    for run in runs:
+        if run.ended_at is not None and not run.accrued:
+            due.append(_Accrual(run.run_id, float(run.insights.get("costUsd") or 0.0), run.reservation, run.ended_at))
+        if run.late_report is not None and not run.late_report.accrued:
+            due.append(_Accrual(late_id(run), run.late_usd, None, run.ended_at))
+    return tuple(due)
+
+
+def _accrued(budget: budget_rules.Budget, due: tuple[_Accrual, ...], now: datetime) -> budget_rules.Budget | None:
+    """`budget` with every accrual in `due` added once (in one write); None if all were counted."""
     accrued = budget
-    for run in due:
-        cost = float(run.insights.get("costUsd") or 0.0)
-        accrued = budget_rules.accrue(accrued, run.run_id, cost, now, run.reservation, run.ended_at) or accrued
+    for accrual in due:
+        added = budget_rules.accrue(accrued, accrual.id, accrual.usd, now, accrual.reservation, accrual.ended_at)
+        accrued = added or accrued
     return None if accrued is budget else accrued
 
 
 def _marked(job: Job, done: frozenset[str], now: datetime) -> Job | None:
-    """The runs in `done` marked accrued; the flag cleared unless a run ended since."""
+    """The accruals in `done` marked on their runs; the flag cleared unless one came due since."""
     if not job.accrual_pending:
         return None
-    runs = [r.model_copy(update={"accrued": True}) if r.run_id in done else r for r in job.runs]
-    # A run that ended since we looked stays pending for the next settle.
-    pending = any(r.ended_at is not None and not r.accrued for r in runs)
-    return job.model_copy(update={"runs": runs, "accrual_pending": pending})
+    runs = [_marked_run(run, done) for run in job.runs]
+    # A run that ended, or was reported late, since we looked stays pending for the next settle.
+    return job.model_copy(update={"runs": runs, "accrual_pending": bool(_due(runs))})
+
+
+def _marked_run(run: Run, done: frozenset[str]) -> Run:
+    if run.run_id in done:
+        run = run.model_copy(update={"accrued": True})
+    if run.late_report is not None and late_id(run) in done:
+        run = run.model_copy(update={"late_report": run.late_report.model_copy(update={"accrued": True})})
+    return run
 
 
 def replay_pending(ctx: Context) -> int:

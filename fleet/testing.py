@@ -33,7 +33,7 @@ from fleet import submit
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
 from fleet.jobs import Job, Run, cap_key, job_id
-from fleet.schemas import JobSpec, PatchBody, ReleaseBody
+from fleet.schemas import JobSpec, PatchBody, ReleaseBody, ReportBody
 from fleet.stages import Priority, Stage
 
 PRODUCT = "acme"
@@ -276,6 +276,10 @@ class World:
     def release(self, job: Job, *, lease_id: str | None = None, **body: Any) -> Job:
         lease_id = lease_id or job.lease.lease_id
         return leases.release(self.ctx, job.id, ReleaseBody(lease_id=lease_id, **body))
+
+    def report(self, job: Job, lease_id: str, **body: Any) -> Job:
+        """The late report of the run `lease_id` held (`leases.report`)."""
+        return leases.report(self.ctx, job.id, ReportBody(lease_id=lease_id, **body))
 
     def act(self, job: Job, action: str, **body: Any) -> Job:
         return actions.apply(self.ctx, job.id, actions.Action(action), **body)

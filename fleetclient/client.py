@@ -9,7 +9,8 @@ models (`fleet.jobs.Job`, `fleet.claims.Claimed`, `fleet.factories.Heartbeat`, .
         if claim.job:
             fleet.patch_job(claim.job.id, claim.lease.lease_id, "building")
 
-Calls that are safe to repeat (reads, heartbeats, submit, PUTs, operator actions, children)
+Calls that are safe to repeat (reads, heartbeats, submit, PUTs, operator actions, children,
+late run reports)
 are retried with jittered backoff on connection errors, timeouts and 429/502/503/504, honouring
 `Retry-After`. Calls that are not (claim, PATCH, lease release, review) are retried only when the
 connection could not even be made (see `fleetclient.retry`). Errors are raised as the typed
@@ -152,6 +153,25 @@ class FleetClient:
         })
         path = f"/fleet/jobs/{_seg(job_id)}/lease/release"
         return Job.model_validate(self._http.call("POST", path, json=body, safe=False).body)
+
+    def report_run(
+        self,
+        job_id: str,
+        lease_id: str,
+        *,
+        insights: Mapping[str, Any] | None = None,
+        pr_url: str | None = None,
+        branch: str | None = None,
+        artifacts: Iterable[Any] | None = None,
+    ) -> Job:
+        """`POST /fleet/jobs/{id}/lease/report`: report what the run held under `lease_id` did,
+        once that lease was taken (preempted, expired, given back by an operator), so its cost
+        reaches the budget. Retried like a read: the same report again counts nothing more."""
+        body = _compact({
+            "leaseId": lease_id, "insights": insights, "prUrl": pr_url, "branch": branch,
+            "artifacts": list(artifacts) if artifacts else None,
+        })
+        return Job.model_validate(self._http.call("POST", f"/fleet/jobs/{_seg(job_id)}/lease/report", json=body).body)
 
     def action(self, job_id: str, action: str, reason: str | None = None, actor: str | None = None) -> Job:
         """`POST /fleet/jobs/{id}/actions/{action}`: `requeue`, `reject`, `cancel` or `ship`."""

@@ -13,8 +13,12 @@ The command runs in its own working directory with the job in its environment:
 `FLEET_KEY` and `FLEET_TOKEN` are not passed on: the command is an agent working on untrusted code.
 
 A seat is stopped from outside with `stop()`: `revoked` (the coordinator took the lease away:
-stop the command, write nothing) or `drain` (the runner is shutting down: stop the command and
-give the job back with its checkpoint).
+stop the command, write nothing to the job) or `drain` (the runner is shutting down: stop the
+command and give the job back with its checkpoint).
+
+Whenever the lease is lost after the command ran (revoked while it ran, or a write refused with
+`lease_lost`), what the command reported (its cost, a PR) is sent once with
+`POST /fleet/jobs/{id}/lease/report`, so the run's cost still reaches the product's budget.
 """
 from __future__ import annotations
 
@@ -94,6 +98,8 @@ class Seat:
         self.renewed(claim.lease.expires_at)
         #: How the seat ended: shipped, parked, retry, given_back, revoked, lost, failed.
         self.outcome: str | None = None
+        #: Whether the coordinator refused a write for the lease being gone.
+        self.lease_lost = False
 
     # Called from other threads
 
@@ -180,6 +186,7 @@ class Seat:
         reason = self.stop_reason if code is None else None
         if reason == StopReason.REVOKED:
             log.warning("job %s: lease revoked; command stopped", job.id)
+            self._report_late(report)
             return "revoked"
         if reason == StopReason.DRAIN:
             checkpoint = _read_json(checkpoint_file)
@@ -198,13 +205,13 @@ class Seat:
                                                                          "factoryError": str(exc)[:400]})
             report = report.with_pull_request(pr.url, pr.branch)
         if self._patch("testing", insights=report.insights) is None:
-            return "lost"
+            return self._lost(report)
         if not self.settings.autoship:
             return self._release("parked", stage="testing", **report.release_fields())
         if report.delivers:
             # A PATCH carries only insights; a terminal release records the PR, branch and artifacts too.
             return self._release("shipped", stage="shipped", **report.release_fields())
-        return "shipped" if self._patch("shipped", insights=report.insights) else "lost"
+        return "shipped" if self._patch("shipped", insights=report.insights) else self._lost(report)
 
     def _execute(self, cwd: Path, env: dict[str, str]) -> tuple[int | None, str | None]:
         """Run the command; its exit code (None if it was stopped) and last stdout line."""
@@ -252,9 +259,30 @@ class Seat:
 
         job = self._fenced("release", write, lambda job: job.lease is None or job.lease.lease_id != self.lease_id)
         if job is None:
-            return "lost"
+            reported = {k: fields[k] for k in ("insights", "pr_url", "branch", "artifacts") if k in fields}
+            return self._lost(Report(**reported))
         log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
         return outcome
+
+    def _lost(self, report: Report) -> str:
+        """A write was not made: if for the lease being gone, report the run late."""
+        if self.lease_lost:
+            self._report_late(report)
+        return "lost"
+
+    def _report_late(self, report: Report) -> None:
+        """Send what the command reported, once the lease is gone, so its cost is counted; a
+        refusal is logged, never the seat's failure."""
+        fields = {k: v for k, v in report.release_fields().items() if v}
+        if not fields:
+            return
+        try:
+            self.client.report_run(self.job.id, self.lease_id, **fields)
+        except errors.FleetClientError as exc:
+            log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+            return
+        cost = (report.insights or {}).get("costUsd")
+        log.info("job %s: reported the run of the lost lease%s", self.job.id, f" (cost {cost})" if cost is not None else "")
 
     def _fenced(self, what: str, write: Callable[[], Job], landed: Callable[[Job], bool]) -> Job | None:
         """Make a lease-fenced write. Without an answer it is not repeated blindly: the job is
@@ -265,6 +293,7 @@ class Seat:
                 return write()
             except errors.LeaseLost:
                 log.warning("job %s: %s refused, lease lost (the job is no longer ours)", self.job.id, what)
+                self.lease_lost = True
                 return None
             except (errors.FleetUnreachable, errors.StoreBusy) as exc:
                 wait = backoff.delay(attempt, getattr(exc, "retry_after", None))
@@ -281,6 +310,7 @@ class Seat:
                 return job
             if job.lease is None or job.lease.lease_id != self.lease_id:
                 log.warning("job %s: lease lost while writing %s", self.job.id, what)
+                self.lease_lost = True
                 return None
         log.error("job %s: gave up on %s after %d tries", self.job.id, what, WRITE_ATTEMPTS)
         return None

@@ -75,7 +75,7 @@ def job_detail(job: Job) -> str:
         parts.append("runs:\n" + table(
             ["RUN", "FACTORY", "STARTED", "ENDED", "RESULT", "COST", "PR"],
             [[run.run_id, run.factory_id, when(run.started_at), when(run.ended_at) if run.ended_at else None,
-              run.result, usd(run.insights.get("costUsd")) if "costUsd" in run.insights else None, run.pr_url]
+              run.result, _run_cost(run), run.pr_url or (run.late_report.pr_url if run.late_report else None)]
              for run in job.runs],
         ))
     if job.events:
@@ -145,3 +145,10 @@ def budget(b: budget_rules.BudgetView) -> str:
         ("paused", paused),
         ("claims", f"refused ({b.refusal.value})" if b.refusal else "open"),
     ])
+
+
+def _run_cost(run) -> str | None:
+    """A run's cost (`Run.cost_usd`), marked when its lost lease reported it late."""
+    if run.cost_usd is None:
+        return None
+    return usd(run.cost_usd) + (" (late)" if run.late_report else "")

@@ -13,6 +13,7 @@ BODY_ENDPOINTS = [
     ("POST", "/fleet/jobs"),
     ("PATCH", f"/fleet/jobs/{JOB}"),
     ("POST", f"/fleet/jobs/{JOB}/lease/release"),
+    ("POST", f"/fleet/jobs/{JOB}/lease/report"),
     ("POST", f"/fleet/jobs/{JOB}/actions/ship"),
     ("POST", "/fleet/claim"),
     ("POST", f"/fleet/jobs/{JOB}/claim"),

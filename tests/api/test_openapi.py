@@ -264,10 +264,16 @@ def test_every_answer_is_what_the_document_says(flagged_api, doc):
     call("POST", "/fleet/budgets/other/pause", status=404)
     # a critical job preempts the low one its factory holds at its seat limit
     call("POST", "/fleet/jobs", {"productId": "q", "idempotencyKey": "low", "priority": "low"}, status=201)
-    call("POST", "/fleet/claim", {"factoryId": "g", "productId": "q", "seatLimit": 1}, status=200)
+    low = call("POST", "/fleet/claim", {"factoryId": "g", "productId": "q", "seatLimit": 1}, status=200)
     call("POST", "/fleet/jobs", {"productId": "q", "idempotencyKey": "crit", "priority": "critical"}, status=201)
     preempting = call("POST", "/fleet/claim", {"factoryId": "g", "productId": "q", "seatLimit": 1}, status=200)
     assert preempting["preempted"]
+    # and the lease it lost reports what its run cost, once
+    late = {"leaseId": low["lease"]["leaseId"], "insights": {"costUsd": 0.25}}
+    call("POST", f"/fleet/jobs/{low['job']['id']}/lease/report", late, status=200)
+    call("POST", f"/fleet/jobs/{low['job']['id']}/lease/report", {**late, "insights": {"costUsd": 1}}, status=409)
+    call("POST", f"/fleet/jobs/{low['job']['id']}/lease/report", {"leaseId": "never"}, status=400)
+    call("POST", f"/fleet/jobs/{low['job']['id']}/lease/report", {**late, "leaseId": "never"}, status=404)
     viewer = call("POST", "/fleet/tokens", {"role": "viewer", "products": ["p"]}, status=201)
     call("POST", "/fleet/tokens", {"role": "factory"}, status=400)
     call("POST", "/fleet/tokens", {"role": "viewer"}, status=403, token=viewer["token"])

@@ -42,3 +42,14 @@ def test_a_job_page_takes_no_time_from_another_factorys_document(world, running_
     clock.advance(200)
     world.heartbeat("factory-2", running=[])
     assert views.detail(world.ctx, job.id).lease_until == own
+
+
+def test_a_job_page_shows_a_runs_cost_reported_late_by_its_lost_lease(world, running_job):
+    job = running_job("job")
+    lease = job.lease.lease_id
+    world.patch(job, "building", insights={"costUsd": 0.5})
+    world.act(world.job(job), "requeue")
+    world.report(world.job(job), lease, insights={"costUsd": 1.5}, pr_url="https://example.com/pr/9")
+
+    run = views.detail(world.ctx, job.id).runs[0]
+    assert (run["cost"], run["late"], run["pr_url"]) == (1.5, True, "https://example.com/pr/9")

@@ -28,14 +28,17 @@ def all_jobs(world: World) -> list[Job]:
 
 
 def cost_of_ended_runs(world: World) -> float:
-    """The truth the budget must agree with: every ended run's reported cost."""
+    """The truth the budget must agree with: every ended run's reported cost (by its holder, or
+    later by its lost lease: `Run.cost_usd`)."""
     jobs = all_jobs(world)
     assert all(job.runs_dropped == 0 for job in jobs), "a run left the ring: the sum below would be short"
-    return sum(float(run.insights.get("costUsd") or 0) for job in jobs for run in job.runs if run.ended_at)
+    return sum(run.cost_usd or 0 for job in jobs for run in job.runs if run.ended_at)
 
 
 def cost_marked_accrued(world: World) -> float:
-    return sum(float(run.insights.get("costUsd") or 0) for job in all_jobs(world) for run in job.runs if run.accrued)
+    runs = [run for job in all_jobs(world) for run in job.runs]
+    own = sum(float(run.insights.get("costUsd") or 0) for run in runs if run.accrued)
+    return own + sum(run.late_usd for run in runs if run.late_report and run.late_report.accrued)
 
 
 def pending(world: World) -> list[str]:
@@ -177,6 +180,71 @@ def test_runs_that_ended_while_budgets_were_off_are_not_charged_to_the_current_w
         assert not any(on.job(job).accrual_pending for job in history)
         on.submit_job("this-month")
         assert on.claim().job.idempotency_key == "this-month"
+
+
+# A run reported late by the lease taken from it
+
+
+def _taken(world, ended_by: str, cost_so_far: float | None):
+    """A running job whose run `ended_by` ends (expire, preempt, an operator's action), its
+    holder having PATCHed `cost_so_far` (None: nothing): the job, and the lease it lost."""
+    job = world.running_job("work", priority="low")
+    end = {"expire": expire, "preempt": preempt}.get(ended_by) or operator(ended_by)
+    return world.job(end(world, job, cost_so_far)), job.lease.lease_id
+
+
+@pytest.mark.parametrize("ended_by", ["expire", "preempt", "requeue", "cancel"])
+@pytest.mark.parametrize("cost_so_far, reported, counted", [(None, 2.5, 2.5), (1.0, 2.5, 2.5), (3.0, 2.5, 3.0)],
+                         ids=["nothing-before", "part-before", "more-before"])
+def test_a_late_report_counts_what_the_run_cost_once(world, ended_by, cost_so_far, reported, counted):
+    # Given a budget, and a run taken from its factory (which may have PATCHed a cost before)
+    world.put_budget(100.0)
+    job, lease = _taken(world, ended_by, cost_so_far)
+    assert job.lease is None or job.lease.lease_id != lease
+    assert spent(world) == (cost_so_far or 0.0)
+    # When its lost lease reports the run's whole cost, and repeats the report
+    reported_job = world.report(job, lease, insights={"costUsd": reported})
+    world.report(job, lease, insights={"costUsd": reported})
+    # Then the budget holds the run's cost once (a lower late figure adds nothing)
+    run = next(r for r in world.job(job).runs if r.lease_id == lease)
+    assert (run.late_report.accrued, run.cost_usd, spent(world)) == (True, counted, counted)
+    assert reported_job.stage == job.stage and pending(world) == []
+    sweep.run(world.ctx)
+    assert spent(world) == counted
+
+
+def test_a_late_report_landing_while_the_runs_own_accrual_is_in_flight_counts_both_once(world, faulty):
+    # Given a job with an estimate (its run's end has an accrual to make even without a cost)
+    world.put_budget(100.0)
+    job = world.running_job("work", priority="low", estimated_cost_usd=1.0)
+    lease = job.lease.lease_id
+    other_process = world.with_settings()
+    # When the run is preempted, and its lost lease's report lands just as the preemption's
+    # follow-up writes the budget
+    reports = []
+    faulty.meanwhile("replace", "budgets", lambda: reports.append(
+        other_process.report(job, lease, insights={"costUsd": 2.0})))
+    world.heartbeat("factory-1", seat_limit=1, running=[job])
+    world.submit_job("urgent", priority="critical")
+    assert world.claim("factory-1").preempted == [job.id]
+    assert len(reports) == 1
+    # Then the run's own accrual (nothing reported by its holder) and its late one are each
+    # counted once, and marked
+    sweep.run(world.ctx)
+    run = world.job(job).runs[0]
+    assert (spent(world), run.accrued, run.late_report.accrued, pending(world)) == (2.0, True, True, [])
+    assert world.budget().reserved_usd == 0
+
+
+def test_a_crash_after_a_late_reports_write_is_finished_by_the_sweep(world, faulty):
+    world.put_budget(100.0)
+    job, lease = _taken(world, "requeue", 0.5)
+    faulty.crash("replace", "budgets")
+    world.report(job, lease, insights={"costUsd": 2.0})
+    assert (spent(world), pending(world)) == (0.5, [job.id])
+    assert sweep.run(world.ctx)["accrued"] == 1
+    sweep.run(world.ctx)
+    assert (spent(world), pending(world)) == (2.0, [])
 
 
 # Crashes between the job's write and the budget's
@@ -324,7 +392,8 @@ FACTORIES = st.sampled_from(["factory-1", "factory-2"])
 
 class SpendLedger(RuleBasedStateMachine):
     """Jobs (some with estimated costs) are claimed, report costs, ship, park, retry, give back,
-    expire, get preempted, shipped and requeued by operators, swept and replayed — while the
+    expire, get preempted, shipped and requeued by operators, swept and replayed, reported late
+    by the leases taken from them — while the
     store crashes at random calls. Invariants: spend never exceeds what ended runs cost and
     never falls below what runs are marked as counted; with nothing pending, it is exactly what
     ended runs cost; every live claim holds its estimate, and none is held once all have ended."""
@@ -468,6 +537,25 @@ class SpendLedger(RuleBasedStateMachine):
         else:
             raise AssertionError("a stale lease wrote")
         assert self.world.job(job_id).to_doc() == before
+
+    @rule(pick=st.integers(0, 50), cost=COSTS, any_old=st.booleans())
+    def a_lost_lease_reports_its_run_late(self, pick, cost, any_old):
+        # mostly a run that was taken from its lease (expired, preempted, an operator's), else
+        # any old lease (whose report may be refused)
+        taken = [(job.id, run.lease_id) for job in all_jobs(self.world) for run in job.runs
+                 if run.ended_at and run.ended_by is None and run.lease_id]
+        leases = self.old_leases if any_old or not taken else taken
+        if not leases or cost is None:
+            return
+        job_id, lease_id = leases[pick % len(leases)]
+
+        def report():
+            try:
+                self.world.report(self.world.job(job_id), lease_id, insights={"costUsd": cost})
+            except (errors.NotFound, errors.IdempotencyConflict):
+                pass  # its run ended by its own write is IllegalTransition, caught by `_attempt`
+
+        self._attempt(report)
 
     # invariants
 

@@ -52,6 +52,7 @@ ROWS: dict[str, Row] = {
     "get_job": Row("GET", f"/fleet/jobs/{A}"),
     "patch_job": Row("PATCH", f"/fleet/jobs/{A}", lambda r: {"leaseId": "not-the-lease", "stage": "building"}),
     "release_lease": Row("POST", f"/fleet/jobs/{A}/lease/release", lambda r: {"leaseId": "not-the-lease", "result": "retry"}),
+    "report_run": Row("POST", f"/fleet/jobs/{A}/lease/report", lambda r: {"leaseId": "not-the-lease", "insights": {"costUsd": 1}}),
     "job_action": Row("POST", f"/fleet/jobs/{job_id(P, 'spare')}/actions/ship", lambda r: {"reason": "table"}),
     "add_children": Row("POST", f"/fleet/jobs/{COMPOSITE}/children", lambda r: {"children": [{"idempotencyKey": f"c-{r}"}]}),
     "get_dag": Row("GET", f"/fleet/jobs/{COMPOSITE}/dag"),
@@ -254,6 +255,7 @@ def test_a_principal_scoped_to_another_product_learns_nothing_of_it(coordinator)
     for method, path, body in [
         ("PATCH", f"/fleet/jobs/{A}", {"leaseId": "x", "stage": "building"}),
         ("POST", f"/fleet/jobs/{A}/lease/release", {"leaseId": "x", "result": "retry"}),
+        ("POST", f"/fleet/jobs/{A}/lease/report", {"leaseId": "x", "insights": {"costUsd": 1}}),
         ("POST", f"/fleet/jobs/{A}/claim", {"factoryId": "fq"}),
     ]:
         _problem(c.call(method, path, body, factory_q), 404, "not_found")

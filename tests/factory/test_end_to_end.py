@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 #: The job command of every scenario, steered by its environment:
 #: SLOW=1 (or SLOW_UNLESS_CRITICAL=1 for a non-critical job) leaves a checkpoint, writes
 #: `<job>.pid` and sleeps (SLOW_SECONDS, default 60), and with IGNORE_TERM=1 it ignores SIGTERM
-#: and starts a child in its process group; then, or otherwise, it logs `<job> <factory>` to
+#: and starts a child in its process group, or with REPORT_ON_TERM=1 it reports a cost of 0.3 as
+#: SIGTERM stops it; then, or otherwise, it logs `<job> <factory>` to
 #: ran.log, works briefly, and reports its cost. Every job first writes `<job>.beside`: the
 #: commands of other jobs (their `.pid`) still running as it starts.
 AGENT = """
@@ -40,6 +41,11 @@ if os.environ.get("SLOW") or (os.environ.get("SLOW_UNLESS_CRITICAL") and job["pr
     pids = [os.getpid()]
     if os.environ.get("IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif os.environ.get("REPORT_ON_TERM"):
+        def stopped(*_):
+            print(json.dumps({"insights": {"costUsd": 0.3, "tokensIn": 40}}), flush=True)
+            os._exit(143)
+        signal.signal(signal.SIGTERM, stopped)
         pids.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid)
     pathlib.Path(os.environ["FLEET_CHECKPOINT_FILE"]).write_text(json.dumps({"progress": "halfway"}))
     (out / (name + ".pid")).write_text(" ".join(map(str, pids)))
@@ -168,8 +174,9 @@ def test_a_revoked_lease_stops_the_command(agent, product, start_runner, fast_se
 
 def test_a_preempted_job_is_stopped_for_a_critical_one(agent, product, start_runner, fast_server, fast_client):
     command, out = agent
+    fast_client.put_budget(product, 100.0, "daily")
     normal = fast_client.submit_job(product_id=product, idempotency_key="normal", title="normal").job
-    env = {"E2E_OUT": str(out), "SLOW_UNLESS_CRITICAL": "1", "AQ_FLEET_AUTOSHIP": "1"}
+    env = {"E2E_OUT": str(out), "SLOW_UNLESS_CRITICAL": "1", "REPORT_ON_TERM": "1", "AQ_FLEET_AUTOSHIP": "1"}
     args = runner_args("full", product, command, "--seats", "1", "--max-jobs", "2")
     runner = start_runner(fast_server.url, args, env)
     pids = wait_for(lambda: pids_of(out, normal.id), 15, "the normal job's command to start")
@@ -187,6 +194,11 @@ def test_a_preempted_job_is_stopped_for_a_critical_one(agent, product, start_run
     assert fast_client.get_job(critical.id).stage == Stage.SHIPPED
     preempted = fast_client.get_job(normal.id)
     assert preempted.stage == Stage.QUEUED and preempted.runs[-1].result == RunResult.PREEMPTED
+    # and what the stopped command cost was reported by its lost lease, and counted once with
+    # the critical job's own 0.5
+    late = preempted.runs[-1].late_report
+    assert late is not None and late.insights == {"costUsd": 0.3, "tokensIn": 40} and late.accrued, runner.log()
+    assert fast_client.get_budget(product).spent_usd == 0.8
 
 
 def test_a_critical_job_starts_only_once_the_command_it_evicted_has_stopped(
