@@ -106,15 +106,16 @@ def note_write(ctx: Context, before: Job | None, after: Job) -> None:
         if run.ended_at is not None and run.run_id not in ended_before
     )
     late_before = _reported_late(before) if before else frozenset()
-    cost += sum(run.late_usd for run in after.runs if run.late_report and run.run_id not in late_before)
+    cost += sum(run.late_usd for run in after.runs if run.run_id in _reported_late(after) - late_before)
     if cost > 0:
         counted["spentUsd"] = round(cost, 6)
     bump(ctx, counted)
 
 
 def _reported_late(job: Job) -> frozenset[str]:
-    """The runs of `job` a lost lease has reported (`leases.report`)."""
-    return frozenset(run.run_id for run in job.runs if run.late_report is not None)
+    """The ended runs of `job` a lost lease has reported (`leases.report`): a report reaching
+    an open run (its lease expired, not yet swept) counts when the sweep ends the run."""
+    return frozenset(run.run_id for run in job.runs if run.late_report is not None and run.ended_at is not None)
 
 
 def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:

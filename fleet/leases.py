@@ -16,7 +16,8 @@ A lease taken from its holder (preempted, expired and requeued, given back by an
 still report, once, what its run did (`report`): the run's cost would otherwise never reach the
 budget, since a factory learns the cost as its command ends, after the lease is gone. The report
 changes nothing of the job but that run's `lateReport`, and its cost beyond what the holder had
-reported is accrued once, as its own accrual (`{runId}:late`).
+reported is accrued once, as its own accrual (`{runId}:late`). A lease past its expiry is lost
+as soon as its writes are refused, before the sweep takes it off the job: it may report then.
 """
 from __future__ import annotations
 
@@ -171,8 +172,11 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
 def report(ctx: Context, id: str, body: ReportBody) -> Job:
     """Record what the run held under `body.lease_id` did, reported after that lease was taken
     from its holder: on that run only, once (the same report again is answered with the job as
-    it stands). Refused while the lease is the job's (PATCH or release it), for a run its holder
-    ended itself (that write carried its report), and for a lease that ran no run the job keeps."""
+    it stands). Refused while the lease holds the job (PATCH or release it), for a run its
+    holder ended itself (that write carried its report), and for a lease that ran no run the
+    job keeps. A lease past its expiry that the sweep has not yet taken off the job is lost
+    already (its writes are refused): its report waits on the open run, and is accrued once
+    the sweep ends it."""
     digest = request_digest("report", body)
     reported = {
         "insights": body.insights.model_dump(exclude_none=True) if body.insights else {},
@@ -180,13 +184,10 @@ def report(ctx: Context, id: str, body: ReportBody) -> Job:
         "branch": body.branch,
         "artifacts": [a if isinstance(a, str) else a.model_dump(exclude_none=True) for a in body.artifacts],
     }
+    now = ctx.clock.now()
 
-    def change(job: Job, _: None, now: datetime) -> Job | None:
-        if job.lease is not None and job.lease.lease_id == body.lease_id:
-            raise errors.IllegalTransition(f"lease {body.lease_id} still holds job {id}: PATCH or release it")
-        at = next((n for n in range(len(job.runs) - 1, -1, -1) if job.runs[n].lease_id == body.lease_id), None)
-        if at is None:
-            raise errors.NotFound(f"job {id} keeps no run held under lease {body.lease_id}")
+    def change(job: Job, standing: outage.Standing, now: datetime) -> Job | None:
+        at = _reported_run(job, body.lease_id, standing, now)
         run = job.runs[at]
         if not ctx.principal.holds(run.factory_id):
             raise errors.Forbidden(f"the run under lease {body.lease_id} was another factory's than this principal's")
@@ -197,15 +198,32 @@ def report(ctx: Context, id: str, body: ReportBody) -> Job:
                 return None  # a repeat: the job as it stands is the answer
             raise errors.IdempotencyConflict(f"run {run.run_id} was already reported, with a different body")
         late = run.model_copy(update={"late_report": LateReport(at=now, digest=digest, **reported)})
-        if late.late_usd:
-            changed = job.model_copy(update={"accrual_pending": True})
-        else:  # it adds nothing to what the run's own accrual counts
+        changed = job
+        if not late.late_usd:  # it adds nothing to what the run's own accrual counts
             late = late.model_copy(update={"late_report": late.late_report.model_copy(update={"accrued": True})})
-            changed = job
+        elif late.ended_at is not None:  # an open run's end sets the flag (`lifecycle.end_run`)
+            changed = job.model_copy(update={"accrual_pending": True})
         runs = [*job.runs[:at], late, *job.runs[at + 1:]]
         return changed.model_copy(update={"runs": runs}).with_event(now, "run_reported", run.factory_id, runId=run.run_id)
 
-    return effects.change(ctx, id, change).job
+    current = writes.read(ctx, id)
+    standing = outage.grace_for(ctx, current, body.lease_id, now)
+    return effects.change(ctx, id, change, standing, current=current, now=now).job
+
+
+def _reported_run(job: Job, lease_id: str, standing: outage.Standing, now: datetime) -> int:
+    """The index of the run `lease_id` held: an ended one that names it, or the open run of
+    the job's own lease once that lease no longer holds (`outage.held`)."""
+    if job.lease is not None and job.lease.lease_id == lease_id:
+        if outage.held(job, lease_id, now, standing):
+            raise errors.IllegalTransition(f"lease {lease_id} still holds job {job.id}: PATCH or release it")
+        run = job.latest_run
+        if run is not None and run.ended_at is None:
+            return len(job.runs) - 1
+    at = next((n for n in range(len(job.runs) - 1, -1, -1) if job.runs[n].lease_id == lease_id), None)
+    if at is None:
+        raise errors.NotFound(f"job {job.id} keeps no run held under lease {lease_id}")
+    return at
 
 
 def _release_target(body: ReleaseBody) -> Stage | ReleaseResult | None:

@@ -34,7 +34,8 @@ def end_run(job: Job, now: datetime, result: RunResult | None, **report: Any) ->
         update["artifacts"] = [*run.artifacts, *report["artifacts"]]
     job = job.with_latest_run(**update)
     ended = job.latest_run
-    if not ended.accrued and (ended.insights.get("costUsd") or job.estimated_cost_usd is not None):
+    late = ended.late_report is not None and not ended.late_report.accrued
+    if late or (not ended.accrued and (ended.insights.get("costUsd") or job.estimated_cost_usd is not None)):
         job = job.model_copy(update={"accrual_pending": True})
     return job
 

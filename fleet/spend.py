@@ -7,7 +7,8 @@ and the flag cleared. A crash anywhere leaves `accrualPending` set, and the swee
 
 A run reported late by the lease taken from it (`leases.report`) accrues what that report adds
 to the run's own cost as an accrual of its own, `{runId}:late`, whether or not the run's own
-accrual has happened yet: the two never count the same dollar.
+accrual has happened yet (once the run has ended: a report may reach an open run whose lease
+expired before the sweep ends it): the two never count the same dollar.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def _due(runs: list[Run]) -> tuple[_Accrual, ...]:
     for run in runs:
         if run.ended_at is not None and not run.accrued:
             due.append(_Accrual(run.run_id, float(run.insights.get("costUsd") or 0.0), run.reservation, run.ended_at))
-        if run.late_report is not None and not run.late_report.accrued:
+        if run.ended_at is not None and run.late_report is not None and not run.late_report.accrued:
             due.append(_Accrual(late_id(run), run.late_usd, None, run.ended_at))
     return tuple(due)
 

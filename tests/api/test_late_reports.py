@@ -66,6 +66,31 @@ def test_a_report_adds_only_what_the_holder_had_not_reported(flagged_api):
     assert _spent(api) == 1.25  # the run's whole cost, its PATCHed part counted once
 
 
+def test_a_lease_expired_before_the_sweep_reports_and_the_sweep_accrues_it(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "window": "daily"})
+    job = api.submit("k1")
+    lease = api.claim()["lease"]["leaseId"]
+    api.call("PATCH", f"/fleet/jobs/{job['id']}", {"leaseId": lease, "stage": "building", "insights": {"costUsd": 0.5}})
+    api.clock.advance(301)  # past the lease, the sweep not yet run: the job still names the lease
+    refused = api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "result": "shipped"})
+    assert refused.json["code"] == "lease_lost"
+    spent_today = activity.days(api.ctx, 1)[0].spent_usd
+
+    reported = _report(api, job["id"], lease, insights={"costUsd": 2.0})
+    assert reported.status_code == 200, reported.json
+    run = reported.json["runs"][-1]
+    assert run["endedAt"] is None and run["lateReport"]["accrued"] is False
+    assert reported.json["stage"] == "building" and _spent(api) == 0  # it waits for the run's end
+    assert _report(api, job["id"], lease, insights={"costUsd": 2.0}).status_code == 200  # a retry
+    api.run_timers_for(60)
+    swept = api.job(job["id"])
+    assert swept["stage"] == "queued" and swept["runs"][-1]["result"] == "expired"
+    assert swept["runs"][-1]["lateReport"]["accrued"] is True and swept["accrualPending"] is False
+    assert _spent(api) == 2.0  # the holder's 0.5 and the report's 1.5 more, each once
+    assert activity.days(api.ctx, 1)[0].spent_usd == spent_today + 2.0
+
+
 def test_a_run_given_back_by_an_operator_can_be_reported(flagged_api):
     api = flagged_api
     api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "window": "daily"})
