@@ -191,15 +191,15 @@ def report(ctx: Context, id: str, body: ReportBody) -> Job:
         run = job.runs[at]
         if not ctx.principal.holds(run.factory_id):
             raise errors.Forbidden(f"the run under lease {body.lease_id} was another factory's than this principal's")
-        if run.ended_by is not None:
-            raise errors.IllegalTransition(f"run {run.run_id} was ended by its holder's own {run.ended_by.write}")
         if run.late_report is not None:
             if run.late_report.digest == digest:
                 return None  # a repeat: the job as it stands is the answer
             raise errors.IdempotencyConflict(f"run {run.run_id} was already reported, with a different body")
+        if run.ended_by is not None:
+            raise errors.IllegalTransition(f"run {run.run_id} was ended by its holder's own {run.ended_by.write}")
         late = run.model_copy(update={"late_report": LateReport(at=now, digest=digest, **reported)})
         changed = job
-        if not late.late_usd:  # it adds nothing to what the run's own accrual counts
+        if late.ended_at is not None and not late.late_usd:  # it adds nothing to the run's own accrual
             late = late.model_copy(update={"late_report": late.late_report.model_copy(update={"accrued": True})})
         elif late.ended_at is not None:  # an open run's end sets the flag (`lifecycle.end_run`)
             changed = job.model_copy(update={"accrual_pending": True})

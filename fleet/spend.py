@@ -60,7 +60,8 @@ def _due(runs: list[Run]) -> tuple[_Accrual, ...]:
         if run.ended_at is not None and not run.accrued:
             due.append(_Accrual(run.run_id, float(run.insights.get("costUsd") or 0.0), run.reservation, run.ended_at))
         if run.ended_at is not None and run.late_report is not None and not run.late_report.accrued:
-            due.append(_Accrual(late_id(run), run.late_usd, None, run.ended_at))
+            # dated as it came: a window that began after the run ended still charges it
+            due.append(_Accrual(late_id(run), run.late_usd, None, max(run.ended_at, run.late_report.at)))
     return tuple(due)
 
 

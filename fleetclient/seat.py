@@ -205,13 +205,15 @@ class Seat:
                                                                          "factoryError": str(exc)[:400]})
             report = report.with_pull_request(pr.url, pr.branch)
         if self._patch("testing", insights=report.insights) is None:
-            return self._lost(report)
+            return self._lost(report, {"stage": "testing", **report.release_fields()})
         if not self.settings.autoship:
             return self._release("parked", stage="testing", **report.release_fields())
         if report.delivers:
             # A PATCH carries only insights; a terminal release records the PR, branch and artifacts too.
             return self._release("shipped", stage="shipped", **report.release_fields())
-        return "shipped" if self._patch("shipped", insights=report.insights) else self._lost(report)
+        if self._patch("shipped", insights=report.insights):
+            return "shipped"
+        return self._lost(report, {"stage": "shipped", **report.release_fields()})
 
     def _execute(self, cwd: Path, env: dict[str, str]) -> tuple[int | None, str | None]:
         """Run the command; its exit code (None if it was stopped) and last stdout line."""
@@ -257,32 +259,58 @@ class Seat:
                 bare = {k: v for k, v in fields.items() if k not in report}
                 return self.client.release_lease(self.job.id, self.lease_id, **bare)
 
-        job = self._fenced("release", write, lambda job: job.lease is None or job.lease.lease_id != self.lease_id)
+        job = self._fenced("release", write, self._ended_by_own_write)
         if job is None:
             reported = {k: fields[k] for k in ("insights", "pr_url", "branch", "artifacts") if k in fields}
-            return self._lost(Report(**reported))
+            return self._lost(Report(**reported), fields)
         log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
         return outcome
 
-    def _lost(self, report: Report) -> str:
-        """A write was not made: if for the lease being gone, report the run late."""
+    def _ended_by_own_write(self, job: Job) -> bool:
+        """Whether the job, read back, shows this lease ended by its holder's own write: a
+        lease merely gone was taken (preempted, expired, requeued) before the write landed."""
+        return any(run.ended_by is not None and run.ended_by.lease_id == self.lease_id for run in job.runs)
+
+    def _lost(self, report: Report, release: dict[str, Any]) -> str:
+        """A write was not made: if for the lease being gone, report the run late. `release`:
+        the release that ends the lease as the write meant to, should the lease hold again."""
         if self.lease_lost:
-            self._report_late(report)
+            self._report_late(report, release)
         return "lost"
 
-    def _report_late(self, report: Report) -> None:
+    def _report_late(self, report: Report, release: dict[str, Any] | None = None) -> None:
         """Send what the command reported, once the lease is gone, so its cost is counted; a
-        refusal is logged, never the seat's failure."""
+        refusal is logged, never the seat's failure. A lease refused as lost may hold again
+        (its factory's outage grace, decided by a coordinator instance that had seen the
+        outage): the report is then refused as `illegal_transition` and the lease is ended with
+        `release`, which carries the report, instead."""
         fields = {k: v for k, v in report.release_fields().items() if v}
         if not fields:
             return
         try:
             self.client.report_run(self.job.id, self.lease_id, **fields)
+        except errors.IllegalTransition as exc:
+            if release is None or not self._holds_again():
+                log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+                return
+            log.warning("job %s: the lost lease holds the job again; releasing it with the report", self.job.id)
+            try:
+                self.client.release_lease(self.job.id, self.lease_id, **{k: v for k, v in release.items() if v is not None})
+            except errors.FleetClientError as again:
+                log.warning("job %s: cannot release the lease that held again: %s", self.job.id, again)
+            return
         except errors.FleetClientError as exc:
             log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
             return
         cost = (report.insights or {}).get("costUsd")
         log.info("job %s: reported the run of the lost lease%s", self.job.id, f" (cost {cost})" if cost is not None else "")
+
+    def _holds_again(self) -> bool:
+        try:
+            job = self.client.get_job(self.job.id)
+        except errors.FleetClientError:
+            return False
+        return job.lease is not None and job.lease.lease_id == self.lease_id
 
     def _fenced(self, what: str, write: Callable[[], Job], landed: Callable[[Job], bool]) -> Job | None:
         """Make a lease-fenced write. Without an answer it is not repeated blindly: the job is

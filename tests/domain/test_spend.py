@@ -7,7 +7,7 @@ import pytest
 from hypothesis import settings as hsettings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from fleet import errors, spend, store as store_port, sweep
+from fleet import activity, errors, spend, store as store_port, sweep
 from fleet.jobs import Job, job_id
 from fleet.stages import RunResult, Stage
 
@@ -211,6 +211,21 @@ def test_a_late_report_counts_what_the_run_cost_once(world, ended_by, cost_so_fa
     assert reported_job.stage == job.stage and pending(world) == []
     sweep.run(world.ctx)
     assert spent(world) == counted
+
+
+def test_a_late_report_after_the_window_turned_is_charged_to_the_window_it_came_in(world):
+    # Given a daily budget, and a run that expired just before midnight, its holder having
+    # PATCHed part of its cost
+    world.clock.advance(hours=14, minutes=50)
+    world.put_budget(100.0, window="daily")
+    job, lease = _taken(world, "expire", 0.5)
+    assert world.clock.now().date() == world.job(job).runs[0].ended_at.date() and spent(world) == 0.5
+    # When its lost lease reports the run's whole cost after midnight
+    world.clock.advance(minutes=15)
+    world.report(job, lease, insights={"costUsd": 5.0})
+    # Then today's window holds what the report added, and the day's rollup agrees with it
+    assert spent(world) == 4.5
+    assert activity.days(world.observer, 1)[0].spent_usd == 4.5
 
 
 def test_a_late_report_landing_while_the_runs_own_accrual_is_in_flight_counts_both_once(world, faulty):
