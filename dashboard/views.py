@@ -139,7 +139,7 @@ def detail(ctx: Context, id: str, doc: dict[str, Any] | None = None) -> Detail:
             "artifacts": run.artifacts,
             # reported by the lease after it was taken (`leases.report`)
             "late": run.late_report is not None,
-            "pr_url": run.pr_url or (run.late_report.pr_url if run.late_report else None),
+            "pr_url": run.pr_link,
         }
         for run in reversed(job.runs)
     ]

@@ -151,6 +151,11 @@ class Run(Model):
         return max(said) if said else None
 
     @property
+    def pr_link(self) -> str | None:
+        """The run's pull request: as its holder reported it, else as its late report did."""
+        return self.pr_url or (self.late_report.pr_url if self.late_report else None)
+
+    @property
     def late_usd(self) -> float:
         """What the late report adds to the cost its holder had reported: the budget's and
         the day's share of it, never negative."""

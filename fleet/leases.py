@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -143,12 +144,7 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
     queues = target not in TERMINAL and target != Stage.TESTING
     keyed_with = weight_registry.cached(ctx, product_id) if product_id and queues else None
     weights = keyed_with.weights if keyed_with else None
-    report = {
-        "insights": body.insights.model_dump(exclude_none=True) if body.insights else None,
-        "pr_url": body.pr_url,
-        "branch": body.branch,
-        "artifacts": [a if isinstance(a, str) else a.model_dump(exclude_none=True) for a in body.artifacts],
-    }
+    report = _run_report(body)
 
     def change(job: Job, now) -> Job:
         factory = job.lease.factory_id
@@ -178,12 +174,7 @@ def report(ctx: Context, id: str, body: ReportBody) -> Job:
     already (its writes are refused): its report waits on the open run, and is accrued once
     the sweep ends it."""
     digest = request_digest("report", body)
-    reported = {
-        "insights": body.insights.model_dump(exclude_none=True) if body.insights else {},
-        "pr_url": body.pr_url,
-        "branch": body.branch,
-        "artifacts": [a if isinstance(a, str) else a.model_dump(exclude_none=True) for a in body.artifacts],
-    }
+    reported = _run_report(body)
     now = ctx.clock.now()
 
     def change(job: Job, standing: outage.Standing, now: datetime) -> Job | None:
@@ -224,6 +215,16 @@ def _reported_run(job: Job, lease_id: str, standing: outage.Standing, now: datet
     if at is None:
         raise errors.NotFound(f"job {job.id} keeps no run held under lease {lease_id}")
     return at
+
+
+def _run_report(body: ReleaseBody | ReportBody) -> dict[str, Any]:
+    """What a release or a late report says of its run, as a run keeps it."""
+    return {
+        "insights": body.insights.model_dump(exclude_none=True) if body.insights else {},
+        "pr_url": body.pr_url,
+        "branch": body.branch,
+        "artifacts": [a if isinstance(a, str) else a.model_dump(exclude_none=True) for a in body.artifacts],
+    }
 
 
 def _release_target(body: ReleaseBody) -> Stage | ReleaseResult | None:

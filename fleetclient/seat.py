@@ -46,6 +46,9 @@ from fleetclient.report import Report
 
 log = logging.getLogger("fleetclient.factory")
 
+#: The release fields that carry the command's report (`Report.release_fields`).
+REPORTED = frozenset({"insights", "pr_url", "branch", "artifacts"})
+
 #: The runner's credentials: never in a job command's environment.
 CREDENTIALS = frozenset({"FLEET_KEY", "FLEET_TOKEN"})
 
@@ -251,7 +254,7 @@ class Seat:
             try:
                 return self.client.release_lease(self.job.id, self.lease_id, **fields)
             except errors.ValidationFailed as exc:
-                report = {k for k in ("insights", "pr_url", "branch", "artifacts") if k in fields}
+                report = REPORTED & fields.keys()
                 if not report:
                     raise
                 # The command's report was refused; the job must not be stranded over it.
@@ -261,7 +264,7 @@ class Seat:
 
         job = self._fenced("release", write, self._ended_by_own_write)
         if job is None:
-            reported = {k: fields[k] for k in ("insights", "pr_url", "branch", "artifacts") if k in fields}
+            reported = {k: fields[k] for k in REPORTED & fields.keys()}
             return self._lost(Report(**reported), fields)
         log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
         return outcome

@@ -75,7 +75,7 @@ def job_detail(job: Job) -> str:
         parts.append("runs:\n" + table(
             ["RUN", "FACTORY", "STARTED", "ENDED", "RESULT", "COST", "PR"],
             [[run.run_id, run.factory_id, when(run.started_at), when(run.ended_at) if run.ended_at else None,
-              run.result, _run_cost(run), run.pr_url or (run.late_report.pr_url if run.late_report else None)]
+              run.result, _run_cost(run), run.pr_link]
              for run in job.runs],
         ))
     if job.events:

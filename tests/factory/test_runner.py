@@ -261,30 +261,28 @@ class TestLeases:
         assert done.stage == Stage.TESTING and [run.result for run in done.runs] == [None]
         assert running.runner.stats.outcomes == {"parked": 1}
 
-
     def test_a_release_unanswered_while_the_lease_was_taken_reports_the_run_late(self, server, product, tmp_path):
-        with ReleaseLostOnTheWay(server.url, backoff=FAST) as client:
-            job = submit(client, product, "k1")
+        def taken_on_the_way(client: FleetClient, job_id: str, lease_id: str) -> None:
+            client.action(job_id, "requeue", reason="taken while the release was on its way")
+            raise errors.FleetUnreachable("the release got no answer")
 
-            failing = script(tmp_path, 'print(json.dumps({"insights": {"costUsd": 0.75}})); sys.exit(1)')
-            running = run(client, product, failing)
+        with FirstReleaseNotSent(server.url, taken_on_the_way, backoff=FAST) as client:
+            job, running = run_failing_with_cost(client, product, tmp_path)
 
-            assert running.result() == 0
             # the job gone from its lease looks like a release that landed; it was not one
             assert running.runner.stats.outcomes == {"lost": 1}
             run_ = client.get_job(job.id).runs[-1]
             assert run_.result == RunResult.RELEASED and run_.ended_by is None and run_.insights == {}
             assert run_.late_report is not None and run_.late_report.insights == {"costUsd": 0.75}
 
-
     def test_a_lease_refused_as_lost_that_holds_again_is_released_with_the_report(self, server, product, tmp_path):
-        with ReleaseRefusedOnce(server.url, backoff=FAST) as client:
-            job = submit(client, product, "k1")
+        def refused_as_lost(client: FleetClient, job_id: str, lease_id: str) -> None:
+            # as by a coordinator instance that had not seen the outage whose grace holds the lease
+            raise errors.LeaseLost(409, "lease_lost", f"lease {lease_id} is not the live lease of job {job_id}")
 
-            failing = script(tmp_path, 'print(json.dumps({"insights": {"costUsd": 0.75}})); sys.exit(1)')
-            running = run(client, product, failing)
+        with FirstReleaseNotSent(server.url, refused_as_lost, backoff=FAST) as client:
+            job, running = run_failing_with_cost(client, product, tmp_path)
 
-            assert running.result() == 0
             assert running.runner.stats.outcomes == {"lost": 1}
             # the report was refused (the lease held the job); the release it meant was made
             done = client.get_job(job.id)
@@ -293,31 +291,29 @@ class TestLeases:
             assert (run_.result, run_.insights, run_.late_report) == (RunResult.RETRY, {"costUsd": 0.75}, None)
 
 
-class ReleaseRefusedOnce(FleetClient):
-    """A client whose first release is refused as `lease_lost` without being sent, as by a
-    coordinator instance that had not seen the outage whose grace holds the lease."""
+class FirstReleaseNotSent(FleetClient):
+    """A client whose first release is never sent: `instead(client, job_id, lease_id)` runs in
+    its place and raises what the runner gets (no answer, a refusal)."""
 
-    refused = False
+    def __init__(self, url: str, instead, **options) -> None:
+        super().__init__(url, **options)
+        self.instead = instead
+        self.sent_one = False
 
     def release_lease(self, job_id: str, lease_id: str, **fields):
-        if not self.refused:
-            self.refused = True
-            raise errors.LeaseLost(409, "lease_lost", f"lease {lease_id} is not the live lease of job {job_id}")
+        if not self.sent_one:
+            self.sent_one = True
+            self.instead(self, job_id, lease_id)
         return super().release_lease(job_id, lease_id, **fields)
 
 
-class ReleaseLostOnTheWay(FleetClient):
-    """A client whose first release gets no answer, an operator having requeued the job while
-    it was on its way (so it never landed)."""
-
-    dropped = False
-
-    def release_lease(self, job_id: str, lease_id: str, **fields):
-        if not self.dropped:
-            self.dropped = True
-            self.action(job_id, "requeue", reason="taken while the release was on its way")
-            raise errors.FleetUnreachable("the release got no answer")
-        return super().release_lease(job_id, lease_id, **fields)
+def run_failing_with_cost(client: FleetClient, product: str, tmp_path: Path):
+    """One job whose command reports a cost and fails, run to its end: the job and the runner."""
+    job = submit(client, product, "k1")
+    failing = script(tmp_path, 'print(json.dumps({"insights": {"costUsd": 0.75}})); sys.exit(1)')
+    running = run(client, product, failing)
+    assert running.result() == 0
+    return job, running
 
 
 class TestDrain:
