@@ -13,12 +13,15 @@ The command runs in its own working directory with the job in its environment:
 `FLEET_KEY` and `FLEET_TOKEN` are not passed on: the command is an agent working on untrusted code.
 
 A seat is stopped from outside with `stop()`: `revoked` (the coordinator took the lease away:
-stop the command, write nothing to the job) or `drain` (the runner is shutting down: stop the
-command and give the job back with its checkpoint).
+stop the command, and write to the job only its report) or `drain` (the runner is shutting down:
+stop the command and give the job back with its checkpoint).
 
 Whenever the lease is lost after the command ran (revoked while it ran, or a write refused with
 `lease_lost`), what the command reported (its cost, a PR) is sent once with
-`POST /fleet/jobs/{id}/lease/report`, so the run's cost still reaches the product's budget.
+`POST /fleet/jobs/{id}/lease/report`, so the run's cost still reaches the product's budget. A
+lease said lost may hold the job again (an outage's grace, seen by one coordinator instance
+and not by another): the report is then refused, and the release the lost write meant, which
+carries the report, ends the lease instead.
 """
 from __future__ import annotations
 
@@ -57,6 +60,9 @@ MIN_LEASE_SECONDS = 1.0
 MAX_LEASE_SECONDS = 3600.0
 #: Tries of a fenced write that got no answer before giving up on it.
 WRITE_ATTEMPTS = 5
+#: Rounds of a late report refused because its lease holds again, each followed by the release
+#: that ends that lease, before giving the run's cost up.
+LATE_REPORT_ROUNDS = 3
 
 
 class StopReason(str, Enum):
@@ -189,8 +195,9 @@ class Seat:
         reason = self.stop_reason if code is None else None
         if reason == StopReason.REVOKED:
             log.warning("job %s: lease revoked; command stopped", job.id)
-            self._report_late(report)
-            return "revoked"
+            # Should the lease hold after all, the stopped command's job is given back, as by a drain.
+            given_back = {"checkpoint": _read_json(checkpoint_file), **report.release_fields()}
+            return "given_back" if self._report_late(report, given_back) else "revoked"
         if reason == StopReason.DRAIN:
             checkpoint = _read_json(checkpoint_file)
             log.info("job %s: giving it back (runner draining)", job.id)
@@ -208,7 +215,7 @@ class Seat:
                                                                          "factoryError": str(exc)[:400]})
             report = report.with_pull_request(pr.url, pr.branch)
         if self._patch("testing", insights=report.insights) is None:
-            return self._lost(report, {"stage": "testing", **report.release_fields()})
+            return self._lost(report, {"stage": "testing", **report.release_fields()}, "parked")
         if not self.settings.autoship:
             return self._release("parked", stage="testing", **report.release_fields())
         if report.delivers:
@@ -216,7 +223,7 @@ class Seat:
             return self._release("shipped", stage="shipped", **report.release_fields())
         if self._patch("shipped", insights=report.insights):
             return "shipped"
-        return self._lost(report, {"stage": "shipped", **report.release_fields()})
+        return self._lost(report, {"stage": "shipped", **report.release_fields()}, "shipped")
 
     def _execute(self, cwd: Path, env: dict[str, str]) -> tuple[int | None, str | None]:
         """Run the command; its exit code (None if it was stopped) and last stdout line."""
@@ -265,7 +272,7 @@ class Seat:
         job = self._fenced("release", write, self._ended_by_own_write)
         if job is None:
             reported = {k: fields[k] for k in REPORTED & fields.keys()}
-            return self._lost(Report(**reported), fields)
+            return self._lost(Report(**reported), fields, outcome)
         log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
         return outcome
 
@@ -274,39 +281,48 @@ class Seat:
         lease merely gone was taken (preempted, expired, requeued) before the write landed."""
         return any(run.ended_by is not None and run.ended_by.lease_id == self.lease_id for run in job.runs)
 
-    def _lost(self, report: Report, release: dict[str, Any]) -> str:
+    def _lost(self, report: Report, release: dict[str, Any], outcome: str) -> str:
         """A write was not made: if for the lease being gone, report the run late. `release`:
-        the release that ends the lease as the write meant to, should the lease hold again."""
-        if self.lease_lost:
-            self._report_late(report, release)
+        the release that ends the lease as the write meant to (`outcome`), should it hold again."""
+        if self.lease_lost and self._report_late(report, release):
+            return outcome
         return "lost"
 
-    def _report_late(self, report: Report, release: dict[str, Any] | None = None) -> None:
+    def _report_late(self, report: Report, release: dict[str, Any]) -> bool:
         """Send what the command reported, once the lease is gone, so its cost is counted; a
         refusal is logged, never the seat's failure. A lease refused as lost may hold again
         (its factory's outage grace, decided by a coordinator instance that had seen the
         outage): the report is then refused as `illegal_transition` and the lease is ended with
-        `release`, which carries the report, instead."""
+        `release`, which carries the report, instead. Instances may go on disagreeing, so the
+        two alternate, a bounded number of rounds. Whether `release` ended the lease."""
         fields = {k: v for k, v in report.release_fields().items() if v}
         if not fields:
-            return
-        try:
-            self.client.report_run(self.job.id, self.lease_id, **fields)
-        except errors.IllegalTransition as exc:
-            if release is None or not self._holds_again():
-                log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
-                return
-            log.warning("job %s: the lost lease holds the job again; releasing it with the report", self.job.id)
+            return False
+        for _ in range(LATE_REPORT_ROUNDS):
             try:
-                self.client.release_lease(self.job.id, self.lease_id, **{k: v for k, v in release.items() if v is not None})
-            except errors.FleetClientError as again:
-                log.warning("job %s: cannot release the lease that held again: %s", self.job.id, again)
-            return
-        except errors.FleetClientError as exc:
-            log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
-            return
-        cost = (report.insights or {}).get("costUsd")
-        log.info("job %s: reported the run of the lost lease%s", self.job.id, f" (cost {cost})" if cost is not None else "")
+                self.client.report_run(self.job.id, self.lease_id, **fields)
+            except errors.IllegalTransition as exc:
+                if not self._holds_again():
+                    log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+                    return False
+                log.warning("job %s: the lost lease holds the job again; releasing it with the report", self.job.id)
+                ended = {k: v for k, v in release.items() if v is not None}
+                if self._fenced("release of the lease that held again",
+                                lambda: self.client.release_lease(self.job.id, self.lease_id, **ended),
+                                self._ended_by_own_write) is not None:
+                    log.info("job %s: released the lease that held again, with its report", self.job.id)
+                    return True
+                continue  # refused or gone on the way: the run is reported, or the lease holds yet
+            except errors.FleetClientError as exc:
+                log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+                return False
+            cost = (report.insights or {}).get("costUsd")
+            log.info("job %s: reported the run of the lost lease%s", self.job.id,
+                     f" (cost {cost})" if cost is not None else "")
+            return False
+        log.error("job %s: gave up reporting the run of the lost lease after %d rounds; its cost is not counted",
+                  self.job.id, LATE_REPORT_ROUNDS)
+        return False
 
     def _holds_again(self) -> bool:
         try:

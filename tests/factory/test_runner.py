@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from fleet.stages import RunResult, Stage
-from fleetclient import FleetClient, errors
+from fleet.factories import Renewal
+from fleetclient import FleetClient, errors, seat
 from fleetclient.runner import Runner, RunnerConfig, runnable
 from tests.factory.conftest import FAST, git, wait_for
 
@@ -266,7 +267,7 @@ class TestLeases:
             client.action(job_id, "requeue", reason="taken while the release was on its way")
             raise errors.FleetUnreachable("the release got no answer")
 
-        with FirstReleaseNotSent(server.url, taken_on_the_way, backoff=FAST) as client:
+        with ReleasesNotSent(server.url, taken_on_the_way, backoff=FAST) as client:
             job, running = run_failing_with_cost(client, product, tmp_path)
 
             # the job gone from its lease looks like a release that landed; it was not one
@@ -275,36 +276,93 @@ class TestLeases:
             assert run_.result == RunResult.RELEASED and run_.ended_by is None and run_.insights == {}
             assert run_.late_report is not None and run_.late_report.insights == {"costUsd": 0.75}
 
-    def test_a_lease_refused_as_lost_that_holds_again_is_released_with_the_report(self, server, product, tmp_path):
-        def refused_as_lost(client: FleetClient, job_id: str, lease_id: str) -> None:
-            # as by a coordinator instance that had not seen the outage whose grace holds the lease
-            raise errors.LeaseLost(409, "lease_lost", f"lease {lease_id} is not the live lease of job {job_id}")
-
-        with FirstReleaseNotSent(server.url, refused_as_lost, backoff=FAST) as client:
+    # 1: the first release is refused as lost; 2: so is the one tried after the refused report
+    # (two coordinator instances disagree twice): it is made at the next round
+    @pytest.mark.parametrize("refusals", [1, 2])
+    def test_a_lease_refused_as_lost_that_holds_again_is_released_with_the_report(
+            self, server, product, tmp_path, refusals):
+        with ReleasesNotSent(server.url, self.refused_as_lost, count=refusals, backoff=FAST) as client:
             job, running = run_failing_with_cost(client, product, tmp_path)
 
-            assert running.runner.stats.outcomes == {"lost": 1}
             # the report was refused (the lease held the job); the release it meant was made
+            assert running.runner.stats.outcomes == {"retry": 1} and client.not_sent == refusals
             done = client.get_job(job.id)
             assert done.stage == Stage.QUEUED and done.lease is None and done.attempts == 1
             run_ = done.runs[-1]
             assert (run_.result, run_.insights, run_.late_report) == (RunResult.RETRY, {"costUsd": 0.75}, None)
 
+    def test_a_lease_refused_as_lost_at_every_round_is_given_up_after_a_bounded_number(
+            self, server, product, tmp_path):
+        with ReleasesNotSent(server.url, self.refused_as_lost, count=100, backoff=FAST) as client:
+            job, running = run_failing_with_cost(client, product, tmp_path)
 
-class FirstReleaseNotSent(FleetClient):
-    """A client whose first release is never sent: `instead(client, job_id, lease_id)` runs in
-    its place and raises what the runner gets (no answer, a refusal)."""
+            assert running.runner.stats.outcomes == {"lost": 1}
+            # the first release, then one per round; the lease is left to expire
+            assert client.not_sent == 1 + seat.LATE_REPORT_ROUNDS
+            assert client.get_job(job.id).lease is not None
 
-    def __init__(self, url: str, instead, **options) -> None:
+    def test_a_lease_revoked_by_an_instance_while_it_holds_is_given_back_with_the_report(
+            self, fast_server, product, tmp_path):
+        # 2-second leases: the heartbeat that renews the lease comes within a second
+        with RevokedOnce(fast_server.url, backoff=FAST) as client:
+            job = submit(client, product, "k1")
+            stopped = script(tmp_path, """
+import signal
+def stopped(*_):
+    print(json.dumps({"insights": {"costUsd": 0.75}}))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stopped)
+time.sleep(30)
+""")
+            running = run(client, product, stopped)
+
+            assert running.result() == 0
+            assert client.revoked == 1
+            # stopped by the coordinator, not failed: given back as by a drain, no attempt spent
+            assert running.runner.stats.outcomes == {"given_back": 1}
+            done = client.get_job(job.id)
+            assert (done.stage, done.lease, done.attempts) == (Stage.QUEUED, None, 0)
+            run_ = done.runs[-1]
+            assert (run_.result, run_.insights, run_.late_report) == (RunResult.RELEASED, {"costUsd": 0.75}, None)
+
+    @staticmethod
+    def refused_as_lost(client: FleetClient, job_id: str, lease_id: str) -> None:
+        # as by a coordinator instance that had not seen the outage whose grace holds the lease
+        raise errors.LeaseLost(409, "lease_lost", f"lease {lease_id} is not the live lease of job {job_id}")
+
+
+class ReleasesNotSent(FleetClient):
+    """A client whose first `count` releases are never sent: `instead(client, job_id, lease_id)`
+    runs in the place of each and raises what the runner gets (no answer, a refusal)."""
+
+    def __init__(self, url: str, instead, count: int = 1, **options) -> None:
         super().__init__(url, **options)
         self.instead = instead
-        self.sent_one = False
+        self.count = count
+        self.not_sent = 0
 
     def release_lease(self, job_id: str, lease_id: str, **fields):
-        if not self.sent_one:
-            self.sent_one = True
+        if self.not_sent < self.count:
+            self.not_sent += 1
             self.instead(self, job_id, lease_id)
         return super().release_lease(job_id, lease_id, **fields)
+
+
+class RevokedOnce(FleetClient):
+    """A client to which the first heartbeat that renews a lease answers it `revoked`, as an
+    instance would that had not seen the outage whose grace holds it."""
+
+    def __init__(self, url: str, **options) -> None:
+        super().__init__(url, **options)
+        self.revoked = 0
+
+    def heartbeat(self, *args, **kwargs):
+        answer = super().heartbeat(*args, **kwargs)
+        if self.revoked or not answer.leases:
+            return answer
+        self.revoked = 1
+        leases = [lease.model_copy(update={"status": Renewal.REVOKED, "expires_at": None}) for lease in answer.leases]
+        return answer.model_copy(update={"leases": leases})
 
 
 def run_failing_with_cost(client: FleetClient, product: str, tmp_path: Path):
