@@ -88,7 +88,9 @@ class LeaseEnd(Model):
     """The write with which a lease holder ended its own lease (a release, or the autoship
     PATCH): enough to recognise that write when it is repeated because its answer was lost."""
 
-    lease_id: str
+    #: Answered only as `Lease.lease_id` is, null to anyone else (`Run.ended_by`); documents
+    #: always keep it.
+    lease_id: str | None
     #: `release` or `patch`.
     write: str
     #: Digest of the write's body (`leases.request_digest`): the same body has the same digest.
@@ -140,6 +142,12 @@ class Run(Model):
     @field_serializer("reservation", "lease_id")
     def _reserved_for_reader(self, lease_id: str | None, info: SerializationInfo) -> str | None:
         return _shown(lease_id, self.factory_id, info)
+
+    @field_serializer("ended_by")
+    def _ended_by_for_reader(self, ended_by: LeaseEnd | None, info: SerializationInfo) -> LeaseEnd | None:
+        if ended_by is None or _shown(ended_by.lease_id, self.factory_id, info) is not None:
+            return ended_by
+        return ended_by.model_copy(update={"lease_id": None})
 
     @property
     def cost_usd(self) -> float | None:

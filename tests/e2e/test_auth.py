@@ -309,6 +309,14 @@ def test_a_factory_works_only_as_itself_and_only_its_own_leases(coordinator):
     moved = c.call("PATCH", f"/fleet/jobs/{A}", {"leaseId": lease, "stage": "building"}, f1).json()
     assert moved["stage"] == "building" and moved["lease"]["leaseId"] == lease
     assert moved["events"][-1]["actor"] == FACTORY
+    # Ended by its holder, the lease stays on the run (`leaseId`, `endedBy`), shown as before
+    released = c.call("POST", f"/fleet/jobs/{A}/lease/release", {"leaseId": lease, "result": "retry"}, f1).json()
+    assert released["runs"][-1]["leaseId"] == released["runs"][-1]["endedBy"]["leaseId"] == lease
+    assert c.call("GET", f"/fleet/jobs/{A}", token=operator).json()["runs"][-1]["endedBy"]["leaseId"] == lease
+    for other in (viewer, f2):
+        run = c.call("GET", f"/fleet/jobs/{A}", token=other).json()["runs"][-1]
+        assert run["leaseId"] is None and run["endedBy"]["leaseId"] is None and run["endedBy"]["write"] == "release"
+        assert lease not in c.call("GET", f"/fleet/jobs/{A}", token=other).text
 
 
 def test_event_actors_are_the_principal_not_the_body(coordinator):
