@@ -63,6 +63,15 @@ class ServerHandle:
         self._starts = 0
         self._stdout = self._stderr = None
 
+    @property
+    def admin_token(self) -> str | None:
+        """The admin token the server minted for its fresh store (auth on: `admin-token`
+        beside the database), if it did."""
+        try:
+            return Path(self.db).parent.joinpath("admin-token").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def start(self, port: int = 0, timeout: float = START_TIMEOUT) -> ServerHandle:
         """Start the server and wait until it is listening; raise (with its stderr) if it
         does not get there within ``timeout`` seconds."""

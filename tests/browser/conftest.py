@@ -8,7 +8,7 @@ each other's jobs. `tokens` holds one token per role, minted by the admin over H
 cookies, nobody signed in. Where Chromium is not installed the tests skip, and fail under
 `CI=true` (STYLE.md, rule 8): `make test` installs it.
 
-This folder has its own conftest, so unlike `tests/e2e/` its servers run with auth on.
+This folder has its own conftest; its servers run with auth on, as `tests/e2e/`'s do.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ account named by `COSMOS_ENDPOINT`), each test with a fresh database."""
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 
 import pytest
@@ -14,13 +15,17 @@ from tests.support.cosmos import cosmos_account, cosmos_server  # noqa: F401 (fi
 
 
 class Http:
-    """A thin requests wrapper that names the server once."""
+    """A thin requests wrapper that names the server once, and sends the admin token that
+    `serve` put in `FLEET_TOKEN` (as the CLI and client do), unless given `token=None`."""
 
-    def __init__(self, url: str, key: str | None = None) -> None:
+    def __init__(self, url: str, key: str | None = None, token: str | None = ...) -> None:
         self.url = url
         self.session = requests.Session()
         if key:
             self.session.headers["x-functions-key"] = key
+        token = os.environ.get("FLEET_TOKEN") if token is ... else token
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def call(self, method: str, path: str, json=None, **kw):
         return self.session.request(method, self.url + path, json=json, timeout=30, **kw)
@@ -34,14 +39,11 @@ class Http:
     def close(self) -> None:
         self.session.close()
 
+    def __enter__(self) -> Http:
+        return self
 
-@pytest.fixture(scope="session", autouse=True)
-def auth_off():
-    """The end-to-end tests that are not about credentials serve with FLEET_AUTH=off (every
-    `fleet serve` inherits this environment); `test_auth.py` turns auth on in its own env."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLEET_AUTH", "off")
-        yield
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @pytest.fixture(params=["sqlite", "cosmos"])
@@ -54,12 +56,16 @@ def store_env(request) -> dict[str, str]:
 
 
 @pytest.fixture
-def serve(store_env, tmp_path):
-    """`with serve(env) as server:` — a `fleet serve` on this test's store, plus `env` (and `args`)."""
+def serve(store_env, tmp_path, monkeypatch):
+    """`with serve(env) as server:` — a `fleet serve` on this test's store, plus `env` (and `args`),
+    with auth on as by default: the admin token it mints for a fresh store is put in
+    `FLEET_TOKEN`, which `Http`, the CLI and the client send."""
 
     @contextlib.contextmanager
     def start(env: dict[str, str] | None = None, name: str = "fleet.db", args: tuple[str, ...] = ()):
         with running_server(env={**store_env, **(env or {})}, db=str(tmp_path / name), args=args) as handle:
+            if handle.admin_token:
+                monkeypatch.setenv("FLEET_TOKEN", handle.admin_token)
             yield handle
 
     return start
@@ -73,6 +79,6 @@ def server(serve):
 
 @pytest.fixture
 def http(server):
-    client = Http(server.url)
+    client = Http(server.url, token=server.admin_token)
     yield client
     client.close()

@@ -41,6 +41,11 @@ def lease(http, request):
     return job["id"], claimed["lease"]["leaseId"]
 
 
+def bearer(server) -> dict[str, str]:
+    """The header that authenticates as the admin the server minted (auth is on)."""
+    return {"Authorization": f"Bearer {server.admin_token}"}
+
+
 def raw_request(server, head: str, body: bytes = b"") -> socket.socket:
     """A connection that has sent `head` (request line and headers) and `body`."""
     connection = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT + 10)
@@ -254,13 +259,13 @@ def test_a_duplicate_key_in_free_form_json_is_a_400(http, lease):
     None,  # absent
 ])
 def test_a_body_that_is_not_sent_as_json_is_a_415(server, content_type):
-    headers = {} if content_type is None else {"Content-Type": content_type}
+    headers = bearer(server) if content_type is None else {**bearer(server), "Content-Type": content_type}
     body = b'{"productId": "ct", "idempotencyKey": "k"}'
     response = requests.post(f"{server.url}/fleet/jobs", data=body, headers=headers, timeout=10)
     assert response.status_code == 415, response.text
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "unsupported_media_type"
-    assert requests.get(f"{server.url}/fleet/jobs?productId=ct", timeout=10).json()["items"] == []
+    assert requests.get(f"{server.url}/fleet/jobs?productId=ct", headers=bearer(server), timeout=10).json()["items"] == []
 
 
 @pytest.mark.parametrize("content_type", [
@@ -273,14 +278,15 @@ def test_a_body_that_is_not_sent_as_json_is_a_415(server, content_type):
 def test_json_is_accepted_under_any_of_its_names(server, content_type):
     key = base64.b32encode(content_type.encode()).decode().strip("=")[:100]
     body = json.dumps({"productId": "ct-ok", "idempotencyKey": key}).encode()
-    response = requests.post(f"{server.url}/fleet/jobs", data=body, headers={"Content-Type": content_type}, timeout=10)
+    response = requests.post(f"{server.url}/fleet/jobs", data=body, headers={**bearer(server), "Content-Type": content_type},
+                             timeout=10)
     assert response.status_code == 201, response.text
 
 
 def test_an_empty_body_needs_no_content_type(server, lease):
     job, _ = lease
-    response = requests.post(f"{server.url}/fleet/jobs/{job}/actions/requeue", headers={"Content-Type": "text/plain"},
-                             timeout=10)
+    response = requests.post(f"{server.url}/fleet/jobs/{job}/actions/requeue",
+                             headers={**bearer(server), "Content-Type": "text/plain"}, timeout=10)
     assert response.status_code == 200, response.text
 
 
@@ -374,21 +380,24 @@ def _keyset_token_at_the_start(store_token: str) -> str:
 
 def test_no_function_key_appears_in_the_server_log():
     keys = ("Sekr1tKeyOne", "Sekr1tKeyTwo")
-    with running_server(env={"FLEET_FUNCTION_KEYS": ",".join(keys)}, args=("--no-timers",)) as handle:
+    with running_server(env={"FLEET_FUNCTION_KEYS": ",".join(keys)}, args=("--no-timers",)) as handle, \
+            requests.Session() as session:
         url = handle.url
+        session.headers.update(bearer(handle))
         answers = [
-            requests.get(f"{url}/fleet/jobs?code={keys[0]}", timeout=10),
-            requests.get(f"{url}/fleet/jobs?limit=1&CODE={keys[1]}", timeout=10),
-            requests.get(f"{url}/fleet/jobs?code=WrongSekr1t", timeout=10),
-            requests.get(f"{url}/fleet/nowhere?code={keys[0]}", timeout=10),
-            requests.post(f"{url}/admin/functions/sweep_expired_leases?code={keys[1]}", json={"input": ""}, timeout=10),
-            requests.get(f"{url}/fleet/jobs", headers={"x-functions-key": keys[0]}, timeout=10),
-            requests.get(f"{url}/fleet/jobs", headers={"x-functions-key": "WrongSekr1t"}, timeout=10),
-            requests.post(f"{url}/fleet/jobs?code={keys[0]}", data=b"{", headers={"Content-Type": "text/plain"}, timeout=10),
+            session.get(f"{url}/fleet/jobs?code={keys[0]}", timeout=10),
+            session.get(f"{url}/fleet/jobs?limit=1&CODE={keys[1]}", timeout=10),
+            session.get(f"{url}/fleet/jobs?code=WrongSekr1t", timeout=10),
+            session.get(f"{url}/fleet/nowhere?code={keys[0]}", timeout=10),
+            session.post(f"{url}/admin/functions/sweep_expired_leases?code={keys[1]}", json={"input": ""}, timeout=10),
+            session.get(f"{url}/fleet/jobs", headers={"x-functions-key": keys[0]}, timeout=10),
+            session.get(f"{url}/fleet/jobs", headers={"x-functions-key": "WrongSekr1t"}, timeout=10),
+            session.post(f"{url}/fleet/jobs?code={keys[0]}", data=b"{", headers={"Content-Type": "text/plain"}, timeout=10),
         ]
         assert [a.status_code for a in answers] == [200, 200, 401, 404, 202, 200, 401, 415]
         # The name percent-encoded (requests would decode it before sending).
-        encoded = raw_request(handle, f"GET /fleet/jobs?c%6Fde={keys[0]}&limit=1 HTTP/1.1\nHost: fleet\n")
+        encoded = raw_request(handle, f"GET /fleet/jobs?c%6Fde={keys[0]}&limit=1 HTTP/1.1\nHost: fleet\n"
+                                      f"Authorization: {bearer(handle)['Authorization']}\n")
         assert answer_of(encoded)[0] == 200
         # A request line http.server cannot parse is logged with its reason, quoting the line.
         # (It answers as HTTP/0.9 would, the body alone.)
@@ -396,7 +405,8 @@ def test_no_function_key_appears_in_the_server_log():
         with connection, connection.makefile("rb") as answer:
             assert json.loads(answer.read())["code"] == "bad_request"
         wait_for(lambda: "junk" in handle.log(), 5, "the request log has every answer")
-        log = handle.log() + handle.output()
+        log, request_log, token = handle.log() + handle.output(), handle.log(), handle.admin_token
+    assert token.split("_", 2)[2] not in request_log  # nor the bearer token's secret (stdout shows it once)
     for secret in (*keys, "WrongSekr1t"):
         assert secret not in log
     assert "code=REDACTED" in log and "CODE=REDACTED" in log and "c%6Fde=REDACTED" in log

@@ -85,9 +85,11 @@ def test_preemption_budget_and_review_together(fleet):
     fleet.post(f"/fleet/jobs/{hot['job']['id']}/lease/release",
                {"leaseId": hot["lease"]["leaseId"], "stage": "testing", "insights": {"costUsd": 2}})
     fleet.post(f"/fleet/jobs/{hot['job']['id']}/review/request", {"required": 2})
-    fleet.post(f"/fleet/jobs/{hot['job']['id']}/review", {"reviewer": "ann", "decision": "approve"})
-    shipped = fleet.post(f"/fleet/jobs/{hot['job']['id']}/review", {"reviewer": "bob", "decision": "approve"}).json()
-    assert shipped["stage"] == "shipped"
+    for reviewer in ("ann", "bob"):  # a review is its principal's: each reviewer has a token
+        token = fleet.post("/fleet/tokens", {"role": "reviewer", "name": reviewer}).json()["token"]
+        with Http(fleet.url, token=token) as theirs:
+            reviewed = theirs.post(f"/fleet/jobs/{hot['job']['id']}/review", {"decision": "approve"}).json()
+    assert reviewed["stage"] == "shipped" and reviewed["review"]["approvals"] == ["ann", "bob"]
     assert fleet.get("/fleet/budgets/p").json()["spentUsd"] == 2
 
     again = fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json()
