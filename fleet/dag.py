@@ -140,7 +140,8 @@ def _attached(job: Job, attaching: _Attaching, now: datetime) -> Job:
     all_deps = list(dict.fromkeys([*job.deps, *attaching.keys]))
     # A dep another request added since the stages were read counts as unfinished.
     waiting = deps.waiting(job.product_id, all_deps, attaching.stages)
-    update: dict[str, Any] = {"deps": all_deps, "children": list(dict.fromkeys([*job.children, *attaching.ids]))}
+    update: dict[str, Any] = {"deps": all_deps, "children": list(dict.fromkeys([*job.children, *attaching.ids])),
+                              "kind": Kind.COMPOSITE}  # a job with children is their composite parent
     if waiting:
         update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
     return job.model_copy(update=update).with_event(now, "children_added", children=list(attaching.keys))

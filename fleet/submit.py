@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fleet import deps, effects, errors, scoring, weight_registry
 from fleet.context import Context
-from fleet.jobs import Job, Model, job_id
+from fleet.jobs import Job, Kind, Model, job_id
 from fleet.schemas import JobSpec
 from fleet.stages import Priority, Stage
 
@@ -58,6 +58,15 @@ class Facts:
     weights: weight_registry.Snapshot
 
 
+def kind_of(spec: JobSpec) -> Kind:
+    """The job's kind: as the submit said, else `composite` for a job submitted with children.
+    (Its submit hash keeps the kind as said, so a repeat of a submit made before this rule
+    still matches.)"""
+    if "kind" not in spec.model_fields_set and spec.children:
+        return Kind.COMPOSITE
+    return spec.kind
+
+
 def all_deps(spec: JobSpec) -> list[str]:
     """The job's deps: its own, then its children's keys (a composite waits on them)."""
     return list(dict.fromkeys([*spec.deps, *(c.idempotency_key for c in spec.children)]))
@@ -80,7 +89,7 @@ def create(
         id=id,
         product_id=spec.product_id,
         idempotency_key=spec.idempotency_key,
-        kind=spec.kind,
+        kind=kind_of(spec),
         title=spec.title,
         body_md=spec.body_md,
         priority=priority,

@@ -32,6 +32,24 @@ def test_children_added_later_put_a_queued_parent_back_to_blocked(api):
     assert added.json["parent"]["stage"] == "blocked" and added.json["children"][0]["parentId"] == parent["id"]
 
 
+def test_a_job_with_children_is_a_composite_unless_its_submit_said_otherwise(api):
+    children = [{"idempotencyKey": "c1"}]
+    unsaid = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "unsaid", "children": children})
+    assert unsaid.status_code == 201 and unsaid.json["kind"] == "composite"
+    assert api.job(unsaid.json["children"][0])["kind"] == "task"
+    # the same submit again is the same job (the kind as said is what its hash keeps)
+    again = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "unsaid", "children": children})
+    assert again.status_code == 200 and again.json["id"] == unsaid.json["id"]
+    said = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "said", "kind": "task",
+                                    "children": [{"idempotencyKey": "c2"}]})
+    assert said.status_code == 201 and said.json["kind"] == "task"
+    # a task given children later becomes their composite
+    task = api.submit("later")
+    assert task["kind"] == "task"
+    api.post(f"/fleet/jobs/{task['id']}/children", {"children": [{"idempotencyKey": "c3"}]})
+    assert api.job(task["id"])["kind"] == "composite"
+
+
 def test_children_cannot_be_added_to_a_running_parent(api):
     parent = api.submit("epic", kind="composite")
     api.claim()
