@@ -256,6 +256,16 @@ class Seat:
 
     def _release(self, outcome: str, **fields: Any) -> str:
         fields = {k: v for k, v in fields.items() if v is not None}
+        job = self._fenced("release", self._release_write(fields), self._ended_by_own_write)
+        if job is None:
+            reported = {k: fields[k] for k in REPORTED & fields.keys()}
+            return self._lost(Report(**reported), fields, outcome)
+        log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
+        return outcome
+
+    def _release_write(self, fields: dict[str, Any]) -> Callable[[], Job]:
+        """The release of the lease with `fields`, made again without the command's report
+        should the coordinator refuse that report: the job must not be stranded over it."""
 
         def write() -> Job:
             try:
@@ -264,17 +274,11 @@ class Seat:
                 report = REPORTED & fields.keys()
                 if not report:
                     raise
-                # The command's report was refused; the job must not be stranded over it.
                 log.warning("job %s: report refused (%s); releasing without it", self.job.id, exc.detail)
                 bare = {k: v for k, v in fields.items() if k not in report}
                 return self.client.release_lease(self.job.id, self.lease_id, **bare)
 
-        job = self._fenced("release", write, self._ended_by_own_write)
-        if job is None:
-            reported = {k: fields[k] for k in REPORTED & fields.keys()}
-            return self._lost(Report(**reported), fields, outcome)
-        log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
-        return outcome
+        return write
 
     def _ended_by_own_write(self, job: Job) -> bool:
         """Whether the job, read back, shows this lease ended by its holder's own write: a
@@ -293,36 +297,55 @@ class Seat:
         refusal is logged, never the seat's failure. A lease refused as lost may hold again
         (its factory's outage grace, decided by a coordinator instance that had seen the
         outage): the report is then refused as `illegal_transition` and the lease is ended with
-        `release`, which carries the report, instead. Instances may go on disagreeing, so the
-        two alternate, a bounded number of rounds. Whether `release` ended the lease."""
+        `release`, which carries the report, instead (with no report, it is ended all the same).
+        Instances may go on disagreeing, and the lease may be taken between a refusal and the
+        read that follows it, so the two alternate, a bounded number of rounds. Whether
+        `release` ended the lease."""
         fields = {k: v for k, v in report.release_fields().items() if v}
-        if not fields:
-            return False
+        refused: errors.FleetClientError | None = None  # the last refusal of the report, the lease gone
         for _ in range(LATE_REPORT_ROUNDS):
-            try:
-                self.client.report_run(self.job.id, self.lease_id, **fields)
-            except errors.IllegalTransition as exc:
-                if not self._holds_again():
+            if fields:
+                try:
+                    self.client.report_run(self.job.id, self.lease_id, **fields)
+                except errors.IllegalTransition as exc:
+                    if refused is not None:  # refused again, the lease gone: not for its holding
+                        log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+                        return False
+                    refused = exc
+                except errors.FleetClientError as exc:
                     log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
                     return False
-                log.warning("job %s: the lost lease holds the job again; releasing it with the report", self.job.id)
-                ended = {k: v for k, v in release.items() if v is not None}
-                if self._fenced("release of the lease that held again",
-                                lambda: self.client.release_lease(self.job.id, self.lease_id, **ended),
-                                self._ended_by_own_write) is not None:
-                    log.info("job %s: released the lease that held again, with its report", self.job.id)
-                    return True
-                continue  # refused or gone on the way: the run is reported, or the lease holds yet
-            except errors.FleetClientError as exc:
-                log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
-                return False
-            cost = (report.insights or {}).get("costUsd")
-            log.info("job %s: reported the run of the lost lease%s", self.job.id,
-                     f" (cost {cost})" if cost is not None else "")
-            return False
-        log.error("job %s: gave up reporting the run of the lost lease after %d rounds; its cost is not counted",
-                  self.job.id, LATE_REPORT_ROUNDS)
+                else:
+                    cost = (report.insights or {}).get("costUsd")
+                    log.info("job %s: reported the run of the lost lease%s", self.job.id,
+                             f" (cost {cost})" if cost is not None else "")
+                    return False
+            if not self._holds_again():
+                if not fields:
+                    return False  # nothing to report, and nothing to end
+                continue  # taken since the refusal (or not known): the report may be taken now
+            refused = None
+            log.warning("job %s: the lost lease holds the job again; releasing it%s", self.job.id,
+                        " with the report" if fields else "")
+            ended = self._end_held_lease(release)
+            if ended is not None:
+                return ended
+        log.error("job %s: gave up on the run of the lost lease after %d rounds%s", self.job.id,
+                  LATE_REPORT_ROUNDS, "; its cost is not counted" if fields else "")
         return False
+
+    def _end_held_lease(self, release: dict[str, Any]) -> bool | None:
+        """Make `release` on a lease found holding the job again: True once it ended the lease,
+        None if refused as lost again (another round may end it), False if refused otherwise."""
+        self.lease_lost = False
+        job = self._fenced("release of the lease that held again",
+                           self._release_write({k: v for k, v in release.items() if v is not None}),
+                           self._ended_by_own_write)
+        lost_again, self.lease_lost = self.lease_lost, True
+        if job is not None:
+            log.info("job %s: released the lease that held again", self.job.id)
+            return True
+        return None if lost_again else False
 
     def _holds_again(self) -> bool:
         try:

@@ -301,17 +301,23 @@ class TestLeases:
             assert client.not_sent == 1 + seat.LATE_REPORT_ROUNDS
             assert client.get_job(job.id).lease is not None
 
+    # with a report, or none: a lease that holds is given back all the same
+    @pytest.mark.parametrize("reported", [{"costUsd": 0.75}, None])
     def test_a_lease_revoked_by_an_instance_while_it_holds_is_given_back_with_the_report(
-            self, fast_server, product, tmp_path):
-        # 2-second leases: the heartbeat that renews the lease comes within a second
-        with RevokedOnce(fast_server.url, backoff=FAST) as client:
+            self, fast_server, product, tmp_path, reported):
+        # 2-second leases: a heartbeat renews the lease about every 0.7 s; the one after the
+        # command is ready to report on SIGTERM answers it revoked
+        ready = tmp_path / "out" / "ready"
+        with RevokedOnce(fast_server.url, once=ready.exists, backoff=FAST) as client:
             job = submit(client, product, "k1")
-            stopped = script(tmp_path, """
+            stopped = script(tmp_path, f"""
 import signal
 def stopped(*_):
-    print(json.dumps({"insights": {"costUsd": 0.75}}))
+    if {reported!r}:
+        print(json.dumps({{"insights": {reported!r}}}))
     sys.exit(143)
 signal.signal(signal.SIGTERM, stopped)
+(OUT / "ready").write_text("")
 time.sleep(30)
 """)
             running = run(client, product, stopped)
@@ -323,7 +329,40 @@ time.sleep(30)
             done = client.get_job(job.id)
             assert (done.stage, done.lease, done.attempts) == (Stage.QUEUED, None, 0)
             run_ = done.runs[-1]
-            assert (run_.result, run_.insights, run_.late_report) == (RunResult.RELEASED, {"costUsd": 0.75}, None)
+            assert (run_.result, run_.insights, run_.late_report) == (RunResult.RELEASED, reported or {}, None)
+
+    def test_a_lease_taken_between_the_refused_report_and_the_read_reports_at_the_next_round(
+            self, server, product, tmp_path):
+        class TakenAfterTheRefusal(ReleasesNotSent):
+            def report_run(self, job_id: str, lease_id: str, **fields):
+                self.reports += 1
+                if self.reports == 1:  # refused while the lease held; an operator takes it at once
+                    refusal = errors.IllegalTransition(409, "illegal_transition", f"lease {lease_id} still holds")
+                    self.action(job_id, "requeue", reason="taken after the refusal")
+                    raise refusal
+                return super().report_run(job_id, lease_id, **fields)
+
+        with TakenAfterTheRefusal(server.url, self.refused_as_lost, backoff=FAST) as client:
+            client.reports = 0
+            job, running = run_failing_with_cost(client, product, tmp_path)
+
+            assert running.runner.stats.outcomes == {"lost": 1} and client.reports == 2
+            run_ = client.get_job(job.id).runs[-1]
+            assert run_.late_report is not None and run_.late_report.insights == {"costUsd": 0.75}
+
+    def test_a_release_of_a_lease_that_holds_again_refused_otherwise_is_not_repeated(
+            self, server, product, tmp_path):
+        def lost_then_refused(client: ReleasesNotSent, job_id: str, lease_id: str) -> None:
+            if client.not_sent == 1:
+                self.refused_as_lost(client, job_id, lease_id)
+            raise errors.IllegalTransition(409, "illegal_transition", "refused for a reason of its own")
+
+        with ReleasesNotSent(server.url, lost_then_refused, count=100, backoff=FAST) as client:
+            job, running = run_failing_with_cost(client, product, tmp_path)
+
+            # the first release, lost; the one made because the lease held, refused: no more
+            assert running.runner.stats.outcomes == {"lost": 1} and client.not_sent == 2
+            assert client.get_job(job.id).lease is not None
 
     @staticmethod
     def refused_as_lost(client: FleetClient, job_id: str, lease_id: str) -> None:
@@ -349,16 +388,17 @@ class ReleasesNotSent(FleetClient):
 
 
 class RevokedOnce(FleetClient):
-    """A client to which the first heartbeat that renews a lease answers it `revoked`, as an
-    instance would that had not seen the outage whose grace holds it."""
+    """A client to which the first heartbeat that renews a lease once `once()` is true answers
+    it `revoked`, as an instance would that had not seen the outage whose grace holds it."""
 
-    def __init__(self, url: str, **options) -> None:
+    def __init__(self, url: str, once=lambda: True, **options) -> None:
         super().__init__(url, **options)
+        self.once = once
         self.revoked = 0
 
     def heartbeat(self, *args, **kwargs):
         answer = super().heartbeat(*args, **kwargs)
-        if self.revoked or not answer.leases:
+        if self.revoked or not answer.leases or not self.once():
             return answer
         self.revoked = 1
         leases = [lease.model_copy(update={"status": Renewal.REVOKED, "expires_at": None}) for lease in answer.leases]
