@@ -76,6 +76,11 @@ class Budget(_BudgetFields):
         """What the API shows of it."""
         shown = {name: getattr(self, name) for name in _BudgetFields.model_fields}
         shown["spent_usd"] = _usd(self.spent_usd)
+        # Keyed by run, not lease: a lease id is a write capability, and any reader sees this.
+        shown["reservations"] = {
+            held.get("runId") or f"reservation-{n}": {k: v for k, v in held.items() if k != "runId"}
+            for n, held in enumerate(self.reservations.values(), 1)
+        }
         reserved = _usd(self.reserved_usd)
         remaining = None
         if self.ceiling_usd is not None:
@@ -86,6 +91,9 @@ class Budget(_BudgetFields):
 class BudgetView(_BudgetFields):
     """`GET/PUT /fleet/budgets/{productId}` (and `pause`/`resume`): the budget without its
     accrual memory, with what its reservations hold and what is left under the ceiling."""
+
+    #: run id -> {amountUsd, at}: the estimated cost of claimed runs not yet accrued.
+    reservations: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     #: The estimated cost of claimed runs not yet accrued.
     reserved_usd: float

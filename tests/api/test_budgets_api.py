@@ -77,11 +77,16 @@ def test_estimates_reserve_the_ceiling_at_claim(flagged_api):
     api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10})
     for n in range(3):
         api.submit(f"k{n}", estimatedCostUsd=4)
-    assert api.claim("f1")["job"] is not None
-    assert api.claim("f2")["job"] is not None
+    claims = [api.claim("f1"), api.claim("f2")]
+    assert all(claim["job"] is not None for claim in claims)
     assert api.claim("f3") == {"job": None, "reason": "budget_exceeded"}  # 4 + 4 + 4 > 10
-    budget = api.get("/fleet/budgets/p").json
+    answer = api.get("/fleet/budgets/p")
+    budget = answer.json
     assert (budget["reservedUsd"], budget["remainingUsd"]) == (8, 2)  # the room the third claim lacked
+    # each named by its run, never by its lease (a write capability any reader would see here)
+    assert budget["reservations"].keys() == {claim["runId"] for claim in claims}
+    assert all(held["amountUsd"] == 4 and held.keys() == {"amountUsd", "at"} for held in budget["reservations"].values())
+    assert not any(claim["lease"]["leaseId"] in answer.text for claim in claims)
 
 
 def test_what_is_shown_of_spend_is_rounded_to_a_millionth(flagged_api):
