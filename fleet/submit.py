@@ -20,9 +20,11 @@ class Submitted(Model):
     created: bool
 
 
-def submit_hash(spec: JobSpec, parent_id: str | None = None) -> str:
-    """Digest of the normalised submit fields: equal for a retry of the same submit."""
+def submit_hash(spec: JobSpec, parent_id: str | None = None, kind: Kind | None = None) -> str:
+    """Digest of the normalised submit fields, the job's kind as `kind_of` decides it: equal
+    for a retry of the same submit."""
     fields = spec.model_dump(mode="json", by_alias=True, exclude={"children"})
+    fields["kind"] = (kind or kind_of(spec)).value
     fields["priority"] = fields["priority"] or Priority.NORMAL.value
     fields["capabilities"] = sorted(set(fields["capabilities"]))  # stored as a set
     fields["deps"] = sorted(fields["deps"])
@@ -58,10 +60,18 @@ class Facts:
     weights: weight_registry.Snapshot
 
 
+def submit_hashes(spec: JobSpec, parent_id: str | None = None) -> tuple[str, ...]:
+    """The digests a job submitted as `spec` may carry: `submit_hash`'s, and for a submit with
+    children that names no kind, the one it had when such a job was a `task` (a job submitted
+    before that changed, repeated since)."""
+    digest = submit_hash(spec, parent_id)
+    if kind_of(spec) == spec.kind:
+        return (digest,)
+    return digest, submit_hash(spec, parent_id, Kind.TASK)
+
+
 def kind_of(spec: JobSpec) -> Kind:
-    """The job's kind: as the submit said, else `composite` for a job submitted with children.
-    (Its submit hash keeps the kind as said, so a repeat of a submit made before this rule
-    still matches.)"""
+    """The job's kind: as the submit said, else `composite` for a job submitted with children."""
     if "kind" not in spec.model_fields_set and spec.children:
         return Kind.COMPOSITE
     return spec.kind
@@ -112,7 +122,7 @@ def create(
         job = effects.create(ctx, job, keyed_with=facts.weights).job
     except errors.Conflict:
         # Lost a race with an identical (or conflicting) submit of the same key.
-        return Submitted(job=_existing(ctx, spec.product_id, id, digest), created=False)
+        return Submitted(job=_existing(ctx, spec.product_id, id, submit_hashes(spec, parent_id)), created=False)
     if job.stage == Stage.BLOCKED:
         # A dep may have finished between our read and our write: read the deps again.
         job = effects.recheck(ctx, id, job).job
@@ -129,15 +139,15 @@ def _refuse_self_dependency(spec: JobSpec) -> None:
 def check_existing(ctx: Context, spec: JobSpec, id: str, parent_id: str | None = None) -> Job | None:
     """The job already submitted under this key, None if there is none; `IdempotencyConflict`
     if it was submitted with different fields."""
-    return _existing(ctx, spec.product_id, id, submit_hash(spec, parent_id))
+    return _existing(ctx, spec.product_id, id, submit_hashes(spec, parent_id))
 
 
-def _existing(ctx: Context, product_id: str, id: str, digest: str) -> Job | None:
+def _existing(ctx: Context, product_id: str, id: str, digests: tuple[str, ...]) -> Job | None:
     try:
         job = Job.from_doc(ctx.store.read("jobs", product_id, id))
     except errors.NotFound:
         return None
-    if job.submit_hash != digest:
+    if job.submit_hash not in digests:
         raise errors.IdempotencyConflict(
             f"idempotency key {job.idempotency_key!r} was already submitted with different fields", jobId=job.id
         )

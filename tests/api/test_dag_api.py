@@ -37,12 +37,19 @@ def test_a_job_with_children_is_a_composite_unless_its_submit_said_otherwise(api
     unsaid = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "unsaid", "children": children})
     assert unsaid.status_code == 201 and unsaid.json["kind"] == "composite"
     assert api.job(unsaid.json["children"][0])["kind"] == "task"
-    # the same submit again is the same job (the kind as said is what its hash keeps)
-    again = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "unsaid", "children": children})
-    assert again.status_code == 200 and again.json["id"] == unsaid.json["id"]
+    # the same submit again is the same job, whether it says the kind it got or not
+    for kind in ({}, {"kind": "composite"}):
+        again = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "unsaid", "children": children, **kind})
+        assert again.status_code == 200 and again.json["id"] == unsaid.json["id"]
+    other = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "unsaid", "children": children, "kind": "task"})
+    assert other.status_code == 409 and other.json["code"] == "idempotency_conflict"
     said = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "said", "kind": "task",
                                     "children": [{"idempotencyKey": "c2"}]})
     assert said.status_code == 201 and said.json["kind"] == "task"
+    # as a job submitted with children and no kind was before it became composite: a repeat of
+    # that submit is still that job
+    before = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "said", "children": [{"idempotencyKey": "c2"}]})
+    assert before.status_code == 200 and before.json["id"] == said.json["id"] and before.json["kind"] == "task"
     # a task given children later becomes their composite
     task = api.submit("later")
     assert task["kind"] == "task"

@@ -46,6 +46,15 @@ class Http:
         self.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_outside_token():
+    """No `FLEET_TOKEN` from the shell that runs the tests: only the token a test's server
+    minted is ever sent (`serve`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FLEET_TOKEN", raising=False)
+        yield
+
+
 @pytest.fixture(params=["sqlite", "cosmos"])
 def store_env(request) -> dict[str, str]:
     """The settings that point `fleet serve` at one store."""
