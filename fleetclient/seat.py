@@ -40,6 +40,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic.alias_generators import to_camel
+
 from fleet import claims
 from fleet.jobs import Job
 from fleetclient import checkout as git, errors
@@ -264,18 +266,22 @@ class Seat:
         return outcome
 
     def _release_write(self, fields: dict[str, Any]) -> Callable[[], Job]:
-        """The release of the lease with `fields`, made again without the command's report
-        should the coordinator refuse that report: the job must not be stranded over it."""
+        """The release of the lease with `fields`, made again without what the coordinator
+        refused of them (the command's report, a checkpoint over its bound; the report if the
+        refusal names neither): the job must not be stranded over it."""
 
         def write() -> Job:
             try:
                 return self.client.release_lease(self.job.id, self.lease_id, **fields)
             except errors.ValidationFailed as exc:
-                report = REPORTED & fields.keys()
-                if not report:
+                named = {str(e.get("field", "")).split(".")[0] for e in exc.errors}
+                droppable = (REPORTED | {"checkpoint"}) & fields.keys()
+                dropped = {k for k in droppable if to_camel(k) in named} or REPORTED & fields.keys()
+                if not dropped:
                     raise
-                log.warning("job %s: report refused (%s); releasing without it", self.job.id, exc.detail)
-                bare = {k: v for k, v in fields.items() if k not in report}
+                log.warning("job %s: %s refused (%s); releasing without it", self.job.id,
+                            " and ".join(sorted(dropped)), exc.detail)
+                bare = {k: v for k, v in fields.items() if k not in dropped}
                 return self.client.release_lease(self.job.id, self.lease_id, **bare)
 
         return write

@@ -435,6 +435,29 @@ time.sleep(float(os.environ.get("SLEEP", "30")))
         assert (done.stage, done.attempts, done.checkpoint) == (Stage.QUEUED, 0, {"step": 7})
         assert done.runs[-1].result == RunResult.RELEASED
 
+    def test_a_checkpoint_over_its_bound_is_left_out_not_the_job(self, client, product, tmp_path):
+        job = submit(client, product, "k1")
+        oversized = """
+import signal
+def stopped(*_):
+    print(json.dumps({"insights": {"costUsd": 0.5}}))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stopped)
+pathlib.Path(os.environ["FLEET_CHECKPOINT_FILE"]).write_text(json.dumps({"state": "x" * 70_000}))
+(OUT / "started").write_text("")
+time.sleep(30)
+"""
+        running = run(client, product, script(tmp_path, oversized), drain_seconds=0.2)
+        wait_for(lambda: (tmp_path / "out" / "started").exists(), 10, "the command to start")
+
+        running.runner.drain()
+
+        # the coordinator refuses a checkpoint over 64 KiB: given back without it, with the report
+        assert running.result() == 0 and running.runner.stats.outcomes == {"given_back": 1}
+        done = client.get_job(job.id)
+        assert (done.stage, done.lease, done.attempts, done.checkpoint) == (Stage.QUEUED, None, 0, None)
+        assert done.runs[-1].insights == {"costUsd": 0.5}
+
     def test_a_drain_lets_a_job_that_finishes_in_time_report(self, client, product, tmp_path, monkeypatch):
         monkeypatch.setenv("SLEEP", "0.5")
         job = submit(client, product, "k1")
