@@ -308,16 +308,16 @@ class Seat:
         read that follows it, so the two alternate, a bounded number of rounds. Whether
         `release` ended the lease."""
         fields = {k: v for k, v in report.release_fields().items() if v}
-        refused: errors.FleetClientError | None = None  # the last refusal of the report, the lease gone
+        refused = False  # the report was refused, and the lease not found holding since
         for _ in range(LATE_REPORT_ROUNDS):
             if fields:
                 try:
                     self.client.report_run(self.job.id, self.lease_id, **fields)
                 except errors.IllegalTransition as exc:
-                    if refused is not None:  # refused again, the lease gone: not for its holding
+                    if refused:  # refused again, the lease gone: not for its holding
                         log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
                         return False
-                    refused = exc
+                    refused = True
                 except errors.FleetClientError as exc:
                     log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
                     return False
@@ -330,7 +330,7 @@ class Seat:
                 if not fields:
                     return False  # nothing to report, and nothing to end
                 continue  # taken since the refusal (or not known): the report may be taken now
-            refused = None
+            refused = False
             log.warning("job %s: the lost lease holds the job again; releasing it%s", self.job.id,
                         " with the report" if fields else "")
             ended = self._end_held_lease(release)
