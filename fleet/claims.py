@@ -155,8 +155,9 @@ def _claim_best(
         score = _keyed_by(product.weights, score)
     claimable = _claimable(ctx, request.product_id, offered, scan.queue_state)
     unaffordable = 0
-    changed: set[str] = set()  # the jobs whose take the last scan lost to a change
-    churned = False  # a later scan found one of them queued still
+    # The jobs whose take the last scan lost to a change, with the lease epoch they had then.
+    changed: dict[str, int] = {}
+    churned = False  # a later scan found one of them queued still, never taken since
     for _ in range(RESCANS):
         if running is not None:
             # At the seat limit only critical work may be taken: read only its buckets.
@@ -167,18 +168,19 @@ def _claim_best(
             )
         else:
             streams = _streams(ctx, request.product_id, now, weights, product, offered, claimable)
-        lost, lost_to_change = False, set()
+        lost, lost_to_change = False, {}
         for candidate in candidates.ranked(ctx.store, streams, score):
-            churned = churned or candidate.head.id in changed
+            head = candidate.head
+            churned = churned or changed.get(head.id, -1) == head.lease_epoch
             try:
-                if running is None and candidate.head.etag:
-                    return _take_head(ctx, candidate.head, request.factory_id, scan.budget)
-                job = _as_read(ctx, candidate.head, offered)
+                if running is None and head.etag:
+                    return _take_head(ctx, head, request.factory_id, scan.budget)
+                job = _as_read(ctx, head, offered)
                 return _claim(ctx, job, request.factory_id, offered, running, scan.budget, product)
             except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost) as race:
                 lost = True
                 if not isinstance(race, errors.NotFound):
-                    lost_to_change.add(candidate.head.id)
+                    lost_to_change[head.id] = head.lease_epoch
                 if running is not None:
                     running = _running_at_limit(ctx, request.factory_id, scan.seat_limit, now, scan.factory)
             except budget_rules.BudgetExhausted:
@@ -194,8 +196,9 @@ def _claim_best(
     if unaffordable:
         return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
     if lost and churned:
-        # Every scan lost its races, and a job lost in one was queued still in the next: its
-        # candidates are changing under it (a weight change re-keying them), not being taken.
+        # Every scan lost its races, and a job lost in one was queued still in the next, at
+        # the same lease epoch: its candidates are changing under it (a weight change re-keying
+        # them), not being taken. (One taken and given back meanwhile is at a later epoch.)
         # "Nothing for you" would send the factory to wait for a new queue-state version while
         # work is there to take. (Races lost to other factories' takes end in no_job.)
         raise errors.TooManyRetries(f"product {request.product_id}: its candidates kept changing under this claim")

@@ -250,6 +250,24 @@ def test_a_claim_losing_every_scan_to_other_factories_takes_is_told_nothing_is_l
     assert (result.job, result.reason) == (None, "no_job")
 
 
+def test_a_claim_whose_pick_is_taken_and_given_back_under_every_scan_is_told_nothing_is_left(world, make_job):
+    # Given one queued job that a rival takes and gives back right after each candidate page
+    # this claim reads: queued again in the next scan, changed, but at a later lease epoch
+    only = make_job("only")
+
+    def rival() -> None:
+        taken = claims.take(world.ctx, world.job(only), "factory-rival", world.clock.now())
+        world.release(taken)
+
+    for _ in range(claims.RESCANS * 4):
+        world.store.meanwhile("query", "jobs", rival)
+    # When a factory claims, Then it lost every race to a take, not to a re-keying queue: no
+    # job (the give-back's new queue-state version sends it to claim again), not 503
+    result = world.claim("factory-1", capabilities=[])
+    assert (result.job, result.reason) == (None, "no_job")
+    assert world.job(only).lease_epoch == claims.RESCANS
+
+
 def test_a_claim_takes_its_pick_by_its_head_and_answers_the_whole_job_as_stored(world, make_job, store):
     # Given a queued job with a body, and a store counting calls
     job = make_job("job", body_md="# the work\n" * 300, estimated_cost_usd=None)
