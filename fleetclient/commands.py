@@ -1,6 +1,6 @@
 """The `fleet` CLI's operator and factory commands (registered in `shared/devhost/cli.py`).
 
-    fleet jobs submit|list|show|dag|action|add-children|request-review|review
+    fleet jobs submit|list|show|dag|action|add-children|request-review|review|report
     fleet budgets show|set|pause|resume
     fleet weights show|set
     fleet factories
@@ -144,6 +144,25 @@ def _add_jobs(subparsers, common) -> None:
     p.add_argument("--comment", "-m")
     p.set_defaults(run=_command("review"))
 
+
+    p = job_commands.add_parser(
+        "report", parents=[common], help="report what a run did after its lease was taken",
+        description="Report a run's cost and results once its lease was taken from it (preempted, expired, "
+                    "given back by an operator), so that its cost reaches the budget: what `fleet factory "
+                    "run` does by itself, for a factory that stopped before it could. Fields come from "
+                    "--file (the run report a factory command prints on its last line: {insights, prUrl, "
+                    "branch, artifacts}) and the options, options winning. The same report again counts "
+                    "nothing more.")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--lease-id", "-l", required=True,
+                   help="the lease the run was held under (`fleet jobs show ID --json`: runs[].leaseId)")
+    p.add_argument("--cost-usd", type=float, help="what the run cost, USD")
+    p.add_argument("--tokens-in", type=int)
+    p.add_argument("--tokens-out", type=int)
+    p.add_argument("--pr-url")
+    p.add_argument("--branch")
+    p.add_argument("--file", "-f", dest="spec_file", help="a JSON run report; '-': stdin")
+    p.set_defaults(run=_command("report"))
 
 def _add_budgets(subparsers, common) -> None:
     budgets = subparsers.add_parser("budgets", help="per-product spend ceilings").add_subparsers(

@@ -315,11 +315,11 @@ class Seat:
                     self.client.report_run(self.job.id, self.lease_id, **fields)
                 except errors.IllegalTransition as exc:
                     if refused:  # refused again, the lease gone: not for its holding
-                        log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+                        self._unreported(exc)
                         return False
                     refused = True
                 except errors.FleetClientError as exc:
-                    log.warning("job %s: cannot report the run of the lost lease: %s", self.job.id, exc)
+                    self._unreported(exc)
                     return False
                 else:
                     cost = (report.insights or {}).get("costUsd")
@@ -336,9 +336,17 @@ class Seat:
             ended = self._end_held_lease(release)
             if ended is not None:
                 return ended
-        log.error("job %s: gave up on the run of the lost lease after %d rounds%s", self.job.id,
-                  LATE_REPORT_ROUNDS, "; its cost is not counted" if fields else "")
+        if fields:
+            self._unreported(f"gave up after {LATE_REPORT_ROUNDS} rounds")
+        else:
+            log.error("job %s: gave up on the run of the lost lease after %d rounds", self.job.id, LATE_REPORT_ROUNDS)
         return False
+
+    def _unreported(self, why: object) -> None:
+        """Log a lost lease's run left unreported, with what reports it by hand."""
+        log.error("job %s: cannot report the run of lost lease %s (%s); its cost is not counted until "
+                  "`fleet jobs report %s --lease-id %s` reports it", self.job.id, self.lease_id, why,
+                  self.job.id, self.lease_id)
 
     def _end_held_lease(self, release: dict[str, Any]) -> bool | None:
         """Make `release` on a lease found holding the job again: True once it ended the lease,

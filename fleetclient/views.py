@@ -35,6 +35,15 @@ def job_line(job: Job, verb: str = "") -> str:
     return f"{head}{job.id}  {job.stage.value}  {cell(job.title or '-')}"
 
 
+def reported(job: Job, lease_id: str) -> str:
+    """`reported web:abc…#2 ($0.42 (late)): web:abc… queued  Fix the login page`: the run a
+    late report was for, with the cost it now has (the job alone if the answer does not show
+    which run held `lease_id`)."""
+    run = next((run for run in job.runs if run.lease_id == lease_id), None)
+    if run is None:
+        return job_line(job, "reported:")
+    return job_line(job, f"reported {run.run_id} ({_run_cost(run) or 'no cost'}):")
+
 def job_detail(job: Job) -> str:
     pairs: list[tuple[str, object]] = [
         ("id", job.id),

@@ -156,6 +156,48 @@ class TestJobs:
         assert code == 0 and out.startswith("rejected:") and "queued" in out
 
 
+class TestLateReports:
+    def test_a_run_whose_lease_was_taken_reports_its_cost_to_the_budget(self, fast_cli, fast_client, product, tmp_path):
+        fast_cli("budgets", "set", product, "--ceiling", "10", "--window", "daily")
+        job = submit(fast_cli, product, "k1")
+        lease = fast_client.claim("f1", product).lease.lease_id
+        fast_cli("jobs", "action", job["id"], "requeue", "--reason", "stuck")  # the lease taken from f1
+        # what the factory's command printed on its last line, its cost corrected by an option
+        said = tmp_path / "report.json"
+        said.write_text(json.dumps({"insights": {"costUsd": 0.1, "tokensIn": 900},
+                                    "prUrl": "https://github.com/o/r/pull/7", "artifacts": ["log.txt"]}))
+
+        code, out, _ = fast_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(said),
+                                "--cost-usd", "0.4")
+        shown = fast_cli.json("jobs", "show", job["id"])
+        again = fast_cli("jobs", "report", job["id"], "-l", lease, "-f", str(said), "--cost-usd", "0.4")
+        other_code, _, other_err = fast_cli("jobs", "report", job["id"], "-l", lease, "--cost-usd", "3")
+
+        assert code == 0 and out.startswith(f"reported {job['id']}#1 ($0.40 (late)): {job['id']}  queued")
+        late = shown["runs"][0]["lateReport"]
+        assert late["insights"] == {"costUsd": 0.4, "tokensIn": 900} and late["artifacts"] == ["log.txt"]
+        assert late["prUrl"] == "https://github.com/o/r/pull/7" and shown["stage"] == "queued"
+        assert fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
+        # the same report again is answered and counts nothing more; a different one is refused
+        assert again[0] == 0 and fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
+        assert other_code == commands.EXIT_REFUSED and "409 idempotency_conflict" in other_err
+
+    def test_a_report_needs_something_to_say_and_a_report_file_an_object(self, fleet_cli, client, product, tmp_path):
+        job = submit(fleet_cli, product, "k1")
+        lease = client.claim("f1", product).lease.lease_id
+        listed = tmp_path / "list.json"
+        listed.write_text("[1, 2]")
+
+        empty = fleet_cli("jobs", "report", job["id"], "--lease-id", lease)
+        held = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "1")
+        not_an_object = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(listed))
+
+        assert empty[0] == commands.EXIT_REFUSED and "a report names insights" in empty[2]
+        assert held[0] == commands.EXIT_REFUSED and "still holds job" in held[2]  # release it instead
+        assert not_an_object[0] == commands.EXIT_USAGE and "JSON object" in not_an_object[2]
+        assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["lateReport"] is None
+
+
 class TestProductsAndFactories:
     def test_weights_show_and_set(self, fleet_cli, product):
         code, out, _ = fleet_cli("weights", "set", product, "--age", "3", "--retries", "-1")

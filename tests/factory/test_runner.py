@@ -292,14 +292,17 @@ class TestLeases:
             assert (run_.result, run_.insights, run_.late_report) == (RunResult.RETRY, {"costUsd": 0.75}, None)
 
     def test_a_lease_refused_as_lost_at_every_round_is_given_up_after_a_bounded_number(
-            self, server, product, tmp_path):
+            self, server, product, tmp_path, caplog):
         with ReleasesNotSent(server.url, self.refused_as_lost, count=100, backoff=FAST) as client:
             job, running = run_failing_with_cost(client, product, tmp_path)
 
             assert running.runner.stats.outcomes == {"lost": 1}
             # the first release, then one per round; the lease is left to expire
             assert client.not_sent == 1 + seat.LATE_REPORT_ROUNDS
-            assert client.get_job(job.id).lease is not None
+            lease = client.get_job(job.id).lease
+            assert lease is not None
+            # the log says the cost is not counted, and what counts it by hand
+            assert f"fleet jobs report {job.id} --lease-id {lease.lease_id}" in caplog.text
 
     # with a report, or none: a lease that holds is given back all the same
     @pytest.mark.parametrize("reported", [{"costUsd": 0.75}, None])
