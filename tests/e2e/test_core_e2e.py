@@ -1,6 +1,7 @@
 """The coordinator core over HTTP, as factories and operators use it."""
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
@@ -125,6 +126,63 @@ def test_racing_factories_never_hold_a_job_twice(http, server, mixed, reweighed)
     assert len({f for _, f, _ in claims}) > 1  # they really raced
     listed = http.get(f"/fleet/jobs?productId={product}&stage=shipped&limit=500").json()["items"]
     assert len(listed) == jobs and all(j["leaseEpoch"] == 1 for j in listed)
+
+
+def test_racing_factories_giving_work_back_never_hold_a_job_twice(http, server):
+    """Given 48 queued jobs, when 8 factories race to claim them over HTTP and give some back
+    (a release with no stage: queued again, for anyone) before they ship them, then no job is
+    ever held by two factories at once, every job ships, and its final epoch and runs count
+    the claims it had: a claim that lost its pick to a take and a give-back came back for
+    more rather than stopping short."""
+    product, jobs = "race-give-back", 48
+    for n in range(jobs):
+        assert http.post("/fleet/jobs", {"productId": product, "idempotencyKey": f"g{n}"}).status_code == 201
+    held: set[str] = set()
+    claims_of: Counter[str] = Counter()
+    lock = threading.Lock()
+    problems: list[str] = []
+
+    def factory(name: str, seed: int) -> None:
+        client, rnd = Http(server.url), random.Random(seed)
+        try:
+            while True:
+                body = answered(lambda: client.post("/fleet/claim", {"factoryId": name, "productId": product})).json()
+                if body.get("job") is None:
+                    if "job" not in body:
+                        problems.append(f"{name}: claim answered {body}")
+                    return
+                job_id, lease = body["job"]["id"], body["lease"]
+                with lock:
+                    if job_id in held:
+                        problems.append(f"{job_id} claimed by {name} while held")
+                    held.add(job_id)
+                    claims_of[job_id] += 1
+                building = {"leaseId": lease["leaseId"], "stage": "building"}
+                response = answered(lambda: client.call("PATCH", f"/fleet/jobs/{job_id}", building))
+                if response.status_code != 200:
+                    problems.append(f"{name} {job_id} building: {response.text}")
+                with lock:
+                    held.discard(job_id)  # before the write that frees it
+                give_back = lease["epoch"] < 3 and rnd.random() < 0.4
+                release = {"leaseId": lease["leaseId"], **({} if give_back else {"stage": "shipped"})}
+                response = answered(lambda: client.post(f"/fleet/jobs/{job_id}/lease/release", release))
+                if response.status_code != 200:
+                    problems.append(f"{name} {job_id} release: {response.text}")
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=factory, args=(f"g{n}", n)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert problems == []
+    assert sum(claims_of.values()) > jobs  # work was given back and claimed again
+    listed = http.get(f"/fleet/jobs?productId={product}&limit=500").json()["items"]
+    assert len(listed) == jobs and {j["stage"] for j in listed} == {"shipped"}
+    for job in listed:
+        assert job["leaseEpoch"] == claims_of[job["id"]] == len(job["runs"])
 
 
 def test_superseded_leases_are_fenced_under_contention(http, server):
