@@ -81,6 +81,11 @@ class Stale(Exception):
     for one.)"""
 
 
+class _Decided(errors.NotFound):
+    """A `NotFound` the decision raised (no such run, review, ...): its message says what is
+    missing, and is answered as it is, not as the job's own absence."""
+
+
 class Recent:
     """The job documents one process last wrote or read, with their ETags: at most `bound` of
     them and `budget` bytes of their JSON, the least recently used dropped first (a document
@@ -204,7 +209,10 @@ def change(
     at = now or ctx.clock.now()
 
     def step(doc: dict[str, Any]) -> dict[str, Any] | None:
-        new = decide(Job.from_doc(doc), facts, at)
+        try:
+            new = decide(Job.from_doc(doc), facts, at)
+        except errors.NotFound as exc:
+            raise exc if isinstance(exc, _Decided) else _Decided(exc.detail, **exc.extra) from None
         if new is None:
             return None
         new = new.ringed()
@@ -227,7 +235,7 @@ def change(
             swapped = _once(ctx, id, step, first, stored)
     except (errors.NotFound, errors.PreconditionFailed, errors.TooManyRetries) as exc:
         memory.forget(product_id, id)
-        if isinstance(exc, errors.NotFound):
+        if isinstance(exc, errors.NotFound) and not isinstance(exc, _Decided):
             raise errors.NotFound(f"no job {id!r}") from None
         raise
     if swapped.wrote or swapped.doc is not first:  # a document as stored, not as handed over

@@ -116,6 +116,9 @@ def test_what_a_report_is_refused(flagged_api):
 
     unknown = _report(api, job["id"], "not-a-lease", insights={"costUsd": 1})
     assert unknown.status_code == 404 and unknown.json["code"] == "not_found"
+    assert unknown.json["detail"] == f"job {job['id']} keeps no run held under lease not-a-lease"
+    absent = _report(api, "p:nosuchjobnosuchjobno", lease, insights={"costUsd": 1})
+    assert absent.status_code == 404 and absent.json["detail"] == "no job 'p:nosuchjobnosuchjobno'"
     empty = _report(api, job["id"], lease)
     assert empty.status_code == 400 and "report names" in empty.json["detail"] + str(empty.json.get("errors"))
     negative = _report(api, job["id"], lease, insights={"costUsd": -1})
