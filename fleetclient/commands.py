@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -144,7 +145,6 @@ def _add_jobs(subparsers, common) -> None:
     p.add_argument("--comment", "-m")
     p.set_defaults(run=_command("review"))
 
-
     p = job_commands.add_parser(
         "report", parents=[common], help="report what a run did after its lease was taken",
         description="Report a run's cost and results once its lease was taken from it (preempted, expired, "
@@ -152,17 +152,18 @@ def _add_jobs(subparsers, common) -> None:
                     "run` does by itself, for a factory that stopped before it could. Fields come from "
                     "--file (the run report a factory command prints on its last line: {insights, prUrl, "
                     "branch, artifacts}) and the options, options winning. The same report again counts "
-                    "nothing more.")
+                    "nothing more. Run it with the factory's token (or an admin's).")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--lease-id", "-l", required=True,
                    help="the lease the run was held under (`fleet jobs show ID --json`: runs[].leaseId)")
-    p.add_argument("--cost-usd", type=float, help="what the run cost, USD")
-    p.add_argument("--tokens-in", type=int)
-    p.add_argument("--tokens-out", type=int)
+    p.add_argument("--cost-usd", type=_amount, help="what the run cost, USD")
+    p.add_argument("--tokens-in", type=_count)
+    p.add_argument("--tokens-out", type=_count)
     p.add_argument("--pr-url")
     p.add_argument("--branch")
     p.add_argument("--file", "-f", dest="spec_file", help="a JSON run report; '-': stdin")
     p.set_defaults(run=_command("report"))
+
 
 def _add_budgets(subparsers, common) -> None:
     budgets = subparsers.add_parser("budgets", help="per-product spend ceilings").add_subparsers(
@@ -308,6 +309,24 @@ def _refused(args: argparse.Namespace, exc) -> None:
         print(f"  {name}: {field.get('message') or field.get('msg')}", file=sys.stderr)
     if args.json:
         print(json.dumps(exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}, indent=2))
+
+
+def _amount(text: str) -> float:
+    """A finite amount, 0 or more (argparse names the option when this refuses)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount (a number, 0 or more)")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (a whole number, 0 or more)")
+    return int(text)
 
 
 def _csv(text: str) -> list[str]:

@@ -95,16 +95,20 @@ def report(args: argparse.Namespace, client: FleetClient) -> Shown:
     spec = read_json(args.spec_file) if args.spec_file else {}
     if not isinstance(spec, dict):
         raise Usage("--file must hold a JSON object (a run report: insights, prUrl, branch, artifacts)")
-    insights, artifacts = spec.get("insights") or {}, spec.get("artifacts")
+    insights, artifacts = spec.get("insights", {}), spec.get("artifacts")
     if not isinstance(insights, dict) or not isinstance(artifacts, list | None):
         raise Usage("in --file, insights must be a JSON object and artifacts a list")
     given = {"costUsd": args.cost_usd, "tokensIn": args.tokens_in, "tokensOut": args.tokens_out}
     insights = {**insights, **{name: value for name, value in given.items() if value is not None}}
+    pr_url = args.pr_url if args.pr_url is not None else spec.get("prUrl")
+    branch = args.branch if args.branch is not None else spec.get("branch")
+    if not (insights or pr_url or branch or artifacts):
+        raise Usage("nothing to report: give --cost-usd, --tokens-in, --tokens-out, --pr-url, --branch or --file")
     job = client.report_run(
-        args.job_id, args.lease_id, insights=insights or None,
-        pr_url=args.pr_url or spec.get("prUrl"), branch=args.branch or spec.get("branch"), artifacts=artifacts,
+        args.job_id, args.lease_id, insights=insights or None, pr_url=pr_url, branch=branch, artifacts=artifacts
     )
     return views.reported(job, args.lease_id), job.to_doc()
+
 
 def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
     calls = {

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import threading
@@ -315,11 +316,12 @@ class Seat:
                     self.client.report_run(self.job.id, self.lease_id, **fields)
                 except errors.IllegalTransition as exc:
                     if refused:  # refused again, the lease gone: not for its holding
-                        self._unreported(exc)
+                        self._unreported(fields, exc)
                         return False
                     refused = True
                 except errors.FleetClientError as exc:
-                    self._unreported(exc)
+                    unanswered = isinstance(exc, errors.FleetUnreachable | errors.StoreBusy)
+                    self._unreported(fields, exc, "later" if unanswered else None)
                     return False
                 else:
                     cost = (report.insights or {}).get("costUsd")
@@ -337,16 +339,21 @@ class Seat:
             if ended is not None:
                 return ended
         if fields:
-            self._unreported(f"gave up after {LATE_REPORT_ROUNDS} rounds")
+            self._unreported(fields, f"gave up after {LATE_REPORT_ROUNDS} rounds", "once the lease has expired")
         else:
             log.error("job %s: gave up on the run of the lost lease after %d rounds", self.job.id, LATE_REPORT_ROUNDS)
         return False
 
-    def _unreported(self, why: object) -> None:
-        """Log a lost lease's run left unreported, with what reports it by hand."""
-        log.error("job %s: cannot report the run of lost lease %s (%s); its cost is not counted until "
-                  "`fleet jobs report %s --lease-id %s` reports it", self.job.id, self.lease_id, why,
-                  self.job.id, self.lease_id)
+    def _unreported(self, fields: dict[str, Any], why: object, when: str | None = None) -> None:
+        """Log a lost lease's run left unreported; `when` a report by hand may yet be taken,
+        the command that makes it (the report itself on its stdin)."""
+        by_hand = ""
+        if when:
+            report = shlex.quote(json.dumps({to_camel(k): v for k, v in fields.items()}, separators=(",", ":")))
+            by_hand = f"; to count it {when}: echo {report} | fleet jobs report {self.job.id} " \
+                      f"--lease-id {self.lease_id} --file -"
+        log.error("job %s: the run of lost lease %s is not reported (%s): its cost is not counted%s",
+                  self.job.id, self.lease_id, why, by_hand)
 
     def _end_held_lease(self, release: dict[str, Any]) -> bool | None:
         """Make `release` on a lease found holding the job again: True once it ended the lease,

@@ -36,13 +36,14 @@ def job_line(job: Job, verb: str = "") -> str:
 
 
 def reported(job: Job, lease_id: str) -> str:
-    """`reported web:abc…#2 ($0.42 (late)): web:abc… queued  Fix the login page`: the run a
-    late report was for, with the cost it now has (the job alone if the answer does not show
-    which run held `lease_id`)."""
+    """`reported run 2, $0.42: web:abc…  queued  Fix the login page`: the run a late report
+    was for, with the cost it now has (the job alone if the answer does not show which run
+    held `lease_id`)."""
     run = next((run for run in job.runs if run.lease_id == lease_id), None)
     if run is None:
         return job_line(job, "reported:")
-    return job_line(job, f"reported {run.run_id} ({_run_cost(run) or 'no cost'}):")
+    return job_line(job, f"reported run {run.run_id.rpartition('#')[2]}, {usd(run.cost_usd)}:")
+
 
 def job_detail(job: Job) -> str:
     pairs: list[tuple[str, object]] = [

@@ -55,6 +55,13 @@ def test_the_cli_examples_work_after_the_walkthrough(tmp_path):
         park += '\nLEASE=$(python3 -c \'import json;print(json.load(open("claim.json"))["lease"]["leaseId"])\')'
         park += '\ncurl -sf -H "$AUTH" -X POST "localhost:7071/fleet/jobs/$JOB/lease/release"'
         park += ' -H "content-type: application/json" -d "{\\"leaseId\\":\\"$LEASE\\",\\"stage\\":\\"testing\\"}"'
+        # and a job whose run's lease an operator took (requeued), for the late report's line
+        post = 'curl -sf -H "$AUTH" -H "content-type: application/json" -X POST localhost:7071/fleet'
+        park += f'\n{post}/jobs -d \'{{"productId":"web","idempotencyKey":"late","title":"Late"}}\' > /dev/null'
+        park += f'\n{post}/claim -d \'{{"factoryId":"factory-1","productId":"web"}}\' > taken.json'
+        park += '\nTAKEN=$(python3 -c \'import json;print(json.load(open("taken.json"))["job"]["id"])\')'
+        park += f'\n{post}/jobs/$TAKEN/actions/requeue -d "{{}}" > /dev/null'
+        park += '\nLEASE=$(python3 -c \'import json;print(json.load(open("taken.json"))["lease"]["leaseId"])\')'
         park = park.replace("localhost:7071", server.url.removeprefix("http://"))
         cli = cli_examples().replace(". .venv/bin/activate", f"PATH={Path(sys.executable).parent}:$PATH")
         cli = cli.replace("http://127.0.0.1:7071", server.url).replace(".fleet/admin-token", token)
@@ -67,5 +74,6 @@ def test_the_cli_examples_work_after_the_walkthrough(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         out = done.stdout
         assert "submitted web:" in out and "Fix signup" in out and "blocked  Add tests" in out
+        assert "reported run 1, $0.42: web:" in out and "queued  Late" in out
         assert "├─" in out and "└─" in out  # the children added, as a tree
         assert "review requested:" in out and "paused:    yes (manual)" in out

@@ -2,6 +2,7 @@
 `--json` for scripts, a non-zero exit with the coordinator's code and detail on error."""
 from __future__ import annotations
 
+import io
 import json
 
 import requests
@@ -162,39 +163,61 @@ class TestLateReports:
         job = submit(fast_cli, product, "k1")
         lease = fast_client.claim("f1", product).lease.lease_id
         fast_cli("jobs", "action", job["id"], "requeue", "--reason", "stuck")  # the lease taken from f1
-        # what the factory's command printed on its last line, its cost corrected by an option
+        # what the factory's command printed on its last line, its cost and PR corrected by options
         said = tmp_path / "report.json"
-        said.write_text(json.dumps({"insights": {"costUsd": 0.1, "tokensIn": 900},
-                                    "prUrl": "https://github.com/o/r/pull/7", "artifacts": ["log.txt"]}))
+        said.write_text(json.dumps({"insights": {"costUsd": 0.1, "tokensIn": 900, "model": "m1"},
+                                    "prUrl": "https://github.com/o/r/pull/6", "artifacts": ["log.txt"]}))
 
         code, out, _ = fast_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(said),
-                                "--cost-usd", "0.4")
+                                "--cost-usd", "0.4", "--tokens-out", "300", "--pr-url", "https://github.com/o/r/pull/7",
+                                "--branch", "fix/k1")
         shown = fast_cli.json("jobs", "show", job["id"])
-        again = fast_cli("jobs", "report", job["id"], "-l", lease, "-f", str(said), "--cost-usd", "0.4")
+        again = fast_cli("jobs", "report", job["id"], "-l", lease, "-f", str(said), "--cost-usd", "0.4",
+                         "--tokens-out", "300", "--pr-url", "https://github.com/o/r/pull/7", "--branch", "fix/k1")
         other_code, _, other_err = fast_cli("jobs", "report", job["id"], "-l", lease, "--cost-usd", "3")
 
-        assert code == 0 and out.startswith(f"reported {job['id']}#1 ($0.40 (late)): {job['id']}  queued")
+        assert code == 0 and out.startswith(f"reported run 1, $0.40: {job['id']}  queued")
         late = shown["runs"][0]["lateReport"]
-        assert late["insights"] == {"costUsd": 0.4, "tokensIn": 900} and late["artifacts"] == ["log.txt"]
-        assert late["prUrl"] == "https://github.com/o/r/pull/7" and shown["stage"] == "queued"
-        assert fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
+        assert late["insights"] == {"costUsd": 0.4, "tokensIn": 900, "tokensOut": 300, "model": "m1"}
+        assert (late["prUrl"], late["branch"], late["artifacts"]) == ("https://github.com/o/r/pull/7", "fix/k1", ["log.txt"])
+        assert shown["stage"] == "queued" and fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
         # the same report again is answered and counts nothing more; a different one is refused
         assert again[0] == 0 and fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
         assert other_code == commands.EXIT_REFUSED and "409 idempotency_conflict" in other_err
 
-    def test_a_report_needs_something_to_say_and_a_report_file_an_object(self, fleet_cli, client, product, tmp_path):
+    def test_a_report_on_stdin(self, fleet_cli, client, product, monkeypatch):
         job = submit(fleet_cli, product, "k1")
         lease = client.claim("f1", product).lease.lease_id
-        listed = tmp_path / "list.json"
+        fleet_cli("jobs", "action", job["id"], "requeue")
+        monkeypatch.setattr("sys.stdin", io.StringIO('{"insights": {"costUsd": 1.5}}'))
+
+        code, out, _ = fleet_cli("jobs", "report", job["id"], "-l", lease, "-f", "-")
+
+        assert code == 0 and out.startswith("reported run 1, $1.50:")
+
+    def test_what_a_report_is_refused(self, fleet_cli, client, product, tmp_path):
+        job = submit(fleet_cli, product, "k1")
+        lease = client.claim("f1", product).lease.lease_id
+        listed, stringly = tmp_path / "list.json", tmp_path / "artifacts.json"
         listed.write_text("[1, 2]")
+        stringly.write_text('{"artifacts": "log.txt", "insights": {"costUsd": 1}}')
 
-        empty = fleet_cli("jobs", "report", job["id"], "--lease-id", lease)
         held = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "1")
+        empty = fleet_cli("jobs", "report", job["id"], "--lease-id", lease)
         not_an_object = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(listed))
+        not_a_list = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(stringly))
+        not_a_number = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "nan")
+        negative = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--tokens-in", "-3")
+        fleet_cli("jobs", "action", job["id"], "requeue")
+        unknown = fleet_cli("jobs", "report", job["id"], "--lease-id", "not-a-lease", "--cost-usd", "1")
 
-        assert empty[0] == commands.EXIT_REFUSED and "a report names insights" in empty[2]
         assert held[0] == commands.EXIT_REFUSED and "still holds job" in held[2]  # release it instead
+        assert empty[0] == commands.EXIT_USAGE and "nothing to report" in empty[2]
         assert not_an_object[0] == commands.EXIT_USAGE and "JSON object" in not_an_object[2]
+        assert not_a_list[0] == commands.EXIT_USAGE and "artifacts a list" in not_a_list[2]
+        assert not_a_number[0] == commands.EXIT_USAGE and "--cost-usd: 'nan' is not an amount" in not_a_number[2]
+        assert negative[0] == commands.EXIT_USAGE and "--tokens-in: '-3' is not a count" in negative[2]
+        assert unknown[0] == commands.EXIT_REFUSED and "keeps no run held under lease not-a-lease" in unknown[2]
         assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["lateReport"] is None
 
 

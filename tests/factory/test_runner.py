@@ -301,8 +301,11 @@ class TestLeases:
             assert client.not_sent == 1 + seat.LATE_REPORT_ROUNDS
             lease = client.get_job(job.id).lease
             assert lease is not None
-            # the log says the cost is not counted, and what counts it by hand
-            assert f"fleet jobs report {job.id} --lease-id {lease.lease_id}" in caplog.text
+            # the log says the cost is not counted, and the command that counts it by hand
+            assert f"lost lease {lease.lease_id} is not reported" in caplog.text
+            assert "its cost is not counted; to count it once the lease has expired: " \
+                   f"""echo '{{"insights":{{"costUsd":0.75}}}}' | fleet jobs report {job.id} """ \
+                   f"--lease-id {lease.lease_id} --file -" in caplog.text
 
     # with a report, or none: a lease that holds is given back all the same
     @pytest.mark.parametrize("reported", [{"costUsd": 0.75}, None])
