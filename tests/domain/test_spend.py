@@ -407,8 +407,8 @@ FACTORIES = st.sampled_from(["factory-1", "factory-2"])
 
 class SpendLedger(RuleBasedStateMachine):
     """Jobs (some with estimated costs) are claimed, report costs, ship, park, retry, give back,
-    expire, get preempted, shipped and requeued by operators, swept and replayed, reported late
-    by the leases taken from them — while the
+    expire, get preempted, shipped, requeued and cancelled by operators, swept and replayed,
+    reported late by the leases taken from them — while the
     store crashes at random calls. Invariants: spend never exceeds what ended runs cost and
     never falls below what runs are marked as counted; with nothing pending, it is exactly what
     ended runs cost; every live claim holds its estimate, and none is held once all have ended."""
@@ -569,6 +569,23 @@ class SpendLedger(RuleBasedStateMachine):
                 self.world.report(self.world.job(job_id), lease_id, insights={"costUsd": cost})
             except (errors.NotFound, errors.IdempotencyConflict):
                 pass  # its run ended by its own write is IllegalTransition, caught by `_attempt`
+
+        self._attempt(report)
+
+    @rule(pick=st.integers(0, 9), action=st.sampled_from(["requeue", "cancel"]), cost=COSTS)
+    def an_operator_takes_a_run_and_its_factory_reports_it_late(self, pick, action, cost):
+        # the case a late report is for, made directly: the random rules above reach it rarely
+        job = self._held(pick)
+        if job is None or cost is None:
+            return
+        lease_id = job.lease.lease_id
+        self._attempt(lambda: self.world.act(job, action))
+
+        def report():
+            try:
+                self.world.report(self.world.job(job.id), lease_id, insights={"costUsd": cost})
+            except errors.IdempotencyConflict:
+                pass  # reported before, with another cost
 
         self._attempt(report)
 
