@@ -117,7 +117,7 @@ def create(
         submit_hash=digest,
         created_at=now,
         updated_at=now,
-    ).with_event(now, "submitted")
+    ).with_event(now, "submitted", ctx.principal.actor())
     try:
         job = effects.create(ctx, job, keyed_with=facts.weights).job
     except errors.Conflict:

@@ -8,6 +8,7 @@ import pytest
 from fleet import actions, claims, dag, errors, factories, listing, queue_state, review, submit, weight_registry
 from fleet.jobs import READER
 from fleet.principals import ANONYMOUS, Principal, Role
+from fleet.schemas import ChildSpec
 
 
 def _as(world, role: Role, products=None, factory_id=None, name="someone"):
@@ -51,6 +52,16 @@ def test_putting_work_into_another_product_is_forbidden(world):
         factories.heartbeat(outsider, "fb", ["a"], [], None, [])
     with pytest.raises(errors.Forbidden):
         factories.heartbeat(outsider, "someone-else", ["b"], [], None, [])
+
+
+def test_a_jobs_submitted_event_names_its_submitter_and_children_theirs(world):
+    ci = _as(world, Role.SUBMITTER, name="ci-bot")
+    job = submit.submit(ci, world.spec("x")).job
+    children = dag.add_children(_as(world, Role.OPERATOR, name="ops"), job.id, [ChildSpec(idempotency_key="c1")])
+    assert [(e.type, e.actor) for e in job.events] == [("submitted", "ci-bot")]
+    assert [(e.type, e.actor) for e in children.children[0].events] == [("submitted", "ops")]
+    # with auth off, as before principals: no one is named
+    assert world.submit_job("y").events[0].actor is None
 
 
 def test_a_lease_id_is_answered_to_its_holder_and_operators_only(world):
