@@ -79,7 +79,7 @@ def _add_jobs(subparsers, common) -> None:
     job_commands = subparsers.add_parser("jobs", help="submit, list, show and act on jobs").add_subparsers(
         dest="jobs_command", required=True, metavar="SUBCOMMAND")
 
-    p = job_commands.add_parser("submit", parents=[common], help="submit a job (idempotent by --key)",
+    p = job_commands.add_parser("submit", parents=[common], help="submit a job (idempotent by --idempotency-key)",
                                 description="Submit a job. Fields come from --file (the API's JSON body) and the "
                                             "options, options winning. Submitting the same --idempotency-key again "
                                             "returns the existing job; without one a random key is used.")

@@ -91,13 +91,26 @@ def review(args: argparse.Namespace, client: FleetClient) -> Shown:
     return views.job_line(job, done), job.to_doc()
 
 
+#: What a run report holds (`fleetclient.report`), and the insights the coordinator reads.
+REPORT_FIELDS = ("insights", "prUrl", "branch", "artifacts")
+KNOWN_INSIGHTS = ("costUsd", "tokensIn", "tokensOut")
+
+
 def report(args: argparse.Namespace, client: FleetClient) -> Shown:
     spec = read_json(args.spec_file) if args.spec_file else {}
     if not isinstance(spec, dict):
-        raise Usage("--file must hold a JSON object (a run report: insights, prUrl, branch, artifacts)")
+        raise Usage(f"--file must hold a JSON object (a run report: {', '.join(REPORT_FIELDS)})")
+    unknown = sorted(set(spec) - set(REPORT_FIELDS))
+    if unknown:
+        raise Usage(f"--file has fields a run report does not: {', '.join(unknown)} "
+                    f"(it holds {', '.join(REPORT_FIELDS)})")
     insights, artifacts = spec.get("insights", {}), spec.get("artifacts")
     if not isinstance(insights, dict) or not isinstance(artifacts, list | None):
         raise Usage("in --file, insights must be a JSON object and artifacts a list")
+    # A run is reported once: a misspelt cost would be kept, and the right one refused after it.
+    misspelt = {k: known for k in insights for known in KNOWN_INSIGHTS if k != known and k.casefold() == known.casefold()}
+    if misspelt:
+        raise Usage("in --file, " + ", ".join(f"insights.{k} is spelt {known}" for k, known in misspelt.items()))
     given = {"costUsd": args.cost_usd, "tokensIn": args.tokens_in, "tokensOut": args.tokens_out}
     insights = {**insights, **{name: value for name, value in given.items() if value is not None}}
     pr_url = args.pr_url if args.pr_url is not None else spec.get("prUrl")
@@ -153,8 +166,14 @@ def read_text(path: str) -> str:
 
 
 def read_json(path: str) -> Any:
+    """The JSON in a file (`-`: stdin), as strict as the coordinator reads it: no NaN or
+    Infinity, which Python's parser takes and no request may carry."""
     text = read_text(path)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except ValueError as exc:
         raise Usage(f"{path} is not valid JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")

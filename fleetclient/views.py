@@ -42,7 +42,8 @@ def reported(job: Job, lease_id: str) -> str:
     run = next((run for run in job.runs if run.lease_id == lease_id), None)
     if run is None:
         return job_line(job, "reported:")
-    return job_line(job, f"reported run {run.run_id.rpartition('#')[2]}, {usd(run.cost_usd)}:")
+    cost = usd(run.cost_usd) if run.cost_usd is not None else "no cost"
+    return job_line(job, f"reported run {run.run_id.rpartition('#')[2]}, {cost}:")
 
 
 def job_detail(job: Job) -> str:

@@ -61,7 +61,7 @@ def test_the_cli_examples_work_after_the_walkthrough(tmp_path):
         park += f'\n{post}/claim -d \'{{"factoryId":"factory-1","productId":"web"}}\' > taken.json'
         park += '\nTAKEN=$(python3 -c \'import json;print(json.load(open("taken.json"))["job"]["id"])\')'
         park += f'\n{post}/jobs/$TAKEN/actions/requeue -d "{{}}" > /dev/null'
-        park += '\nLEASE=$(python3 -c \'import json;print(json.load(open("taken.json"))["lease"]["leaseId"])\')'
+        park += '\nTAKEN_LEASE=$(python3 -c \'import json;print(json.load(open("taken.json"))["lease"]["leaseId"])\')'
         park = park.replace("localhost:7071", server.url.removeprefix("http://"))
         cli = cli_examples().replace(". .venv/bin/activate", f"PATH={Path(sys.executable).parent}:$PATH")
         cli = cli.replace("http://127.0.0.1:7071", server.url).replace(".fleet/admin-token", token)

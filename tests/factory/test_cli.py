@@ -192,15 +192,25 @@ class TestLateReports:
         monkeypatch.setattr("sys.stdin", io.StringIO('{"insights": {"costUsd": 1.5}}'))
 
         code, out, _ = fleet_cli("jobs", "report", job["id"], "-l", lease, "-f", "-")
+        # a run reported with no cost says so
+        second = client.claim("f1", product).lease.lease_id
+        fleet_cli("jobs", "action", job["id"], "requeue")
+        costless = fleet_cli("jobs", "report", job["id"], "-l", second, "--pr-url", "https://github.com/o/r/pull/8")
 
         assert code == 0 and out.startswith("reported run 1, $1.50:")
+        assert costless[0] == 0 and costless[1].startswith("reported run 2, no cost:")
 
     def test_what_a_report_is_refused(self, fleet_cli, client, product, tmp_path):
         job = submit(fleet_cli, product, "k1")
         lease = client.claim("f1", product).lease.lease_id
-        listed, stringly = tmp_path / "list.json", tmp_path / "artifacts.json"
-        listed.write_text("[1, 2]")
-        stringly.write_text('{"artifacts": "log.txt", "insights": {"costUsd": 1}}')
+        files = {
+            "listed": "[1, 2]", "stringly": '{"artifacts": "log.txt", "insights": {"costUsd": 1}}',
+            "unknown": '{"pr_url": "https://github.com/o/r/pull/1", "insights": {"costUsd": 1}}',
+            "misspelt": '{"insights": {"costUSD": 1, "tokensin": 5}}', "nan": '{"insights": {"costUsd": NaN}}',
+        }
+        for name, text in files.items():
+            (tmp_path / name).write_text(text)
+        listed, stringly = tmp_path / "listed", tmp_path / "stringly"
 
         held = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "1")
         empty = fleet_cli("jobs", "report", job["id"], "--lease-id", lease)
@@ -208,6 +218,8 @@ class TestLateReports:
         not_a_list = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(stringly))
         not_a_number = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "nan")
         negative = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--tokens-in", "-3")
+        bad_files = {name: fleet_cli("jobs", "report", job["id"], "-l", lease, "-f", str(tmp_path / name))
+                     for name in ("unknown", "misspelt", "nan")}
         fleet_cli("jobs", "action", job["id"], "requeue")
         unknown = fleet_cli("jobs", "report", job["id"], "--lease-id", "not-a-lease", "--cost-usd", "1")
 
@@ -217,6 +229,10 @@ class TestLateReports:
         assert not_a_list[0] == commands.EXIT_USAGE and "artifacts a list" in not_a_list[2]
         assert not_a_number[0] == commands.EXIT_USAGE and "--cost-usd: 'nan' is not an amount" in not_a_number[2]
         assert negative[0] == commands.EXIT_USAGE and "--tokens-in: '-3' is not a count" in negative[2]
+        assert {name: code for name, (code, _, _) in bad_files.items()} == dict.fromkeys(bad_files, commands.EXIT_USAGE)
+        assert "fields a run report does not: pr_url" in bad_files["unknown"][2]
+        assert "insights.costUSD is spelt costUsd, insights.tokensin is spelt tokensIn" in bad_files["misspelt"][2]
+        assert "NaN is not a JSON number" in bad_files["nan"][2]
         assert unknown[0] == commands.EXIT_REFUSED and "keeps no run held under lease not-a-lease" in unknown[2]
         assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["lateReport"] is None
 
