@@ -111,34 +111,34 @@ def _add_jobs(subparsers, common) -> None:
     p.set_defaults(run=_command("list_jobs"))
 
     p = job_commands.add_parser("show", parents=[common], help="a job with its runs and events")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.set_defaults(run=_command("show"))
 
     p = job_commands.add_parser("dag", parents=[common], help="a job and its descendants as a tree")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.set_defaults(run=_command("dag"))
 
     p = job_commands.add_parser("action", parents=[common], help="requeue, reject, cancel or ship a job")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.add_argument("action", choices=_values(actions.Action))
     p.add_argument("--reason", "-r")
     p.add_argument("--actor", default=_default_actor(), help="who acts (default: $USER)")
     p.set_defaults(run=_command("action"))
 
     p = job_commands.add_parser("add-children", parents=[common], help="add child jobs to a job")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.add_argument("--file", "-f", dest="spec_file", required=True,
                    help="JSON: a list of child bodies, or {\"children\": [...]}; '-': stdin")
     p.set_defaults(run=_command("add_children"))
 
     p = job_commands.add_parser("request-review", parents=[common], help="open the review gate on a testing job")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.add_argument("--required", type=int, default=1, help="approvals needed (default 1)")
     p.add_argument("--reviewers", type=_csv, help="only these may review, comma-separated")
     p.set_defaults(run=_command("request_review"))
 
     p = job_commands.add_parser("review", parents=[common], help="approve or reject a job under review")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.add_argument("decision", choices=_values(schemas.Decision))
     p.add_argument("--reviewer", help="who reviews: the token's own principal (the default); needed only "
                                       "against a coordinator with auth off")
@@ -153,7 +153,7 @@ def _add_jobs(subparsers, common) -> None:
                     "--file (the run report a factory command prints on its last line: {insights, prUrl, "
                     "branch, artifacts}) and the options, options winning. The same report again counts "
                     "nothing more. Run it with the factory's token (or an admin's).")
-    p.add_argument("job_id", metavar="ID")
+    p.add_argument("job_id", metavar="ID", type=_job_id)
     p.add_argument("--lease-id", "-l", required=True,
                    help="the lease the run was held under (`fleet jobs show ID --json`: runs[].leaseId)")
     p.add_argument("--cost-usd", type=_amount, help="what the run cost, USD")
@@ -309,6 +309,14 @@ def _refused(args: argparse.Namespace, exc) -> None:
         print(f"  {name}: {field.get('message') or field.get('msg')}", file=sys.stderr)
     if args.json:
         print(json.dumps(exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}, indent=2))
+
+
+def _job_id(text: str) -> str:
+    """A job id as given (the coordinator says whether there is such a job); an empty one
+    would name another route."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a job id is required (PRODUCT:ID, as `fleet jobs list` shows)")
+    return text
 
 
 def _amount(text: str) -> float:

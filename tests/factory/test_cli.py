@@ -314,6 +314,11 @@ class TestErrors:
         code, _, err = fleet_cli("jobs", "action", "web:x", "explode")
         assert code == 2 and "invalid choice" in err
 
+    def test_an_empty_job_id_is_a_usage_error_not_another_route(self, fleet_cli):
+        for command in (("show", ""), ("report", " ", "--lease-id", "l", "--cost-usd", "1")):
+            code, _, err = fleet_cli("jobs", *command)
+            assert code == 2 and "a job id is required" in err
+
     def test_the_factory_runner_needs_a_command(self, fleet_cli, product):
         code, _, err = fleet_cli("factory", "run", "--factory-id", "f1", "--product", product)
         assert code == 2 and "command" in err
