@@ -99,7 +99,9 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> Chi
     keys = [c.idempotency_key for c in children]
     ids = [job_id(parent.product_id, k) for k in keys]
     known = {**deps.stages(ctx, parent.product_id, [k for k in parent.deps if k not in checked.stages]), **checked.stages}
-    attaching = _Attaching(tuple(keys), tuple(ids), _as_created(parent.product_id, ordered, checked, known))
+    attaching = _Attaching(
+        tuple(keys), tuple(ids), _as_created(parent.product_id, ordered, checked, known), ctx.principal.actor()
+    )
 
     # The parent first: once it waits on the new keys no factory can claim it, so the children
     # written next can never be stranded under a parent that runs without them. A crash in
@@ -132,6 +134,8 @@ class _Attaching:
     keys: tuple[str, ...]
     ids: tuple[str, ...]
     stages: deps.Stages
+    #: Who adds them (the event's actor).
+    actor: str | None = None
 
 
 def _attached(job: Job, attaching: _Attaching, now: datetime) -> Job:
@@ -144,7 +148,9 @@ def _attached(job: Job, attaching: _Attaching, now: datetime) -> Job:
                               "kind": Kind.COMPOSITE}  # a job with children is their composite parent
     if waiting:
         update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
-    return job.model_copy(update=update).with_event(now, "children_added", children=list(attaching.keys))
+    return job.model_copy(update=update).with_event(
+        now, "children_added", attaching.actor, children=list(attaching.keys)
+    )
 
 
 def _as_created(product_id: str, ordered: list[ChildSpec], checked: _Checked, known: deps.Stages) -> dict[str, Stage | None]:

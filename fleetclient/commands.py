@@ -151,8 +151,9 @@ def _add_jobs(subparsers, common) -> None:
                     "given back by an operator), so that its cost reaches the budget: what `fleet factory "
                     "run` does by itself, for a factory that stopped before it could. Fields come from "
                     "--file (the run report a factory command prints on its last line: {insights, prUrl, "
-                    "branch, artifacts}) and the options, options winning. The same report again counts "
-                    "nothing more. Run it with the factory's token (or an admin's).")
+                    "branch, artifacts}; anything else in it is ignored, as the runner ignores it, but a "
+                    "misspelling of these is refused) and the options, options winning. The same report "
+                    "again counts nothing more. Run it with the factory's token (or an admin's).")
     p.add_argument("job_id", metavar="ID", type=_job_id)
     p.add_argument("--lease-id", "-l", required=True,
                    help="the lease the run was held under (`fleet jobs show ID --json`: runs[].leaseId)")

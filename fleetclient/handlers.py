@@ -6,14 +6,15 @@ The parsers live in `fleetclient.commands`, which imports this module only when 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
 import uuid
 from typing import Any
 
-from fleet import listing
+from fleet import errors, listing
 from fleetclient import views
 from fleetclient.client import FleetClient
+from shared import strict_json
 
 Shown = tuple[str, Any]
 
@@ -100,17 +101,17 @@ def report(args: argparse.Namespace, client: FleetClient) -> Shown:
     spec = read_json(args.spec_file) if args.spec_file else {}
     if not isinstance(spec, dict):
         raise Usage(f"--file must hold a JSON object (a run report: {', '.join(REPORT_FIELDS)})")
-    unknown = sorted(set(spec) - set(REPORT_FIELDS))
-    if unknown:
-        raise Usage(f"--file has fields a run report does not: {', '.join(unknown)} "
-                    f"(it holds {', '.join(REPORT_FIELDS)})")
+    # A run is reported once: a misspelt field would be lost, and the right one refused after it.
+    misspelt = [f"{k} is spelt {known}" for k, known in _lookalikes(spec, REPORT_FIELDS)]
     insights, artifacts = spec.get("insights", {}), spec.get("artifacts")
     if not isinstance(insights, dict) or not isinstance(artifacts, list | None):
         raise Usage("in --file, insights must be a JSON object and artifacts a list")
-    # A run is reported once: a misspelt cost would be kept, and the right one refused after it.
-    misspelt = {k: known for k in insights for known in KNOWN_INSIGHTS if k != known and k.casefold() == known.casefold()}
+    misspelt += [f"insights.{k} is spelt {known}" for k, known in _lookalikes(insights, KNOWN_INSIGHTS)]
     if misspelt:
-        raise Usage("in --file, " + ", ".join(f"insights.{k} is spelt {known}" for k, known in misspelt.items()))
+        raise Usage("in --file, " + ", ".join(misspelt))
+    ignored = sorted(set(spec) - set(REPORT_FIELDS))
+    if ignored:  # as the runner reads a command's report line: anything else is not a report's
+        print(f"fleet: ignoring in --file what a run report does not hold: {', '.join(ignored)}", file=sys.stderr)
     given = {"costUsd": args.cost_usd, "tokensIn": args.tokens_in, "tokensOut": args.tokens_out}
     insights = {**insights, **{name: value for name, value in given.items() if value is not None}}
     pr_url = args.pr_url if args.pr_url is not None else spec.get("prUrl")
@@ -121,6 +122,13 @@ def report(args: argparse.Namespace, client: FleetClient) -> Shown:
         args.job_id, args.lease_id, insights=insights or None, pr_url=pr_url, branch=branch, artifacts=artifacts
     )
     return views.reported(job, args.lease_id), job.to_doc()
+
+
+def _lookalikes(given: dict[str, Any], known: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The keys of `given` that name one of `known` spelt otherwise (`cost_usd`, `CostUSD`)."""
+    plain = {re.sub(r"[-_ ]", "", name).casefold(): name for name in known}
+    return [(key, plain[norm]) for key in given
+            if (norm := re.sub(r"[-_ ]", "", key).casefold()) in plain and plain[norm] != key]
 
 
 def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
@@ -166,14 +174,11 @@ def read_text(path: str) -> str:
 
 
 def read_json(path: str) -> Any:
-    """The JSON in a file (`-`: stdin), as strict as the coordinator reads it: no NaN or
-    Infinity, which Python's parser takes and no request may carry."""
+    """The JSON in a file (`-`: stdin), read as strictly as the coordinator reads a body
+    (`shared.strict_json`: no NaN, infinities or unsafe integers, which Python's parser takes
+    and no request may carry; no key twice)."""
     text = read_text(path)
     try:
-        return json.loads(text, parse_constant=_not_json)
-    except ValueError as exc:
-        raise Usage(f"{path} is not valid JSON: {exc}") from None
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON number")
+        return strict_json.loads(text)
+    except errors.ValidationFailed as exc:
+        raise Usage(f"{path}: {exc.detail}") from None

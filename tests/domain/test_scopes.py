@@ -54,12 +54,13 @@ def test_putting_work_into_another_product_is_forbidden(world):
         factories.heartbeat(outsider, "someone-else", ["b"], [], None, [])
 
 
-def test_a_jobs_submitted_event_names_its_submitter_and_children_theirs(world):
+def test_a_jobs_submitted_event_names_its_submitter_and_children_who_added_them(world):
     ci = _as(world, Role.SUBMITTER, name="ci-bot")
     job = submit.submit(ci, world.spec("x")).job
     children = dag.add_children(_as(world, Role.OPERATOR, name="ops"), job.id, [ChildSpec(idempotency_key="c1")])
     assert [(e.type, e.actor) for e in job.events] == [("submitted", "ci-bot")]
     assert [(e.type, e.actor) for e in children.children[0].events] == [("submitted", "ops")]
+    assert [(e.type, e.actor) for e in children.parent.events][-1] == ("children_added", "ops")
     # with auth off, as before principals: no one is named
     assert world.submit_job("y").events[0].actor is None
 

@@ -166,9 +166,10 @@ class TestLateReports:
         # what the factory's command printed on its last line, its cost and PR corrected by options
         said = tmp_path / "report.json"
         said.write_text(json.dumps({"insights": {"costUsd": 0.1, "tokensIn": 900, "model": "m1"},
-                                    "prUrl": "https://github.com/o/r/pull/6", "artifacts": ["log.txt"]}))
+                                    "prUrl": "https://github.com/o/r/pull/6", "artifacts": ["log.txt"],
+                                    "exitCode": 0}))
 
-        code, out, _ = fast_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(said),
+        code, out, err = fast_cli("jobs", "report", job["id"], "--lease-id", lease, "--file", str(said),
                                 "--cost-usd", "0.4", "--tokens-out", "300", "--pr-url", "https://github.com/o/r/pull/7",
                                 "--branch", "fix/k1")
         shown = fast_cli.json("jobs", "show", job["id"])
@@ -177,6 +178,7 @@ class TestLateReports:
         other_code, _, other_err = fast_cli("jobs", "report", job["id"], "-l", lease, "--cost-usd", "3")
 
         assert code == 0 and out.startswith(f"reported run 1, $0.40: {job['id']}  queued")
+        assert "ignoring in --file what a run report does not hold: exitCode" in err  # as the runner does
         late = shown["runs"][0]["lateReport"]
         assert late["insights"] == {"costUsd": 0.4, "tokensIn": 900, "tokensOut": 300, "model": "m1"}
         assert (late["prUrl"], late["branch"], late["artifacts"]) == ("https://github.com/o/r/pull/7", "fix/k1", ["log.txt"])
@@ -206,7 +208,8 @@ class TestLateReports:
         files = {
             "listed": "[1, 2]", "stringly": '{"artifacts": "log.txt", "insights": {"costUsd": 1}}',
             "unknown": '{"pr_url": "https://github.com/o/r/pull/1", "insights": {"costUsd": 1}}',
-            "misspelt": '{"insights": {"costUSD": 1, "tokensin": 5}}', "nan": '{"insights": {"costUsd": NaN}}',
+            "misspelt": '{"insights": {"costUSD": 1, "tokens_in": 5}}', "nan": '{"insights": {"costUsd": NaN}}',
+            "huge": '{"insights": {"costUsd": 1e999}}', "twice": '{"insights": {"costUsd": 5, "costUsd": 1}}',
         }
         for name, text in files.items():
             (tmp_path / name).write_text(text)
@@ -219,7 +222,7 @@ class TestLateReports:
         not_a_number = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "nan")
         negative = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--tokens-in", "-3")
         bad_files = {name: fleet_cli("jobs", "report", job["id"], "-l", lease, "-f", str(tmp_path / name))
-                     for name in ("unknown", "misspelt", "nan")}
+                     for name in ("unknown", "misspelt", "nan", "huge", "twice")}
         fleet_cli("jobs", "action", job["id"], "requeue")
         unknown = fleet_cli("jobs", "report", job["id"], "--lease-id", "not-a-lease", "--cost-usd", "1")
 
@@ -230,9 +233,11 @@ class TestLateReports:
         assert not_a_number[0] == commands.EXIT_USAGE and "--cost-usd: 'nan' is not an amount" in not_a_number[2]
         assert negative[0] == commands.EXIT_USAGE and "--tokens-in: '-3' is not a count" in negative[2]
         assert {name: code for name, (code, _, _) in bad_files.items()} == dict.fromkeys(bad_files, commands.EXIT_USAGE)
-        assert "fields a run report does not: pr_url" in bad_files["unknown"][2]
-        assert "insights.costUSD is spelt costUsd, insights.tokensin is spelt tokensIn" in bad_files["misspelt"][2]
-        assert "NaN is not a JSON number" in bad_files["nan"][2]
+        assert "pr_url is spelt prUrl" in bad_files["unknown"][2]
+        assert "insights.costUSD is spelt costUsd, insights.tokens_in is spelt tokensIn" in bad_files["misspelt"][2]
+        assert "NaN is not valid JSON" in bad_files["nan"][2]
+        assert "insights.costUsd is a number out of range" in bad_files["huge"][2]
+        assert "'costUsd' appears twice" in bad_files["twice"][2]
         assert unknown[0] == commands.EXIT_REFUSED and "keeps no run held under lease not-a-lease" in unknown[2]
         assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["lateReport"] is None
 
