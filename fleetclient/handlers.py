@@ -6,14 +6,18 @@ The parsers live in `fleetclient.commands`, which imports this module only when 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import uuid
 from typing import Any
 
-from fleet import errors, listing
+from pydantic.alias_generators import to_camel
+
+from fleet import errors, listing, schemas
 from fleetclient import views
 from fleetclient.client import FleetClient
+from fleetclient.report import Report
 from shared import strict_json
 
 Shown = tuple[str, Any]
@@ -92,9 +96,10 @@ def review(args: argparse.Namespace, client: FleetClient) -> Shown:
     return views.job_line(job, done), job.to_doc()
 
 
-#: What a run report holds (`fleetclient.report`), and the insights the coordinator reads.
-REPORT_FIELDS = ("insights", "prUrl", "branch", "artifacts")
-KNOWN_INSIGHTS = ("costUsd", "tokensIn", "tokensOut")
+#: What a run report holds (`fleetclient.report.Report`, as JSON names it), and the insights
+#: the coordinator reads (`fleet.schemas.Insights`).
+REPORT_FIELDS = tuple(to_camel(field.name) for field in dataclasses.fields(Report))
+KNOWN_INSIGHTS = tuple(schemas.Insights.model_fields)
 
 
 def report(args: argparse.Namespace, client: FleetClient) -> Shown:
@@ -126,9 +131,11 @@ def report(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 def _lookalikes(given: dict[str, Any], known: tuple[str, ...]) -> list[tuple[str, str]]:
     """The keys of `given` that name one of `known` spelt otherwise (`cost_usd`, `CostUSD`)."""
-    plain = {re.sub(r"[-_ ]", "", name).casefold(): name for name in known}
-    return [(key, plain[norm]) for key in given
-            if (norm := re.sub(r"[-_ ]", "", key).casefold()) in plain and plain[norm] != key]
+    def plain(name: str) -> str:
+        return re.sub(r"[-_ ]", "", name).casefold()
+
+    meant = {plain(name): name for name in known}
+    return [(key, meant[plain(key)]) for key in given if meant.get(plain(key), key) != key]
 
 
 def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
