@@ -297,11 +297,12 @@ def get_budget(req: func.HttpRequest) -> func.HttpResponse:
     answer=budget_rules.BudgetView, body=schemas.BudgetBody, path=PRODUCT, raises=(errors.FeatureDisabled,),
 )
 def put_budget(req: func.HttpRequest) -> func.HttpResponse:
-    """Set the ceiling and window (FLEET_BUDGETS)"""
+    """Set the ceiling, window and default estimate (FLEET_BUDGETS)"""
     _budgets_on()
     product = http.product_id(req.route_params.get("productId"))
     body = http.body(req, schemas.BudgetBody)
-    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, body.window).public())
+    default = body.default_estimate_usd if "default_estimate_usd" in body.model_fields_set else budgets.KEEP
+    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, body.window, default).public())
 
 
 @app.route(route="fleet/budgets/{productId}/pause", methods=["POST"])

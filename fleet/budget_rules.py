@@ -1,6 +1,6 @@
 """Budget rules: a product's USD ceiling per UTC calendar window, the spend accrued against it
 exactly once per run, automatic and manual pauses, and reservations for in-flight estimated
-cost. Pure: each rule takes a `Budget` and `now` and returns the changed copy (`budgets` holds
+cost (a job's own estimate, or the budget's default estimate for a job without one). Pure: each rule takes a `Budget` and `now` and returns the changed copy (`budgets` holds
 the use cases that read and write the document).
 
 One document per product in the `budgets` container (`id` = `productId`). A run's cost is
@@ -48,6 +48,9 @@ class _BudgetFields(Model):
     product_id: str
     ceiling_usd: float | None = None
     window: Window = Window.MONTHLY
+    #: What a claim reserves for a job with no `estimatedCostUsd` of its own (an explicit 0 is
+    #: free); None: such jobs reserve nothing, and a burst of them may overshoot the ceiling.
+    default_estimate_usd: float | None = None
     window_start: Time
     spent_usd: float = 0.0
     paused: bool = False
@@ -187,6 +190,16 @@ def accrue(
     if budget.ceiling_usd is not None and _usd(spent) >= budget.ceiling_usd and not budget.paused:
         update.update(paused=True, paused_by=PausedBy.CEILING)
     return budget.model_copy(update=update)
+
+
+def estimate(budget: Budget | None, estimated_cost_usd: float | None) -> float:
+    """What a claim of a job estimated at `estimated_cost_usd` reserves under `budget`: its own
+    estimate, else the budget's default; 0 (nothing to reserve) without a ceiling."""
+    if budget is None or budget.ceiling_usd is None:
+        return 0.0
+    if estimated_cost_usd is not None:
+        return estimated_cost_usd
+    return budget.default_estimate_usd or 0.0
 
 
 def reserve(budget: Budget, claim: str, run_id: str, amount: float, now: datetime) -> Budget:

@@ -58,8 +58,13 @@ def change(ctx: Context, product_id: str, decide, create: bool = True, current: 
         raise errors.NotFound(f"product {product_id} has no budget") from None
 
 
-def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Budget:
-    """Create or update the ceiling and window. Lifting the ceiling above spend lifts an
+#: `put`'s default for a setting the caller leaves as it is.
+KEEP: Any = object()
+
+
+def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window, default_estimate_usd: float | None = KEEP) -> Budget:
+    """Create or update the ceiling and window, and the default estimate unless it is `KEEP`
+    (None: jobs without an estimate reserve nothing). Lifting the ceiling above spend lifts an
     automatic pause. Changing the window moves to the new kind's current window, whose spend
     is recomputed from the ledger of recent accruals (exact within its memory)."""
     _reach(ctx, product_id)
@@ -67,6 +72,8 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Bu
 
     def decide(budget: Budget) -> Budget:
         update: dict[str, Any] = {"ceiling_usd": ceiling_usd, "window": window, "updated_at": now}
+        if default_estimate_usd is not KEEP:
+            update["default_estimate_usd"] = default_estimate_usd
         if window != budget.window:
             start = budget_rules.window_start(window, now)
             spent = sum(usd for at, usd in budget.ledger if at >= start)
@@ -80,10 +87,18 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window) -> Bu
 
     before = find(ctx, product_id)
     budget = change(ctx, product_id, decide)
-    if budget_rules.refusal(before) and not budget_rules.refusal(budget) or before is None:
+    if before is None or _roomier(before, budget):
         queue_state.bump(ctx, product_id)
     activity.touch(ctx)
     return budget
+
+
+def _roomier(before: Budget, after: Budget) -> bool:
+    """Whether a claim refused under `before` may fit under `after`: idle factories must be told."""
+    if budget_rules.refusal(before) and not budget_rules.refusal(after):
+        return True
+    room = lambda b: (b.ceiling_usd if b.ceiling_usd is not None else float("inf")) - b.spent_usd  # noqa: E731
+    return room(after) > room(before) or (after.default_estimate_usd or 0.0) < (before.default_estimate_usd or 0.0)
 
 
 def pause(ctx: Context, product_id: str, reason: str | None = None) -> Budget:

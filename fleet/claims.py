@@ -184,7 +184,7 @@ def _claim_best(
                 if running is not None:
                     running = _running_at_limit(ctx, request.factory_id, scan.seat_limit, now, scan.factory)
             except budget_rules.BudgetExhausted:
-                # Too dear for what is left: a cheaper (or unestimated) job may still fit.
+                # Too dear for what is left: a cheaper (or free) job may still fit.
                 unaffordable += 1
                 if unaffordable >= MAX_UNAFFORDABLE:
                     return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
@@ -442,17 +442,17 @@ def _budget(ctx: Context, product_id: str) -> _Budget:
 
 
 def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budget) -> bool:
-    """Reserve the job's estimated cost under the claim's lease id (so a claim that loses the
-    race releases only its own reservation); False when there is nothing to reserve."""
-    if not ctx.settings.budgets or not job.estimated_cost_usd:
-        return False
-    if budget.rolled is None or budget.rolled.ceiling_usd is None:
+    """Reserve the job's estimated cost (its own, else the budget's default estimate) under the
+    claim's lease id (so a claim that loses the race releases only its own reservation); False
+    when there is nothing to reserve."""
+    amount = budget_rules.estimate(budget.rolled, job.estimated_cost_usd) if ctx.settings.budgets else 0.0
+    if not amount:
         return False
     run_id = f"{job.id}#{lease.epoch}"
     budgets.change(
         ctx,
         job.product_id,
-        lambda b: budget_rules.reserve(b, lease.lease_id, run_id, job.estimated_cost_usd, now),
+        lambda b: budget_rules.reserve(b, lease.lease_id, run_id, amount, now),
         current=budget.doc,
     )
     return True

@@ -35,7 +35,8 @@ def end_run(job: Job, now: datetime, result: RunResult | None, **report: Any) ->
     job = job.with_latest_run(**update)
     ended = job.latest_run
     late = ended.late_report is not None and not ended.late_report.accrued
-    if late or (not ended.accrued and (ended.insights.get("costUsd") or job.estimated_cost_usd is not None)):
+    held = ended.reservation is not None or job.estimated_cost_usd is not None  # a reservation to give back
+    if late or (not ended.accrued and (ended.insights.get("costUsd") or held)):
         job = job.model_copy(update={"accrual_pending": True})
     return job
 

@@ -237,6 +237,9 @@ class BudgetBody(Body):
 
     ceiling_usd: Money
     window: Window = Window.MONTHLY
+    #: What a claim reserves for a job with no `estimatedCostUsd` of its own; null: nothing.
+    #: Left out, the budget keeps the default estimate it has.
+    default_estimate_usd: Money | None = None
 
 
 class ReviewRequestBody(Body):

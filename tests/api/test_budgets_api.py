@@ -133,7 +133,41 @@ def test_a_pause_may_say_why_and_the_reason_is_checked(flagged_api):
     assert api.post("/fleet/budgets/p/pause").json["pauseReason"] is None  # no body: no reason
 
 
-@pytest.mark.parametrize("body,field", [({"ceilingUsd": -1}, "ceilingUsd"), ({"ceilingUsd": 1, "window": "hourly"}, "window"), ({}, "ceilingUsd")])
+def test_a_default_estimate_reserves_for_jobs_that_name_no_cost(flagged_api):
+    api = flagged_api
+    budget = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "defaultEstimateUsd": 4}).json
+    assert budget["defaultEstimateUsd"] == 4
+    for n in range(3):
+        api.submit(f"k{n}")  # no estimatedCostUsd
+    claims = [api.claim("f1"), api.claim("f2")]
+    assert all(claim["job"] is not None for claim in claims)
+    assert api.claim("f3") == {"job": None, "reason": "budget_exceeded"}  # 4 + 4 + 4 > 10
+    budget = api.get("/fleet/budgets/p").json
+    assert (budget["reservedUsd"], budget["remainingUsd"]) == (8, 2)
+    assert budget["reservations"].keys() == {claim["runId"] for claim in claims}
+
+    # a PUT that leaves it out keeps it; null clears it, and the third job then fits
+    assert api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10}).json["defaultEstimateUsd"] == 4
+    cleared = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "defaultEstimateUsd": None}).json
+    assert cleared["defaultEstimateUsd"] is None
+    third = api.claim("f3")
+    assert third["job"] is not None and third["runId"] not in api.get("/fleet/budgets/p").json["reservations"]
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"ceilingUsd": -1}, "ceilingUsd"),
+        ({"ceilingUsd": 1, "window": "hourly"}, "window"),
+        ({}, "ceilingUsd"),
+        ({"ceilingUsd": 1, "defaultEstimateUsd": -0.5}, "defaultEstimateUsd"),
+        ({"ceilingUsd": 1, "defaultEstimateUsd": "4"}, "defaultEstimateUsd"),
+        ({"ceilingUsd": 1, "defaultEstimateUsd": 1e10}, "defaultEstimateUsd"),
+        ({"ceilingUsd": 1, "defaultEstimateUsd": True}, "defaultEstimateUsd"),
+        ({"ceilingUsd": 1, "defaultEstimate": 4}, "defaultEstimate"),
+    ],
+)
 def test_budget_validation(flagged_api, body, field):
     response = flagged_api.call("PUT", "/fleet/budgets/p", body)
     assert response.status_code == 400 and response.json["errors"][0]["field"] == field
+    assert flagged_api.get("/fleet/budgets/p").json["code"] == "not_found"  # nothing half-written

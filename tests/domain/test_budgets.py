@@ -553,3 +553,78 @@ def test_spend_is_tracked_before_a_ceiling_and_a_put_enforces_it(world):
     budget = world.put_budget(2.0, "daily")
     assert (budget.window, budget.window_start) == (Window.DAILY, utc(T0) - timedelta(hours=9))
     assert (budget.paused, budget.paused_by) == (True, PausedBy.CEILING)
+
+
+# The default estimate: what a job without an estimate of its own reserves
+
+
+def test_a_default_estimate_holds_the_ceiling_for_jobs_that_name_none(world):
+    # Given a 10-dollar ceiling with a default estimate of 4, and three jobs that name no cost
+    world.put_budget(10.0, default_estimate=4.0)
+    for i in range(3):
+        world.submit_job(f"unestimated-{i}")
+    # When three factories claim, Then two fit (4 + 4 = 8) and the third would not (12 > 10)
+    outcomes = [world.claim(f"factory-{i}") for i in range(3)]
+    assert [c.job is not None for c in outcomes] == [True, True, False]
+    assert outcomes[2].reason == "budget_exceeded"
+    budget = world.budget()
+    assert budget.reserved_usd == 8.0
+    assert {held["runId"] for held in budget.reservations.values()} == {c.job.latest_run.run_id for c in outcomes[:2]}
+
+
+def test_a_job_estimated_at_zero_or_at_its_own_cost_is_not_charged_the_default(world):
+    # Given a default estimate of 4 under a ceiling of 10, and 9 reserved by a job's own estimate
+    world.put_budget(10.0, default_estimate=4.0)
+    world.submit_job("own", priority="high", estimated_cost_usd=9.0)
+    world.submit_job("free", estimated_cost_usd=0.0)
+    world.submit_job("default")
+    own = world.claim("factory-1").job
+    # When two more factories claim, Then the job estimated at 0 is free; the default does not fit
+    free, refused = world.claim("factory-2"), world.claim("factory-3")
+    assert (own.idempotency_key, free.job.idempotency_key) == ("own", "free")
+    assert free.job.latest_run.reservation is None
+    assert refused.reason == "budget_exceeded"
+    assert world.budget().reserved_usd == 9.0
+
+
+def test_a_default_reservation_is_given_back_when_its_run_ends_without_a_cost(world):
+    world.put_budget(10.0, default_estimate=4.0)
+    world.submit_job("a")
+    world.submit_job("b")
+    a, b = world.claim("factory-1").job, world.claim("factory-2").job
+    assert world.budget().reserved_usd == 8.0
+    # When one run ends reporting no cost, and the other ships having cost 1.5
+    world.release(a, result="retry")
+    world.release(b, result="shipped", insights={"costUsd": 1.5})
+    # Then both reservations are gone and only what was reported is spent
+    budget = world.budget()
+    assert (budget.spent_usd, budget.reserved_usd) == (1.5, 0.0)
+    assert world.job(a).accrual_pending is False and world.job(b).accrual_pending is False
+
+
+def test_a_put_keeps_the_default_estimate_unless_it_names_one(world):
+    assert world.put_budget(10.0, default_estimate=4.0).default_estimate_usd == 4.0
+    # a put that leaves it out keeps it (a script that only moves the ceiling)
+    assert world.put_budget(20.0).default_estimate_usd == 4.0
+    # None clears it: jobs without an estimate reserve nothing again
+    assert world.put_budget(20.0, default_estimate=None).default_estimate_usd is None
+    world.submit_job("unestimated")
+    assert world.claim().job.latest_run.reservation is None
+
+
+@pytest.mark.parametrize(
+    "first, then, told",
+    [
+        ((10.0, 4.0), (10.0, 2.0), True),  # a lower default: more jobs fit
+        ((10.0, 4.0), (10.0, None), True),  # no default: every unestimated job fits
+        ((10.0, 4.0), (12.0, 4.0), True),  # a higher ceiling: more room
+        ((10.0, 4.0), (10.0, 6.0), False),  # a higher default fits fewer
+        ((10.0, 4.0), (8.0, 4.0), False),  # a lower ceiling fits fewer
+        ((10.0, 4.0), (10.0, 4.0), False),  # unchanged
+    ],
+)
+def test_a_put_that_may_fit_more_claims_tells_idle_factories(world, first, then, told):
+    world.put_budget(first[0], default_estimate=first[1])
+    version = world.version()
+    world.put_budget(then[0], default_estimate=then[1])
+    assert (world.version() > version) is told

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
+from collections import Counter
 import uuid
 
 import pytest
@@ -12,6 +15,43 @@ import requests
 
 from shared.devhost.process import running_server
 from tests.support.cosmos import cosmos_account, cosmos_server  # noqa: F401 (fixtures)
+
+
+def answered(call, attempts: int = 30):
+    """`call()` again while the coordinator answers 503 (its store busy past the deadline, as
+    on a loaded machine), after the `Retry-After` it names (at most a second here), as a
+    factory does: every call the race makes is one it may repeat."""
+    for _ in range(attempts):
+        response = call()
+        if response.status_code != 503:
+            return response
+        time.sleep(min(float(response.headers.get("Retry-After") or 1), 1.0))
+    return response
+
+
+class Holds:
+    """What racing factories hold, as a test sees it: each take is checked against the jobs held
+    now (a job held twice is a problem), and counted; `most` is the most held at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.held: set[str] = set()
+        self.claims_of: Counter[str] = Counter()
+        self.problems: list[str] = []
+        self.most = 0
+
+    def take(self, job_id: str, factory: str) -> None:
+        with self.lock:
+            if job_id in self.held:
+                self.problems.append(f"{job_id} claimed by {factory} while held")
+            self.held.add(job_id)
+            self.claims_of[job_id] += 1
+            self.most = max(self.most, len(self.held))
+
+    def free(self, job_id: str) -> None:
+        """Call before the write that frees it."""
+        with self.lock:
+            self.held.discard(job_id)
 
 
 class Http:

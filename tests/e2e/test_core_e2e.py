@@ -10,7 +10,7 @@ import pytest
 
 from fleet import errors, liveness
 from shared import config
-from tests.e2e.conftest import Http
+from tests.e2e.conftest import Holds, Http, answered
 
 pytestmark = pytest.mark.e2e
 
@@ -25,18 +25,6 @@ def test_submit_claim_patch_ship(http):
         assert http.call("PATCH", f"/fleet/jobs/{job['id']}", {"leaseId": lease, "stage": stage}).status_code == 200
     shipped = http.post(f"/fleet/jobs/{job['id']}/actions/ship", {"actor": "ops"}).json()
     assert shipped["stage"] == "shipped" and shipped["runs"][0]["result"] == "shipped"
-
-
-def answered(call, attempts: int = 30):
-    """`call()` again while the coordinator answers 503 (its store busy past the deadline, as
-    on a loaded machine), after the `Retry-After` it names (at most a second here), as a
-    factory does: every call the race makes is one it may repeat."""
-    for _ in range(attempts):
-        response = call()
-        if response.status_code != 503:
-            return response
-        time.sleep(min(float(response.headers.get("Retry-After") or 1), 1.0))
-    return response
 
 
 @pytest.mark.parametrize("mixed, reweighed", [(False, False), (True, False), (True, True)], ids=["plain", "capability-mix", "weights-changing"])
@@ -137,10 +125,7 @@ def test_racing_factories_giving_work_back_never_hold_a_job_twice(http, server):
     product, jobs = "race-give-back", 48
     for n in range(jobs):
         assert http.post("/fleet/jobs", {"productId": product, "idempotencyKey": f"g{n}"}).status_code == 201
-    held: set[str] = set()
-    claims_of: Counter[str] = Counter()
-    lock = threading.Lock()
-    problems: list[str] = []
+    holds = Holds()
 
     def factory(name: str, seed: int) -> None:
         client, rnd = Http(server.url), random.Random(seed)
@@ -149,25 +134,20 @@ def test_racing_factories_giving_work_back_never_hold_a_job_twice(http, server):
                 body = answered(lambda: client.post("/fleet/claim", {"factoryId": name, "productId": product})).json()
                 if body.get("job") is None:
                     if "job" not in body:
-                        problems.append(f"{name}: claim answered {body}")
+                        holds.problems.append(f"{name}: claim answered {body}")
                     return
                 job_id, lease = body["job"]["id"], body["lease"]
-                with lock:
-                    if job_id in held:
-                        problems.append(f"{job_id} claimed by {name} while held")
-                    held.add(job_id)
-                    claims_of[job_id] += 1
+                holds.take(job_id, name)
                 building = {"leaseId": lease["leaseId"], "stage": "building"}
                 response = answered(lambda: client.call("PATCH", f"/fleet/jobs/{job_id}", building))
                 if response.status_code != 200:
-                    problems.append(f"{name} {job_id} building: {response.text}")
-                with lock:
-                    held.discard(job_id)  # before the write that frees it
+                    holds.problems.append(f"{name} {job_id} building: {response.text}")
+                holds.free(job_id)
                 give_back = lease["epoch"] < 3 and rnd.random() < 0.4
                 release = {"leaseId": lease["leaseId"], **({} if give_back else {"stage": "shipped"})}
                 response = answered(lambda: client.post(f"/fleet/jobs/{job_id}/lease/release", release))
                 if response.status_code != 200:
-                    problems.append(f"{name} {job_id} release: {response.text}")
+                    holds.problems.append(f"{name} {job_id} release: {response.text}")
         finally:
             client.close()
 
@@ -177,12 +157,12 @@ def test_racing_factories_giving_work_back_never_hold_a_job_twice(http, server):
     for t in threads:
         t.join(timeout=120)
 
-    assert problems == []
-    assert sum(claims_of.values()) > jobs  # work was given back and claimed again
+    assert holds.problems == []
+    assert sum(holds.claims_of.values()) > jobs  # work was given back and claimed again
     listed = http.get(f"/fleet/jobs?productId={product}&limit=500").json()["items"]
     assert len(listed) == jobs and {j["stage"] for j in listed} == {"shipped"}
     for job in listed:
-        assert job["leaseEpoch"] == claims_of[job["id"]] == len(job["runs"])
+        assert job["leaseEpoch"] == holds.claims_of[job["id"]] == len(job["runs"])
 
 
 def test_superseded_leases_are_fenced_under_contention(http, server):

@@ -4,10 +4,12 @@ with both flags off: seat limits advisory, budgets not enforced."""
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
 
 import pytest
 
-from tests.e2e.conftest import Http
+from tests.e2e.conftest import Holds, Http, answered
 
 pytestmark = pytest.mark.e2e
 
@@ -99,6 +101,64 @@ def test_preemption_budget_and_review_together(fleet):
     assert budget["spentUsd"] == 3.5 and budget["paused"] and budget["pausedBy"] == "ceiling"
     fleet.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "later"})
     assert fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json() == {"job": None, "reason": "budget_paused"}
+
+
+def test_racing_factories_never_overcommit_a_budget_by_its_default_estimate(fleet):
+    """Given 30 jobs that name no cost, under a 10-dollar ceiling whose default estimate is 2.5,
+    when 8 factories race to claim them over HTTP, hold each a moment and ship it (for 0 to 0.1),
+    then no job is ever held twice, at most 4 are held at once (what 10 reserves at 2.5 each),
+    the factories beyond those are told `budget_exceeded` and come back, every job ships, and
+    what is spent is exactly what the runs reported, with nothing left reserved."""
+    product, jobs, cap = "race-budget", 30, 4
+    put = fleet.call("PUT", f"/fleet/budgets/{product}", {"ceilingUsd": 10, "defaultEstimateUsd": 2.5})
+    assert put.status_code == 200 and put.json()["defaultEstimateUsd"] == 2.5
+    for n in range(jobs):
+        assert fleet.post("/fleet/jobs", {"productId": product, "idempotencyKey": f"b{n}"}).status_code == 201
+    holds, refused, spent = Holds(), Counter(), []
+
+    def factory(name: str) -> None:
+        client, deadline = Http(fleet.url), time.monotonic() + 90
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    holds.problems.append(f"{name}: still claiming at the deadline")
+                    return
+                body = answered(lambda: client.post("/fleet/claim", {"factoryId": name, "productId": product})).json()
+                if body.get("reason") == "budget_exceeded":
+                    refused[name] += 1
+                    time.sleep(0.02)  # as a factory backs off; the queue-state moves when a run ends
+                    continue
+                if body.get("job") is None:
+                    if body.get("reason") != "no_job":
+                        holds.problems.append(f"{name}: claim answered {body}")
+                    return
+                job_id, lease = body["job"]["id"], body["lease"]
+                holds.take(job_id, name)
+                time.sleep(0.05)  # the work: long enough that the factories' holds overlap
+                cost = int(body["job"]["idempotencyKey"][1:]) % 3 * 0.05
+                holds.free(job_id)
+                release = {"leaseId": lease["leaseId"], "stage": "shipped", "insights": {"costUsd": cost}}
+                response = answered(lambda: client.post(f"/fleet/jobs/{job_id}/lease/release", release))
+                if response.status_code != 200:
+                    holds.problems.append(f"{name} {job_id} release: {response.text}")
+                spent.append(cost)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=factory, args=(f"b{n}",)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert holds.problems == []
+    assert set(holds.claims_of.values()) == {1} and len(holds.claims_of) == jobs
+    assert 1 < holds.most <= cap  # the holds overlapped, never past what the ceiling reserves
+    assert sum(refused.values()) > 0  # the default estimate really held factories back
+    listed = fleet.get(f"/fleet/jobs?productId={product}&limit=500").json()["items"]
+    assert {j["stage"] for j in listed} == {"shipped"}
+    budget = fleet.get(f"/fleet/budgets/{product}").json()
+    assert (budget["spentUsd"], budget["reservedUsd"], budget["reservations"]) == (round(sum(spent), 6), 0, {})
 
 
 def test_with_the_flags_off_seats_are_advisory_and_budgets_not_enforced(serve):
