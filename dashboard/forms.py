@@ -2,9 +2,11 @@
 what the API accepts (`fleet.schemas`), and what a form's result says."""
 from __future__ import annotations
 
+from typing import Any
+
 import pydantic
 
-from fleet import errors
+from fleet import budgets, errors
 from fleet import submit as submitting
 from fleet.actions import Action
 from fleet.budget_rules import Window
@@ -89,13 +91,26 @@ def bulk_notice(action: Action, done: int, refused: list[str]) -> str:
 
 
 def budget_settings(ceiling: str, window: str) -> tuple[float, Window]:
-    amount = number(ceiling, "ceiling")
-    if amount < 0 or amount > 1e9:
-        raise _invalid("ceiling", "ceiling must be between 0 and 1,000,000,000")
+    amount = _usd(ceiling, "ceiling")
     try:
         return amount, Window(window)
     except ValueError:
         raise _invalid("window", "window must be daily, weekly or monthly") from None
+
+
+def default_estimate(raw: str | None) -> Any:
+    """The budget form's default estimate: `budgets.KEEP` when the form has no such field (a
+    form from before it had one), None when it is left empty (reserve nothing), else USD."""
+    if raw is None:
+        return budgets.KEEP
+    return _usd(raw, "defaultEstimate") if raw else None
+
+
+def _usd(raw: str, name: str) -> float:
+    amount = number(raw, name)
+    if amount < 0 or amount > 1e9:
+        raise _invalid(name, f"{name} must be between 0 and 1,000,000,000")
+    return amount
 
 
 def number(raw: str, name: str) -> float:

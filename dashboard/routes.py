@@ -249,8 +249,11 @@ def _change_budget(request: Request, product: str, change: str) -> func.HttpResp
         notice = f"Resumed {product}."
     elif change == "settings":
         ceiling, window = forms.budget_settings(request.field("ceiling"), request.field("window"))
-        budgets.put(ctx(), product, ceiling, window)
-        notice = f"Saved {product}: {render.usd(ceiling)} {window.value}."
+        default = forms.default_estimate(request.field("defaultEstimate") if "defaultEstimate" in request.form else None)
+        saved = budgets.put(ctx(), product, ceiling, window, default)
+        estimate = saved.default_estimate_usd
+        per_job = f", {render.usd(estimate)} reserved per unestimated job" if estimate is not None else ""
+        notice = f"Saved {product}: {render.usd(ceiling)} {window.value}{per_job}."
     else:
         raise errors.NotFound(f"no budget change {change!r}")
     return web.redirect(f"/dashboard/fleet/budget?{urlencode({'notice': notice})}")

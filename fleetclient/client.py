@@ -279,9 +279,15 @@ class FleetClient:
         for a product with no budget."""
         return budget_rules.BudgetView.model_validate(self._http.call("GET", f"/fleet/budgets/{_seg(product_id)}").body)
 
-    def put_budget(self, product_id: str, ceiling_usd: float, window: str = "monthly") -> budget_rules.BudgetView:
-        """`PUT /fleet/budgets/{productId}`: set the ceiling (USD) per `daily|weekly|monthly` window."""
+    def put_budget(
+        self, product_id: str, ceiling_usd: float, window: str = "monthly", default_estimate_usd: Any = ...
+    ) -> budget_rules.BudgetView:
+        """`PUT /fleet/budgets/{productId}`: set the ceiling (USD) per `daily|weekly|monthly` window,
+        and `default_estimate_usd` if given: what a claim reserves for a job that names no cost
+        (None: nothing). Left out, the budget keeps the default estimate it has."""
         body = {"ceilingUsd": ceiling_usd, "window": _value(window)}
+        if default_estimate_usd is not ...:
+            body["defaultEstimateUsd"] = default_estimate_usd
         answer = self._http.call("PUT", f"/fleet/budgets/{_seg(product_id)}", json=body)
         return budget_rules.BudgetView.model_validate(answer.body)
 

@@ -181,6 +181,11 @@ def _add_budgets(subparsers, common) -> None:
     p.add_argument("--ceiling", type=float, required=True, help="USD per window")
     p.add_argument("--window", choices=_values(budget_rules.Window), default=budget_rules.Window.MONTHLY.value,
                    help="UTC calendar window (default monthly)")
+    estimate = p.add_mutually_exclusive_group()
+    estimate.add_argument("--default-estimate", type=_amount, metavar="USD", default=...,
+                          help="what a claim reserves for a job that names no cost (left out: kept as it is)")
+    estimate.add_argument("--no-default-estimate", dest="default_estimate", action="store_const", const=None,
+                          help="reserve nothing for jobs that name no cost")
     p.set_defaults(run=_command("budget"))
 
 

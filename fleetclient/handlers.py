@@ -141,7 +141,7 @@ def _lookalikes(given: dict[str, Any], known: tuple[str, ...]) -> list[tuple[str
 def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
     calls = {
         "show": lambda: client.get_budget(args.product),
-        "set": lambda: client.put_budget(args.product, args.ceiling, args.window),
+        "set": lambda: client.put_budget(args.product, args.ceiling, args.window, args.default_estimate),
         "pause": lambda: client.pause_budget(args.product, args.reason),
         "resume": lambda: client.resume_budget(args.product),
     }

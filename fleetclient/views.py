@@ -150,6 +150,7 @@ def budget(b: budget_rules.BudgetView) -> str:
         ("product", b.product_id),
         ("ceiling", usd(b.ceiling_usd) if b.ceiling_usd is not None else "none"),
         ("window", f"{b.window.value} from {when(b.window_start)}"),
+        ("default estimate", usd(b.default_estimate_usd) if b.default_estimate_usd is not None else "none"),
         ("spent", usd(b.spent_usd)),
         ("reserved", usd(b.reserved_usd)),
         ("remaining", usd(b.remaining_usd) if b.remaining_usd is not None else None),

@@ -1,5 +1,5 @@
 """Budgets from the browser: Pause and Resume change the product's budget, the settings form
-changes its ceiling and window, and with budgets off every page shows an empty state."""
+changes its ceiling, window and default estimate (keeping what it shows), and with budgets off every page shows an empty state."""
 from __future__ import annotations
 
 import re
@@ -73,6 +73,30 @@ def test_save_changes_the_ceiling_and_the_window(operator_page, fleet, product):
     assert (saved.ceiling_usd, saved.window.value) == (75.0, "monthly")
 
 
+def test_a_save_keeps_the_default_estimate_and_an_emptied_field_clears_it(operator_page, fleet, product):
+    fleet.client.put_budget(product, 40.0, "daily", default_estimate_usd=2.5)
+
+    # When the operator saves a new ceiling, leaving the default estimate as the form shows it
+    page = operator_page
+    page.goto(ui.BUDGETS)
+    budget = ui.region(page, product)
+    expect(budget.get_by_label("Default estimate (USD)")).to_have_value("2.5")
+    expect(budget).to_contain_text(re.compile(r"\$2\.50? reserved for each claimed job that names no cost"))
+    ui.fill(budget, "Ceiling (USD)", "60")
+    budget.get_by_role("button", name="Save", exact=True).click()
+
+    # Then the ceiling changed and the default estimate is kept
+    expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$60(\.00)?"))
+    assert (fleet.client.get_budget(product).ceiling_usd, fleet.client.get_budget(product).default_estimate_usd) == (60.0, 2.5)
+
+    # When they empty the field and save, Then jobs that name no cost reserve nothing again
+    budget = ui.region(page, product)
+    ui.fill(budget, "Default estimate (USD)", "")
+    budget.get_by_role("button", name="Save", exact=True).click()
+    expect(ui.region(page, product)).to_contain_text("a job that names no cost reserves nothing")
+    assert fleet.client.get_budget(product).default_estimate_usd is None
+
+
 def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product):
     page = operator_page
     page.goto(ui.BUDGETS)
@@ -80,11 +104,12 @@ def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product)
     ui.fill(form, "Product", product)
     ui.fill(form, "Ceiling (USD)", "12.5")
     ui.fill(form, "Window", "weekly")
+    ui.fill(form, "Default estimate (USD)", "1.25")
     form.get_by_role("button", name="Save", exact=True).click()
 
     expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$12\.50?"))
     saved = fleet.client.get_budget(product)
-    assert (saved.ceiling_usd, saved.window.value) == (12.5, "weekly")
+    assert (saved.ceiling_usd, saved.window.value, saved.default_estimate_usd) == (12.5, "weekly", 1.25)
 
 
 def test_with_budgets_off_the_pages_show_an_empty_state(open_page, fleet_budgets_off):

@@ -628,3 +628,15 @@ def test_a_put_that_may_fit_more_claims_tells_idle_factories(world, first, then,
     version = world.version()
     world.put_budget(then[0], default_estimate=then[1])
     assert (world.version() > version) is told
+
+
+def test_a_named_claim_reserves_the_default_estimate_too(world):
+    # Given a default estimate of 6 under a ceiling of 10, and two jobs that name no cost
+    world.put_budget(10.0, default_estimate=6.0)
+    first, second = world.submit_job("first"), world.submit_job("second")
+    # When factories claim each by name, Then the first reserves 6 and the second does not fit
+    assert world.claim_job(first, "factory-1").job.latest_run.reservation is not None
+    with pytest.raises(errors.NotClaimable, match="budget_exceeded"):
+        world.claim_job(second, "factory-2")
+    assert world.budget().reserved_usd == 6.0
+    assert world.job(second).stage == Stage.QUEUED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import requests
 
 from fleetclient import commands
@@ -293,10 +294,30 @@ class TestBudgets:
         resumed = fast_cli.json("budgets", "resume", product)
         shown = fast_cli.json("budgets", "show", product)
 
-        assert code == 0 and "ceiling:   $25.00" in out and "window:    weekly from" in out
-        assert "claims:    open" in out and "claims:    refused (budget_paused)" in paused_out
+        lines = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in out.splitlines()}
+        assert code == 0 and lines["ceiling"] == "$25.00" and lines["window"].startswith("weekly from")
+        assert lines["default estimate"] == "none" and lines["claims"] == "open"
+        assert "refused (budget_paused)" in paused_out
         assert paused["paused"] is True and paused["pauseReason"] == "vendor outage" and resumed["paused"] is False
         assert (shown["ceilingUsd"], shown["window"], shown["spentUsd"]) == (25.0, "weekly", 0.0)
+
+    def test_the_default_estimate_is_set_kept_and_cleared(self, fast_cli, product):
+        code, out, _ = fast_cli("budgets", "set", product, "--ceiling", "25", "--default-estimate", "2.5")
+        kept = fast_cli.json("budgets", "set", product, "--ceiling", "30")
+        cleared = fast_cli.json("budgets", "set", product, "--ceiling", "30", "--no-default-estimate")
+
+        assert code == 0 and "default estimate: $2.50" in out
+        assert (kept["ceilingUsd"], kept["defaultEstimateUsd"]) == (30.0, 2.5)
+        assert cleared["defaultEstimateUsd"] is None
+
+    @pytest.mark.parametrize("value", ["-1", "nan", "inf", "two"])
+    def test_a_bad_default_estimate_is_a_usage_error(self, fast_cli, product, value):
+        code, _, err = fast_cli("budgets", "set", product, "--ceiling", "25", "--default-estimate", value)
+        assert code == 2 and "--default-estimate" in err
+
+    def test_a_default_estimate_and_none_at_once_is_a_usage_error(self, fast_cli, product):
+        code, _, err = fast_cli("budgets", "set", product, "--ceiling", "25", "--default-estimate", "1", "--no-default-estimate")
+        assert code == 2 and "not allowed with" in err
 
 
 class TestErrors:
