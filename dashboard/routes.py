@@ -106,7 +106,10 @@ def dashboard_home(request: Request) -> func.HttpResponse:
 def dashboard_overview(request: Request) -> func.HttpResponse:
     """Overview: factories, jobs by stage, recent jobs, spend, the last days"""
     view = views.overview(ctx())
-    return render.page("overview.html", **_common(request, view=view, chart=render.chart(view.days), ago=render.ago))
+    return render.page(
+        "overview.html",
+        **_common(request, view=view, chart=render.chart(view.days), ago=render.ago, counted=views.COUNTED, ended=views.FINISHED),
+    )
 
 
 @bp.route(route="dashboard/fleet/jobs", methods=["GET"], auth_level=ANONYMOUS)

@@ -9,7 +9,7 @@ from typing import Any
 from fleet import actions, activity, budget_rules, budgets, dag, errors, factories, listing, liveness, queue_state, store
 from fleet.context import Context
 from fleet.jobs import Job, job_id
-from fleet.stages import Stage
+from fleet.stages import TERMINAL, Stage
 
 #: How many jobs a page of the jobs list holds, and how many the overview lists as recent.
 PAGE_SIZE = 25
@@ -34,30 +34,43 @@ def products(ctx: Context, fleet: list[factories.Factory] | None = None) -> list
     return sorted(p for p in found if ctx.principal.sees(p))[:MAX_PRODUCTS]
 
 
+#: The stages the overview counts jobs in now: work in flight, and work waiting for an operator
+#: (dead letters). Their counts are bounded by the work at hand; the other end stages' grow with
+#: history, so the overview shows how many jobs reached them lately (`Overview.finished`).
+COUNTED = (*(s for s in Stage if s not in TERMINAL), Stage.DEAD_LETTER)
+#: The end stages whose recent entries the overview shows, from the days' rollups.
+FINISHED = tuple(s for s in Stage if s in TERMINAL)
+
+
 @dataclass
 class Overview:
     factories: list[factories.Factory]
+    #: product -> stage (`COUNTED`) -> how many of its jobs are in it now.
     counts: dict[str, dict[Stage, int]]
     recent: list[Job]
     spend: dict[str, budget_rules.BudgetView | None]
     days: list[activity.Day]
+    #: product -> end stage -> how many of its jobs reached it over `days`.
+    finished: dict[str, dict[Stage, int]] = field(default_factory=dict)
 
 
 def overview(ctx: Context) -> Overview:
     fleet = factories.list_all(ctx).items
     names = products(ctx, fleet)
-    counts = {p: {s: _count(ctx, p, s) for s in Stage} for p in names}
+    counts = {p: {s: _count(ctx, p, s) for s in COUNTED} for p in names}
     spend: dict[str, budget_rules.BudgetView | None] = {}
     if ctx.settings.budgets:
         for p in names:
             budget = budgets.find(ctx, p)
             spend[p] = budget.public() if budget else None
+    days = activity.days(ctx)
     return Overview(
         factories=fleet,
         counts=counts,
         recent=listing.page(ctx, limit=RECENT).items,
         spend=spend,
-        days=activity.days(ctx),
+        days=days,
+        finished={p: activity.finished(days, p) for p in names},
     )
 
 

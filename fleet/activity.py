@@ -12,23 +12,29 @@ and was spent, day by day.
 - One **day** document per UTC day (`activity-YYYY-MM-DD`, in the reserved partition of the
   jobs container): the version, and jobs shipped and USD their runs cost, counted when the
   write that shipped the job or ended the run is settled, in the same increment as that
-  write's version bump (so a finish costs one store write besides the job's). These feed the
-  overview's chart in one single-partition query. They are informational: a follow-up the
-  sweep repeats does not count them again, and one lost to a crash between the job's write and
-  its follow-ups is not counted at all.
+  write's version bump (so a finish costs one store write besides the job's); and, per
+  product, how many jobs reached each end stage (`finished_<digest>_<stage>`, `finished_field`),
+  counted in the same increment. These feed the overview's chart and its table of finished
+  work in one single-partition query, so the overview never counts a product's finished jobs,
+  whose number grows with its history (as would a count query's charge on Cosmos). They are
+  informational: a follow-up the sweep repeats does not count them again, and one lost to a
+  crash between the job's write and its follow-ups is not counted at all.
 
 Like every follow-up, a bump the store refuses is logged and skipped (`effects`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import date, datetime, timedelta
+
+from pydantic import Field
 
 from fleet import clock, errors, store
 from fleet.context import Context
 from fleet.jobs import Job, Model
 from fleet.outage import STATE_PARTITION
-from fleet.stages import ACTIVE, Stage
+from fleet.stages import ACTIVE, TERMINAL, Stage
 
 log = logging.getLogger("fleet.activity")
 
@@ -37,10 +43,31 @@ DAY_PREFIX = "activity-"
 CHART_DAYS = 14
 
 
+#: The prefix of a day's per-product counts of jobs that reached an end stage.
+FINISHED_PREFIX = "finished_"
+
+
 class Day(Model):
     day: date
     shipped: int = 0
     spent_usd: float = 0.0
+    #: `finished_field` (less its prefix) -> how many jobs reached that end stage that day.
+    finished: dict[str, int] = Field(default_factory=dict)
+
+    def finished_of(self, product_id: str, stage: Stage) -> int:
+        """How many of `product_id`'s jobs reached the end stage `stage` this day."""
+        return self.finished.get(finished_field(product_id, stage).removeprefix(FINISHED_PREFIX), 0)
+
+
+def finished_field(product_id: str, stage: Stage) -> str:
+    """The day document's field counting `product_id`'s jobs that reached `stage` (a product id
+    may hold characters a field name may not: it is named by a digest)."""
+    return f"{FINISHED_PREFIX}{hashlib.sha256(product_id.encode()).hexdigest()[:16]}_{stage.value}"
+
+
+def finished(days: list[Day], product_id: str) -> dict[Stage, int]:
+    """How many of the product's jobs reached each end stage over `days`."""
+    return {stage: sum(day.finished_of(product_id, stage) for day in days) for stage in Stage if stage in TERMINAL}
 
 
 def version(ctx: Context) -> int:
@@ -95,8 +122,11 @@ def visible_change(before: Job | None, after: Job) -> bool:
 
 def note_write(ctx: Context, before: Job | None, after: Job) -> None:
     """The follow-up of a write that made a `visible_change`: bump the version, counting what
-    it shipped and what its ended runs cost on today's rollup in the same increment."""
+    it shipped, the end stage it reached and what its ended runs cost on today's rollup in the
+    same increment."""
     counted: dict[str, float] = {}
+    if after.stage in TERMINAL and (before is None or before.stage != after.stage):
+        counted[finished_field(after.product_id, after.stage)] = 1
     if after.stage == Stage.SHIPPED and (before is None or before.stage != Stage.SHIPPED):
         counted["shipped"] = 1
     ended_before = {run.run_id for run in (before.runs if before else []) if run.ended_at is not None}
@@ -131,7 +161,8 @@ def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
     for offset in range(count):
         day = first + timedelta(days=offset)
         doc = found.get(_day_id(day), {})
-        out.append(Day(day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0)))
+        ended = {k.removeprefix(FINISHED_PREFIX): int(v or 0) for k, v in doc.items() if k.startswith(FINISHED_PREFIX)}
+        out.append(Day(day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0), finished=ended))
     return out
 
 

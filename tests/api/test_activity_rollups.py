@@ -3,6 +3,7 @@ version the dashboard's ETags hold, jobs shipped, and what their runs cost, each
 from __future__ import annotations
 
 from fleet import activity
+from fleet.stages import Stage
 
 
 def today(api) -> tuple[int, int, float]:
@@ -43,3 +44,27 @@ def test_a_job_shipped_by_its_release_counts_once(api):
 
     assert shipped.status_code == again.status_code == 200
     assert today(api)[1:] == (1, 0.5)
+
+
+def test_each_end_stage_a_job_reaches_is_counted_once_per_product(api):
+    # Given jobs of two products (one whose id no field name could hold as it is)
+    shipped, lease = walk_to_testing(api, "ship-me", 0.0)
+    api.post(f"/fleet/jobs/{shipped}/lease/release", {"leaseId": lease, "stage": "shipped"})
+    api.post(f"/fleet/jobs/{shipped}/lease/release", {"leaseId": lease, "stage": "shipped"})  # a retry
+    cancelled = api.submit("cancel-me", product="web")["id"]
+    api.post(f"/fleet/jobs/{cancelled}/actions/cancel", {})
+    dead = api.submit("die", product="ops.team-2", maxAttempts=1)["id"]
+    lease = api.claim(product="ops.team-2")["lease"]["leaseId"]
+    api.post(f"/fleet/jobs/{dead}/lease/release", {"leaseId": lease, "result": "retry"})
+    # and one requeued from its end stage and cancelled again: it reached it twice
+    api.post(f"/fleet/jobs/{cancelled}/actions/requeue", {})
+    api.post(f"/fleet/jobs/{cancelled}/actions/cancel", {})
+
+    days = activity.days(api.ctx)
+
+    assert activity.finished(days, "web") == {
+        Stage.SHIPPED: 1, Stage.DONE: 0, Stage.FAILED: 0, Stage.DEAD_LETTER: 0, Stage.CANCELLED: 2,
+    }
+    assert activity.finished(days, "ops.team-2")[Stage.DEAD_LETTER] == 1
+    assert sum(activity.finished(days, "ops.team-2").values()) == 1
+    assert sum(activity.finished(days, "never-seen").values()) == 0

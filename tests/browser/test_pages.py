@@ -33,6 +33,9 @@ def test_the_overview_shows_factories_stages_recent_jobs_spend_and_the_chart(ope
     expect(card).to_contain_text(product)
     expect(card).to_contain_text("python")
     expect(ui.region(page, "Jobs by stage")).to_contain_text(product)
+    finished = ui.region(page, "Finished in the last 14 days")
+    expect(finished.get_by_role("row").filter(has_text=product)).to_have_count(1)
+    expect(finished.get_by_role("columnheader")).to_have_count(6)  # the product, and the five end stages
     recent = ui.region(page, "Recent jobs").get_by_role("link", name="Shown on the overview")
     expect(recent).to_have_attribute("href", ui.to_job(job.id))
     expect(ui.region(page, "Spend this window")).to_contain_text(product)

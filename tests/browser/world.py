@@ -129,8 +129,8 @@ def demo(fleet: Fleet) -> dict[str, str]:
     """A small, lifelike fleet: two factories, jobs in most stages across two products, a
     composite, a parked job with a PR, budgets with spend. Returns the ids the pictures need."""
     web, api = "web", "api"
-    for product, ceiling, window in ((web, 50.0, "daily"), (api, 400.0, "monthly")):
-        fleet.client.put_budget(product, ceiling, window)
+    for product, ceiling, window, default in ((web, 50.0, "daily", 2.0), (api, 400.0, "monthly", None)):
+        fleet.client.put_budget(product, ceiling, window, default_estimate_usd=default)
     fleet.client.heartbeat("factory-1", products=[web, api], capabilities=["python", "node"], seat_limit=4)
     fleet.client.heartbeat("gpu-1", products=[api], capabilities=["python", "cuda"], seat_limit=2)
     parked = fleet.parked(
