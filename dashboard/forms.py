@@ -99,8 +99,8 @@ def budget_settings(ceiling: str, window: str) -> tuple[float, Window]:
 
 
 def default_estimate(raw: str | None) -> Any:
-    """The budget form's default estimate: `budgets.KEEP` when the form has no such field (a
-    form from before it had one), None when it is left empty (reserve nothing), else USD."""
+    """The budget form's default estimate: `budgets.KEEP` for none given (a form from before it
+    had the field), None when it is left empty (reserve nothing), else USD."""
     if raw is None:
         return budgets.KEEP
     return _usd(raw, "defaultEstimate") if raw else None

@@ -230,7 +230,7 @@ def dashboard_budget(request: Request) -> func.HttpResponse:
 @web.page(needs=Permission.MANAGE_BUDGETS)
 def dashboard_budget_new(request: Request) -> func.HttpResponse:
     """Set a budget for a product named in the form"""
-    return _change_budget(request, request.field("product"), "settings")
+    return _change_budget(request, request.field("product"), "settings", blank_keeps=True)
 
 
 @bp.route(route="dashboard/fleet/budget/{productId}/{change}", methods=["POST"], auth_level=ANONYMOUS)
@@ -240,7 +240,9 @@ def dashboard_budget_change(request: Request) -> func.HttpResponse:
     return _change_budget(request, request.req.route_params.get("productId", ""), request.req.route_params.get("change", ""))
 
 
-def _change_budget(request: Request, product: str, change: str) -> func.HttpResponse:
+def _change_budget(request: Request, product: str, change: str, blank_keeps: bool = False) -> func.HttpResponse:
+    """`blank_keeps`: a blank default estimate keeps the budget's (the form that names a product
+    shows none, and may name one that has a budget), instead of clearing it."""
     if not ctx().settings.budgets:
         raise errors.FeatureDisabled("budgets are off on this coordinator (FLEET_BUDGETS)")
     http.product_id(product, "product")
@@ -252,7 +254,8 @@ def _change_budget(request: Request, product: str, change: str) -> func.HttpResp
         notice = f"Resumed {product}."
     elif change == "settings":
         ceiling, window = forms.budget_settings(request.field("ceiling"), request.field("window"))
-        default = forms.default_estimate(request.field("defaultEstimate") if "defaultEstimate" in request.form else None)
+        given = request.field("defaultEstimate") if "defaultEstimate" in request.form else None
+        default = forms.default_estimate(None if blank_keeps and not given else given)
         saved = budgets.put(ctx(), product, ceiling, window, default)
         estimate = saved.default_estimate_usd
         per_job = f", {render.usd(estimate)} reserved per unestimated job" if estimate is not None else ""

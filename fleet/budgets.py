@@ -74,6 +74,7 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window, defau
         update: dict[str, Any] = {"ceiling_usd": ceiling_usd, "window": window, "updated_at": now}
         if default_estimate_usd is not KEEP:
             update["default_estimate_usd"] = default_estimate_usd
+        _check_default(update.get("default_estimate_usd", budget.default_estimate_usd), ceiling_usd, default_estimate_usd is KEEP)
         if window != budget.window:
             start = budget_rules.window_start(window, now)
             spent = sum(usd for at, usd in budget.ledger if at >= start)
@@ -91,6 +92,18 @@ def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window, defau
         queue_state.bump(ctx, product_id)
     activity.touch(ctx)
     return budget
+
+
+def _check_default(default: float | None, ceiling: float, kept: bool) -> None:
+    """A default estimate above the ceiling would refuse every job that names no cost while
+    the budget reads as running: refused, naming the field (and, when the PUT kept the
+    default, that it is the one the budget has)."""
+    if default is None or default <= ceiling:
+        return
+    detail = f"defaultEstimateUsd {default:g} is above the ceiling {ceiling:g}: every job that names no cost would be refused"
+    if kept:
+        detail += " (it is the budget's default estimate: name a lower one, or null for none)"
+    raise errors.ValidationFailed(detail, [{"field": "defaultEstimateUsd", "message": detail}])
 
 
 def _roomier(before: Budget, after: Budget) -> bool:
@@ -164,6 +177,7 @@ def drop_stale_reservations(ctx: Context) -> int:
                 job = {}
             if not any(run.get("reservation") == claim for run in job.get("runs", [])):
                 change(ctx, budget.product_id, lambda b, c=claim: budget_rules.release(b, c, now), create=False)
+                queue_state.bump(ctx, budget.product_id)  # the room it held is free: claims may fit
                 dropped += 1
     return dropped
 

@@ -238,8 +238,14 @@ class BudgetBody(Body):
     ceiling_usd: Money
     window: Window = Window.MONTHLY
     #: What a claim reserves for a job with no `estimatedCostUsd` of its own; null: nothing.
-    #: Left out, the budget keeps the default estimate it has.
-    default_estimate_usd: Money | None = None
+    #: Left out, the budget keeps the default estimate it has. At most the ceiling.
+    default_estimate_usd: Annotated[
+        Money | None,
+        Field(
+            description="USD a claim reserves for a job with no estimatedCostUsd of its own (at most the "
+            "ceiling); null: nothing. Left out, the budget keeps the default estimate it has."
+        ),
+    ] = None
 
 
 class ReviewRequestBody(Body):

@@ -165,6 +165,7 @@ def test_a_default_estimate_reserves_for_jobs_that_name_no_cost(flagged_api):
         ({"ceilingUsd": 1, "defaultEstimateUsd": 1e10}, "defaultEstimateUsd"),
         ({"ceilingUsd": 1, "defaultEstimateUsd": True}, "defaultEstimateUsd"),
         ({"ceilingUsd": 1, "defaultEstimate": 4}, "defaultEstimate"),
+        ({"ceilingUsd": 1, "defaultEstimateUsd": 2}, "defaultEstimateUsd"),  # above the ceiling
     ],
 )
 def test_budget_validation(flagged_api, body, field):

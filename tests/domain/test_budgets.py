@@ -640,3 +640,53 @@ def test_a_named_claim_reserves_the_default_estimate_too(world):
         world.claim_job(second, "factory-2")
     assert world.budget().reserved_usd == 6.0
     assert world.job(second).stage == Stage.QUEUED
+
+
+def _preempted(world, job):
+    world.heartbeat("factory-1", seat_limit=1, running=[job])
+    world.submit_job("urgent", priority="critical", estimated_cost_usd=0.0)
+    assert world.claim("factory-1").preempted == [job.id]
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(lambda world, job, clock: (clock.advance(LEASE_SECONDS + 1), sweep.run(world.ctx)), id="expired"),
+        pytest.param(lambda world, job, clock: _preempted(world, job), id="preempted"),
+        pytest.param(lambda world, job, clock: world.act(job, "cancel"), id="cancelled"),
+        pytest.param(lambda world, job, clock: world.act(job, "requeue"), id="requeued"),
+        pytest.param(lambda world, job, clock: world.release(job, stage="testing"), id="parked-at-review"),
+        pytest.param(lambda world, job, clock: world.release(job, result="failed"), id="failed"),
+    ],
+)
+def test_every_way_a_run_ends_gives_its_default_reservation_back(world, clock, end):
+    # Given a job that names no cost, claimed under a default estimate of 4
+    world.put_budget(10.0, default_estimate=4.0)
+    job = world.running_job("unestimated", priority="low")
+    assert world.budget().reserved_usd == 4.0
+    # When its run ends, however it ends, Then nothing stays reserved for it
+    end(world, world.job(job), clock)
+    assert world.budget().reserved_usd == 0.0
+    assert world.job(job).runs[0].ended_at is not None
+
+
+@pytest.mark.parametrize("first_default, ceiling, default", [(None, 10.0, 12.0), (5.0, 4.0, budgets.KEEP)])
+def test_a_default_estimate_above_the_ceiling_is_refused_and_nothing_changes(world, first_default, ceiling, default):
+    # A default above the ceiling would refuse every job that names no cost while reading as running
+    world.put_budget(10.0, default_estimate=first_default)
+    with pytest.raises(errors.ValidationFailed) as refused:
+        world.put_budget(ceiling, default_estimate=default)
+    assert refused.value.errors[0]["field"] == "defaultEstimateUsd"
+    assert (world.budget().ceiling_usd, world.budget().default_estimate_usd) == (10.0, first_default)
+
+
+def test_a_stale_reservation_dropped_by_the_sweep_tells_idle_factories(world, faulty, clock):
+    world.put_budget(10.0, default_estimate=4.0)
+    world.submit_job("unestimated")
+    faulty.crash("patch", "jobs")
+    with pytest.raises(errors.StoreBusy):
+        world.claim()
+    version = world.version()
+    clock.advance(LEASE_SECONDS + 1)
+    assert sweep.run(world.ctx)["reservationsDropped"] == 1
+    assert world.version() > version

@@ -280,7 +280,7 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "-5", "window": "daily"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "nan", "window": "daily"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "5", "window": "hourly"}).status_code == 400
-    for estimate in ("-1", "nan", "lots", "1e12"):
+    for estimate in ("-1", "nan", "lots", "1e12", "51"):  # 51: above the ceiling
         bad = {"ceiling": "5", "window": "daily", "defaultEstimate": estimate}
         assert browser.post(f"/dashboard/fleet/budget/{P}/settings", bad).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/sideways").status_code == 404

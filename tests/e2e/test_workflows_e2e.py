@@ -106,7 +106,8 @@ def test_preemption_budget_and_review_together(fleet):
 def test_racing_factories_never_overcommit_a_budget_by_its_default_estimate(fleet):
     """Given 30 jobs that name no cost, under a 10-dollar ceiling whose default estimate is 2.5,
     when 8 factories race to claim them over HTTP, hold each a moment and ship it (for 0 to 0.1),
-    then no job is ever held twice, at most 4 are held at once (what 10 reserves at 2.5 each),
+    then no job is ever held twice, spend and reservations never pass the ceiling, at most 4
+    are held at once (what 10 reserves at 2.5 each),
     the factories beyond those are told `budget_exceeded` and come back, every job ships, and
     what is spent is exactly what the runs reported, with nothing left reserved."""
     product, jobs, cap = "race-budget", 30, 4
@@ -134,6 +135,9 @@ def test_racing_factories_never_overcommit_a_budget_by_its_default_estimate(flee
                     return
                 job_id, lease = body["job"]["id"], body["lease"]
                 holds.take(job_id, name)
+                budget = answered(lambda: client.get(f"/fleet/budgets/{product}")).json()
+                if budget["spentUsd"] + budget["reservedUsd"] > 10:
+                    holds.problems.append(f"{name}: over the ceiling with {budget}")
                 time.sleep(0.05)  # the work: long enough that the factories' holds overlap
                 cost = int(body["job"]["idempotencyKey"][1:]) % 3 * 0.05
                 holds.free(job_id)
