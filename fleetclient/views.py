@@ -83,10 +83,13 @@ def job_detail(job: Job) -> str:
     if job.body_md.strip():
         parts.append(job.body_md.strip())
     if job.runs:
+        # The lease each ended run was held under, where this reader may see it (its factory, an
+        # admin): what `fleet jobs report` names for a run whose lease was taken.
+        leased = any(run.lease_id for run in job.runs)
         parts.append("runs:\n" + table(
-            ["RUN", "FACTORY", "STARTED", "ENDED", "RESULT", "COST", "PR"],
+            ["RUN", "FACTORY", "STARTED", "ENDED", "RESULT", "COST", "PR", *(["LEASE"] if leased else [])],
             [[run.run_id, run.factory_id, when(run.started_at), when(run.ended_at) if run.ended_at else None,
-              run.result, _run_cost(run), run.pr_link]
+              run.result, _run_cost(run), run.pr_link, *([run.lease_id] if leased else [])]
              for run in job.runs],
         ))
     if job.events:

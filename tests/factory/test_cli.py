@@ -174,6 +174,7 @@ class TestLateReports:
                                 "--cost-usd", "0.4", "--tokens-out", "300", "--pr-url", "https://github.com/o/r/pull/7",
                                 "--branch", "fix/k1")
         shown = fast_cli.json("jobs", "show", job["id"])
+        _, shown_out, _ = fast_cli("jobs", "show", job["id"])
         again = fast_cli("jobs", "report", job["id"], "-l", lease, "-f", str(said), "--cost-usd", "0.4",
                          "--tokens-out", "300", "--pr-url", "https://github.com/o/r/pull/7", "--branch", "fix/k1")
         other_code, _, other_err = fast_cli("jobs", "report", job["id"], "-l", lease, "--cost-usd", "3")
@@ -184,6 +185,9 @@ class TestLateReports:
         assert late["insights"] == {"costUsd": 0.4, "tokensIn": 900, "tokensOut": 300, "model": "m1"}
         assert (late["prUrl"], late["branch"], late["artifacts"]) == ("https://github.com/o/r/pull/7", "fix/k1", ["log.txt"])
         assert shown["stage"] == "queued" and fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
+        # `jobs show` names the lease the run was held under, for an admin: what the report names
+        runs = shown_out[shown_out.index("runs:"):].splitlines()
+        assert runs[1].split()[-1] == "LEASE" and runs[2].split()[-1] == lease
         # the same report again is answered and counts nothing more; a different one is refused
         assert again[0] == 0 and fast_cli.json("budgets", "show", product)["spentUsd"] == 0.4
         assert other_code == commands.EXIT_REFUSED and "409 idempotency_conflict" in other_err
