@@ -186,6 +186,6 @@ def read_json(path: str) -> Any:
     and no request may carry; no key twice)."""
     text = read_text(path)
     try:
-        return strict_json.loads(text)
+        return strict_json.loads(text, subject="file")
     except errors.ValidationFailed as exc:
         raise Usage(f"{path}: {exc.detail}") from None

@@ -24,8 +24,9 @@ MAX_DEPTH = 32
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
-def loads(raw: bytes | str) -> Any:
-    """The JSON value `raw` holds (UTF-8), or `ValidationFailed` saying what is refused."""
+def loads(raw: bytes | str, subject: str = "body") -> Any:
+    """The JSON value `raw` holds (UTF-8), or `ValidationFailed` saying what is refused, of
+    the `subject` (a request's body; the CLI's a file)."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
@@ -34,15 +35,15 @@ def loads(raw: bytes | str) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.ValidationFailed(
-            f"body is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}]
+            f"{subject} is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}]
         ) from None
     except RecursionError:  # nested past what the parser takes
         raise _too_deep() from None
-    _check_values(data)
+    _check_values(data, subject)
     return data
 
 
-def _check_values(data: Any) -> None:
+def _check_values(data: Any, subject: str) -> None:
     """Walk `data` iteratively (hostile input must not recurse) for nesting and numbers."""
     stack: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
     while stack:
@@ -51,20 +52,20 @@ def _check_values(data: Any) -> None:
             raise _too_deep()
         if isinstance(node, dict):
             for key in node:
-                _text(key, ".".join((*path, "(key)")))
+                _text(key, ".".join((*path, "(key)")), subject)
             stack.extend((child, (*path, key)) for key, child in node.items())
         elif isinstance(node, str):
-            _text(node, ".".join(path))
+            _text(node, ".".join(path), subject)
         elif isinstance(node, list):
             stack.extend((child, (*path, str(i))) for i, child in enumerate(node))
         elif _out_of_range(node):
             field = ".".join(path)
             raise errors.ValidationFailed(
-                f"{field or 'the body'} is a number out of range", [{"field": field, "message": "number out of range"}]
+                f"{field or 'the ' + subject} is a number out of range", [{"field": field, "message": "number out of range"}]
             )
 
 
-def _text(value: str, field: str) -> None:
+def _text(value: str, field: str, subject: str) -> None:
     """`ValidationFailed` if `value` holds a lone surrogate (a `\\ud800` escape without its
     pair): no character, and no store or page can hold it."""
     try:
@@ -72,7 +73,7 @@ def _text(value: str, field: str) -> None:
     except UnicodeEncodeError as exc:
         escape = f"\\u{ord(value[exc.start]):04x}"
         raise errors.ValidationFailed(
-            f"{field or 'the body'} holds {escape}, half of a UTF-16 pair without its other half: not text",
+            f"{field or 'the ' + subject} holds {escape}, half of a UTF-16 pair without its other half: not text",
             [{"field": field, "message": "lone surrogate"}],
         ) from None
 

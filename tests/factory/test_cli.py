@@ -215,6 +215,7 @@ class TestLateReports:
             "unknown": '{"pr_url": "https://github.com/o/r/pull/1", "insights": {"costUsd": 1}}',
             "misspelt": '{"insights": {"costUSD": 1, "tokens_in": 5}}', "nan": '{"insights": {"costUsd": NaN}}',
             "huge": '{"insights": {"costUsd": 1e999}}', "twice": '{"insights": {"costUsd": 5, "costUsd": 1}}',
+            "cut": '{"insights": {"costUsd": 1', "top": "1e999",
         }
         for name, text in files.items():
             (tmp_path / name).write_text(text)
@@ -227,7 +228,7 @@ class TestLateReports:
         not_a_number = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "nan")
         negative = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--tokens-in", "-3")
         bad_files = {name: fleet_cli("jobs", "report", job["id"], "-l", lease, "-f", str(tmp_path / name))
-                     for name in ("unknown", "misspelt", "nan", "huge", "twice")}
+                     for name in ("unknown", "misspelt", "nan", "huge", "twice", "cut", "top")}
         fleet_cli("jobs", "action", job["id"], "requeue")
         unknown = fleet_cli("jobs", "report", job["id"], "--lease-id", "not-a-lease", "--cost-usd", "1")
 
@@ -243,6 +244,8 @@ class TestLateReports:
         assert "NaN is not valid JSON" in bad_files["nan"][2]
         assert "insights.costUsd is a number out of range" in bad_files["huge"][2]
         assert "'costUsd' appears twice" in bad_files["twice"][2]
+        assert f"{tmp_path / 'cut'}: file is not valid JSON" in bad_files["cut"][2]  # a file, not a body
+        assert "the file is a number out of range" in bad_files["top"][2]
         assert unknown[0] == commands.EXIT_REFUSED and "keeps no run held under lease not-a-lease" in unknown[2]
         assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["lateReport"] is None
 
