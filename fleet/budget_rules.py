@@ -1,7 +1,8 @@
 """Budget rules: a product's USD ceiling per UTC calendar window, the spend accrued against it
 exactly once per run, automatic and manual pauses, and reservations for in-flight estimated
-cost (a job's own estimate, or the budget's default estimate for a job without one). Pure: each rule takes a `Budget` and `now` and returns the changed copy (`budgets` holds
-the use cases that read and write the document).
+cost (a job's own estimate, or the budget's default estimate for a job without one). Pure:
+each rule takes a `Budget` and `now` and returns the changed copy (`budgets` holds the use
+cases that read and write the document).
 
 One document per product in the `budgets` container (`id` = `productId`). A run's cost is
 accrued by run id, and the ids of recent accruals are remembered on the document, so replaying
