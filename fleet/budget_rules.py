@@ -108,6 +108,17 @@ class BudgetView(_BudgetFields):
     #: at the ceiling, even when not paused, as after a resume); None when they may be made.
     refusal: ClaimReason | None = None
 
+    @property
+    def unestimated_wait(self) -> bool:
+        """Whether jobs that name no cost wait for room though claims are open: what is left
+        under the ceiling is less than the default estimate (jobs estimated lower still fit)."""
+        return (
+            self.refusal is None
+            and self.default_estimate_usd is not None
+            and self.remaining_usd is not None
+            and self.remaining_usd < self.default_estimate_usd
+        )
+
 
 def window_start(window: Window, now: datetime) -> datetime:
     """The start of the UTC calendar window containing `now`."""

@@ -62,21 +62,25 @@ def change(ctx: Context, product_id: str, decide, create: bool = True, current: 
 KEEP: Any = object()
 
 
-def put(ctx: Context, product_id: str, ceiling_usd: float, window: Window, default_estimate_usd: float | None = KEEP) -> Budget:
-    """Create or update the ceiling and window, and the default estimate unless it is `KEEP`
-    (None: jobs without an estimate reserve nothing). Lifting the ceiling above spend lifts an
+def put(
+    ctx: Context, product_id: str, ceiling_usd: float, window: Window | None = None, default_estimate_usd: float | None = KEEP
+) -> Budget:
+    """Create or update the ceiling; the window unless it is None (a new budget's is monthly);
+    and the default estimate unless it is `KEEP` (None: jobs without an estimate reserve
+    nothing). Lifting the ceiling above spend lifts an
     automatic pause. Changing the window moves to the new kind's current window, whose spend
     is recomputed from the ledger of recent accruals (exact within its memory)."""
     _reach(ctx, product_id)
     now = ctx.clock.now()
 
     def decide(budget: Budget) -> Budget:
-        update: dict[str, Any] = {"ceiling_usd": ceiling_usd, "window": window, "updated_at": now}
+        window_of = window or budget.window
+        update: dict[str, Any] = {"ceiling_usd": ceiling_usd, "window": window_of, "updated_at": now}
         if default_estimate_usd is not KEEP:
             update["default_estimate_usd"] = default_estimate_usd
         _check_default(update.get("default_estimate_usd", budget.default_estimate_usd), ceiling_usd, default_estimate_usd is KEEP)
-        if window != budget.window:
-            start = budget_rules.window_start(window, now)
+        if window_of != budget.window:
+            start = budget_rules.window_start(window_of, now)
             spent = sum(usd for at, usd in budget.ledger if at >= start)
             update.update(window_start=start, spent_usd=spent)
             budget = budget.model_copy(update={"spent_usd": spent})

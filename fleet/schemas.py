@@ -236,7 +236,10 @@ class BudgetBody(Body):
     """`PUT /fleet/budgets/{productId}`."""
 
     ceiling_usd: Money
-    window: Window = Window.MONTHLY
+    #: Left out, the budget keeps its window (a new budget's is monthly).
+    window: Annotated[
+        Window | None, Field(description="Left out, the budget keeps its window; a new budget's is monthly.")
+    ] = None
     #: What a claim reserves for a job with no `estimatedCostUsd` of its own; null: nothing.
     #: Left out, the budget keeps the default estimate it has. At most the ceiling.
     default_estimate_usd: Annotated[

@@ -179,8 +179,8 @@ def _add_budgets(subparsers, common) -> None:
     p = budgets.add_parser("set", parents=[common], help="set a product's ceiling per window")
     p.add_argument("product", metavar="PRODUCT")
     p.add_argument("--ceiling", type=float, required=True, help="USD per window")
-    p.add_argument("--window", choices=_values(budget_rules.Window), default=budget_rules.Window.MONTHLY.value,
-                   help="UTC calendar window (default monthly)")
+    p.add_argument("--window", choices=_values(budget_rules.Window),
+                   help="UTC calendar window (left out: kept; a new budget's is monthly)")
     estimate = p.add_mutually_exclusive_group()
     estimate.add_argument("--default-estimate", type=_amount, metavar="USD", default=...,
                           help="what a claim reserves for a job that names no cost (left out: kept as it is)")

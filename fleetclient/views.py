@@ -158,8 +158,15 @@ def budget(b: budget_rules.BudgetView) -> str:
         ("reserved", usd(b.reserved_usd)),
         ("remaining", usd(b.remaining_usd) if b.remaining_usd is not None else None),
         ("paused", paused),
-        ("claims", f"refused ({b.refusal.value})" if b.refusal else "open"),
+        ("claims", f"refused ({b.refusal.value})" if b.refusal else _open(b)),
     ])
+
+
+def _open(b: budget_rules.BudgetView) -> str:
+    if b.unestimated_wait:
+        return (f"open, but jobs that name no cost wait: {usd(b.remaining_usd)} left, "
+                f"under the default estimate {usd(b.default_estimate_usd)}")
+    return "open"
 
 
 def _run_cost(run) -> str | None:

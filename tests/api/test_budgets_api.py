@@ -154,6 +154,27 @@ def test_a_default_estimate_reserves_for_jobs_that_name_no_cost(flagged_api):
     assert third["job"] is not None and third["runId"] not in api.get("/fleet/budgets/p").json["reservations"]
 
 
+def test_a_put_that_leaves_out_the_window_keeps_it(flagged_api):
+    api = flagged_api
+    assert api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10}).json["window"] == "monthly"  # a new budget's
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "window": "daily"})
+    raised = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 12}).json
+    assert (raised["ceilingUsd"], raised["window"]) == (12, "daily")
+
+
+def test_the_budget_page_says_when_jobs_that_name_no_cost_wait(flagged_api):
+    api = flagged_api
+    api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "defaultEstimateUsd": 4})
+    for n in range(3):
+        api.submit(f"k{n}")
+    api.claim("f1"), api.claim("f2")  # 8 reserved: 2 left, under the default of 4
+
+    page = api.get("/dashboard/fleet/budget")
+
+    assert page.status_code == 200
+    assert "jobs that name no cost wait</strong>: $2.00 left is under the default estimate" in page.text
+
+
 @pytest.mark.parametrize(
     "body,field",
     [

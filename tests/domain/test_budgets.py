@@ -690,3 +690,27 @@ def test_a_stale_reservation_dropped_by_the_sweep_tells_idle_factories(world, fa
     clock.advance(LEASE_SECONDS + 1)
     assert sweep.run(world.ctx)["reservationsDropped"] == 1
     assert world.version() > version
+
+
+def test_a_put_that_names_no_window_keeps_the_budgets_and_a_new_budgets_is_monthly(world):
+    assert budgets.put(world.ctx, PRODUCT, 10.0).window == Window.MONTHLY
+    world.put_budget(10.0, "daily")
+    kept = budgets.put(world.ctx, PRODUCT, 12.0)
+    assert (kept.window, kept.ceiling_usd) == (Window.DAILY, 12.0)
+
+
+@pytest.mark.parametrize(
+    "spent_reserved, default, waits",
+    [
+        (8.0, 4.0, True),  # 2 left, under the default: jobs that name no cost wait
+        (6.0, 4.0, False),  # 4 left: one more fits
+        (8.0, None, False),  # no default: they reserve nothing, and fit
+    ],
+)
+def test_a_budget_says_when_jobs_that_name_no_cost_wait(world, spent_reserved, default, waits):
+    world.put_budget(10.0, default_estimate=default)
+    world.submit_job("own", estimated_cost_usd=spent_reserved)
+    world.claim()
+    view = world.budget().public()
+    assert view.refusal is None  # claims of jobs estimated lower may still be made
+    assert view.unestimated_wait is waits

@@ -308,14 +308,25 @@ class TestBudgets:
         assert paused["paused"] is True and paused["pauseReason"] == "vendor outage" and resumed["paused"] is False
         assert (shown["ceilingUsd"], shown["window"], shown["spentUsd"]) == (25.0, "weekly", 0.0)
 
-    def test_the_default_estimate_is_set_kept_and_cleared(self, fast_cli, product):
-        code, out, _ = fast_cli("budgets", "set", product, "--ceiling", "25", "--default-estimate", "2.5")
+    def test_the_window_and_default_estimate_are_set_kept_and_cleared(self, fast_cli, product):
+        code, out, _ = fast_cli("budgets", "set", product, "--ceiling", "25", "--window", "weekly",
+                                "--default-estimate", "2.5")
         kept = fast_cli.json("budgets", "set", product, "--ceiling", "30")
         cleared = fast_cli.json("budgets", "set", product, "--ceiling", "30", "--no-default-estimate")
 
         assert code == 0 and "default estimate: $2.50" in out
-        assert (kept["ceilingUsd"], kept["defaultEstimateUsd"]) == (30.0, 2.5)
-        assert cleared["defaultEstimateUsd"] is None
+        assert (kept["ceilingUsd"], kept["window"], kept["defaultEstimateUsd"]) == (30.0, "weekly", 2.5)
+        assert cleared["defaultEstimateUsd"] is None and cleared["window"] == "weekly"
+
+    def test_show_says_when_jobs_that_name_no_cost_wait(self, fast_cli, fast_client, product):
+        fast_cli("budgets", "set", product, "--ceiling", "5", "--default-estimate", "4")
+        submit(fast_cli, product, "k1")
+        fast_client.claim("f1", product)  # 4 reserved: 1 left, under the default
+
+        code, out, _ = fast_cli("budgets", "show", product)
+
+        assert code == 0
+        assert "claims:           open, but jobs that name no cost wait: $1.00 left, under the default estimate $4.00" in out
 
     @pytest.mark.parametrize("value", ["-1", "nan", "inf", "two"])
     def test_a_bad_default_estimate_is_a_usage_error(self, fast_cli, product, value):
