@@ -193,3 +193,18 @@ def test_budget_validation(flagged_api, body, field):
     response = flagged_api.call("PUT", "/fleet/budgets/p", body)
     assert response.status_code == 400 and response.json["errors"][0]["field"] == field
     assert flagged_api.get("/fleet/budgets/p").json["code"] == "not_found"  # nothing half-written
+
+
+def test_a_product_whose_spend_is_recorded_without_a_ceiling_says_so(flagged_api):
+    # Given a product with no budget whose run cost something: its spend is kept, with no ceiling
+    api = flagged_api
+    job = api.submit("k1", product="q")
+    lease = api.claim(product="q")["lease"]["leaseId"]
+    api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "stage": "shipped", "insights": {"costUsd": 0.2}})
+    assert api.get("/fleet/budgets/q").json["ceilingUsd"] is None
+
+    overview, page = api.get("/dashboard/fleet").text, api.get("/dashboard/fleet/budget").text
+
+    assert "$0.20 <span class=\"muted\">(no ceiling)</span> (monthly)" in overview
+    assert "no ceiling: spend is recorded, nothing is refused" in page
+    assert "of —" not in overview
