@@ -90,8 +90,12 @@ def bulk_notice(action: Action, done: int, refused: list[str]) -> str:
     return text[:1500]
 
 
-def budget_settings(ceiling: str, window: str) -> tuple[float, Window]:
+def budget_settings(ceiling: str, window: str, blank_keeps: bool = False) -> tuple[float, Window | None]:
+    """The ceiling and the window; with `blank_keeps`, a blank window is None: the budget's is
+    kept (a new budget's is monthly)."""
     amount = _usd(ceiling, "ceiling")
+    if blank_keeps and not window:
+        return amount, None
     try:
         return amount, Window(window)
     except ValueError:

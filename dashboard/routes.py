@@ -241,8 +241,8 @@ def dashboard_budget_change(request: Request) -> func.HttpResponse:
 
 
 def _change_budget(request: Request, product: str, change: str, blank_keeps: bool = False) -> func.HttpResponse:
-    """`blank_keeps`: a blank default estimate keeps the budget's (the form that names a product
-    shows none, and may name one that has a budget), instead of clearing it."""
+    """`blank_keeps`: a blank window or default estimate keeps the budget's (the form that names
+    a product shows neither, and may name one that has a budget), instead of clearing it."""
     if not ctx().settings.budgets:
         raise errors.FeatureDisabled("budgets are off on this coordinator (FLEET_BUDGETS)")
     http.product_id(product, "product")
@@ -253,13 +253,13 @@ def _change_budget(request: Request, product: str, change: str, blank_keeps: boo
         budgets.resume(ctx(), product)
         notice = f"Resumed {product}."
     elif change == "settings":
-        ceiling, window = forms.budget_settings(request.field("ceiling"), request.field("window"))
+        ceiling, window = forms.budget_settings(request.field("ceiling"), request.field("window"), blank_keeps)
         given = request.field("defaultEstimate") if "defaultEstimate" in request.form else None
         default = forms.default_estimate(None if blank_keeps and not given else given)
         saved = budgets.put(ctx(), product, ceiling, window, default)
         estimate = saved.default_estimate_usd
         per_job = f", {render.usd(estimate)} reserved per unestimated job" if estimate is not None else ""
-        notice = f"Saved {product}: {render.usd(ceiling)} {window.value}{per_job}."
+        notice = f"Saved {product}: {render.usd(ceiling)} {saved.window.value}{per_job}."
     else:
         raise errors.NotFound(f"no budget change {change!r}")
     return web.redirect(f"/dashboard/fleet/budget?{urlencode({'notice': notice})}")

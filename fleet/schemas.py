@@ -238,8 +238,8 @@ class BudgetBody(Body):
     ceiling_usd: Money
     #: Left out, the budget keeps its window (a new budget's is monthly).
     window: Annotated[
-        Window | None, Field(description="Left out, the budget keeps its window; a new budget's is monthly.")
-    ] = None
+        Window, Field(description="Left out, the budget keeps its window; a new budget's is monthly.")
+    ] = None  # type: ignore[assignment]  # left out: None (a default is not validated); null is refused
     #: What a claim reserves for a job with no `estimatedCostUsd` of its own; null: nothing.
     #: Left out, the budget keeps the default estimate it has. At most the ceiling.
     default_estimate_usd: Annotated[

@@ -299,9 +299,10 @@ class World:
     # budgets and queue-state
 
     def put_budget(
-        self, ceiling: float, window: str = "monthly", product_id: str = PRODUCT, default_estimate: Any = budgets.KEEP
+        self, ceiling: float, window: str | None = None, product_id: str = PRODUCT, default_estimate: Any = budgets.KEEP
     ) -> budget_rules.Budget:
-        return budgets.put(self.ctx, product_id, ceiling, budget_rules.Window(window), default_estimate)
+        """`budgets.put`: a window or default estimate left out keeps the budget's."""
+        return budgets.put(self.ctx, product_id, ceiling, budget_rules.Window(window) if window else None, default_estimate)
 
     def budget(self, product_id: str = PRODUCT) -> budget_rules.Budget | None:
         """The budget as a read sees it now (an elapsed window rolled)."""

@@ -38,7 +38,7 @@ def loads(raw: bytes | str, subject: str = "body") -> Any:
             f"{subject} is not valid JSON: {exc}", [{"field": "", "message": "malformed JSON"}]
         ) from None
     except RecursionError:  # nested past what the parser takes
-        raise _too_deep() from None
+        raise _too_deep(subject) from None
     _check_values(data, subject)
     return data
 
@@ -49,7 +49,7 @@ def _check_values(data: Any, subject: str) -> None:
     while stack:
         node, path = stack.pop()
         if len(path) >= MAX_DEPTH:
-            raise _too_deep()
+            raise _too_deep(subject)
         if isinstance(node, dict):
             for key in node:
                 _text(key, ".".join((*path, "(key)")), subject)
@@ -84,9 +84,9 @@ def _out_of_range(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER
 
 
-def _too_deep() -> errors.ValidationFailed:
+def _too_deep(subject: str) -> errors.ValidationFailed:
     return errors.ValidationFailed(
-        f"body is nested deeper than {MAX_DEPTH} levels", [{"field": "", "message": "nested too deeply"}]
+        f"{subject} is nested deeper than {MAX_DEPTH} levels", [{"field": "", "message": "nested too deeply"}]
     )
 
 

@@ -180,6 +180,7 @@ def test_the_budget_page_says_when_jobs_that_name_no_cost_wait(flagged_api):
     [
         ({"ceilingUsd": -1}, "ceilingUsd"),
         ({"ceilingUsd": 1, "window": "hourly"}, "window"),
+        ({"ceilingUsd": 1, "window": None}, "window"),  # left out keeps it; null is no window
         ({}, "ceilingUsd"),
         ({"ceilingUsd": 1, "defaultEstimateUsd": -0.5}, "defaultEstimateUsd"),
         ({"ceilingUsd": 1, "defaultEstimateUsd": "4"}, "defaultEstimateUsd"),
@@ -206,5 +207,9 @@ def test_a_product_whose_spend_is_recorded_without_a_ceiling_says_so(flagged_api
     overview, page = api.get("/dashboard/fleet").text, api.get("/dashboard/fleet/budget").text
 
     assert "$0.20 <span class=\"muted\">(no ceiling)</span> (monthly)" in overview
-    assert "no ceiling: spend is recorded, nothing is refused" in page
+    assert "no ceiling: spend is recorded" in page
+    # paused by hand, it says so: claims are refused though there is no ceiling
+    api.post("/fleet/budgets/q/pause")
+    assert "<strong>Paused</strong>" in api.get("/dashboard/fleet/budget").text
+    assert api.claim(product="q") == {"job": None, "reason": "budget_paused"}
     assert "of —" not in overview

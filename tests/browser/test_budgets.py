@@ -112,8 +112,10 @@ def test_set_a_budget_for_a_product_with_none_yet(operator_page, fleet, product)
     assert (saved.ceiling_usd, saved.window.value, saved.default_estimate_usd) == (12.5, "weekly", 1.25)
 
 
-def test_set_a_budget_for_a_product_that_has_one_keeps_its_default_estimate_unless_named(operator_page, fleet, product):
-    fleet.client.put_budget(product, 40.0, "daily", default_estimate_usd=2.5)
+def test_set_a_budget_for_a_product_that_has_one_keeps_its_window_and_default_estimate_unless_named(
+    operator_page, fleet, product
+):
+    fleet.client.put_budget(product, 40.0, "weekly", default_estimate_usd=2.5)
 
     # When the operator names the product in the "Set a budget" form, which shows no default
     page = operator_page
@@ -123,10 +125,10 @@ def test_set_a_budget_for_a_product_that_has_one_keeps_its_default_estimate_unle
     ui.fill(form, "Ceiling (USD)", "30")
     form.get_by_role("button", name="Save", exact=True).click()
 
-    # Then the ceiling changed and the default estimate the form did not show is kept
+    # Then the ceiling changed, and the window and default estimate the form did not show are kept
     expect(ui.region(page, product)).to_contain_text(re.compile(r"ceiling \$30(\.00)?"))
     saved = fleet.client.get_budget(product)
-    assert (saved.ceiling_usd, saved.default_estimate_usd) == (30.0, 2.5)
+    assert (saved.ceiling_usd, saved.window.value, saved.default_estimate_usd) == (30.0, "weekly", 2.5)
 
 
 def test_with_budgets_off_the_pages_show_an_empty_state(open_page, fleet_budgets_off):

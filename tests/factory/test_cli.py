@@ -215,7 +215,7 @@ class TestLateReports:
             "unknown": '{"pr_url": "https://github.com/o/r/pull/1", "insights": {"costUsd": 1}}',
             "misspelt": '{"insights": {"costUSD": 1, "tokens_in": 5}}', "nan": '{"insights": {"costUsd": NaN}}',
             "huge": '{"insights": {"costUsd": 1e999}}', "twice": '{"insights": {"costUsd": 5, "costUsd": 1}}',
-            "cut": '{"insights": {"costUsd": 1', "top": "1e999",
+            "cut": '{"insights": {"costUsd": 1', "top": "1e999", "deep": "[" * 40 + "]" * 40,
         }
         for name, text in files.items():
             (tmp_path / name).write_text(text)
@@ -228,7 +228,7 @@ class TestLateReports:
         not_a_number = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--cost-usd", "nan")
         negative = fleet_cli("jobs", "report", job["id"], "--lease-id", lease, "--tokens-in", "-3")
         bad_files = {name: fleet_cli("jobs", "report", job["id"], "-l", lease, "-f", str(tmp_path / name))
-                     for name in ("unknown", "misspelt", "nan", "huge", "twice", "cut", "top")}
+                     for name in ("unknown", "misspelt", "nan", "huge", "twice", "cut", "top", "deep")}
         fleet_cli("jobs", "action", job["id"], "requeue")
         unknown = fleet_cli("jobs", "report", job["id"], "--lease-id", "not-a-lease", "--cost-usd", "1")
 
@@ -246,6 +246,7 @@ class TestLateReports:
         assert "'costUsd' appears twice" in bad_files["twice"][2]
         assert f"{tmp_path / 'cut'}: file is not valid JSON" in bad_files["cut"][2]  # a file, not a body
         assert "the file is a number out of range" in bad_files["top"][2]
+        assert "file is nested deeper than 32 levels" in bad_files["deep"][2]
         assert unknown[0] == commands.EXIT_REFUSED and "keeps no run held under lease not-a-lease" in unknown[2]
         assert fleet_cli.json("jobs", "show", job["id"])["runs"][0]["lateReport"] is None
 
