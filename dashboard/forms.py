@@ -102,10 +102,11 @@ def budget_settings(ceiling: str, window: str, blank_keeps: bool = False) -> tup
         raise _invalid("window", "window must be daily, weekly or monthly") from None
 
 
-def default_estimate(raw: str | None) -> Any:
+def default_estimate(raw: str | None, blank_keeps: bool = False) -> Any:
     """The budget form's default estimate: `budgets.KEEP` for none given (a form from before it
-    had the field), None when it is left empty (reserve nothing), else USD."""
-    if raw is None:
+    had the field) and, with `blank_keeps`, for a blank one; else None when it is left empty
+    (reserve nothing), else USD."""
+    if raw is None or blank_keeps and not raw:
         return budgets.KEEP
     return _usd(raw, "defaultEstimate") if raw else None
 

@@ -255,7 +255,7 @@ def _change_budget(request: Request, product: str, change: str, blank_keeps: boo
     elif change == "settings":
         ceiling, window = forms.budget_settings(request.field("ceiling"), request.field("window"), blank_keeps)
         given = request.field("defaultEstimate") if "defaultEstimate" in request.form else None
-        default = forms.default_estimate(None if blank_keeps and not given else given)
+        default = forms.default_estimate(given, blank_keeps)
         saved = budgets.put(ctx(), product, ceiling, window, default)
         estimate = saved.default_estimate_usd
         per_job = f", {render.usd(estimate)} reserved per unestimated job" if estimate is not None else ""

@@ -51,12 +51,8 @@ class Day(Model):
     day: date
     shipped: int = 0
     spent_usd: float = 0.0
-    #: `finished_field` (less its prefix) -> how many jobs reached that end stage that day.
+    #: `finished_field` -> how many jobs reached that end stage that day.
     finished: dict[str, int] = Field(default_factory=dict)
-
-    def finished_of(self, product_id: str, stage: Stage) -> int:
-        """How many of `product_id`'s jobs reached the end stage `stage` this day."""
-        return self.finished.get(finished_field(product_id, stage).removeprefix(FINISHED_PREFIX), 0)
 
 
 def finished_field(product_id: str, stage: Stage) -> str:
@@ -67,7 +63,8 @@ def finished_field(product_id: str, stage: Stage) -> str:
 
 def finished(days: list[Day], product_id: str) -> dict[Stage, int]:
     """How many of the product's jobs reached each end stage over `days`."""
-    return {stage: sum(day.finished_of(product_id, stage) for day in days) for stage in Stage if stage in TERMINAL}
+    fields = {stage: finished_field(product_id, stage) for stage in Stage if stage in TERMINAL}
+    return {stage: sum(day.finished.get(name, 0) for day in days) for stage, name in fields.items()}
 
 
 def version(ctx: Context) -> int:
@@ -161,7 +158,7 @@ def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
     for offset in range(count):
         day = first + timedelta(days=offset)
         doc = found.get(_day_id(day), {})
-        ended = {k.removeprefix(FINISHED_PREFIX): int(v or 0) for k, v in doc.items() if k.startswith(FINISHED_PREFIX)}
+        ended = {k: int(v or 0) for k, v in doc.items() if k.startswith(FINISHED_PREFIX)}
         out.append(Day(day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0), finished=ended))
     return out
 
