@@ -13,8 +13,10 @@ and was spent, day by day.
   jobs container): the version, and jobs shipped and USD their runs cost, counted when the
   write that shipped the job or ended the run is settled, in the same increment as that
   write's version bump (so a finish costs one store write besides the job's); and, per
-  product, how many jobs reached each end stage (`finished_<digest>_<stage>`, `finished_field`),
-  counted in the same increment. These feed the overview's chart and its table of finished
+  product, how many jobs reached each end stage (`finished_<digest>_<stage>`, `finished_field`)
+  and what its runs cost (`spent_<digest>`, `spent_field`), counted in the same increment. A
+  principal limited to some products is shown the days as its products' counts make them
+  (`days`), never the fleet's. These feed the overview's chart and its table of finished
   work in one single-partition query, so the overview never counts a product's finished jobs,
   whose number grows with its history (as would a count query's charge on Cosmos). They are
   informational: a follow-up the sweep repeats does not count them again, and one lost to a
@@ -45,6 +47,8 @@ CHART_DAYS = 14
 
 #: The prefix of a day's per-product counts of jobs that reached an end stage.
 FINISHED_PREFIX = "finished_"
+#: The prefix of a day's per-product USD spent.
+SPENT_PREFIX = "spent_"
 
 
 class Day(Model):
@@ -53,12 +57,36 @@ class Day(Model):
     spent_usd: float = 0.0
     #: `finished_field` -> how many jobs reached that end stage that day.
     finished: dict[str, int] = Field(default_factory=dict)
+    #: `spent_field` -> USD the product's runs cost that day.
+    spent: dict[str, float] = Field(default_factory=dict)
+
+    def of(self, product_ids: tuple[str, ...]) -> "Day":
+        """This day as the products' own counts make it: what they shipped and spent."""
+        mine = {spent_field(p) for p in product_ids} | {
+            finished_field(p, stage) for p in product_ids for stage in Stage if stage in TERMINAL
+        }
+        return Day(
+            day=self.day,
+            shipped=sum(self.finished.get(finished_field(p, Stage.SHIPPED), 0) for p in product_ids),
+            spent_usd=round(sum(self.spent.get(spent_field(p), 0.0) for p in product_ids), 6),
+            finished={k: v for k, v in self.finished.items() if k in mine},
+            spent={k: v for k, v in self.spent.items() if k in mine},
+        )
+
+
+def _digest(product_id: str) -> str:
+    # A product id may hold characters a field name may not: its fields are named by a digest.
+    return hashlib.sha256(product_id.encode()).hexdigest()[:16]
 
 
 def finished_field(product_id: str, stage: Stage) -> str:
-    """The day document's field counting `product_id`'s jobs that reached `stage` (a product id
-    may hold characters a field name may not: it is named by a digest)."""
-    return f"{FINISHED_PREFIX}{hashlib.sha256(product_id.encode()).hexdigest()[:16]}_{stage.value}"
+    """The day document's field counting `product_id`'s jobs that reached `stage`."""
+    return f"{FINISHED_PREFIX}{_digest(product_id)}_{stage.value}"
+
+
+def spent_field(product_id: str) -> str:
+    """The day document's field adding up what `product_id`'s runs cost."""
+    return f"{SPENT_PREFIX}{_digest(product_id)}"
 
 
 def finished(days: list[Day], product_id: str) -> dict[Stage, int]:
@@ -135,7 +163,7 @@ def note_write(ctx: Context, before: Job | None, after: Job) -> None:
     late_before = _reported_late(before) if before else frozenset()
     cost += sum(run.late_usd for run in after.runs if run.run_id in _reported_late(after) - late_before)
     if cost > 0:
-        counted["spentUsd"] = round(cost, 6)
+        counted["spentUsd"] = counted[spent_field(after.product_id)] = round(cost, 6)
     bump(ctx, counted)
 
 
@@ -146,7 +174,8 @@ def _reported_late(job: Job) -> frozenset[str]:
 
 
 def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
-    """The last `count` days' rollups, oldest first, today last (days with nothing are zeros)."""
+    """The last `count` days' rollups, oldest first, today last (days with nothing are zeros);
+    for a principal limited to some products, those products' own (`Day.of`)."""
     today = ctx.clock.now().date()
     first = today - timedelta(days=count - 1)
     query = store.Query(
@@ -159,7 +188,12 @@ def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
         day = first + timedelta(days=offset)
         doc = found.get(_day_id(day), {})
         ended = {k: int(v or 0) for k, v in doc.items() if k.startswith(FINISHED_PREFIX)}
-        out.append(Day(day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0), finished=ended))
+        spent = {k: float(v or 0.0) for k, v in doc.items() if k.startswith(SPENT_PREFIX)}
+        whole = Day(
+            day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0),
+            finished=ended, spent=spent,
+        )
+        out.append(whole if ctx.principal.products is None else whole.of(ctx.principal.products))
     return out
 
 

@@ -2,7 +2,8 @@
 version the dashboard's ETags hold, jobs shipped, and what their runs cost, each counted once."""
 from __future__ import annotations
 
-from fleet import activity
+from fleet import activity, tokens
+from fleet.principals import Role
 from fleet.stages import Stage
 
 
@@ -68,3 +69,24 @@ def test_each_end_stage_a_job_reaches_is_counted_once_per_product(api):
     assert activity.finished(days, "ops.team-2")[Stage.DEAD_LETTER] == 1
     assert sum(activity.finished(days, "ops.team-2").values()) == 1
     assert sum(activity.finished(days, "never-seen").values()) == 0
+
+
+def test_a_principal_limited_to_some_products_is_shown_their_days_only(api):
+    # Given a day on which web shipped a job that cost 0.5 and ops shipped one that cost 2.25
+    job, lease = walk_to_testing(api, "web-job", 0.5)
+    api.post(f"/fleet/jobs/{job}/lease/release", {"leaseId": lease, "stage": "shipped"})
+    api.submit("ops-job", product="ops")
+    claim = api.claim(product="ops")
+    ended = {"leaseId": claim["lease"]["leaseId"], "stage": "shipped", "insights": {"costUsd": 2.25}}
+    assert api.post(f"/fleet/jobs/{claim['job']['id']}/lease/release", ended).status_code == 200
+
+    # The fleet's day counts both; a viewer of web is shown web's, on the overview too
+    assert today(api)[1:] == (2, 2.75)
+    web_viewer = api.mint(Role.VIEWER, name="web-viewer", products=["web"])
+    scoped = activity.days(api.ctx.acting_as(tokens.authenticate(api.ctx, web_viewer)), 1)[0]
+    assert (scoped.shipped, scoped.spent_usd) == (1, 0.5)
+    assert activity.finished([scoped], "ops")[Stage.SHIPPED] == 0
+
+    overview = api.get("/dashboard/fleet", token=web_viewer)
+    figures = overview.text[overview.text.index('id="h-days"'):]
+    assert "1 shipped, $0.50 spent" in figures and "$2.25" not in figures and "$2.75" not in figures
