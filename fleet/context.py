@@ -35,6 +35,10 @@ class Settings:
     #: A last-alive stamp older than this (the sweep renews it every minute) shows an outage
     #: gap still open: the coordinator, or its timer, stopped (see `fleet.outage`).
     outage_grace_seconds: int = 180
+    #: How long a process trusts a token's record it read before reading it again
+    #: (`FLEET_TOKEN_RECHECK_SECONDS`; 0: on every request). A token revoked elsewhere works
+    #: on this process until then; its secret and expiry are checked on every request.
+    token_recheck_seconds: int = 60
 
 
 @dataclass(frozen=True)

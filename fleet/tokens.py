@@ -2,9 +2,15 @@
 
 A token is shown once, when it is created. The store keeps only the SHA-256 of its secret
 (256 random bits, so a fast hash is enough), in the `tokens` container under the token's id,
-so authenticating is one point read and a constant-time comparison. Revoking marks the
-document, and the next request that presents the token is refused. `lastUsedAt` is written at
-most once a minute per token, never on every request.
+so authenticating is one point read and a constant-time comparison. A process remembers the
+records it read for `Settings.token_recheck_seconds` (`FLEET_TOKEN_RECHECK_SECONDS`, 60 by
+default), so a busy token costs one point read a minute, not one a request: otherwise every
+idle factory's poll would be two point reads, and every call one more. The secret is compared
+and the expiry checked on every request either way. Revoking marks the document and drops the
+record this process remembers, so the next request that presents the token here is refused;
+another instance of a scaled-out app refuses it once its remembered record is that old.
+`lastUsedAt` is written at most once an hour per token (`LAST_USED_RESOLUTION`): a replace of
+the record, the dearest call a request could make, never on every request.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +33,9 @@ from fleet.principals import Principal, Role
 CONTAINER = "tokens"
 PREFIX = "fleet"
 #: How stale `lastUsedAt` may be before a request refreshes it.
-LAST_USED_RESOLUTION = timedelta(seconds=60)
+LAST_USED_RESOLUTION = timedelta(hours=1)
+#: Token records a process remembers; past this, it forgets them all.
+MAX_REMEMBERED = 1024
 _TOKEN = re.compile(r"fleet_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _PRODUCT = re.compile(PRODUCT_ID.rstrip("$") + r"\Z")
 _FACTORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
@@ -97,17 +107,24 @@ def authenticate(ctx: Context, presented: str) -> Principal:
     if match is None:
         raise errors.Unauthorized("the bearer token is not valid")
     id, secret = match.groups()
-    try:
-        doc = ctx.store.read(CONTAINER, id, id)
-    except errors.NotFound:
-        raise errors.Unauthorized("the bearer token is not valid") from None
     now = ctx.clock.now()
-    record = Token.from_doc(doc)
-    if not hmac.compare_digest(doc.get("hash", ""), _hash(secret)) or not record.usable(now):
+    known = _recalled(ctx, id, now)
+    fresh = known is None
+    if known is None:
+        try:
+            doc = ctx.store.read(CONTAINER, id, id)
+        except errors.NotFound:
+            raise errors.Unauthorized("the bearer token is not valid") from None
+        known = _Known(doc, Token.from_doc(doc), now)
+    if not hmac.compare_digest(known.doc.get("hash", ""), _hash(secret)) or not known.record.usable(now):
         raise errors.Unauthorized("the bearer token is not valid")
-    if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
-        _touch(ctx, doc, now)
-    return record.principal()
+    last_used = known.record.last_used_at
+    if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+        _touch(ctx, known.doc, now)
+        _forget(ctx, id)  # the record changed: the next request reads it again
+    elif fresh:
+        _remember(ctx, id, known)
+    return known.record.principal()
 
 
 def list_all(ctx: Context) -> list[Token]:
@@ -129,6 +146,8 @@ def revoke(ctx: Context, id: str) -> Token:
         return Token.from_doc(store.update(ctx.store, "tokens", id, id, decide))
     except errors.NotFound:
         raise errors.NotFound(f"no token {id!r}") from None
+    finally:
+        _forget(ctx, id)
 
 
 def any_usable(ctx: Context) -> bool:
@@ -143,6 +162,46 @@ def _touch(ctx: Context, doc: dict[str, Any], now: datetime) -> None:
         ctx.store.replace("tokens", {**doc, "lastUsedAt": clock.format(now)}, doc["_etag"])
     except (errors.PreconditionFailed, errors.NotFound, errors.StoreBusy):
         pass
+
+
+class _Known:
+    """A token's document as a read found it, its record, and when (by the reader's clock)."""
+
+    __slots__ = ("doc", "record", "read_at")
+
+    def __init__(self, doc: dict[str, Any], record: Token, read_at: datetime) -> None:
+        self.doc, self.record, self.read_at = doc, record, read_at
+
+
+_lock = threading.Lock()
+#: The store whose tokens were last read, and what this process remembers of them, by id.
+_remembered: tuple[weakref.ref, dict[str, _Known]] | None = None
+
+
+def _recalled(ctx: Context, id: str, now: datetime) -> _Known | None:
+    """The token's record as this process read it within `token_recheck_seconds`, if it did."""
+    within = ctx.settings.token_recheck_seconds
+    with _lock:
+        known = _remembered[1].get(id) if _remembered is not None and _remembered[0]() is ctx.store else None
+    if known is None or not 0 <= (now - known.read_at).total_seconds() < within:
+        return None
+    return known
+
+
+def _remember(ctx: Context, id: str, known: _Known) -> None:
+    global _remembered
+    if ctx.settings.token_recheck_seconds <= 0:
+        return
+    with _lock:
+        if _remembered is None or _remembered[0]() is not ctx.store or len(_remembered[1]) >= MAX_REMEMBERED:
+            _remembered = (weakref.ref(ctx.store), {})
+        _remembered[1][id] = known
+
+
+def _forget(ctx: Context, id: str) -> None:
+    with _lock:
+        if _remembered is not None and _remembered[0]() is ctx.store:
+            _remembered[1].pop(id, None)
 
 
 def _hash(secret: str) -> str:

@@ -45,6 +45,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         budgets=truthy(env.get("FLEET_BUDGETS")),
         preempt_exempt_seconds=_int(env, "FLEET_PREEMPT_EXEMPT_SECONDS", 0, minimum=0),
         claim_weights_seconds=_int(env, "FLEET_CLAIM_WEIGHTS_SECONDS", 0, minimum=0),
+        token_recheck_seconds=_int(env, "FLEET_TOKEN_RECHECK_SECONDS", 60, minimum=0),
     )
 
 

@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.set_defaults(run=_create)
     listing = sub.add_parser("list", parents=[store], help="every token (never the token itself)")
     listing.set_defaults(run=_list)
-    revoke = sub.add_parser("revoke", parents=[store], help="revoke a token by id: the next request with it fails")
+    revoke = sub.add_parser("revoke", parents=[store], help="revoke a token by id: running coordinators refuse it within a minute")
     revoke.add_argument("id")
     revoke.set_defaults(run=_revoke)
 
@@ -98,7 +98,12 @@ def _revoke(args: argparse.Namespace) -> int:
     revoked = _with_store(args, lambda ctx: tokens.revoke(ctx, args.id))
     if revoked is None:
         return 1
-    print(json.dumps(revoked.to_doc()) if args.json else f"token {revoked.id} revoked")
+    if args.json:
+        print(json.dumps(revoked.to_doc()))
+    else:
+        # This command is not the coordinator: a running one trusts the record it last read
+        # for FLEET_TOKEN_RECHECK_SECONDS (DELETE /fleet/tokens/{id} takes effect at once there).
+        print(f"token {revoked.id} revoked; coordinators running now refuse it within a minute")
     return 0
 
 

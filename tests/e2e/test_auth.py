@@ -12,6 +12,7 @@ Tokens are minted in the server's own store, as `fleet tokens create` does.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator
@@ -27,7 +28,7 @@ from fleet.jobs import job_id
 from fleet.principals import GRANTS, Permission, Role
 from dashboard import web
 from shared import config, http
-from shared.devhost import hosting
+from shared.devhost import cli, hosting
 
 P, Q = "p", "q"
 FACTORY = "f1"
@@ -186,11 +187,36 @@ def test_every_endpoint_for_every_role(coordinator):
         assert hashlib.sha256(secret.encode()).hexdigest() not in log
 
 
+def test_a_token_revoked_against_the_store_is_refused_once_the_server_reads_it_again(
+    serve, store_env, monkeypatch, capsys
+):
+    # A server that trusts a token's record for 1 s, and a token it has read and remembers
+    with serve({"FLEET_AUTH": "tokens", "FLEET_TOKEN_RECHECK_SECONDS": "1"}, args=("--no-timers",)) as server:
+        c = Coordinator(server, {**store_env, "FLEET_DB": server.db})
+        try:
+            token = c.mint(Role.VIEWER, name="leaked")
+            for _ in range(2):
+                assert c.call("GET", "/fleet/jobs", token=token).status_code == 200
+            # `fleet tokens revoke`, from another process's view: the store, not the server
+            for name, value in {**store_env, "FLEET_DB": server.db}.items():
+                monkeypatch.setenv(name, value)
+            assert cli.main(["tokens", "revoke", token.split("_")[1]]) == 0
+            assert "refuse it within a minute" in capsys.readouterr().out
+            deadline = time.monotonic() + 10
+            while c.call("GET", "/fleet/jobs", token=token).status_code == 200:
+                assert time.monotonic() < deadline, "the revoked token still works"
+                time.sleep(0.2)
+            _problem(c.call("GET", "/fleet/jobs", token=token), 401, "unauthorized")
+        finally:
+            c.close()
+
+
 def test_without_a_valid_credential_every_endpoint_but_health_and_the_document_is_401(coordinator):
     c = coordinator
     revoked = c.mint(Role.ADMIN, name="revoked")
     assert c.call("GET", "/fleet/jobs", token=revoked).status_code == 200
-    tokens.revoke(c.ctx, revoked.split("_")[1])
+    assert c.call("GET", "/fleet/jobs", token=revoked).status_code == 200  # remembered by the server
+    assert c.call("DELETE", f"/fleet/tokens/{revoked.split('_')[1]}", token=c.mint(Role.ADMIN)).status_code == 200
     expired = c.mint(Role.ADMIN, clock=FixedClock("2020-01-01T00:00:00.000Z"), expires_in=timedelta(days=1))
     unknown = "fleet_0123456789abcdef_" + "A" * 43
     attempts = {
