@@ -265,7 +265,8 @@ def health(last_heartbeat_at: str | None, now: datetime) -> FactoryHealth:
 def list_all(ctx: Context) -> FactoryList:
     """Every factory with its health and seats: used (leases live by `fleet.liveness`, decided
     with the factory documents listed here) over its limit. A principal limited to some
-    products sees only the factories serving one of them."""
+    products sees only the factories serving one of them, and of what they serve only those
+    products (their seats used count every lease: a seat is the factory's, whatever it runs)."""
     now = ctx.clock.now()
     docs = list(store.query_all(ctx.store, store.Query("factories", None, order_by=(("id", False),), limit=500)))
     by_id = {doc["id"]: doc for doc in docs}
@@ -282,12 +283,17 @@ def list_all(ctx: Context) -> FactoryList:
         lease = liveness.Held.from_doc(doc.get("lease"))
         if lease is not None and liveness.live(lease, by_id.get(lease.factory_id), now):
             used[lease.factory_id] = used.get(lease.factory_id, 0) + 1
+    seen = ctx.principal.sees
     return FactoryList(
         items=[
             Factory.from_doc(doc).model_copy(
-                update={"seats_used": used.get(doc["id"], 0), "health": health(doc.get("lastHeartbeatAt"), now)}
+                update={
+                    "seats_used": used.get(doc["id"], 0),
+                    "health": health(doc.get("lastHeartbeatAt"), now),
+                    "products": [p for p in doc.get("products") or [] if seen(p)],
+                }
             )
             for doc in docs
-            if ctx.principal.products is None or any(ctx.principal.sees(p) for p in doc.get("products") or [])
+            if ctx.principal.products is None or any(seen(p) for p in doc.get("products") or [])
         ]
     )
