@@ -108,7 +108,7 @@ def authenticate(ctx: Context, presented: str) -> Principal:
         raise errors.Unauthorized("the bearer token is not valid")
     id, secret = match.groups()
     now = ctx.clock.now()
-    known = _recalled(ctx, id, now)
+    known, forgets = _recalled(ctx, id, now)
     fresh = known is None
     if known is None:
         try:
@@ -123,7 +123,7 @@ def authenticate(ctx: Context, presented: str) -> Principal:
         _touch(ctx, known.doc, now)
         _forget(ctx, id)  # the record changed: the next request reads it again
     elif fresh:
-        _remember(ctx, id, known)
+        _remember(ctx, id, known, forgets)
     return known.record.principal()
 
 
@@ -176,30 +176,40 @@ class _Known:
 _lock = threading.Lock()
 #: The store whose tokens were last read, and what this process remembers of them, by id.
 _remembered: tuple[weakref.ref, dict[str, _Known]] | None = None
+#: How many records this process has forgotten (a revocation, a `lastUsedAt` write): a read
+#: that began before one is not remembered, for it may hold the record from before the change.
+_forgets = 0
 
 
-def _recalled(ctx: Context, id: str, now: datetime) -> _Known | None:
-    """The token's record as this process read it within `token_recheck_seconds`, if it did."""
+def _recalled(ctx: Context, id: str, now: datetime) -> tuple[_Known | None, int]:
+    """The token's record as this process read it within `token_recheck_seconds`, if it did,
+    and the count of forgets a read made now would be remembered under (`_remember`)."""
     within = ctx.settings.token_recheck_seconds
     with _lock:
         known = _remembered[1].get(id) if _remembered is not None and _remembered[0]() is ctx.store else None
+        forgets = _forgets
     if known is None or not 0 <= (now - known.read_at).total_seconds() < within:
-        return None
-    return known
+        return None, forgets
+    return known, forgets
 
 
-def _remember(ctx: Context, id: str, known: _Known) -> None:
+def _remember(ctx: Context, id: str, known: _Known, forgets: int) -> None:
+    """Remember `known`, read after `forgets` forgets, unless a record was forgotten since."""
     global _remembered
     if ctx.settings.token_recheck_seconds <= 0:
         return
     with _lock:
+        if forgets != _forgets:
+            return
         if _remembered is None or _remembered[0]() is not ctx.store or len(_remembered[1]) >= MAX_REMEMBERED:
             _remembered = (weakref.ref(ctx.store), {})
         _remembered[1][id] = known
 
 
 def _forget(ctx: Context, id: str) -> None:
+    global _forgets
     with _lock:
+        _forgets += 1
         if _remembered is not None and _remembered[0]() is ctx.store:
             _remembered[1].pop(id, None)
 
@@ -218,6 +228,8 @@ def _check(role, name, products, factory_id, expires_in) -> None:
         refuse("factoryId", "only a factory token names a factory")
     if factory_id and not _FACTORY.fullmatch(factory_id):
         refuse("factoryId", "not a valid factory id")
+    if products is not None and not products:
+        refuse("products", "name at least one product, or leave products out for a token of every product")
     for product in products or ():
         if not _PRODUCT.fullmatch(product):
             refuse("products", f"{product[:80]!r} is not a valid product id")

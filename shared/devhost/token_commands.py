@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.set_defaults(run=_create)
     listing = sub.add_parser("list", parents=[store], help="every token (never the token itself)")
     listing.set_defaults(run=_list)
-    revoke = sub.add_parser("revoke", parents=[store], help="revoke a token by id: running coordinators refuse it within a minute")
+    revoke = sub.add_parser("revoke", parents=[store], help="revoke a token by id: running coordinators refuse it within FLEET_TOKEN_RECHECK_SECONDS")
     revoke.add_argument("id")
     revoke.set_defaults(run=_revoke)
 
@@ -59,7 +59,7 @@ def _create(args: argparse.Namespace) -> int:
     from fleet import tokens
     from fleet.principals import Role
 
-    products = [p.strip() for p in args.products.split(",") if p.strip()] if args.products else None
+    products = [p.strip() for p in args.products.split(",") if p.strip()] if args.products is not None else None
 
     def act(ctx):
         return tokens.create(ctx, Role(args.role), name=args.name, products=products, factory_id=args.factory_id,
@@ -103,7 +103,8 @@ def _revoke(args: argparse.Namespace) -> int:
     else:
         # This command is not the coordinator: a running one trusts the record it last read
         # for FLEET_TOKEN_RECHECK_SECONDS (DELETE /fleet/tokens/{id} takes effect at once there).
-        print(f"token {revoked.id} revoked; coordinators running now refuse it within a minute")
+        print(f"token {revoked.id} revoked; running coordinators refuse it once they read it again "
+              "(within FLEET_TOKEN_RECHECK_SECONDS, 60 by default)")
     return 0
 
 

@@ -276,6 +276,7 @@ def test_every_answer_is_what_the_document_says(flagged_api, doc):
     call("POST", f"/fleet/jobs/{low['job']['id']}/lease/report", {**late, "leaseId": "never"}, status=404)
     viewer = call("POST", "/fleet/tokens", {"role": "viewer", "products": ["p"]}, status=201)
     call("POST", "/fleet/tokens", {"role": "factory"}, status=400)
+    call("POST", "/fleet/tokens", {"role": "viewer", "products": []}, status=400)  # not every product
     call("POST", "/fleet/tokens", {"role": "viewer"}, status=403, token=viewer["token"])
     call("GET", "/fleet/tokens", status=200)
     call("DELETE", f"/fleet/tokens/{viewer['id']}", status=200)

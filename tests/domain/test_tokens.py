@@ -1,9 +1,11 @@
 """Principals and API tokens: the role table, product scopes, factory binding, and tokens that
-are random, stored only as a hash, expire, and stop working the moment they are revoked."""
+are random, stored only as a hash, expire, and stop working once they are revoked (at once on
+the process that revoked them, within the recheck window elsewhere)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from datetime import timedelta
 
 import pytest
@@ -162,12 +164,51 @@ def test_with_no_recheck_window_every_request_reads_the_token(ctx):
 def test_a_remembered_token_still_needs_its_secret_and_expires_on_time(ctx):
     created = tokens.create(ctx, Role.ADMIN, expires_in=timedelta(seconds=90))
     ctx.clock.advance(50)
+    ctx = counted(ctx)
     tokens.authenticate(ctx, created.token)
     tokens.authenticate(ctx, created.token)  # remembered from here on
+    reads = calls(ctx)["read:tokens"]
     forged = created.token[:-1] + ("A" if created.token[-1] != "A" else "B")
     with pytest.raises(errors.Unauthorized):
         tokens.authenticate(ctx, forged)
     ctx.clock.advance(40)
+    with pytest.raises(errors.Unauthorized):
+        tokens.authenticate(ctx, created.token)
+    assert calls(ctx)["read:tokens"] == reads  # both refused from what was remembered
+
+
+class Stalling:
+    """The store, with a token read that returns only when the test lets it (`go`)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.stall = inner, False
+        self.read_done, self.go = threading.Event(), threading.Event()
+
+    def read(self, container, partition_key, id):
+        doc = self.inner.read(container, partition_key, id)
+        if container == "tokens" and self.stall:
+            self.read_done.set()
+            assert self.go.wait(10)
+        return doc
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_read_that_began_before_a_revocation_here_is_not_remembered(ctx):
+    created = tokens.create(ctx, Role.OPERATOR)
+    ctx = dataclasses.replace(ctx, store=Stalling(ctx.store))
+    tokens.authenticate(ctx, created.token)  # its lastUsedAt written: nothing remembered yet
+    # A request reads the record, still unrevoked, and is held before it can remember it
+    ctx.store.stall = True
+    racing = threading.Thread(target=tokens.authenticate, args=(ctx, created.token))
+    racing.start()
+    assert ctx.store.read_done.wait(10)
+    ctx.store.stall = False
+    tokens.revoke(ctx, created.id)  # meanwhile, the token is revoked on this process
+    ctx.store.go.set()
+    racing.join(10)
+    # The next request is refused: what the held request read was not remembered
     with pytest.raises(errors.Unauthorized):
         tokens.authenticate(ctx, created.token)
 
@@ -192,6 +233,7 @@ def test_a_token_revoked_by_another_process_is_refused_here_within_the_recheck_w
         (Role.OPERATOR, {"factory_id": "f1"}, "factoryId"),
         (Role.FACTORY, {"factory_id": "bad id"}, "factoryId"),
         (Role.VIEWER, {"products": ["web\n"]}, "products"),
+        (Role.VIEWER, {"products": []}, "products"),  # not "every product"
         (Role.VIEWER, {"name": "\x00"}, "name"),
         (Role.VIEWER, {"expires_in": timedelta(0)}, "expiresIn"),
     ],
