@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--name", help="a name to recognise it by")
     create.add_argument("--expires-in", type=duration, metavar="DURATION", help="e.g. 3600, 90m, 12h, 30d, 2w")
     create.set_defaults(run=_create)
-    listing = sub.add_parser("list", parents=[store], help="every token (never the token itself)")
+    listing = sub.add_parser("list", parents=[store], help="every token (never the token itself); its last use is known to the hour")
     listing.set_defaults(run=_list)
     revoke = sub.add_parser("revoke", parents=[store], help="revoke a token by id: running coordinators refuse it within FLEET_TOKEN_RECHECK_SECONDS")
     revoke.add_argument("id")
