@@ -154,7 +154,7 @@ def _claim_best(
     if checked and running is None and _keyed_path(weights, product):
         score = _keyed_by(product.weights, score)
     claimable = _claimable(ctx, request.product_id, offered, scan.queue_state)
-    unaffordable = 0
+    unaffordable: set[str] = set()  # by id: a rescan meets the same jobs again
     # The jobs whose take the last scan lost to a change, with the lease epoch they had then.
     changed: dict[str, int] = {}
     churned = False  # a later scan found one of them queued still, never taken since
@@ -185,8 +185,8 @@ def _claim_best(
                     running = _running_at_limit(ctx, request.factory_id, scan.seat_limit, now, scan.factory)
             except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or free) job may still fit.
-                unaffordable += 1
-                if unaffordable >= MAX_UNAFFORDABLE:
+                unaffordable.add(head.id)
+                if len(unaffordable) >= MAX_UNAFFORDABLE:
                     return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
             except NoSeat:
                 return Claimed(reason=ClaimReason.SEAT_LIMIT)

@@ -140,6 +140,22 @@ def test_a_candidate_too_dear_for_the_budget_is_passed_over_for_an_affordable_on
     assert (refused.job, refused.reason) == (None, "budget_exceeded")
 
 
+@pytest.mark.parametrize("too_dear, cheap_taken", [(15, True), (16, False)])
+def test_a_claim_looks_past_at_most_15_jobs_too_dear_for_the_room_left(world, clock, too_dear, cheap_taken):
+    # Given a ceiling of 10 with 8 reserved, and a cheap job ranked behind jobs estimated at 8
+    world.put_budget(10.0)
+    world.submit_job("running", priority="critical", estimated_cost_usd=8.0)
+    for n in range(too_dear):
+        clock.advance(1)
+        world.submit_job(f"dear-{n}", priority="high", estimated_cost_usd=8.0)
+    clock.advance(1)
+    cheap = world.submit_job("cheap", estimated_cost_usd=0.5)
+    assert world.claim("factory-1").job.idempotency_key == "running"
+    # When another factory claims: the README's bound, the 16th too dear ends the search
+    claimed = world.claim("factory-2")
+    assert (claimed.job.id if claimed.job else claimed.reason) == (cheap.id if cheap_taken else "budget_exceeded")
+
+
 def test_a_critical_job_may_evict_a_job_of_another_product(world):
     # Seats belong to the factory, not the product
     other = world.running_job("other-work", priority="normal", product_id="beta")
