@@ -37,6 +37,7 @@ LAST_USED_RESOLUTION = timedelta(hours=1)
 #: Token records a process remembers; past this, it forgets them all.
 MAX_REMEMBERED = 1024
 _TOKEN = re.compile(r"fleet_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_ID = re.compile(r"[0-9a-f]{16}")
 _PRODUCT = re.compile(PRODUCT_ID.rstrip("$") + r"\Z")
 _FACTORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
@@ -133,6 +134,13 @@ def list_all(ctx: Context) -> list[Token]:
     return sorted((Token.from_doc(d) for d in docs), key=lambda t: t.created_at, reverse=True)
 
 
+def id_of(given: str) -> str:
+    """The token id `given` names: an id as it is, a whole token as its id (so a tool may take
+    either without ever showing the secret back)."""
+    match = _TOKEN.fullmatch(given.strip())
+    return match.group(1) if match else given.strip()
+
+
 def revoke(ctx: Context, id: str) -> Token:
     """Mark the token revoked (idempotent); `NotFound` if there is no such token."""
     now = ctx.clock.now()
@@ -140,8 +148,9 @@ def revoke(ctx: Context, id: str) -> Token:
     def decide(doc: dict[str, Any]) -> dict[str, Any] | None:
         return None if doc.get("revokedAt") else {**doc, "revokedAt": clock.format(now)}
 
-    if not re.fullmatch(r"[0-9a-f]{16}", id):
-        raise errors.NotFound(f"no token {id!r}")
+    if not _ID.fullmatch(id):
+        # Never echo it: what was given may be a whole token, secret and all.
+        raise errors.NotFound("no such token: a token's id is the 16 hex digits after fleet_")
     try:
         return Token.from_doc(store.update(ctx.store, "tokens", id, id, decide))
     except errors.NotFound:

@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("list", parents=[store], help="every token (never the token itself); its last use is known to the hour")
     listing.set_defaults(run=_list)
     revoke = sub.add_parser("revoke", parents=[store], help="revoke a token by id: running coordinators refuse it within FLEET_TOKEN_RECHECK_SECONDS")
-    revoke.add_argument("id")
+    revoke.add_argument("id", help="the token's id (the whole token is taken too, never shown back)")
     revoke.set_defaults(run=_revoke)
 
 
@@ -65,7 +65,7 @@ def _create(args: argparse.Namespace) -> int:
         return tokens.create(ctx, Role(args.role), name=args.name, products=products, factory_id=args.factory_id,
                              expires_in=args.expires_in)
 
-    created = _with_store(args, act)
+    created = _with_store(args, act, creates=True)
     if created is None:
         return 1
     if args.json:
@@ -80,7 +80,7 @@ def _list(args: argparse.Namespace) -> int:
     from fleet import tokens
     from fleetclient import tables
 
-    listed = _with_store(args, tokens.list_all)
+    listed = _with_store(args, tokens.list_all, creates=False)
     if listed is None:
         return 1
     if args.json:
@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from fleet import tokens
 
-    revoked = _with_store(args, lambda ctx: tokens.revoke(ctx, args.id))
+    revoked = _with_store(args, lambda ctx: tokens.revoke(ctx, tokens.id_of(args.id)), creates=False)
     if revoked is None:
         return 1
     if args.json:
@@ -108,16 +108,27 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_store(args: argparse.Namespace, act):
-    """Run `act(ctx)` over the configured store; None (and the reason on stderr) if refused."""
+def _with_store(args: argparse.Namespace, act, creates: bool):
+    """Run `act(ctx)` over the configured store; None (and the reason on stderr) if refused.
+    A SQLite file that does not exist yet is most likely the wrong one (the command run away
+    from where `fleet serve` runs): only a command that `creates` makes it, saying so."""
     from fleet import errors
     from fleet.clock import SystemClock
     from fleet.context import Context
     from shared import config
 
-    if args.db:
-        os.environ["FLEET_DB"] = args.db
-    store = config.store_from(os.environ)
+    env = {**os.environ, **({"FLEET_DB": args.db} if args.db else {})}
+    if (env.get("FLEET_STORE") or "sqlite").strip().lower() == "sqlite":
+        path = env.get("FLEET_DB") or config.DEFAULT_DB
+        if not os.path.exists(path):
+            where = f"no store at {os.path.abspath(path)}"
+            if not creates:
+                print(f"fleet tokens: {where}: run this where fleet serve runs, or name its file "
+                      "with --db (FLEET_DB)", file=sys.stderr)
+                return None
+            print(f"fleet tokens: {where}; creating one. A coordinator on another file will not "
+                  "know this token (--db names the file fleet serve uses)", file=sys.stderr)
+    store = config.store_from(env)
     try:
         return act(Context(store, SystemClock()))
     except errors.FleetError as error:
