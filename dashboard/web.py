@@ -130,7 +130,9 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
         if principal is None and needs is not None:
             if posting:
                 raise errors.Unauthorized("sign in first")
-            return redirect(f"{SIGN_IN}?next={quote(_path(req), safe='/')}")
+            # A session whose token is refused now (revoked, expired) ends with this answer.
+            ended = session_cookie(None, is_secure(req)) if COOKIE in cookies(req) else None
+            return redirect(f"{SIGN_IN}?next={quote(_path(req), safe='/')}", ended)
         if needs is not None:
             principal.require(needs)
         with config.acting(principal or ANONYMOUS_READER):

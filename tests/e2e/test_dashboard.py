@@ -187,7 +187,8 @@ def test_signing_in_sets_a_strict_httponly_session_and_out_ends_it(coordinator):
     # A revoked token's session is over
     revoked = c.api("DELETE", f"/fleet/tokens/{token.split('_')[1]}", c.mint(Role.ADMIN, name="admin"))
     assert revoked.status_code == 200
-    assert browser.get("/dashboard/fleet").status_code == 303
+    ended = browser.get("/dashboard/fleet")
+    assert ended.status_code == 303 and ended.headers["set-cookie"].startswith("fleet_session=; Max-Age=0;")
 
 
 def test_a_form_needs_its_token_and_this_dashboards_origin(coordinator):
