@@ -301,8 +301,10 @@ def put_budget(req: func.HttpRequest) -> func.HttpResponse:
     _budgets_on()
     product = http.product_id(req.route_params.get("productId"))
     body = http.body(req, schemas.BudgetBody)
-    default = body.default_estimate_usd if "default_estimate_usd" in body.model_fields_set else budgets.KEEP
-    return http.ok(budgets.put(ctx(), product, body.ceiling_usd, body.window, default).public())
+    given = body.model_fields_set
+    ceiling = body.ceiling_usd if "ceiling_usd" in given else budgets.KEEP
+    default = body.default_estimate_usd if "default_estimate_usd" in given else budgets.KEEP
+    return http.ok(budgets.put(ctx(), product, ceiling, body.window, default).public())
 
 
 @app.route(route="fleet/budgets/{productId}/pause", methods=["POST"])

@@ -63,11 +63,15 @@ KEEP: Any = object()
 
 
 def put(
-    ctx: Context, product_id: str, ceiling_usd: float, window: Window | None = None, default_estimate_usd: float | None = KEEP
+    ctx: Context,
+    product_id: str,
+    ceiling_usd: float = KEEP,
+    window: Window | None = None,
+    default_estimate_usd: float | None = KEEP,
 ) -> Budget:
-    """Create or update the ceiling; the window unless it is None (a new budget's is monthly);
-    and the default estimate unless it is `KEEP` (None: jobs without an estimate reserve
-    nothing). Lifting the ceiling above spend lifts an
+    """Create or update the ceiling unless it is `KEEP` (a budget without one must be given
+    one); the window unless it is None (a new budget's is monthly); and the default estimate
+    unless it is `KEEP` (None: jobs without an estimate reserve nothing). Lifting the ceiling above spend lifts an
     automatic pause. Changing the window moves to the new kind's current window, whose spend
     is recomputed from the ledger of recent accruals (exact within its memory)."""
     _reach(ctx, product_id)
@@ -75,18 +79,22 @@ def put(
 
     def decide(budget: Budget) -> Budget:
         window_of = window or budget.window
-        update: dict[str, Any] = {"ceiling_usd": ceiling_usd, "window": window_of, "updated_at": now}
+        ceiling = budget.ceiling_usd if ceiling_usd is KEEP else ceiling_usd
+        if ceiling is None:
+            detail = f"product {product_id}'s budget has no ceiling yet: name one (ceilingUsd)"
+            raise errors.ValidationFailed(detail, [{"field": "ceilingUsd", "message": detail}])
+        update: dict[str, Any] = {"ceiling_usd": ceiling, "window": window_of, "updated_at": now}
         if default_estimate_usd is not KEEP:
             update["default_estimate_usd"] = default_estimate_usd
-        _check_default(update.get("default_estimate_usd", budget.default_estimate_usd), ceiling_usd, default_estimate_usd is KEEP)
+        _check_default(update.get("default_estimate_usd", budget.default_estimate_usd), ceiling, default_estimate_usd is KEEP)
         if window_of != budget.window:
             start = budget_rules.window_start(window_of, now)
             spent = sum(usd for at, usd in budget.ledger if at >= start)
             update.update(window_start=start, spent_usd=spent)
             budget = budget.model_copy(update={"spent_usd": spent})
-        if budget.paused_by == PausedBy.CEILING and budget.spent_usd < ceiling_usd:
+        if budget.paused_by == PausedBy.CEILING and budget.spent_usd < ceiling:
             update.update(paused=False, paused_by=None)
-        elif not budget.paused and budget.spent_usd >= ceiling_usd:
+        elif not budget.paused and budget.spent_usd >= ceiling:
             update.update(paused=True, paused_by=PausedBy.CEILING)
         return budget.model_copy(update=update)
 

@@ -235,7 +235,14 @@ class WeightsBody(WeightsPatch):
 class BudgetBody(Body):
     """`PUT /fleet/budgets/{productId}`."""
 
-    ceiling_usd: Money
+    #: Left out, the budget keeps its ceiling (a budget without one must name it).
+    ceiling_usd: Annotated[
+        Money,
+        Field(
+            description="USD per window. Left out, the budget keeps its ceiling; a budget without one must name it.",
+            json_schema_extra=lambda schema: schema.pop("default", None),  # left out, not null
+        ),
+    ] = None  # type: ignore[assignment]  # left out: None (a default is not validated); null is refused
     #: Left out, the budget keeps its window (a new budget's is monthly).
     window: Annotated[
         Window, Field(description="Left out, the budget keeps its window; a new budget's is monthly.")

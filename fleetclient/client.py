@@ -280,13 +280,15 @@ class FleetClient:
         return budget_rules.BudgetView.model_validate(self._http.call("GET", f"/fleet/budgets/{_seg(product_id)}").body)
 
     def put_budget(
-        self, product_id: str, ceiling_usd: float, window: str | None = None, default_estimate_usd: Any = ...
+        self, product_id: str, ceiling_usd: float | None = None, window: str | None = None, default_estimate_usd: Any = ...
     ) -> budget_rules.BudgetView:
-        """`PUT /fleet/budgets/{productId}`: set the ceiling (USD), and if given the window
+        """`PUT /fleet/budgets/{productId}`: set, where given, the ceiling (USD), the window
         (`daily|weekly|monthly`) and `default_estimate_usd`: what a claim reserves for a job that
-        names no cost (None: nothing). Left out, the budget keeps its window (a new budget's is
-        monthly) and its default estimate."""
-        body: dict[str, Any] = {"ceilingUsd": ceiling_usd}
+        names no cost (None: nothing). Left out, the budget keeps its ceiling (a budget without
+        one must be given one), its window (a new budget's is monthly) and its default estimate."""
+        body: dict[str, Any] = {}
+        if ceiling_usd is not None:
+            body["ceilingUsd"] = ceiling_usd
         if window is not None:
             body["window"] = _value(window)
         if default_estimate_usd is not ...:

@@ -176,9 +176,9 @@ def _add_budgets(subparsers, common) -> None:
         if name == "pause":
             p.add_argument("--reason", "-m", help="why, shown with the pause (up to 500 characters)")
         p.set_defaults(run=_command("budget"))
-    p = budgets.add_parser("set", parents=[common], help="set a product's ceiling per window")
+    p = budgets.add_parser("set", parents=[common], help="set a product's ceiling, window or default estimate")
     p.add_argument("product", metavar="PRODUCT")
-    p.add_argument("--ceiling", type=float, required=True, help="USD per window")
+    p.add_argument("--ceiling", type=float, help="USD per window (left out: kept; a new budget must name one)")
     p.add_argument("--window", choices=_values(budget_rules.Window),
                    help="UTC calendar window (left out: kept; a new budget's is monthly)")
     estimate = p.add_mutually_exclusive_group()

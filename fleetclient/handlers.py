@@ -139,6 +139,8 @@ def _lookalikes(given: dict[str, Any], known: tuple[str, ...]) -> list[tuple[str
 
 
 def budget(args: argparse.Namespace, client: FleetClient) -> Shown:
+    if args.budgets_command == "set" and args.ceiling is None and args.window is None and args.default_estimate is ...:
+        raise Usage("give at least one of --ceiling, --window, --default-estimate, --no-default-estimate")
     calls = {
         "show": lambda: client.get_budget(args.product),
         "set": lambda: client.put_budget(args.product, args.ceiling, args.window, args.default_estimate),

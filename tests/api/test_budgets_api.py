@@ -154,12 +154,19 @@ def test_a_default_estimate_reserves_for_jobs_that_name_no_cost(flagged_api):
     assert third["job"] is not None and third["runId"] not in api.get("/fleet/budgets/p").json["reservations"]
 
 
-def test_a_put_that_leaves_out_the_window_keeps_it(flagged_api):
+def test_a_put_keeps_what_it_leaves_out(flagged_api):
     api = flagged_api
     assert api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10}).json["window"] == "monthly"  # a new budget's
     api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 10, "window": "daily"})
     raised = api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": 12}).json
     assert (raised["ceilingUsd"], raised["window"]) == (12, "daily")
+    defaulted = api.call("PUT", "/fleet/budgets/p", {"defaultEstimateUsd": 3}).json
+    assert (defaulted["ceilingUsd"], defaulted["window"], defaulted["defaultEstimateUsd"]) == (12, "daily", 3)
+    weekly = api.call("PUT", "/fleet/budgets/p", {"window": "weekly"}).json
+    assert (weekly["ceilingUsd"], weekly["window"], weekly["defaultEstimateUsd"]) == (12, "weekly", 3)
+    # the kept ceiling still bounds a new default
+    above = api.call("PUT", "/fleet/budgets/p", {"defaultEstimateUsd": 13})
+    assert above.status_code == 400 and above.json["errors"][0]["field"] == "defaultEstimateUsd"
 
 
 def test_the_budget_page_says_when_jobs_that_name_no_cost_wait(flagged_api):
@@ -182,6 +189,9 @@ def test_the_budget_page_says_when_jobs_that_name_no_cost_wait(flagged_api):
         ({"ceilingUsd": 1, "window": "hourly"}, "window"),
         ({"ceilingUsd": 1, "window": None}, "window"),  # left out keeps it; null is no window
         ({}, "ceilingUsd"),
+        ({"ceilingUsd": None}, "ceilingUsd"),  # left out keeps it; null is no ceiling to keep
+        ({"window": "daily"}, "ceilingUsd"),  # a new budget names its ceiling
+        ({"defaultEstimateUsd": 1}, "ceilingUsd"),
         ({"ceilingUsd": 1, "defaultEstimateUsd": -0.5}, "defaultEstimateUsd"),
         ({"ceilingUsd": 1, "defaultEstimateUsd": "4"}, "defaultEstimateUsd"),
         ({"ceilingUsd": 1, "defaultEstimateUsd": 1e10}, "defaultEstimateUsd"),
@@ -213,3 +223,7 @@ def test_a_product_whose_spend_is_recorded_without_a_ceiling_says_so(flagged_api
     assert "<strong>Paused</strong>" in api.get("/dashboard/fleet/budget").text
     assert api.claim(product="q") == {"job": None, "reason": "budget_paused"}
     assert "of —" not in overview
+    # a PUT that leaves the ceiling out must name one here: it has none to keep
+    refused = api.call("PUT", "/fleet/budgets/q", {"defaultEstimateUsd": 0.1})
+    assert refused.status_code == 400 and refused.json["errors"][0]["field"] == "ceilingUsd"
+    assert api.get("/fleet/budgets/q").json["defaultEstimateUsd"] is None

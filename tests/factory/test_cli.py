@@ -315,9 +315,14 @@ class TestBudgets:
         kept = fast_cli.json("budgets", "set", product, "--ceiling", "30")
         cleared = fast_cli.json("budgets", "set", product, "--ceiling", "30", "--no-default-estimate")
 
+        only_default = fast_cli.json("budgets", "set", product, "--default-estimate", "4")
+        nothing = fast_cli("budgets", "set", product)
+
         assert code == 0 and "default estimate: $2.50" in out
         assert (kept["ceilingUsd"], kept["window"], kept["defaultEstimateUsd"]) == (30.0, "weekly", 2.5)
         assert cleared["defaultEstimateUsd"] is None and cleared["window"] == "weekly"
+        assert (only_default["ceilingUsd"], only_default["defaultEstimateUsd"]) == (30.0, 4.0)
+        assert nothing[0] == 2 and "give at least one of --ceiling" in nothing[2]
 
     def test_show_says_when_jobs_that_name_no_cost_wait(self, fast_cli, fast_client, product):
         fast_cli("budgets", "set", product, "--ceiling", "5", "--default-estimate", "4")
