@@ -156,6 +156,32 @@ def test_a_claim_looks_past_at_most_15_jobs_too_dear_for_the_room_left(world, cl
     assert (claimed.job.id if claimed.job else claimed.reason) == (cheap.id if cheap_taken else "budget_exceeded")
 
 
+def test_a_rescan_after_a_lost_race_does_not_count_the_same_dear_jobs_again(world, clock, faulty):
+    # Given a ceiling of 10 with 8 reserved, ten jobs too dear for the 2 left, then a cheap one
+    world.put_budget(10.0)
+    world.submit_job("running", priority="critical", estimated_cost_usd=8.0)
+    for n in range(10):
+        clock.advance(1)
+        world.submit_job(f"dear-{n}", priority="high", estimated_cost_usd=8.0)
+    clock.advance(1)
+    cheap = world.submit_job("cheap", estimated_cost_usd=0.5)
+    assert world.claim("factory-1").job.idempotency_key == "running"
+    rival = world.with_settings()
+    later: list = []
+
+    def rival_takes_cheap_and_another_arrives():
+        claims.claim_job(rival.observer, cheap.id, PRODUCT, claims.ClaimRequest("factory-3", PRODUCT))
+        clock.advance(1)
+        later.append(world.submit_job("cheap-later", estimated_cost_usd=0.5))
+
+    # When a rival takes the cheap job right after factory-2 reserved for it, and another
+    # cheap job arrives after factory-2 read the queue: its scan ends lost, and it rescans
+    faulty.meanwhile("replace", "budgets", rival_takes_cheap_and_another_arrives)
+    claimed = world.claim("factory-2")
+    # Then the rescan passes the ten dear jobs again, counting them once (20 would end it at 16)
+    assert claimed.job is not None and claimed.job.id == later[0].id
+
+
 def test_a_critical_job_may_evict_a_job_of_another_product(world):
     # Seats belong to the factory, not the product
     other = world.running_job("other-work", priority="normal", product_id="beta")
