@@ -128,10 +128,13 @@ def _serve(handler: Handler, req: func.HttpRequest, needs: Permission | None, ve
     try:
         principal = _principal(req) if needs is not None else _principal_or_none(req)
         if principal is None and needs is not None:
-            if posting:
-                raise errors.Unauthorized("sign in first")
             # A session whose token is refused now (revoked, expired) ends with this answer.
             ended = session_cookie(None, is_secure(req)) if COOKIE in cookies(req) else None
+            if posting:
+                refused = render.error_page(401, "Sign in", "sign in first")
+                if ended:
+                    refused.headers["Set-Cookie"] = ended
+                return refused
             return redirect(f"{SIGN_IN}?next={quote(_path(req), safe='/')}", ended)
         if needs is not None:
             principal.require(needs)
@@ -193,8 +196,8 @@ def _principal(req: func.HttpRequest) -> Principal | None:
     if mode == auth.Mode.OFF:
         return ANONYMOUS
     headers = {k.lower(): v for k, v in req.headers.items()}
-    session = cookies(req).get(COOKIE)
-    if session and "authorization" not in headers:
+    session = cookies(req).get(COOKIE) if "authorization" not in headers else None
+    if session:
         headers["authorization"] = f"Bearer {session}"
     if "authorization" not in headers and not (mode == auth.Mode.EASYAUTH and headers.get(auth.EASY_AUTH_HEADER)):
         return None

@@ -245,7 +245,11 @@ class BudgetBody(Body):
     ] = None  # type: ignore[assignment]  # left out: None (a default is not validated); null is refused
     #: Left out, the budget keeps its window (a new budget's is monthly).
     window: Annotated[
-        Window, Field(description="Left out, the budget keeps its window; a new budget's is monthly.")
+        Window,
+        Field(
+            description="Left out, the budget keeps its window; a new budget's is monthly.",
+            json_schema_extra=lambda schema: schema.pop("default", None),  # left out, not null
+        ),
     ] = None  # type: ignore[assignment]  # left out: None (a default is not validated); null is refused
     #: What a claim reserves for a job with no `estimatedCostUsd` of its own; null: nothing.
     #: Left out, the budget keeps the default estimate it has. At most the ceiling.

@@ -536,8 +536,12 @@ def test_route_regex_constraints_judge_the_whole_value():
     ("GET /x?a=1;code=k1 HTTP/1.1", "GET /x?a=1;code=REDACTED HTTP/1.1"),
     ("Bad request syntax ('GET /x?code=k1 junk')", "Bad request syntax ('GET /x?code=REDACTED junk')"),
     ("GET /x?codes=1&mycode=2 HTTP/1.1", "GET /x?codes=1&mycode=2 HTTP/1.1"),  # other names stay
+    # a token pasted into a path keeps its id, not its secret
+    ("DELETE /fleet/tokens/fleet_0123456789abcdef_Ab-_9" + "x" * 38 + " HTTP/1.1",
+     "DELETE /fleet/tokens/fleet_0123456789abcdef_REDACTED HTTP/1.1"),
+    ("GET /x?t=fleet_0123456789abcdef_s%2Dcret HTTP/1.1", "GET /x?t=fleet_0123456789abcdef_REDACTED HTTP/1.1"),
 ])
-def test_the_request_log_redacts_code(line, logged):
+def test_the_request_log_redacts_code_and_token_secrets(line, logged):
     assert serving.redact(line) == logged
 
 

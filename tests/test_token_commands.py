@@ -55,3 +55,9 @@ def test_a_token_given_whole_to_revoke_is_revoked_by_its_id_and_never_printed(ru
 def test_the_db_flag_leaves_the_environment_as_it_was(run, tmp_path):
     assert run("create", "--role", "viewer", "--db", str(tmp_path / "elsewhere.db"))[0] == 0
     assert "FLEET_DB" not in os.environ
+
+
+def test_a_store_named_by_uri_is_not_looked_for_as_a_file(run, monkeypatch):
+    monkeypatch.setenv("FLEET_DB", ":memory:")
+    code, out, err = run("list")
+    assert code == 0 and "no store" not in err

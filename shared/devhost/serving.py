@@ -46,6 +46,9 @@ _PROBLEM_CODES = {414: "uri_too_long", 431: "headers_too_large", 501: "not_imple
                   505: "http_version_not_supported"}
 # A query parameter, as a request line spells it (``;`` too: a client may mean it as ``&``).
 _QUERY_PARAMETER = re.compile(r"(?<=[?&;])([^=&;#\s'\"]*)=([^&;#\s'\"]*)")
+# An API token's secret, wherever a request line holds one (a token pasted into a path, say
+# `DELETE /fleet/tokens/<token>` for its id): its id is kept, the rest is not.
+_TOKEN_SECRET = re.compile(r"(fleet_[0-9a-f]{16}_)[A-Za-z0-9_%-]+")
 
 
 def timeout_from_env(environ: dict[str, str] | None = None) -> float:
@@ -64,13 +67,14 @@ def timeout_from_env(environ: dict[str, str] | None = None) -> float:
 
 def redact(text: str) -> str:
     """``text`` (a request line, or a message quoting one) with the value of every ``code``
-    query parameter, however its name is spelt or encoded, replaced by ``REDACTED``."""
+    query parameter, however its name is spelt or encoded, and the secret of any API token
+    replaced by ``REDACTED``."""
 
     def hide(found: re.Match[str]) -> str:
         name = urllib.parse.unquote_plus(found.group(1))
         return f"{found.group(1)}=REDACTED" if name.lower() == "code" else found.group(0)
 
-    return _QUERY_PARAMETER.sub(hide, text)
+    return _TOKEN_SECRET.sub(r"\1REDACTED", _QUERY_PARAMETER.sub(hide, text))
 
 
 class _BodyInput(io.RawIOBase):

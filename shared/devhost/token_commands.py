@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from fleet.principals import Role
 
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--db", help="SQLite file (sets FLEET_DB; default .fleet/fleet.db); FLEET_STORE=cosmos "
+    store.add_argument("--db", help="SQLite file (instead of FLEET_DB; default .fleet/fleet.db); FLEET_STORE=cosmos "
                                     "and COSMOS_* select the Cosmos store instead")
     store.add_argument("--json", action="store_true", help="print JSON")
     commands = subparsers.add_parser("tokens", help="create, list and revoke API tokens (against the store)")
@@ -118,9 +118,10 @@ def _with_store(args: argparse.Namespace, act, creates: bool):
     from shared import config
 
     env = {**os.environ, **({"FLEET_DB": args.db} if args.db else {})}
-    if (env.get("FLEET_STORE") or "sqlite").strip().lower() == "sqlite":
+    if (env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite") == "sqlite":  # as store_from reads it
         path = env.get("FLEET_DB") or config.DEFAULT_DB
-        if not os.path.exists(path):
+        plain = path != ":memory:" and not path.startswith("file:")  # a URI names no file to look for
+        if plain and not os.path.exists(path):
             where = f"no store at {os.path.abspath(path)}"
             if not creates:
                 print(f"fleet tokens: {where}: run this where fleet serve runs, or name its file "

@@ -201,13 +201,15 @@ def test_a_read_that_began_before_a_revocation_here_is_not_remembered(ctx):
     tokens.authenticate(ctx, created.token)  # its lastUsedAt written: nothing remembered yet
     # A request reads the record, still unrevoked, and is held before it can remember it
     ctx.store.stall = True
-    racing = threading.Thread(target=tokens.authenticate, args=(ctx, created.token))
+    answered: list = []
+    racing = threading.Thread(target=lambda: answered.append(tokens.authenticate(ctx, created.token)))
     racing.start()
     assert ctx.store.read_done.wait(10)
     ctx.store.stall = False
     tokens.revoke(ctx, created.id)  # meanwhile, the token is revoked on this process
     ctx.store.go.set()
     racing.join(10)
+    assert not racing.is_alive() and answered[0].id == created.id  # it began before: it was let in
     # The next request is refused: what the held request read was not remembered
     with pytest.raises(errors.Unauthorized):
         tokens.authenticate(ctx, created.token)

@@ -191,6 +191,25 @@ def test_signing_in_sets_a_strict_httponly_session_and_out_ends_it(coordinator):
     assert ended.status_code == 303 and ended.headers["set-cookie"].startswith("fleet_session=; Max-Age=0;")
 
 
+def test_a_refused_session_is_ended_and_a_refused_header_leaves_a_good_session_alone(coordinator):
+    c = coordinator
+    admin = c.mint(Role.ADMIN, name="admin")
+    _seed(c, admin)
+    # A form posted with a session whose token was revoked: refused, and the session ended
+    revoked = c.mint(Role.OPERATOR, name="gone")
+    browser = c.browser(revoked)
+    assert c.api("DELETE", f"/fleet/tokens/{revoked.split('_')[1]}", admin).status_code == 200
+    posted = browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/cancel")
+    assert posted.status_code == 401 and posted.headers["set-cookie"].startswith("fleet_session=; Max-Age=0;")
+    assert c.api("GET", f"/fleet/jobs/{SPARE}", admin).json()["stage"] == "queued"
+    # A good session sent with a refused Authorization header: the header is what is judged
+    good = c.browser(c.mint(Role.VIEWER, name="kept"))
+    bad = {"Authorization": "Bearer fleet_0123456789abcdef_" + "A" * 43}
+    refused = good.get("/dashboard/fleet", headers=bad)
+    assert refused.status_code == 401 and "set-cookie" not in refused.headers
+    assert good.get("/dashboard/fleet").status_code == 200  # the session is as it was
+
+
 def test_a_form_needs_its_token_and_this_dashboards_origin(coordinator):
     c = coordinator
     admin = c.mint(Role.ADMIN, name="admin")
