@@ -85,7 +85,7 @@ def create(
     expires_in: timedelta | None = None,
 ) -> Created:
     """Mint a token. A `factory` token names the one factory it speaks for; no other role does."""
-    _check(role, name, products, factory_id, expires_in)
+    check(role, name, products, factory_id, expires_in)
     now = ctx.clock.now()
     id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     record = Token(
@@ -227,7 +227,8 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _check(role, name, products, factory_id, expires_in) -> None:
+def check(role, name, products, factory_id, expires_in) -> None:
+    """`ValidationFailed`, naming the field, unless a token of these fields may be minted."""
     def refuse(field: str, message: str) -> None:
         raise errors.ValidationFailed(message, [{"field": field, "message": message}])
 

@@ -15,7 +15,7 @@ import azure.functions as func
 import pytest
 from werkzeug.test import Client
 
-from shared.devhost import cli, hosting, routes, serving
+from shared.devhost import cli, hosting, redaction, routes, serving
 from shared.devhost.process import running_server
 
 
@@ -540,9 +540,10 @@ def test_route_regex_constraints_judge_the_whole_value():
     ("DELETE /fleet/tokens/fleet_0123456789abcdef_Ab-_9" + "x" * 38 + " HTTP/1.1",
      "DELETE /fleet/tokens/fleet_0123456789abcdef_REDACTED HTTP/1.1"),
     ("GET /x?t=fleet_0123456789abcdef_s%2Dcret HTTP/1.1", "GET /x?t=fleet_0123456789abcdef_REDACTED HTTP/1.1"),
+    ("GET /x?t=fleet%5F0123456789abcdef%5fs3cret HTTP/1.1", "GET /x?t=fleet%5F0123456789abcdef%5fREDACTED HTTP/1.1"),
 ])
 def test_the_request_log_redacts_code_and_token_secrets(line, logged):
-    assert serving.redact(line) == logged
+    assert redaction.redact(line) == logged
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(None, 10.0), ("", 10.0), ("2.5", 2.5), (" 30 ", 30.0)])
@@ -595,6 +596,22 @@ def test_over_http_a_stalled_body_is_408(quick, caplog):
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "request_timeout"
     assert 0.4 <= time.monotonic() - started < 3
     assert "stalled request body" in caplog.text
+
+
+SECRET = "Ab-_9" + "x" * 38
+PASTED = f"fleet_0123456789abcdef_{SECRET}"  # a whole token where a path segment goes
+
+
+def test_a_token_in_a_path_reaches_no_log_and_no_error_body_whole(client, quick, caplog):
+    with caplog.at_level(logging.INFO, logger="shared.devhost"):
+        wrong_method = client.delete(f"/fleet/jobs/{PASTED}")
+        unrouted = client.get(f"/fleet/nothing/{PASTED}")
+        stalled = read_all(open_request(quick, f"PATCH /fleet/jobs/{PASTED} HTTP/1.1\r\nHost: x\r\n"
+                                                   "Content-Length: 100\r\n\r\n{".encode()))
+    assert wrong_method.status_code == 405 and unrouted.status_code == 404 and stalled.startswith(b"HTTP/1.1 408 ")
+    shown = wrong_method.get_data(as_text=True) + unrouted.get_data(as_text=True) + stalled.decode() + caplog.text
+    assert SECRET not in shown
+    assert "fleet_0123456789abcdef_REDACTED" in caplog.text  # its id stays, to tell which
 
 
 def test_over_http_a_chunked_body_that_stalls_is_408(quick):

@@ -34,9 +34,9 @@ def test_listing_or_revoking_where_there_is_no_store_says_so_and_creates_none(ru
 def test_creating_a_token_in_a_new_store_warns_that_it_is_new(run, tmp_path):
     code, out, err = run("create", "--role", "viewer", "--db", str(tmp_path / "new.db"))
     assert code == 0 and out.startswith("fleet_")
-    assert "creating one" in err
+    assert "this made one" in err
     code, out, err = run("create", "--role", "viewer", "--db", str(tmp_path / "new.db"))
-    assert code == 0 and "creating one" not in err  # the store is there now
+    assert code == 0 and "this made one" not in err  # the store is there now
     assert run("list", "--db", str(tmp_path / "new.db"))[1].count(" active") == 2
 
 
@@ -61,3 +61,10 @@ def test_a_store_named_by_uri_is_not_looked_for_as_a_file(run, monkeypatch):
     monkeypatch.setenv("FLEET_DB", ":memory:")
     code, out, err = run("list")
     assert code == 0 and "no store" not in err
+
+
+def test_a_refused_create_makes_no_store(run, tmp_path):
+    code, out, err = run("create", "--role", "factory")  # a factory token names its factory
+    assert code == 1 and out == "" and "names the factory" in err
+    assert not (tmp_path / ".fleet").exists()
+    assert run("list")[0] == 1  # still no store here

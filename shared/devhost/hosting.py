@@ -46,6 +46,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 
 from shared.devhost import routes, timers
+from shared.devhost.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class DevHost:
         try:
             response = self._dispatch(request)
         except Exception:
-            log.exception("dev host failed on %s %s", request.method, request.path)
+            log.exception("dev host failed on %s %s", request.method, redact(request.path))
             response = problem(500, "internal_error", "The dev host failed; see its log.")
         return response(environ, start_response)
 
@@ -153,10 +154,10 @@ class DevHost:
             route, params = self.routes.resolve(request.method, path)
         except routes.MethodNotAllowed as error:
             return problem(405, "method_not_allowed",
-                           f"{request.method} is not allowed on {request.path}",
+                           f"{request.method} is not allowed on {redact(request.path)}",
                            {"Allow": ", ".join(error.allowed)})
         except routes.RouteNotFound:
-            return problem(404, "not_found", f"No function is routed at {request.path}")
+            return problem(404, "not_found", f"No function is routed at {redact(request.path)}")
         function = route.target
         level = str(getattr(function.get_trigger().auth_level, "value", "function")).lower()
         if level != "anonymous" and not self._has_key(request):
@@ -165,18 +166,18 @@ class DevHost:
             body = self._read_body(request)
         except TimeoutError as error:
             log.warning("gave up on a stalled request body: %s %s (%s)", request.method,
-                        request.path, error)
+                        redact(request.path), error)
             return problem(408, "request_timeout", f"{str(error).capitalize()}; send it again.")
         except _BodyEnded as ended:
             log.info("client went away: %s %s ended its body after %s", request.method,
-                     request.path, ended)
+                     redact(request.path), ended)
             return problem(400, "bad_request", f"The request body ended after {ended}")
         except ConnectionError as error:
             log.info("client went away: %s %s while sending its body (%s)", request.method,
-                     request.path, type(error).__name__)
+                     redact(request.path), type(error).__name__)
             return problem(400, "bad_request", "The connection broke while the body was sent")
         except OSError as error:  # a broken chunked encoding, or one cut off
-            log.info("unreadable request body: %s %s (%s)", request.method, request.path, error)
+            log.info("unreadable request body: %s %s (%s)", request.method, redact(request.path), error)
             return problem(400, "bad_request", "The request body could not be read")
         if body is None:
             return problem(413, "payload_too_large",
@@ -235,7 +236,7 @@ class DevHost:
     def _admin(self, request: Request, name: str) -> Response:
         if request.method != "POST":
             return problem(405, "method_not_allowed", f"{request.method} is not allowed on "
-                           f"{request.path}", {"Allow": "POST"})
+                           f"{redact(request.path)}", {"Allow": "POST"})
         if self.keys:  # as the Functions host's master key: a configured key opens it alone
             if not self._has_key(request):
                 return self._unauthorized()

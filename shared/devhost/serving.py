@@ -18,18 +18,18 @@ import io
 import json
 import logging
 import os
-import re
 import selectors
 import signal
 import socket
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 import werkzeug.serving
+
+from shared.devhost.redaction import redact
 
 if TYPE_CHECKING:
     from shared.devhost.hosting import DevHost
@@ -44,11 +44,7 @@ DEFAULT_TIMEOUT = 10.0
 # Problem codes for what http.server refuses before the app sees a request.
 _PROBLEM_CODES = {414: "uri_too_long", 431: "headers_too_large", 501: "not_implemented",
                   505: "http_version_not_supported"}
-# A query parameter, as a request line spells it (``;`` too: a client may mean it as ``&``).
-_QUERY_PARAMETER = re.compile(r"(?<=[?&;])([^=&;#\s'\"]*)=([^&;#\s'\"]*)")
-# An API token's secret, wherever a request line holds one (a token pasted into a path, say
-# `DELETE /fleet/tokens/<token>` for its id): its id is kept, the rest is not.
-_TOKEN_SECRET = re.compile(r"(fleet_[0-9a-f]{16}_)[A-Za-z0-9_%-]+")
+
 
 
 def timeout_from_env(environ: dict[str, str] | None = None) -> float:
@@ -63,18 +59,6 @@ def timeout_from_env(environ: dict[str, str] | None = None) -> float:
     if not 0 < seconds < float("inf"):
         raise ValueError(f"{TIMEOUT_VARIABLE} must be a number of seconds above 0, not {raw!r}")
     return seconds
-
-
-def redact(text: str) -> str:
-    """``text`` (a request line, or a message quoting one) with the value of every ``code``
-    query parameter, however its name is spelt or encoded, and the secret of any API token
-    replaced by ``REDACTED``."""
-
-    def hide(found: re.Match[str]) -> str:
-        name = urllib.parse.unquote_plus(found.group(1))
-        return f"{found.group(1)}=REDACTED" if name.lower() == "code" else found.group(0)
-
-    return _TOKEN_SECRET.sub(r"\1REDACTED", _QUERY_PARAMETER.sub(hide, text))
 
 
 class _BodyInput(io.RawIOBase):

@@ -61,11 +61,15 @@ def _create(args: argparse.Namespace) -> int:
 
     products = [p.strip() for p in args.products.split(",") if p.strip()] if args.products is not None else None
 
-    def act(ctx):
-        return tokens.create(ctx, Role(args.role), name=args.name, products=products, factory_id=args.factory_id,
-                             expires_in=args.expires_in)
+    from fleet import errors
 
-    created = _with_store(args, act, creates=True)
+    fields = dict(name=args.name, products=products, factory_id=args.factory_id, expires_in=args.expires_in)
+    try:  # before the store is opened: a refused token makes no file
+        tokens.check(Role(args.role), **fields)
+    except errors.ValidationFailed as refused:
+        print(f"fleet tokens: {refused.code}: {refused.detail}", file=sys.stderr)
+        return 1
+    created = _with_store(args, lambda ctx: tokens.create(ctx, Role(args.role), **fields), creates=True)
     if created is None:
         return 1
     if args.json:
@@ -118,22 +122,25 @@ def _with_store(args: argparse.Namespace, act, creates: bool):
     from shared import config
 
     env = {**os.environ, **({"FLEET_DB": args.db} if args.db else {})}
+    new = None
     if (env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite") == "sqlite":  # as store_from reads it
         path = env.get("FLEET_DB") or config.DEFAULT_DB
         plain = path != ":memory:" and not path.startswith("file:")  # a URI names no file to look for
         if plain and not os.path.exists(path):
-            where = f"no store at {os.path.abspath(path)}"
+            new = os.path.abspath(path)
             if not creates:
-                print(f"fleet tokens: {where}: run this where fleet serve runs, or name its file "
-                      "with --db (FLEET_DB)", file=sys.stderr)
+                print(f"fleet tokens: no store at {new}: run this where fleet serve runs, or name its "
+                      "file with --db (FLEET_DB)", file=sys.stderr)
                 return None
-            print(f"fleet tokens: {where}; creating one. A coordinator on another file will not "
-                  "know this token (--db names the file fleet serve uses)", file=sys.stderr)
     store = config.store_from(env)
     try:
-        return act(Context(store, SystemClock()))
+        done = act(Context(store, SystemClock()))
     except errors.FleetError as error:
         print(f"fleet tokens: {error.code}: {error.detail}", file=sys.stderr)
         return None
     finally:
         store.close()
+    if new is not None:
+        print(f"fleet tokens: there was no store at {new}; this made one. A coordinator on another "
+              "file does not know this token (--db names the file fleet serve uses)", file=sys.stderr)
+    return done
