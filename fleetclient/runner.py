@@ -144,6 +144,9 @@ class Runner:
         #: Whether the coordinator preempts (None: not known yet, asked again on the next poll).
         self._preemption: bool | None = None
         self._beat_due = 0.0
+        #: Why the coordinator refuses this factory outright (a heartbeat answered 401 or 403:
+        #: its token revoked or expired, or not this factory's), for the main loop to stop on.
+        self._refused: RunnerError | None = None
 
     # Control (any thread, or a signal handler)
 
@@ -193,6 +196,7 @@ class Runner:
     def _claim_loop(self) -> None:
         config = self.config
         while not self._draining.is_set():
+            self._check_refused()
             running = len(self.running)
             if config.max_jobs is not None and self.stats.claimed >= config.max_jobs:
                 return
@@ -270,11 +274,14 @@ class Runner:
                 log.warning("factory %s: %s starts while the command of %s, which it evicted, is still ending",
                             self.config.factory_id, job_id, seat.job.id)
 
-    def _finish(self) -> None:
-        """Wait for the running jobs; once draining, stop them after `drain_seconds`."""
+    def _finish(self, refusable: bool = True) -> None:
+        """Wait for the running jobs; once draining, stop them after `drain_seconds`.
+        `refusable`: stop waiting (`RunnerError`) if the coordinator refuses this factory."""
         deadline: float | None = None
         stopped = False
         while self.running:
+            if refusable:
+                self._check_refused()
             if self._draining.is_set() and not stopped:
                 if deadline is None:
                     deadline = time.monotonic() + self.config.drain_seconds
@@ -287,11 +294,15 @@ class Runner:
             self._wake.clear()
         self._stopped.set()
 
+    def _check_refused(self) -> None:
+        if self._refused is not None:
+            raise self._refused
+
     def _stop_all(self) -> None:
         """Give every running job back now and wait for the seats to finish."""
         self.drain()
         self.drain()
-        self._finish()
+        self._finish(refusable=False)
 
     def _seat_done(self, seat: Seat) -> None:
         with self._lock:
@@ -336,6 +347,14 @@ class Runner:
                 config.factory_id, [config.product_id], list(config.capabilities), config.seats,
                 [(seat.job.id, seat.lease_id) for seat in seats],
             )
+        except (errors.Unauthorized, errors.Forbidden) as exc:
+            # Not a failure to wait out: this factory may not act. Its commands would run on,
+            # spending, for results no lease of theirs can deliver.
+            self._refused = RunnerError(f"the coordinator refuses this factory's heartbeats: {exc}")
+            self._wake.set()
+            with self._lock:
+                self._beat_due = time.monotonic() + IDLE_HEARTBEAT_SECONDS
+            return
         except errors.FleetClientError as exc:
             log.warning("factory %s: heartbeat failed (%s); leases kept", config.factory_id, exc)
             # Soon, but not in a tight loop.

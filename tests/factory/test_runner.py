@@ -411,6 +411,31 @@ class RevokedOnce(FleetClient):
         return answer.model_copy(update={"leases": leases})
 
 
+def test_a_factory_whose_token_is_revoked_stops_its_commands_and_exits(
+    fast_client, fast_server, product, tmp_path, caplog
+):
+    # Given a runner on a factory token of its own, running a long command
+    factory_id = f"factory-{product}"
+    minted = fast_client._http.call(
+        "POST", "/fleet/tokens", json={"role": "factory", "factoryId": factory_id, "products": [product]}
+    ).body
+    job = submit(fast_client, product, "k1")
+    slow = script(tmp_path, '(OUT / "started").write_text(str(os.getpid()))\ntime.sleep(60)\n')
+    with FleetClient(fast_server.url, token=minted["token"], backoff=FAST) as factory:
+        running = run(factory, product, slow)
+        wait_for(lambda: (tmp_path / "out" / "started").exists(), 10, "the command to start")
+        pid = int((tmp_path / "out" / "started").read_text())
+        # When an admin revokes the factory's token
+        fast_client._http.call("DELETE", f"/fleet/tokens/{minted['id']}")
+        # Then its next heartbeat is refused: the runner stops the command and exits 2, at once
+        started = time.monotonic()
+        assert running.result() == 2 and time.monotonic() - started < 10
+    assert "refuses this factory's heartbeats" in caplog.text
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert fast_client.get_job(job.id).stage != Stage.SHIPPED
+
+
 def run_failing_with_cost(client: FleetClient, product: str, tmp_path: Path):
     """One job whose command reports a cost and fails, run to its end: the job and the runner."""
     job = submit(client, product, "k1")
