@@ -232,24 +232,22 @@ class WeightsBody(WeightsPatch):
     """`PUT /fleet/weights/{productId}`: the fields to set; the rest keep their values."""
 
 
+def _kept_if_left_out(description: str) -> Any:
+    """A body field that may be left out (it is None then: what it sets is kept) but not sent
+    as null: its schema shows no null default."""
+    return Field(description=description, json_schema_extra=lambda schema: schema.pop("default", None))
+
+
 class BudgetBody(Body):
     """`PUT /fleet/budgets/{productId}`."""
 
     #: Left out, the budget keeps its ceiling (a budget without one must name it).
     ceiling_usd: Annotated[
-        Money,
-        Field(
-            description="USD per window. Left out, the budget keeps its ceiling; a budget without one must name it.",
-            json_schema_extra=lambda schema: schema.pop("default", None),  # left out, not null
-        ),
+        Money, _kept_if_left_out("USD per window. Left out, the budget keeps its ceiling; a budget without one must name it.")
     ] = None  # type: ignore[assignment]  # left out: None (a default is not validated); null is refused
     #: Left out, the budget keeps its window (a new budget's is monthly).
     window: Annotated[
-        Window,
-        Field(
-            description="Left out, the budget keeps its window; a new budget's is monthly.",
-            json_schema_extra=lambda schema: schema.pop("default", None),  # left out, not null
-        ),
+        Window, _kept_if_left_out("Left out, the budget keeps its window; a new budget's is monthly.")
     ] = None  # type: ignore[assignment]  # left out: None (a default is not validated); null is refused
     #: What a claim reserves for a job with no `estimatedCostUsd` of its own; null: nothing.
     #: Left out, the budget keeps the default estimate it has. At most the ceiling.
