@@ -18,14 +18,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
-import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import Field
 
-from fleet import clock, errors, store
+from fleet import clock, errors, memory, store
 from fleet.context import Context
 from fleet.jobs import PRODUCT_ID, Model, Time
 from fleet.principals import Principal, Role
@@ -182,45 +180,28 @@ class _Known:
         self.doc, self.record, self.read_at = doc, record, read_at
 
 
-_lock = threading.Lock()
-#: The store whose tokens were last read, and what this process remembers of them, by id.
-_remembered: tuple[weakref.ref, dict[str, _Known]] | None = None
-#: How many records this process has forgotten (a revocation, a `lastUsedAt` write): a read
-#: that began before one is not remembered, for it may hold the record from before the change.
-_forgets = 0
+#: The token records this process read, by id. A revocation or a `lastUsedAt` write forgets
+#: one: a read that began before it is not remembered, for it may hold the record from before.
+_remembered: memory.Memory[_Known] = memory.Memory(MAX_REMEMBERED)
 
 
 def _recalled(ctx: Context, id: str, now: datetime) -> tuple[_Known | None, int]:
     """The token's record as this process read it within `token_recheck_seconds`, if it did,
     and the count of forgets a read made now would be remembered under (`_remember`)."""
-    within = ctx.settings.token_recheck_seconds
-    with _lock:
-        known = _remembered[1].get(id) if _remembered is not None and _remembered[0]() is ctx.store else None
-        forgets = _forgets
-    if known is None or not 0 <= (now - known.read_at).total_seconds() < within:
+    known, forgets = _remembered.recall(ctx.store, id)
+    if known is None or not 0 <= (now - known.read_at).total_seconds() < ctx.settings.token_recheck_seconds:
         return None, forgets
     return known, forgets
 
 
 def _remember(ctx: Context, id: str, known: _Known, forgets: int) -> None:
     """Remember `known`, read after `forgets` forgets, unless a record was forgotten since."""
-    global _remembered
-    if ctx.settings.token_recheck_seconds <= 0:
-        return
-    with _lock:
-        if forgets != _forgets:
-            return
-        if _remembered is None or _remembered[0]() is not ctx.store or len(_remembered[1]) >= MAX_REMEMBERED:
-            _remembered = (weakref.ref(ctx.store), {})
-        _remembered[1][id] = known
+    if ctx.settings.token_recheck_seconds > 0:
+        _remembered.remember(ctx.store, id, known, since=forgets)
 
 
 def _forget(ctx: Context, id: str) -> None:
-    global _forgets
-    with _lock:
-        _forgets += 1
-        if _remembered is not None and _remembered[0]() is ctx.store:
-            _remembered[1].pop(id, None)
+    _remembered.forget(ctx.store, id)
 
 
 def _hash(secret: str) -> str:

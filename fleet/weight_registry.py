@@ -18,15 +18,13 @@ document, a second point read. The sweep stamps a copy that fell behind (`restam
 """
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import Field
 
-from fleet import batch, errors, queue_state, scoring, store, writes
+from fleet import batch, errors, memory, queue_state, scoring, store, writes
 from fleet.capability_sets import RANKED
 from fleet.context import Context
 from fleet.jobs import Job, Model
@@ -40,10 +38,8 @@ PUT_ATTEMPTS = 10
 #: Products whose weights a process remembers (`cached`); past this, it forgets them all.
 MAX_CACHED = 1024
 
-_lock = threading.Lock()
-#: The store whose weights were last read, and the snapshots read from it (with when, by the
-#: reader's clock), by product.
-_cached: tuple[weakref.ref, dict[str, tuple["Snapshot", datetime]]] | None = None
+#: The snapshots read from the store (with when, by the reader's clock), by product.
+_cached: memory.Memory[tuple["Snapshot", datetime]] = memory.Memory(MAX_CACHED)
 
 
 @dataclass(frozen=True)
@@ -156,21 +152,14 @@ def _recent(ctx: Context, product_id: str, within: float) -> Snapshot | None:
 
 
 def _recalled(ctx: Context, product_id: str) -> tuple[Snapshot, datetime] | None:
-    with _lock:
-        entries = _cached[1] if _cached is not None and _cached[0]() is ctx.store else {}
-        return entries.get(product_id)
+    return _cached.recall(ctx.store, product_id)[0]
 
 
 def _remember(ctx: Context, found: Snapshot) -> None:
     """Remember `found`, read now, unless the snapshot remembered is of a later weight change
     or of its end (a read that began before a write of this process may answer after it)."""
-    global _cached
-    with _lock:
-        if _cached is None or _cached[0]() is not ctx.store or len(_cached[1]) >= MAX_CACHED:
-            _cached = (weakref.ref(ctx.store), {})
-        known = _cached[1].get(found.product_id)
-        if known is None or _order(known[0]) <= _order(found):
-            _cached[1][found.product_id] = (found, ctx.clock.now())
+    newer = lambda known: _order(known[0]) <= _order(found)  # noqa: E731
+    _cached.remember(ctx.store, found.product_id, (found, ctx.clock.now()), over=newer)
 
 
 def _order(entry: Snapshot) -> tuple[int, bool]:
