@@ -49,6 +49,12 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     )
 
 
+def sqlite_db(env: Mapping[str, str]) -> str | None:
+    """The SQLite database (a file's path, or a URI) the settings name; None for another store."""
+    kind = env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite"
+    return (env.get("FLEET_DB") or DEFAULT_DB) if kind == "sqlite" else None
+
+
 def store_from(env: Mapping[str, str]) -> Store:
     """The store `FLEET_STORE` names, with the deadline `FLEET_STORE_TIMEOUT_SECONDS` gives
     every call to it."""
@@ -57,7 +63,7 @@ def store_from(env: Mapping[str, str]) -> Store:
     if kind == "sqlite":
         from shared.stores.sqlite_store import SqliteStore
 
-        return SqliteStore(env.get("FLEET_DB") or DEFAULT_DB, timeout=timeout)
+        return SqliteStore(sqlite_db(env), timeout=timeout)
     if kind == "cosmos":
         from shared.stores.cosmos_store import CosmosStore
 

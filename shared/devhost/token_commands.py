@@ -123,10 +123,9 @@ def _with_store(args: argparse.Namespace, act, creates: bool):
 
     env = {**os.environ, **({"FLEET_DB": args.db} if args.db else {})}
     new = None
-    if (env.get("FLEET_STORE", "sqlite").strip().lower() or "sqlite") == "sqlite":  # as store_from reads it
-        path = env.get("FLEET_DB") or config.DEFAULT_DB
-        plain = path != ":memory:" and not path.startswith("file:")  # a URI names no file to look for
-        if plain and not os.path.exists(path):
+    path = config.sqlite_db(env)  # the file store_from opens, if a SQLite store
+    if path is not None and path != ":memory:" and not path.startswith("file:"):  # a URI names no file
+        if not os.path.exists(path):
             new = os.path.abspath(path)
             if not creates:
                 print(f"fleet tokens: no store at {new}: run this where fleet serve runs, or name its "
