@@ -39,7 +39,7 @@ def products(ctx: Context, fleet: list[factories.Factory] | None = None) -> list
 #: history, so the overview shows how many jobs reached them lately (`Overview.finished`).
 COUNTED = (*(s for s in Stage if s not in TERMINAL), Stage.DEAD_LETTER)
 #: The end stages whose recent entries the overview shows, from the days' rollups.
-FINISHED = tuple(s for s in Stage if s in TERMINAL)
+FINISHED = activity.ENDS
 
 
 @dataclass

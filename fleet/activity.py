@@ -45,6 +45,8 @@ DAY_PREFIX = "activity-"
 CHART_DAYS = 14
 
 
+#: The end stages a day counts entries into, per product, in the order of `Stage`.
+ENDS = tuple(stage for stage in Stage if stage in TERMINAL)
 #: The prefix of a day's per-product counts of jobs that reached an end stage.
 FINISHED_PREFIX = "finished_"
 #: The prefix of a day's per-product USD spent.
@@ -63,7 +65,7 @@ class Day(Model):
     def of(self, product_ids: tuple[str, ...]) -> "Day":
         """This day as the products' own counts make it: what they shipped and spent."""
         mine = {spent_field(p) for p in product_ids} | {
-            finished_field(p, stage) for p in product_ids for stage in Stage if stage in TERMINAL
+            finished_field(p, stage) for p in product_ids for stage in ENDS
         }
         return Day(
             day=self.day,
@@ -91,7 +93,7 @@ def spent_field(product_id: str) -> str:
 
 def finished(days: list[Day], product_id: str) -> dict[Stage, int]:
     """How many of the product's jobs reached each end stage over `days`."""
-    fields = {stage: finished_field(product_id, stage) for stage in Stage if stage in TERMINAL}
+    fields = {stage: finished_field(product_id, stage) for stage in ENDS}
     return {stage: sum(day.finished.get(name, 0) for day in days) for stage, name in fields.items()}
 
 
