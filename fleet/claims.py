@@ -299,7 +299,7 @@ def _claim(
         # Definitely not claimed: give the reservation back. (After an ambiguous failure such
         # as a timeout the claim may have landed; the sweep drops the reservation if not.)
         if reserved:
-            budgets.change(ctx, job.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
+            _give_back(ctx, job.product_id, lease, now)
         raise
     return Claimed.taken(taken, [victim.id] if victim else [])
 
@@ -330,7 +330,7 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
             return Claimed.taken(_take_as_read(ctx, head, lease, now, reserved))
     except (errors.PreconditionFailed, errors.NotFound):
         if reserved:
-            budgets.change(ctx, head.product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
+            _give_back(ctx, head.product_id, lease, now)
         raise
     return Claimed.taken(effects.settle(ctx, written).job)
 
@@ -456,6 +456,15 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
         current=budget.doc,
     )
     return True
+
+
+def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime) -> None:
+    """Give back the reservation a claim that lost its race made under `lease`, and bump the
+    product's queue-state: a claim refused meanwhile for the room it held may fit now, and an
+    idle factory learns of that only from the version (as when an accrual or the sweep frees
+    room)."""
+    budgets.change(ctx, product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
+    queue_state.bump(ctx, product_id)
 
 
 def _factory_view(

@@ -459,15 +459,14 @@ def test_a_reservation_becomes_spend_when_the_run_ends(world):
     assert (world.budget().spent_usd, world.budget().reserved_usd) == (3.0, 0.0)
 
 
-def test_a_claim_that_loses_its_job_releases_its_reservation(world):
-    # Given a claim holding a stale copy of a job with an estimate
+def test_a_claim_that_loses_its_job_releases_its_reservation(world, faulty):
+    # Given a job with an estimate, cancelled right after a claim reserved for it
     world.put_budget(10.0)
     job = world.submit_job("est", estimated_cost_usd=4.0)
-    stale = Job.from_doc(world.store.inner.read("jobs", PRODUCT, job.id))
-    world.act(job, "cancel")  # the job changed under it
-    # When it tries to take the job, Then it loses, and holds nothing
-    with pytest.raises(errors.PreconditionFailed):
-        claims.take(world.ctx, stale, "factory-1", world.clock.now())
+    faulty.meanwhile("replace", "budgets", lambda: world.with_settings().act(job, "cancel"))
+    # When the claim tries to take it, Then it loses, finds nothing else, and holds nothing
+    assert world.claim("factory-1").job is None
+    assert world.job(job).stage == Stage.CANCELLED
     assert world.budget().reservations == {}
 
 

@@ -114,11 +114,14 @@ def test_a_claim_by_head_that_loses_its_race_gives_its_reservation_back(world, m
     make_job("next", priority="high", estimated_cost_usd=3.0)
     rival = lambda: claims.take(world.ctx, world.job(best), "factory-rival", world.clock.now())  # noqa: E731
     world.store.meanwhile("query", "jobs", rival)
+    version = world.version()
     # When we claim, we reserve for the best, lose it at the take, and take the next
     claimed = world.claim("factory-1", capabilities=[]).job
     # Then only the next job's reservation is held, under our lease
     held = world.stored_budget().reservations
     assert list(held) == [claimed.lease.lease_id] and held[claimed.lease.lease_id]["amountUsd"] == 3.0
+    # and the give-back bumped the queue-state, once: the room it held is free
+    assert world.version() == version + 1
 
 
 @BUDGETS
