@@ -353,6 +353,13 @@ def list_tokens(req: func.HttpRequest) -> func.HttpResponse:
     return http.ok(tokens.TokenList(items=tokens.list_all(ctx())))
 
 
+@app.route(route="fleet/tokens/{id}", methods=["GET"])
+@http.endpoint(needs=Permission.MANAGE_TOKENS, answer=tokens.Token, raises=(errors.NotFound,))
+def get_token(req: func.HttpRequest) -> func.HttpResponse:
+    """One API token's record (never the token itself)"""
+    return http.ok(tokens.find(ctx(), req.route_params["id"]))
+
+
 @app.route(route="fleet/tokens/{id}", methods=["DELETE"])
 @http.endpoint(needs=Permission.MANAGE_TOKENS, answer=tokens.Token, raises=(errors.NotFound,))
 def revoke_token(req: func.HttpRequest) -> func.HttpResponse:

@@ -139,6 +139,11 @@ def id_of(given: str) -> str:
     return match.group(1) if match else given.strip()
 
 
+def find(ctx: Context, id: str) -> Token:
+    """The record of token `id` (never the token); `NotFound` if there is no such token."""
+    return Token.from_doc(_read(ctx, id))
+
+
 def revoke(ctx: Context, id: str) -> Token:
     """Mark the token revoked (idempotent); `NotFound` if there is no such token."""
     now = ctx.clock.now()
@@ -146,15 +151,27 @@ def revoke(ctx: Context, id: str) -> Token:
     def decide(doc: dict[str, Any]) -> dict[str, Any] | None:
         return None if doc.get("revokedAt") else {**doc, "revokedAt": clock.format(now)}
 
-    if not _ID.fullmatch(id):
-        # Never echo it: what was given may be a whole token, secret and all.
-        raise errors.NotFound("no such token: a token's id is the 16 hex digits after fleet_")
+    _check_id(id)
     try:
         return Token.from_doc(store.update(ctx.store, "tokens", id, id, decide))
     except errors.NotFound:
         raise errors.NotFound(f"no token {id!r}") from None
     finally:
         _forget(ctx, id)
+
+
+def _read(ctx: Context, id: str) -> dict[str, Any]:
+    _check_id(id)
+    try:
+        return ctx.store.read(CONTAINER, id, id)
+    except errors.NotFound:
+        raise errors.NotFound(f"no token {id!r}") from None
+
+
+def _check_id(id: str) -> None:
+    if not _ID.fullmatch(id):
+        # Never echo it: what was given may be a whole token, secret and all.
+        raise errors.NotFound("no such token: a token's id is the 16 hex digits after fleet_")
 
 
 def any_usable(ctx: Context) -> bool:

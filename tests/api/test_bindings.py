@@ -165,7 +165,7 @@ def test_each_client_path_is_a_binding(name, verb, path):
 
 #: An admin's own operations: tokens are managed with `fleet tokens` against the store, or
 #: over HTTP by an admin's tools, not by the factory client.
-ADMINS_OWN = {"create_token", "list_tokens", "revoke_token"}
+ADMINS_OWN = {"create_token", "list_tokens", "get_token", "revoke_token"}
 
 
 def test_the_client_calls_every_operation():

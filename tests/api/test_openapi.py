@@ -279,6 +279,8 @@ def test_every_answer_is_what_the_document_says(flagged_api, doc):
     call("POST", "/fleet/tokens", {"role": "viewer", "products": []}, status=400)  # not every product
     call("POST", "/fleet/tokens", {"role": "viewer"}, status=403, token=viewer["token"])
     call("GET", "/fleet/tokens", status=200)
+    call("GET", f"/fleet/tokens/{viewer['id']}", status=200)
+    call("GET", "/fleet/tokens/0000000000000000", status=404)
     call("DELETE", f"/fleet/tokens/{viewer['id']}", status=200)
     call("DELETE", "/fleet/tokens/0000000000000000", status=404)
     # Then every operation answered, each as documented

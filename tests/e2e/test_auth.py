@@ -72,6 +72,7 @@ ROWS: dict[str, Row] = {
     "resume_budget": Row("POST", f"/fleet/budgets/{P}/resume"),
     "create_token": Row("POST", "/fleet/tokens", lambda r: {"role": "viewer", "name": f"from-{r}"}),
     "list_tokens": Row("GET", "/fleet/tokens"),
+    "get_token": Row("GET", "/fleet/tokens/0000000000000000"),
     "revoke_token": Row("DELETE", "/fleet/tokens/0000000000000000"),
     "health": Row("GET", "/fleet/health"),
     "openapi_document": Row("GET", "/fleet/openapi.json"),
@@ -250,9 +251,17 @@ def test_revoking_a_token_over_http_stops_its_next_request(coordinator):
     assert c.call("GET", "/fleet/jobs", token=record["token"]).status_code == 200
     listed = c.call("GET", "/fleet/tokens", token=admin).json()["items"]
     assert record["id"] in [t["id"] for t in listed] and all("token" not in t and "hash" not in t for t in listed)
+    one = c.call("GET", f"/fleet/tokens/{record['id']}", token=admin)
+    assert one.status_code == 200 and "token" not in one.json() and "hash" not in one.json()
+    assert (one.json()["name"], one.json()["revokedAt"]) == ("ops", None)
     revoked = c.call("DELETE", f"/fleet/tokens/{record['id']}", token=admin)
     assert revoked.status_code == 200 and revoked.json()["revokedAt"]
+    assert c.call("GET", f"/fleet/tokens/{record['id']}", token=admin).json()["revokedAt"] == revoked.json()["revokedAt"]
     _problem(c.call("GET", "/fleet/jobs", token=record["token"]), 401, "unauthorized")
+    # A whole token given as the id is not echoed back, nor is an unknown id found
+    missing = c.call("GET", f"/fleet/tokens/{record['token']}", token=admin)
+    assert missing.status_code == 404 and record["token"].split("_", 2)[2] not in missing.text
+    _problem(c.call("GET", "/fleet/tokens/0000000000000000", token=admin), 404, "not_found")
     assert record["token"] not in c.server.log()
 
 
