@@ -88,7 +88,7 @@ def dashboard_signout(request: Request) -> func.HttpResponse:
 
 
 def _next(value: str) -> str:
-    return value if value.startswith("/dashboard/") and not value.startswith("//") else "/dashboard/fleet"
+    return value if web.local(value, "/dashboard/") else "/dashboard/fleet"
 
 
 # Pages
@@ -172,7 +172,7 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
         except (*REFUSALS, errors.NotFound, errors.ValidationFailed) as exc:
             refused.append(f"{id}: {exc.detail}")
     back = request.field("back")
-    target = back if back.startswith("/dashboard/fleet/jobs") else "/dashboard/fleet/jobs"
+    target = back if web.local(back, "/dashboard/fleet/jobs") else "/dashboard/fleet/jobs"
     notice = forms.bulk_notice(action, done, refused)
     return web.redirect(f"{target}{'&' if '?' in target else '?'}{urlencode({'notice': notice})}")
 

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlsplit
@@ -72,7 +73,11 @@ class Request:
     read: dict[str, Any] = field(default_factory=dict)
 
     def field(self, name: str, default: str = "") -> str:
+        """The form's one value of `name`; a field sent twice is refused, as the API refuses a
+        key given twice (which would win is not the sender's to guess)."""
         values = self.form.get(name)
+        if values and len(values) > 1:
+            raise errors.ValidationFailed(f"{name} is given {len(values)} times", [{"field": name, "message": "repeated"}])
         return values[0].strip() if values else default
 
     def fields(self, name: str) -> list[str]:
@@ -239,7 +244,9 @@ def _form(req: func.HttpRequest) -> dict[str, list[str]]:
     if raw and media != "application/x-www-form-urlencoded":
         raise http.UnsupportedMediaType("a dashboard form is sent as application/x-www-form-urlencoded")
     try:
-        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
+        return parse_qs(
+            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=1000, errors="strict"
+        )
     except (UnicodeDecodeError, ValueError):
         raise errors.ValidationFailed("the form could not be read", [{"field": "", "message": "not a form"}]) from None
 
@@ -264,12 +271,22 @@ def session_cookie(token: str | None, secure: bool) -> str:
 
 def redirect(location: str, cookie: str | None = None) -> func.HttpResponse:
     """303 See Other to a path of this site (anything else goes to the overview)."""
-    if not location.startswith("/") or location.startswith("//") or "\\" in location:
+    if not local(location, "/"):
         location = "/dashboard/fleet"
     headers = {"Location": location, "Cache-Control": "no-store"}
     if cookie:
         headers["Set-Cookie"] = cookie
     return func.HttpResponse(status_code=303, headers=headers)
+
+
+def local(target: str, prefix: str) -> bool:
+    """Whether `target` (a page to go back to, as a form or a link gave it) is a path of this
+    site under `prefix`, fit for a `Location` header: printable ASCII, no space or backslash,
+    not `//` (another host)."""
+    return target.startswith(prefix) and not target.startswith("//") and _LOCATION.fullmatch(target) is not None
+
+
+_LOCATION = re.compile(r"[!-\[\]-~]*")  # printable ASCII but space and backslash
 
 
 def _if_none_match(req: func.HttpRequest) -> set[str]:

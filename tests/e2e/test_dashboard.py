@@ -184,6 +184,11 @@ def test_signing_in_sets_a_strict_httponly_session_and_out_ends_it(coordinator):
     # A `next` elsewhere is not followed
     elsewhere = browser.post("/dashboard/signin", {"token": token, "next": "//evil.example/x"}, csrf=False)
     assert elsewhere.headers["location"] == "/dashboard/fleet"
+    # nor one that would break the Location header (a CR/LF, a space, a backslash)
+    for odd in ("/dashboard/fleet\r\nX-Injected: 1", "/dashboard/fleet jobs", "/dashboard/\\evil.example"):
+        answered = browser.post("/dashboard/signin", {"token": token, "next": odd}, csrf=False)
+        assert (answered.status_code, answered.headers["location"]) == (303, "/dashboard/fleet"), odd
+        assert "X-Injected" not in answered.headers
     # A revoked token's session is over
     revoked = c.api("DELETE", f"/fleet/tokens/{token.split('_')[1]}", c.mint(Role.ADMIN, name="admin"))
     assert revoked.status_code == 200
@@ -297,6 +302,11 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     assert bad_cost.status_code == 400
     assert browser.post("/dashboard/fleet/jobs/bulk", {"action": "ship", "ids": [SPARE]}).status_code == 400
     assert browser.post("/dashboard/fleet/jobs/bulk", {"action": "requeue"}).status_code == 400
+    # a `back` that would break the Location header is not followed, and the action's answer stands
+    crlf = browser.post("/dashboard/fleet/jobs/bulk", {"action": "cancel", "ids": [SPARE], "back": "/dashboard/fleet/jobs\r\nX-Injected: 1"})
+    assert crlf.status_code == 303 and crlf.headers["location"].startswith("/dashboard/fleet/jobs?notice=Cancelled")
+    assert "X-Injected" not in crlf.headers
+    assert browser.post("/dashboard/fleet/jobs/bulk", {"action": "requeue", "ids": [SPARE]}).status_code == 303
     assert browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/explode").status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "-5", "window": "daily"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "nan", "window": "daily"}).status_code == 400
@@ -305,6 +315,17 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
         bad = {"ceiling": "5", "window": "daily", "defaultEstimate": estimate}
         assert browser.post(f"/dashboard/fleet/budget/{P}/settings", bad).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/sideways").status_code == 404
+    # a field sent twice, or bytes that are not UTF-8, are refused, as the API refuses them
+    twice = browser.session.post(
+        c.url + "/dashboard/fleet/jobs/new", data=f"csrf={browser.csrf}&productId={P}&productId=q&idempotencyKey=twice",
+        headers={"content-type": "application/x-www-form-urlencoded"}, allow_redirects=False, timeout=30,
+    )
+    assert twice.status_code == 400 and "productId is given 2 times" in twice.text
+    not_utf8 = browser.session.post(
+        c.url + f"/dashboard/fleet/jobs/{SPARE}/actions/cancel", data=f"csrf={browser.csrf}&reason=bad%FF%FEbytes",
+        headers={"content-type": "application/x-www-form-urlencoded"}, allow_redirects=False, timeout=30,
+    )
+    assert not_utf8.status_code == 400 and "could not be read" in not_utf8.text
     # a form's free text is held to what the API takes: no control characters, the same length
     assert browser.post(f"/dashboard/fleet/budget/{P}/pause", {"reason": "a\x00b"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/pause", {"reason": "x" * 501}).status_code == 400
