@@ -18,6 +18,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from fleet import clock
+from shared.redaction import redact
 
 HERE = Path(__file__).resolve().parent
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -89,7 +90,7 @@ def page(template: str, code: int = 200, **values: Any) -> func.HttpResponse:
 
 def error_page(status: int, title: str, detail: str, **who: Any) -> func.HttpResponse:
     """The page of a request that failed; `who`: the header's principal, when there is one."""
-    return page("error.html", status, title=title, detail=detail, status=status, **{"signed_in": False, **who})
+    return page("error.html", status, title=title, detail=redact(detail), status=status, **{"signed_in": False, **who})
 
 
 def chart(days: list[Any], width: int = 640, height: int = 180) -> Markup:

@@ -1,5 +1,7 @@
-"""What the dev host never writes to a log or an error body: a function key's value (`code`)
-and an API token's secret, wherever a request line or a path holds them."""
+"""What is never written to a log or an error body: a function key's value (`code`) and an
+API token's secret, wherever a request line, a path or a message quoting what was sent holds
+them. The dev host redacts its logs and its own answers; the app, its problem bodies and the
+dashboard's error pages (`shared.http.problem`, `dashboard.render.error_page`)."""
 from __future__ import annotations
 
 import re

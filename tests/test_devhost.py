@@ -15,7 +15,8 @@ import azure.functions as func
 import pytest
 from werkzeug.test import Client
 
-from shared.devhost import cli, hosting, redaction, routes, serving
+from shared import redaction
+from shared.devhost import cli, hosting, routes, serving
 from shared.devhost.process import running_server
 
 

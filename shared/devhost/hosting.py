@@ -46,7 +46,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 
 from shared.devhost import routes, timers
-from shared.devhost.redaction import redact
+from shared.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,9 @@ def keys_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:
 
 
 def problem(status: int, code: str, detail: str, headers: dict | None = None) -> Response:
-    """An ``application/problem+json`` response."""
+    """An ``application/problem+json`` response (its detail redacted: it may quote a path)."""
     body = {"type": "about:blank", "title": http.HTTPStatus(status).phrase, "status": status,
-            "code": code, "detail": detail}
+            "code": code, "detail": redact(detail)}
     return Response(json.dumps(body), status=status, headers=headers, content_type=PROBLEM_JSON)
 
 
@@ -154,10 +154,10 @@ class DevHost:
             route, params = self.routes.resolve(request.method, path)
         except routes.MethodNotAllowed as error:
             return problem(405, "method_not_allowed",
-                           f"{request.method} is not allowed on {redact(request.path)}",
+                           f"{request.method} is not allowed on {request.path}",
                            {"Allow": ", ".join(error.allowed)})
         except routes.RouteNotFound:
-            return problem(404, "not_found", f"No function is routed at {redact(request.path)}")
+            return problem(404, "not_found", f"No function is routed at {request.path}")
         function = route.target
         level = str(getattr(function.get_trigger().auth_level, "value", "function")).lower()
         if level != "anonymous" and not self._has_key(request):
@@ -235,8 +235,7 @@ class DevHost:
 
     def _admin(self, request: Request, name: str) -> Response:
         if request.method != "POST":
-            return problem(405, "method_not_allowed", f"{request.method} is not allowed on "
-                           f"{redact(request.path)}", {"Allow": "POST"})
+            return problem(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}", {"Allow": "POST"})
         if self.keys:  # as the Functions host's master key: a configured key opens it alone
             if not self._has_key(request):
                 return self._unauthorized()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import werkzeug.serving
 
-from shared.devhost.redaction import redact
+from shared.redaction import redact
 
 if TYPE_CHECKING:
     from shared.devhost.hosting import DevHost

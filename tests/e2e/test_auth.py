@@ -265,6 +265,28 @@ def test_revoking_a_token_over_http_stops_its_next_request(coordinator):
     assert record["token"] not in c.server.log()
 
 
+def test_an_error_body_never_echoes_a_token_secret(coordinator):
+    # Given a token pasted where a value belongs (a path, a query, a body's key)
+    c = coordinator
+    admin = c.mint(Role.ADMIN)
+    secret = admin.split("_", 2)[2]
+    pasted = [
+        ("GET", f"/fleet/jobs/{admin}", None),
+        ("GET", f"/fleet/jobs?stage={admin}", None),
+        ("GET", f"/fleet/jobs/{A}/{admin.replace('_', '%5F')}", None),
+        ("POST", f"/fleet/jobs/{A}/actions/{admin}", {}),
+        ("POST", "/fleet/jobs", {"productId": P, "idempotencyKey": "k", admin: 1}),
+        ("POST", f"/admin/functions/{admin}", None),
+        ("GET", f"/dashboard/fleet/jobs/{admin}", None),
+        ("GET", f"/dashboard/fleet/jobs?stage={admin}", None),
+    ]
+    for method, path, body in pasted:
+        # When it is refused, Then the answer names the token by its id alone
+        answer = c.call(method, path, body, admin)
+        assert answer.status_code in (400, 404, 405), (path, answer.status_code, answer.text)
+        assert secret not in answer.text and "REDACTED" in answer.text, (path, answer.text)
+
+
 def test_a_principal_scoped_to_another_product_learns_nothing_of_it(coordinator):
     c = coordinator
     admin = c.mint(Role.ADMIN)
