@@ -599,6 +599,27 @@ def test_over_http_a_stalled_body_is_408(quick, caplog):
     assert "stalled request body" in caplog.text
 
 
+@pytest.mark.parametrize("length", [b"abc", b"-1", b"1e3", b"\xef\xbc\x91", b"12, 13"])
+def test_over_http_a_malformed_content_length_is_400_and_ends_the_connection(quick, length):
+    # The body would otherwise be read as empty (an optional-body write going ahead without
+    # it) and its bytes as the next request on the connection.
+    head = b"POST /fleet/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+    answer = read_all(open_request(quick, head + length + b'\r\n\r\n{"a": 1}GET /fleet/jobs/P:1 HTTP/1.1\r\n\r\n'))
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["detail"].startswith("Content-Length is not a length")
+
+
+def test_over_http_two_equal_content_lengths_are_one(quick):
+    head = b"POST /fleet/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    answer = read_all(open_request(quick, head + b'Content-Length: 8\r\nContent-Length: 8\r\n\r\n{"a": 1}'))
+    assert not answer.startswith(b"HTTP/1.1 400 "), answer
+
+
+def test_over_http_an_http_2_request_line_is_answered_with_a_status_line(quick):
+    answer = read_all(open_request(quick, b"GET /fleet/jobs/P:1 HTTP/2.0\r\nHost: x\r\n\r\n"))
+    assert answer.startswith(b"HTTP/1.1 505 ") and b"application/problem+json" in answer
+
+
 SECRET = "Ab-_9" + "x" * 38
 PASTED = f"fleet_0123456789abcdef_{SECRET}"  # a whole token where a path segment goes
 

@@ -118,9 +118,25 @@ class _RequestHandler(werkzeug.serving.WSGIRequestHandler):
         environ["wsgi.input"] = werkzeug.serving.DechunkedInput(body) if chunked else body
         return environ
 
+    def parse_request(self) -> bool:
+        """http.server's parse, and a `Content-Length` that is not one length refused (400):
+        werkzeug would read a malformed one as no body, and the body's bytes as the next
+        request on the connection."""
+        if not super().parse_request():
+            return False
+        lengths = self.headers.get_all("Content-Length") or []
+        if lengths and (len(set(lengths)) > 1 or not lengths[0].strip().isdigit() or not lengths[0].isascii()):
+            self.send_error(400, f"Content-Length is not a length: {', '.join(lengths)[:40]!r}")
+            return False
+        return True
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Answer a request http.server could not parse (a bad request line or headers), as
-        problem+json like every other error, and close the connection."""
+        problem+json like every other error, and close the connection. Always with a status
+        line and headers: http.server refuses `HTTP/2.0` before it knows the request's version,
+        and would answer it as HTTP/0.9, a bare body."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
         phrase = self.responses.get(code, ("Error", ""))[0]
         self.log_error("code %d, message %s", code, message or phrase)
         body = json.dumps({"type": "about:blank", "title": phrase, "status": code,
