@@ -230,7 +230,7 @@ def list_factories(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="fleet/factories/{id}/heartbeat", methods=["POST"])
 @http.endpoint(
     needs=Permission.WORK,
-    answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.Name},
+    answer=factories.Heartbeat, body=schemas.HeartbeatBody, body_required=False, path={"id": schemas.FactoryId},
 )
 def heartbeat(req: func.HttpRequest) -> func.HttpResponse:
     """Register a factory and renew its leases"""

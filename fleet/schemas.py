@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from fleet import listing
 from fleet.budget_rules import Window
 from fleet.jobs import PRODUCT_ID, Kind
-from fleet.principals import Role
+from fleet.principals import FACTORY_ID, PRINCIPAL_NAME, Role
 from fleet.scoring import WeightsPatch
 from fleet.stages import Priority, Stage
 
@@ -25,7 +25,14 @@ from fleet.stages import Priority, Stage
 # Python's re.match (tests/e2e/test_strict_input.py holds that). Never hand them to `re.match`.
 ProductId = Annotated[str, StringConstraints(pattern=PRODUCT_ID)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$")]
+#: A lease id (the coordinator hands out 32 hex digits; the pattern is what requests have always been held to).
+LeaseId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]*$")]
+#: A factory's id is its document's id too, and Cosmos DB takes no `/` in one (nor could a
+#: route's `{id}` hold it).
+FactoryId = Annotated[str, StringConstraints(pattern=FACTORY_ID)]
+#: A principal's name, as tokens and Easy Auth give it ("Ann Smith", "bootstrap admin"): how a
+#: reviewer or an actor is named.
+PrincipalName = Annotated[str, StringConstraints(pattern=PRINCIPAL_NAME)]
 Capability = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")]
 #: Free text holds no control characters but tab, newline and carriage return: a NUL or an
 #: escape sequence has no place in a title, a body or a comment, and a page showing one breaks.
@@ -123,7 +130,7 @@ class ChildrenSpec(Body):
 class ClaimBody(Body):
     """`POST /fleet/claim` and `POST /fleet/jobs/{id}/claim`."""
 
-    factory_id: Name
+    factory_id: FactoryId
     product_id: ProductId | None = None
     capabilities: Annotated[list[Capability], Field(max_length=64)] | None = None
     weights: WeightsPatch | None = None
@@ -133,7 +140,7 @@ class ClaimBody(Body):
 class PatchBody(Body):
     """`PATCH /fleet/jobs/{id}`: a lease holder moves its job."""
 
-    lease_id: Name
+    lease_id: LeaseId
     stage: Stage
     note: Annotated[str, StringConstraints(max_length=4000, pattern=PLAIN)] | None = None
     insights: Insights | None = None
@@ -171,7 +178,7 @@ Artifacts = Annotated[list[Artifact | Link], Field(max_length=100)]
 class ReleaseBody(Body):
     """`POST /fleet/jobs/{id}/lease/release`."""
 
-    lease_id: Name
+    lease_id: LeaseId
     stage: Stage | None = None
     result: ReleaseResult | None = None
     insights: Insights | None = None
@@ -186,7 +193,7 @@ class ReportBody(Body):
     """`POST /fleet/jobs/{id}/lease/report`: what a run did, reported by the lease it ran under
     after that lease was taken from it (preempted, expired, given back by an operator)."""
 
-    lease_id: Name
+    lease_id: LeaseId
     insights: Insights | None = None
     pr_url: PrUrl | None = None
     branch: Branch | None = None
@@ -211,12 +218,12 @@ class ActionBody(Body):
     """`POST /fleet/jobs/{id}/actions/{action}`."""
 
     reason: Text | None = None
-    actor: Name | None = None
+    actor: PrincipalName | None = None
 
 
 class RunningLease(Body):
     job_id: Annotated[str, StringConstraints(max_length=200)]
-    lease_id: Name
+    lease_id: LeaseId
 
 
 class HeartbeatBody(Body):
@@ -264,8 +271,8 @@ class ReviewRequestBody(Body):
     """`POST /fleet/jobs/{id}/review/request`."""
 
     required: Annotated[int, Field(ge=1, le=20)] = 1
-    reviewers: Annotated[list[Name], Field(min_length=1, max_length=50)] | None = None
-    actor: Name | None = None
+    reviewers: Annotated[list[PrincipalName], Field(min_length=1, max_length=50)] | None = None
+    actor: PrincipalName | None = None
 
 
 class Decision(str, Enum):
@@ -280,7 +287,7 @@ class ReviewBody(Body):
 
     #: Who decides: the principal's name (omit it); naming anyone else is refused. Required
     #: only when auth is off.
-    reviewer: Name | None = None
+    reviewer: PrincipalName | None = None
     decision: Decision
     comment: Annotated[str, StringConstraints(max_length=4000, pattern=PLAIN)] | None = None
 
@@ -292,8 +299,8 @@ class TokenBody(Body):
     #: The products it is limited to; omitted: every product.
     products: Annotated[list[ProductId], Field(min_length=1, max_length=100)] | None = None
     #: The factory a `factory` token speaks for (required for that role, refused for others).
-    factory_id: Name | None = None
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = None
+    factory_id: FactoryId | None = None
+    name: PrincipalName | None = None
     #: Seconds until it expires; omitted: never.
     expires_in_seconds: Annotated[int, Field(ge=1, le=10 * 365 * 86400)] | None = None
 

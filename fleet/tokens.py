@@ -26,7 +26,7 @@ from pydantic import Field
 from fleet import clock, errors, memory, store
 from fleet.context import Context
 from fleet.jobs import PRODUCT_ID, Model, Time
-from fleet.principals import Principal, Role
+from fleet.principals import FACTORY_ID, PRINCIPAL_NAME, Principal, Role
 
 CONTAINER = "tokens"
 PREFIX = "fleet"
@@ -37,8 +37,8 @@ MAX_REMEMBERED = 1024
 _TOKEN = re.compile(r"fleet_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _ID = re.compile(r"[0-9a-f]{16}")
 _PRODUCT = re.compile(PRODUCT_ID.rstrip("$") + r"\Z")
-_FACTORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
-_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
+_FACTORY = re.compile(FACTORY_ID)
+_NAME = re.compile(PRINCIPAL_NAME)
 
 
 class Token(Model):
@@ -242,6 +242,6 @@ def check(role, name, products, factory_id, expires_in) -> None:
         if not _PRODUCT.fullmatch(product):
             refuse("products", f"{product[:80]!r} is not a valid product id")
     if name is not None and not _NAME.fullmatch(name):
-        refuse("name", "a name is 1 to 100 printable characters")
+        refuse("name", "a name is 1 to 100 characters, none of them a control or an invisible one, with no space at either end")
     if expires_in is not None and expires_in <= timedelta(0):
         refuse("expiresIn", "an expiry lies in the future")

@@ -29,7 +29,7 @@ import pydantic
 
 from fleet import errors
 from fleet.jobs import PRODUCT_ID, READER, is_product_id
-from fleet.principals import Permission
+from fleet.principals import FACTORY_ID, Permission
 from shared import auth, config, strict_json
 from shared.redaction import redact
 from shared.stores import charge
@@ -176,7 +176,7 @@ def route_enum(req: func.HttpRequest, name: str, kind: type[E]) -> E:
 
 
 #: A name in a route (a factory id): matched against the whole value, so a trailing newline fails.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}")
+NAME = re.compile(FACTORY_ID)
 
 
 def route_name(req: func.HttpRequest, name: str) -> str:

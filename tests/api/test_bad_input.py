@@ -188,6 +188,18 @@ def test_hostile_factory_ids_in_routes(api):
     assert response.status_code == 400 and response.json["errors"][0]["field"] == "id"
 
 
+@pytest.mark.parametrize("factory_id", ["gpu/1", "gpu?1", "gpu#1", "gpu\\1", "../gpu"])
+def test_a_factory_id_no_store_document_could_carry_is_a_400(api, factory_id):
+    # A factory's id is its document's id, and Cosmos DB takes no / \\ ? # in one: a factory
+    # that could claim under such an id could never heartbeat.
+    api.submit("k1")
+    claimed = api.post("/fleet/claim", {"factoryId": factory_id, "productId": "p"})
+    assert claimed.status_code == 400 and claimed.json["errors"][0]["field"] == "factoryId"
+    minted = api.post("/fleet/tokens", {"role": "factory", "factoryId": factory_id})
+    assert minted.status_code == 400 and minted.json["errors"][0]["field"] == "factoryId"
+    assert api.get("/fleet/jobs?limit=5").json["items"][0]["stage"] == "queued"
+
+
 def test_release_stage_and_result_must_agree(api):
     job = api.submit("k1")
     lease = api.claim()["lease"]

@@ -2,6 +2,8 @@
 `testing`; a rejection sends it back for rework."""
 from __future__ import annotations
 
+import pytest
+
 from fleet.principals import Role
 
 
@@ -22,6 +24,24 @@ def test_quorum_of_distinct_reviewers_ships(api):
     assert again["stage"] == "testing" and again["review"]["approvals"] == ["ann"]
     shipped = api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=bob).json
     assert shipped["stage"] == "shipped" and shipped["runs"][-1]["result"] == "shipped"
+
+
+def test_reviewers_are_named_as_their_principals_are_with_spaces_and_all(api):
+    # Given reviewers whose principal names hold a space (as Easy Auth's display names do)
+    ann, bob = api.mint(Role.REVIEWER, name="Ann Smith"), api.mint(Role.REVIEWER, name="bob@example.com")
+    job = _parked(api)
+    # When an operator names them in the gate, Then they are the reviewers, and their approvals ship it
+    requested = api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 2, "reviewers": ["Ann Smith", "bob@example.com"]})
+    assert requested.status_code == 200 and requested.json["review"]["reviewers"] == ["Ann Smith", "bob@example.com"]
+    api.post(f"/fleet/jobs/{job['id']}/review", {"reviewer": "Ann Smith", "decision": "approve"}, token=ann)
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=bob).json["stage"] == "shipped"
+
+
+@pytest.mark.parametrize("name", [" ann", "ann ", "a\u2028b", "a\u202eb", "a\u200bb", "", "x" * 101])
+def test_a_reviewer_name_no_principal_could_have_is_a_400(api, name):
+    job = _parked(api)
+    refused = api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 1, "reviewers": [name]})
+    assert refused.status_code == 400 and refused.json["errors"][0]["field"].startswith("reviewers")
 
 
 def test_one_reviewer_principal_cannot_make_a_quorum_of_two_under_other_names(api):

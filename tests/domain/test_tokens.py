@@ -236,7 +236,12 @@ def test_a_token_revoked_by_another_process_is_refused_here_within_the_recheck_w
         (Role.FACTORY, {"factory_id": "bad id"}, "factoryId"),
         (Role.VIEWER, {"products": ["web\n"]}, "products"),
         (Role.VIEWER, {"products": []}, "products"),  # not "every product"
+        (Role.FACTORY, {"factory_id": "gpu/1"}, "factoryId"),  # no Cosmos document id holds a /
         (Role.VIEWER, {"name": "\x00"}, "name"),
+        (Role.VIEWER, {"name": "ann\u2028"}, "name"),  # a line separator
+        (Role.VIEWER, {"name": "\u202eann"}, "name"),  # a direction override
+        (Role.VIEWER, {"name": "ann "}, "name"),  # "ann" and "ann " would look alike
+        (Role.VIEWER, {"name": "x" * 101}, "name"),
         (Role.VIEWER, {"expires_in": timedelta(0)}, "expiresIn"),
     ],
 )
@@ -244,6 +249,10 @@ def test_a_token_is_refused_unless_its_fields_make_sense(ctx, role, fields, fiel
     with pytest.raises(errors.ValidationFailed) as refused:
         tokens.create(ctx, role, **fields)
     assert refused.value.errors[0]["field"] == field
+
+
+def test_a_name_with_spaces_inside_is_a_name(ctx):
+    assert tokens.create(ctx, Role.REVIEWER, name="Ann Smith").name == "Ann Smith"
 
 
 def test_revoking_an_unknown_token_is_not_found(ctx):
