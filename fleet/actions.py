@@ -75,6 +75,18 @@ def _decide(job: Job, acting: _Acting, now: datetime) -> Job | None:
     return changed.with_event(now, acting.action.value, acting.actor, **({"reason": acting.reason} if acting.reason else {}))
 
 
+def follow_cancel(ctx: Context, parent_id: str) -> Job:
+    """The composite `parent_id` as it stands; if it is cancelled, with every unfinished job
+    below it cancelled too, as its cancel does (in the name of whoever cancelled it). For a
+    writer that has just created children under it: a cancel that landed meanwhile cascaded
+    only to the children that existed then."""
+    parent = writes.read(ctx, parent_id)
+    if parent.stage == Stage.CANCELLED:
+        cancel = next((e for e in reversed(parent.events) if e.type == Action.CANCEL.value), None)
+        _cancel_descendants(ctx, parent, None, cancel.actor if cancel else None)
+    return parent
+
+
 def _cancel_descendants(ctx: Context, parent: Job, reason: str | None, actor: str | None) -> None:
     """Cancel every unfinished job below a cancelled composite (children first written, so a
     retry of the cancel converges)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_serializer
 
-from fleet import deps, effects, errors, submit, weight_registry, writes
+from fleet import actions, deps, effects, errors, submit, weight_registry, writes
 from fleet.context import Context
 from fleet.jobs import BlockedOn, Job, Kind, Model, job_id
 from fleet.schemas import ChildSpec, JobSpec
@@ -123,6 +123,11 @@ def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> Chi
         # Every child existed (a retry): one may have finished before the parent's write.
         # A child this call created cannot have: it was created after the parent waited on it.
         parent = effects.recheck(ctx, parent.id, parent).job
+    if fresh:
+        # A cancel of the parent after its write above cascaded only to the children that
+        # existed then: the ones created since are cancelled here (one read if it was not).
+        parent = actions.follow_cancel(ctx, parent.id)
+        created = [writes.read(ctx, c.id) for c in created] if parent.stage == Stage.CANCELLED else created
     return ChildrenAdded(parent=parent, children=created)
 
 

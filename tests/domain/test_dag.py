@@ -371,6 +371,26 @@ def test_a_claim_racing_add_children_leaves_no_orphan_children(world, faulty, op
         assert (after.stage, after.lease) == (Stage.BLOCKED, None)
 
 
+@pytest.mark.parametrize("nth", [1, 2])
+def test_a_cancel_racing_add_children_cancels_the_children_created_after_it(world, faulty, nth):
+    # Regression: the cancel cascaded to the children that existed, and the ones add_children
+    # created next stayed queued under a cancelled parent, for any factory to claim.
+    # Given a composite, cancelled while two more children are added (before the nth is written)
+    composite(world, "parent", child("first"))
+    parent = by_key(world, "parent")
+    faulty.meanwhile("create", "jobs", lambda: world.with_settings().act(parent, "cancel", reason="scope cut"), nth=nth)
+    added = dag.add_children(world.ctx, parent.id, [child("c1"), child("c2")])
+    # Then the parent and every job below it are cancelled, and the answer says so
+    assert added.parent.stage == Stage.CANCELLED
+    assert [c.stage for c in added.children] == [Stage.CANCELLED, Stage.CANCELLED]
+    assert {k: by_key(world, k).stage for k in ("parent", "first", "c1", "c2")} == dict.fromkeys(
+        ("parent", "first", "c1", "c2"), Stage.CANCELLED
+    )
+    # in the name of whoever cancelled the parent, and nothing is left to claim
+    assert by_key(world, "c2").events[-1].type == "cancel"
+    assert world.claim("factory-1", capabilities=[]).job is None
+
+
 # Viewing and cancelling the tree
 
 
