@@ -62,12 +62,20 @@ class Claimed(Model):
     def taken(cls, job: Job, preempted: list[str] | None = None) -> "Claimed":
         return cls(job=job, lease=job.lease, run_id=job.latest_run.run_id, preempted=preempted or [])
 
+    def having_evicted(self, evicted: list[str]) -> "Claimed":
+        """This answer, naming also the jobs `evicted` for critical jobs the claim then lost
+        (`EvictedThenLost`): the factory must stop their commands, whatever it got instead."""
+        if not evicted:
+            return self
+        return self.model_copy(update={"preempted": list(dict.fromkeys([*evicted, *self.preempted]))})
+
     @model_serializer(mode="wrap")
     def _either_shape(self, handler):
         # Two shapes on the wire: a field that is not part of the shape is left out, not null.
         doc = handler(self)
         if self.job is None:
-            return {"job": None, "reason": doc["reason"]}
+            nothing = {"job": None, "reason": doc["reason"]}
+            return {**nothing, "preempted": doc["preempted"]} if self.preempted else nothing
         doc.pop("reason")
         if not self.preempted:
             doc.pop("preempted")
@@ -116,11 +124,13 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     weighed = weight_registry.for_claim(ctx, request.product_id, within)
     product = weighed.snapshot
     scan = _Scan(request, now, offered, seat_limit, budget, factory, weighed.queue_state)
+    evicted: list[str] = []  # victims of critical jobs this claim evicted for, then lost
     try:
-        return _claim_best(ctx, scan, running, product, checked=not weighed.read_now)
+        claimed = _claim_best(ctx, scan, running, product, not weighed.read_now, evicted)
     except _Unkeyed:
         fresh = weight_registry.snapshot(ctx, request.product_id)
-        return _claim_best(ctx, scan, running, fresh, checked=False)
+        claimed = _claim_best(ctx, scan, running, fresh, False, evicted)
+    return claimed.having_evicted(evicted)
 
 
 @dataclass(frozen=True)
@@ -143,11 +153,17 @@ class _Unkeyed(Exception):
 
 
 def _claim_best(
-    ctx: Context, scan: _Scan, running: list[Job] | None, product: weight_registry.Snapshot, checked: bool
+    ctx: Context,
+    scan: _Scan,
+    running: list[Job] | None,
+    product: weight_registry.Snapshot,
+    checked: bool,
+    evicted: list[str],
 ) -> Claimed:
     """The best candidate taken, falling through races lost. `checked`: the weights are a
     remembered snapshot, so raise `_Unkeyed` at the first head on the rank-key path that
-    they did not key (for the caller to read them and rank again)."""
+    they did not key (for the caller to read them and rank again). A race lost after evicting
+    a victim adds the victim's id to `evicted`, for the answer."""
     request, now, offered = scan.request, scan.now, scan.offered
     weights = scoring.resolve(product.patch, request.weights)
     score = candidates.scorer(now, weights, offered)
@@ -179,6 +195,8 @@ def _claim_best(
                 return _claim(ctx, job, request.factory_id, offered, running, scan.budget, product)
             except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost) as race:
                 lost = True
+                if isinstance(race, EvictedThenLost):
+                    evicted.append(race.victim_id)
                 if not isinstance(race, errors.NotFound):
                     lost_to_change[head.id] = head.lease_epoch
                 if running is not None:
@@ -251,8 +269,9 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
     product = weight_registry.snapshot(ctx, product_id) if running is not None else None
     try:
         return _claim(ctx, job, request.factory_id, offered, running, budget, product)
-    except (errors.PreconditionFailed, errors.LeaseLost):
-        raise _not_claimable(f"job {job.id} was claimed by another factory", ClaimReason.LOST_RACE) from None
+    except (errors.PreconditionFailed, errors.LeaseLost) as race:
+        evicted = {"preempted": [race.victim_id]} if isinstance(race, EvictedThenLost) else {}
+        raise _not_claimable(f"job {job.id} was claimed by another factory", ClaimReason.LOST_RACE, **evicted) from None
     except budget_rules.BudgetExhausted:
         reason = ClaimReason.BUDGET_EXCEEDED
         raise _not_claimable(f"product {product_id}: {reason.value}", reason) from None
@@ -283,8 +302,8 @@ def _claim(
     now = ctx.clock.now()
     lease = _new_lease(ctx, job, factory_id, now)
     reserved = _reserve(ctx, job, lease, now, budget)
+    evicted = None
     try:
-        victim = None
         if running is not None:
             known = {product.product_id: product} if product is not None else {}
             weights = preemption.weights_of(ctx, running, known)
@@ -294,14 +313,28 @@ def _claim(
             if victim is None:
                 raise NoSeat()
             preemption.evict(ctx, victim, job, weights[victim.product_id])
-        taken = _take(ctx, job, lease, now, reserved, preempted=victim)
-    except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost, NoSeat):
+            evicted = victim
+        taken = _take(ctx, job, lease, now, reserved, preempted=evicted)
+    except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost, NoSeat) as lost:
         # Definitely not claimed: give the reservation back. (After an ambiguous failure such
         # as a timeout the claim may have landed; the sweep drops the reservation if not.)
         if reserved:
             _give_back(ctx, job.product_id, lease, now)
+        if evicted is not None:
+            raise EvictedThenLost(evicted.id, lost) from lost
         raise
-    return Claimed.taken(taken, [victim.id] if victim else [])
+    return Claimed.taken(taken, [evicted.id] if evicted else [])
+
+
+class EvictedThenLost(errors.PreconditionFailed):
+    """A critical job's take lost its race after the claim had evicted a victim for it. The
+    eviction stands (evict first, then take: the freed seat is simply free), so whoever
+    answers the claim tells the factory, which is still running the victim's command under a
+    lease that is gone."""
+
+    def __init__(self, victim_id: str, lost: errors.FleetError | NoSeat) -> None:
+        super().__init__(getattr(lost, "detail", None) or str(lost))
+        self.victim_id = victim_id
 
 
 def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Budget) -> Claimed:

@@ -242,6 +242,10 @@ class Runner:
                 return False
             raise RunnerError(f"the coordinator refuses this factory's claims: {exc}") from exc
         self._gate.claimed(claim.job is not None)
+        # Jobs evicted for a critical job: their leases are gone, whatever this claim took (it
+        # may have lost the critical job to another factory, and taken nothing, or the victim
+        # itself, requeued, under a new lease).
+        evicted = [seat for victim in claim.preempted for seat in self._stop_seat(victim, StopReason.REVOKED)]
         if claim.job is None:
             self._idle = True
             if claim.reason != self._last_reason:
@@ -251,7 +255,6 @@ class Runner:
         self._idle = False
         self._last_reason = None
         self.stats.claimed += 1
-        evicted = [seat for victim in claim.preempted for seat in self._stop_seat(victim, StopReason.REVOKED)]
         seat = Seat(self.client, self._seat_settings, claim, on_done=self._seat_done)
         with self._lock:  # listed from now on: the heartbeats renew its lease while it waits below
             self._seats.append(seat)

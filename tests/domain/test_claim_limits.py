@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import budget_rules, budgets, claims, store as store_port
+from fleet import budget_rules, budgets, claims, errors, store as store_port
 from fleet.context import Context
 from fleet.stages import RunResult, Stage
 
@@ -88,12 +88,48 @@ def test_if_the_preemptor_is_taken_by_a_rival_the_freed_seat_is_simply_free(worl
     claimed = world.claim("factory-1")
     # Then the rival holds the critical job; the victim was evicted once, and the freed seat
     # is simply free: the same claim, no longer at the limit, takes the best job left (the
-    # victim itself) without preempting anything
+    # victim itself, under a new lease), and its answer names the eviction, so the factory
+    # stops the command still running under the lease it lost (regression: it said nothing,
+    # and a runner ran the victim twice until a heartbeat said the old lease was revoked)
     assert world.job(urgent).lease.factory_id == "factory-2"
-    assert (claimed.job.id, claimed.preempted) == (low.id, [])
+    assert (claimed.job.id, claimed.preempted) == (low.id, [low.id])
+    assert claimed.lease.lease_id != low.lease.lease_id
     victim = world.job(low)
     assert victim.runs[-2].result == RunResult.PREEMPTED and victim.lease.factory_id == "factory-1"
     assert [e.type for e in victim.events].count("preempted") == 1
+
+
+def test_an_eviction_for_a_critical_job_lost_to_a_rival_is_named_when_nothing_else_is_taken(world, faulty):
+    # Given factory-1 at its limit of one, running the only other job, and a critical job a
+    # rival takes just after factory-1 evicts its victim; and a third factory that takes the
+    # victim as soon as it is requeued
+    low = at_its_limit(world)
+    urgent = world.submit_job("urgent", priority="critical")
+    rival = world.with_settings()
+
+    def rivals_take_both():
+        claims.claim_job(rival.observer, urgent.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT))
+        claims.claim_job(rival.observer, low.id, PRODUCT, claims.ClaimRequest("factory-3", PRODUCT))
+
+    faulty.meanwhile("patch", "jobs", rivals_take_both)
+    # When factory-1 claims, Then it gets no job, but learns that its running job was evicted
+    claimed = world.claim("factory-1")
+    assert (claimed.job, claimed.preempted) == (None, [low.id])
+    assert claimed.to_doc() == {"job": None, "reason": "no_job", "preempted": [low.id]}
+    assert world.job(low).lease.factory_id == "factory-3"
+
+
+def test_a_named_claim_lost_after_evicting_names_the_eviction(world, faulty):
+    low = at_its_limit(world)
+    urgent = world.submit_job("urgent", priority="critical")
+    rival = world.with_settings()
+    faulty.meanwhile(
+        "patch", "jobs", lambda: claims.claim_job(rival.observer, urgent.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT))
+    )
+    with pytest.raises(errors.NotClaimable) as refused:
+        claims.claim_job(world.ctx, urgent.id, PRODUCT, claims.ClaimRequest("factory-1", PRODUCT))
+    assert refused.value.extra == {"reason": "lost_race", "preempted": [low.id]}
+    assert world.job(low).stage == Stage.QUEUED
 
 
 def test_a_lost_race_falls_through_releasing_only_its_own_reservation(world, faulty):

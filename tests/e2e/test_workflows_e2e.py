@@ -103,6 +103,52 @@ def test_preemption_budget_and_review_together(fleet):
     assert fleet.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}).json() == {"job": None, "reason": "budget_paused"}
 
 
+def test_a_full_factory_racing_for_a_critical_job_is_told_of_every_eviction(fleet):
+    # Regression: a full factory's claim evicted its victim for a critical job, lost that job to
+    # a factory with free seats, fell through, and answered with the victim itself under a new
+    # lease and `preempted: []`, so a runner ran the victim twice until a heartbeat said the
+    # old lease was revoked.
+    # Given, each round, a factory full with two jobs and a critical job, claimed at the same
+    # moment by it and by a factory with free seats
+    told, held_twice = Counter(), []
+    for n in range(12):
+        product = f"pre{n}"
+        for key in ("n-0", "n-1"):
+            fleet.post("/fleet/jobs", {"productId": product, "idempotencyKey": key})
+        before = [fleet.post("/fleet/claim", {"factoryId": f"full{n}", "productId": product, "seatLimit": 2}).json()
+                  for _ in range(2)]
+        assert all(c["job"] for c in before), before
+        fleet.post("/fleet/jobs", {"productId": product, "idempotencyKey": "crit", "priority": "critical"})
+        barrier, answers = threading.Barrier(2), {}
+
+        def claim(factory: str) -> None:
+            with Http(fleet.url) as client:
+                barrier.wait()
+                answers[factory] = answered(lambda: client.post(
+                    "/fleet/claim", {"factoryId": factory, "productId": product, "seatLimit": 2})).json()
+
+        threads = [threading.Thread(target=claim, args=(f"{f}{n}",)) for f in ("full", "free")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        # Then the full factory's answer names every job of its own whose lease was taken for
+        # the critical job, whichever factory got it; and no job is held twice
+        full = answers[f"full{n}"]
+        jobs = {j["idempotencyKey"]: j for j in fleet.get(f"/fleet/jobs?productId={product}").json()["items"]}
+        evicted = [c["job"]["id"] for c in before
+                   if any(r["result"] == "preempted" and r["leaseId"] == c["lease"]["leaseId"]
+                          for r in jobs[c["job"]["idempotencyKey"]]["runs"])]
+        assert sorted(full.get("preempted", [])) == sorted(evicted), (full, evicted)
+        told["crit to full" if (full.get("job") or {}).get("idempotencyKey") == "crit" else "crit to free"] += 1
+        leased = [j["lease"]["leaseId"] for j in jobs.values() if j.get("lease")]
+        if len(leased) != len(set(leased)):
+            held_twice.append(product)
+        assert jobs["crit"]["lease"]["factoryId"] in (f"full{n}", f"free{n}")
+    assert held_twice == []
+    assert told["crit to full"] + told["crit to free"] == 12
+
+
 def test_racing_factories_never_overcommit_a_budget_by_its_default_estimate(fleet):
     """Given 30 jobs that name no cost, under a 10-dollar ceiling whose default estimate is 2.5,
     when 8 factories race to claim them over HTTP, hold each a moment and ship it (for 0 to 0.1),

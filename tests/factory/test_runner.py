@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet import claims
 from fleet.stages import RunResult, Stage
 from fleet.factories import Renewal
 from fleetclient import FleetClient, errors, seat
@@ -409,6 +410,55 @@ class RevokedOnce(FleetClient):
         self.revoked = 1
         leases = [lease.model_copy(update={"status": Renewal.REVOKED, "expires_at": None}) for lease in answer.leases]
         return answer.model_copy(update={"leases": leases})
+
+
+class EvictsWithoutAJob(FleetClient):
+    """A client whose first claim once a job of `running()` is running is answered as a claim
+    that evicted that job for a critical one and then lost it to another factory: the job is
+    requeued (its lease revoked, as an eviction does), and the answer is no job, the victim
+    named in `preempted`."""
+
+    def __init__(self, url: str, running, **options) -> None:
+        super().__init__(url, **options)
+        self.running = running
+        self.evicted: list[str] = []
+
+    def claim(self, factory_id, product_id, *args, **kwargs):
+        victim = self.running()
+        if victim is None or self.evicted:
+            return super().claim(factory_id, product_id, *args, **kwargs)
+        self.action(victim, "requeue", reason="evicted for a critical job another factory took")
+        self.evicted.append(victim)
+        return claims.Claimed(reason="no_job", preempted=[victim])
+
+
+def test_a_claim_that_names_an_eviction_but_no_job_stops_the_evicted_command(server, product, tmp_path):
+    # Given a runner with two seats, running a job whose first run is long (its lease 300 s:
+    # no heartbeat is due for minutes)
+    job = submit(FleetClient(server.url, backoff=FAST), product, "k1")
+    started = tmp_path / "out" / "started"
+    slow = script(tmp_path, 'if not (OUT / "started").exists():\n'
+                            '    (OUT / "started").write_text(str(os.getpid()))\n'
+                            '    time.sleep(60)\n')
+    client = EvictsWithoutAJob(server.url, lambda: job.id if started.exists() else None, backoff=FAST)
+    with client:
+        running = run(client, product, slow, seats=2, max_jobs=2, exit_when_idle=True)
+        # When a claim answers that the job was evicted (its critical preemptor lost), with no job
+        wait_for(lambda: client.evicted, 10, "a claim to name the eviction")
+        pid = int(started.read_text())
+        # Then its command is stopped at once, not when a heartbeat says its lease is gone; the
+        # job, requeued, is claimed again and its next run ends
+        wait_for(lambda: process_gone(pid), 10, "the evicted command to be stopped")
+        assert running.result() == 0
+        assert client.get_job(job.id).stage == Stage.TESTING and running.runner.stats.outcomes == {"revoked": 1, "parked": 1}
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def test_a_factory_whose_token_is_revoked_stops_its_commands_and_exits(
