@@ -371,6 +371,8 @@ class Runner:
             if seat is None:
                 continue
             if lease.revoked:
+                if seat.outcome is not None:
+                    continue  # it ended the lease itself (a release) while the heartbeat was under way
                 log.warning("factory %s: lease of %s revoked; stopping it", config.factory_id, seat.job.id)
                 seat.stop(StopReason.REVOKED)
             else:
