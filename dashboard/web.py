@@ -42,8 +42,10 @@ log = logging.getLogger("fleet.dashboard")
 COOKIE = "fleet_session"
 COOKIE_PATH = "/dashboard"
 SIGN_IN = "/dashboard/signin"
-#: Largest form accepted (a job's markdown body is at most 64 KiB).
-MAX_FORM = 128 * 1024
+#: Largest form accepted: a job's markdown body is at most 65,536 characters, and a browser
+#: sends each byte of a character's UTF-8 that is not plain ASCII as `%XX` (an "é" is 6 bytes,
+#: an emoji 12), so the largest body the schema allows is up to 768 KiB of form.
+MAX_FORM = 800 * 1024
 _CSRF = "dashboard-form"
 #: Who a page anyone may see acts as when nobody is signed in: it reads nothing.
 ANONYMOUS_READER = Principal(id="", name="", role=Role.VIEWER, products=())

@@ -4,6 +4,7 @@ Each thread gets its own `requests.Session` (connection pool); `close()` closes 
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -19,6 +20,18 @@ log = logging.getLogger("fleetclient")
 DEFAULT_TIMEOUT = (5.0, 30.0)
 KEY_HEADER = "x-functions-key"
 USER_AGENT = "fleetclient/0.1"
+
+
+def _encoded(value: Any) -> bytes:
+    """`value` as the JSON body of a request: compact UTF-8, so a text field the coordinator
+    bounds in characters fits its bound in bytes (a `bodyMd` of 65,536 characters is within a
+    request's 256 KiB unless most are beyond the Basic Multilingual Plane; as `\\uXXXX`
+    escapes, 65,536 `é` were 393 KB). Text that is not valid Unicode (a lone surrogate) goes
+    as escapes, for the coordinator to refuse by name."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class Answer:
@@ -59,12 +72,15 @@ class Transport:
         (or a status in `accept`); raises `FleetApiError` subclasses or `FleetUnreachable`."""
         backoff = backoff or self.backoff
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        body, headers = (None, None) if json is None else (_encoded(json), {"Content-Type": "application/json"})
         url = self.url + path
         attempt = 0
         while True:
             attempt += 1
             try:
-                with self._session().request(method, url, json=json, params=params, timeout=self.timeout) as response:
+                with self._session().request(
+                    method, url, data=body, headers=headers, params=params, timeout=self.timeout
+                ) as response:
                     if response.ok or response.status_code in accept:
                         return Answer(response.status_code, _decode(response))
                     error = errors.FleetApiError.from_response(response)

@@ -290,8 +290,10 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     assert browser.get(f"/dashboard/fleet/jobs/{job_id(P, 'never')}").status_code == 404
     assert browser.get("/dashboard/static/..%2Fweb.py").status_code == 404
     assert browser.get("/dashboard/static/nothing.css").status_code == 404
-    huge = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "big", "bodyMd": "x" * 200_000})
+    huge = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "big", "bodyMd": "x" * 900_000})
     assert huge.status_code == 413
+    too_long = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "long", "bodyMd": "x" * 65_537})
+    assert too_long.status_code == 400 and "The job was not submitted" in too_long.text
     as_json = browser.session.post(
         c.url + "/dashboard/fleet/jobs/new", json={"csrf": browser.csrf}, allow_redirects=False, timeout=30
     )
@@ -348,6 +350,17 @@ def test_a_hostile_job_body_is_shown_as_text(coordinator):
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
     assert 'href="javascript:' not in page and "<strong>bold</strong>" in page
     assert "<img src=x" not in page and "&lt;img src=x" in page
+
+
+def test_the_longest_body_the_schema_allows_is_taken_from_the_form_in_any_script(coordinator):
+    # A browser sends each UTF-8 byte beyond ASCII as %XX: 65,536 "é" are 786 KB of form
+    c = coordinator
+    admin = c.mint(Role.ADMIN, name="admin")
+    browser = c.browser(admin)
+    for key, text in (("accents", "é" * 65_536), ("emoji", "\U0001f600" * 65_536)):
+        answer = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": key, "bodyMd": text})
+        assert answer.status_code == 303, answer.text[:300]
+        assert c.api("GET", f"/fleet/jobs/{job_id(P, key)}", admin).json()["bodyMd"] == text
 
 
 def test_pages_allow_only_their_own_scripts_and_no_framing(coordinator):

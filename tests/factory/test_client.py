@@ -38,6 +38,18 @@ class TestJobs:
         assert raised.value.status == 400
         assert [e["field"] for e in raised.value.errors] == ["productId"]
 
+    def test_a_body_of_the_most_characters_allowed_fits_a_request_however_written(self, client, product):
+        # Sent as UTF-8, not as \\u escapes: 65,536 "é" were 393 KB and refused (413) by the
+        # 256 KiB a request may be, though the schema allows them
+        for key, text in (("accents", "é" * 65_536), ("emoji", "\U0001f600" * 60_000), ("mixed", "ü€a" * 21_845)):
+            job = client.submit_job(product_id=product, idempotency_key=key, body_md=text).job
+            assert client.get_job(job.id).body_md == text
+
+    def test_text_that_is_not_unicode_is_refused_by_name(self, client, product):
+        with pytest.raises(errors.ValidationFailed) as raised:
+            client.submit_job(product_id=product, idempotency_key="k", title="lone \ud800 surrogate")
+        assert [e["field"] for e in raised.value.errors] == ["title"]
+
     def test_an_unknown_job_is_not_found(self, client, product):
         with pytest.raises(errors.NotFound) as raised:
             client.get_job(f"{product}:aaaaaaaaaaaaaaaaaaaa")
