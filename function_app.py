@@ -210,6 +210,9 @@ def claim_job(req: func.HttpRequest) -> func.HttpResponse:
     if product is None:
         raise errors.NotFound(f"no job {id!r}")
     body = http.body(req, schemas.ClaimBody)
+    if body.product_id is not None and body.product_id != product:
+        detail = f"job {id} is in product {product}, not {body.product_id} (leave productId out: the job names it)"
+        raise errors.ValidationFailed(detail, [{"field": "productId", "message": "not the job's product"}])
     return http.ok(claims.claim_job(ctx(), id, product, _claim_request(body, product)))
 
 

@@ -148,6 +148,9 @@ def test_claim_named_job(api):
     job = api.submit("k1", capabilities=["python"])
     refused = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1", "capabilities": []})
     assert refused.status_code == 409 and refused.json["reason"] == "capabilities"
+    elsewhere = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1", "productId": "q", "capabilities": ["python"]})
+    assert elsewhere.status_code == 400 and elsewhere.json["errors"][0]["field"] == "productId"
+    assert api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1", "productId": "p", "capabilities": []}).json["reason"] == "capabilities"
     taken = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1", "capabilities": ["python"]})
     assert taken.status_code == 200 and taken.json["lease"]["factoryId"] == "f1"
     again = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f2", "capabilities": ["python"]})
