@@ -23,6 +23,7 @@ from fleet.principals import Permission
 from fleet.stages import Stage
 from shared import auth, config, http
 from shared.config import context as ctx
+from shared.redaction import redact
 
 bp = func.Blueprint()
 ANONYMOUS = func.AuthLevel.ANONYMOUS
@@ -147,7 +148,7 @@ def dashboard_submit_job(request: Request) -> func.HttpResponse:
     try:
         submitted = forms.submit(ctx(), values)
     except errors.ValidationFailed as exc:
-        problems = [f"{e.get('field') or 'form'}: {e.get('message')}" for e in exc.errors] or [exc.detail]
+        problems = [redact(f"{e.get('field') or 'form'}: {e.get('message')}") for e in exc.errors] or [redact(exc.detail)]
         again = _common(request, values=values, problems=problems, products=views.products(ctx()))
         return render.page("new_job.html", 400, **again)
     flag = "created" if submitted.created else "existing"
@@ -173,7 +174,7 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
             refused.append(f"{id}: {exc.detail}")
     back = request.field("back")
     target = back if web.local(back, "/dashboard/fleet/jobs") else "/dashboard/fleet/jobs"
-    notice = forms.bulk_notice(action, done, refused)
+    notice = redact(forms.bulk_notice(action, done, refused))  # it goes into a URL
     return web.redirect(f"{target}{'&' if '?' in target else '?'}{urlencode({'notice': notice})}")
 
 
@@ -303,5 +304,5 @@ def _job_etag(request: Request) -> str | None:
 
 
 def _back_to(id: str, notice: str) -> func.HttpResponse:
-    return web.redirect(f"/dashboard/fleet/jobs/{quote(id, safe='')}?{urlencode({'notice': notice})}")
+    return web.redirect(f"/dashboard/fleet/jobs/{quote(id, safe='')}?{urlencode({'notice': redact(notice)})}")
 

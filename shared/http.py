@@ -31,7 +31,7 @@ from fleet import errors
 from fleet.jobs import PRODUCT_ID, READER, is_product_id
 from fleet.principals import FACTORY_ID, Permission
 from shared import auth, config, strict_json
-from shared.redaction import redact
+from shared.redaction import redact_strings
 from shared.stores import charge
 
 log = logging.getLogger("fleet.http")
@@ -205,8 +205,8 @@ def problem(status: int, code: str, detail: str, **extra: Any) -> func.HttpRespo
         headers["WWW-Authenticate"] = 'Bearer realm="fleet"'
     if "retryAfter" in extra:
         headers["Retry-After"] = retry_after_header(extra["retryAfter"])
-    # Redacted whole: a detail or a field name may quote what was sent, a token pasted in it too.
-    return func.HttpResponse(redact(json.dumps(doc)), status_code=status, mimetype=PROBLEM, headers=headers)
+    # Redacted: a detail or a field name may quote what was sent, a token pasted in it too.
+    return func.HttpResponse(json.dumps(redact_strings(doc)), status_code=status, mimetype=PROBLEM, headers=headers)
 
 
 def status_of(exc: errors.FleetError) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from typing import Any
 
 # A query parameter, as a request line spells it (``;`` too: a client may mean it as ``&``).
 _QUERY_PARAMETER = re.compile(r"(?<=[?&;])([^=&;#\s'\"]*)=([^&;#\s'\"]*)")
@@ -24,3 +25,15 @@ def redact(text: str) -> str:
         return f"{found.group(1)}=REDACTED" if name.lower() == "code" else found.group(0)
 
     return _TOKEN_SECRET.sub(r"\1REDACTED", _QUERY_PARAMETER.sub(hide, text))
+
+
+def redact_strings(value: Any) -> Any:
+    """``value`` (a JSON document) with ``redact`` applied to every string in it, keys too:
+    redacting the JSON text instead could eat the backslash of an escaped quote."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_strings(k): redact_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_strings(v) for v in value]
+    return value

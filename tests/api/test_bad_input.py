@@ -200,6 +200,17 @@ def test_a_factory_id_no_store_document_could_carry_is_a_400(api, factory_id):
     assert api.get("/fleet/jobs?limit=5").json["items"][0]["stage"] == "queued"
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/fleet/jobs/p%3Ax%3Fcode%3Da%22b", None),  # a quote after something that looks like ?code=
+    ("/fleet/jobs", {"productId": "p", "idempotencyKey": "k", "deps": ['z?code=a"b\\']}),
+])
+def test_a_redacted_problem_is_still_json(api, path, body):
+    response = api.post(path, body) if body is not None else api.get(path)
+    assert response.status_code in (400, 404) and response.headers["content-type"] == "application/problem+json"
+    problem = json.loads(response.data)
+    assert "REDACTED" in problem["detail"] and 'a"b' not in problem["detail"]
+
+
 def test_release_stage_and_result_must_agree(api):
     job = api.submit("k1")
     lease = api.claim()["lease"]

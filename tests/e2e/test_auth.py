@@ -285,6 +285,8 @@ def test_an_error_body_never_echoes_a_token_secret(coordinator):
         answer = c.call(method, path, body, admin)
         assert answer.status_code in (400, 404, 405), (path, answer.status_code, answer.text)
         assert secret not in answer.text and "REDACTED" in answer.text, (path, answer.text)
+        if path.startswith("/fleet/"):
+            assert answer.json()["status"] == answer.status_code  # and it is still JSON
 
 
 def test_a_principal_scoped_to_another_product_learns_nothing_of_it(coordinator):

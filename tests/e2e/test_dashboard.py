@@ -352,6 +352,18 @@ def test_a_hostile_job_body_is_shown_as_text(coordinator):
     assert "<img src=x" not in page and "&lt;img src=x" in page
 
 
+def test_a_token_pasted_into_a_form_is_not_shown_back_in_its_problems_or_notices(coordinator):
+    c = coordinator
+    admin = c.mint(Role.ADMIN, name="admin")
+    browser = c.browser(admin)
+    secret = admin.split("_", 2)[2]
+    refused = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "k", "deps": admin})
+    assert refused.status_code == 400 and "REDACTED" in refused.text
+    assert secret not in refused.text.replace(f'value="{admin}"', "")  # the field keeps what was typed
+    bulk = browser.post("/dashboard/fleet/jobs/bulk", {"action": "cancel", "ids": [admin]})
+    assert bulk.status_code == 303 and secret not in bulk.headers["location"]
+
+
 def test_the_longest_body_the_schema_allows_is_taken_from_the_form_in_any_script(coordinator):
     # A browser sends each UTF-8 byte beyond ASCII as %XX: 65,536 "é" are 786 KB of form
     c = coordinator
