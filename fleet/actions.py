@@ -83,7 +83,8 @@ def follow_cancel(ctx: Context, parent_id: str) -> Job:
     parent = writes.read(ctx, parent_id)
     if parent.stage == Stage.CANCELLED:
         cancel = next((e for e in reversed(parent.events) if e.type == Action.CANCEL.value), None)
-        _cancel_descendants(ctx, parent, None, cancel.actor if cancel else None)
+        reason = (cancel.detail or {}).get("reason") if cancel else None
+        _cancel_descendants(ctx, parent, reason, cancel.actor if cancel else None)
     return parent
 
 

@@ -22,10 +22,12 @@ from fleet.jobs import Model
 #: A factory id: it is the id of the factory's document, and Cosmos DB takes no `/`, `\\`,
 #: `?` or `#` in one (nor could a route's `{id}` hold a `/`).
 FACTORY_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
-#: What no principal's name holds: control characters (C0, DEL, C1), zero-width and direction
-#: marks, line and paragraph separators, the byte-order mark. A name shows in events, pages
-#: and logs, and one of these would make two names look alike or break the line.
-_UNSEEN = r"\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+#: What no principal's name holds: control characters (C0, DEL, C1), zero-width, blank-looking
+#: (soft hyphen, fillers) and direction marks, line and paragraph separators, the byte-order
+#: mark (tag characters, beyond the Basic Multilingual Plane, are not listed). A name shows
+#: in events, pages and logs, and one of these would make two names look alike or break the
+#: line.
+_UNSEEN = r"\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\u3164\ufeff\uffa0"
 #: A principal's name, as tokens and Easy Auth give it ("Ann Smith", "bootstrap admin"): up to
 #: 100 characters, none of `_UNSEEN`, no space at either end.
 PRINCIPAL_NAME = rf"^[^\s{_UNSEEN}](?:[^{_UNSEEN}]{{0,98}}[^\s{_UNSEEN}])?$"

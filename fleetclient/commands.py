@@ -24,13 +24,13 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 
-from fleet import actions, budget_rules, jobs, schemas, stages
+from fleet import actions, budget_rules, jobs, principals, schemas, stages
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+_NAME = re.compile(principals.PRINCIPAL_NAME)
 
 
 def _values(kind: type[Enum]) -> list[str]:
@@ -349,4 +349,4 @@ def _csv(text: str) -> list[str]:
 
 def _default_actor() -> str | None:
     user = os.environ.get("USER") or os.environ.get("USERNAME")
-    return user if user and _NAME.match(user) else None
+    return user if user and _NAME.fullmatch(user) else None

@@ -68,6 +68,14 @@ def test_easy_auth_takes_the_role_and_name_from_the_platform(ctx):
     assert principal == Principal(id="oid-1", name="ann@example.com", role=Role.REVIEWER)
 
 
+def test_an_easy_auth_name_is_cut_to_a_principals_name_a_gate_can_list(ctx):
+    # A display name of 120 characters whose 100th is a space: cut, and trimmed
+    long = "A" * 99 + " " + "B" * 20
+    principal = auth.easy_auth_principal(easy_auth("Fleet.Reviewer", name=long))
+    assert principal.name == "A" * 99
+    assert auth.easy_auth_principal(easy_auth("Fleet.Reviewer", name="   ")).name == "oid-1"
+
+
 def test_easy_auth_app_roles_naming_products_scope_the_principal(ctx):
     header = easy_auth("Fleet.Operator.web", "Fleet.Operator.api", "Fleet.Viewer")
     principal = auth.easy_auth_principal(header)

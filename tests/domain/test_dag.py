@@ -386,8 +386,9 @@ def test_a_cancel_racing_add_children_cancels_the_children_created_after_it(worl
     assert {k: by_key(world, k).stage for k in ("parent", "first", "c1", "c2")} == dict.fromkeys(
         ("parent", "first", "c1", "c2"), Stage.CANCELLED
     )
-    # in the name of whoever cancelled the parent, and nothing is left to claim
-    assert by_key(world, "c2").events[-1].type == "cancel"
+    # in the name of whoever cancelled the parent, for its reason, and nothing is left to claim
+    late = by_key(world, "c2").events[-1]
+    assert (late.type, late.detail.get("reason")) == ("cancel", "scope cut")
     assert world.claim("factory-1", capabilities=[]).job is None
 
 
