@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +29,8 @@ from fleet.context import Context
 from fleet.jobs import Job, Lease, Model, Run
 from fleet.stages import ClaimReason, Priority, Stage
 
+log = logging.getLogger("fleet.claims")
+
 #: The most attempts a job may be given; bounds the claim's bucket path.
 MAX_ATTEMPTS = 10
 #: How often a claim re-reads the queue after losing the race for every candidate it saw.
@@ -48,12 +51,13 @@ class ClaimRequest:
 
 class Claimed(Model):
     """`POST /fleet/claim` and `POST /fleet/jobs/{id}/claim`: a job with its new lease and run
-    (`{job, lease, runId, preempted?}`), or no job and why (`{job: null, reason}`)."""
+    (`{job, lease, runId, preempted?}`), or no job and why (`{job: null, reason, preempted?}`)."""
 
     job: Job | None = None
     lease: Lease | None = None
     run_id: str | None = None
-    #: Jobs of this factory evicted to make room for this (critical) one; sent only when any were.
+    #: Jobs of this factory evicted for a critical job (this one, or one the claim then lost
+    #: to another factory): their leases are gone. Sent only when any were.
     preempted: list[str] = Field(default_factory=list)
     #: Why there is no job; sent only then.
     reason: ClaimReason | None = None
@@ -126,10 +130,15 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
     scan = _Scan(request, now, offered, seat_limit, budget, factory, weighed.queue_state)
     evicted: list[str] = []  # victims of critical jobs this claim evicted for, then lost
     try:
-        claimed = _claim_best(ctx, scan, running, product, not weighed.read_now, evicted)
-    except _Unkeyed:
-        fresh = weight_registry.snapshot(ctx, request.product_id)
-        claimed = _claim_best(ctx, scan, running, fresh, False, evicted)
+        try:
+            claimed = _claim_best(ctx, scan, running, product, not weighed.read_now, evicted)
+        except _Unkeyed:
+            fresh = weight_registry.snapshot(ctx, request.product_id)
+            claimed = _claim_best(ctx, scan, running, fresh, False, evicted)
+    except errors.FleetError as failed:
+        if evicted:  # whatever ended the claim, the factory must stop its victims' commands
+            _name_evicted(failed, evicted)
+        raise
     return claimed.having_evicted(evicted)
 
 
@@ -315,15 +324,30 @@ def _claim(
             preemption.evict(ctx, victim, job, weights[victim.product_id])
             evicted = victim
         taken = _take(ctx, job, lease, now, reserved, preempted=evicted)
-    except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost, NoSeat) as lost:
+    except NoSeat:
+        if reserved:
+            _give_back(ctx, job.product_id, lease, now, raced=False)
+        raise
+    except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost) as lost:
         # Definitely not claimed: give the reservation back. (After an ambiguous failure such
         # as a timeout the claim may have landed; the sweep drops the reservation if not.)
         if reserved:
-            _give_back(ctx, job.product_id, lease, now)
+            _give_back(ctx, job.product_id, lease, now, raced=True)
         if evicted is not None:
             raise EvictedThenLost(evicted.id, lost) from lost
         raise
+    except errors.FleetError as failed:
+        # Failed otherwise (a busy store, a timeout) after the eviction: the answer, an error,
+        # names the victim still (`preempted` in the problem), so the factory stops its command.
+        if evicted is not None:
+            _name_evicted(failed, [evicted.id])
+        raise
     return Claimed.taken(taken, [evicted.id] if evicted else [])
+
+
+def _name_evicted(failed: errors.FleetError, evicted: list[str]) -> None:
+    """Add `evicted` to the `preempted` the problem of `failed` names."""
+    failed.extra["preempted"] = list(dict.fromkeys([*failed.extra.get("preempted", []), *evicted]))
 
 
 class EvictedThenLost(errors.PreconditionFailed):
@@ -363,7 +387,7 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
             return Claimed.taken(_take_as_read(ctx, head, lease, now, reserved))
     except (errors.PreconditionFailed, errors.NotFound):
         if reserved:
-            _give_back(ctx, head.product_id, lease, now)
+            _give_back(ctx, head.product_id, lease, now, raced=True)
         raise
     return Claimed.taken(effects.settle(ctx, written).job)
 
@@ -491,13 +515,23 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
     return True
 
 
-def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime) -> None:
-    """Give back the reservation a claim that lost its race made under `lease`, and bump the
-    product's queue-state: a claim refused meanwhile for the room it held may fit now, and an
-    idle factory learns of that only from the version (as when an accrual or the sweep frees
-    room)."""
-    budgets.change(ctx, product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
-    queue_state.bump(ctx, product_id)
+def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime, raced: bool) -> None:
+    """Give back the reservation a claim that did not take its job made under `lease`. After
+    a race lost (`raced`), bump the product's queue-state too: a claim refused meanwhile for the
+    room it held may fit now, and an idle factory learns of that only from the version (as
+    when an accrual or the sweep frees room). A claim refused for a seat held it for a moment
+    only, and bumps nothing: a full factory polling would otherwise move the version at every
+    poll, and wake every gated factory of the product.
+
+    Best effort: a store that refuses leaves the reservation to the sweep (it drops one older
+    than a lease term whose run never started), and the claim goes on, so that what it must
+    still answer (the next candidate, an eviction it made) is not lost to a 503."""
+    try:
+        budgets.change(ctx, product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
+        if raced:
+            queue_state.bump(ctx, product_id)
+    except (errors.StoreBusy, errors.StoreUnavailable, errors.TooManyRetries):
+        log.warning("claim %s: its reservation in product %s is left to the sweep", lease.lease_id, product_id, exc_info=True)
 
 
 def _factory_view(

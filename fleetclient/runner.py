@@ -231,16 +231,16 @@ class Runner:
         try:
             claim = self.client.claim(config.factory_id, config.product_id, list(config.capabilities),
                                       seat_limit=config.seats)
-        except (errors.FleetUnreachable, errors.StoreBusy) as exc:
+        except errors.FleetApiError as exc:
+            # A claim that failed after evicting for a critical job still names its victims.
+            for victim in exc.problem.get("preempted") or ():
+                self._stop_seat(str(victim), StopReason.REVOKED)
+            self._claim_refused(exc)
+            return False
+        except errors.FleetUnreachable as exc:
             self._gate.claim_failed()
             log.warning("factory %s: claim failed (%s); next poll retries", config.factory_id, exc)
             return False
-        except errors.FleetApiError as exc:
-            if exc.status >= 500 or exc.status == 429:
-                self._gate.claim_failed()
-                log.warning("factory %s: claim failed (%s); next poll retries", config.factory_id, exc)
-                return False
-            raise RunnerError(f"the coordinator refuses this factory's claims: {exc}") from exc
         self._gate.claimed(claim.job is not None)
         # Jobs evicted for a critical job: their leases are gone, whatever this claim took (it
         # may have lost the critical job to another factory, and taken nothing, or the victim
@@ -264,6 +264,15 @@ class Runner:
         self._await_evicted(evicted, claim.job.id)
         seat.start()
         return True
+
+    def _claim_refused(self, exc: errors.FleetApiError) -> None:
+        """A claim answered with an error: a busy or failing coordinator is waited out (the
+        next poll retries); any other refusal ends the runner."""
+        if isinstance(exc, errors.StoreBusy) or exc.status >= 500 or exc.status == 429:
+            self._gate.claim_failed()
+            log.warning("factory %s: claim failed (%s); next poll retries", self.config.factory_id, exc)
+            return
+        raise RunnerError(f"the coordinator refuses this factory's claims: {exc}") from exc
 
     def _await_evicted(self, evicted: list[Seat], job_id: str) -> None:
         """Wait for the seats a critical claim evicted to end (their kill grace and a few
@@ -371,8 +380,10 @@ class Runner:
             if seat is None:
                 continue
             if lease.revoked:
-                if seat.outcome is not None:
-                    continue  # it ended the lease itself (a release) while the heartbeat was under way
+                if seat.command_ended:
+                    # Nothing to stop: its own release (perhaps the one that ended this lease,
+                    # under way as the heartbeat was) learns the lease's fate by itself.
+                    continue
                 log.warning("factory %s: lease of %s revoked; stopping it", config.factory_id, seat.job.id)
                 seat.stop(StopReason.REVOKED)
             else:

@@ -112,6 +112,8 @@ class Seat:
         self.outcome: str | None = None
         #: Whether the coordinator refused a write for the lease being gone.
         self.lease_lost = False
+        #: Whether the command has ended (the seat is writing what it did, or has).
+        self.command_ended = False
 
     # Called from other threads
 
@@ -194,6 +196,7 @@ class Seat:
             cwd.mkdir()
 
         code, last_line = self._execute(cwd, env)
+        self.command_ended = True
         report = Report.parse(last_line)
         reason = self.stop_reason if code is None else None
         if reason == StopReason.REVOKED:

@@ -78,6 +78,9 @@ class Problem(BaseModel):
     reason: ClaimReason | None = None
     #: `not_claimable` (reason `capabilities`): the capabilities the factory lacks.
     missing: list[str] = Field(default_factory=list)
+    #: A claim's failure (`not_claimable` reason `lost_race`, `store_busy`, ...) after it had
+    #: evicted jobs of the factory for a critical job: their leases are gone, stop them.
+    preempted: list[str] = Field(default_factory=list)
     #: `idempotency_conflict`: the job already submitted under the key.
     job_id: str | None = None
     #: `forbidden`, for a principal whose role lacks it: the permission the operation needs.

@@ -119,6 +119,57 @@ def test_an_eviction_for_a_critical_job_lost_to_a_rival_is_named_when_nothing_el
     assert world.job(low).lease.factory_id == "factory-3"
 
 
+def test_a_claim_whose_take_fails_after_evicting_names_the_eviction_in_its_error(world, faulty):
+    # Given factory-1 at its limit and a critical job, and a store that fails the take (patch
+    # #2 on jobs; #1 is the eviction)
+    low = at_its_limit(world)
+    world.submit_job("urgent", priority="critical")
+    faulty.crash("patch", "jobs", nth=2)
+    # When it claims, Then the store's failure is the answer, naming the job it evicted
+    with pytest.raises(errors.StoreBusy) as failed:
+        world.claim("factory-1")
+    assert failed.value.extra["preempted"] == [low.id]
+    assert world.job(low).stage == Stage.QUEUED
+
+
+def test_an_eviction_is_named_though_the_reservation_cannot_be_given_back(world, faulty):
+    # Given factory-1 at its limit, a critical job with an estimate, a rival that takes it right
+    # after the eviction, and a store that refuses the give-back of the reservation
+    world.put_budget(100.0)
+    low = at_its_limit(world)
+    urgent = world.submit_job("urgent", priority="critical", estimated_cost_usd=5.0)
+    rival = world.with_settings()
+    faulty.meanwhile(
+        "patch", "jobs", lambda: claims.claim_job(rival.observer, urgent.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT))
+    )
+    faulty.crash("replace", "budgets", nth=2)  # #1 its reservation, #2 its give-back (the rival's is unseen)
+    # When it claims, Then the claim goes on, taking its victim back under a new lease, and
+    # names the eviction; the reservation it could not give back is left to the sweep
+    claimed = world.claim("factory-1")
+    assert (claimed.job.id, claimed.preempted) == (low.id, [low.id])
+    assert world.job(urgent).lease.factory_id == "factory-2"
+    held = world.budget().reservations
+    assert len(held) == 2 and world.budget().reserved_usd == 10.0  # the rival's 5, and its own 5 left over
+    assert faulty.crashed == ["replace:budgets"]
+
+
+def test_a_claim_refused_for_a_seat_does_not_move_the_queue_state(world):
+    # Given budgets with a default estimate, factory-1 at its limit running a critical job,
+    # and another critical job queued: nothing may be evicted for it
+    world.put_budget(100.0, default_estimate=1.0)
+    running = world.running_job("running", factory="factory-1", priority="critical")
+    world.heartbeat("factory-1", seat_limit=1, running=[running])
+    world.submit_job("waiting", priority="critical")
+    version = world.version()
+    # When it polls, again and again, Then it is refused for its seat, and the version the
+    # gated factories of the product watch stays where it was (its reservation was held for a
+    # moment only)
+    for _ in range(3):
+        assert world.claim("factory-1").reason == "seat_limit"
+    assert world.version() == version
+    assert world.budget().reservations.keys() == {running.latest_run.reservation}
+
+
 def test_a_named_claim_lost_after_evicting_names_the_eviction(world, faulty):
     low = at_its_limit(world)
     urgent = world.submit_job("urgent", priority="critical")

@@ -418,9 +418,10 @@ class EvictsWithoutAJob(FleetClient):
     requeued (its lease revoked, as an eviction does), and the answer is no job, the victim
     named in `preempted`."""
 
-    def __init__(self, url: str, running, **options) -> None:
+    def __init__(self, url: str, running, failing: bool = False, **options) -> None:
         super().__init__(url, **options)
         self.running = running
+        self.failing = failing
         self.evicted: list[str] = []
 
     def claim(self, factory_id, product_id, *args, **kwargs):
@@ -429,10 +430,13 @@ class EvictsWithoutAJob(FleetClient):
             return super().claim(factory_id, product_id, *args, **kwargs)
         self.action(victim, "requeue", reason="evicted for a critical job another factory took")
         self.evicted.append(victim)
+        if self.failing:  # the store failed after the eviction: the 503 names it
+            raise errors.StoreBusy(503, "store_busy", "the store is busy", problem={"preempted": [victim]}, retry_after=0.1)
         return claims.Claimed(reason="no_job", preempted=[victim])
 
 
-def test_a_claim_that_names_an_eviction_but_no_job_stops_the_evicted_command(server, product, tmp_path):
+@pytest.mark.parametrize("failing", [False, True], ids=["no-job", "store-busy"])
+def test_a_claim_that_names_an_eviction_but_no_job_stops_the_evicted_command(server, product, tmp_path, failing):
     # Given a runner with two seats, running a job whose first run is long (its lease 300 s:
     # no heartbeat is due for minutes)
     job = submit(FleetClient(server.url, backoff=FAST), product, "k1")
@@ -440,7 +444,7 @@ def test_a_claim_that_names_an_eviction_but_no_job_stops_the_evicted_command(ser
     slow = script(tmp_path, 'if not (OUT / "started").exists():\n'
                             '    (OUT / "started").write_text(str(os.getpid()))\n'
                             '    time.sleep(60)\n')
-    client = EvictsWithoutAJob(server.url, lambda: job.id if started.exists() else None, backoff=FAST)
+    client = EvictsWithoutAJob(server.url, lambda: job.id if started.exists() else None, failing, backoff=FAST)
     with client:
         running = run(client, product, slow, seats=2, max_jobs=2, exit_when_idle=True)
         # When a claim answers that the job was evicted (its critical preemptor lost), with no job
@@ -459,6 +463,39 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+class RevokedWhileReleasing(FleetClient):
+    """A client whose release takes a while, and whose heartbeats meanwhile answer the lease
+    `revoked`, as the coordinator does once the release has landed."""
+
+    def __init__(self, url: str, **options) -> None:
+        super().__init__(url, **options)
+        self.releasing = threading.Event()
+        self.revoked = 0
+
+    def release_lease(self, *args, **kwargs):
+        self.releasing.set()
+        time.sleep(1.5)  # a heartbeat or two (2 s leases) comes while it is under way
+        return super().release_lease(*args, **kwargs)
+
+    def heartbeat(self, *args, **kwargs):
+        answer = super().heartbeat(*args, **kwargs)
+        if not self.releasing.is_set() or not answer.leases:
+            return answer
+        self.revoked += 1
+        leases = [lease.model_copy(update={"status": Renewal.REVOKED, "expires_at": None}) for lease in answer.leases]
+        return answer.model_copy(update={"leases": leases})
+
+
+def test_a_heartbeat_answered_revoked_while_the_seat_releases_stops_nothing(fast_server, product, tmp_path, caplog):
+    submit(FleetClient(fast_server.url, backoff=FAST), product, "k1")
+    with RevokedWhileReleasing(fast_server.url, backoff=FAST) as client:
+        running = run(client, product, script(tmp_path, "print('done')"), max_jobs=1)
+        assert running.result() == 0
+    assert client.revoked >= 1
+    assert running.runner.stats.outcomes == {"parked": 1}
+    assert "revoked; stopping it" not in caplog.text
 
 
 def test_a_factory_whose_token_is_revoked_stops_its_commands_and_exits(
