@@ -81,10 +81,15 @@ class Budget(_BudgetFields):
         shown = {name: getattr(self, name) for name in _BudgetFields.model_fields}
         shown["spent_usd"] = _usd(self.spent_usd)
         # Keyed by run, not lease: a lease id is a write capability, and any reader sees this.
-        shown["reservations"] = {
-            held.get("runId") or f"reservation-{n}": {k: v for k, v in held.items() if k != "runId"}
-            for n, held in enumerate(self.reservations.values(), 1)
-        }
+        # Two claims of one job may both hold one for a while (a lost race's give-back left to
+        # the sweep): the second is shown under its run id and its place.
+        reservations: dict[str, dict[str, Any]] = {}
+        for n, held in enumerate(self.reservations.values(), 1):
+            key = held.get("runId") or f"reservation-{n}"
+            reservations[key if key not in reservations else f"{key} ({n})"] = {
+                k: v for k, v in held.items() if k != "runId"
+            }
+        shown["reservations"] = reservations
         reserved = _usd(self.reserved_usd)
         remaining = None
         if self.ceiling_usd is not None:

@@ -305,34 +305,35 @@ def _claim(
     budget: _Budget,
     product: weight_registry.Snapshot | None,
 ) -> Claimed:
-    """Take `job`: reserve its estimated cost (budgets on), evict a victim if the factory is at
-    its seat limit, then CAS the job. Nothing is evicted for a job the budget cannot start.
+    """Take `job`: choose a victim if the factory is at its seat limit (`NoSeat` if there is
+    none), reserve the job's estimated cost (budgets on), evict the victim, then CAS the job.
+    Nothing is evicted for a job the budget cannot start.
     `budget` and `product` (its product's weights) are what the claim read before."""
     now = ctx.clock.now()
     lease = _new_lease(ctx, job, factory_id, now)
+    victim = None
+    if running is not None:
+        # Chosen (reads only) before anything is reserved: a claim with no one to evict holds
+        # no room, not even for a moment, and refuses nobody else.
+        known = {product.product_id: product} if product is not None else {}
+        weights = preemption.weights_of(ctx, running, known)
+        victim = preemption.select_preemption_victim(
+            preemption.scored_running(ctx, running, offered, now, weights), job, now, ctx.settings.preempt_exempt_seconds
+        )
+        if victim is None:
+            raise NoSeat()
     reserved = _reserve(ctx, job, lease, now, budget)
     evicted = None
     try:
-        if running is not None:
-            known = {product.product_id: product} if product is not None else {}
-            weights = preemption.weights_of(ctx, running, known)
-            victim = preemption.select_preemption_victim(
-                preemption.scored_running(ctx, running, offered, now, weights), job, now, ctx.settings.preempt_exempt_seconds
-            )
-            if victim is None:
-                raise NoSeat()
+        if victim is not None:
             preemption.evict(ctx, victim, job, weights[victim.product_id])
             evicted = victim
         taken = _take(ctx, job, lease, now, reserved, preempted=evicted)
-    except NoSeat:
-        if reserved:
-            _give_back(ctx, job.product_id, lease, now, raced=False)
-        raise
     except (errors.PreconditionFailed, errors.NotFound, errors.LeaseLost) as lost:
         # Definitely not claimed: give the reservation back. (After an ambiguous failure such
         # as a timeout the claim may have landed; the sweep drops the reservation if not.)
         if reserved:
-            _give_back(ctx, job.product_id, lease, now, raced=True)
+            _give_back(ctx, job.product_id, lease, now)
         if evicted is not None:
             raise EvictedThenLost(evicted.id, lost) from lost
         raise
@@ -387,7 +388,7 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
             return Claimed.taken(_take_as_read(ctx, head, lease, now, reserved))
     except (errors.PreconditionFailed, errors.NotFound):
         if reserved:
-            _give_back(ctx, head.product_id, lease, now, raced=True)
+            _give_back(ctx, head.product_id, lease, now)
         raise
     return Claimed.taken(effects.settle(ctx, written).job)
 
@@ -515,21 +516,19 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
     return True
 
 
-def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime, raced: bool) -> None:
-    """Give back the reservation a claim that did not take its job made under `lease`. After
-    a race lost (`raced`), bump the product's queue-state too: a claim refused meanwhile for the
-    room it held may fit now, and an idle factory learns of that only from the version (as
-    when an accrual or the sweep frees room). A claim refused for a seat held it for a moment
-    only, and bumps nothing: a full factory polling would otherwise move the version at every
-    poll, and wake every gated factory of the product.
+def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime) -> None:
+    """Give back the reservation a claim that lost its race made under `lease`, and bump the
+    product's queue-state: a claim refused meanwhile for the room it held may fit now, and an
+    idle factory learns of that only from the version (as when an accrual or the sweep frees
+    room). (A claim refused for a seat reserves nothing, so a full factory polling moves
+    nothing.)
 
     Best effort: a store that refuses leaves the reservation to the sweep (it drops one older
     than a lease term whose run never started), and the claim goes on, so that what it must
     still answer (the next candidate, an eviction it made) is not lost to a 503."""
     try:
         budgets.change(ctx, product_id, lambda b: budget_rules.release(b, lease.lease_id, now), create=False)
-        if raced:
-            queue_state.bump(ctx, product_id)
+        queue_state.bump(ctx, product_id)
     except (errors.StoreBusy, errors.StoreUnavailable, errors.TooManyRetries):
         log.warning("claim %s: its reservation in product %s is left to the sweep", lease.lease_id, product_id, exc_info=True)
 

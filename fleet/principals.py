@@ -13,6 +13,7 @@ is its own word and refusing tells it nothing new.
 """
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 from fleet import errors
@@ -31,6 +32,15 @@ _UNSEEN = r"\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\
 #: A principal's name, as tokens and Easy Auth give it ("Ann Smith", "bootstrap admin"): up to
 #: 100 characters, none of `_UNSEEN`, no space at either end.
 PRINCIPAL_NAME = rf"^[^\s{_UNSEEN}](?:[^{_UNSEEN}]{{0,98}}[^\s{_UNSEEN}])?$"
+_UNSEEN_RE = re.compile(f"[{_UNSEEN}]")
+_PRINCIPAL_NAME_RE = re.compile(PRINCIPAL_NAME)
+
+
+def fitted_name(given: str) -> str | None:
+    """A name a platform gave (Easy Auth's display name) as a principal's name: without what
+    no name holds, cut to 100 characters and trimmed; None if that leaves none."""
+    name = _UNSEEN_RE.sub("", given)[:100].strip()
+    return name if _PRINCIPAL_NAME_RE.fullmatch(name) else None
 
 
 class Role(str, Enum):

@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
-from fleet import errors, tokens
+from fleet import errors, principals, tokens
 from fleet.context import Context
 from fleet.principals import ANONYMOUS, Principal, Role
 
@@ -93,8 +93,9 @@ def easy_auth_principal(header: str) -> Principal:
     products = None if None in granted[role] else tuple(sorted(p for p in granted[role] if p))
     user_id = (values.get(OBJECT_ID_CLAIM) or values.get("oid") or values.get(name_type) or ["easyauth"])[0]
     name = (values.get(name_type) or values.get("preferred_username") or [user_id])[0]
-    # Cut to what a principal's name may be, and trimmed, so a gate can name the user.
-    return Principal(id=user_id[:128], name=name[:100].strip() or user_id[:100], role=role, products=products)
+    # Fitted to what a principal's name may be, so a gate can name the user.
+    fitted = principals.fitted_name(name) or principals.fitted_name(user_id) or "easyauth"
+    return Principal(id=user_id[:128], name=fitted, role=role, products=products)
 
 
 def bootstrap(ctx: Context, token_file: Path) -> str | None:

@@ -76,6 +76,16 @@ def test_an_easy_auth_name_is_cut_to_a_principals_name_a_gate_can_list(ctx):
     assert auth.easy_auth_principal(easy_auth("Fleet.Reviewer", name="   ")).name == "oid-1"
 
 
+@pytest.mark.parametrize("given, name", [
+    ("Jo\u00adhn Smith", "John Smith"),  # a soft hyphen
+    ("Ann\u200b", "Ann"),  # a trailing zero-width space
+    ("\u3164", "oid-1"),  # a lone Hangul filler: nothing left, the user id instead
+    ("A" * 99 + "\u200bB", "A" * 99 + "B"),
+])
+def test_an_easy_auth_name_loses_what_no_principal_name_holds(ctx, given, name):
+    assert auth.easy_auth_principal(easy_auth("Fleet.Reviewer", name=given)).name == name
+
+
 def test_easy_auth_app_roles_naming_products_scope_the_principal(ctx):
     header = easy_auth("Fleet.Operator.web", "Fleet.Operator.api", "Fleet.Viewer")
     principal = auth.easy_auth_principal(header)

@@ -150,6 +150,8 @@ def test_an_eviction_is_named_though_the_reservation_cannot_be_given_back(world,
     assert world.job(urgent).lease.factory_id == "factory-2"
     held = world.budget().reservations
     assert len(held) == 2 and world.budget().reserved_usd == 10.0  # the rival's 5, and its own 5 left over
+    shown = world.budget().public().reservations  # both, though they name one run
+    assert len(shown) == 2 and sum(r["amountUsd"] for r in shown.values()) == 10.0
     assert faulty.crashed == ["replace:budgets"]
 
 
@@ -168,6 +170,24 @@ def test_a_claim_refused_for_a_seat_does_not_move_the_queue_state(world):
         assert world.claim("factory-1").reason == "seat_limit"
     assert world.version() == version
     assert world.budget().reservations.keys() == {running.latest_run.reservation}
+
+
+def test_a_claim_with_no_one_to_evict_reserves_nothing_so_refuses_no_one(world, faulty):
+    # Given a ceiling of 10; factory-1 full, running a critical job estimated at 4; and a
+    # critical and a normal job queued, estimated at 4 each
+    world.put_budget(10.0)
+    running = world.running_job("running", factory="factory-1", priority="critical", estimated_cost_usd=4.0)
+    world.heartbeat("factory-1", seat_limit=1, running=[running])
+    world.submit_job("critical", priority="critical", estimated_cost_usd=4.0)
+    world.submit_job("normal", estimated_cost_usd=4.0)
+    # When factory-1 polls, and is refused for its seat, Then it wrote nothing to the budget
+    # (regression: it reserved 4 before finding no one to evict, so for that moment a claim of
+    # factory-2 was refused for room (10 - 4 - 4 < 4), and the give-back moved no version)
+    writes = lambda: sum(n for call, n in faulty.calls.items() if call.endswith(":budgets") and not call.startswith("read"))  # noqa: E731
+    before = writes()
+    assert world.claim("factory-1").reason == "seat_limit"
+    assert writes() == before
+    assert world.claim("factory-2").job is not None
 
 
 def test_a_named_claim_lost_after_evicting_names_the_eviction(world, faulty):
