@@ -49,18 +49,21 @@ def released(job: Job, now: datetime) -> Job:
 
 
 def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | None = None) -> Job:
-    """Back to the queue, lease-free, with a fresh rank key."""
+    """Back to the queue, lease-free, with a fresh rank key. An open review gate stays open
+    with its quorum, and loses its approvals: they were given to the work the queue is about
+    to have redone (by an operator's requeue, a retry, an expiry, a preemption, a rejection)."""
     attempts = job.attempts if attempts is None else attempts
-    return job.model_copy(
-        update={
-            "stage": Stage.QUEUED,
-            "lease": None,
-            "attempts": attempts,
-            "blocked_on": [],
-            "rank_key": scoring.rank_key(job.priority.order, attempts, job.created_at, weights),
-            "updated_at": now,
-        }
-    )
+    update: dict[str, Any] = {
+        "stage": Stage.QUEUED,
+        "lease": None,
+        "attempts": attempts,
+        "blocked_on": [],
+        "rank_key": scoring.rank_key(job.priority.order, attempts, job.created_at, weights),
+        "updated_at": now,
+    }
+    if job.review and job.review.get("approvals"):
+        update["review"] = {**job.review, "approvals": []}
+    return job.model_copy(update=update)
 
 
 def retried(job: Job, now: datetime, weights: scoring.Weights, result: RunResult) -> Job:

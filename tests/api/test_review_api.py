@@ -26,6 +26,30 @@ def test_quorum_of_distinct_reviewers_ships(api):
     assert shipped["stage"] == "shipped" and shipped["runs"][-1]["result"] == "shipped"
 
 
+def _park_again(api, job):
+    claimed = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1", "capabilities": []}).json
+    api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": claimed["lease"]["leaseId"], "stage": "testing"})
+
+
+@pytest.mark.parametrize("shipped_first", [False, True], ids=["approved-once", "shipped-by-quorum"])
+def test_a_requeued_job_needs_the_quorum_afresh_for_its_rework(api, shipped_first):
+    # Regression: approvals outlived an operator's requeue, so the rework shipped on fewer
+    # fresh approvals than the quorum (after a ship by quorum, on one).
+    s1, s2, s3 = (api.mint(Role.REVIEWER, name=name) for name in ("s1", "s2", "s3"))
+    job = _parked(api)
+    api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 2})
+    api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=s1)
+    if shipped_first:
+        assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=s2).json["stage"] == "shipped"
+    # When an operator requeues it for rework, Then the gate keeps its quorum and loses its approvals
+    requeued = api.post(f"/fleet/jobs/{job['id']}/actions/requeue", {"reason": "rework"}).json
+    assert requeued["review"]["required"] == 2 and requeued["review"]["approvals"] == []
+    # and the reworked job, parked again, ships only on two fresh approvals
+    _park_again(api, job)
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=s3).json["stage"] == "testing"
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=s1).json["stage"] == "shipped"
+
+
 def test_reviewers_are_named_as_their_principals_are_with_spaces_and_all(api):
     # Given reviewers whose principal names hold a space (as Easy Auth's display names do)
     ann, bob = api.mint(Role.REVIEWER, name="Ann Smith"), api.mint(Role.REVIEWER, name="bob@example.com")
