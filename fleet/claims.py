@@ -357,8 +357,8 @@ class EvictedThenLost(errors.PreconditionFailed):
     answers the claim tells the factory, which is still running the victim's command under a
     lease that is gone."""
 
-    def __init__(self, victim_id: str, lost: errors.FleetError | NoSeat) -> None:
-        super().__init__(getattr(lost, "detail", None) or str(lost))
+    def __init__(self, victim_id: str, lost: errors.FleetError) -> None:
+        super().__init__(lost.detail)
         self.victim_id = victim_id
 
 
