@@ -9,6 +9,7 @@ object is no report (the command's output is shown, never parsed further).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +27,9 @@ class Report:
         if not line or not line.strip().startswith("{"):
             return cls()
         try:
-            doc = json.loads(line)
+            # A number no JSON body may carry (NaN, Infinity, 1e999) makes the line no report:
+            # the coordinator could not be sent it.
+            doc = json.loads(line, parse_constant=_refuse, parse_float=_finite)
         except ValueError:
             return cls()
         if not isinstance(doc, dict):
@@ -56,3 +59,14 @@ class Report:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value

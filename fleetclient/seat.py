@@ -251,11 +251,18 @@ class Seat:
     # Fenced writes
 
     def _patch(self, stage: str, insights: dict[str, Any] | None = None) -> Job | None:
-        job = self._fenced(
-            f"PATCH {stage}",
-            lambda: self.client.patch_job(self.job.id, self.lease_id, stage, insights=insights),
-            lambda job: job.stage.value == stage,
-        )
+        def write() -> Job:
+            try:
+                return self.client.patch_job(self.job.id, self.lease_id, stage, insights=insights)
+            except errors.ValidationFailed as exc:
+                # The command's insights refused (a cost that is not a number, say): the job
+                # moves on without them, as a release drops what is refused of a report.
+                if not insights:
+                    raise
+                log.warning("job %s: insights refused (%s); PATCH %s without them", self.job.id, exc.detail, stage)
+                return self.client.patch_job(self.job.id, self.lease_id, stage)
+
+        job = self._fenced(f"PATCH {stage}", write, lambda job: job.stage.value == stage)
         if job is not None:
             log.info("job %s → %s", self.job.id, stage)
         return job

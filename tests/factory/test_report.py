@@ -17,7 +17,8 @@ def test_every_member_is_read():
     assert report.delivers
 
 
-@pytest.mark.parametrize("line", [None, "", "done", "[1, 2]", "{not json", '"text"', '{"insights": 3}'])
+@pytest.mark.parametrize("line", [None, "", "done", "[1, 2]", "{not json", '"text"', '{"insights": 3}',
+                                  '{"insights": {"costUsd": 1e999}}', '{"insights": {"costUsd": NaN}}'])
 def test_anything_else_is_no_report(line):
     report = Report.parse(line)
     assert report == Report() or report.insights is None

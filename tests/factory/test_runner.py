@@ -91,6 +91,17 @@ class TestOutcomes:
         assert [e.detail.get("stage") for e in done.events if e.type == "stage"] == ["building", "testing"]
         assert f"[{job.id}] working" in running.out.getvalue()
 
+    @pytest.mark.parametrize("cost", ['"abc"', "-3"])
+    def test_a_report_whose_insights_are_refused_still_parks_its_job(self, client, product, tmp_path, cost):
+        # Regression: the refused PATCH testing left the job building under its lease, the run
+        # open, until the lease ran out and the sweep counted an attempt.
+        job = submit(client, product, "k1")
+        running = run(client, product, script(tmp_path, f'print(json.dumps({{"insights": {{"costUsd": {cost}}}}}))'))
+        assert running.result() == 0
+        done = client.get_job(job.id)
+        assert (done.stage, done.lease) == (Stage.TESTING, None)
+        assert running.runner.stats.outcomes == {"parked": 1}
+
     def test_the_command_gets_the_job_in_its_environment_and_its_own_directory(
             self, client, product, tmp_path, monkeypatch):
         monkeypatch.setenv("FLEET_KEY", "not-for-the-agent")
