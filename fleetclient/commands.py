@@ -52,7 +52,7 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: dict[str, obj
     parser.add_argument("--token", default=defaults["token"],
                         help="API token, sent as Authorization: Bearer (default: $FLEET_TOKEN)")
     parser.add_argument("--key", default=defaults["key"], help="function key, sent as x-functions-key (default: $FLEET_KEY)")
-    parser.add_argument("--timeout", type=float, default=defaults["timeout"],
+    parser.add_argument("--timeout", type=_positive_seconds, default=defaults["timeout"],
                         help="seconds to wait for an answer (default 30)")
 
 
@@ -95,7 +95,7 @@ def _add_jobs(subparsers, common) -> None:
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--repo", help="owner/name or a clone URL (PR mode)")
     p.add_argument("--base-branch")
-    p.add_argument("--estimated-cost", type=float, dest="estimated_cost_usd", help="USD")
+    p.add_argument("--estimated-cost", type=_amount, dest="estimated_cost_usd", help="USD")
     p.add_argument("--kind", choices=_values(jobs.Kind))
     p.add_argument("--file", "-f", dest="spec_file", help="a JSON job body (with children, ...); '-': stdin")
     p.set_defaults(run=_command("submit"))
@@ -178,7 +178,7 @@ def _add_budgets(subparsers, common) -> None:
         p.set_defaults(run=_command("budget"))
     p = budgets.add_parser("set", parents=[common], help="set a product's ceiling, window or default estimate")
     p.add_argument("product", metavar="PRODUCT")
-    p.add_argument("--ceiling", type=float, help="USD per window (left out: kept; a new budget must name one)")
+    p.add_argument("--ceiling", type=_amount, help="USD per window (left out: kept; a new budget must name one)")
     p.add_argument("--window", choices=_values(budget_rules.Window),
                    help="UTC calendar window (left out: kept; a new budget's is monthly)")
     estimate = p.add_mutually_exclusive_group()
@@ -198,7 +198,7 @@ def _add_weights(subparsers, common) -> None:
     p = weights.add_parser("set", parents=[common], help="set some weights (the rest keep their values)")
     p.add_argument("product", metavar="PRODUCT")
     for name in ("age", "priority", "retries", "capabilities"):
-        p.add_argument(f"--{name}", type=float)
+        p.add_argument(f"--{name}", type=_number)
     p.set_defaults(run=_command("weights_set"))
 
 
@@ -223,11 +223,11 @@ def _add_factory(subparsers, connection) -> None:
     p.add_argument("--max-jobs", type=int, help="claim at most N jobs, then finish them and exit")
     p.add_argument("--once", action="store_true", help="one job, then exit (--max-jobs 1)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once a claim finds no job and none runs")
-    p.add_argument("--poll-seconds", type=float, default=5.0, help="between claims when idle (default 5, jittered)")
+    p.add_argument("--poll-seconds", type=_positive_seconds, default=5.0, help="between claims when idle (default 5, jittered)")
     p.add_argument("--backstop-polls", type=int, default=12, help="with the gate: claim anyway every Nth poll")
-    p.add_argument("--drain-seconds", type=float, default=30.0,
+    p.add_argument("--drain-seconds", type=_duration, default=30.0,
                    help="on SIGTERM: how long running jobs may finish before being given back (default 30)")
-    p.add_argument("--kill-grace", type=float, default=10.0, help="SIGTERM → SIGKILL grace for a stopped command")
+    p.add_argument("--kill-grace", type=_duration, default=10.0, help="SIGTERM → SIGKILL grace for a stopped command")
     p.add_argument("--workdir-root", help="where job working directories are made (default: the temp dir)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep job working directories afterwards")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
@@ -333,6 +333,34 @@ def _amount(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not an amount (a number, 0 or more)")
+    return value
+
+
+def _number(text: str) -> float:
+    """A finite number, of either sign (a weight)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _duration(text: str) -> float:
+    """Finite seconds, 0 or more."""
+    try:
+        value = _amount(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more") from None
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """Finite seconds, more than 0."""
+    value = _duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
     return value
 
 

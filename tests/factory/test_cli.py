@@ -39,6 +39,20 @@ class TestJobs:
         assert len(before[1].splitlines()) == len(after[1].splitlines()) == 2  # the header, the job
         assert neither[0] == 3  # FLEET_URL names a closed port
 
+    @pytest.mark.parametrize("argv, named", [
+        (("--timeout", "0", "jobs", "list"), "--timeout"),
+        (("--timeout", "-1", "jobs", "list"), "--timeout"),
+        (("weights", "set", "web", "--age", "1e999"), "--age"),
+        (("jobs", "submit", "-p", "web", "-t", "x", "--estimated-cost", "nan"), "--estimated-cost"),
+        (("budgets", "set", "web", "--ceiling", "inf"), "--ceiling"),
+        (("factory", "run", "--factory-id", "f", "--product", "web", "--drain-seconds", "-5", "--", "true"), "--drain-seconds"),
+        (("factory", "run", "--factory-id", "f", "--product", "web", "--kill-grace", "-1", "--", "true"), "--kill-grace"),
+    ])
+    def test_a_number_out_of_range_is_a_usage_error_naming_its_option(self, fleet_cli, argv, named):
+        # Regression: these were a ValueError traceback and exit 1 ("the coordinator refused")
+        code, _, err = fleet_cli(*argv)
+        assert code == commands.EXIT_USAGE and named in err and "Traceback" not in err
+
     def test_submit_json_is_the_job_document(self, fleet_cli, product):
         submit(fleet_cli, product, "a")
         job = submit(fleet_cli, product, "k1", "--capabilities", "go", "--max-attempts", "5", "--deps", "a")
