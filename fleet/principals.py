@@ -34,13 +34,24 @@ _UNSEEN = r"\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u180e\u200b-\u200f\
 PRINCIPAL_NAME = rf"^[^\s{_UNSEEN}](?:[^{_UNSEEN}]{{0,98}}[^\s{_UNSEEN}])?$"
 _UNSEEN_RE = re.compile(f"[{_UNSEEN}]")
 _PRINCIPAL_NAME_RE = re.compile(PRINCIPAL_NAME)
+_FACTORY_ID_RE = re.compile(FACTORY_ID)
+
+
+def is_factory_id(value: str) -> bool:
+    """Whether the whole of `value` is a factory id (`"f1\n"` is not)."""
+    return _FACTORY_ID_RE.fullmatch(value) is not None
+
+
+def is_principal_name(value: str) -> bool:
+    """Whether the whole of `value` is a principal's name."""
+    return _PRINCIPAL_NAME_RE.fullmatch(value) is not None
 
 
 def fitted_name(given: str) -> str | None:
     """A name a platform gave (Easy Auth's display name) as a principal's name: without what
     no name holds, cut to 100 characters and trimmed; None if that leaves none."""
     name = _UNSEEN_RE.sub("", given)[:100].strip()
-    return name if _PRINCIPAL_NAME_RE.fullmatch(name) else None
+    return name if is_principal_name(name) else None
 
 
 class Role(str, Enum):

@@ -26,7 +26,7 @@ from pydantic import Field
 from fleet import clock, errors, memory, store
 from fleet.context import Context
 from fleet.jobs import PRODUCT_ID, Model, Time
-from fleet.principals import FACTORY_ID, PRINCIPAL_NAME, Principal, Role
+from fleet.principals import Principal, Role, is_factory_id, is_principal_name
 
 CONTAINER = "tokens"
 PREFIX = "fleet"
@@ -37,8 +37,6 @@ MAX_REMEMBERED = 1024
 _TOKEN = re.compile(r"fleet_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _ID = re.compile(r"[0-9a-f]{16}")
 _PRODUCT = re.compile(PRODUCT_ID.rstrip("$") + r"\Z")
-_FACTORY = re.compile(FACTORY_ID)
-_NAME = re.compile(PRINCIPAL_NAME)
 
 
 class Token(Model):
@@ -234,14 +232,14 @@ def check(role, name, products, factory_id, expires_in) -> None:
         refuse("factoryId", "a factory token names the factory it speaks for")
     if role != Role.FACTORY and factory_id:
         refuse("factoryId", "only a factory token names a factory")
-    if factory_id and not _FACTORY.fullmatch(factory_id):
+    if factory_id and not is_factory_id(factory_id):
         refuse("factoryId", "not a valid factory id")
     if products is not None and not products:
         refuse("products", "name at least one product, or leave products out for a token of every product")
     for product in products or ():
         if not _PRODUCT.fullmatch(product):
             refuse("products", f"{product[:80]!r} is not a valid product id")
-    if name is not None and not _NAME.fullmatch(name):
+    if name is not None and not is_principal_name(name):
         refuse("name", "a name is 1 to 100 characters, none of them a control or an invisible one, with no space at either end")
     if expires_in is not None and expires_in <= timedelta(0):
         refuse("expiresIn", "an expiry lies in the future")

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -30,7 +29,6 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-_NAME = re.compile(principals.PRINCIPAL_NAME)
 
 
 def _values(kind: type[Enum]) -> list[str]:
@@ -325,43 +323,37 @@ def _job_id(text: str) -> str:
     return text
 
 
-def _amount(text: str) -> float:
-    """A finite amount, 0 or more (argparse names the option when this refuses)."""
+def _finite(text: str, what: str, least: float | None = None, above: bool = False) -> float:
+    """`text` as a finite number, at least `least` (above it, with `above`), else refused as
+    not `what` (argparse names the option)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount (a number, 0 or more)")
+    low = least is not None and (value <= least if above else value < least)
+    if not math.isfinite(value) or low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
+
+
+def _amount(text: str) -> float:
+    """A finite amount, 0 or more."""
+    return _finite(text, "an amount (a number, 0 or more)", 0)
 
 
 def _number(text: str) -> float:
     """A finite number, of either sign (a weight)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+    return _finite(text, "a finite number")
 
 
 def _duration(text: str) -> float:
     """Finite seconds, 0 or more."""
-    try:
-        value = _amount(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more") from None
-    return value
+    return _finite(text, "a number of seconds, 0 or more", 0)
 
 
 def _positive_seconds(text: str) -> float:
     """Finite seconds, more than 0."""
-    value = _duration(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    return value
+    return _finite(text, "a number of seconds above 0", 0, above=True)
 
 
 def _count(text: str) -> int:
@@ -377,4 +369,4 @@ def _csv(text: str) -> list[str]:
 
 def _default_actor() -> str | None:
     user = os.environ.get("USER") or os.environ.get("USERNAME")
-    return user if user and _NAME.fullmatch(user) else None
+    return user if user and principals.is_principal_name(user) else None

@@ -29,7 +29,7 @@ import pydantic
 
 from fleet import errors
 from fleet.jobs import PRODUCT_ID, READER, is_product_id
-from fleet.principals import FACTORY_ID, Permission
+from fleet.principals import Permission, is_factory_id
 from shared import auth, config, strict_json
 from shared.redaction import redact_strings
 from shared.stores import charge
@@ -175,14 +175,11 @@ def route_enum(req: func.HttpRequest, name: str, kind: type[E]) -> E:
         ) from None
 
 
-#: A name in a route (a factory id): matched against the whole value, so a trailing newline fails.
-NAME = re.compile(FACTORY_ID)
-
 
 def route_name(req: func.HttpRequest, name: str) -> str:
     """A route parameter that names a factory or similar: bounded, printable, no spaces."""
     raw = req.route_params.get(name, "")
-    if not NAME.fullmatch(raw):
+    if not is_factory_id(raw):
         raise errors.ValidationFailed(f"{name} {raw[:80]!r} is not a valid name", [{"field": name, "message": "invalid"}])
     return raw
 
