@@ -61,7 +61,8 @@ def page(
 
     `continuation` is a token an earlier page of a listing with the same `stage` and
     `product_id` handed out (sealed: see `fleet.continuation`); any other is a
-    `ValidationFailed`. With one, `offset` is ignored. A principal limited to some products
+    `ValidationFailed`, and so is one given with an `offset` (a page is asked for by one or
+    the other). A principal limited to some products
     lists only theirs (another product asked for by name lists as empty)."""
     where = (store.Filter("stage", "=", stage.value),) if stage else (LISTED,)
     scope = ctx.principal.products
@@ -75,7 +76,11 @@ def page(
     filters = {"stage": stage.value if stage else None, "productId": product_id}
     store_token = None
     if continuation:
-        offset = 0
+        if offset:
+            raise errors.ValidationFailed(
+                "give offset or continuation, not both",
+                [{"field": "offset", "message": "not allowed with continuation"}],
+            )
         store_token = tokens.unseal(ctx, continuation, filters)
     query = store.Query("jobs", product_id, where, (("createdAt", True),), limit + offset)
     try:

@@ -247,6 +247,10 @@ def _factory_run(args: argparse.Namespace) -> int:
     if args.seats < 1 or (args.max_jobs is not None and args.max_jobs < 1) or args.poll_seconds <= 0:
         print("fleet factory run: --seats and --max-jobs must be at least 1, --poll-seconds above 0", file=sys.stderr)
         return EXIT_USAGE
+    if args.once and args.max_jobs is not None and args.max_jobs != 1:
+        print(f"fleet factory run: --once is --max-jobs 1; give one or the other, not --max-jobs {args.max_jobs}",
+              file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = RunnerConfig(

@@ -3,8 +3,9 @@
     {"insights": {"costUsd": 0.42, "tokensIn": 1200, "tokensOut": 300},
      "prUrl": "https://github.com/o/r/pull/7", "branch": "aq/job/web-abc", "artifacts": ["log.txt"]}
 
-Every member is optional; anything else in the object is ignored. A last line that is not a JSON
-object is no report (the command's output is shown, never parsed further).
+Every member is optional; anything else in the object is ignored, and named in `ignored` (a
+misspelt `insight` would otherwise lose the run's cost without a word). A last line that is not a
+JSON object is no report (the command's output is shown, never parsed further).
 """
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 
+MEMBERS = frozenset({"insights", "prUrl", "branch", "artifacts"})
+
+
 @dataclass(frozen=True)
 class Report:
     insights: dict[str, Any] | None = None
     pr_url: str | None = None
     branch: str | None = None
     artifacts: list[Any] | None = None
+    #: Members of the line that are not part of a report, sorted.
+    ignored: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, line: str | None) -> "Report":
@@ -41,6 +47,7 @@ class Report:
             pr_url=_text(doc.get("prUrl")),
             branch=_text(doc.get("branch")),
             artifacts=artifacts if isinstance(artifacts, list) and artifacts else None,
+            ignored=tuple(sorted(set(doc) - MEMBERS)),
         )
 
     def with_pull_request(self, url: str | None, branch: str) -> "Report":

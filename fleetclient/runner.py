@@ -120,6 +120,11 @@ class Runner:
         if not config.command:
             raise ValueError("a command to run per job is required")
         command = runnable(tuple(config.command), in_clone=config.pr_mode)
+        if config.pr_mode:
+            # Found missing only after a job's command ran, each would cost the job an attempt.
+            missing = [tool for tool in ("git", "gh") if shutil.which(tool) is None]
+            if missing:
+                raise ValueError(f"PR mode (AQ_FLEET_PR) needs {' and '.join(missing)} on PATH")
         self.client = client
         self.config = config
         self.stats = RunStats()

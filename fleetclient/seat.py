@@ -198,6 +198,9 @@ class Seat:
         code, last_line = self._execute(cwd, env)
         self.command_ended = True
         report = Report.parse(last_line)
+        if report.ignored:
+            log.warning("job %s: report line members %s ignored (a report has insights, prUrl, branch, artifacts)",
+                        job.id, ", ".join(map(repr, report.ignored)))
         reason = self.stop_reason if code is None else None
         if reason == StopReason.REVOKED:
             log.warning("job %s: lease revoked; command stopped", job.id)

@@ -18,7 +18,7 @@ def job_list(page: listing.JobPage) -> str:
         ["ID", "STAGE", "PRIORITY", "ATTEMPTS", "FACTORY", "UPDATED", "TITLE"],
         [
             [job.id, job.stage, job.priority, f"{job.attempts}/{job.max_attempts}",
-             job.lease.factory_id if job.lease else None, when(job.updated_at), job.title]
+             job.lease.factory_id if job.lease else None, when(job.updated_at), job.title or job.idempotency_key]
             for job in page.items
         ],
     )
@@ -152,7 +152,8 @@ def budget(b: budget_rules.BudgetView) -> str:
     return fields([
         ("product", b.product_id),
         ("ceiling", usd(b.ceiling_usd) if b.ceiling_usd is not None else "none"),
-        ("window", f"{b.window.value} from {when(b.window_start)}"),
+        ("window", f"{b.window.value} from {when(b.window_start)}, "
+                   f"rolls at {when(budget_rules.window_end(b.window, b.window_start))}"),
         ("default estimate", usd(b.default_estimate_usd) if b.default_estimate_usd is not None else "none"),
         ("spent", usd(b.spent_usd)),
         ("reserved", usd(b.reserved_usd)),

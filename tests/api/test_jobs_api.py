@@ -255,6 +255,9 @@ def test_listing_filters_and_pages(api):
     assert [j["idempotencyKey"] for j in token["items"]] == ["k2", "k1"]
     last = api.get("/fleet/jobs?limit=2&offset=4").json
     assert len(last["items"]) == 1 and last["nextOffset"] is None and last["continuation"] is None
+    both = api.get(f"/fleet/jobs?limit=2&offset=2&continuation={page['continuation']}")
+    assert both.status_code == 400 and both.json["errors"] == [
+        {"field": "offset", "message": "not allowed with continuation"}]
 
     assert [j["idempotencyKey"] for j in api.get("/fleet/jobs?productId=a").json["items"]] == ["k3", "k1"]
     assert api.get("/fleet/jobs?stage=shipped").json["items"] == []

@@ -47,6 +47,7 @@ class TestJobs:
         (("budgets", "set", "web", "--ceiling", "inf"), "--ceiling"),
         (("factory", "run", "--factory-id", "f", "--product", "web", "--drain-seconds", "-5", "--", "true"), "--drain-seconds"),
         (("factory", "run", "--factory-id", "f", "--product", "web", "--kill-grace", "-1", "--", "true"), "--kill-grace"),
+        (("factory", "run", "--factory-id", "f", "--product", "web", "--once", "--max-jobs", "3", "--", "true"), "--once"),
     ])
     def test_a_number_out_of_range_is_a_usage_error_naming_its_option(self, fleet_cli, argv, named):
         # Regression: these were a ValueError traceback and exit 1 ("the coordinator refused")
@@ -318,6 +319,7 @@ class TestBudgets:
 
         lines = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in out.splitlines()}
         assert code == 0 and lines["ceiling"] == "$25.00" and lines["window"].startswith("weekly from")
+        assert ", rolls at " in lines["window"]
         assert lines["default estimate"] == "none" and lines["claims"] == "open"
         assert "refused (budget_paused)" in paused_out
         assert paused["paused"] is True and paused["pauseReason"] == "vendor outage" and resumed["paused"] is False

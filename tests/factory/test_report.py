@@ -14,7 +14,14 @@ def test_every_member_is_read():
     assert report.insights == {"costUsd": 0.4, "tokensIn": 10}
     assert (report.pr_url, report.branch) == ("https://github.com/o/r/pull/1", "aq/job/x")
     assert report.artifacts == ["a.txt", {"name": "b", "url": "https://x/b"}]
-    assert report.delivers
+    assert report.delivers and report.ignored == ("other",)
+
+
+def test_a_misspelt_member_is_named_as_ignored():
+    report = Report.parse('{"insight": {"costUsd": 0.4}, "prURL": "https://x/pull/1"}')
+
+    assert report.insights is None and report.pr_url is None
+    assert report.ignored == ("insight", "prURL")
 
 
 @pytest.mark.parametrize("line", [None, "", "done", "[1, 2]", "{not json", '"text"', '{"insights": 3}',

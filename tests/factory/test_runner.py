@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -79,6 +80,15 @@ print(json.dumps({"insights": {"costUsd": 0.75, "tokensIn": 1000, "tokensOut": 2
 
 
 class TestOutcomes:
+    def test_a_report_line_with_a_misspelt_member_is_logged(self, client, product, tmp_path, caplog):
+        job = submit(client, product, "k1")
+        caplog.set_level("WARNING", logger="fleetclient.factory")
+
+        assert run(client, product, script(tmp_path, 'print(json.dumps({"insight": {"costUsd": 1}}))')).result() == 0
+
+        assert not client.get_job(job.id).runs[-1].insights
+        assert f"job {job.id}: report line members 'insight' ignored" in caplog.text
+
     def test_a_passing_command_parks_its_job_at_testing_with_its_insights(self, client, product, tmp_path):
         job = submit(client, product, "k1")
 
@@ -642,6 +652,19 @@ print(json.dumps({"insights": {"costUsd": 1.5}}))
         done = client.get_job(job.id)
         assert done.attempts == 1 and "git clone" in done.runs[-1].insights["factoryError"]
         assert gh.calls() == []
+
+    def test_pr_mode_without_gh_on_path_claims_nothing(self, client, product, tmp_path, git_base, monkeypatch):
+        job = submit(client, product, "k1", repo="acme/widgets")
+        bin_dir = tmp_path / "only-git"
+        bin_dir.mkdir()
+        (bin_dir / "git").symlink_to(shutil.which("git"))
+        monkeypatch.setenv("PATH", str(bin_dir))
+
+        with pytest.raises(ValueError, match=r"PR mode \(AQ_FLEET_PR\) needs gh on PATH"):
+            Runner(client, config(product, script(tmp_path, "pass"), pr_mode=True, git_base=str(git_base)))
+
+        untouched = client.get_job(job.id)
+        assert (untouched.stage, untouched.attempts, untouched.runs) == (Stage.QUEUED, 0, [])
 
     def test_without_pr_mode_the_repo_is_not_cloned(self, client, product, tmp_path, git_base, gh):
         job = submit(client, product, "k1", repo="acme/widgets")
