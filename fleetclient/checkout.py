@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,15 @@ GH_TIMEOUT = 120.0
 
 class DeliveryFailed(RuntimeError):
     """A git or gh step of PR mode failed; the message says which and what it printed."""
+
+
+class Withdrawn(RuntimeError):
+    """PR mode stopped delivering: the job's lease was taken while it did (the message says when).
+    `pushed`: the branch it had pushed by then, if it had."""
+
+    def __init__(self, message: str, pushed: str | None = None) -> None:
+        super().__init__(message)
+        self.pushed = pushed
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,12 @@ def prepare(repo: str, base_branch: str | None, job_id: str, into: Path, git_bas
     return Checkout(into, branch, base)
 
 
-def deliver(checkout: Checkout, title: str, body: str, author: str, gh: str = "gh") -> PullRequest:
+def deliver(checkout: Checkout, title: str, body: str, author: str, gh: str = "gh",
+            wanted: Callable[[], bool] = lambda: True) -> PullRequest:
     """Commit whatever the command left uncommitted, push the branch, and open a pull request
     with `gh pr create` (or find the one already open for the branch). A branch with no commits
-    beyond its base is not pushed: `url` is None."""
+    beyond its base is not pushed: `url` is None. `wanted()` is asked before the push and
+    before the pull request (a job taken away meanwhile wants neither): `Withdrawn` if not."""
     path = checkout.path
     _git("add", "--all", cwd=path)
     if _git("status", "--porcelain", cwd=path).strip():
@@ -82,7 +94,12 @@ def deliver(checkout: Checkout, title: str, body: str, author: str, gh: str = "g
     ahead = int(_git("rev-list", "--count", f"origin/{checkout.base}..HEAD", cwd=path).strip() or 0)
     if ahead == 0:
         return PullRequest(None, checkout.branch)
+    if not wanted():
+        raise Withdrawn("the job was taken away before its branch was pushed")
     _git("push", "--quiet", "--force", "origin", f"HEAD:refs/heads/{checkout.branch}", cwd=path)
+    if not wanted():
+        raise Withdrawn(f"the job was taken away after its branch {checkout.branch} was pushed; no pull request",
+                        pushed=checkout.branch)
     done = _run(
         [gh, "pr", "create", "--base", checkout.base, "--head", checkout.branch, "--title", title, "--body", body],
         cwd=path, timeout=GH_TIMEOUT,

@@ -387,7 +387,9 @@ class Runner:
             if lease.revoked:
                 if seat.command_ended:
                     # Nothing to stop: its own release (perhaps the one that ended this lease,
-                    # under way as the heartbeat was) learns the lease's fate by itself.
+                    # under way as the heartbeat was) learns the lease's fate by itself. A
+                    # pull request it is delivering is not opened.
+                    seat.taken_after_command()
                     continue
                 log.warning("factory %s: lease of %s revoked; stopping it", config.factory_id, seat.job.id)
                 seat.stop(StopReason.REVOKED)

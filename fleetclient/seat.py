@@ -114,6 +114,7 @@ class Seat:
         self.lease_lost = False
         #: Whether the command has ended (the seat is writing what it did, or has).
         self.command_ended = False
+        self._taken_after_command = threading.Event()
 
     # Called from other threads
 
@@ -126,6 +127,12 @@ class Seat:
             if self._stop_reason is None:
                 self._stop_reason = reason
         self._stop.set()
+
+    def taken_after_command(self) -> None:
+        """A heartbeat answered the lease revoked once the command had ended: a PR mode delivery
+        under way pushes no further and opens no pull request (the seat's own writes learn the
+        lease's fate by themselves)."""
+        self._taken_after_command.set()
 
     def renewed(self, expires_at: datetime | None) -> None:
         """The lease now runs until `expires_at`: the next renewal is due a third of the way."""
@@ -217,7 +224,14 @@ class Seat:
         if checkout is not None:
             try:
                 pr = git.deliver(checkout, _title(job), _pr_body(job, self.run_id, self.settings.factory_id),
-                                 author=f"fleet factory {self.settings.factory_id}", gh=self.settings.gh)
+                                 author=f"fleet factory {self.settings.factory_id}", gh=self.settings.gh,
+                                 wanted=lambda: not self._taken_after_command.is_set())
+            except git.Withdrawn as exc:
+                log.warning("job %s: lease revoked while delivering: %s", job.id, exc)
+                if exc.pushed:
+                    report = report.with_pull_request(None, exc.pushed)
+                given_back = {"checkpoint": _read_json(checkpoint_file), **report.release_fields()}
+                return "given_back" if self._report_late(report, given_back) else "revoked"
             except git.DeliveryFailed as exc:
                 log.error("job %s: cannot open a pull request: %s", job.id, exc)
                 return self._release("retry", result="retry", insights={**(report.insights or {}),

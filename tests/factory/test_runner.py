@@ -653,6 +653,36 @@ print(json.dumps({"insights": {"costUsd": 1.5}}))
         assert done.attempts == 1 and "git clone" in done.runs[-1].insights["factoryError"]
         assert gh.calls() == []
 
+    def test_a_job_taken_away_while_it_is_delivered_gets_no_pull_request(self, fast_client, fast_server, product,
+                                                                         tmp_path, git_base, gh):
+        job = submit(fast_client, product, "k1", repo="acme/widgets")
+        # The runner pushes the command's change; the push's hook is where an operator's cancel
+        # lands, after the command ended. It then waits for a heartbeat to learn of it.
+        hook = f"""#!{sys.executable}
+import time, urllib.request
+request = urllib.request.Request(
+    {fast_server.url!r} + "/fleet/jobs/" + JOB_ID + "/actions/cancel", data=b'{{"reason": "not wanted"}}',
+    headers={{"authorization": "Bearer " + {os.environ["FLEET_TOKEN"]!r}, "content-type": "application/json"}})
+urllib.request.urlopen(request).read()
+time.sleep(3)
+"""
+        change = script(tmp_path, f"""
+pathlib.Path("CHANGELOG.md").write_text("fixed")
+hook = pathlib.Path(".git/hooks/pre-push")
+hook.write_text({hook!r}.replace("JOB_ID", repr(os.environ["FLEET_JOB_ID"])))
+hook.chmod(0o755)
+print(json.dumps({{"insights": {{"costUsd": 1.5}}}}))
+""")
+
+        running = run(fast_client, product, change, pr_mode=True, git_base=str(git_base))
+
+        assert running.result() == 0 and running.runner.stats.outcomes == {"revoked": 1}
+        assert gh.calls() == []
+        done = fast_client.get_job(job.id)
+        late = done.runs[-1].late_report  # what the run did is reported on the lost lease
+        assert done.stage == Stage.CANCELLED and late is not None
+        assert (late.insights, late.branch) == ({"costUsd": 1.5}, f"aq/job/{job.id.replace(':', '-')}")
+
     def test_pr_mode_without_gh_on_path_claims_nothing(self, client, product, tmp_path, git_base, monkeypatch):
         job = submit(client, product, "k1", repo="acme/widgets")
         bin_dir = tmp_path / "only-git"
