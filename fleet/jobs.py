@@ -60,8 +60,9 @@ READER = "reader"
 
 class Lease(Model):
     #: A write capability: answered only to whoever `READER` says may see it
-    #: (`Principal.sees_lease_of`), null to anyone else. Documents always keep it.
-    lease_id: str
+    #: (`Principal.sees_lease_of`), null to anyone else. Documents always keep it; a client
+    #: reading an answer may find it null.
+    lease_id: str | None
     factory_id: str
     #: Fencing token: grows with every new lease on the job, never reused.
     epoch: int
@@ -74,7 +75,7 @@ class Lease(Model):
     spared: bool = False
 
     @field_serializer("lease_id")
-    def _shown_to_reader(self, lease_id: str, info: SerializationInfo) -> str | None:
+    def _shown_to_reader(self, lease_id: str | None, info: SerializationInfo) -> str | None:
         return _shown(lease_id, self.factory_id, info)
 
 

@@ -68,22 +68,28 @@ def _write(
     term = timedelta(seconds=ctx.settings.lease_seconds)
 
     def fenced(job: Job, standing: outage.Standing, now) -> Job | None:
-        if job.lease is not None and not ctx.principal.holds(job.lease.factory_id):
+        # A lease that is not the job's (any more) is lost, whoever holds the job now: its
+        # holder learns so, and a repeat of its own last write is answered (`_repeated`).
+        if job.lease is not None and job.lease.lease_id == lease_id and not ctx.principal.holds(job.lease.factory_id):
             raise errors.Forbidden(f"job {id} is leased to another factory than this principal's")
         if outage.held(job, lease_id, now, standing):
             changed = change(job, now)
             if changed.lease is None:  # this write ends the lease: remember it on its run
                 return changed.with_latest_run(ended_by=LeaseEnd(lease_id=lease_id, write=write, digest=digest))
             return _refreshed(job, changed, standing, now, term)
-        if _repeated(job, lease_id, digest):
+        if _repeated(ctx, job, lease_id, digest):
             return None  # already done: nothing to write, the job as it stands is the answer
         raise errors.LeaseLost(f"lease {lease_id} is not the live lease of job {id}")
 
     def decided_on(current: Job, recalled: bool) -> Job:
         standing = outage.grace_for(ctx, current, lease_id, now)
-        return effects.change(
-            ctx, id, fenced, standing, current=current, now=now, recalled=recalled, keyed_with=keyed_with
-        ).job
+        try:
+            return effects.change(
+                ctx, id, fenced, standing, current=current, now=now, recalled=recalled, keyed_with=keyed_with
+            ).job
+        except errors.LeaseLost:
+            outage.lost(ctx, standing, now)  # so no later outage gap holds this lease again
+            raise
 
     remembered = writes.recall(ctx, id)
     if remembered is not None:
@@ -104,12 +110,16 @@ def _refreshed(job: Job, changed: Job, standing: outage.Standing, now: datetime,
     return refreshed
 
 
-def _repeated(job: Job, lease_id: str, digest: str) -> bool:
+def _repeated(ctx: Context, job: Job, lease_id: str, digest: str) -> bool:
     """Whether `lease_id` ended its own lease on this job with exactly this write. A different
-    write by that lease is `LeaseLost`."""
-    ended = next((run.ended_by for run in reversed(job.runs) if run.ended_by and run.ended_by.lease_id == lease_id), None)
-    if ended is None:
+    write by that lease is `LeaseLost`; a repeat by a principal of another factory than the
+    run's, `Forbidden`."""
+    run = next((run for run in reversed(job.runs) if run.ended_by and run.ended_by.lease_id == lease_id), None)
+    if run is None:
         return False
+    if not ctx.principal.holds(run.factory_id):
+        raise errors.Forbidden(f"lease {lease_id} was another factory's than this principal's")
+    ended = run.ended_by
     if ended.digest != digest:
         raise errors.LeaseLost(f"lease {lease_id} already ended with a different {ended.write} of job {job.id}")
     return True
@@ -199,7 +209,9 @@ def report(ctx: Context, id: str, body: ReportBody) -> Job:
 
     current = writes.read(ctx, id)
     standing = outage.grace_for(ctx, current, body.lease_id, now)
-    return effects.change(ctx, id, change, standing, current=current, now=now).job
+    reported_job = effects.change(ctx, id, change, standing, current=current, now=now).job
+    outage.lost(ctx, standing, now)  # the lease is taken for lost: no later gap holds it again
+    return reported_job
 
 
 def _reported_run(job: Job, lease_id: str, standing: outage.Standing, now: datetime) -> int:

@@ -32,8 +32,14 @@ Expiry here is always the lease's effective expiry (`fleet.liveness`): the later
 own and its factory's, when the factory's last heartbeat renewed it. A lease the sweep spared
 is renewed since once its factory's document carries it past the spared expiry.
 
+A lease this coordinator refused as lost (its write refused, or its late report taken) is not
+held by a later gap: the refusal stamps `lastAliveAt` when the record did not show the
+coordinator alive since the lease's expiry (`lost`). Without it, a restart's gap, which begins
+at the last stamp (up to a minute before the stop), would cover a lease that expired and was
+refused while the coordinator was serving, and accept its holder's writes again.
+
 Cost: the record is point-read only for a lease past its effective expiry; a live lease costs
-nothing.
+nothing. The stamp on a refusal is one write, and only until the next sweep's stamp.
 """
 from __future__ import annotations
 
@@ -199,40 +205,50 @@ def _change(ctx: Context, change: Callable[[Record], Record], current: dict[str,
     return Record.from_doc(written)
 
 
-def spared_until(
-    ctx: Context, job: Job, lease_id: str, now: datetime, factory_doc: dict[str, Any] | None = None
-) -> datetime | None:
-    """If `lease_id`, the job's current lease, is past its effective expiry (`fleet.liveness`,
-    with its factory's document `factory_doc`) but held for an outage: until when. One point
-    read, made only for such a lease."""
-    lease = job.lease
-    if lease is None or lease.lease_id != lease_id:
-        return None
-    view = liveness.effective(lease, factory_doc)
-    if view.expires_at > now or view.spared:
-        return None
-    return grace_until(read(ctx), view, now, ctx.settings)
-
-
 @dataclass(frozen=True)
 class Standing:
     """What a fenced write decides with beyond the job, read before it decides: the holder's
-    factory document (None: not read, the lease's own expiry had not passed) and the outage
-    grace (None: none, or not needed)."""
+    factory document (None: not read, the lease's own expiry had not passed), the outage
+    grace (None: none, or not needed), and whether taking the lease for lost must say that
+    the coordinator was alive at that moment (`lost`)."""
 
     factory: dict[str, Any] | None = None
     grace: datetime | None = None
+    #: The lease is past its effective expiry, and the record does not show the coordinator
+    #: alive since that expiry: a later gap, which may begin at `lastAliveAt`, would hold it.
+    unwitnessed: bool = False
 
 
 def grace_for(ctx: Context, job: Job, lease_id: str, now: datetime) -> Standing:
     """What `held` needs for a write naming `lease_id`: nothing while the job's own lease is
     unexpired; else its factory's document (one point read) and, if the lease is past its
-    effective expiry too, `spared_until` (one more)."""
+    effective expiry too, the outage record (one more) for its grace."""
     lease = job.lease
     if lease is None or lease.lease_id != lease_id or lease.expires_at > now:
         return Standing()
     factory = liveness.read_factory(ctx, lease.factory_id) or {}
-    return Standing(factory, spared_until(ctx, job, lease_id, now, factory))
+    view = liveness.effective(lease, factory)
+    if view.expires_at > now or view.spared:
+        return Standing(factory)
+    record = read(ctx)
+    alive = record.last_alive_at
+    return Standing(factory, grace_until(record, view, now, ctx.settings),
+                    unwitnessed=alive is None or alive <= view.expires_at)
+
+
+def lost(ctx: Context, standing: Standing, now: datetime) -> None:
+    """The coordinator, serving, has just taken a lease past its effective expiry for lost (its
+    write refused, or its late report accepted). If the record does not show it alive since
+    that expiry (`Standing.unwitnessed`), stamp `lastAliveAt` now: a gap recorded later (a
+    restart's begins at that stamp) then does not cover the expiry, so the lease is never held
+    again once refused. One conditional write, made only until the next stamp (the sweep's,
+    every minute) passes the expiry; a stamp that fails is logged, the refusal stands."""
+    if not standing.unwitnessed:
+        return
+    try:
+        _change(ctx, lambda record: record.model_copy(update={"last_alive_at": _later(record.last_alive_at, now)}))
+    except errors.FleetError as exc:
+        log.warning("could not stamp the coordinator alive after a lost lease (%s: %s)", exc.code, exc.detail)
 
 
 def held(job: Job, lease_id: str, now: datetime, standing: Standing) -> bool:

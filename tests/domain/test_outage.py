@@ -392,6 +392,31 @@ def test_a_lease_that_expired_before_the_outage_is_not_held(fleet):
     assert sweep.run(fleet.ctx)["expired"] == 1
 
 
+@pytest.mark.parametrize("taken_for_lost", ["write refused", "late report"])
+def test_a_lease_taken_for_lost_while_serving_is_not_held_by_a_later_restart(fleet, taken_for_lost):
+    # Given a lease that expired while the coordinator served, after the sweep's last stamp
+    job = fleet.world.running_job(stage="building")
+    for _ in range(TERM // 60):  # the sweep, every minute
+        fleet.clock.advance(59)
+        sweep.run(fleet.ctx)
+    fleet.clock.advance(TERM - (TERM // 60) * 59 + 1)
+    assert fleet.record().gaps == [] and fleet.record().last_alive_at < job.lease.expires_at < fleet.clock.now()
+    # and that the coordinator took for lost: its holder's write refused, or its report taken
+    if taken_for_lost == "write refused":
+        with pytest.raises(errors.LeaseLost):
+            fleet.world.patch(job, "review")
+    else:
+        fleet.world.report(job, job.lease.lease_id, insights={"costUsd": 0.5})
+    # When the coordinator restarts (the gap it records begins at its last sign of life)
+    fleet.restart(down_seconds=5)
+    # Then the lease is lost all the same: the holder's writes and heartbeats are refused,
+    # and the sweep requeues the job
+    with pytest.raises(errors.LeaseLost):
+        fleet.world.patch(job, "review")
+    assert fleet.heartbeat("factory-1", job) == ["revoked"]
+    assert sweep.run(fleet.ctx)["expired"] == 1
+
+
 def test_a_heartbeat_of_a_live_lease_reads_no_record_and_an_expired_one_one(fleet):
     job = fleet.world.running_job(stage="building")
     fleet.restart(down_seconds=TERM + 60)

@@ -380,6 +380,14 @@ def test_a_factory_works_only_as_itself_and_only_its_own_leases(coordinator):
         run = c.call("GET", f"/fleet/jobs/{A}", token=other).json()["runs"][-1]
         assert run["leaseId"] is None and run["endedBy"]["leaseId"] is None and run["endedBy"]["write"] == "release"
         assert lease not in c.call("GET", f"/fleet/jobs/{A}", token=other).text
+    # Once another factory holds the job, the old lease is lost to its holder, not forbidden:
+    # a repeat of its last write is answered, another write is lease_lost, and the lost lease
+    # is nobody else's to repeat
+    assert c.call("POST", f"/fleet/jobs/{A}/claim", {"factoryId": "f2"}, f2).status_code == 200
+    again = c.call("POST", f"/fleet/jobs/{A}/lease/release", {"leaseId": lease, "result": "retry"}, f1)
+    assert again.status_code == 200 and again.json()["lease"]["factoryId"] == "f2"
+    _problem(c.call("PATCH", f"/fleet/jobs/{A}", {"leaseId": lease, "stage": "testing"}, f1), 409, "lease_lost")
+    _problem(c.call("POST", f"/fleet/jobs/{A}/lease/release", {"leaseId": lease, "result": "retry"}, f2), 403, "forbidden")
 
 
 def test_event_actors_are_the_principal_not_the_body(coordinator):

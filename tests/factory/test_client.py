@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
 from fleet.stages import Stage
 from fleetclient import FleetClient, errors
@@ -96,6 +97,18 @@ class TestTheFactoryProtocol:
         assert beat.leases[0].expires_at >= claim.lease.expires_at
         assert released.stage == Stage.TESTING and released.lease is None
         assert released.runs[-1].insights["costUsd"] == 0.5 and released.runs[-1].branch == "aq/job/x"
+
+    def test_a_job_leased_to_another_reads_without_its_lease_id(self, client, server, product, suite_token):
+        job = client.submit_job(product_id=product, idempotency_key="k1").job
+        client.claim("factory-a", product)
+        answer = requests.post(f"{server.url}/fleet/tokens", json={"role": "viewer", "name": "watcher"},
+                               headers={"Authorization": f"Bearer {suite_token}"}, timeout=10)
+        with FleetClient(server.url, token=answer.json()["token"]) as viewer:
+            seen = viewer.get_job(job.id)
+            listed = [j for j in viewer.iter_jobs(product)]
+
+        assert (seen.lease.factory_id, seen.lease.lease_id) == ("factory-a", None)
+        assert [(j.id, j.lease.lease_id) for j in listed] == [(job.id, None)]
 
     def test_no_job_says_why(self, client, product):
         claim = client.claim("f1", product)
