@@ -132,6 +132,11 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
         factory = job.lease.factory_id
         check_factory_move(job.stage, body.stage)
         insights = body.insights.model_dump(exclude_none=True) if body.insights else None
+        if body.stage == Stage.SHIPPED and lifecycle.awaits_review(job):
+            # The gate ships it, not its factory: parked for the reviewers instead.
+            parked = lifecycle.parked(job, now, insights=insights or {})
+            return parked.with_event(now, "released", factory, stage=Stage.TESTING.value, asked=Stage.SHIPPED.value,
+                                     reason="review gate open")
         if body.stage == Stage.SHIPPED:
             job = lifecycle.finished(job, now, Stage.SHIPPED, insights=insights)
         else:
@@ -160,12 +165,17 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
         factory = job.lease.factory_id
         if body.checkpoint is not None:
             job = job.model_copy(update={"checkpoint": body.checkpoint})
+        if target in (Stage.SHIPPED, Stage.DONE) and lifecycle.awaits_review(job):
+            # The gate ships it, not its factory: parked for the reviewers instead.
+            parked = lifecycle.parked(job, now, **report)
+            return parked.with_event(now, "released", factory, stage=Stage.TESTING.value, asked=target.value,
+                                     reason="review gate open")
         if target in TERMINAL:
             job = lifecycle.finished(job, now, target, **report)
         elif target == Stage.TESTING:
             if job.stage not in ACTIVE:
                 raise errors.IllegalTransition(f"cannot park a {job.stage.value} job at testing")
-            job = lifecycle.end_run(job, now, None, **report).model_copy(update={"stage": Stage.TESTING, "lease": None})
+            job = lifecycle.parked(job, now, **report)
         elif target == "retry":
             job = lifecycle.retried(lifecycle.end_run(job, now, None, **report), now, weights, RunResult.RETRY)
         else:

@@ -86,6 +86,20 @@ _RESULT_OF = {
 }
 
 
+def awaits_review(job: Job) -> bool:
+    """Whether the job's review gate is open: requested, and short of its quorum (a return to
+    the queue clears its approvals, and a rejection leaves none). Its factory cannot ship it:
+    only the quorum, or an operator's `ship`, can."""
+    review = job.review
+    return review is not None and len(review.get("approvals") or []) < int(review.get("required") or 0)
+
+
+def parked(job: Job, now: datetime, **report: Any) -> Job:
+    """Lease-free at `testing`, the latest run ended with no outcome yet: waiting for the
+    review gate or an operator."""
+    return end_run(job, now, None, **report).model_copy(update={"stage": Stage.TESTING, "lease": None})
+
+
 def finished(job: Job, now: datetime, stage: Stage, result: RunResult | None = None, **report: Any) -> Job:
     """To a terminal stage: the lease ends and the latest run takes the outcome (`result`, or
     the stage's own). A shipped or done job always mirrors it onto its latest run; otherwise

@@ -244,8 +244,9 @@ class Seat:
         if report.delivers:
             # A PATCH carries only insights; a terminal release records the PR, branch and artifacts too.
             return self._release("shipped", stage="shipped", **report.release_fields())
-        if self._patch("shipped", insights=report.insights):
-            return "shipped"
+        shipped = self._patch("shipped", insights=report.insights)
+        if shipped:
+            return _shipped_or_parked(shipped)
         return self._lost(report, {"stage": "shipped", **report.release_fields()}, "shipped")
 
     def _execute(self, cwd: Path, env: dict[str, str]) -> tuple[int | None, str | None]:
@@ -291,7 +292,7 @@ class Seat:
             reported = {k: fields[k] for k in REPORTED & fields.keys()}
             return self._lost(Report(**reported), fields, outcome)
         log.info("job %s: released (%s), now %s", self.job.id, outcome, job.stage.value)
-        return outcome
+        return _shipped_or_parked(job) if outcome == "shipped" else outcome
 
     def _release_write(self, fields: dict[str, Any]) -> Callable[[], Job]:
         """The release of the lease with `fields`, made again without what the coordinator
@@ -432,6 +433,15 @@ class Seat:
                 return None
         log.error("job %s: gave up on %s after %d tries", self.job.id, what, WRITE_ATTEMPTS)
         return None
+
+
+def _shipped_or_parked(job: Job) -> str:
+    """How a write asking for `shipped` ended: the coordinator parks a job whose review gate is
+    open at `testing` instead (only the gate's quorum ships it)."""
+    if job.stage.value == "testing":
+        log.info("job %s: parked at testing, its review gate open", job.id)
+        return "parked"
+    return "shipped"
 
 
 def _read_json(path: Path) -> Any:

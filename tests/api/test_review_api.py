@@ -50,6 +50,23 @@ def test_a_requeued_job_needs_the_quorum_afresh_for_its_rework(api, shipped_firs
     assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=s1).json["stage"] == "shipped"
 
 
+def test_a_factory_cannot_ship_a_rejected_job_past_the_gate(api):
+    # Regression: a factory's release `stage: shipped` (as autoship does) shipped a job that a
+    # reviewer had rejected, on no approvals
+    ann = api.mint(Role.REVIEWER, name="ann")
+    factory = api.mint(Role.FACTORY, factory_id="f1")
+    job = _parked(api)
+    api.post(f"/fleet/jobs/{job['id']}/review/request", {"required": 1, "reviewers": ["ann"]})
+    api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "reject", "comment": "redo"}, token=ann)
+    claimed = api.post("/fleet/claim", {"factoryId": "f1", "productId": "p"}, token=factory).json
+    released = api.post(f"/fleet/jobs/{job['id']}/lease/release",
+                        {"leaseId": claimed["lease"]["leaseId"], "stage": "shipped"}, token=factory)
+    assert released.status_code == 200
+    assert (released.json["stage"], released.json["lease"]) == ("testing", None)
+    assert released.json["events"][-1]["detail"] == {"stage": "testing", "asked": "shipped", "reason": "review gate open"}
+    assert api.post(f"/fleet/jobs/{job['id']}/review", {"decision": "approve"}, token=ann).json["stage"] == "shipped"
+
+
 def test_reviewers_are_named_as_their_principals_are_with_spaces_and_all(api):
     # Given reviewers whose principal names hold a space (as Easy Auth's display names do)
     ann, bob = api.mint(Role.REVIEWER, name="Ann Smith"), api.mint(Role.REVIEWER, name="bob@example.com")

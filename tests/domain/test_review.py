@@ -192,3 +192,39 @@ def test_a_new_request_after_rework_starts_counting_afresh(world):
     assert reopened.review["approvals"] == []
     assert approve(world, job, "carol").stage == Stage.TESTING
     assert approve(world, job, "dave").stage == Stage.SHIPPED
+
+
+# The gate ships a reworked job, not its factory
+
+
+@pytest.mark.parametrize("finish", ["release shipped", "release done", "patch shipped"])
+def test_a_factory_finishing_a_job_whose_gate_is_open_parks_it_for_the_reviewers(world, finish):
+    # Given a job rejected at review, and reworked by a factory
+    job = world.parked_job("work")
+    request(world, job, required=2, reviewers=["alice", "bob"])
+    reject(world, job, "bob")
+    again = world.claim().job
+    world.patch(again, "testing")
+    # When its factory finishes it as if no gate were open
+    if finish == "patch shipped":
+        after = world.patch(again, "shipped", insights={"costUsd": 0.5})
+    else:
+        after = world.release(again, stage=finish.split()[1], insights={"costUsd": 0.5})
+    # Then it is parked lease-free at testing for the gate, the run's report kept
+    assert (after.stage, after.lease, after.review["approvals"]) == (Stage.TESTING, None, [])
+    assert after.latest_run.insights == {"costUsd": 0.5} and after.latest_run.result is None
+    event = after.events[-1]
+    assert (event.type, event.detail["asked"], event.detail["stage"]) == ("released", finish.split()[1], "testing")
+    # and only the quorum ships it
+    assert approve(world, job, "alice").stage == Stage.TESTING
+    assert approve(world, job, "bob").stage == Stage.SHIPPED
+
+
+def test_a_job_shipped_by_its_quorum_and_requeued_needs_the_quorum_again(world):
+    job = world.parked_job("work")
+    request(world, job, required=1)
+    approve(world, job, "alice")
+    world.act(job, "requeue")
+    again = world.claim().job
+    assert world.release(again, stage="shipped").stage == Stage.TESTING
+    assert approve(world, job, "alice").stage == Stage.SHIPPED

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from fleet import claims
 from fleet.stages import RunResult, Stage
@@ -80,6 +81,21 @@ print(json.dumps({"insights": {"costUsd": 0.75, "tokensIn": 1000, "tokensOut": 2
 
 
 class TestOutcomes:
+    def test_autoship_parks_a_reworked_job_whose_review_gate_is_open(self, client, server, product, tmp_path,
+                                                                      suite_token):
+        job = submit(client, product, "k1")
+        assert run(client, product, script(tmp_path, "pass")).result() == 0  # parked at testing
+        minted = requests.post(f"{server.url}/fleet/tokens", json={"role": "reviewer", "name": "ann"},
+                               headers={"Authorization": f"Bearer {suite_token}"}, timeout=10).json()
+        client.request_review(job.id, 1, ["ann"])
+        with FleetClient(server.url, token=minted["token"]) as ann:
+            assert ann.review(job.id, None, "reject", "redo").stage == Stage.QUEUED
+
+        running = run(client, product, script(tmp_path, "pass"), autoship=True)
+
+        assert running.result() == 0 and running.runner.stats.outcomes == {"parked": 1}
+        assert client.get_job(job.id).stage == Stage.TESTING
+
     def test_a_report_line_with_a_misspelt_member_is_logged(self, client, product, tmp_path, caplog):
         job = submit(client, product, "k1")
         caplog.set_level("WARNING", logger="fleetclient.factory")
