@@ -6,6 +6,9 @@ succeed again, so an unchanged version means a claim would find what the last on
 nothing. Three exceptions keep work from being stranded:
 
 - mid-drain: the last claim returned a job, so more may be waiting; claim without reading;
+- a seat freed after a claim refused for a full runner (`seat_limit`, a runner that claims
+  while full because the coordinator preempts): what it could not take is claimable now, and
+  nothing bumps the version for that; claim without reading;
 - backstop: every `backstop_polls`-th poll claims anyway, whatever the version says;
 - fail open: if the version cannot be read, claim.
 
@@ -80,6 +83,10 @@ class Gate:
         """The claim got no answer: forget the version, so the next poll claims again."""
         self._seen = None
 
+    def reopen(self) -> None:
+        """A seat freed after a claim was refused for a full runner: claim without reading."""
+        self._draining = True
+
     def _through(self, why: Why) -> Decision:
         self._skipped = 0
         return Decision(True, why)
@@ -95,4 +102,7 @@ class OpenGate:
         return None
 
     def claim_failed(self) -> None:
+        return None
+
+    def reopen(self) -> None:
         return None

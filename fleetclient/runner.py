@@ -145,6 +145,8 @@ class Runner:
         self._hurry = threading.Event()
         self._stopped = threading.Event()
         self._idle = False
+        #: A seat finished since the last poll (see `Gate.reopen`).
+        self._seat_freed = False
         self._last_reason: stages.ClaimReason | None = None
         #: Whether the coordinator preempts (None: not known yet, asked again on the next poll).
         self._preemption: bool | None = None
@@ -226,6 +228,10 @@ class Runner:
             return False
 
     def _claim(self) -> bool:
+        with self._lock:
+            freed, self._seat_freed = self._seat_freed, False
+        if freed and self._last_reason == stages.ClaimReason.SEAT_LIMIT:
+            self._gate.reopen()  # what a full runner was refused is claimable now; no version bump says so
         decision = self._gate.decide()
         if not decision.claim:
             self.stats.skipped_claims += 1
@@ -328,6 +334,7 @@ class Runner:
             outcome = seat.outcome or "failed"
             self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
             self._idle = False  # its outcome may have queued more (dependents, a retry): look again
+            self._seat_freed = True
         self._wake.set()
 
     def _stop_seat(self, job_id: str, reason: StopReason, lease_id: str | None = None) -> list[Seat]:

@@ -638,6 +638,18 @@ class TestGate:
         assert client.get_job(job.id).stage == Stage.TESTING
 
 
+    def test_a_gated_full_runner_of_a_preempting_coordinator_takes_the_next_job_when_a_seat_frees(
+            self, fast_client, product, tmp_path):
+        # Regression: full, it claims (a critical job might evict) and is refused seat_limit,
+        # which ended the gate's drain; the freed seat then waited on an unchanged version
+        jobs = [submit(fast_client, product, f"k{n}") for n in range(3)]
+        running = run(fast_client, product, script(tmp_path, "time.sleep(0.3)"), gate=True, autoship=True,
+                      max_jobs=None, exit_when_idle=True, backstop_polls=1000)
+
+        assert running.result() == 0 and running.runner.stats.outcomes == {"shipped": 3}
+        assert {fast_client.get_job(job.id).stage for job in jobs} == {Stage.SHIPPED}
+
+
 class TestPullRequests:
     def test_a_job_with_a_repo_is_delivered_as_a_pull_request(self, client, product, tmp_path, git_base, gh):
         job = submit(client, product, "k1", repo="acme/widgets", base_branch="develop")
