@@ -2,7 +2,8 @@
 
 The children's idempotency keys become the parent's deps, so unblocking is the ordinary
 dependency rule (`deps.release_dependents` is the spec's `maybeUnblockParent`). Writes go
-children first, then the parent, so a retried submit converges. Deps may never form a cycle.
+parent first, blocked on its children, then the children, so no child runs under a parent
+that never came, and a retried submit converges. Deps may never form a cycle.
 """
 from __future__ import annotations
 
@@ -57,9 +58,14 @@ class ChildrenAdded(Model):
 
 
 def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
-    """Create the children (in dependency order), then the parent blocked on them. Every job
-    and dep is read once, before the first write. `Forbidden` for a principal limited to
-    other products."""
+    """Create the parent blocked on its children, then the children (in dependency order).
+    Every job and dep is read once, before the first write. `Forbidden` for a principal
+    limited to other products.
+
+    The parent first, as `add_children` does: a child created before its parent could be
+    claimed and run under a parent that never came (a submit cut off in between, its client
+    gone). Cut off after the parent, the submit leaves it blocked on children not yet
+    submitted, which nothing runs; a retry converges."""
     ctx.principal.enter(spec.product_id)
     parent_id = job_id(spec.product_id, spec.idempotency_key)
     children = _in_dependency_order(spec.idempotency_key, spec.children)
@@ -67,16 +73,25 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     checked = _check_before_writing(ctx, spec, children, parent_id, spec.deps)
     to_create = existing is None or None in checked.children.values()
     weights = weight_registry.cached(ctx, spec.product_id) if to_create else None
+    submitted = submit.Submitted(job=existing, created=False) if existing is not None else None
+    if submitted is None:
+        kids = [job_id(spec.product_id, c.idempotency_key) for c in spec.children]
+        as_created = _as_created(spec.product_id, children, checked, checked.stages)
+        submitted = submit.create(ctx, spec, submit.Facts(as_created, weights), children=kids)
     stages = dict(checked.stages)
+    fresh = False
     for child in children:
         made = checked.children[child.idempotency_key]
         if made is None:
-            made = submit.create(ctx, child_spec(spec, child), submit.Facts(stages, weights), parent_id=parent_id).job
+            created = submit.create(ctx, child_spec(spec, child), submit.Facts(stages, weights), parent_id=parent_id)
+            fresh = fresh or created.created
+            made = created.job
         stages[child.idempotency_key] = made.stage
-    if existing is not None:
-        return submit.Submitted(job=existing, created=False)
-    kids = [job_id(spec.product_id, c.idempotency_key) for c in spec.children]
-    return submit.create(ctx, spec, submit.Facts(stages, weights), children=kids)
+    if fresh:
+        # A cancel of the parent landing before a child's create cascaded without it.
+        parent = actions.follow_cancel(ctx, parent_id)
+        submitted = submit.Submitted(job=parent, created=submitted.created)
+    return submitted
 
 
 def add_children(ctx: Context, parent_id: str, children: list[ChildSpec]) -> ChildrenAdded:

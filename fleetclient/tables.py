@@ -56,12 +56,16 @@ def when(at: datetime | None, now: datetime | None = None) -> str:
 
 
 def ago(seconds: float) -> str:
-    if seconds < 0:
-        return "in the future"
+    """`12s ago`, `3h ago`; a time ahead (a lease's expiry, a token's): `in 4m`."""
+    span = _span(abs(seconds))
+    return f"in {span}" if seconds < 0 else f"{span} ago"
+
+
+def _span(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def usd(value: float | None) -> str:

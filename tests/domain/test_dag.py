@@ -132,6 +132,28 @@ def test_resubmitting_a_composite_with_other_children_is_a_conflict(world):
     assert stored_keys(world) == ["a", "parent"]
 
 
+@pytest.mark.parametrize("nth", [2, 3])
+def test_a_composite_submit_cut_off_leaves_no_child_to_claim_and_a_retry_converges(world, faulty, nth):
+    # Regression: the children were written first, so a submit cut off before its parent left
+    # children queued (and claimed) under a parent that did not exist
+    faulty.crash("create", "jobs", nth=nth)  # #1 the parent, #2 and #3 its children
+    with pytest.raises(errors.StoreBusy):
+        composite(world, "parent", child("a"), child("b"))
+    # Then the parent stands, blocked on both, over whatever children were written
+    parent = by_key(world, "parent")
+    assert parent.stage == Stage.BLOCKED and {d.idempotency_key for d in parent.blocked_on} == {"a", "b"}
+    assert stored_keys(world) == (["a", "parent"] if nth == 3 else ["parent"])
+    assert all(by_key(world, key).parent_id == parent.id for key in stored_keys(world) if key != "parent")
+    # A retry of the same submit creates what is missing; the parent waits on its children
+    world.store.disarm()
+    again = composite(world, "parent", child("a"), child("b"))
+    assert (again.job.id, again.created, again.job.stage) == (parent.id, False, Stage.BLOCKED)
+    assert stored_keys(world) == ["a", "b", "parent"]
+    for key in ("a", "b"):
+        finish(world, key)
+    assert by_key(world, "parent").stage == Stage.QUEUED
+
+
 def test_a_refused_composite_writes_nothing(world):
     # Given a composite whose second child depends on a job never submitted
     with pytest.raises(errors.ValidationFailed):
