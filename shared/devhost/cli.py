@@ -114,7 +114,14 @@ def _bootstrap_admin() -> None:
             "Never expose this coordinator beyond this machine.")
         return
     token_file = Path(os.environ.get("FLEET_DB") or config.DEFAULT_DB).parent / "admin-token"
-    token = auth.bootstrap(config.context(), token_file)
+    try:
+        token = auth.bootstrap(config.context(), token_file)
+    except Exception as error:  # the store cannot be reached (yet): serve, answering 503 until it is back
+        logging.getLogger("fleet.auth").warning(
+            "could not check for an API token (%s: %s); serving without minting one. Requests answer 503 "
+            "until the store is back; if it holds no token, restart fleet serve then to mint the admin token.",
+            type(error).__name__, error)
+        return
     if token is not None:
         print(f"No API token existed: created an admin token, shown this once and kept in {token_file} (mode 0600):\n"
               f"    {token}\n"
