@@ -18,6 +18,7 @@ from fleet import (
     effects,
     errors,
     factories,
+    leases,
     liveness,
     preemption,
     queue_state,
@@ -27,6 +28,7 @@ from fleet import (
 )
 from fleet.context import Context
 from fleet.jobs import Job, Lease, Model, Run
+from fleet.schemas import ReleaseBody
 from fleet.stages import ClaimReason, Priority, Stage
 
 log = logging.getLogger("fleet.claims")
@@ -139,6 +141,8 @@ def claim_next(ctx: Context, request: ClaimRequest) -> Claimed:
         if evicted:  # whatever ended the claim, the factory must stop its victims' commands
             _name_evicted(failed, evicted)
         raise
+    if running is None and _over_seats(ctx, claimed, request.factory_id, seat_limit, factory):
+        claimed = Claimed(reason=ClaimReason.SEAT_LIMIT)
     return claimed.having_evicted(evicted)
 
 
@@ -277,7 +281,10 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
         raise _not_claimable(detail, ClaimReason.CAPABILITIES, missing=missing)
     product = weight_registry.snapshot(ctx, product_id) if running is not None else None
     try:
-        return _claim(ctx, job, request.factory_id, offered, running, budget, product)
+        claimed = _claim(ctx, job, request.factory_id, offered, running, budget, product)
+        if running is None and _over_seats(ctx, claimed, request.factory_id, seat_limit, factory):
+            raise NoSeat()
+        return claimed
     except (errors.PreconditionFailed, errors.LeaseLost) as race:
         evicted = {"preempted": [race.victim_id]} if isinstance(race, EvictedThenLost) else {}
         raise _not_claimable(f"job {job.id} was claimed by another factory", ClaimReason.LOST_RACE, **evicted) from None
@@ -531,6 +538,33 @@ def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime) -> No
         queue_state.bump(ctx, product_id)
     except (errors.StoreBusy, errors.StoreUnavailable, errors.TooManyRetries):
         log.warning("claim %s: its reservation in product %s is left to the sweep", lease.lease_id, product_id, exc_info=True)
+
+
+def _over_seats(
+    ctx: Context, claimed: Claimed, factory_id: str, seat_limit: int | None, factory: Callable[[], dict[str, Any]]
+) -> bool:
+    """Whether the job `claimed` took below the seat limit put the factory over it, and was
+    given back. Claims of one factory racing each other (a client's retry, two processes under
+    one id, a scaled-out app) each counted its seats before taking; counting again after the
+    take, whichever counts last sees every take made before its own count, so the factory keeps
+    at most `seat_limit` (two that both see too many both give theirs back: a seat idle until
+    the next poll, never one too many). One more query a claim, only with preemption on and a
+    seat limit known. The give-back is the factory's own release (attempts unchanged); should
+    it fail, the claim stands as taken, one over, rather than strand a lease nobody renews."""
+    if claimed.job is None or not ctx.settings.preemption or seat_limit is None:
+        return False
+    now = ctx.clock.now()
+    held = [j for j in factories.held_leases(ctx, factory_id) if j.lease and j.id != claimed.job.id]
+    doc = factory() if any(j.lease.expires_at <= now for j in held) else None
+    if sum(liveness.live(j.lease, doc, now) for j in held) + 1 <= seat_limit:
+        return False
+    try:
+        leases.release(ctx, claimed.job.id, ReleaseBody(lease_id=claimed.lease.lease_id))
+    except errors.FleetError:
+        log.warning("claim %s: over factory %s's seat limit, and its give-back failed; it stands",
+                    claimed.lease.lease_id, factory_id, exc_info=True)
+        return False
+    return True
 
 
 def _factory_view(

@@ -211,6 +211,43 @@ def test_racing_factories_never_overcommit_a_budget_by_its_default_estimate(flee
     assert (budget["spentUsd"], budget["reservedUsd"], budget["reservations"]) == (round(sum(spent), 6), 0, {})
 
 
+def test_one_factorys_racing_claims_never_take_more_than_its_seats(fleet):
+    """Given a factory with 2 seats, when 10 of its claims race (a client retrying, two processes
+    under one id), then it holds at most 2 jobs in every round, and every job it was refused is
+    queued again, never lost or held twice."""
+    product, seats = "race-seats", 2
+    for n in range(30):
+        assert fleet.post("/fleet/jobs", {"productId": product, "idempotencyKey": f"s{n}"}).status_code == 201
+    claim = {"factoryId": "one", "productId": product, "seatLimit": seats}
+    for round_ in range(3):
+        start, answers, lock = threading.Barrier(10), [], threading.Lock()
+
+        def claimer() -> None:
+            client = Http(fleet.url)
+            try:
+                start.wait()
+                body = answered(lambda: client.post("/fleet/claim", claim)).json()
+                with lock:
+                    answers.append(body)
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=claimer) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        taken = [a for a in answers if a.get("job")]
+        assert len(answers) == 10 and len(taken) <= seats, (round_, answers)
+        assert {a["reason"] for a in answers if not a.get("job")} <= {"seat_limit"}
+        listed = fleet.get(f"/fleet/jobs?productId={product}&limit=500").json()["items"]
+        held = [j for j in listed if j["lease"]]
+        assert sorted(j["id"] for j in held) == sorted(a["job"]["id"] for a in taken)
+        assert {j["stage"] for j in listed if not j["lease"]} <= {"queued", "shipped"}
+        for a in taken:  # the round's jobs done, the seats free again
+            assert _ship(fleet, a)["stage"] == "shipped"
+
+
 def test_with_the_flags_off_seats_are_advisory_and_budgets_not_enforced(serve):
     with serve({"FLEET_PREEMPTION": "", "FLEET_BUDGETS": "0"}) as server:
         http = Http(server.url)
