@@ -217,12 +217,12 @@ def _add_factory(subparsers, connection) -> None:
     p.add_argument("--factory-id", required=True)
     p.add_argument("--product", "-p", required=True)
     p.add_argument("--capabilities", "-c", type=_csv, default=[], help="comma-separated")
-    p.add_argument("--seats", type=int, default=1, help="jobs run at once (default 1)")
-    p.add_argument("--max-jobs", type=int, help="claim at most N jobs, then finish them and exit")
+    p.add_argument("--seats", type=_at_least_one, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--max-jobs", type=_at_least_one, help="claim at most N jobs, then finish them and exit")
     p.add_argument("--once", action="store_true", help="one job, then exit (--max-jobs 1)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once a claim finds no job and none runs")
     p.add_argument("--poll-seconds", type=_positive_seconds, default=5.0, help="between claims when idle (default 5, jittered)")
-    p.add_argument("--backstop-polls", type=int, default=12, help="with the gate: claim anyway every Nth poll")
+    p.add_argument("--backstop-polls", type=_at_least_one, default=12, help="with the gate: claim anyway every Nth poll")
     p.add_argument("--drain-seconds", type=_duration, default=30.0,
                    help="on SIGTERM: how long running jobs may finish before being given back (default 30)")
     p.add_argument("--kill-grace", type=_duration, default=10.0, help="SIGTERM → SIGKILL grace for a stopped command")
@@ -243,9 +243,6 @@ def _factory_run(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         print("fleet factory run: give the command to run per job after --", file=sys.stderr)
-        return EXIT_USAGE
-    if args.seats < 1 or (args.max_jobs is not None and args.max_jobs < 1) or args.poll_seconds <= 0:
-        print("fleet factory run: --seats and --max-jobs must be at least 1, --poll-seconds above 0", file=sys.stderr)
         return EXIT_USAGE
     if args.once and args.max_jobs is not None and args.max_jobs != 1:
         print(f"fleet factory run: --once is --max-jobs 1; give one or the other, not --max-jobs {args.max_jobs}",
@@ -365,6 +362,14 @@ def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (a whole number, 0 or more)")
     return int(text)
+
+
+def _at_least_one(text: str) -> int:
+    """A whole number, 1 or more."""
+    count = _count(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return count
 
 
 def _csv(text: str) -> list[str]:

@@ -65,6 +65,6 @@ def test_a_store_named_by_uri_is_not_looked_for_as_a_file(run, monkeypatch):
 
 def test_a_refused_create_makes_no_store(run, tmp_path):
     code, out, err = run("create", "--role", "factory")  # a factory token names its factory
-    assert code == 1 and out == "" and "names the factory" in err
+    assert code == 2 and out == "" and "--factory-id: a factory token names the factory" in err
     assert not (tmp_path / ".fleet").exists()
     assert run("list")[0] == 1  # still no store here

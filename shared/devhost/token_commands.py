@@ -55,6 +55,10 @@ def duration(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
+#: The option of each field `tokens.check` may refuse.
+_OPTIONS = {"factoryId": "--factory-id", "products": "--products", "name": "--name", "expiresIn": "--expires-in"}
+
+
 def _create(args: argparse.Namespace) -> int:
     from fleet import tokens
     from fleet.principals import Role
@@ -66,9 +70,11 @@ def _create(args: argparse.Namespace) -> int:
     fields = dict(name=args.name, products=products, factory_id=args.factory_id, expires_in=args.expires_in)
     try:  # before the store is opened: a refused token makes no file
         tokens.check(Role(args.role), **fields)
-    except errors.ValidationFailed as refused:
-        print(f"fleet tokens: {refused.code}: {refused.detail}", file=sys.stderr)
-        return 1
+    except errors.ValidationFailed as refused:  # a usage error: name the option
+        field = refused.errors[0]["field"] if refused.errors else ""
+        option = _OPTIONS.get(field, field)
+        print(f"fleet tokens create: {option}: {refused.detail}", file=sys.stderr)
+        return 2
     created = _with_store(args, lambda ctx: tokens.create(ctx, Role(args.role), **fields), creates=True)
     if created is None:
         return 1

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
 
-from fleetclient import commands
+from fleetclient import commands, tables
 from tests.factory.conftest import closed_port
 
 
@@ -48,6 +51,10 @@ class TestJobs:
         (("factory", "run", "--factory-id", "f", "--product", "web", "--drain-seconds", "-5", "--", "true"), "--drain-seconds"),
         (("factory", "run", "--factory-id", "f", "--product", "web", "--kill-grace", "-1", "--", "true"), "--kill-grace"),
         (("factory", "run", "--factory-id", "f", "--product", "web", "--once", "--max-jobs", "3", "--", "true"), "--once"),
+        (("factory", "run", "--factory-id", "f", "--product", "web", "--seats", "0", "--", "true"), "--seats"),
+        (("factory", "run", "--factory-id", "f", "--product", "web", "--max-jobs", "0", "--", "true"), "--max-jobs"),
+        (("factory", "run", "--factory-id", "f", "--product", "web", "--backstop-polls", "0", "--", "true"),
+         "--backstop-polls"),
     ])
     def test_a_number_out_of_range_is_a_usage_error_naming_its_option(self, fleet_cli, argv, named):
         # Regression: these were a ValueError traceback and exit 1 ("the coordinator refused")
@@ -404,3 +411,30 @@ def reviewer_token(url: str, admin_token: str, name: str) -> str:
                            headers={"Authorization": f"Bearer {admin_token}"}, timeout=10)
     assert answer.status_code == 201, answer.text
     return answer.json()["token"]
+
+
+def test_a_reader_closing_the_pipe_early_ends_the_cli_quietly():
+    # Regression: `fleet tokens list --json | head -1` printed a BrokenPipeError traceback
+    program = (
+        "import argparse, sys\n"
+        "from shared.devhost import cli\n"
+        "def run(args):\n"
+        "    for _ in range(100_000):\n"
+        "        print('x' * 100)\n"
+        "    return 0\n"
+        "cli.build_parser = lambda: type('P', (), {'parse_args': lambda self, argv: argparse.Namespace(run=run)})()\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen([sys.executable, "-c", program], cwd=root, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout.read(10) == b"x" * 10
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_time_ahead_reads_as_how_soon():
+    # a lease's or a token's expiry printed "(in the future)"
+    assert (tables.ago(-125), tables.ago(-3 * 86400), tables.ago(30), tables.ago(7200)) == (
+        "in 2m", "in 3d", "30s ago", "2h ago")
