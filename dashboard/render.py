@@ -53,11 +53,20 @@ def ago(value: datetime | str | None, now: datetime) -> str:
     return f"{seconds // 86400} d ago"
 
 
-def when(value: datetime | str | None) -> str:
+def when(value: datetime | str | None, seconds: bool = False) -> str:
+    """`2026-01-05 09:00 UTC`; with `seconds` (a lease's expiry, which may be half a minute
+    off), `09:00:30`."""
     if value is None:
         return "—"
     at = clock.parse(value) if isinstance(value, str) else value
-    return at.strftime("%Y-%m-%d %H:%M UTC")
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+
+
+def detail(value: Any) -> str:
+    """An event's detail value as read: a list as its items (`children: a, b`), not its repr."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 def usd(value: float | None) -> str:
@@ -69,7 +78,7 @@ def stage_label(value: Any) -> str:
     return str(text).replace("_", " ").capitalize()
 
 
-_env.filters.update(markdown=markdown, when=when, usd=usd, stage=stage_label)
+_env.filters.update(markdown=markdown, when=when, usd=usd, stage=stage_label, detail=detail)
 
 
 #: Every page: its own script and stylesheet only (inline style attributes draw the spend

@@ -173,7 +173,7 @@ def dashboard_bulk_action(request: Request) -> func.HttpResponse:
         except (*REFUSALS, errors.NotFound, errors.ValidationFailed) as exc:
             refused.append(f"{id}: {exc.detail}")
     back = request.field("back")
-    target = back if web.local(back, "/dashboard/fleet/jobs") else "/dashboard/fleet/jobs"
+    target = (back if web.local(back, "/dashboard/fleet/jobs") else "/dashboard/fleet/jobs").rstrip("?&")
     notice = redact(forms.bulk_notice(action, done, refused))  # it goes into a URL
     return web.redirect(f"{target}{'&' if '?' in target else '?'}{urlencode({'notice': notice})}")
 

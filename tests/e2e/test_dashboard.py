@@ -309,6 +309,9 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     assert crlf.status_code == 303 and crlf.headers["location"].startswith("/dashboard/fleet/jobs?notice=Cancelled")
     assert "X-Injected" not in crlf.headers
     assert browser.post("/dashboard/fleet/jobs/bulk", {"action": "requeue", "ids": [SPARE]}).status_code == 303
+    # a `back` of the bare list with an empty query (as the list's own form sends) reads cleanly
+    bare = browser.post("/dashboard/fleet/jobs/bulk", {"action": "requeue", "ids": [SPARE], "back": "/dashboard/fleet/jobs?"})
+    assert bare.headers["location"].startswith("/dashboard/fleet/jobs?notice=")
     assert browser.post(f"/dashboard/fleet/jobs/{SPARE}/actions/explode").status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "-5", "window": "daily"}).status_code == 400
     assert browser.post(f"/dashboard/fleet/budget/{P}/settings", {"ceiling": "nan", "window": "daily"}).status_code == 400
@@ -414,3 +417,17 @@ def test_under_easy_auth_the_platforms_principal_is_the_session(serve, store_env
             assert "/.auth/login/aad?post_login_redirect_uri=" in signin
         finally:
             browser.close()
+
+
+def test_a_job_page_reads_its_events_and_lease_as_an_operator_would(coordinator):
+    c = coordinator
+    admin = c.mint(Role.ADMIN, name="admin")
+    _seed(c, admin)
+    added = c.api("POST", f"/fleet/jobs/{SPARE}/children", admin,
+                  {"children": [{"idempotencyKey": "c1"}, {"idempotencyKey": "c2"}]})
+    assert added.status_code == 201
+    page = c.browser(admin).get(f"/dashboard/fleet/jobs/{SPARE}").text
+    assert "children: c1, c2" in page and "[&#39;c1&#39;" not in page  # a list as its items, not its repr
+    claimed = c.api("POST", "/fleet/claim", admin, {"factoryId": "f1", "productId": P}).json()
+    held = c.browser(admin).get(f"/dashboard/fleet/jobs/{claimed['job']['id']}").text
+    assert re.search(r"expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", held)  # a lease's expiry to the second
