@@ -236,7 +236,8 @@ class HeartbeatBody(Body):
 
 
 class WeightsBody(WeightsPatch):
-    """`PUT /fleet/weights/{productId}`: the fields to set; the rest keep their values."""
+    """`PUT /fleet/weights/{productId}`: the fields to set; the rest keep their values; a
+    field sent as null goes back to its default."""
 
 
 def _kept_if_left_out(description: str) -> Any:

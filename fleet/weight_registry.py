@@ -190,7 +190,8 @@ def view(ctx: Context, product_id: str, doc: dict[str, Any] | None = None) -> Pr
 
 
 def put(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> ProductWeights:
-    """Merge `patch` into the product's registry entry, then re-key its queued jobs.
+    """Merge `patch` into the product's registry entry (a weight given as null drops its
+    override), then re-key its queued jobs.
 
     One pass over the queued jobs suffices unless another weight change began meanwhile (the
     queue-state bump that announces this one tells): a job queued after that pass's query was
@@ -222,7 +223,10 @@ def _merge(ctx: Context, product_id: str, patch: scoring.WeightsPatch) -> dict[s
         def merge(doc: dict[str, Any], count: int = count) -> dict[str, Any]:
             if int(doc.get(CHANGE) or 0) >= count:
                 raise _Overtaken()
-            weights = {**doc.get("weights", {}), **patch.model_dump(exclude_none=True)}
+            # A weight sent as null is no longer overridden: the default applies again.
+            cleared = {name for name in patch.model_fields_set if getattr(patch, name) is None}
+            merged = {**doc.get("weights", {}), **patch.model_dump(exclude_none=True)}
+            weights = {name: value for name, value in merged.items() if name not in cleared}
             return {**doc, "weights": weights, "rekeying": True, CHANGE: count}
 
         try:

@@ -267,10 +267,13 @@ class FleetClient:
         answer = self._http.call("GET", f"/fleet/weights/{_seg(product_id)}")
         return weight_registry.ProductWeights.model_validate(answer.body)
 
-    def put_weights(self, product_id: str, **weights: float | None) -> weight_registry.ProductWeights:
+    def put_weights(
+        self, product_id: str, reset: Iterable[str] = (), **weights: float | None
+    ) -> weight_registry.ProductWeights:
         """`PUT /fleet/weights/{productId}`: set `age`, `priority`, `retries`, `capabilities`
-        (those given; the rest keep their values)."""
-        body = _compact(weights)
+        (those given; the rest keep their values); those named in `reset` go back to their
+        defaults."""
+        body = {**_compact(weights), **dict.fromkeys(reset)}
         answer = self._http.call("PUT", f"/fleet/weights/{_seg(product_id)}", json=body)
         return weight_registry.ProductWeights.model_validate(answer.body)
 

@@ -197,6 +197,7 @@ def _add_weights(subparsers, common) -> None:
     p.add_argument("product", metavar="PRODUCT")
     for name in ("age", "priority", "retries", "capabilities"):
         p.add_argument(f"--{name}", type=_number)
+    p.add_argument("--reset", type=_csv, metavar="NAMES", help="comma-separated weights back to their defaults")
     p.set_defaults(run=_command("weights_set"))
 
 

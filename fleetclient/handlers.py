@@ -157,10 +157,18 @@ def weights_show(args: argparse.Namespace, client: FleetClient) -> Shown:
 
 
 def weights_set(args: argparse.Namespace, client: FleetClient) -> Shown:
-    given = {name: getattr(args, name) for name in ("age", "priority", "retries", "capabilities")}
-    if all(value is None for value in given.values()):
-        raise Usage("give at least one of --age, --priority, --retries, --capabilities")
-    view = client.put_weights(args.product, **given)
+    names = ("age", "priority", "retries", "capabilities")
+    given = {name: getattr(args, name) for name in names}
+    reset = args.reset or []
+    unknown = sorted(set(reset) - set(names))
+    if unknown:
+        raise Usage(f"--reset names weights ({', '.join(names)}), not {', '.join(unknown)}")
+    both = sorted(name for name in reset if given[name] is not None)
+    if both:
+        raise Usage(f"{', '.join(both)}: set a weight or --reset it, not both")
+    if all(value is None for value in given.values()) and not reset:
+        raise Usage("give at least one of --age, --priority, --retries, --capabilities, --reset")
+    view = client.put_weights(args.product, reset=reset, **given)
     return views.weights(view), view.to_doc()
 
 

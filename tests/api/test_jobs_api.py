@@ -142,6 +142,9 @@ def test_product_weight_registry_merges_per_field(api):
     assert again["weights"] == {"age": 0.5, "priority": 3.0}
     bad = api.call("PUT", "/fleet/weights/p", {"agee": 1})
     assert bad.status_code == 400 and bad.json["errors"][0]["field"] == "agee"
+    # a weight sent as null drops its override: the default applies again, the rest are kept
+    reset = api.call("PUT", "/fleet/weights/p", {"age": None}).json
+    assert reset["weights"] == {"priority": 3.0} and reset["resolved"]["age"] == 1.0
 
 
 def test_claim_named_job(api):

@@ -281,6 +281,10 @@ class TestProductsAndFactories:
         assert code == 0 and out.splitlines()[0] == f"weights of {product}"
         assert out.splitlines()[2].split() == ["age", "3", "3"]
         assert shown["weights"] == {"age": 3.0, "retries": -1.0} and shown["resolved"]["priority"] == 10.0
+        reset = fleet_cli.json("weights", "set", product, "--reset", "age", "--priority", "4")
+        assert reset["weights"] == {"retries": -1.0, "priority": 4.0} and reset["resolved"]["age"] == 1.0
+        assert fleet_cli("weights", "set", product, "--reset", "agee")[0] == commands.EXIT_USAGE
+        assert fleet_cli("weights", "set", product, "--reset", "age", "--age", "2")[0] == commands.EXIT_USAGE
 
     def test_weights_set_needs_a_weight(self, fleet_cli, product):
         code, _, err = fleet_cli("weights", "set", product)
