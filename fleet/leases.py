@@ -177,7 +177,7 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
                 raise errors.IllegalTransition(f"cannot park a {job.stage.value} job at testing")
             job = lifecycle.parked(job, now, **report)
         elif target == "retry":
-            job = lifecycle.retried(lifecycle.end_run(job, now, None, **report), now, weights, RunResult.RETRY)
+            job = lifecycle.retried(lifecycle.end_run(job, now, None, **report), now, weights, RunResult.RETRY, factory)
         else:
             job = lifecycle.requeued(lifecycle.end_run(job, now, RunResult.RELEASED, **report), now, weights)
         return job.with_event(now, "released", factory, stage=job.stage.value)

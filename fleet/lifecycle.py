@@ -66,15 +66,16 @@ def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | 
     return job.model_copy(update=update)
 
 
-def retried(job: Job, now: datetime, weights: scoring.Weights, result: RunResult) -> Job:
-    """A failed run: one attempt more, back to the queue, or `dead_letter` at `maxAttempts`."""
+def retried(job: Job, now: datetime, weights: scoring.Weights, result: RunResult, actor: str | None = None) -> Job:
+    """A failed run: one attempt more, back to the queue, or `dead_letter` at `maxAttempts`;
+    the event names `actor` (the lease's factory)."""
     job = end_run(job, now, result)
     attempts = job.attempts + 1
     if attempts >= job.max_attempts:
         return job.model_copy(
             update={"stage": Stage.DEAD_LETTER, "lease": None, "attempts": attempts, "updated_at": now}
-        ).with_event(now, "dead_lettered", attempts=attempts)
-    return requeued(job, now, weights, attempts).with_event(now, "retry", attempts=attempts, reason=result.value)
+        ).with_event(now, "dead_lettered", actor, attempts=attempts)
+    return requeued(job, now, weights, attempts).with_event(now, "retry", actor, attempts=attempts, reason=result.value)
 
 
 _RESULT_OF = {

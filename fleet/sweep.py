@@ -154,9 +154,8 @@ def _expired(job: Job, facts: _Expiry, now: datetime) -> Job | None:
     if until is not None:
         spared = lease.model_copy(update={"expires_at": until, "spared": True})
         return job.model_copy(update={"lease": spared}).with_event(now, "lease_spared", reason="outage")
-    return lifecycle.retried(job, now, facts.weights.weights, RunResult.EXPIRED).with_event(
-        now, "lease_expired", lease.factory_id
-    )
+    expired = job.with_event(now, "lease_expired", lease.factory_id)  # then the retry it makes
+    return lifecycle.retried(expired, now, facts.weights.weights, RunResult.EXPIRED, lease.factory_id)
 
 
 def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:

@@ -305,8 +305,9 @@ def _refused(args: argparse.Namespace, exc) -> None:
     if isinstance(exc, errors.FeatureDisabled) and args.command == "budgets":
         message = "budgets are turned off on this coordinator (start it with FLEET_BUDGETS=1 to use them)"
     elif isinstance(exc, errors.NotFound) and args.command == "budgets":
-        message = (f"product {args.product} has no budget yet; "
-                   f"set one with: fleet budgets set {args.product} --ceiling USD")
+        # The same 404 answers a product out of the token's reach, so that it learns nothing.
+        message = (f"product {args.product} has no budget yet (or is not this token's to see); "
+                   f"an operator sets one with: fleet budgets set {args.product} --ceiling USD")
     else:
         message = exc.detail or exc.title or "refused"
     print(f"fleet: error: {exc.status} {exc.code}: {message}", file=sys.stderr)

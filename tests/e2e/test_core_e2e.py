@@ -243,7 +243,7 @@ def test_a_lease_lives_while_its_factory_heartbeats_and_ends_when_it_stops(serve
         time.sleep(2.3)  # no heartbeat for longer than a term
         assert sweep() == 202
         swept = http.get(f"/fleet/jobs/{job['id']}").json()
-        assert (swept["stage"], swept["attempts"], swept["events"][-1]["type"]) == ("queued", 1, "lease_expired")
+        assert (swept["stage"], swept["attempts"], swept["events"][-2]["type"]) == ("queued", 1, "lease_expired")
         late = http.call("PATCH", f"/fleet/jobs/{job['id']}", {**patch, "stage": "testing"})
         assert late.status_code == 409 and late.json()["code"] == "lease_lost"
         http.close()
