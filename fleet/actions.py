@@ -23,9 +23,11 @@ class Action(str, Enum):
 
 def available(job: Job) -> frozenset[Action]:
     """The actions that would change `job` now: a job that has ended (shipped, done, failed,
-    dead-lettered, cancelled) can only be requeued; the others would answer
-    `illegal_transition`, or change nothing on the stage it is at."""
-    return frozenset({Action.REQUEUE}) if job.stage in TERMINAL else frozenset(Action)
+    dead-lettered, cancelled) can only be requeued, and a blocked one not shipped; the others
+    would answer `illegal_transition`, or change nothing on the stage it is at."""
+    if job.stage in TERMINAL:
+        return frozenset({Action.REQUEUE})
+    return frozenset(Action) - {Action.SHIP} if job.stage == Stage.BLOCKED else frozenset(Action)
 
 
 def apply(ctx: Context, id: str, action: Action, reason: str | None = None, actor: str | None = None) -> Job:
@@ -69,6 +71,12 @@ def _decide(job: Job, acting: _Acting, now: datetime) -> Job | None:
     elif acting.action == Action.CANCEL:
         changed = _to_terminal(job, now, Stage.CANCELLED, RunResult.CANCELLED)
     else:
+        if job.stage == Stage.BLOCKED:
+            # Its deps (a composite's children) have not shipped: shipping it would release
+            # its dependents on work nobody did.
+            waiting = ", ".join(f"{b.idempotency_key} ({b.stage.value if b.stage else 'not submitted'})"
+                                for b in job.blocked_on)
+            raise errors.IllegalTransition(f"job {job.id} is blocked on {waiting}; ship or cancel those first")
         changed = _to_terminal(job, now, Stage.SHIPPED)
     if changed is None:
         return None

@@ -47,6 +47,17 @@ def test_ship_a_running_job_revokes_its_lease(world, ctx, running_job, clock):
         world.patch(job, "review")
 
 
+def test_a_blocked_job_is_not_shipped_past_its_deps(world, ctx):
+    # Regression: an operator's ship shipped a job still waiting on its deps (a composite on
+    # its unfinished children), releasing whatever waited on it
+    world.submit_job("dep")
+    job = world.submit_job("waiting", deps=["dep"])
+    assert job.stage == Stage.BLOCKED and Action.SHIP not in actions.available(job)
+    with pytest.raises(errors.IllegalTransition, match=r"blocked on dep \(queued\); ship or cancel those first"):
+        act(ctx, job, Action.SHIP)
+    assert world.job(job).stage == Stage.BLOCKED
+
+
 def test_ship_on_a_shipped_job_is_a_no_op(world, ctx, running_job, clock):
     job = running_job(stage="testing")
     first = world.patch(job, "shipped")
