@@ -50,6 +50,8 @@ from shared.stores import charge, cosmos_query
 #: Status codes that mean "try again shortly": throttled (429, after the SDK's retries), request
 #: timeout (408), a write conflicting with a concurrent one on the service side (449),
 #: unavailable (503).
+log = logging.getLogger("fleet.store.cosmos")
+
 BUSY_STATUSES = frozenset({408, 429, 449, 503})
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -382,12 +384,16 @@ def _converted(what: str = "") -> Iterator[None]:
         raise domain from exc
     except exceptions.CosmosClientTimeoutError as exc:
         raise errors.StoreBusy(f"cosmos did not answer in time on {what}", reason=errors.StoreFault.TIMEOUT) from exc
+    # The SDK's own words (hosts, ports, the connection pool) go to the log, not into an answer.
     except ServiceResponseError as exc:  # a read timed out, or the connection broke mid-answer
-        raise errors.StoreBusy(f"cosmos did not answer on {what}: {exc}", reason=errors.StoreFault.TIMEOUT) from exc
+        log.warning("cosmos did not answer on %s: %s", what, exc)
+        raise errors.StoreBusy(f"cosmos did not answer on {what}", reason=errors.StoreFault.TIMEOUT) from exc
     except ServiceRequestError as exc:
-        raise errors.StoreBusy(f"cosmos unreachable: {exc}", reason=errors.StoreFault.UNREACHABLE) from exc
+        log.warning("cosmos unreachable on %s: %s", what, exc)
+        raise errors.StoreBusy(f"cosmos unreachable on {what}", reason=errors.StoreFault.UNREACHABLE) from exc
     except ClientAuthenticationError as exc:
-        raise errors.StoreUnavailable(f"cosmos: no credential accepted: {exc}", errors.StoreFault.DENIED) from exc
+        log.warning("cosmos refused the credential on %s: %s", what, exc)
+        raise errors.StoreUnavailable("cosmos: no credential accepted", errors.StoreFault.DENIED) from exc
 
 
 def converted(exc: exceptions.CosmosHttpResponseError, what: str = "") -> Exception:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.cosmos import exceptions as cosmos_exceptions
 
 from fleet import errors
@@ -97,6 +98,20 @@ def test_a_deadline_the_sdk_ran_out_of_is_busy():
             raise cosmos_exceptions.CosmosClientTimeoutError()
 
     assert busy.value.reason is StoreFault.TIMEOUT
+
+
+@pytest.mark.parametrize("raised, code", [
+    (ServiceRequestError("HTTPSConnection(host='10.0.0.7', port=443): Failed to establish"), "store_busy"),
+    (ServiceResponseError("HTTPSConnectionPool(host='10.0.0.7', port=443): Read timed out"), "store_busy"),
+    (ClientAuthenticationError("token for https://10.0.0.7:443 refused"), "store_unavailable"),
+])
+def test_the_sdks_words_about_the_endpoint_reach_the_log_not_the_answer(raised, code, caplog):
+    with pytest.raises(errors.FleetError) as failed:
+        with cosmos_store._converted("jobs/x"):
+            raise raised
+
+    assert failed.value.code == code and "10.0.0.7" not in failed.value.detail
+    assert "10.0.0.7" in caplog.text
 
 
 def test_the_deadline_bounds_each_attempt_and_the_throttling_waits():
