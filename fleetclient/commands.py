@@ -258,12 +258,23 @@ def _factory_run(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds, kill_grace_seconds=args.kill_grace, workdir_root=args.workdir_root,
         keep_workdirs=args.keep_workdirs, **RunnerConfig.flags_from(os.environ),
     )
+    from fleetclient import errors
+
     with FleetClient(args.url, args.key, timeout=(5.0, args.timeout), token=args.token) as client:
         try:
             runner = Runner(client, config)
         except ValueError as exc:  # the command cannot be run: claim nothing
             print(f"fleet factory run: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        try:  # a wrong FLEET_URL ends here, as for any command; later outages are waited out
+            client.health()
+        except errors.FleetUnreachable as exc:
+            print(f"fleet factory run: cannot reach the coordinator at {client.url}: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except errors.FleetApiError as exc:
+            print(f"fleet factory run: {client.url} is not a coordinator ({exc.status} on /fleet/health)",
+                  file=sys.stderr)
+            return EXIT_UNREACHABLE
         return runner.run()
 
 

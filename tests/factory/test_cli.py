@@ -400,6 +400,12 @@ class TestErrors:
         code, _, err = fleet_cli("factory", "run", "--factory-id", "f1", "--product", product)
         assert code == 2 and "command" in err
 
+    def test_the_factory_runner_ends_at_once_when_the_coordinator_cannot_be_reached(self, fleet_cli):
+        # Regression: `--once` against a wrong FLEET_URL retried its claim every poll, forever
+        code, _, err = fleet_cli("--url", f"http://127.0.0.1:{closed_port()}", "factory", "run", "--factory-id", "f1",
+                                 "--product", "web", "--once", "--", "true")
+        assert code == commands.EXIT_UNREACHABLE and "cannot reach the coordinator" in err
+
     def test_the_factory_runner_refuses_a_command_it_cannot_run_and_claims_nothing(self, fleet_cli, product):
         job = submit(fleet_cli, product, "k1")
 
