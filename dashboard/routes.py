@@ -151,6 +151,10 @@ def dashboard_submit_job(request: Request) -> func.HttpResponse:
         problems = [redact(f"{e.get('field') or 'form'}: {e.get('message')}") for e in exc.errors] or [redact(exc.detail)]
         again = _common(request, values=values, problems=problems, products=views.products(ctx()))
         return render.page("new_job.html", 400, **again)
+    except errors.IdempotencyConflict as exc:  # the key is another job's: the form again, to change it
+        problems = [redact(f"idempotencyKey: {exc.detail}")]
+        again = _common(request, values=values, problems=problems, products=views.products(ctx()))
+        return render.page("new_job.html", 409, **again)
     flag = "created" if submitted.created else "existing"
     return web.redirect(f"/dashboard/fleet/jobs/{quote(submitted.job.id, safe='')}?notice={flag}")
 

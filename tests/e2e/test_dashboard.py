@@ -300,6 +300,10 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     assert as_json.status_code == 415
     invalid = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "", "title": "kept", "priority": "urgent"})
     assert invalid.status_code == 400 and "The job was not submitted" in invalid.text and 'value="kept"' in invalid.text
+    # a key another job holds with other fields: the form again, its values kept, the key named
+    taken = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "a", "title": "Not job a"})
+    assert taken.status_code == 409 and "The job was not submitted" in taken.text
+    assert 'value="Not job a"' in taken.text and "idempotencyKey:" in taken.text
     bad_cost = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "c", "estimatedCostUsd": "lots"})
     assert bad_cost.status_code == 400
     assert browser.post("/dashboard/fleet/jobs/bulk", {"action": "ship", "ids": [SPARE]}).status_code == 400
