@@ -83,10 +83,14 @@ def all_deps(spec: JobSpec) -> list[str]:
 
 
 def create(
-    ctx: Context, spec: JobSpec, facts: Facts, parent_id: str | None = None, children: list[str] | None = None
+    ctx: Context, spec: JobSpec, facts: Facts, parent_id: str | None = None, children: list[str] | None = None,
+    recheck: bool = True,
 ) -> Submitted:
     """`submit` for a key the caller found free, with the facts it read: create the job; a
-    create that finds the key taken (a concurrent submit) answers the job that took it."""
+    create that finds the key taken (a concurrent submit) answers the job that took it.
+    `recheck=False`: a blocked job is not checked against its deps again after the create (a
+    composite parent created before its children: they cannot have finished, and the last
+    to ship reads every dep again anyway)."""
     now = ctx.clock.now()
     id = job_id(spec.product_id, spec.idempotency_key)
     digest = submit_hash(spec, parent_id)
@@ -123,7 +127,7 @@ def create(
     except errors.Conflict:
         # Lost a race with an identical (or conflicting) submit of the same key.
         return Submitted(job=_existing(ctx, spec.product_id, id, submit_hashes(spec, parent_id)), created=False)
-    if job.stage == Stage.BLOCKED:
+    if job.stage == Stage.BLOCKED and recheck:
         # A dep may have finished between our read and our write: read the deps again.
         job = effects.recheck(ctx, id, job).job
     return Submitted(job=job, created=True)
