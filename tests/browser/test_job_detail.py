@@ -110,15 +110,18 @@ def test_a_reviewer_approves_in_the_review_region(open_page, fleet, tokens, prod
     expect(review).to_contain_text("Approvals")
     expect(review).to_contain_text("ann")
     expect(ui.region(page, "Actions").get_by_role("button", name="Ship", exact=True)).to_have_count(0)
+    review.get_by_label("Comment").first.fill("reads well")
     review.get_by_role("button", name="Approve", exact=True).click()
     with page.expect_response(lambda answer: answer.request.method == "POST") as posted:
         ui.confirm(page, "Approve this job as rita?")
 
-    # One approval of the two required: recorded in the reviewer's own name, still at the gate.
+    # One approval of the two required: recorded in the reviewer's own name, with its comment,
+    # still at the gate.
     assert posted.value.status == 303
     reviewed = fleet.client.get_job(job.id)
     assert reviewed.review["approvals"] == ["rita"]
     assert reviewed.stage.value == "testing"
+    assert (reviewed.events[-1].type, reviewed.events[-1].detail.get("comment")) == ("review_approved", "reads well")
 
 
 def test_the_dag_of_a_composite_with_two_children_shows_three_nodes(operator_page, fleet, product):
