@@ -53,6 +53,8 @@ def _apply(ctx: Context, job: Job, action: Action, reason: str | None, actor: st
     if action == Action.REQUEUE:
         weights = weight_registry.cached(ctx, job.product_id)
         acting = _Acting(action, reason, actor, weights, deps.stages(ctx, job.product_id, job.deps))
+    elif action == Action.SHIP and job.stage == Stage.BLOCKED:  # refused: named with its deps as they stand
+        acting = _Acting(action, reason, actor, stages=deps.stages(ctx, job.product_id, job.deps))
     else:
         acting = _Acting(action, reason, actor)
     job = effects.change(ctx, job.id, _decide, acting, current=job, keyed_with=acting.weights).job
@@ -73,10 +75,12 @@ def _decide(job: Job, acting: _Acting, now: datetime) -> Job | None:
     else:
         if job.stage == Stage.BLOCKED:
             # Its deps (a composite's children) have not shipped: shipping it would release
-            # its dependents on work nobody did.
-            waiting = ", ".join(f"{b.idempotency_key} ({b.stage.value if b.stage else 'not submitted'})"
-                                for b in job.blocked_on)
-            raise errors.IllegalTransition(f"job {job.id} is blocked on {waiting}; ship or cancel those first")
+            # its dependents on work nobody did. (A cancelled dep keeps it blocked for good.)
+            on = deps.waiting(job.product_id, job.deps, acting.stages) if acting.stages is not None else job.blocked_on
+            waiting = ", ".join(f"{b.idempotency_key} ({b.stage.value if b.stage else 'not submitted'})" for b in on)
+            raise errors.IllegalTransition(
+                f"job {job.id} is blocked on {waiting}; ship those first (requeue one that ended otherwise), or cancel it"
+            )
         changed = _to_terminal(job, now, Stage.SHIPPED)
     if changed is None:
         return None

@@ -546,11 +546,14 @@ def _over_seats(
     """Whether the job `claimed` took below the seat limit put the factory over it, and was
     given back. Claims of one factory racing each other (a client's retry, two processes under
     one id, a scaled-out app) each counted its seats before taking; counting again after the
-    take, whichever counts last sees every take made before its own count, so the factory keeps
-    at most `seat_limit` (two that both see too many both give theirs back: a seat idle until
-    the next poll, never one too many). One more query a claim, only with preemption on and a
-    seat limit known. The give-back is the factory's own release (attempts unchanged); should
-    it fail, the claim stands as taken, one over, rather than strand a lease nobody renews."""
+    take, whichever counts last sees every take made before its own count (on one store that
+    shows every committed write to a query: SQLite, or Cosmos within one instance's session),
+    so the factory keeps at most `seat_limit` (two that both see too many both give theirs
+    back: a seat idle until the next poll, never one too many). One more query a claim, only
+    with preemption on and a seat limit known. The give-back is the factory's own release
+    (attempts unchanged, the budget's reservation given back, the queue-state bumped); should
+    it fail, the claim stands as taken, one over, rather than strand a lease nobody renews,
+    unless the lease was taken meanwhile (evicted by the factory's own critical claim)."""
     if claimed.job is None or not ctx.settings.preemption or seat_limit is None:
         return False
     now = ctx.clock.now()
@@ -560,6 +563,8 @@ def _over_seats(
         return False
     try:
         leases.release(ctx, claimed.job.id, ReleaseBody(lease_id=claimed.lease.lease_id))
+    except errors.LeaseLost:
+        return True  # taken from it meanwhile (a critical job of its own evicted it): not its job either way
     except errors.FleetError:
         log.warning("claim %s: over factory %s's seat limit, and its give-back failed; it stands",
                     claimed.lease.lease_id, factory_id, exc_info=True)

@@ -77,9 +77,10 @@ def submit_composite(ctx: Context, spec: JobSpec) -> submit.Submitted:
     if submitted is None:
         kids = [job_id(spec.product_id, c.idempotency_key) for c in spec.children]
         as_created = _as_created(spec.product_id, children, checked, checked.stages)
-        # Not checked again after its create: its children do not exist yet (they would read as
-        # never submitted), and cannot have finished before they do.
-        submitted = submit.create(ctx, spec, submit.Facts(as_created, weights), children=kids, recheck=False)
+        # Not checked again after its create while a child is still to be made: it would read as
+        # never submitted, and cannot have finished before it exists.
+        missing = None in checked.children.values()
+        submitted = submit.create(ctx, spec, submit.Facts(as_created, weights), children=kids, recheck=not missing)
     stages = dict(checked.stages)
     fresh = False
     for child in children:

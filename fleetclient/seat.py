@@ -280,7 +280,10 @@ class Seat:
                 log.warning("job %s: insights refused (%s); PATCH %s without them", self.job.id, exc.detail, stage)
                 return self.client.patch_job(self.job.id, self.lease_id, stage)
 
-        job = self._fenced(f"PATCH {stage}", write, lambda job: job.stage.value == stage)
+        # Landed, read back: at `stage`; or, for `shipped`, ended by this lease's own write (a job
+        # whose review gate is open is parked at testing instead).
+        landed = lambda job: job.stage.value == stage or (stage == "shipped" and self._ended_by_own_write(job))  # noqa: E731
+        job = self._fenced(f"PATCH {stage}", write, landed)
         if job is not None:
             log.info("job %s → %s", self.job.id, stage)
         return job

@@ -411,7 +411,8 @@ def converted(exc: exceptions.CosmosHttpResponseError, what: str = "") -> Except
         fault = {WRITE_FORBIDDEN: errors.StoreFault.READ_ONLY, PARTITION_FULL: errors.StoreFault.FULL}.get(
             getattr(exc, "sub_status", None), errors.StoreFault.DENIED
         )
-        return errors.StoreUnavailable(f"cosmos {status} on {what}: {exc.reason or exc.message}", fault, status=status)
+        log.warning("cosmos refused %s with %s: %s", what, status, exc.reason or exc.message)
+        return errors.StoreUnavailable(f"cosmos {status} on {what} ({fault.value})", fault, status=status)
     if status in BUSY_STATUSES:
         headers = exc.headers or {}
         retry_ms = headers.get("x-ms-retry-after-ms")

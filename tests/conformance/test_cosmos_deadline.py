@@ -90,6 +90,7 @@ def test_refusals_become_store_unavailable(status, sub_status, fault):
     domain = cosmos_store.converted(refusal(status, sub_status), "jobs/x")
 
     assert isinstance(domain, errors.StoreUnavailable) and domain.reason is fault
+    assert "refused" not in domain.detail  # the SDK's message is logged, not answered
 
 
 def test_a_deadline_the_sdk_ran_out_of_is_busy():

@@ -53,9 +53,13 @@ def test_a_blocked_job_is_not_shipped_past_its_deps(world, ctx):
     world.submit_job("dep")
     job = world.submit_job("waiting", deps=["dep"])
     assert job.stage == Stage.BLOCKED and Action.SHIP not in actions.available(job)
-    with pytest.raises(errors.IllegalTransition, match=r"blocked on dep \(queued\); ship or cancel those first"):
+    with pytest.raises(errors.IllegalTransition, match=r"blocked on dep \(queued\); ship those first"):
         act(ctx, job, Action.SHIP)
     assert world.job(job).stage == Stage.BLOCKED
+    # a dep cancelled since is named as it stands: the job stays blocked on it
+    act(ctx, world.job(job_id(job.product_id, "dep")), Action.CANCEL)
+    with pytest.raises(errors.IllegalTransition, match=r"blocked on dep \(cancelled\)"):
+        act(ctx, job, Action.SHIP)
 
 
 def test_ship_on_a_shipped_job_is_a_no_op(world, ctx, running_job, clock):

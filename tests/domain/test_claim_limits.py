@@ -8,9 +8,9 @@ import pytest
 
 from fleet import budget_rules, budgets, claims, errors, store as store_port
 from fleet.context import Context
-from fleet.stages import RunResult, Stage
+from fleet.stages import ClaimReason, RunResult, Stage
 
-from fleet.testing import PRODUCT, World, flags_on, open_world
+from fleet.testing import PRODUCT, World, flags_on, interleaved, open_world
 
 #: Budgets and preemption on for every world here.
 pytestmark = pytest.mark.settings(flags_on())
@@ -370,3 +370,26 @@ def test_a_claim_reports_what_it_preempted(world):
     assert doc["preempted"] == [low.id]
     assert doc["lease"]["factoryId"] == "factory-1"
     assert doc["runId"] == doc["job"]["runs"][-1]["runId"]
+
+
+# Racing claims of one factory (`claims._over_seats`)
+
+
+def test_a_take_evicted_before_its_seat_recount_gives_back_nothing_and_answers_seat_limit(world):
+    # Given a free seat, a normal job, and the same factory's critical claim landing right after
+    # the first claim's take (it evicts that take and holds the seat)
+    world.submit_job("normal")
+    world.heartbeat("factory-1", seat_limit=1)
+    rival = {}
+
+    def critical_claim():
+        world.submit_job("urgent", priority="critical")
+        rival["answer"] = claims.claim_next(world.ctx, claims.ClaimRequest("factory-1", PRODUCT, [], None, 1))
+
+    racing = interleaved(world, "patch", critical_claim, when=lambda container, *args: container == "jobs")
+    first = claims.claim_next(racing, claims.ClaimRequest("factory-1", PRODUCT, [], None, 1))
+    # Then the first claim does not answer the job evicted from it, and the factory holds one
+    assert (first.job, first.reason) == (None, ClaimReason.SEAT_LIMIT)
+    assert rival["answer"].job.idempotency_key == "urgent"
+    normal = world.job(rival["answer"].preempted[0])
+    assert (normal.idempotency_key, normal.stage, normal.lease) == ("normal", Stage.QUEUED, None)

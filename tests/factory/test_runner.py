@@ -96,6 +96,31 @@ class TestOutcomes:
         assert running.result() == 0 and running.runner.stats.outcomes == {"parked": 1}
         assert client.get_job(job.id).stage == Stage.TESTING
 
+    def test_an_autoship_patch_parked_by_the_gate_whose_answer_is_lost_counts_parked(
+            self, client, server, product, tmp_path, suite_token, monkeypatch):
+        job = submit(client, product, "k1")
+        assert run(client, product, script(tmp_path, "pass")).result() == 0  # parked at testing
+        minted = requests.post(f"{server.url}/fleet/tokens", json={"role": "reviewer", "name": "ann"},
+                               headers={"Authorization": f"Bearer {suite_token}"}, timeout=10).json()
+        client.request_review(job.id, 1, ["ann"])
+        with FleetClient(server.url, token=minted["token"]) as ann:
+            ann.review(job.id, None, "reject", "redo")
+        real = client.patch_job
+
+        def answer_lost(job_id, lease_id, stage, **kw):  # the PATCH lands; its answer does not
+            landed = real(job_id, lease_id, stage, **kw)
+            if stage == "shipped":
+                raise errors.FleetUnreachable("answer lost")
+            return landed
+
+        monkeypatch.setattr(client, "patch_job", answer_lost)
+        running = run(client, product, script(tmp_path, 'print(json.dumps({"insights": {"costUsd": 0.5}}))'),
+                      autoship=True)
+
+        assert running.result() == 0 and running.runner.stats.outcomes == {"parked": 1}
+        stored = client.get_job(job.id)
+        assert stored.stage == Stage.TESTING and stored.runs[-1].insights == {"costUsd": 0.5}
+
     def test_a_report_line_with_a_misspelt_member_is_logged(self, client, product, tmp_path, caplog):
         job = submit(client, product, "k1")
         caplog.set_level("WARNING", logger="fleetclient.factory")
