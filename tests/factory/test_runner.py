@@ -71,6 +71,19 @@ def submit(client, product, key, **fields):
     return client.submit_job(product_id=product, idempotency_key=key, title=f"Job {key}", **fields).job
 
 
+def rejected_at_review(client, server, product, tmp_path, suite_token):
+    """A job a runner parked at testing, whose review gate (one approval, from ann) rejected it:
+    queued again with the gate open."""
+    job = submit(client, product, "k1")
+    assert run(client, product, script(tmp_path, "pass")).result() == 0  # parked at testing
+    minted = requests.post(f"{server.url}/fleet/tokens", json={"role": "reviewer", "name": "ann"},
+                           headers={"Authorization": f"Bearer {suite_token}"}, timeout=10).json()
+    client.request_review(job.id, 1, ["ann"])
+    with FleetClient(server.url, token=minted["token"]) as ann:
+        assert ann.review(job.id, None, "reject", "redo").stage == Stage.QUEUED
+    return job
+
+
 REPORTING = """
 (OUT / (os.environ["FLEET_JOB_ID"].replace(":", "_") + ".env")).write_text(json.dumps({
     "cwd": os.getcwd(), "job": json.load(open(os.environ["FLEET_JOB_FILE"])),
@@ -83,13 +96,7 @@ print(json.dumps({"insights": {"costUsd": 0.75, "tokensIn": 1000, "tokensOut": 2
 class TestOutcomes:
     def test_autoship_parks_a_reworked_job_whose_review_gate_is_open(self, client, server, product, tmp_path,
                                                                       suite_token):
-        job = submit(client, product, "k1")
-        assert run(client, product, script(tmp_path, "pass")).result() == 0  # parked at testing
-        minted = requests.post(f"{server.url}/fleet/tokens", json={"role": "reviewer", "name": "ann"},
-                               headers={"Authorization": f"Bearer {suite_token}"}, timeout=10).json()
-        client.request_review(job.id, 1, ["ann"])
-        with FleetClient(server.url, token=minted["token"]) as ann:
-            assert ann.review(job.id, None, "reject", "redo").stage == Stage.QUEUED
+        job = rejected_at_review(client, server, product, tmp_path, suite_token)
 
         running = run(client, product, script(tmp_path, "pass"), autoship=True)
 
@@ -98,13 +105,7 @@ class TestOutcomes:
 
     def test_an_autoship_patch_parked_by_the_gate_whose_answer_is_lost_counts_parked(
             self, client, server, product, tmp_path, suite_token, monkeypatch):
-        job = submit(client, product, "k1")
-        assert run(client, product, script(tmp_path, "pass")).result() == 0  # parked at testing
-        minted = requests.post(f"{server.url}/fleet/tokens", json={"role": "reviewer", "name": "ann"},
-                               headers={"Authorization": f"Bearer {suite_token}"}, timeout=10).json()
-        client.request_review(job.id, 1, ["ann"])
-        with FleetClient(server.url, token=minted["token"]) as ann:
-            ann.review(job.id, None, "reject", "redo")
+        job = rejected_at_review(client, server, product, tmp_path, suite_token)
         real = client.patch_job
 
         def answer_lost(job_id, lease_id, stage, **kw):  # the PATCH lands; its answer does not
