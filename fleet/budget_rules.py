@@ -186,16 +186,26 @@ def accrue(
     now: datetime,
     reservation: str | None = None,
     ended_at: datetime | None = None,
+    hold_until: datetime | None = None,
 ) -> Budget | None:
     """Add `amount` once for `accrual_id` and drop the run's `reservation`; None if already
     counted. Reaching the ceiling pauses the budget. A run that ended before the current
     window began (accrued late: budgets were off, or a long outage) is remembered but not
-    charged: it was spent in a window that is over."""
+    charged: it was spent in a window that is over.
+
+    `hold_until`: the run's lease was taken from it, so its factory may still report what it
+    cost (`leases.report`): what the reservation held beyond `amount` stays held until then
+    (`lateUntil`), for the late report's accrual to drop, or the sweep once that time passes.
+    Else a claim could take that room and the late cost pass the ceiling."""
     if accrual_id in budget.accruals:
         return None
     earlier = ended_at is not None and ended_at < budget.window_start
     spent = budget.spent_usd + (0.0 if earlier else amount)
     reservations = {k: v for k, v in budget.reservations.items() if k != reservation}
+    held = budget.reservations.get(reservation) if reservation else None
+    if hold_until is not None and held is not None and _usd(held["amountUsd"] - amount) > 0:
+        reservations[reservation] = {**held, "amountUsd": _usd(held["amountUsd"] - amount),
+                                     "lateUntil": clock.format(hold_until)}
     update: dict[str, Any] = {
         "spent_usd": spent,
         "reservations": reservations,

@@ -174,12 +174,19 @@ def roll_windows(ctx: Context) -> int:
 
 def drop_stale_reservations(ctx: Context) -> int:
     """Drop reservations whose claim never happened (a crash between reserving and claiming):
-    older than a lease term and naming a run its job never started."""
+    older than a lease term and naming a run its job never started; and what a taken run's
+    reservation held for its late report, once its `lateUntil` has passed."""
     now = ctx.clock.now()
     dropped = 0
     for doc in list(store.query_all(ctx.store, store.Query("budgets", None, limit=200))):
         budget = Budget.from_doc(doc)
         for claim, held in budget.reservations.items():
+            if held.get("lateUntil"):  # held for a taken run's late report, which did not come
+                if now >= clock.parse(held["lateUntil"]):
+                    change(ctx, budget.product_id, lambda b, c=claim: budget_rules.release(b, c, now), create=False)
+                    queue_state.bump(ctx, budget.product_id)
+                    dropped += 1
+                continue
             if now - clock.parse(held["at"]) < timedelta(seconds=ctx.settings.lease_seconds):
                 continue
             job_id = held.get("runId", "").rpartition("#")[0]

@@ -13,7 +13,7 @@ expired before the sweep ends it): the two never count the same dollar.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fleet import batch, budget_rules, budgets, errors, queue_state, store, writes
 from fleet.context import Context
@@ -25,7 +25,7 @@ def settle(ctx: Context, job: Job) -> Job:
     if not job.accrual_pending or not ctx.settings.budgets:
         return job
     now = ctx.clock.now()
-    due = _due(job.runs)
+    due = _due(job.runs, now + timedelta(seconds=ctx.settings.lease_seconds))
     budgets.change(ctx, job.product_id, lambda budget: _accrued(budget, due, now))
     if any(accrual.reservation for accrual in due):
         # The reservation gave way to what the run really cost: claims may fit again.
@@ -45,6 +45,8 @@ class _Accrual:
     usd: float
     reservation: str | None
     ended_at: datetime | None
+    #: Hold what the reservation has left until then: a late report may still come.
+    hold_until: datetime | None = None
 
 
 def late_id(run: Run) -> str:
@@ -52,16 +54,20 @@ def late_id(run: Run) -> str:
     return f"{run.run_id}:late"
 
 
-def _due(runs: list[Run]) -> tuple[_Accrual, ...]:
+def _due(runs: list[Run], hold_until: datetime | None = None) -> tuple[_Accrual, ...]:
     """What the ended runs have still to accrue: each one's own cost, and what a late report
-    added to it."""
+    added to it. A run whose lease was taken (not ended by its holder's own write) and not yet
+    reported late keeps what its reservation has left until `hold_until`; its late report's
+    accrual drops it."""
     due = []
     for run in runs:
         if run.ended_at is not None and not run.accrued:
-            due.append(_Accrual(run.run_id, float(run.insights.get("costUsd") or 0.0), run.reservation, run.ended_at))
+            taken = run.ended_by is None and run.lease_id is not None and run.late_report is None
+            due.append(_Accrual(run.run_id, float(run.insights.get("costUsd") or 0.0), run.reservation, run.ended_at,
+                                hold_until if taken else None))
         if run.ended_at is not None and run.late_report is not None and not run.late_report.accrued:
             # dated as it came: a window that began after the run ended still charges it
-            due.append(_Accrual(late_id(run), run.late_usd, None, max(run.ended_at, run.late_report.at)))
+            due.append(_Accrual(late_id(run), run.late_usd, run.reservation, max(run.ended_at, run.late_report.at)))
     return tuple(due)
 
 
@@ -69,7 +75,9 @@ def _accrued(budget: budget_rules.Budget, due: tuple[_Accrual, ...], now: dateti
     """`budget` with every accrual in `due` added once (in one write); None if all were counted."""
     accrued = budget
     for accrual in due:
-        added = budget_rules.accrue(accrued, accrual.id, accrual.usd, now, accrual.reservation, accrual.ended_at)
+        added = budget_rules.accrue(
+            accrued, accrual.id, accrual.usd, now, accrual.reservation, accrual.ended_at, accrual.hold_until
+        )
         accrued = added or accrued
     return None if accrued is budget else accrued
 

@@ -12,7 +12,7 @@ from fleet import budget_rules, budgets, claims, clock as clocks, errors, store 
 from fleet.budgets import Budget, PausedBy, Window
 from fleet.context import Context
 from fleet.jobs import Job
-from fleet.stages import Stage
+from fleet.stages import ClaimReason, Stage
 
 from fleet.testing import LEASE_SECONDS, PRODUCT, T0, World, at, flags_on
 
@@ -658,15 +658,43 @@ def _preempted(world, job):
         pytest.param(lambda world, job, clock: world.release(job, result="failed"), id="failed"),
     ],
 )
-def test_every_way_a_run_ends_gives_its_default_reservation_back(world, clock, end):
+def test_every_way_a_run_ends_gives_its_default_reservation_back(world, clock, end, request):
     # Given a job that names no cost, claimed under a default estimate of 4
     world.put_budget(10.0, default_estimate=4.0)
     job = world.running_job("unestimated", priority="low")
     assert world.budget().reserved_usd == 4.0
-    # When its run ends, however it ends, Then nothing stays reserved for it
+    # When its run ends, however it ends
     end(world, world.job(job), clock)
-    assert world.budget().reserved_usd == 0.0
     assert world.job(job).runs[0].ended_at is not None
+    if request.node.callspec.id in ("expired", "preempted", "cancelled", "requeued"):
+        # its lease was taken: the room stays held for the late report its factory may still
+        # send, a lease term at most, then the sweep gives it back
+        assert world.budget().reserved_usd == 4.0
+        clock.advance(LEASE_SECONDS + 1)
+        sweep.run(world.ctx)
+    # Then nothing stays reserved for it
+    assert world.budget().reserved_usd == 0.0
+
+
+def test_a_late_report_cannot_pass_the_ceiling_through_room_its_run_gave_back(world, clock):
+    # Regression: an expired run's reservation was given back whole; another claim took the
+    # room, and the lost lease's late report then counted on top: 1.5 spent under 1.0
+    world.put_budget(1.0)
+    for key in ("a", "b", "c"):
+        world.submit_job(key, estimated_cost_usd=0.5)
+    a = world.claim("factory-1").job
+    clock.advance(LEASE_SECONDS + 1)
+    sweep.run(world.ctx)  # a's lease expires: its run may still report late
+    b = world.claim("factory-2").job  # a again, or b: either way 0.5 reserved for it
+    refused = world.claim("factory-3")
+    assert (refused.job, refused.reason) == (None, ClaimReason.BUDGET_EXCEEDED)
+    # When a's lost lease reports what it cost, its held room goes with it
+    world.report(a, a.lease.lease_id, insights={"costUsd": 0.5})
+    budget = world.budget()
+    assert (budget.spent_usd, budget.reserved_usd) == (0.5, 0.5)  # b's reservation only
+    assert world.claim("factory-3").reason == ClaimReason.BUDGET_EXCEEDED
+    world.release(b, stage="shipped", insights={"costUsd": 0.5})
+    assert world.budget().spent_usd == 1.0  # never past the ceiling
 
 
 @pytest.mark.parametrize("first_default, ceiling, default", [(None, 10.0, 12.0), (5.0, 4.0, budgets.KEEP)])

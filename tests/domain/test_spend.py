@@ -427,9 +427,10 @@ class SpendLedger(RuleBasedStateMachine):
             sweep.run(self.world.ctx)
             assert pending(self.world) == []
             assert spent(self.world) == cost_of_ended_runs(self.world)
-            # and once every lease has run out (swept every minute: no outage grace), no
-            # estimate is held any more
-            for _ in range(LEASE_SECONDS // 60 + 1):
+            # and once every lease has run out (swept every minute: no outage grace), and what
+            # an expired run held for its late report has lapsed (a term later), no estimate is
+            # held any more
+            for _ in range(2 * (LEASE_SECONDS // 60 + 1)):
                 self.world.clock.advance(60)
                 sweep.run(self.world.ctx)
             assert all(job.lease is None for job in all_jobs(self.world))
