@@ -45,6 +45,26 @@ def submit_spec(values: dict[str, str]) -> JobSpec:
         raise http.validation_failed(exc) from None
 
 
+#: What the New job form's fields may hold, in words: the API names a refused pattern by its
+#: regular expression, which a form's reader should not have to read.
+ALLOWED = {
+    "productId": "a letter or digit, then up to 63 letters, digits, '.', '_' or '-'",
+    "capabilities": "a letter or digit, then letters, digits, '_', '.', ':', '+' or '-' (up to 64 each)",
+    "repo": "owner/name, or a clone URL (https://, git@, ssh://, file://)",
+    "baseBranch": "a branch name: a letter, digit or '_', then letters, digits, '.', '_', '/' or '-'",
+}
+
+
+def problem(error: dict[str, Any]) -> str:
+    """One refused field of a form, as its page says it: `field: what is wrong`."""
+    field = str(error.get("field") or "form")
+    message = str(error.get("message"))
+    if error.get("type") == "string_pattern_mismatch":
+        allowed = ALLOWED.get(field.split(".")[0])
+        message = f"must be {allowed}" if allowed else "holds a character it may not (a control character, say)"
+    return f"{field}: {message}"
+
+
 def submit(ctx: Context, values: dict[str, str]) -> submitting.Submitted:
     """Submit the form's job through the API's use case: created, or the existing job."""
     return submitting.submit(ctx, submit_spec(values))

@@ -148,7 +148,7 @@ def dashboard_submit_job(request: Request) -> func.HttpResponse:
     try:
         submitted = forms.submit(ctx(), values)
     except errors.ValidationFailed as exc:
-        problems = [redact(f"{e.get('field') or 'form'}: {e.get('message')}") for e in exc.errors] or [redact(exc.detail)]
+        problems = [redact(forms.problem(e)) for e in exc.errors] or [redact(exc.detail)]
         again = _common(request, values=values, problems=problems, products=views.products(ctx()))
         return render.page("new_job.html", 400, **again)
     except errors.IdempotencyConflict as exc:  # the key is another job's: the form again, to change it

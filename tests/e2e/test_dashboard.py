@@ -304,6 +304,10 @@ def test_bad_input_gets_a_page_naming_what_is_wrong_and_changes_nothing(coordina
     taken = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "a", "title": "Not job a"})
     assert taken.status_code == 409 and "The job was not submitted" in taken.text
     assert 'value="Not job a"' in taken.text and "idempotencyKey:" in taken.text
+    # a pattern refused is said in words, not as its regular expression
+    worded = browser.post("/dashboard/fleet/jobs/new", {"productId": "no spaces", "idempotencyKey": "w", "title": "\x07"})
+    assert worded.status_code == 400 and "productId: must be a letter or digit, then up to 63" in worded.text
+    assert "title: holds a character it may not" in worded.text and "should match pattern" not in worded.text
     bad_cost = browser.post("/dashboard/fleet/jobs/new", {"productId": P, "idempotencyKey": "c", "estimatedCostUsd": "lots"})
     assert bad_cost.status_code == 400
     assert browser.post("/dashboard/fleet/jobs/bulk", {"action": "ship", "ids": [SPARE]}).status_code == 400
