@@ -556,10 +556,8 @@ def _over_seats(
     unless the lease was taken meanwhile (evicted by the factory's own critical claim)."""
     if claimed.job is None or not ctx.settings.preemption or seat_limit is None:
         return False
-    now = ctx.clock.now()
-    held = [j for j in factories.held_leases(ctx, factory_id) if j.lease and j.id != claimed.job.id]
-    doc = factory() if any(j.lease.expires_at <= now for j in held) else None
-    if sum(liveness.live(j.lease, doc, now) for j in held) + 1 <= seat_limit:
+    others = [j for j in _live_held(ctx, factory_id, ctx.clock.now(), factory) if j.id != claimed.job.id]
+    if len(others) + 1 <= seat_limit:
         return False
     try:
         leases.release(ctx, claimed.job.id, ReleaseBody(lease_id=claimed.lease.lease_id))
@@ -589,15 +587,20 @@ def _factory_view(
 def _running_at_limit(
     ctx: Context, factory_id: str, seat_limit: int | None, now: datetime, factory: Callable[[], dict[str, Any]]
 ) -> list[Job] | None:
-    """The factory's running jobs (leases live by `fleet.liveness`, with its document
-    `factory()`, asked for only if some lease's own expiry has passed) if preemption is on and
-    it is at its seat limit, else None."""
+    """The factory's running jobs (`_live_held`) if preemption is on and it is at its seat
+    limit, else None."""
     if not ctx.settings.preemption or seat_limit is None:
         return None
+    running = _live_held(ctx, factory_id, now, factory)
+    return running if len(running) >= seat_limit else None
+
+
+def _live_held(ctx: Context, factory_id: str, now: datetime, factory: Callable[[], dict[str, Any]]) -> list[Job]:
+    """The jobs the factory holds under a live lease (`fleet.liveness`), reading its document
+    `factory()` only if some lease's own expiry has passed."""
     held = [j for j in factories.held_leases(ctx, factory_id) if j.lease]
     doc = factory() if any(j.lease.expires_at <= now for j in held) else None
-    running = [j for j in held if liveness.live(j.lease, doc, now)]
-    return running if len(running) >= seat_limit else None
+    return [j for j in held if liveness.live(j.lease, doc, now)]
 
 
 def _streams(

@@ -133,10 +133,7 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
         check_factory_move(job.stage, body.stage)
         insights = body.insights.model_dump(exclude_none=True) if body.insights else None
         if body.stage == Stage.SHIPPED and lifecycle.awaits_review(job):
-            # The gate ships it, not its factory: parked for the reviewers instead.
-            parked = lifecycle.parked(job, now, insights=insights or {})
-            return parked.with_event(now, "released", factory, stage=Stage.TESTING.value, asked=Stage.SHIPPED.value,
-                                     reason="review gate open")
+            return lifecycle.parked_for_review(job, now, factory, Stage.SHIPPED, insights=insights or {})
         if body.stage == Stage.SHIPPED:
             job = lifecycle.finished(job, now, Stage.SHIPPED, insights=insights)
         else:
@@ -166,10 +163,7 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
         if body.checkpoint is not None:
             job = job.model_copy(update={"checkpoint": body.checkpoint})
         if target in (Stage.SHIPPED, Stage.DONE) and lifecycle.awaits_review(job):
-            # The gate ships it, not its factory: parked for the reviewers instead.
-            parked = lifecycle.parked(job, now, **report)
-            return parked.with_event(now, "released", factory, stage=Stage.TESTING.value, asked=target.value,
-                                     reason="review gate open")
+            return lifecycle.parked_for_review(job, now, factory, target, **report)
         if target in TERMINAL:
             job = lifecycle.finished(job, now, target, **report)
         elif target == Stage.TESTING:

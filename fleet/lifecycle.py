@@ -101,6 +101,15 @@ def parked(job: Job, now: datetime, **report: Any) -> Job:
     return end_run(job, now, None, **report).model_copy(update={"stage": Stage.TESTING, "lease": None})
 
 
+def parked_for_review(job: Job, now: datetime, factory: str, asked: Stage, **report: Any) -> Job:
+    """What the factory's move to `asked` (shipped, done) does to a job whose review gate is
+    open (`awaits_review`): the gate ships it, not its factory, so it is parked for the
+    reviewers instead, and the event says what was asked and why it was not done."""
+    return parked(job, now, **report).with_event(
+        now, "released", factory, stage=Stage.TESTING.value, asked=asked.value, reason="review gate open"
+    )
+
+
 def finished(job: Job, now: datetime, stage: Stage, result: RunResult | None = None, **report: Any) -> Job:
     """To a terminal stage: the lease ends and the latest run takes the outcome (`result`, or
     the stage's own). A shipped or done job always mirrors it onto its latest run; otherwise
