@@ -59,6 +59,7 @@ bench: install $(BENCH_STAMP)
 	$(PY) bench/use_case_reads.py
 	$(PY) bench/dashboard_refresh.py
 	$(PY) bench/store_traffic.py
+	$(PY) bench/budget_contention.py
 	$(PY) bench/peer_huey.py
 
 clean:

@@ -5,23 +5,31 @@ each rule takes a `Budget` and `now` and returns the changed copy (`budgets` hol
 cases that read and write the document).
 
 One document per product in the `budgets` container (`id` = `productId`). A run's cost is
-accrued by run id, and the ids of recent accruals are remembered on the document, so replaying
-an accrual (a retried request, the sweep finishing one a crash interrupted) never counts it twice.
+accrued by run id, and the recent accruals are remembered on the document (as short digests of
+their ids), so replaying an accrual (a retried request, the sweep finishing one a crash
+interrupted) never counts it twice. What was charged is kept as a sum per UTC day (`ledger`),
+for as far back as any window reaches, so a change of window recomputes the new window's spend
+exactly. Claims read this document and every accrual and reservation writes it: it is kept
+small (a few KB), and its memory grows by appends between cuts so that a write can be a patch.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from fleet import clock, errors
 from fleet.jobs import Model, Time
 from fleet.stages import ClaimReason
 
-#: How many accrual ids a budget remembers: far more than ever end between two sweeps (the
-#: sweep replays an interrupted accrual within a minute), few enough to keep the document small.
+#: How many accruals a budget remembers at most: past it, the oldest half is forgotten at once,
+#: so it always remembers at least the last `ACCRUAL_MEMORY // 2` (far more than ever end
+#: between two sweeps: the sweep replays an interrupted accrual within a minute), and between
+#: two cuts the memory only grows at its end (a patch appends to it).
 ACCRUAL_MEMORY = 500
 #: Decimal places of the USD figures the API shows (spend is sums of floats).
 USD_DIGITS = 6
@@ -67,10 +75,33 @@ class _BudgetFields(Model):
 class Budget(_BudgetFields):
     """The product's budget document."""
 
+    #: The recent accruals, by `accrual_key` (a document written before keys were digests
+    #: holds accrual ids, which `counted` recognises too).
     accruals: list[str] = Field(default_factory=list)
-    #: [when, usd] of the recent charged accruals (as many as `accruals` remembers): what a
-    #: change of window recomputes the new window's spend from.
-    ledger: list[tuple[Time, float]] = Field(default_factory=list)
+    #: UTC day (`YYYY-MM-DD`) -> USD charged that day, for the days any window reaches back to
+    #: (`ledger_start`): what a change of window recomputes the new window's spend from.
+    ledger: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("ledger", mode="before")
+    @classmethod
+    def _by_day(cls, ledger: Any) -> Any:
+        """A document written before the ledger was by day holds `[when, usd]` pairs: summed."""
+        if not isinstance(ledger, list):
+            return ledger
+        days: dict[str, float] = {}
+        for at, usd in ledger:
+            day = clock.parse(at).date().isoformat() if isinstance(at, str) else at.date().isoformat()
+            days[day] = _usd(days.get(day, 0.0) + usd)
+        return days
+
+    def counted(self, accrual_id: str) -> bool:
+        """Whether the accrual `accrual_id` is remembered as counted."""
+        return accrual_key(accrual_id) in self.accruals or accrual_id in self.accruals
+
+    def charged_since(self, start: datetime) -> float:
+        """What the ledger says was charged from `start` (a window's start: midnight UTC) on."""
+        first = start.astimezone(timezone.utc).date().isoformat()
+        return _usd(sum(usd for day, usd in self.ledger.items() if day >= first))
 
     @property
     def reserved_usd(self) -> float:
@@ -197,7 +228,7 @@ def accrue(
     cost (`leases.report`): what the reservation held beyond `amount` stays held until then
     (`lateUntil`), for the late report's accrual to drop, or the sweep once that time passes.
     Else a claim could take that room and the late cost pass the ceiling."""
-    if accrual_id in budget.accruals:
+    if budget.counted(accrual_id):
         return None
     earlier = ended_at is not None and ended_at < budget.window_start
     spent = budget.spent_usd + (0.0 if earlier else amount)
@@ -209,14 +240,44 @@ def accrue(
     update: dict[str, Any] = {
         "spent_usd": spent,
         "reservations": reservations,
-        "accruals": [*budget.accruals, accrual_id][-ACCRUAL_MEMORY:],
+        "accruals": _remembered(budget.accruals, accrual_key(accrual_id)),
         "updated_at": now,
     }
     if amount and not earlier:
-        update["ledger"] = [*budget.ledger, (ended_at or now, amount)][-ACCRUAL_MEMORY:]
+        update["ledger"] = _charged(budget.ledger, ended_at or now, amount, now)
     if budget.ceiling_usd is not None and _usd(spent) >= budget.ceiling_usd and not budget.paused:
         update.update(paused=True, paused_by=PausedBy.CEILING)
     return budget.model_copy(update=update)
+
+
+def accrual_key(accrual_id: str) -> str:
+    """What a budget remembers of the accrual `accrual_id`: 64 bits of its digest, 11
+    characters (two of 500 remembered ids meet with a chance of about 1 in 10^14)."""
+    digest = hashlib.blake2b(accrual_id.encode(), digest_size=8).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _remembered(memory: list[str], key: str) -> list[str]:
+    """`memory` with `key` appended; past `ACCRUAL_MEMORY`, only its newer half is kept."""
+    grown = [*memory, key]
+    return grown if len(grown) <= ACCRUAL_MEMORY else grown[-(ACCRUAL_MEMORY // 2):]
+
+
+def ledger_start(now: datetime) -> datetime:
+    """The earliest start of a window of any kind containing `now`: how far back the ledger
+    keeps days (this month's first, or this week's Monday when the week began last month)."""
+    return min(window_start(kind, now) for kind in Window)
+
+
+def _charged(ledger: dict[str, float], at: datetime, amount: float, now: datetime) -> dict[str, float]:
+    """`ledger` with `amount` charged on the UTC day of `at`, and the days no window of any
+    kind containing `now` reaches dropped."""
+    first = ledger_start(now).date().isoformat()
+    day = at.astimezone(timezone.utc).date().isoformat()
+    kept = {d: usd for d, usd in ledger.items() if d >= first}
+    if day >= first:
+        kept[day] = _usd(kept.get(day, 0.0) + amount)
+    return kept
 
 
 def estimate(budget: Budget | None, estimated_cost_usd: float | None) -> float:

@@ -38,7 +38,8 @@ def find(ctx: Context, product_id: str) -> Budget | None:
 
 def change(ctx: Context, product_id: str, decide, create: bool = True, current: dict[str, Any] | None = None) -> Budget:
     """CAS `decide(rolled budget) -> Budget | None` on the product's budget, creating it first
-    if it does not exist and `create` is set. `current`: the document as the caller read it,
+    if it does not exist and `create` is set. Written as a patch of the fields it changes (an
+    accrual appends to the memory), conditional on the ETag it was decided on. `current`: the document as the caller read it,
     decided on first instead of reading it again."""
     now = ctx.clock.now()
 
@@ -52,7 +53,9 @@ def change(ctx: Context, product_id: str, decide, create: bool = True, current: 
 
     initial = _new(product_id, now).to_doc() if create else None
     try:
-        doc = store.update(ctx.store, "budgets", product_id, product_id, step, initial=initial, current=current, sleep=ctx.clock.sleep)
+        doc = store.update(
+            ctx.store, "budgets", product_id, product_id, step, initial=initial, current=current, sleep=ctx.clock.sleep, patch=True
+        )
         return Budget.from_doc(doc)
     except errors.NotFound:
         raise errors.NotFound(f"product {product_id} has no budget") from None
@@ -73,7 +76,7 @@ def put(
     one); the window unless it is None (a new budget's is monthly); and the default estimate
     unless it is `KEEP` (None: jobs without an estimate reserve nothing). Lifting the ceiling above spend lifts an
     automatic pause. Changing the window moves to the new kind's current window, whose spend
-    is recomputed from the ledger of recent accruals (exact within its memory)."""
+    is recomputed from the ledger (what was charged each day)."""
     _reach(ctx, product_id)
     now = ctx.clock.now()
 
@@ -89,7 +92,7 @@ def put(
         _check_default(update.get("default_estimate_usd", budget.default_estimate_usd), ceiling, default_estimate_usd is KEEP)
         if window_of != budget.window:
             start = budget_rules.window_start(window_of, now)
-            spent = sum(usd for at, usd in budget.ledger if at >= start)
+            spent = budget.charged_since(start)
             update.update(window_start=start, spent_usd=spent)
             budget = budget.model_copy(update={"spent_usd": spent})
         if budget.paused_by == PausedBy.CEILING and budget.spent_usd < ceiling:
@@ -173,9 +176,11 @@ def roll_windows(ctx: Context) -> int:
 
 
 def drop_stale_reservations(ctx: Context) -> int:
-    """Drop reservations whose claim never happened (a crash between reserving and claiming):
-    older than a lease term and naming a run its job never started; and what a taken run's
-    reservation held for its late report, once its `lateUntil` has passed."""
+    """Drop reservations older than a lease term that no run will give back: naming a run its
+    job never started (a crash between reserving and claiming), or one already ended and
+    accrued (its accrual ran before the reservation landed: a claim reserves after taking its
+    job, and an operator may end the run in between); and what a taken run's reservation
+    held for its late report, once its `lateUntil` has passed."""
     now = ctx.clock.now()
     dropped = 0
     for doc in list(store.query_all(ctx.store, store.Query("budgets", None, limit=200))):
@@ -194,11 +199,17 @@ def drop_stale_reservations(ctx: Context) -> int:
                 job = ctx.store.read("jobs", budget.product_id, job_id)
             except errors.NotFound:
                 job = {}
-            if not any(run.get("reservation") == claim for run in job.get("runs", [])):
+            if not any(_gives_back(run, claim) for run in job.get("runs", [])):
                 change(ctx, budget.product_id, lambda b, c=claim: budget_rules.release(b, c, now), create=False)
                 queue_state.bump(ctx, budget.product_id)  # the room it held is free: claims may fit
                 dropped += 1
     return dropped
+
+
+def _gives_back(run: dict[str, Any], claim: str) -> bool:
+    """Whether the run (a stored one) holds the reservation `claim` and will give it back: it
+    has not ended, or its accrual (which drops it) is still to come."""
+    return run.get("reservation") == claim and not (run.get("endedAt") and run.get("accrued"))
 
 
 def _reach(ctx: Context, product_id: str) -> None:

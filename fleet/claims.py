@@ -214,6 +214,11 @@ def _claim_best(
                     lost_to_change[head.id] = head.lease_epoch
                 if running is not None:
                     running = _running_at_limit(ctx, request.factory_id, scan.seat_limit, now, scan.factory)
+            except RoomTaken:
+                # Taken, then given back: the room the claim read is gone (to claims made
+                # meanwhile). What it read of the budget is stale, so it looks no further; the
+                # give-back moved the queue-state, so the factory looks again at once.
+                return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
             except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or free) job may still fit.
                 unaffordable.add(head.id)
@@ -370,12 +375,13 @@ class EvictedThenLost(errors.PreconditionFailed):
 
 
 def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Budget) -> Claimed:
-    """Take the job `head` ranks without reading it whole: reserve its estimate (budgets on),
-    then one patch of what a claim changes (stage, lease, epoch, `updatedAt`, the new run and
-    event appended), conditional on the ETag the head was read with, which the store answers
-    with the job as it stands. A job changed since its head was read (taken, requeued, its
-    priority or capabilities changed) fails the condition: a race lost, as `PreconditionFailed`
-    (or `NotFound`), with the reservation given back.
+    """Take the job `head` ranks without reading it whole: one patch of what a claim changes
+    (stage, lease, epoch, `updatedAt`, the new run and event appended), conditional on the ETag
+    the head was read with, which the store answers with the job as it stands; then, budgets
+    on, reserve its estimate (`_reserve_taken`; a job too dear for the budget as the claim read
+    it is refused first, with nothing written). A job changed since its head was read (taken,
+    requeued, its priority or capabilities changed) fails the condition: a race lost, as
+    `PreconditionFailed` (or `NotFound`), which wrote nothing anywhere.
 
     A job document without its `runs` or `events` array (an older release's, a hand-written
     one: `Job.from_doc` reads them as empty) cannot take the appends, and the store refuses
@@ -386,18 +392,55 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
     now = ctx.clock.now()
     seen = _as_seen(head)
     lease = _new_lease(ctx, seen, factory_id, now)
-    reserved = _reserve(ctx, seen, lease, now, budget)
+    reserving = _fits(ctx, seen, lease, now, budget)
+    decided = _claimed(seen, _Taking(lease, reserving, None), now)
     try:
-        decided = _claimed(seen, _Taking(lease, reserved, None), now)
+        written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
+    except ValueError:
+        taken = _take_as_read(ctx, head, lease, now, reserving)
+    else:
+        taken = effects.settle(ctx, written).job
+    if reserving:
+        _reserve_taken(ctx, taken, lease, now, budget)
+    return Claimed.taken(taken)
+
+
+def _fits(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budget) -> bool:
+    """Whether the claim of `job` under `lease` is to reserve its estimate (budgets on, and an
+    estimate to reserve): `BudgetExhausted`, with nothing written, if it does not fit the
+    budget as the claim read it."""
+    amount = _estimate(ctx, job, budget)
+    if amount:
+        budget_rules.reserve(budget.rolled, lease.lease_id, "", amount, now)
+    return bool(amount)
+
+
+class RoomTaken(budget_rules.BudgetExhausted):
+    """The job was taken, and then its reservation no longer fit: claims taken meanwhile had
+    reserved the room the claim read. The job was given back."""
+
+
+def _reserve_taken(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budget) -> None:
+    """Reserve the estimate of `job`, just taken under `lease` (its run names the reservation).
+
+    A claim reserves after it has won its job, not before: factories racing for the same head
+    job then race on the job's document only, and the product's one budget document is written
+    once a claim, by its winner (reserving first, each loser wrote it twice: its reservation,
+    and its give-back). Should the reservation not fit any more (`RoomTaken`), or the store
+    refuse it, the job is given back by its own release (attempts unchanged, the queue-state
+    bumped) and the error raised: the claim holds no job it has not reserved for. Should that
+    release fail too, the lease is left to expire, and the sweep requeues the job."""
+    try:
+        _reserve(ctx, job, lease, now, budget)
+    except errors.FleetError as refused:
         try:
-            written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
-        except ValueError:
-            return Claimed.taken(_take_as_read(ctx, head, lease, now, reserved))
-    except (errors.PreconditionFailed, errors.NotFound):
-        if reserved:
-            _give_back(ctx, head.product_id, lease, now)
+            leases.release(ctx, job.id, ReleaseBody(lease_id=lease.lease_id))
+        except errors.FleetError:
+            log.warning("claim %s: its reservation failed, and so did giving job %s back; its lease will expire",
+                        lease.lease_id, job.id, exc_info=True)
+        if isinstance(refused, budget_rules.BudgetExhausted):
+            raise RoomTaken() from refused
         raise
-    return Claimed.taken(effects.settle(ctx, written).job)
 
 
 def _take_as_read(ctx: Context, head: candidates.Head, lease: Lease, now: datetime, reserved: bool) -> Job:
@@ -510,7 +553,7 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
     """Reserve the job's estimated cost (its own, else the budget's default estimate) under the
     claim's lease id (so a claim that loses the race releases only its own reservation); False
     when there is nothing to reserve."""
-    amount = budget_rules.estimate(budget.rolled, job.estimated_cost_usd) if ctx.settings.budgets else 0.0
+    amount = _estimate(ctx, job, budget)
     if not amount:
         return False
     run_id = f"{job.id}#{lease.epoch}"
@@ -521,6 +564,11 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
         current=budget.doc,
     )
     return True
+
+
+def _estimate(ctx: Context, job: Job, budget: _Budget) -> float:
+    """What a claim of `job` reserves: its estimate, else the budget's default (budgets on)."""
+    return budget_rules.estimate(budget.rolled, job.estimated_cost_usd) if ctx.settings.budgets else 0.0
 
 
 def _give_back(ctx: Context, product_id: str, lease: Lease, now: datetime) -> None:

@@ -295,10 +295,11 @@ def update(
     initial: dict[str, Any] | None = None,
     current: dict[str, Any] | None = None,
     sleep: Callable[[float], None] | None = None,
+    patch: bool = False,
 ) -> dict[str, Any]:
     """`swap`, answering only the document as it stands afterwards (the current one as is
     when the decision found nothing to change)."""
-    return swap(store, container, partition_key, id, decide, attempts, initial, current, sleep).doc
+    return swap(store, container, partition_key, id, decide, attempts, initial, current, sleep, patch).doc
 
 
 def write(store: Store, container: str, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def test_an_elapsed_window_rolls(paused_by, paused_after, window, window_start, 
     assert fresh.paused == paused_after
     assert fresh.paused_by == (PausedBy.MANUAL if paused_after else None)
     # and it still remembers what it counted, so a late replay cannot count it again
-    assert fresh.accruals == ["r#1"]
+    assert fresh.counted("r#1")
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_accrue_adds_once_and_pauses_at_the_ceiling(ceiling, spent, amount, paus
     budget = budget_value(ceiling=ceiling, spent=spent)
     accrued = budget_rules.accrue(budget, "job#1", amount, NOW)
     assert accrued.spent_usd == spent + amount
-    assert accrued.accruals == ["job#1"]
+    assert accrued.counted("job#1") and not accrued.counted("job#2")
     assert (accrued.paused, accrued.paused_by) == ((True, PausedBy.CEILING) if paused else (False, None))
     # A replay of the same run adds nothing
     assert budget_rules.accrue(accrued, "job#1", amount, NOW) is None
@@ -408,6 +408,85 @@ def test_changing_the_window_recomputes_spend_from_the_ledger(world, clock, befo
     assert world.budget().spent_usd == spent
 
 
+def test_a_change_of_window_is_exact_however_many_runs_came_before():
+    # Regression: the ledger kept the last 500 accruals, so a busy month's spend was
+    # recomputed from only part of it.
+    # Given 700 runs at 1.0 over the first two weeks of a month (Friday 1 to Thursday 14)
+    budget = budget_value(ceiling=None, window_start="2026-05-01T00:00:00Z")
+    for n in range(700):
+        at_ = utc("2026-05-01T06:00:00Z") + timedelta(minutes=n * 27)
+        budget = budget_rules.accrue(budget, f"job-{n}#1", 1.0, at_, ended_at=at_)
+    # Then the ledger is a sum per day, and a weekly window from Monday 11 has exactly its days
+    assert len(budget.ledger) == 14
+    now = utc("2026-05-14T12:00:00Z")
+    week = budget_rules.window_start(Window.WEEKLY, now)
+    in_week = sum(1 for n in range(700) if utc("2026-05-01T06:00:00Z") + timedelta(minutes=n * 27) >= week)
+    assert budget.charged_since(week) == in_week and budget.charged_since(utc("2026-05-01T00:00:00Z")) == 700.0
+
+
+def test_the_ledger_keeps_only_the_days_a_window_can_reach():
+    # Given a run charged on the last day of April, and one charged on Wednesday 6 May
+    budget = budget_value(ceiling=None, window_start="2026-04-01T00:00:00Z")
+    budget = budget_rules.accrue(budget, "a#1", 2.0, utc("2026-04-30T10:00:00Z"))
+    budget = budget_rules.rolled(budget, utc("2026-05-06T10:00:00Z"))
+    budget = budget_rules.accrue(budget, "b#1", 3.0, utc("2026-05-06T10:00:00Z"))
+    # Then April 30 is gone: no window of any kind containing May 6 reaches it (the week began on Monday 4)
+    assert budget.ledger == {"2026-05-06": 3.0}
+    # while in a week that began in April (Friday 1 May: the week began Monday 27 April) it stays
+    early = budget_value(ceiling=None, window_start="2026-04-01T00:00:00Z")
+    early = budget_rules.accrue(early, "a#1", 2.0, utc("2026-04-28T10:00:00Z"))
+    early = budget_rules.accrue(budget_rules.rolled(early, utc("2026-05-01T10:00:00Z")), "b#1", 3.0, utc("2026-05-01T10:00:00Z"))
+    assert early.ledger == {"2026-04-28": 2.0, "2026-05-01": 3.0}
+
+
+def test_the_accrual_memory_is_small_and_grows_by_appends_between_cuts():
+    # Given 1,000 accruals
+    budget = budget_value(ceiling=None)
+    grown = 0
+    for n in range(1000):
+        after = budget_rules.accrue(budget, f"acme:job-{n:04}#1", 0.25, NOW)
+        ops = store_port.diff(budget.to_doc(), after.to_doc())
+        memory = [op for op in ops if op.field == "accruals"]
+        grown += [op.kind for op in memory] == ["append"]
+        budget = after
+    # Then it remembers at least the last 250 and at most 500, each in 11 characters
+    assert 250 <= len(budget.accruals) <= budget_rules.ACCRUAL_MEMORY
+    assert all(budget.counted(f"acme:job-{n:04}#1") for n in range(750, 1000))
+    assert not budget.counted("acme:job-0000#1") and not budget.counted("acme:job-1000#1")
+    assert {len(key) for key in budget.accruals} == {11}
+    # and all but the two cuts (at the 501st accrual and the 752nd) were a patch appending one key
+    assert grown == 1000 - 2
+    # and a replay of any of the last 250 adds nothing
+    assert budget_rules.accrue(budget, "acme:job-0999#1", 0.25, NOW) is None
+
+
+def test_a_budget_written_before_the_lean_layout_is_read_and_still_recognises_its_accruals():
+    # Given a document as an older release wrote it: accrual ids whole, the ledger as pairs
+    doc = budget_value(ceiling=None).to_doc() | {
+        "accruals": ["acme:old#1"],
+        "ledger": [["2026-01-05T09:00:00.000Z", 1.5], ["2026-01-05T10:00:00.000Z", 2.0], ["2026-01-04T10:00:00.000Z", 1.0]],
+    }
+    budget = Budget.from_doc(doc)
+    # Then its ledger is summed per day, and its old accrual is not counted again
+    assert budget.ledger == {"2026-01-04": 1.0, "2026-01-05": 3.5}
+    assert budget_rules.accrue(budget, "acme:old#1", 1.5, NOW) is None
+    assert budget_rules.accrue(budget, "acme:new#1", 1.5, NOW).counted("acme:new#1")
+
+
+def test_a_budget_write_is_a_patch_of_what_it_changes(world):
+    # Given a busy budget (400 runs accrued)
+    world.put_budget(1e6)
+    for n in range(400):
+        budgets.change(world.ctx, PRODUCT, lambda b, n=n: budget_rules.accrue(b, f"r-{n}#1", 1.0, world.clock.now()))
+    counting = store_port.CountingStore(world.store)
+    ctx = Context(counting, world.clock, world.ctx.settings)
+    # When one more run accrues
+    budgets.change(ctx, PRODUCT, lambda b: budget_rules.accrue(b, "r-400#1", 1.0, world.clock.now()))
+    # Then it is a read and a patch, never a whole replace of the document
+    assert dict(counting.calls) == {"read:budgets": 1, "patch:budgets": 1}
+    assert budgets.find(world.ctx, PRODUCT).spent_usd == 401.0
+
+
 def test_roll_windows_starts_new_windows_at_the_boundary(world, clock):
     # Given a daily budget that spent its ceiling and a monthly one that spent a little
     exhaust(world)
@@ -459,15 +538,25 @@ def test_a_reservation_becomes_spend_when_the_run_ends(world):
     assert (world.budget().spent_usd, world.budget().reserved_usd) == (3.0, 0.0)
 
 
-def test_a_claim_that_loses_its_job_releases_its_reservation(world, faulty):
-    # Given a job with an estimate, cancelled right after a claim reserved for it
+def test_a_run_ended_while_its_claim_reserves_has_its_reservation_dropped_by_the_sweep(world, faulty, clock):
+    # Given a job with an estimate, cancelled by an operator after a claim took it, while the
+    # claim reserves its estimate (a claim reserves once it has won its job)
     world.put_budget(10.0)
     job = world.submit_job("est", estimated_cost_usd=4.0)
-    faulty.meanwhile("replace", "budgets", lambda: world.with_settings().act(job, "cancel"))
-    # When the claim tries to take it, Then it loses, finds nothing else, and holds nothing
-    assert world.claim("factory-1").job is None
-    assert world.job(job).stage == Stage.CANCELLED
-    assert world.budget().reservations == {}
+    faulty.meanwhile("patch", "budgets", lambda: world.with_settings().act(job, "cancel"))
+    # When the claim is answered, Then it took the job before the cancel, whose lease the cancel ended
+    claimed = world.claim("factory-1")
+    assert claimed.job.id == job.id and world.job(job).stage == Stage.CANCELLED
+    with pytest.raises(errors.LeaseLost):
+        world.patch(claimed.job, "building")
+    # and the reservation that landed after the run's accrual is held until the sweep, a lease
+    # term on, drops it (its run ended and accrued: nothing else would give it back)
+    assert world.budget().reserved_usd == 4.0
+    assert budgets.drop_stale_reservations(world.ctx) == 0
+    version = world.version()
+    clock.advance(LEASE_SECONDS + 1)
+    assert sweep.run(world.ctx)["reservationsDropped"] == 1
+    assert world.budget().reservations == {} and world.version() > version
 
 
 def test_a_claim_that_loses_a_race_leaves_the_winners_reservation(world):
@@ -484,22 +573,40 @@ def test_a_claim_that_loses_a_race_leaves_the_winners_reservation(world):
     assert world.budget().reserved_usd == 4.0
 
 
-def test_a_claim_that_crashed_after_reserving_is_repaired_by_the_sweep(world, faulty, clock):
-    # Given a claim that reserved an estimate, then died before its job write
+@pytest.mark.parametrize("after", [False, True], ids=["refused", "landed-unheard"])
+def test_a_claim_whose_reservation_fails_gives_its_job_back(world, faulty, after):
+    # Given a claim that took its job, and a store that fails its reservation (refused, or
+    # written but its answer lost)
     world.put_budget(10.0)
     job = world.submit_job("est", estimated_cost_usd=4.0)
-    faulty.crash("patch", "jobs")
+    faulty.crash("patch", "budgets", after=after)
+    version = world.version()
+    # When it claims, Then the store's failure is the answer, and it holds no job: the job is
+    # back in the queue, attempts unchanged, and nothing is reserved
     with pytest.raises(errors.StoreBusy):
         world.claim()
-    assert world.job(job).stage == Stage.QUEUED
-    assert world.budget().reserved_usd == 4.0
-    # When the sweep runs within a lease term, Then the reservation is left alone (it may be live)
-    clock.advance(LEASE_SECONDS - 1)
-    assert sweep.run(world.ctx)["reservationsDropped"] == 0
-    # and once a lease term has passed with the job never claimed, it is dropped
-    clock.advance(2)
-    assert sweep.run(world.ctx)["reservationsDropped"] == 1
-    assert world.budget().reservations == {}
+    back = world.job(job)
+    assert (back.stage, back.attempts, back.lease) == (Stage.QUEUED, 0, None)
+    assert world.budget().reservations == {} and world.version() > version
+    # and the next claim takes it
+    assert world.claim().job.id == job.id and world.budget().reserved_usd == 4.0
+
+
+def test_a_claim_that_died_between_its_take_and_its_reservation_is_repaired_by_the_sweep(world, faulty, clock):
+    # Given a claim that took its job, and then neither reserved nor gave it back (a process
+    # that died in between is as one whose store failed both)
+    world.put_budget(10.0)
+    job = world.submit_job("est", estimated_cost_usd=4.0)
+    faulty.crash("patch", "budgets")
+    faulty.crash("patch", "jobs", nth=2)  # #1 the take, #2 the give-back
+    with pytest.raises(errors.StoreBusy):
+        world.claim()
+    assert world.job(job).stage == Stage.ASSIGNED and world.budget().reservations == {}
+    # When its lease expires, Then the sweep requeues the job, and the budget holds nothing for it
+    clock.advance(LEASE_SECONDS + 1)
+    sweep.run(world.ctx)
+    assert world.job(job).stage == Stage.QUEUED and world.budget().reservations == {}
+    assert world.claim().job.id == job.id
 
 
 def test_a_released_reservation_bumps_the_queue_state_so_gated_factories_look_again(world, clock):
@@ -705,18 +812,6 @@ def test_a_default_estimate_above_the_ceiling_is_refused_and_nothing_changes(wor
         world.put_budget(ceiling, default_estimate=default)
     assert refused.value.errors[0]["field"] == "defaultEstimateUsd"
     assert (world.budget().ceiling_usd, world.budget().default_estimate_usd) == (10.0, first_default)
-
-
-def test_a_stale_reservation_dropped_by_the_sweep_tells_idle_factories(world, faulty, clock):
-    world.put_budget(10.0, default_estimate=4.0)
-    world.submit_job("unestimated")
-    faulty.crash("patch", "jobs")
-    with pytest.raises(errors.StoreBusy):
-        world.claim()
-    version = world.version()
-    clock.advance(LEASE_SECONDS + 1)
-    assert sweep.run(world.ctx)["reservationsDropped"] == 1
-    assert world.version() > version
 
 
 def test_a_put_that_names_no_window_keeps_the_budgets_and_a_new_budgets_is_monthly(world):

@@ -142,7 +142,7 @@ def test_an_eviction_is_named_though_the_reservation_cannot_be_given_back(world,
     faulty.meanwhile(
         "patch", "jobs", lambda: claims.claim_job(rival.observer, urgent.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT))
     )
-    faulty.crash("replace", "budgets", nth=2)  # #1 its reservation, #2 its give-back (the rival's is unseen)
+    faulty.crash("patch", "budgets", nth=2)  # #1 its reservation, #2 its give-back (the rival's is unseen)
     # When it claims, Then the claim goes on, taking its victim back under a new lease, and
     # names the eviction; the reservation it could not give back is left to the sweep
     claimed = world.claim("factory-1")
@@ -152,7 +152,7 @@ def test_an_eviction_is_named_though_the_reservation_cannot_be_given_back(world,
     assert len(held) == 2 and world.budget().reserved_usd == 10.0  # the rival's 5, and its own 5 left over
     shown = world.budget().public().reservations  # both, though they name one run
     assert len(shown) == 2 and sum(r["amountUsd"] for r in shown.values()) == 10.0
-    assert faulty.crashed == ["replace:budgets"]
+    assert faulty.crashed == ["patch:budgets"]
 
 
 def test_a_claim_refused_for_a_seat_does_not_move_the_queue_state(world):
@@ -203,31 +203,58 @@ def test_a_named_claim_lost_after_evicting_names_the_eviction(world, faulty):
     assert world.job(low).stage == Stage.QUEUED
 
 
-def test_a_lost_race_falls_through_releasing_only_its_own_reservation(world, faulty):
-    # Given two queued jobs estimated at 4 (the older first in line) and a 20-dollar ceiling
-    world.put_budget(20.0)
-    first = world.submit_job("first", estimated_cost_usd=4.0)
+def two_estimated_jobs(world, faulty, ceiling: float, estimate: float, rival_takes: int):
+    """Two queued jobs estimated at `estimate` (the older first in line) under `ceiling`, and a
+    rival factory that claims the `rival_takes`-th (0 or 1) right after the next claim reads
+    the queue (so that claim read the budget before the rival's reservation)."""
+    world.put_budget(ceiling)
+    first = world.submit_job("first", estimated_cost_usd=estimate)
     world.clock.advance(60)
-    second = world.submit_job("second", estimated_cost_usd=4.0)
-    rival = world.with_settings()
+    second = world.submit_job("second", estimated_cost_usd=estimate)
+    rival, taken = world.with_settings(), (first, second)[rival_takes]
+    faulty.meanwhile("query", "jobs", lambda: claims.claim_job(
+        rival.observer, taken.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT)))
+    return first, second
 
-    def rival_takes_first():
-        claims.claim_job(rival.observer, first.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT))
 
+def test_a_lost_race_falls_through_having_written_nothing_to_the_budget(world, faulty):
+    # Given two queued jobs estimated at 4 under a 20-dollar ceiling, and a rival that takes
+    # the first right after factory-1 read the queue
+    first, second = two_estimated_jobs(world, faulty, 20.0, 4.0, rival_takes=0)
     version = world.version()
-    # When a rival takes the first job right after factory-1 reserved for it
-    faulty.meanwhile("replace", "budgets", rival_takes_first)
+    faulty.calls.clear()  # factory-1's calls (the rival's go to the store beneath)
     claimed = world.claim("factory-1")
     # Then factory-1 falls through to the second job
     assert claimed.job.id == second.id
-    # having bumped the queue-state once as it gave its first reservation back (a claim
-    # refused meanwhile for the room it held may fit now; taking a job bumps nothing)
-    assert world.version() == version + 1
+    # having reserved only once it held its job: the race it lost wrote nothing, neither to the
+    # queue-state nor to the budget, whose only write is its reservation for the second job (a
+    # first try on the budget as the claim read it, made stale by the rival's reservation, and
+    # the write)
+    assert world.version() == version
+    assert faulty.calls["replace:budgets"] == 0 and faulty.calls["patch:budgets"] == 2
     # and both running claims hold their estimate: 4 + 4
     winner = world.job(first)
     held = world.budget().reservations
     assert held.keys() == {winner.latest_run.reservation, claimed.job.latest_run.reservation}
     assert world.budget().reserved_usd == 8.0
+
+
+def test_a_claim_whose_room_was_taken_after_it_read_the_budget_gives_its_job_back(world, faulty):
+    # Given a ceiling of 10 and two jobs estimated at 8, and a rival that claims the second
+    # right after factory-1 read the queue (so factory-1 read the budget with 10 left)
+    first, second = two_estimated_jobs(world, faulty, 10.0, 8.0, rival_takes=1)
+    version = world.version()
+    # When factory-1 takes the first job, whose reservation then no longer fits (8 + 8 > 10)
+    claimed = world.claim("factory-1")
+    # Then it is refused for the budget, holding nothing: the first job is back in the queue,
+    # attempts unchanged, and only the rival's estimate is reserved
+    assert (claimed.job, claimed.reason) == (None, "budget_exceeded")
+    back = world.job(first)
+    assert (back.stage, back.attempts, back.lease) == (Stage.QUEUED, 0, None)
+    assert world.budget().reserved_usd == 8.0
+    assert world.budget().reservations.keys() == {world.job(second).latest_run.reservation}
+    # and the give-back moved the queue-state, so the factories it refused look again
+    assert world.version() > version
 
 
 def test_a_candidate_too_dear_for_the_budget_is_passed_over_for_an_affordable_one(world, clock):
@@ -285,9 +312,9 @@ def test_a_rescan_after_a_lost_race_does_not_count_the_same_dear_jobs_again(worl
         clock.advance(1)
         later.append(world.submit_job("cheap-later", estimated_cost_usd=0.5))
 
-    # When a rival takes the cheap job right after factory-2 reserved for it, and another
-    # cheap job arrives after factory-2 read the queue: its scan ends lost, and it rescans
-    faulty.meanwhile("replace", "budgets", rival_takes_cheap_and_another_arrives)
+    # When a rival takes the cheap job right after factory-2 read the queue, and another cheap
+    # job arrives meanwhile: its scan ends lost, and it rescans
+    faulty.meanwhile("query", "jobs", rival_takes_cheap_and_another_arrives)
     claimed = world.claim("factory-2")
     # Then the rescan passes the ten dear jobs again, counting them once (20 would end it at 16)
     assert claimed.job is not None and claimed.job.id == later[0].id

@@ -405,6 +405,11 @@ class BudgetsDown(store_port.CountingStore):
             raise errors.StoreBusy("budgets unreachable")
         return super().replace(container, doc, etag)
 
+    def patch(self, container, partition_key, id, ops, etag, answer=False):
+        if container == "budgets":
+            raise errors.StoreBusy("budgets unreachable")
+        return super().patch(container, partition_key, id, ops, etag, answer)
+
     def create(self, container, doc):
         if container == "budgets":
             raise errors.StoreBusy("budgets unreachable")

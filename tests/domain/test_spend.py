@@ -237,7 +237,7 @@ def test_a_late_report_landing_while_the_runs_own_accrual_is_in_flight_counts_bo
     # When the run is preempted, and its lost lease's report lands just as the preemption's
     # follow-up writes the budget
     reports = []
-    faulty.meanwhile("replace", "budgets", lambda: reports.append(
+    faulty.meanwhile("patch", "budgets", lambda: reports.append(
         other_process.report(job, lease, insights={"costUsd": 2.0})))
     world.heartbeat("factory-1", seat_limit=1, running=[job])
     world.submit_job("urgent", priority="critical")
@@ -254,7 +254,7 @@ def test_a_late_report_landing_while_the_runs_own_accrual_is_in_flight_counts_bo
 def test_a_crash_after_a_late_reports_write_is_finished_by_the_sweep(world, faulty):
     world.put_budget(100.0)
     job, lease = _taken(world, "requeue", 0.5)
-    faulty.crash("replace", "budgets")
+    faulty.crash("patch", "budgets")
     world.report(job, lease, insights={"costUsd": 2.0})
     assert (spent(world), pending(world)) == (0.5, [job.id])
     assert sweep.run(world.ctx)["accrued"] == 1
@@ -270,9 +270,9 @@ def test_a_crash_after_a_late_reports_write_is_finished_by_the_sweep(world, faul
     [
         # the budget write never happened: nothing counted until the sweep
         ("read", "budgets", 1, False, 0.0),
-        ("replace", "budgets", 1, False, 0.0),
+        ("patch", "budgets", 1, False, 0.0),
         # the budget write happened but the process died before hearing of it
-        ("replace", "budgets", 1, True, 4.0),
+        ("patch", "budgets", 1, True, 4.0),
         # the budget counted it; the job's `accrued` mark (its 2nd write) never happened
         # (the mark writes on the ETag the PATCH's own write returned: it reads nothing first)
         ("patch", "jobs", 2, False, 4.0),
@@ -361,7 +361,7 @@ def test_a_sweep_replaying_between_the_budget_write_and_the_mark_counts_once(wor
     job = world.patch(world.running_job("work"), "testing")
     other_process = world.with_settings()  # (same store and settings)
     sweeps = []
-    faulty.meanwhile("replace", "budgets", lambda: sweeps.append(spend.replay_pending(other_process.observer)))
+    faulty.meanwhile("patch", "budgets", lambda: sweeps.append(spend.replay_pending(other_process.observer)))
     # When the sweep replays it at exactly that moment, and then the original finishes
     world.patch(job, "shipped", insights={"costUsd": 4.0})
     # Then the sweep found it pending, and yet it was counted once
@@ -393,7 +393,7 @@ def test_one_job_that_keeps_failing_does_not_stop_the_accruals_of_the_others():
 COSTS = st.one_of(st.none(), st.integers(0, 20).map(lambda quarters: quarters / 4))  # exact in binary
 CRASHES = st.sampled_from(
     [
-        ("replace", "budgets"),
+        ("patch", "budgets"),
         ("read", "budgets"),
         ("replace", "jobs"),
         ("patch", "jobs"),
