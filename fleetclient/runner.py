@@ -207,7 +207,7 @@ class Runner:
             running = len(self.running)
             if config.max_jobs is not None and self.stats.claimed >= config.max_jobs:
                 return
-            if config.exit_when_idle and self._idle and running == 0:
+            if config.exit_when_idle and self._idle and running == 0 and not self._freed_unclaimed():
                 why = self._last_reason.value if self._last_reason else "the gate saw no change"
                 log.info("factory %s: nothing to claim (%s) and nothing running; exiting", config.factory_id, why)
                 return
@@ -215,6 +215,14 @@ class Runner:
             if (running < config.seats or self._coordinator_preempts()) and self._poll():
                 continue  # got a job: mid-drain, claim again straight away
             self._sleep(config.poll_seconds * self._rng.uniform(1 - POLL_JITTER, 1 + POLL_JITTER))
+
+    def _freed_unclaimed(self) -> bool:
+        """Whether a seat finished since the last claim: a claim that found nothing (or a
+        gate that held back) while a seat was finishing must not end an idle run, as what the
+        seat's end makes claimable (the seat itself, for a runner refused `seat_limit`) is
+        only looked for by the next claim."""
+        with self._lock:
+            return self._seat_freed
 
     def _poll(self) -> bool:
         """One poll: maybe claim (the gate decides); whether a job was claimed."""
