@@ -1,18 +1,22 @@
 """Factories racing for one budgeted product's jobs: what each job costs the budget document.
 
-    .venv/bin/python bench/budget_contention.py [--factories 1,4,8] [--jobs 120] [--no-cosmos]
+    .venv/bin/python bench/budget_contention.py [--factories 1,4,8] [--jobs 120] [--held 0,100]
+        [--no-cosmos]
 
 A product with a budget (a high ceiling, a default estimate of 1 USD, so every claim reserves)
 and `--jobs` queued jobs; `F` factories, each a thread with its own context, claim the best
 job, release it shipped at 0.5 USD and claim again until the queue is empty. Every claim's
 reservation and every release's accrual writes the product's one budget document, so factories
-racing for the same head job race on that document too.
+racing for the same head job race on that document too. `--held N`: N more runs of the product
+are in flight throughout (claimed first, by other factories, never released), so the document
+holds N reservations, as a busy product's does.
 
 Per shipped job: the store calls on the budget document (by kind) and in all, the bytes
 exchanged with it (Cosmos: request and response bodies at the SDK's transport, retries
 included; SQLite: the JSON of the documents handed to and returned by the store port), and the
 claims that failed for a busy store (`store_busy`, `too_many_retries`: a 503 over HTTP). At the
-end the budget must agree with the runs (spend = shipped x 0.5, nothing reserved): the bench
+end the budget must agree with the runs (spend = shipped x 0.5, nothing reserved but the held
+runs' estimates): the bench
 says so, and exits 1 if not.
 """
 from __future__ import annotations
@@ -111,11 +115,14 @@ class Outcome:
     agrees: bool
 
 
-def race(store_factory, factories: int, jobs: int) -> Outcome:
+def race(store_factory, factories: int, jobs: int, held: int = 0) -> Outcome:
     with store_factory() as (store, wire):
         counting = ByContainer(store)
         ctx = Context(counting, SystemClock(), Settings(lease_seconds=300, budgets=True))
         budgets.put(ctx, PRODUCT, 1e6, Window.MONTHLY, default_estimate_usd=1.0)
+        for n in range(held):
+            submit.submit(ctx, schemas.JobSpec(product_id=PRODUCT, idempotency_key=f"held{n}", body_md="x" * 200))
+            assert claims.claim_next(ctx, claims.ClaimRequest(f"holder{n}", PRODUCT, [], None, 4)).job is not None
         for n in range(jobs):
             submit.submit(ctx, schemas.JobSpec(product_id=PRODUCT, idempotency_key=f"k{n}", body_md="x" * 200))
         counting.calls.clear()
@@ -158,7 +165,7 @@ def race(store_factory, factories: int, jobs: int) -> Outcome:
         total = sum(counting.calls.values())
         budget = budgets.find(ctx, PRODUCT)
         done = sum(shipped.values())
-        agrees = abs(budget.spent_usd - done * COST) < 1e-6 and not budget.reservations and done == jobs
+        agrees = abs(budget.spent_usd - done * COST) < 1e-6 and len(budget.reservations) == held and done == jobs
         moved = (wire.budget_bytes - wire_before) if wire else counting.budget_bytes
         return Outcome(done, seconds, calls, total, moved, sum(busy.values()), agrees)
 
@@ -176,26 +183,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factories", default="1,4,8")
     parser.add_argument("--jobs", type=int, default=120)
+    parser.add_argument("--held", default="0,100", help="runs in flight throughout, per table")
     parser.add_argument("--no-cosmos", action="store_true")
     args = parser.parse_args()
     counts = [int(n) for n in args.factories.split(",")]
     print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; {args.jobs} jobs a run")
-    print("| store | factories | jobs/s | budget calls per job (by kind) | all store calls per job |"
+    print("| store | factories | held | jobs/s | budget calls per job (by kind) | all store calls per job |"
           " budget KB per job | busy claims and releases | budget agrees |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     ok = True
 
-    def row(store_name: str, opener, n: int) -> None:
+    held_counts = [int(n) for n in args.held.split(",")]
+
+    def row(store_name: str, opener, n: int, held: int) -> None:
         nonlocal ok
-        out = race(opener, n, args.jobs)
+        out = race(opener, n, args.jobs, held)
         ok = ok and out.agrees
         per = ", ".join(f"{k.split(':')[0]} {v / max(out.shipped, 1):.1f}" for k, v in sorted(out.budget_calls.items()))
-        print(f"| {store_name} | {n} | {out.shipped / out.seconds:.0f} | {per} | {out.all_calls / max(out.shipped, 1):.1f} |"
+        print(f"| {store_name} | {n} | {held} | {out.shipped / out.seconds:.0f} | {per} | {out.all_calls / max(out.shipped, 1):.1f} |"
               f" {out.budget_bytes / max(out.shipped, 1) / KB:.1f} | {out.busy} | {'yes' if out.agrees else 'NO'} |", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        for n in counts:
-            row("SQLite", lambda: sqlite_store(tmp), n)
+        for held in held_counts:
+            for n in counts:
+                row("SQLite", lambda: sqlite_store(tmp), n, held)
     if not args.no_cosmos:
         account = local_cosmos.account_from_env()
         with contextlib.ExitStack() as stack:
@@ -212,8 +223,9 @@ def main() -> None:
                 finally:
                     store.close()
 
-            for n in counts:
-                row("Cosmos", cosmos_store, n)
+            for held in held_counts:
+                for n in counts:
+                    row("Cosmos", cosmos_store, n, held)
     if not ok:
         print("the budget does not agree with the runs", file=sys.stderr)
         sys.exit(1)

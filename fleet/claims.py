@@ -429,15 +429,21 @@ def _reserve_taken(ctx: Context, job: Job, lease: Lease, now: datetime, budget: 
     and its give-back). Should the reservation not fit any more (`RoomTaken`), or the store
     refuse it, the job is given back by its own release (attempts unchanged, the queue-state
     bumped) and the error raised: the claim holds no job it has not reserved for. Should that
-    release fail too, the lease is left to expire, and the sweep requeues the job."""
+    release fail too, the lease is left to expire, and the sweep requeues the job (counting an
+    attempt, as for any expired lease).
+
+    The trade: a budget store that fails writes while reads succeed now costs each failing
+    claim a take and a give-back of its job, whose queue-state bump wakes idle factories to
+    claim and fail likewise (each backs off for the 503's `Retry-After`), where a claim that
+    reserved first failed before touching the job."""
     try:
         _reserve(ctx, job, lease, now, budget)
-    except errors.FleetError as refused:
+    except Exception as refused:  # whatever failed it (a FleetError, or a document it cannot read)
         try:
             leases.release(ctx, job.id, ReleaseBody(lease_id=lease.lease_id))
         except errors.FleetError:
-            log.warning("claim %s: its reservation failed, and so did giving job %s back; its lease will expire",
-                        lease.lease_id, job.id, exc_info=True)
+            log.warning("claim %s: its reservation failed, and so did giving job %s back (unless only the"
+                        " follow-ups failed); its lease will expire", lease.lease_id, job.id, exc_info=True)
         if isinstance(refused, budget_rules.BudgetExhausted):
             raise RoomTaken() from refused
         raise

@@ -473,6 +473,35 @@ def test_a_budget_written_before_the_lean_layout_is_read_and_still_recognises_it
     assert budget_rules.accrue(budget, "acme:new#1", 1.5, NOW).counted("acme:new#1")
 
 
+def test_a_reservation_is_a_field_of_its_own_so_its_write_names_only_it():
+    # Given a budget holding 50 reservations
+    budget = budget_value(ceiling=1e6, reservations={f"lease{n:02}": 1.0 for n in range(50)})
+    # When a claim reserves, Then its patch sets its own field (and the time), nothing else
+    reserved = budget_rules.reserve(budget, "leasenew", "acme:job#1", 2.0, NOW)
+    ops = store_port.diff(budget.to_doc(), reserved.to_doc())
+    assert ("set", "r_leasenew") in {(op.kind, op.field) for op in ops}
+    assert {op.field for op in ops} <= {"r_leasenew", "updatedAt"}
+    # and the run's accrual removes that field, appending its key to the memory
+    accrued = budget_rules.accrue(reserved, "acme:job#1", 1.5, at(60), reservation="leasenew")
+    ops = store_port.diff(reserved.to_doc(), accrued.to_doc())
+    assert ("remove", "r_leasenew") in {(op.kind, op.field) for op in ops}
+    assert [op.kind for op in ops if op.field == "accruals"] == ["append"]
+    assert sum(len(str(op.value)) for op in ops) < 300
+    # and the document reads back as it was written
+    assert Budget.from_doc(accrued.to_doc()) == accrued
+
+
+def test_a_budget_with_its_reservations_under_one_field_is_read_as_before():
+    # Given a document an older release wrote, its reservations all under `reservations`
+    held = {"amountUsd": 4.0, "at": T0, "runId": "acme:j#1"}
+    doc = budget_value(ceiling=10.0).to_doc() | {"reservations": {"old-lease": held}}
+    budget = Budget.from_doc(doc)
+    # Then they are its reservations, and its next write gives each a field of its own
+    assert budget.reservations == {"old-lease": held} and budget.reserved_usd == 4.0
+    assert Budget.from_doc(doc | {"r_newlease": held}).reserved_usd == 8.0
+    assert "reservations" not in budget.to_doc() and budget.to_doc()["r_old-lease"] == held
+
+
 def test_a_budget_write_is_a_patch_of_what_it_changes(world):
     # Given a busy budget (400 runs accrued)
     world.put_budget(1e6)
@@ -539,11 +568,12 @@ def test_a_reservation_becomes_spend_when_the_run_ends(world):
 
 
 def test_a_run_ended_while_its_claim_reserves_has_its_reservation_dropped_by_the_sweep(world, faulty, clock):
-    # Given a job with an estimate, cancelled by an operator after a claim took it, while the
-    # claim reserves its estimate (a claim reserves once it has won its job)
+    # Given a job with an estimate, cancelled by an operator right after a claim took it and
+    # before the claim reserved its estimate (a claim reserves once it has won its job), so
+    # the cancel's accrual found no reservation to drop
     world.put_budget(10.0)
     job = world.submit_job("est", estimated_cost_usd=4.0)
-    faulty.meanwhile("patch", "budgets", lambda: world.with_settings().act(job, "cancel"))
+    faulty.meanwhile("patch", "jobs", lambda: world.with_settings().act(job, "cancel"))
     # When the claim is answered, Then it took the job before the cancel, whose lease the cancel ended
     claimed = world.claim("factory-1")
     assert claimed.job.id == job.id and world.job(job).stage == Stage.CANCELLED
