@@ -20,18 +20,39 @@ SEARCH_DEPTH = 500
 MAX_PRODUCTS = 50
 
 
-def products(ctx: Context, fleet: list[factories.Factory] | None = None) -> list[str]:
+def products(
+    ctx: Context, fleet: list[factories.Factory] | None = None, budgeted: "Budgeted | None" = None
+) -> list[str]:
     """The products this principal sees that the fleet knows of: any that ever queued a job,
     has a factory serving it (`fleet`: the factories, when the caller has read them), or has a
-    budget."""
+    budget (`budgeted`: the budgets, when the caller has listed them)."""
     found: set[str] = set()
     queue_states = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=MAX_PRODUCTS)
     found.update(doc["productId"] for doc in ctx.store.query(queue_states).items)
     for factory in factories.list_all(ctx).items if fleet is None else fleet:
         found.update(factory.products)
     if ctx.settings.budgets:
-        found.update(doc["productId"] for doc in ctx.store.query(store.Query("budgets", None, limit=MAX_PRODUCTS)).items)
+        found.update((budgeted or Budgeted.listed(ctx)).budgets)
     return sorted(p for p in found if ctx.principal.sees(p))[:MAX_PRODUCTS]
+
+
+@dataclass(frozen=True)
+class Budgeted:
+    """The budgets of the products a page shows, listed in one query (`budgets.listed`): a
+    page that shows every product's budget reads each only if the listing was cut short."""
+
+    budgets: dict[str, budget_rules.Budget]
+    complete: bool
+
+    @classmethod
+    def listed(cls, ctx: Context) -> "Budgeted":
+        return cls(*budgets.listed(ctx, MAX_PRODUCTS))
+
+    def of(self, ctx: Context, product: str) -> budget_rules.Budget | None:
+        """The product's budget: from the listing, else (a listing cut short) read."""
+        if product in self.budgets or self.complete:
+            return self.budgets.get(product)
+        return budgets.find(ctx, product)
 
 
 #: The stages the overview counts jobs in now: work in flight, and work waiting for an operator
@@ -56,12 +77,13 @@ class Overview:
 
 def overview(ctx: Context) -> Overview:
     fleet = factories.list_all(ctx).items
-    names = products(ctx, fleet)
+    budgeted = Budgeted.listed(ctx) if ctx.settings.budgets else None
+    names = products(ctx, fleet, budgeted)
     counts = {p: {s: _count(ctx, p, s) for s in COUNTED} for p in names}
     spend: dict[str, budget_rules.BudgetView | None] = {}
-    if ctx.settings.budgets:
+    if budgeted is not None:
         for p in names:
-            budget = budgets.find(ctx, p)
+            budget = budgeted.of(ctx, p)
             spend[p] = budget.public() if budget else None
     days = activity.days(ctx)
     return Overview(
@@ -176,8 +198,9 @@ class BudgetsView:
 def budget_page(ctx: Context) -> BudgetsView:
     shown: dict[str, budget_rules.BudgetView | None] = {}
     rolls: dict[str, Any] = {}
-    for p in products(ctx):
-        budget = budgets.find(ctx, p)
+    budgeted = Budgeted.listed(ctx) if ctx.settings.budgets else Budgeted({}, False)
+    for p in products(ctx, budgeted=budgeted):
+        budget = budgeted.of(ctx, p)
         shown[p] = budget.public() if budget else None
         if budget is not None:
             rolls[p] = budget_rules.window_end(budget.window, budget.window_start)

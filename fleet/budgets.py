@@ -36,6 +36,19 @@ def find(ctx: Context, product_id: str) -> Budget | None:
     return None if doc is None else budget_rules.rolled(Budget.from_doc(doc), ctx.clock.now())
 
 
+def listed(ctx: Context, limit: int) -> tuple[dict[str, Budget], bool]:
+    """Up to `limit` budgets, as of now (rolled), of the products this principal sees, in one
+    query; and whether that is every budget (the query had no more to give)."""
+    page = ctx.store.query(store.Query("budgets", None, limit=limit))
+    now = ctx.clock.now()
+    found = {
+        doc["productId"]: budget_rules.rolled(Budget.from_doc(doc), now)
+        for doc in page.items
+        if ctx.principal.sees(doc["productId"])
+    }
+    return found, not page.continuation
+
+
 def change(ctx: Context, product_id: str, decide, create: bool = True, current: dict[str, Any] | None = None) -> Budget:
     """CAS `decide(rolled budget) -> Budget | None` on the product's budget, creating it first
     if it does not exist and `create` is set. Written as a patch of the fields it changes (an

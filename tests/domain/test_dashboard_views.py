@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from dashboard import views
+from fleet.testing import flags_on
 
 
 def test_a_job_page_shows_when_the_lease_ends_as_its_factorys_heartbeats_carry_it(world, running_job, clock):
@@ -53,3 +56,35 @@ def test_a_job_page_shows_a_runs_cost_reported_late_by_its_lost_lease(world, run
 
     run = views.detail(world.ctx, job.id).runs[0]
     assert (run["cost"], run["late"], run["pr_url"]) == (1.5, True, "https://example.com/pr/9")
+
+
+@pytest.mark.settings(flags_on())
+def test_the_overview_and_the_budget_page_read_every_budget_in_one_query(world, faulty, clock):
+    # Given three products with budgets, one of them spending
+    for product in ("p", "q", "r"):
+        world.put_budget(100.0, product_id=product)
+        world.submit_job(f"job-{product}", product_id=product)
+    world.release(world.claim(product_id="q").job, result="shipped", insights={"costUsd": 2.5})
+    faulty.calls.clear()
+    # When the overview and the budget page are read
+    overview = views.overview(world.ctx)
+    page = views.budget_page(world.ctx)
+    # Then each listed the budgets once, and point-read none of them
+    assert faulty.calls["query:budgets"] == 2 and faulty.calls["read:budgets"] == 0
+    # and both show each product's budget as a read would
+    assert {p: b.spent_usd for p, b in overview.spend.items()} == {"p": 0.0, "q": 2.5, "r": 0.0}
+    assert page.budgets == {p: world.budget(p).public() for p in ("p", "q", "r")}
+
+
+@pytest.mark.settings(flags_on())
+def test_a_budget_listing_cut_short_reads_the_budgets_it_did_not_list(world, faulty):
+    # Given a product with a budget that a listing did not reach
+    world.put_budget(10.0, product_id="p")
+    faulty.calls.clear()
+    # Then a listing cut short reads it, and a complete one knows there is none to read
+    assert views.Budgeted({}, complete=False).of(world.ctx, "p").ceiling_usd == 10.0
+    assert faulty.calls["read:budgets"] == 1
+    assert views.Budgeted({}, complete=True).of(world.ctx, "p") is None
+    # and the listing is complete when the query had no more to give
+    listed = views.Budgeted.listed(world.ctx)
+    assert listed.complete and set(listed.budgets) == {"p"}
