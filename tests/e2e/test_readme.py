@@ -34,6 +34,7 @@ def test_the_curl_walkthrough_works(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         assert '"stage":"shipped"' in done.stdout
         assert '"version":1' in done.stdout
+        assert not list(tmp_path.glob("*.json"))  # it leaves nothing in the directory it ran in
 
 
 def cli_examples() -> str:
