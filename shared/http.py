@@ -230,8 +230,12 @@ def product_id(value: str | None, name: str = "productId") -> str:
     return value
 
 
+#: The members every problem has, which an error's own `extra` never overrides.
+PROBLEM_MEMBERS = frozenset({"type", "title", "status", "code", "detail"})
+
+
 def from_error(exc: errors.FleetError) -> func.HttpResponse:
-    extra: dict[str, Any] = dict(exc.extra)
+    extra: dict[str, Any] = {k: v for k, v in exc.extra.items() if k not in PROBLEM_MEMBERS}
     if isinstance(exc, errors.ValidationFailed):
         extra["errors"] = exc.errors
     wait = retry_after(exc)

@@ -412,12 +412,12 @@ def converted(exc: exceptions.CosmosHttpResponseError, what: str = "") -> Except
             getattr(exc, "sub_status", None), errors.StoreFault.DENIED
         )
         log.warning("cosmos refused %s with %s: %s", what, status, exc.reason or exc.message)
-        return errors.StoreUnavailable(f"cosmos {status} on {what} ({fault.value})", fault, status=status)
+        return errors.StoreUnavailable(f"cosmos {status} on {what} ({fault.value})", fault)
     if status in BUSY_STATUSES:
         headers = exc.headers or {}
         retry_ms = headers.get("x-ms-retry-after-ms")
         retry_after = float(retry_ms) / 1000 if retry_ms else 1.0
-        return errors.StoreBusy(f"cosmos {status} on {what}", retry_after=retry_after, status=status)
+        return errors.StoreBusy(f"cosmos {status} on {what}", retry_after=retry_after)
     return exc
 
 

@@ -1178,6 +1178,7 @@ def busy(status: int, headers: dict[str, str] | None = None) -> cosmos_exception
         (429, {}, errors.StoreBusy, 1.0),
         (503, {}, errors.StoreBusy, 1.0),
         (408, {}, errors.StoreBusy, 1.0),
+        (403, {}, errors.StoreUnavailable, None),
     ],
 )
 def test_cosmos_errors_become_the_ports_errors(status, headers, expected, retry_after):
@@ -1186,6 +1187,13 @@ def test_cosmos_errors_become_the_ports_errors(status, headers, expected, retry_
     assert isinstance(domain, expected)
     if retry_after is not None:
         assert domain.retry_after == retry_after
+    # and each is answerable over HTTP as its own problem (regression: Cosmos's status code,
+    # carried as the error's `status`, collided with the problem's own, a 500)
+    from shared import http
+
+    answer = http.from_error(domain)
+    assert answer.status_code == http.status_of(domain) != 500
+    assert json.loads(answer.get_body())["status"] == answer.status_code
 
 
 def test_a_cosmos_write_answered_without_its_document_hands_back_what_was_written():
