@@ -377,11 +377,14 @@ class EvictedThenLost(errors.PreconditionFailed):
 def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Budget) -> Claimed:
     """Take the job `head` ranks without reading it whole: one patch of what a claim changes
     (stage, lease, epoch, `updatedAt`, the new run and event appended), conditional on the ETag
-    the head was read with, which the store answers with the job as it stands; then, budgets
-    on, reserve its estimate (`_reserve_taken`; a job too dear for the budget as the claim read
-    it is refused first, with nothing written). A job changed since its head was read (taken,
-    requeued, its priority or capabilities changed) fails the condition: a race lost, as
-    `PreconditionFailed` (or `NotFound`), which wrote nothing anywhere.
+    the head was read with, which the store answers with the job as it stands. Budgets on, a
+    job too dear for the budget as the claim read it is refused first, with nothing written;
+    its estimate is reserved after the take (`_reserve_taken`) while the room left is ample
+    (`_ample`), else before it, as claims near the ceiling would otherwise take each other's
+    room and give their jobs back (a give-back is a run and a queue-state bump no factory asked
+    for). A job changed since its head was read (taken, requeued, its priority or capabilities
+    changed) fails the condition: a race lost, as `PreconditionFailed` (or `NotFound`), which
+    wrote nothing (or gave its reservation back, reserved first).
 
     A job document without its `runs` or `events` array (an older release's, a hand-written
     one: `Job.from_doc` reads them as empty) cannot take the appends, and the store refuses
@@ -393,16 +396,38 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
     seen = _as_seen(head)
     lease = _new_lease(ctx, seen, factory_id, now)
     reserving = _fits(ctx, seen, lease, now, budget)
+    first = reserving and not _ample(budget, _estimate(ctx, seen, budget))
+    if first:
+        _reserve(ctx, seen, lease, now, budget)
     decided = _claimed(seen, _Taking(lease, reserving, None), now)
     try:
-        written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
-    except ValueError:
-        taken = _take_as_read(ctx, head, lease, now, reserving)
-    else:
-        taken = effects.settle(ctx, written).job
-    if reserving:
+        try:
+            written = writes.unread(ctx, head.id, head.etag, seen, decided, TAKEN_FIELDS, ("runs", "events"))
+        except ValueError:
+            taken = _take_as_read(ctx, head, lease, now, reserving)
+        else:
+            taken = effects.settle(ctx, written).job
+    except (errors.PreconditionFailed, errors.NotFound):
+        if first:
+            _give_back(ctx, head.product_id, lease, now)
+        raise
+    if reserving and not first:
         _reserve_taken(ctx, taken, lease, now, budget)
     return Claimed.taken(taken)
+
+
+#: A claim reserves after its take while the room left under the ceiling (as the claim read the
+#: budget) holds at least this many of the job's estimate; with less, it reserves first.
+AMPLE_ROOM = 4
+
+
+def _ample(budget: _Budget, amount: float) -> bool:
+    """Whether the room the claim read is ample for a reservation of `amount` after the take:
+    so much that claims racing for it meanwhile will seldom leave too little (`AMPLE_ROOM`)."""
+    rolled = budget.rolled
+    if rolled is None or rolled.ceiling_usd is None:
+        return True
+    return rolled.ceiling_usd - rolled.spent_usd - rolled.reserved_usd >= AMPLE_ROOM * amount
 
 
 def _fits(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budget) -> bool:

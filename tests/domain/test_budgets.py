@@ -571,7 +571,7 @@ def test_a_run_ended_while_its_claim_reserves_has_its_reservation_dropped_by_the
     # Given a job with an estimate, cancelled by an operator right after a claim took it and
     # before the claim reserved its estimate (a claim reserves once it has won its job), so
     # the cancel's accrual found no reservation to drop
-    world.put_budget(10.0)
+    world.put_budget(100.0)  # ample room: the claim reserves after its take
     job = world.submit_job("est", estimated_cost_usd=4.0)
     faulty.meanwhile("patch", "jobs", lambda: world.with_settings().act(job, "cancel"))
     # When the claim is answered, Then it took the job before the cancel, whose lease the cancel ended
@@ -607,7 +607,7 @@ def test_a_claim_that_loses_a_race_leaves_the_winners_reservation(world):
 def test_a_claim_whose_reservation_fails_gives_its_job_back(world, faulty, after):
     # Given a claim that took its job, and a store that fails its reservation (refused, or
     # written but its answer lost)
-    world.put_budget(10.0)
+    world.put_budget(100.0)  # ample room: the claim reserves after its take
     job = world.submit_job("est", estimated_cost_usd=4.0)
     faulty.crash("patch", "budgets", after=after)
     version = world.version()
@@ -625,7 +625,7 @@ def test_a_claim_whose_reservation_fails_gives_its_job_back(world, faulty, after
 def test_a_claim_that_died_between_its_take_and_its_reservation_is_repaired_by_the_sweep(world, faulty, clock):
     # Given a claim that took its job, and then neither reserved nor gave it back (a process
     # that died in between is as one whose store failed both)
-    world.put_budget(10.0)
+    world.put_budget(100.0)  # ample room: the claim reserves after its take
     job = world.submit_job("est", estimated_cost_usd=4.0)
     faulty.crash("patch", "budgets")
     faulty.crash("patch", "jobs", nth=2)  # #1 the take, #2 the give-back

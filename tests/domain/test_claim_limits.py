@@ -203,14 +203,15 @@ def test_a_named_claim_lost_after_evicting_names_the_eviction(world, faulty):
     assert world.job(low).stage == Stage.QUEUED
 
 
-def two_estimated_jobs(world, faulty, ceiling: float, estimate: float, rival_takes: int):
-    """Two queued jobs estimated at `estimate` (the older first in line) under `ceiling`, and a
-    rival factory that claims the `rival_takes`-th (0 or 1) right after the next claim reads
-    the queue (so that claim read the budget before the rival's reservation)."""
+def two_estimated_jobs(world, faulty, ceiling: float, estimate: float, rival_takes: int, second_estimate=None):
+    """Two queued jobs estimated at `estimate` (the second at `second_estimate`, if given; the
+    older first in line) under `ceiling`, and a rival factory that claims the `rival_takes`-th
+    (0 or 1) right after the next claim reads the queue (so that claim read the budget before
+    the rival's reservation)."""
     world.put_budget(ceiling)
     first = world.submit_job("first", estimated_cost_usd=estimate)
     world.clock.advance(60)
-    second = world.submit_job("second", estimated_cost_usd=estimate)
+    second = world.submit_job("second", estimated_cost_usd=second_estimate or estimate)
     rival, taken = world.with_settings(), (first, second)[rival_takes]
     faulty.meanwhile("query", "jobs", lambda: claims.claim_job(
         rival.observer, taken.id, PRODUCT, claims.ClaimRequest("factory-2", PRODUCT)))
@@ -240,21 +241,35 @@ def test_a_lost_race_falls_through_having_written_nothing_to_the_budget(world, f
 
 
 def test_a_claim_whose_room_was_taken_after_it_read_the_budget_gives_its_job_back(world, faulty):
-    # Given a ceiling of 10 and two jobs estimated at 8, and a rival that claims the second
-    # right after factory-1 read the queue (so factory-1 read the budget with 10 left)
-    first, second = two_estimated_jobs(world, faulty, 10.0, 8.0, rival_takes=1)
+    # Given a ceiling of 40, a job estimated at 10 and one at 35, and a rival that claims the
+    # second right after factory-1 read the queue (so factory-1 read the budget with 40 left:
+    # ample for 10, so it reserves after its take)
+    first, second = two_estimated_jobs(world, faulty, 40.0, 10.0, rival_takes=1, second_estimate=35.0)
     version = world.version()
-    # When factory-1 takes the first job, whose reservation then no longer fits (8 + 8 > 10)
+    # When factory-1 takes the first job, whose reservation then no longer fits (35 + 10 > 40)
     claimed = world.claim("factory-1")
     # Then it is refused for the budget, holding nothing: the first job is back in the queue,
     # attempts unchanged, and only the rival's estimate is reserved
     assert (claimed.job, claimed.reason) == (None, "budget_exceeded")
     back = world.job(first)
     assert (back.stage, back.attempts, back.lease) == (Stage.QUEUED, 0, None)
-    assert world.budget().reserved_usd == 8.0
+    assert world.budget().reserved_usd == 35.0
     assert world.budget().reservations.keys() == {world.job(second).latest_run.reservation}
     # and the give-back moved the queue-state, so the factories it refused look again
     assert world.version() > version
+
+
+def test_near_the_ceiling_a_claim_reserves_first_so_room_taken_meanwhile_takes_no_job(world, faulty):
+    # Given a ceiling of 10, a job estimated at 4 and one at 8, and a rival that claims the
+    # second right after factory-1 read the queue (10 left is not ample for 4: factory-1
+    # reserves before its take)
+    first, second = two_estimated_jobs(world, faulty, 10.0, 4.0, rival_takes=1, second_estimate=8.0)
+    # When factory-1 claims, Then its reservation no longer fits (8 + 4 > 10), and it is refused
+    claimed = world.claim("factory-1")
+    assert (claimed.job, claimed.reason) == (None, "budget_exceeded")
+    # having taken nothing: the first job has no run to show for it, and only the rival's 8 is held
+    assert world.job(first).runs == [] and world.job(first).stage == Stage.QUEUED
+    assert world.budget().reserved_usd == 8.0
 
 
 def test_a_candidate_too_dear_for_the_budget_is_passed_over_for_an_affordable_one(world, clock):
