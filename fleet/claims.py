@@ -40,6 +40,10 @@ RESCANS = 3
 #: How many candidates too dear for the budget's remaining room a claim passes over before it
 #: gives up with `budget_exceeded` (bounds the read when every queued job is too dear).
 MAX_UNAFFORDABLE = 16
+#: How many candidates estimated above the ceiling itself (that no room can ever fit) a claim
+#: passes over besides, uncounted in `MAX_UNAFFORDABLE`: a few such jobs (an estimate gone
+#: wrong) must not stop the product's claims for good, and the read stays bounded.
+MAX_NEVER_FITTING = 256
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,7 @@ def _claim_best(
         score = _keyed_by(product.weights, score)
     claimable = _claimable(ctx, request.product_id, offered, scan.queue_state)
     unaffordable: set[str] = set()  # by id: a rescan meets the same jobs again
+    never: set[str] = set()  # too dear for the ceiling itself: passed over, uncounted above
     # The jobs whose take the last scan lost to a change, with the lease epoch they had then.
     changed: dict[str, int] = {}
     churned = False  # a later scan found one of them queued still, never taken since
@@ -221,6 +226,11 @@ def _claim_best(
                 return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
             except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or free) job may still fit.
+                if _never_fits(ctx, head, scan.budget):
+                    never.add(head.id)
+                    if len(never) >= MAX_NEVER_FITTING:
+                        return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
+                    continue
                 unaffordable.add(head.id)
                 if len(unaffordable) >= MAX_UNAFFORDABLE:
                     return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
@@ -229,7 +239,7 @@ def _claim_best(
         if not lost:
             break
         changed = lost_to_change
-    if unaffordable:
+    if unaffordable or never:
         return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
     if lost and churned:
         # Every scan lost its races, and a job lost in one was queued still in the next, at
@@ -595,6 +605,14 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
         current=budget.doc,
     )
     return True
+
+
+def _never_fits(ctx: Context, head: candidates.Head, budget: _Budget) -> bool:
+    """Whether the job's estimate is above the ceiling itself: no room made will ever fit it."""
+    rolled = budget.rolled
+    if rolled is None or rolled.ceiling_usd is None:
+        return False
+    return budget_rules.estimate(rolled, head.estimated_cost_usd) > rolled.ceiling_usd
 
 
 def _estimate(ctx: Context, job: Job, budget: _Budget) -> float:

@@ -309,6 +309,22 @@ def test_a_claim_looks_past_at_most_15_jobs_too_dear_for_the_room_left(world, cl
     assert (claimed.job.id if claimed.job else claimed.reason) == (cheap.id if cheap_taken else "budget_exceeded")
 
 
+def test_jobs_estimated_above_the_ceiling_itself_do_not_stop_the_products_claims(world, clock):
+    # Regression: 16 jobs estimated above the ceiling (no room can ever fit them) ranked first
+    # ended every claim of the product with budget_exceeded, for good.
+    # Given a ceiling of 10, twenty high-priority jobs estimated at 11, then a cheap one
+    world.put_budget(10.0)
+    for n in range(20):
+        clock.advance(1)
+        world.submit_job(f"never-{n}", priority="high", estimated_cost_usd=11.0)
+    clock.advance(1)
+    cheap = world.submit_job("cheap", estimated_cost_usd=1.0)
+    # When a factory claims, Then it passes over them, uncounted, and takes the cheap job
+    assert world.claim("factory-1").job.id == cheap.id
+    # and with nothing else queued, the answer is budget_exceeded (they wait for a higher ceiling)
+    assert world.claim("factory-2").reason == "budget_exceeded"
+
+
 def test_a_rescan_after_a_lost_race_does_not_count_the_same_dear_jobs_again(world, clock, faulty):
     # Given a ceiling of 10 with 8 reserved, ten jobs too dear for the 2 left, then a cheap one
     world.put_budget(10.0)
