@@ -46,6 +46,12 @@ class Budgeted:
 
     @classmethod
     def listed(cls, ctx: Context) -> "Budgeted":
+        """A principal limited to some products reads theirs (a fleet-wide listing, cut at
+        `MAX_PRODUCTS`, may not reach them); any other lists the fleet's."""
+        scope = ctx.principal.products
+        if scope is not None:
+            found = {p: budget for p in scope[:MAX_PRODUCTS] if (budget := budgets.find(ctx, p)) is not None}
+            return cls(found, True)
         return cls(*budgets.listed(ctx, MAX_PRODUCTS))
 
     def of(self, ctx: Context, product: str) -> budget_rules.Budget | None:

@@ -88,3 +88,18 @@ def test_a_budget_listing_cut_short_reads_the_budgets_it_did_not_list(world, fau
     # and the listing is complete when the query had no more to give
     listed = views.Budgeted.listed(world.ctx)
     assert listed.complete and set(listed.budgets) == {"p"}
+
+
+@pytest.mark.settings(flags_on())
+def test_a_principal_limited_to_some_products_sees_their_budgets_beyond_the_fleets_first_page(world, monkeypatch):
+    # Regression: the budget page listed the fleet's first 50 budgets and only then kept the
+    # principal's, so a scoped operator whose products sorted later saw "no budget".
+    from fleet.principals import Principal, Role
+
+    monkeypatch.setattr(views, "MAX_PRODUCTS", 2)
+    for product in ("a", "b", "c", "zz"):
+        world.put_budget(10.0, product_id=product)
+    scoped = world.ctx.acting_as(Principal(id="o", name="o", role=Role.OPERATOR, products=("zz",)))
+    # When its budget page is read, Then it shows its product's budget
+    page = views.budget_page(scoped)
+    assert list(page.budgets) == ["zz"] and page.budgets["zz"].ceiling_usd == 10.0
