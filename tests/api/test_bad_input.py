@@ -33,6 +33,7 @@ MALFORMED = [
     pytest.param(b'{"a": 1, "a": 1}', id="duplicate-key"),
     pytest.param(b'{"a": {"b": [1e999]}}', id="infinite-number"),
     pytest.param(b'{"a": 9007199254740992}', id="integer-past-2**53"),
+    pytest.param(b'{"a": -' + b"9" * 5000 + b"}", id="integer-of-5000-digits"),
     pytest.param(b'null', id="null"),
 ]
 
@@ -353,3 +354,13 @@ def test_a_job_never_grows_past_the_store_limit(api):
         statuses.add(api.call("PATCH", f"/fleet/jobs/{job['id']}", body).status_code)
     assert statuses == {200, 413}
     assert api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease, "stage": "shipped"}).status_code == 200
+
+
+def test_an_integer_of_thousands_of_digits_is_refused_naming_its_field(seeded):
+    # Regression: past 4,300 digits Python's own conversion refused it, with its own words
+    # ("sys.set_int_max_str_digits") and no field named.
+    body = b'{"productId": "p", "idempotencyKey": "k", "estimatedCostUsd": ' + b"1" * 5000 + b"}"
+    response = seeded.client.open("/fleet/jobs", method="POST", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert [e["field"] for e in response.json["errors"]] == ["estimatedCostUsd"]
+    assert "sys." not in response.json["detail"]
