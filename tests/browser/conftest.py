@@ -13,7 +13,12 @@ This folder has its own conftest; its servers run with auth on, as `tests/e2e/`'
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
@@ -37,10 +42,68 @@ ROLES = {
 }
 
 
+#: How long a browser test may run before its Chromium is killed: far past any test's own
+#: timeouts (the expectations' and actions' above), so only a call that waits for ever (a page
+#: whose renderer never came, which Playwright does not time out) meets it.
+WATCHDOG_SECONDS = 120
+#: What a call that Chromium's kill cut short raises: a test failing so is run once more, on a
+#: browser launched again.
+KILLED = [r"TargetClosedError", r"has been closed", r"Browser closed", r"Connection closed"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/browser/" in item.nodeid:
             item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=KILLED))
+
+
+def _chromium_below(pid: int) -> list[int]:
+    """The Chromium processes descended from process `pid` (Playwright's driver launched them)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            names[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def below(p: int) -> bool:
+        while p in parents and p > 1:
+            p = parents[p]
+            if p == pid:
+                return True
+        return False
+
+    return [p for p, name in names.items() if "chrom" in Path(name).name and below(p)]
+
+
+@pytest.fixture(autouse=True)
+def _watchdog(request) -> Iterator[None]:
+    """Kill the test's Chromium if the test outlives `WATCHDOG_SECONDS`: the call waiting on
+    it then raises, the test fails, and it is run once more (`KILLED`) on a new browser. A
+    hang (seen once in many runs, a page never given a renderer) so costs one rerun, not CI's
+    whole time limit."""
+    if "tests/browser/" not in request.node.nodeid:
+        yield
+        return
+
+    def kill() -> None:
+        for pid in _chromium_below(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Timer(WATCHDOG_SECONDS, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")
@@ -54,13 +117,33 @@ def playwright() -> Iterator[Playwright]:
         yield driver
 
 
+class _Browsers:
+    """The session's Chromium, launched again if it went away (killed by `_watchdog`)."""
+
+    def __init__(self, playwright: Playwright) -> None:
+        self.playwright = playwright
+        self.current = chromium.launch(playwright)
+
+    def connected(self) -> Browser:
+        if not self.current.is_connected():
+            print("Chromium went away (killed by the watchdog?): launching it again", file=sys.stderr)
+            self.current = chromium.launch(self.playwright)
+        return self.current
+
+
 @pytest.fixture(scope="session")
-def browser(playwright) -> Iterator[Browser]:
-    browser = chromium.launch(playwright)
+def browsers(playwright) -> Iterator[_Browsers]:
+    held = _Browsers(playwright)
     try:
-        yield browser
+        yield held
     finally:
-        browser.close()
+        with contextlib.suppress(Exception):
+            held.current.close()
+
+
+@pytest.fixture
+def browser(browsers) -> Browser:
+    return browsers.connected()
 
 
 @pytest.fixture(scope="session")
