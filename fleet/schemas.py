@@ -61,7 +61,8 @@ Branch = Annotated[
     StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"),
     AfterValidator(_git_ref),
 ]
-Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+#: USD. A negative zero (`-0.0`, which `ge=0` lets through) is kept as 0, as it means 0.
+Money = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False), AfterValidator(lambda usd: usd + 0.0)]
 
 
 class Body(BaseModel):

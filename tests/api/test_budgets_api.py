@@ -227,3 +227,9 @@ def test_a_product_whose_spend_is_recorded_without_a_ceiling_says_so(flagged_api
     refused = api.call("PUT", "/fleet/budgets/q", {"defaultEstimateUsd": 0.1})
     assert refused.status_code == 400 and refused.json["errors"][0]["field"] == "ceilingUsd"
     assert api.get("/fleet/budgets/q").json["defaultEstimateUsd"] is None
+
+
+def test_a_negative_zero_is_kept_as_zero(flagged_api):
+    # Regression: a ceiling of -0.0 passed `ge=0` and was kept and shown as -0.0.
+    budget = flagged_api.call("PUT", "/fleet/budgets/p", {"ceilingUsd": -0.0, "defaultEstimateUsd": -0.0}).json
+    assert str(budget["ceilingUsd"]) == "0.0" and str(budget["defaultEstimateUsd"]) == "0.0"
