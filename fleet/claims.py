@@ -226,7 +226,7 @@ def _claim_best(
                 return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
             except budget_rules.BudgetExhausted:
                 # Too dear for what is left: a cheaper (or free) job may still fit.
-                if _never_fits(ctx, head, scan.budget):
+                if _never_fits(head, scan.budget):
                     never.add(head.id)
                     if len(never) >= MAX_NEVER_FITTING:
                         return Claimed(reason=ClaimReason.BUDGET_EXCEEDED)
@@ -405,8 +405,9 @@ def _take_head(ctx: Context, head: candidates.Head, factory_id: str, budget: _Bu
     now = ctx.clock.now()
     seen = _as_seen(head)
     lease = _new_lease(ctx, seen, factory_id, now)
-    reserving = _fits(ctx, seen, lease, now, budget)
-    first = reserving and not _ample(budget, _estimate(ctx, seen, budget))
+    amount = _estimate(ctx, seen, budget)
+    reserving = _fits(budget, lease, amount, now)
+    first = reserving and not _ample(budget, amount)
     if first:
         _reserve(ctx, seen, lease, now, budget)
     decided = _claimed(seen, _Taking(lease, reserving, None), now)
@@ -440,11 +441,10 @@ def _ample(budget: _Budget, amount: float) -> bool:
     return rolled.ceiling_usd - rolled.spent_usd - rolled.reserved_usd >= AMPLE_ROOM * amount
 
 
-def _fits(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budget) -> bool:
-    """Whether the claim of `job` under `lease` is to reserve its estimate (budgets on, and an
-    estimate to reserve): `BudgetExhausted`, with nothing written, if it does not fit the
-    budget as the claim read it."""
-    amount = _estimate(ctx, job, budget)
+def _fits(budget: _Budget, lease: Lease, amount: float, now: datetime) -> bool:
+    """Whether the claim under `lease` is to reserve `amount` (its job's `_estimate`: none to
+    reserve with budgets off or no estimate): `BudgetExhausted`, with nothing written, if it
+    does not fit the budget as the claim read it."""
     if amount:
         budget_rules.reserve(budget.rolled, lease.lease_id, "", amount, now)
     return bool(amount)
@@ -607,7 +607,7 @@ def _reserve(ctx: Context, job: Job, lease: Lease, now: datetime, budget: _Budge
     return True
 
 
-def _never_fits(ctx: Context, head: candidates.Head, budget: _Budget) -> bool:
+def _never_fits(head: candidates.Head, budget: _Budget) -> bool:
     """Whether the job's estimate is above the ceiling itself: no room made will ever fit it."""
     rolled = budget.rolled
     if rolled is None or rolled.ceiling_usd is None:
