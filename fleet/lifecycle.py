@@ -10,7 +10,7 @@ from typing import Any
 
 from fleet import scoring
 from fleet.jobs import Job
-from fleet.stages import FINISHED, TERMINAL, RunResult, Stage
+from fleet.stages import TERMINAL, RunResult, Stage
 
 
 def end_run(job: Job, now: datetime, result: RunResult | None, **report: Any) -> Job:
@@ -112,12 +112,13 @@ def parked_for_review(job: Job, now: datetime, factory: str, asked: Stage, **rep
 
 def finished(job: Job, now: datetime, stage: Stage, result: RunResult | None = None, **report: Any) -> Job:
     """To a terminal stage: the lease ends and the latest run takes the outcome (`result`, or
-    the stage's own). A shipped or done job always mirrors it onto its latest run; otherwise
-    a run that already ended keeps how it ended (a retried run stays `retry` when its job is
-    later cancelled)."""
+    the stage's own): a run still open, or one parked for review (ended with no outcome yet).
+    A run that already ended keeps how it ended, whatever the job comes to: a retried run stays
+    `retry` when its job is later cancelled, and a run given back stays `released` when an
+    operator ships the queued job (that factory did not ship it)."""
     assert stage in TERMINAL
     run = job.latest_run
-    result = None if (run and run.result and stage not in FINISHED) else (result or _RESULT_OF[stage])
+    result = None if (run and run.result) else (result or _RESULT_OF[stage])
     return end_run(job, now, result, **report).model_copy(
         update={"stage": stage, "lease": None, "blocked_on": [], "updated_at": now}
     )

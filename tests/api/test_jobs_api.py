@@ -226,6 +226,16 @@ def test_ship_mirrors_the_outcome_onto_the_latest_run(api):
     assert shipped["runs"][-1]["result"] == "shipped" and shipped["runs"][-1]["endedAt"]
 
 
+def test_ship_of_a_job_given_back_leaves_the_run_that_gave_it_back_released(api):
+    job = api.submit("k1")
+    lease = api.claim()["lease"]
+    api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"]})
+    assert api.job(job["id"])["stage"] == "queued"
+
+    shipped = api.post(f"/fleet/jobs/{job['id']}/actions/ship").json
+    assert shipped["stage"] == "shipped" and [run["result"] for run in shipped["runs"]] == ["released"]
+
+
 def test_queue_state_is_one_point_read_and_moves_only_when_claims_may_succeed(api):
     assert api.get("/fleet/queue-state?productId=never").json == {"productId": "never", "version": 0, "updatedAt": None}
     job = api.submit("k1")

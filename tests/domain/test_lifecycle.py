@@ -120,10 +120,18 @@ def test_finished_ends_the_lease_and_the_open_run_with_the_outcome(stage, result
     assert (done.stage, done.lease, done.latest_run.result, done.latest_run.ended_at) == (stage, None, result, NOW)
 
 
-def test_finished_as_shipped_overrides_how_a_run_ended_but_other_outcomes_do_not():
-    retried = lifecycle.end_run(a_running_job(), NOW, RunResult.RETRY)
-    assert lifecycle.finished(retried, NOW, Stage.CANCELLED).latest_run.result == RunResult.RETRY
-    assert lifecycle.finished(retried, NOW, Stage.SHIPPED).latest_run.result == RunResult.SHIPPED
+@pytest.mark.parametrize("stage", [Stage.CANCELLED, Stage.SHIPPED, Stage.DONE])
+@pytest.mark.parametrize("ended", [RunResult.RETRY, RunResult.RELEASED, RunResult.EXPIRED])
+def test_a_run_that_ended_keeps_how_it_ended_whatever_its_job_comes_to(stage, ended):
+    # An operator ships or cancels the queued job: the run that gave it back did not ship it.
+    gone = lifecycle.end_run(a_running_job(), NOW, ended).model_copy(update={"lease": None})
+    assert lifecycle.finished(gone, NOW, stage).latest_run.result == ended
+
+
+@pytest.mark.parametrize("stage,result", [(Stage.SHIPPED, RunResult.SHIPPED), (Stage.DONE, RunResult.DONE)])
+def test_a_run_parked_for_review_takes_the_outcome(stage, result):
+    parked = lifecycle.parked(a_running_job(), NOW)
+    assert lifecycle.finished(parked, NOW, stage).latest_run.result == result
 
 
 def test_a_job_keeps_its_last_events_and_runs_and_counts_the_rest():
