@@ -60,6 +60,7 @@ bench: install $(BENCH_STAMP)
 	$(PY) bench/dashboard_refresh.py
 	$(PY) bench/store_traffic.py
 	$(PY) bench/budget_contention.py
+	$(PY) bench/activity_products.py
 	$(PY) bench/peer_huey.py
 
 clean:

@@ -10,17 +10,25 @@ and was spent, day by day.
   minute. It starts again from 0 each UTC day, with a new document: the minute in the ETags
   tells the days apart. It is a hint for views, never a fact a decision is made on.
 - One **day** document per UTC day (`activity-YYYY-MM-DD`, in the reserved partition of the
-  jobs container): the version, and jobs shipped and USD their runs cost, counted when the
-  write that shipped the job or ended the run is settled, in the same increment as that
-  write's version bump (so a finish costs one store write besides the job's); and, per
-  product, how many jobs reached each end stage (`finished_<digest>_<stage>`, `finished_field`)
-  and what its runs cost (`spent_<digest>`, `spent_field`), counted in the same increment. A
-  principal limited to some products is shown the days as its products' counts make them
-  (`days`), never the fleet's. These feed the overview's chart and its table of finished
-  work in one single-partition query, so the overview never counts a product's finished jobs,
-  whose number grows with its history (as would a count query's charge on Cosmos). They are
-  informational: a follow-up the sweep repeats does not count them again, and one lost to a
-  crash between the job's write and its follow-ups is not counted at all.
+  jobs container): the version, and the fleet's jobs shipped and USD their runs cost, counted
+  when the write that shipped the job or ended the run is settled, in the same increment as
+  that write's version bump. It stays a few hundred bytes however many products the fleet
+  serves, so a bump costs the same at 1 product as at 100 (a store's write charge follows the
+  size of the document written, and every new job and every finish bumps it).
+- One **product day** document per product per UTC day that it finished or spent something
+  (`activity-YYYY-MM-DD.<digest>`, same partition, `_day_id`): how many of the product's jobs
+  reached each end stage (`finished_<digest>_<stage>`, `finished_field`) and what its runs
+  cost (`spent_<digest>`, `spent_field`), counted in one increment before the version's, so a
+  finish costs two small store writes besides the job's (and a new job one).
+
+A principal limited to some products is shown the days as its products' counts make them
+(`days`), never the fleet's. The days feed the overview's chart and its table of finished work
+in one single-partition query of an id range (`days`), so the overview never counts a
+product's finished jobs, whose number grows with its history (as would a count query's charge
+on Cosmos). They are informational: a follow-up the sweep repeats does not count them again,
+and one lost to a crash between the job's write and its follow-ups is not counted at all.
+(Days written before the product day documents hold the per-product counts on the day
+document itself; `days` adds up whatever a day's documents hold, so they read the same.)
 
 Like every follow-up, a bump the store refuses is logged and skipped (`effects`).
 """
@@ -43,6 +51,8 @@ log = logging.getLogger("fleet.activity")
 DAY_PREFIX = "activity-"
 #: How many days of rollups the chart shows.
 CHART_DAYS = 14
+#: How many day documents (the fleet's and its products') a page of `days` reads.
+DAYS_PAGE = 500
 
 
 #: The end stages a day counts entries into, per product, in the order of `Stage`.
@@ -152,8 +162,9 @@ def note_write(ctx: Context, before: Job | None, after: Job) -> None:
     it shipped, the end stage it reached and what its ended runs cost on today's rollup in the
     same increment."""
     counted: dict[str, float] = {}
+    product: dict[str, float] = {}
     if after.stage in TERMINAL and (before is None or before.stage != after.stage):
-        counted[finished_field(after.product_id, after.stage)] = 1
+        product[finished_field(after.product_id, after.stage)] = 1
     if after.stage == Stage.SHIPPED and (before is None or before.stage != Stage.SHIPPED):
         counted["shipped"] = 1
     ended_before = {run.run_id for run in (before.runs if before else []) if run.ended_at is not None}
@@ -165,8 +176,19 @@ def note_write(ctx: Context, before: Job | None, after: Job) -> None:
     late_before = _reported_late(before) if before else frozenset()
     cost += sum(run.late_usd for run in after.runs if run.run_id in _reported_late(after) - late_before)
     if cost > 0:
-        counted["spentUsd"] = counted[spent_field(after.product_id)] = round(cost, 6)
+        counted["spentUsd"] = product[spent_field(after.product_id)] = round(cost, 6)
+    if product:
+        count(ctx, after.product_id, product)
     bump(ctx, counted)
+
+
+def count(ctx: Context, product_id: str, counted: dict[str, float]) -> None:
+    """Add `counted` (`finished_field`s, `spent_field`) to the product's document of today."""
+    now = ctx.clock.now()
+    day = now.date()
+    initial = {"id": _day_id(day, product_id), "productId": STATE_PARTITION, "day": day.isoformat(), "product": product_id}
+    (field, by), *rest = counted.items()
+    ctx.store.increment("jobs", STATE_PARTITION, _day_id(day, product_id), field, by, initial, also=dict(rest))
 
 
 def _reported_late(job: Job) -> frozenset[str]:
@@ -180,24 +202,30 @@ def days(ctx: Context, count: int = CHART_DAYS) -> list[Day]:
     for a principal limited to some products, those products' own (`Day.of`)."""
     today = ctx.clock.now().date()
     first = today - timedelta(days=count - 1)
-    query = store.Query(
-        "jobs", STATE_PARTITION, (store.Filter("id", ">=", _day_id(first)), store.Filter("id", "<=", _day_id(today))),
-        limit=count,
-    )
-    found = {doc["id"]: doc for doc in ctx.store.query(query).items}
+    # Each day's documents have ids from the day's own up to the next day's (excluded).
+    after = (store.Filter("id", ">=", _day_id(first)), store.Filter("id", "<", _day_id(today + timedelta(days=1))))
+    found: dict[str, dict[str, float]] = {}
+    for doc in store.query_all(ctx.store, store.Query("jobs", STATE_PARTITION, after, limit=DAYS_PAGE)):
+        sums = found.setdefault(doc["id"][len(DAY_PREFIX):][:10], {})
+        for name, value in doc.items():
+            if name in ("shipped", "spentUsd") or name.startswith((FINISHED_PREFIX, SPENT_PREFIX)):
+                sums[name] = sums.get(name, 0) + (value or 0)
     out = []
     for offset in range(count):
         day = first + timedelta(days=offset)
-        doc = found.get(_day_id(day), {})
-        ended = {k: int(v or 0) for k, v in doc.items() if k.startswith(FINISHED_PREFIX)}
-        spent = {k: float(v or 0.0) for k, v in doc.items() if k.startswith(SPENT_PREFIX)}
+        sums = found.get(day.isoformat(), {})
+        ended = {k: int(v) for k, v in sums.items() if k.startswith(FINISHED_PREFIX)}
+        spent = {k: round(float(v), 6) for k, v in sums.items() if k.startswith(SPENT_PREFIX)}
         whole = Day(
-            day=day, shipped=int(doc.get("shipped") or 0), spent_usd=float(doc.get("spentUsd") or 0.0),
+            day=day, shipped=int(sums.get("shipped", 0)), spent_usd=round(float(sums.get("spentUsd", 0.0)), 6),
             finished=ended, spent=spent,
         )
         out.append(whole if ctx.principal.products is None else whole.of(ctx.principal.products))
     return out
 
 
-def _day_id(day: date | datetime) -> str:
-    return DAY_PREFIX + day.strftime("%Y-%m-%d")
+def _day_id(day: date | datetime, product_id: str | None = None) -> str:
+    """The id of the day's document, or of `product_id`'s that day: after the day's own, before
+    the next day's."""
+    own = DAY_PREFIX + day.strftime("%Y-%m-%d")
+    return own if product_id is None else f"{own}.{_digest(product_id)}"

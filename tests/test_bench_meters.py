@@ -90,3 +90,16 @@ def test_the_port_meter_counts_calls_and_the_json_of_documents_in_and_out():
 def test_the_wire_meter_names_each_cosmos_request(method, path, headers, op):
     request = SimpleNamespace(method=method, url=f"https://127.0.0.1:8081{path}", headers=headers)
     assert store_meters.wire_op(request) == op
+
+
+def test_what_a_job_costs_the_store_does_not_grow_with_the_products_that_finished_today(tmp_path):
+    import activity_products
+
+    costs = {}
+    for products in (1, 12):
+        with store_traffic.sqlite_rig(str(tmp_path), f"p{products}") as rig:
+            costs[products] = activity_products.measured(rig, products, 2)
+    for call in ("submit", "claim + release shipped", "dashboard version read"):
+        one, many = costs[1][call], costs[12][call]
+        # (a version of two digits instead of one is a byte more)
+        assert one.calls == many.calls and abs(many.wire_bytes - one.wire_bytes) < 8, (call, one, many)

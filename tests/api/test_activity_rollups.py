@@ -90,3 +90,44 @@ def test_a_principal_limited_to_some_products_is_shown_their_days_only(api):
     overview = api.get("/dashboard/fleet", token=web_viewer)
     figures = overview.text[overview.text.index('id="h-days"'):]
     assert "1 shipped, $0.50 spent" in figures and "$2.25" not in figures and "$2.75" not in figures
+
+
+def test_the_days_version_document_stays_small_however_many_products_finish(api):
+    # Given 30 products that each shipped a job today at a cost
+    for n in range(30):
+        api.submit(f"job-{n}", product=f"product-{n}")
+        claim = api.claim(product=f"product-{n}")
+        ended = {"leaseId": claim["lease"]["leaseId"], "stage": "shipped", "insights": {"costUsd": 0.25}}
+        assert api.post(f"/fleet/jobs/{claim['job']['id']}/lease/release", ended).status_code == 200
+
+    # The document every bump writes and every dashboard refresh reads holds the fleet's figures only
+    now = api.ctx.clock.now()
+    day = api.ctx.store.read("jobs", activity.STATE_PARTITION, activity._day_id(now))
+    assert not [name for name in day if name.startswith((activity.FINISHED_PREFIX, activity.SPENT_PREFIX))]
+    assert (day["shipped"], day["spentUsd"]) == (30, 7.5)
+    # and each product's counts are its own document's, which the days add up
+    mine = api.ctx.store.read("jobs", activity.STATE_PARTITION, activity._day_id(now, "product-7"))
+    assert mine["product"] == "product-7"
+    assert mine[activity.finished_field("product-7", Stage.SHIPPED)] == 1
+    days = activity.days(api.ctx, 1)
+    assert (days[0].shipped, days[0].spent_usd) == (30, 7.5)
+    assert activity.finished(days, "product-7")[Stage.SHIPPED] == 1
+
+
+def test_a_day_written_with_the_counts_on_its_own_document_reads_the_same(api):
+    # Given today's document as older releases wrote it, the product's counts on it
+    now = api.ctx.clock.now()
+    day_id = activity._day_id(now)
+    old = {activity.finished_field("web", Stage.SHIPPED): 2, activity.spent_field("web"): 1.5, "spentUsd": 1.5}
+    api.ctx.store.increment("jobs", activity.STATE_PARTITION, day_id, "shipped", 2,
+                            {"id": day_id, "productId": activity.STATE_PARTITION, "day": now.date().isoformat()}, also=old)
+
+    # When this release ships one more of web's jobs
+    job, lease = walk_to_testing(api, "web-job", 0.5)
+    api.post(f"/fleet/jobs/{job}/lease/release", {"leaseId": lease, "stage": "shipped"})
+
+    # Both layouts' counts add up
+    days = activity.days(api.ctx, 1)
+    assert (days[0].shipped, days[0].spent_usd) == (3, 2.0)
+    assert activity.finished(days, "web")[Stage.SHIPPED] == 3
+    assert days[0].spent == {activity.spent_field("web"): 2.0}

@@ -55,11 +55,14 @@ def test_the_counters_beside_the_jobs_are_in_no_job_index(store):
     day = activity.DAY_PREFIX + "2026-01-01"
     store.increment("jobs", "p", queue_state.DOC_ID, "version", 1, {"id": queue_state.DOC_ID, "productId": "p"})
     store.increment("jobs", "-", day, "version", 1, {"id": day, "productId": "-"}, also={"shipped": 1})
+    products_day = day + ".0123456789abcdef"  # a product's counts of that day
+    store.increment("jobs", "-", products_day, "finished_0123456789abcdef_shipped", 1,
+                    {"id": products_day, "productId": "-", "product": "p"})
     store.create("jobs", job("p:1", "queued"))
 
     for index in MEMBERS:
         held = held_by(store, index)
-        assert day not in held, index
+        assert day not in held and products_day not in held, index
         assert (queue_state.DOC_ID in held) == (index == "jobs_id"), index
 
 
