@@ -25,9 +25,14 @@ def products(
 ) -> list[str]:
     """The products this principal sees that the fleet knows of: any that ever queued a job,
     has a factory serving it (`fleet`: the factories, when the caller has read them), or has a
-    budget (`budgeted`: the budgets, when the caller has listed them)."""
+    budget (`budgeted`: the budgets, when the caller has listed them). A principal limited to
+    some products looks for theirs (a fleet-wide listing, cut at `MAX_PRODUCTS`, may not reach
+    them)."""
     found: set[str] = set()
-    queue_states = store.Query("jobs", None, (store.Filter("id", "=", queue_state.DOC_ID),), limit=MAX_PRODUCTS)
+    where: tuple[store.Filter, ...] = (store.Filter("id", "=", queue_state.DOC_ID),)
+    if ctx.principal.products is not None:
+        where += (store.Filter("productId", "in", list(ctx.principal.products)),)
+    queue_states = store.Query("jobs", None, where, limit=MAX_PRODUCTS, fields=("productId",))
     found.update(doc["productId"] for doc in ctx.store.query(queue_states).items)
     for factory in factories.list_all(ctx).items if fleet is None else fleet:
         found.update(factory.products)

@@ -103,3 +103,17 @@ def test_a_principal_limited_to_some_products_sees_their_budgets_beyond_the_flee
     # When its budget page is read, Then it shows its product's budget
     page = views.budget_page(scoped)
     assert list(page.budgets) == ["zz"] and page.budgets["zz"].ceiling_usd == 10.0
+
+
+def test_a_principal_limited_to_some_products_finds_theirs_beyond_the_fleets_first_page(world, monkeypatch):
+    # Regression: the products were found in the fleet's first 50 queue-states and only then
+    # kept to the principal's, so a scoped operator's product past them was missing from the
+    # New job form and the overview.
+    from fleet.principals import Principal, Role
+
+    monkeypatch.setattr(views, "MAX_PRODUCTS", 2)
+    for product in ("a", "b", "c", "zz"):
+        world.submit_job(f"job-{product}", product_id=product)
+    scoped = world.ctx.acting_as(Principal(id="o", name="o", role=Role.OPERATOR, products=("c", "zz")))
+    assert views.products(scoped) == ["c", "zz"]
+    assert views.products(world.ctx) == ["a", "b"]  # the fleet's, cut at the limit
