@@ -61,6 +61,7 @@ bench: install $(BENCH_STAMP)
 	$(PY) bench/store_traffic.py
 	$(PY) bench/budget_contention.py
 	$(PY) bench/activity_products.py
+	$(PY) bench/retry_waits.py
 	$(PY) bench/peer_huey.py
 
 clean:

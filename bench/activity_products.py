@@ -20,10 +20,8 @@ answers; SQLite: the port JSON, a proxy) and estimated request units (`store_met
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -86,14 +84,10 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(p) for p in args.products.split(",") if p]
     results: dict[tuple[str, int], dict[str, Cost]] = {}
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        openers = [("SQLite", lambda p: store_traffic.sqlite_rig(tmp, f"activity-{p}"))]
-        if not args.no_cosmos:
-            cosmos = stack.enter_context(store_traffic.cosmos_server())
-            openers.append(("Cosmos", lambda p: cosmos()))
-        for name, opener in openers:
+    with store_traffic.fresh_rigs(cosmos=not args.no_cosmos) as stores:
+        for name, opener in stores():
             for p in counts:
-                with opener(p) as rig:
+                with opener() as rig:
                     results[(name, p)] = measured(rig, p, args.jobs)
                 print(f"{name}, {p} products: done", flush=True)
     print(f"\nmachine: {platform.machine()}, Python {platform.python_version()}, "

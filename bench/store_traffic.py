@@ -326,6 +326,23 @@ def cosmos_server() -> Iterator[Callable[[], contextlib.AbstractContextManager[R
         yield open_rig
 
 
+@contextlib.contextmanager
+def fresh_rigs(cosmos: bool = True) -> Iterator[Callable[[], Iterator[tuple[str, Callable[[], contextlib.AbstractContextManager[Rig]]]]]]:
+    """Yields a function giving, per store (SQLite, then Cosmos unless `cosmos` is False), its
+    name and an opener of rigs on a fresh database of it: for benchmarks that measure one
+    setting per fresh store."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        opened = stack.enter_context(cosmos_server()) if cosmos else None
+        numbered = iter(range(1_000_000))
+
+        def stores() -> Iterator[tuple[str, Callable[[], contextlib.AbstractContextManager[Rig]]]]:
+            yield "SQLite", lambda: sqlite_rig(tmp, f"rig-{next(numbered)}")
+            if opened is not None:
+                yield "Cosmos", opened
+
+        yield stores
+
+
 def kb(n: float) -> str:
     return f"{n / KB:.1f} KB"
 

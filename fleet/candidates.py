@@ -35,7 +35,8 @@ from fleet.stages import Priority, Stage
 #: What a stream reads of each queued job (with `id`, always sent): the score's terms, the
 #: rank key its bound is made of, and the ETag the pick is taken on only if it still holds.
 HEAD_FIELDS = (
-    "productId", "_etag", "priority", "attempts", "createdAt", "rankKey", "capabilities", "leaseEpoch", "estimatedCostUsd"
+    "productId", "_etag", "priority", "attempts", "createdAt", "rankKey", "capabilities", "leaseEpoch", "estimatedCostUsd",
+    "retryAt",
 )
 
 #: Slack for float rounding between `rankKey + w.age*now` and the score computed from fields:
@@ -64,6 +65,8 @@ class Head:
     #: What a claim takes the job by without reading it whole: its lease's epoch, its estimate.
     lease_epoch: int = 0
     estimated_cost_usd: float | None = None
+    #: Set while the job waits to retry: no claim may take it (`Job.waiting`).
+    retry_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> "Head":
@@ -80,13 +83,14 @@ class Head:
             tuple(row.get("capabilities") or ()),
             row.get("leaseEpoch") or 0,
             row.get("estimatedCostUsd"),
+            clock.parse(row["retryAt"]) if row.get("retryAt") else None,
         )
 
     @classmethod
     def of(cls, job: Job) -> "Head":
         return cls(
             job.id, job.product_id, job.etag, job.priority, job.attempts, job.created_at, job.rank_key,
-            tuple(job.capabilities), job.lease_epoch, job.estimated_cost_usd,
+            tuple(job.capabilities), job.lease_epoch, job.estimated_cost_usd, job.retry_at,
         )
 
 
@@ -169,10 +173,10 @@ def ranked(source: store.Store, streams: list[Stream], score: Score) -> Iterator
 
 def scorer(now: datetime, weights: scoring.Weights, offered: frozenset[str]) -> Score:
     """Scores a queued job's head for a factory offering `offered`; None if it lacks a
-    required capability."""
+    required capability, or waits to retry."""
 
     def score(head: Head) -> Candidate | None:
-        if not offered.issuperset(head.capabilities):
+        if head.retry_at is not None or not offered.issuperset(head.capabilities):
             return None
         bonus = scoring.capability_bonus(head.capabilities, offered)
         value = scoring.score(head.priority.order, head.attempts, head.created_at, bonus, now, weights)

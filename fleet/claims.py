@@ -290,6 +290,9 @@ def claim_job(ctx: Context, job_id: str, product_id: str, request: ClaimRequest)
     job = Job.from_doc(ctx.store.read("jobs", product_id, job_id))
     if job.stage != Stage.QUEUED:
         raise _not_claimable(f"job {job.id} is {job.stage.value}, not queued", ClaimReason.NOT_QUEUED)
+    if job.waiting:
+        at = clock.format(job.retry_at)
+        raise _not_claimable(f"job {job.id} waits to retry until {at}", ClaimReason.RETRY_WAIT, retryAt=at)
     missing = sorted(set(job.capabilities) - offered)
     if missing:
         detail = f"factory {request.factory_id} lacks capabilities {missing}"

@@ -14,6 +14,12 @@ from fleet.store import Store
 class Settings:
     #: How long a lease lasts without a renewal (`FLEET_LEASE_SECONDS`).
     lease_seconds: int = 300
+    #: How long a job released with `result: retry` waits before a claim may take it again,
+    #: after its first failed attempt (`FLEET_RETRY_BACKOFF_SECONDS`; 0: claimable at once),
+    #: doubling with each attempt after it, at most `retry_backoff_max_seconds`
+    #: (`FLEET_RETRY_BACKOFF_MAX_SECONDS`). The sweep moves it back within a minute of its time.
+    retry_backoff_seconds: int = 30
+    retry_backoff_max_seconds: int = 900
     #: Seat limits enforced, critical jobs may preempt (`FLEET_PREEMPTION`).
     preemption: bool = False
     #: Per-product USD ceilings enforced (`FLEET_BUDGETS`).

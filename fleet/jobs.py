@@ -203,6 +203,9 @@ class Job(Model):
     blocked_on: list[BlockedOn] = Field(default_factory=list)
     attempts: int = 0
     max_attempts: int = 3
+    #: A retried job waits, queued, until this time has passed and the sweep has moved it back
+    #: to the claimable queue (`lifecycle.retried`, `sweep.due_retries`); None: it does not.
+    retry_at: Time | None = None
     repo: str | None = None
     base_branch: str | None = None
     estimated_cost_usd: float | None = None
@@ -230,8 +233,14 @@ class Job(Model):
 
     def to_doc(self) -> dict[str, Any]:
         """The store document: the job's fields plus `capKey`, its capability set's key, which
-        every job write stores so that claims can read one capability set's jobs at a time."""
-        return {**super().to_doc(), CAP_KEY: cap_key(self.capabilities)}
+        every job write stores so that claims can read one capability set's jobs at a time
+        (`WAITING` while it waits to retry: no claim reads a set that holds it)."""
+        return {**super().to_doc(), CAP_KEY: WAITING if self.waiting else cap_key(self.capabilities)}
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the job waits out a retry backoff: queued, but no claim may take it."""
+        return self.retry_at is not None
 
     @property
     def latest_run(self) -> Run | None:
@@ -278,6 +287,9 @@ class Job(Model):
 
 #: The job document field holding `cap_key(capabilities)` (documents only, never answered).
 CAP_KEY = "capKey"
+#: The `capKey` of a job waiting to retry: no capability set's key (a capability never holds
+#: `~`), so the claims that read one set at a time never read it.
+WAITING = "~waiting"
 
 
 def cap_key(capabilities: list[str] | tuple[str, ...]) -> str:

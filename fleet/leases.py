@@ -148,8 +148,9 @@ def patch(ctx: Context, id: str, body: PatchBody) -> Job:
 
 def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
     """End the lease. With a terminal `stage`/`result` the job finishes; `stage: testing` parks
-    it lease-free for the review gate; `result: retry` counts an attempt; neither gives it back
-    to the queue with its checkpoint, attempts unchanged."""
+    it lease-free for the review gate; `result: retry` counts an attempt, and the job waits its
+    backoff (`lifecycle.retry_wait`) before a claim may take it; neither gives it back to the
+    queue with its checkpoint, attempts unchanged, claimable at once."""
     target = _release_target(body)
     product_id = product_of(id)
     # Only a release that may queue the job keys it (and checks the key after its bump).
@@ -171,7 +172,10 @@ def release(ctx: Context, id: str, body: ReleaseBody) -> Job:
                 raise errors.IllegalTransition(f"cannot park a {job.stage.value} job at testing")
             job = lifecycle.parked(job, now, **report)
         elif target == "retry":
-            job = lifecycle.retried(lifecycle.end_run(job, now, None, **report), now, weights, RunResult.RETRY, factory)
+            settings = ctx.settings
+            wait = lifecycle.retry_wait(job.attempts + 1, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds)
+            ended = lifecycle.end_run(job, now, None, **report)
+            job = lifecycle.retried(ended, now, weights, RunResult.RETRY, factory, wait)
         else:
             job = lifecycle.requeued(lifecycle.end_run(job, now, RunResult.RELEASED, **report), now, weights)
         return job.with_event(now, "released", factory, stage=job.stage.value)

@@ -5,10 +5,10 @@ follow-ups on other documents.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from fleet import scoring
+from fleet import clock, scoring
 from fleet.jobs import Job
 from fleet.stages import TERMINAL, RunResult, Stage
 
@@ -49,7 +49,8 @@ def released(job: Job, now: datetime) -> Job:
 
 
 def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | None = None) -> Job:
-    """Back to the queue, lease-free, with a fresh rank key. An open review gate stays open
+    """Back to the queue, lease-free, with a fresh rank key, claimable at once (a job waiting
+    to retry that an operator requeues waits no more). An open review gate stays open
     with its quorum, and loses its approvals: they were given to the work the queue is about
     to have redone (by an operator's requeue, a retry, an expiry, a preemption, a rejection)."""
     attempts = job.attempts if attempts is None else attempts
@@ -57,6 +58,7 @@ def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | 
         "stage": Stage.QUEUED,
         "lease": None,
         "attempts": attempts,
+        "retry_at": None,
         "blocked_on": [],
         "rank_key": scoring.rank_key(job.priority.order, attempts, job.created_at, weights),
         "updated_at": now,
@@ -66,16 +68,42 @@ def requeued(job: Job, now: datetime, weights: scoring.Weights, attempts: int | 
     return job.model_copy(update=update)
 
 
-def retried(job: Job, now: datetime, weights: scoring.Weights, result: RunResult, actor: str | None = None) -> Job:
+def retried(
+    job: Job, now: datetime, weights: scoring.Weights, result: RunResult, actor: str | None = None,
+    wait: timedelta = timedelta(0),
+) -> Job:
     """A failed run: one attempt more, back to the queue, or `dead_letter` at `maxAttempts`;
-    the event names `actor` (the lease's factory)."""
+    the event names `actor` (the lease's factory). `wait`: how long the job waits before a
+    claim may take it again (`retry_wait`; zero: claimable at once)."""
     job = end_run(job, now, result)
     attempts = job.attempts + 1
     if attempts >= job.max_attempts:
         return job.model_copy(
             update={"stage": Stage.DEAD_LETTER, "lease": None, "attempts": attempts, "updated_at": now}
         ).with_event(now, "dead_lettered", actor, attempts=attempts)
-    return requeued(job, now, weights, attempts).with_event(now, "retry", actor, attempts=attempts, reason=result.value)
+    queued = requeued(job, now, weights, attempts)
+    if wait > timedelta(0):
+        queued = queued.model_copy(update={"retry_at": clock.truncated(now + wait)})
+    retry_at = {"retryAt": clock.format(queued.retry_at)} if queued.retry_at else {}
+    return queued.with_event(now, "retry", actor, attempts=attempts, reason=result.value, **retry_at)
+
+
+def retry_wait(attempts: int, first: float, longest: float) -> timedelta:
+    """How long a job waits after its `attempts`-th failed attempt before it may be claimed
+    again: `first` seconds after the first, doubling with each attempt after it, at most
+    `longest` (`FLEET_RETRY_BACKOFF_SECONDS`, `FLEET_RETRY_BACKOFF_MAX_SECONDS`); no wait
+    for a `first` of 0."""
+    if first <= 0 or attempts < 1:
+        return timedelta(0)
+    return timedelta(seconds=min(longest, first * 2 ** min(attempts - 1, 32)))
+
+
+def moved_back(job: Job, now: datetime) -> Job | None:
+    """A job whose retry wait has passed, claimable again; None if it no longer waits (an
+    operator requeued, cancelled or shipped it) or its time has not come."""
+    if job.stage != Stage.QUEUED or job.retry_at is None or job.retry_at > now:
+        return None
+    return job.model_copy(update={"retry_at": None, "updated_at": now}).with_event(now, "retry_due")
 
 
 _RESULT_OF = {
@@ -120,5 +148,5 @@ def finished(job: Job, now: datetime, stage: Stage, result: RunResult | None = N
     run = job.latest_run
     result = None if (run and run.result) else (result or _RESULT_OF[stage])
     return end_run(job, now, result, **report).model_copy(
-        update={"stage": stage, "lease": None, "blocked_on": [], "updated_at": now}
+        update={"stage": stage, "lease": None, "retry_at": None, "blocked_on": [], "updated_at": now}
     )

@@ -68,6 +68,7 @@ class ClaimReason(str, Enum):
     NOT_QUEUED = "not_queued"  # a named job: it is not waiting in the queue
     CAPABILITIES = "capabilities"  # a named job: the factory lacks a capability it requires
     LOST_RACE = "lost_race"  # a named job: another factory claimed it first
+    RETRY_WAIT = "retry_wait"  # a named job: it waits out its retry backoff (`retryAt`)
 
 
 def check_factory_move(current: Stage, target: Stage) -> None:

@@ -26,6 +26,8 @@ log = logging.getLogger("fleet.sweep")
 
 #: How far before the last sweep the repair step looks back for changes it may have to finish.
 REPAIR_MARGIN = timedelta(minutes=5)
+#: How many jobs whose retry wait has passed a page of `due_retries` reads.
+DUE_PAGE = 200
 
 
 def run(ctx: Context) -> dict[str, int]:
@@ -37,6 +39,7 @@ def run(ctx: Context) -> dict[str, int]:
     repair_from = None if last is None else last - REPAIR_MARGIN
     steps: list[tuple[str, Callable[[], dict[str, int]]]] = [
         ("leases", lambda: _expired_leases(ctx, record, stored)),
+        ("retries", lambda: {"retriesDue": due_retries(ctx)}),
         ("unblocked", lambda: {"unblocked": blocked_jobs(ctx, repair_from)}),
         ("bumped", lambda: {"bumped": queue_versions(ctx, repair_from)}),
         ("rekeyed", lambda: {"rekeyed": rekeys(ctx)}),
@@ -158,6 +161,31 @@ def _expired(job: Job, facts: _Expiry, now: datetime) -> Job | None:
     return lifecycle.retried(expired, now, facts.weights.weights, RunResult.EXPIRED, lease.factory_id)
 
 
+def due_retries(ctx: Context) -> int:
+    """Move every job whose retry wait has passed (`retryAt`) back to the claimable queue.
+    The write enters the queue as any requeue does: the product's queue-state is bumped, so
+    idle factories gated on its version look again, and the rank key is checked. A job an
+    operator requeued, cancelled or shipped meanwhile is left as it is. Returns how many."""
+    now = ctx.clock.now()
+    due = store.Query(
+        "jobs", None, (store.Filter("retryAt", "<=", clock.format(now)),), (("retryAt", False),),
+        limit=DUE_PAGE, fields=("productId",),
+    )
+    moved = 0
+
+    def move(doc: dict[str, Any]) -> None:
+        nonlocal moved
+        if effects.change(ctx, doc["id"], _moved_back, request=False).wrote:
+            moved += 1
+
+    each(list(store.query_all(ctx.store, due)), move)
+    return moved
+
+
+def _moved_back(job: Job, facts: None, now: datetime) -> Job | None:
+    return lifecycle.moved_back(job, now)
+
+
 def blocked_jobs(ctx: Context, since: datetime | None = None) -> int:
     """Finish unblocking that a crash interrupted, for jobs changed since `since` (None: every
     job, as on the first sweep ever): re-check the blocked jobs written since (a submit that
@@ -183,6 +211,8 @@ def queue_versions(ctx: Context, since: datetime | None = None) -> int:
     newest: dict[str, str] = {}
     keys: dict[str, set[str]] = {}
     for doc in changed(ctx, Stage.QUEUED, since):
+        if doc.get("retryAt"):
+            continue  # waiting to retry: its move back bumps
         newest[doc["productId"]] = max(doc["updatedAt"], newest.get(doc["productId"], ""))
         keys.setdefault(doc["productId"], set()).add(cap_key(doc.get("capabilities") or []))
     bumped = 0

@@ -29,7 +29,7 @@ from typing import Any
 from fleet import actions, budget_rules, budgets, claims, errors, factories, leases, listing, queue_state, scoring
 from fleet import clock as clocks
 from fleet import store as store_port
-from fleet import submit
+from fleet import submit, sweep
 from fleet.clock import FixedClock
 from fleet.context import Context, Settings
 from fleet.jobs import Job, Run, cap_key, job_id
@@ -276,6 +276,15 @@ class World:
     def release(self, job: Job, *, lease_id: str | None = None, **body: Any) -> Job:
         lease_id = lease_id or job.lease.lease_id
         return leases.release(self.ctx, job.id, ReleaseBody(lease_id=lease_id, **body))
+
+    def wait_out_retry(self, job: Job) -> Job:
+        """Advance the clock past the retry wait of `job` (as stored) and run the sweep's step
+        that moves it back to the claimable queue: the job as it then stands."""
+        job = self.job(job)
+        if job.retry_at is not None:
+            self.clock.set(max(self.clock.now(), job.retry_at))
+            sweep.due_retries(self.ctx)
+        return self.job(job)
 
     def report(self, job: Job, lease_id: str, **body: Any) -> Job:
         """The late report of the run `lease_id` held (`leases.report`)."""

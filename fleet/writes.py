@@ -70,8 +70,11 @@ class Written:
     followed: tuple[Any, ...] = ()
 
     def entered(self, stage: Stage) -> bool:
-        """Whether this write moved the job into `stage` (from another stage)."""
-        return self.wrote and self.job.stage == stage and (self.before is None or self.before.stage != stage)
+        """Whether this write moved the job into `stage` (from another stage). A job waiting to
+        retry enters `queued` when it may be claimed: when its wait ends, not when it starts."""
+        if not self.wrote or self.job.stage != stage or (stage == Stage.QUEUED and self.job.waiting):
+            return False
+        return self.before is None or self.before.stage != stage or (stage == Stage.QUEUED and self.before.waiting)
 
 
 class Stale(Exception):

@@ -41,6 +41,8 @@ def truthy(value: str | None) -> bool:
 def settings_from(env: Mapping[str, str]) -> Settings:
     return Settings(
         lease_seconds=_int(env, "FLEET_LEASE_SECONDS", 300, minimum=1),
+        retry_backoff_seconds=_int(env, "FLEET_RETRY_BACKOFF_SECONDS", 30, minimum=0),
+        retry_backoff_max_seconds=_int(env, "FLEET_RETRY_BACKOFF_MAX_SECONDS", 900, minimum=0),
         preemption=truthy(env.get("FLEET_PREEMPTION")),
         budgets=truthy(env.get("FLEET_BUDGETS")),
         preempt_exempt_seconds=_int(env, "FLEET_PREEMPT_EXEMPT_SECONDS", 0, minimum=0),

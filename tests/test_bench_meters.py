@@ -103,3 +103,13 @@ def test_what_a_job_costs_the_store_does_not_grow_with_the_products_that_finishe
         one, many = costs[1][call], costs[12][call]
         # (a version of two digits instead of one is a byte more)
         assert one.calls == many.calls and abs(many.wire_bytes - one.wire_bytes) < 8, (call, one, many)
+
+
+def test_jobs_waiting_to_retry_ahead_of_the_queue_cost_a_claim_the_same_however_many(tmp_path):
+    import retry_waits
+
+    costs = {}
+    for waiting in (4, 40):
+        with store_traffic.sqlite_rig(str(tmp_path), f"w{waiting}") as rig:
+            costs[waiting] = retry_waits.measured(rig, 60, waiting)
+    assert costs[4].calls == costs[40].calls <= 4

@@ -165,6 +165,7 @@ QUERY_SHAPES = {
     "jobs_parent": Query("jobs", "p", (Filter("parentId", "=", "p:1"),)),
     "jobs_rekeying": Query("jobs", None, (Filter("rekeying", "=", True),)),
     "jobs_accrual": Query("jobs", None, (Filter("accrualPending", "=", True),)),
+    "jobs_retry": Query("jobs", None, (Filter("retryAt", "<=", "2026-01-01T00:00:00.000Z"),), (("retryAt", False),)),
 }
 NEWEST = (("createdAt", True), ("id", True))  # a bucket newest first (SqliteStore: its oldest-first index backwards)
 MORE_SHAPES = {

@@ -56,6 +56,8 @@ INDEXES: list[tuple[str, str, tuple[str, ...]]] = [
     ("jobs_rekeying", "jobs", ("rekeying",)),
     # sweep: runs whose cost is not yet on the budget.
     ("jobs_accrual", "jobs", ("accrualPending",)),
+    # sweep: jobs waiting to retry, by when their wait ends.
+    ("jobs_retry", "jobs", ("retryAt",)),
     # sweep: one reserved document of every product (its queue-state), by id across products.
     ("jobs_id", "jobs", ("id",)),
 ]
@@ -85,6 +87,7 @@ MEMBERS: dict[str, tuple[str, str | None]] = {
     "jobs_parent": ("parentId", None),
     "jobs_rekeying": ("rekeying", None),
     "jobs_accrual": ("accrualPending", None),
+    "jobs_retry": ("retryAt", None),
     "jobs_id": ("id", "queue-state"),
 }
 

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS cold (
 #: stamps it; a file of a newer one it leaves alone, refusing to open it (its own indexes would
 #: replace the newer version's under that version's feet). Raise it with any change of the
 #: layout (`tests/conformance/test_sqlite_layout.py` pins what it covers).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 #: Connections a file store keeps at most: the dev host's concurrent requests share them.
 POOL_SIZE = 8

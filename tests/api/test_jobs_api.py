@@ -1,6 +1,10 @@
 """Jobs over HTTP: submit, read, list, claim, PATCH, release, actions, queue-state."""
 from __future__ import annotations
 
+from datetime import timedelta
+
+from fleet import clock
+
 
 def test_submit_is_idempotent_by_key(api):
     first = api.post("/fleet/jobs", {"productId": "p", "idempotencyKey": "k1", "title": "Fix login"})
@@ -92,12 +96,52 @@ def test_illegal_transition(api):
 
 
 def test_retry_counts_attempts_and_dead_letters_at_max(api):
-    job = api.submit("k1", maxAttempts=2)
-    for expected in ("queued", "dead_letter"):
+    job = api.submit("k1", maxAttempts=3)
+    for expected, wait in (("queued", 30), ("queued", 60), ("dead_letter", None)):
         lease = api.claim()["lease"]
-        released = api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "result": "retry"})
-        assert released.json["stage"] == expected
-    assert api.job(job["id"])["attempts"] == 2
+        released = api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "result": "retry"}).json
+        assert released["stage"] == expected
+        if wait is None:
+            assert released["retryAt"] is None
+            break
+        # The job waits out its backoff (30 s, then doubling): no claim takes it meanwhile
+        assert released["retryAt"] == clock.format(api.clock.now() + timedelta(seconds=wait))
+        assert released["events"][-2]["detail"]["retryAt"] == released["retryAt"]
+        assert "waits to retry until" in api.get(f"/dashboard/fleet/jobs/{job['id']}").text
+        assert api.claim()["job"] is None
+        named = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1"})
+        assert named.status_code == 409 and named.json["reason"] == "retry_wait"
+        assert named.json["retryAt"] == released["retryAt"]
+        api.clock.advance(wait - 1)
+        api.sweep()
+        assert api.claim()["job"] is None  # a second early
+        # When its time has passed, the sweep moves it back
+        api.clock.advance(1)
+        api.sweep()
+        assert api.job(job["id"])["retryAt"] is None
+    assert api.job(job["id"])["attempts"] == 3
+
+
+def test_an_operators_requeue_ends_a_retry_wait(api):
+    job = api.submit("k1")
+    lease = api.claim()["lease"]
+    api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "result": "retry"})
+    requeued = api.post(f"/fleet/jobs/{job['id']}/actions/requeue").json
+    assert requeued["retryAt"] is None and requeued["attempts"] == 0
+    assert api.claim()["job"]["id"] == job["id"]
+
+
+def test_a_retry_wait_of_zero_queues_the_job_claimable_at_once(tmp_path):
+    from tests.api.conftest import done, make_api
+
+    api = make_api(tmp_path, retry_backoff_seconds=0)
+    try:
+        job = api.submit("k1")
+        lease = api.claim()["lease"]
+        released = api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "result": "retry"}).json
+        assert released["retryAt"] is None and api.claim()["job"]["id"] == job["id"]
+    finally:
+        done()
 
 
 def test_give_back_keeps_attempts_and_checkpoint(api):
@@ -244,7 +288,10 @@ def test_queue_state_is_one_point_read_and_moves_only_when_claims_may_succeed(ap
     api.call("PATCH", f"/fleet/jobs/{job['id']}", {"leaseId": lease["leaseId"], "stage": "building"})
     assert api.version() == 1  # claims and PATCHes free nothing up
     api.post(f"/fleet/jobs/{job['id']}/lease/release", {"leaseId": lease["leaseId"], "result": "retry"})
-    assert api.version() == 2
+    assert api.version() == 1  # waiting out its retry backoff: not claimable yet
+    api.clock.advance(30)
+    api.sweep()
+    assert api.version() == 2  # the sweep moved it back
 
     api.store.reset()
     api.get("/fleet/queue-state?productId=p")

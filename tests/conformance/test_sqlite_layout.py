@@ -21,7 +21,7 @@ from shared.stores import sqlite_query
 from shared.stores.sqlite_store import LAYOUT_VERSION, SqliteStore
 
 #: The layout `LAYOUT_VERSION` names, as `layout_digest` reads it off a new file.
-PINNED = {1: "7b0cf75a8e370259"}
+PINNED = {1: "7b0cf75a8e370259", 2: "08735f78f0b0abd1"}
 
 
 def layout_of(path: str) -> tuple[int, list[tuple]]:

@@ -68,6 +68,8 @@ def job(rng: random.Random, n: int) -> dict[str, Any]:
         doc["lease"] = {"leaseId": f"l{n}", "factoryId": rng.choice(FACTORIES), "expiresAt": at(created + 5)}
     if rng.random() < 0.02:
         doc["accrualPending"] = True
+    if stage == "queued" and rng.random() < 0.1:
+        doc["retryAt"] = at(created + rng.randrange(2_000))  # waiting to retry
     # A few order keys null or absent, as a document written before the field existed.
     if n % 37 == 0:
         doc["rankKey"] = None
@@ -213,6 +215,11 @@ SHAPES = [
     ),
     pytest.param(
         Query("jobs", None, (Filter("accrualPending", "=", True),), limit=200), "jobs_accrual", id="sweep: accruals"
+    ),
+    # sweep.due_retries: jobs whose retry wait has passed, across products
+    pytest.param(
+        Query("jobs", None, (Filter("retryAt", "<=", at(20_000)),), (("retryAt", False),), 200, ("productId",)),
+        "jobs_retry", id="sweep: retries due",
     ),
     # a composite job's children (the DAG reads them by id today; the index stays for the query)
     pytest.param(Query("jobs", P, (Filter("parentId", "=", f"{P}:parent-0"),)), "jobs_parent", id="children of a job"),

@@ -27,6 +27,8 @@ job_specs = st.fixed_dictionaries(
         "capabilities": st.lists(st.sampled_from(CAPABILITIES), unique=True, max_size=3),
         # mostly queued; the rest must never be offered
         "stage": st.sampled_from(["queued"] * 6 + ["assigned", "blocked", "testing", "shipped"]),
+        # a queued job now and then waits out a retry backoff: never offered either
+        "waiting": st.sampled_from([False] * 5 + [True]),
     }
 )
 weight = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 2.0, 5.0, 10.0, -2.0]), st.floats(-100, 100, allow_nan=False))
@@ -66,6 +68,7 @@ def seed(world, specs, weights) -> list[Job]:
             capabilities=spec["capabilities"],
             stage=spec["stage"],
             weights=weights,
+            retry_at=now + timedelta(seconds=30) if spec.get("waiting") and spec["stage"] == "queued" else None,
         )
         for i, spec in enumerate(specs)
     ]
@@ -97,7 +100,7 @@ def assert_every_path_yields_the_full_scan_order(world, jobs, weights, offered, 
     for name, streams in paths.items():
         assert ids(candidates.ranked(world.store, streams, score)) == expected, name
     # and only claimable jobs appear: queued, and the factory has every capability
-    eligible = {j.id for j in jobs if j.stage.value == "queued" and offered.issuperset(j.capabilities)}
+    eligible = {j.id for j in jobs if j.stage.value == "queued" and not j.waiting and offered.issuperset(j.capabilities)}
     assert set(expected) == eligible
 
 

@@ -55,7 +55,7 @@ def test_no_job_is_evicted_for_a_critical_job_the_budget_cannot_start(world):
     world.put_budget(10.0)
     low = at_its_limit(world)
     world.release(low, result="retry", insights={"costUsd": 5.0})
-    low = world.claim_job(world.job(low), "factory-1").job
+    low = world.claim_job(world.wait_out_retry(low), "factory-1").job
     world.submit_job("urgent", priority="critical", estimated_cost_usd=8.0)
     # When the factory claims, Then no job, and its running job keeps its seat
     claimed = world.claim("factory-1")

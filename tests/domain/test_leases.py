@@ -371,6 +371,7 @@ def test_a_repeated_retry_release_after_another_factory_claimed_the_job_changes_
     # Given factory-1 released its job for a retry, and factory-2 claimed it
     old = running_job(stage="building", factory="factory-1")
     world.release(old, result="retry")
+    world.wait_out_retry(old)
     new = claim("factory-2").job
     # When factory-1's release arrives again
     again = world.release(old, result="retry")

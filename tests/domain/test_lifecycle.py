@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from fleet import actions, clock as clock_mod, errors, factories, lifecycle, outage, scoring, store as store_port, sweep, writes
 from fleet.context import Settings
-from fleet.jobs import EVENT_RING, RUN_RING, Job, Lease, Run, job_id
+from fleet.jobs import EVENT_RING, RUN_RING, WAITING, Job, Lease, Run, job_id
 from fleet.stages import ACTIVE, TERMINAL, RunResult, Stage, check_factory_move
 from fleet.clock import FixedClock
 from shared.stores.sqlite_store import SqliteStore
@@ -205,8 +205,10 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(factory=st.sampled_from(FACTORIES))
     def claim(self, factory):
+        waiting = {j.id for j in self.jobs() if j.waiting}
         job = self.world.claim(factory).job
         if job is not None:
+            assert job.id not in waiting  # a job waiting to retry is no claim's
             self.leases.append((job.id, job.lease.lease_id))
             self.claims[job.id] = self.claims.get(job.id, 0) + 1
             assert job.lease.epoch == self.claims[job.id]
@@ -290,6 +292,12 @@ class Lifecycle(RuleBasedStateMachine):
     # invariants
 
     @invariant()
+    def a_job_waiting_to_retry_is_queued_without_a_lease(self):
+        for job in self.jobs():
+            if job.waiting:
+                assert job.stage == Stage.QUEUED and job.lease is None and job.to_doc()["capKey"] == WAITING
+
+    @invariant()
     def a_lease_is_held_only_in_a_work_stage_with_an_open_run(self):
         for job in self.jobs():
             run = job.latest_run
@@ -328,8 +336,10 @@ class Lifecycle(RuleBasedStateMachine):
         for job in self.jobs():
             for run in job.runs[:-1]:
                 assert run.ended_at is not None
-            if job.stage in (Stage.SHIPPED, Stage.DONE):
-                assert job.latest_run is None or job.latest_run.result in (RunResult.SHIPPED, RunResult.DONE)
+            if job.stage in (Stage.SHIPPED, Stage.DONE) and job.latest_run is not None:
+                # the run that shipped it says so; one that had ended before (given back,
+                # retried, expired) keeps how it ended: an operator shipped the queued job
+                assert job.latest_run.ended_at is not None and job.latest_run.result is not None
 
 
 Lifecycle.TestCase.settings = settings(

@@ -146,7 +146,7 @@ def test_a_critical_job_evicts_the_lower_running_job(world, clock):
     # Given factory-1 (one seat, from its heartbeat) is building a low job on its second attempt
     low = world.running_job("low", priority="low", stage="building")
     low = world.release(low, result="retry")
-    low = world.claim_job(low, "factory-1").job
+    low = world.claim_job(world.wait_out_retry(low), "factory-1").job
     low = world.patch(low, "building")
     assert low.attempts == 1
     world.heartbeat("factory-1", seat_limit=1, running=[low])

@@ -75,8 +75,15 @@ def unblock(world):
     world.patch(world.dep, "shipped")
 
 
-def retry(world):
+def retry_waited_out(world):
     world.release(world.running, result="retry")
+    world.wait_out_retry(world.running)  # the sweep moves it back: claimable now
+
+
+def retry_waiting(world):
+    world.release(world.running, result="retry")  # waiting out its backoff: not claimable yet
+    world.clock.advance(1)
+    sweep.due_retries(world.ctx)
 
 
 def give_back(world):
@@ -155,7 +162,8 @@ def listing_and_reading(world):
     [
         (submit, 1),
         (unblock, 1),
-        (retry, 1),
+        (retry_waited_out, 1),
+        (retry_waiting, 0),
         (give_back, 1),
         (requeue, 1),
         (requeue_terminal, 1),  # failed (0), then requeued (1)

@@ -144,7 +144,7 @@ def test_each_run_of_a_job_counts(world):
     world.put_budget(100.0)
     job = world.running_job("work")
     world.release(job, result="retry", insights={"costUsd": 1.25})
-    again = world.claim_job(job).job
+    again = world.claim_job(world.wait_out_retry(job)).job
     ship_by_patch(world, again, 2.5)
     # Then both runs are spend: 1.25 + 2.5 = 3.75
     assert spent(world) == 3.75

@@ -124,7 +124,8 @@ class Coordinator:
 
 @pytest.fixture
 def coordinator(serve, store_env) -> Iterator[Coordinator]:
-    with serve({"FLEET_AUTH": "tokens", "FLEET_BUDGETS": "1"}, args=("--no-timers",)) as server:
+    # No retry backoff: a retried job is claimable at once (no timers run to move it back).
+    with serve({"FLEET_AUTH": "tokens", "FLEET_BUDGETS": "1", "FLEET_RETRY_BACKOFF_SECONDS": "0"}, args=("--no-timers",)) as server:
         env = {**store_env, "FLEET_DB": server.db}
         coordinator = Coordinator(server, env)
         try:

@@ -165,6 +165,74 @@ def test_racing_factories_giving_work_back_never_hold_a_job_twice(http, server):
         assert job["leaseEpoch"] == holds.claims_of[job["id"]] == len(job["runs"])
 
 
+def test_racing_factories_retrying_work_never_hold_a_job_twice_nor_take_it_before_its_wait(serve):
+    """Given 32 queued jobs and a one-second retry backoff, when 8 factories race to claim them
+    over HTTP and release some for a retry before they ship them, while the sweep runs over
+    and over, then no job is ever held by two factories at once, no claim takes a job before
+    its wait has ended, and every job ships with as many runs as it had claims."""
+    product, jobs = "race-retry", 32
+    with serve({"FLEET_RETRY_BACKOFF_SECONDS": "1"}, args=("--no-timers",)) as server:
+        http = Http(server.url)
+        for n in range(jobs):
+            assert http.post("/fleet/jobs", {"productId": product, "idempotencyKey": f"r{n}"}).status_code == 201
+        holds, shipped, racing = Holds(), set(), threading.Event()
+
+        def factory(name: str, seed: int) -> None:
+            client, rnd = Http(server.url), random.Random(seed)
+            try:
+                deadline = time.monotonic() + 90
+                while len(shipped) < jobs and time.monotonic() < deadline:
+                    body = answered(lambda: client.post("/fleet/claim", {"factoryId": name, "productId": product})).json()
+                    if body.get("job") is None:
+                        if "job" not in body:
+                            holds.problems.append(f"{name}: claim answered {body}")
+                        time.sleep(0.05)
+                        continue
+                    job_id, lease = body["job"]["id"], body["lease"]
+                    holds.take(job_id, name)
+                    holds.free(job_id)
+                    retry = lease["epoch"] < 3 and rnd.random() < 0.5
+                    release = {"leaseId": lease["leaseId"], **({"result": "retry"} if retry else {"stage": "shipped"})}
+                    response = answered(lambda: client.post(f"/fleet/jobs/{job_id}/lease/release", release))
+                    if response.status_code != 200:
+                        holds.problems.append(f"{name} {job_id} release: {response.text}")
+                    elif not retry:
+                        shipped.add(job_id)
+            finally:
+                client.close()
+
+        def sweeper() -> None:
+            client = Http(server.url)
+            try:
+                while racing.is_set():
+                    answered(lambda: client.post("/admin/functions/sweep_expired_leases", {"input": ""}))
+                    time.sleep(0.2)
+            finally:
+                client.close()
+
+        racing.set()
+        threads = [threading.Thread(target=factory, args=(f"r{n}", n)) for n in range(8)]
+        sweeping = threading.Thread(target=sweeper)
+        sweeping.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        racing.clear()
+        sweeping.join(timeout=30)
+
+        assert holds.problems == []
+        assert sum(holds.claims_of.values()) > jobs  # work was retried and claimed again
+        listed = http.get(f"/fleet/jobs?productId={product}&limit=500").json()["items"]
+        assert len(listed) == jobs and {j["stage"] for j in listed} == {"shipped"}
+        for job in listed:
+            assert job["leaseEpoch"] == holds.claims_of[job["id"]] == len(job["runs"])
+            waits = [e["detail"]["retryAt"] for e in job["events"] if e["type"] == "retry"]
+            later = [e["at"] for e in job["events"] if e["type"] == "claimed"][1:]
+            assert len(waits) == len(later) and all(at >= until for at, until in zip(later, waits)), job["events"]
+        http.close()
+
+
 def test_superseded_leases_are_fenced_under_contention(http, server):
     """Given jobs whose leases an operator revokes and other factories re-claim, when the old
     holders keep writing with their old leases (concurrently), every such write is 409."""

@@ -155,26 +155,32 @@ def test_a_retried_autoship_patch_gets_the_shipped_job(server):
     factory.close()
 
 
-def test_a_stale_lease_never_overwrites_the_new_owner_but_its_retry_is_answered(server):
-    http, old, new = Http(server.url), Factory(server.url, "f1"), Factory(server.url, "f2")
-    submitted = submit(http)
-    old.claim()
-    assert old.release(submitted["id"], result="retry").status_code == 200
-    claimed = new.claim()
-    assert claimed["job"]["id"] == submitted["id"]
-    # The old lease's retry of its release is answered with the job, now the new owner's
-    again = old.release(submitted["id"], result="retry")
-    assert again.status_code == 200, again.text
-    assert (again.json()["lease"]["leaseId"], again.json()["attempts"]) == (new.lease, 1)
-    # and any other write by the old lease is refused, leaving the new owner's job untouched
-    for stale in (old.patch(submitted["id"], "building"), old.release(submitted["id"], stage="shipped")):
-        assert (stale.status_code, stale.json()["code"]) == (409, "lease_lost")
-    assert old.heartbeat(submitted["id"])["status"] == "revoked"
-    after = job(http, submitted["id"])
-    assert (after["stage"], after["lease"]["leaseId"], after["attempts"]) == ("assigned", new.lease, 1)
-    http.close()
-    old.close()
-    new.close()
+def test_a_stale_lease_never_overwrites_the_new_owner_but_its_retry_is_answered(serve):
+    with serve({"FLEET_RETRY_BACKOFF_SECONDS": "1"}, args=NO_TIMERS) as server:
+        http, old, new = Http(server.url), Factory(server.url, "f1"), Factory(server.url, "f2")
+        submitted = submit(http)
+        old.claim()
+        retried = old.release(submitted["id"], result="retry")
+        assert retried.status_code == 200 and retried.json()["retryAt"]
+        # The job waits out its backoff; once past, the sweep moves it back and another factory takes it
+        assert new.claim()["job"] is None
+        time.sleep(max(0.0, (clock.parse(retried.json()["retryAt"]) - datetime.now(timezone.utc)).total_seconds()) + 0.05)
+        assert http.post("/admin/functions/sweep_expired_leases", {"input": ""}).status_code == 202
+        claimed = new.claim()
+        assert claimed["job"]["id"] == submitted["id"]
+        # The old lease's retry of its release is answered with the job, now the new owner's
+        again = old.release(submitted["id"], result="retry")
+        assert again.status_code == 200, again.text
+        assert (again.json()["lease"]["leaseId"], again.json()["attempts"]) == (new.lease, 1)
+        # and any other write by the old lease is refused, leaving the new owner's job untouched
+        for stale in (old.patch(submitted["id"], "building"), old.release(submitted["id"], stage="shipped")):
+            assert (stale.status_code, stale.json()["code"]) == (409, "lease_lost")
+        assert old.heartbeat(submitted["id"])["status"] == "revoked"
+        after = job(http, submitted["id"])
+        assert (after["stage"], after["lease"]["leaseId"], after["attempts"]) == ("assigned", new.lease, 1)
+        http.close()
+        old.close()
+        new.close()
 
 
 # A restart is not an outage for the fleet
