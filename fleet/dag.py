@@ -170,7 +170,7 @@ def _attached(job: Job, attaching: _Attaching, now: datetime) -> Job:
     update: dict[str, Any] = {"deps": all_deps, "children": list(dict.fromkeys([*job.children, *attaching.ids])),
                               "kind": Kind.COMPOSITE}  # a job with children is their composite parent
     if waiting:
-        update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None)
+        update.update(stage=Stage.BLOCKED, blocked_on=waiting, lease=None, retry_at=None)  # its children's wait now
     return job.model_copy(update=update).with_event(
         now, "children_added", attaching.actor, children=list(attaching.keys)
     )

@@ -240,7 +240,7 @@ class Job(Model):
     @property
     def waiting(self) -> bool:
         """Whether the job waits out a retry backoff: queued, but no claim may take it."""
-        return self.retry_at is not None
+        return self.retry_at is not None and self.stage == Stage.QUEUED
 
     @property
     def latest_run(self) -> Run | None:

@@ -98,6 +98,17 @@ def test_the_parent_is_queued_when_its_last_child_finishes(world):
     assert world.version() > version
 
 
+def test_children_added_to_a_job_waiting_to_retry_end_its_wait_for_theirs(world):
+    # Given a job released for a retry, waiting out its backoff
+    job = world.release(world.running_job("parent"), result="retry")
+    assert job.waiting
+    # When children are added to it, Then it waits on them instead, blocked, with no retry wait left
+    dag.add_children(world.ctx, job.id, [ChildSpec(idempotency_key="kid")])
+    doc = world.store.read("jobs", PRODUCT, job.id)
+    assert (doc["stage"], doc["retryAt"], doc["capKey"]) == ("blocked", None, "")
+    assert not world.job(job).waiting
+
+
 def test_a_child_that_fails_keeps_the_parent_waiting(world):
     submitted = composite(world, "parent", child("a"), child("b"))
     finish(world, "a", "shipped")

@@ -294,7 +294,7 @@ class Lifecycle(RuleBasedStateMachine):
     @invariant()
     def a_job_waiting_to_retry_is_queued_without_a_lease(self):
         for job in self.jobs():
-            if job.waiting:
+            if job.retry_at is not None:
                 assert job.stage == Stage.QUEUED and job.lease is None and job.to_doc()["capKey"] == WAITING
 
     @invariant()

@@ -114,7 +114,7 @@ def assert_answered_in_time_and_whole(server, factories: list[workload.Factory])
 
 def test_a_sqlite_store_locked_mid_load_answers_in_time_and_the_fleet_resumes(tmp_path):
     db = str(tmp_path / "fleet.db")
-    env = {"FLEET_STORE": "sqlite", "FLEET_STORE_TIMEOUT_SECONDS": str(DEADLINE)}
+    env = {"FLEET_STORE": "sqlite", "FLEET_STORE_TIMEOUT_SECONDS": str(DEADLINE), **workload.SERVER_ENV}
     with running_server(env=env, db=db, args=SERVE_ARGS) as server:
         factories = load_through(server, lambda: write_lock(db))
         assert_answered_in_time_and_whole(server, factories)
@@ -123,7 +123,7 @@ def test_a_sqlite_store_locked_mid_load_answers_in_time_and_the_fleet_resumes(tm
 @pytest.mark.cosmos
 def test_a_cosmos_endpoint_stalled_mid_load_answers_in_time_and_the_fleet_resumes(tmp_path):
     with proxied_cosmos() as (proxy, cosmos_env):
-        env = {**cosmos_env, "FLEET_STORE_TIMEOUT_SECONDS": str(DEADLINE)}
+        env = {**cosmos_env, "FLEET_STORE_TIMEOUT_SECONDS": str(DEADLINE), **workload.SERVER_ENV}
 
         @contextlib.contextmanager
         def stalled() -> Iterator[None]:

@@ -72,7 +72,7 @@ def test_open_files_and_memory_stay_flat_under_thousands_of_requests(store_env, 
     kind, env = store_env
     warm_cycles, cycles = CYCLES[kind]
     # auth on, as deployed: every request's token is checked against the store
-    with running_server(env={**env, "FLEET_LEASE_SECONDS": "300", "FLEET_AUTH": None}, db=str(tmp_path / "soak.db"),
+    with running_server(env={**env, "FLEET_LEASE_SECONDS": "300", "FLEET_AUTH": None, **workload.SERVER_ENV}, db=str(tmp_path / "soak.db"),
                         args=("--no-timers",), max_open_files=MAX_OPEN_FILES) as server:
         token = (tmp_path / "admin-token").read_text().strip()
         factories = [workload.Factory(server.url, i, keep_alive=i % 2 == 0, token=token) for i in range(FACTORIES)]
