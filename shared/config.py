@@ -181,7 +181,13 @@ def use(ctx: Context | None) -> None:
             _warn_if_open()
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+#: The most seconds a duration setting may name (30 days): a time that far ahead is still a
+#: time (a lease's expiry, a retry's end), and more is a mistake, refused rather than failing
+#: every request that adds it to now.
+MAX_SECONDS = 30 * 24 * 3600
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int = MAX_SECONDS) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -191,4 +197,6 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}")
     return value
