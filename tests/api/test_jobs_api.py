@@ -108,6 +108,7 @@ def test_retry_counts_attempts_and_dead_letters_at_max(api):
         assert released["retryAt"] == clock.format(api.clock.now() + timedelta(seconds=wait))
         assert released["events"][-2]["detail"]["retryAt"] == released["retryAt"]
         assert "waits to retry until" in api.get(f"/dashboard/fleet/jobs/{job['id']}").text
+        assert "retry at " in api.get("/dashboard/fleet/jobs?stage=queued").text
         assert api.claim()["job"] is None
         named = api.post(f"/fleet/jobs/{job['id']}/claim", {"factoryId": "f1"})
         assert named.status_code == 409 and named.json["reason"] == "retry_wait"
