@@ -101,7 +101,7 @@ def retry_wait(attempts: int, first: float, longest: float) -> timedelta:
 def moved_back(job: Job, now: datetime) -> Job | None:
     """A job whose retry wait has passed, claimable again; None if it no longer waits (an
     operator requeued, cancelled or shipped it) or its time has not come."""
-    if job.stage != Stage.QUEUED or job.retry_at is None or job.retry_at > now:
+    if not job.waiting or job.retry_at > now:
         return None
     return job.model_copy(update={"retry_at": None, "updated_at": now}).with_event(now, "retry_due")
 

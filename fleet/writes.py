@@ -72,9 +72,11 @@ class Written:
     def entered(self, stage: Stage) -> bool:
         """Whether this write moved the job into `stage` (from another stage). A job waiting to
         retry enters `queued` when it may be claimed: when its wait ends, not when it starts."""
-        if not self.wrote or self.job.stage != stage or (stage == Stage.QUEUED and self.job.waiting):
-            return False
-        return self.before is None or self.before.stage != stage or (stage == Stage.QUEUED and self.before.waiting)
+
+        def there(job: Job | None) -> bool:
+            return job is not None and job.stage == stage and not job.waiting  # waiting: queued only
+
+        return self.wrote and there(self.job) and not there(self.before)
 
 
 class Stale(Exception):
