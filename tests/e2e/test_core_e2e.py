@@ -15,6 +15,22 @@ from tests.e2e.conftest import Holds, Http, answered
 pytestmark = pytest.mark.e2e
 
 
+def race(threads: list[threading.Thread], beside: threading.Thread | None, running: threading.Event) -> None:
+    """Run `threads` to their end (two minutes at most) with `running` set, and `beside` (a
+    thread that works while `running` is set) alongside them; then clear it and wait for
+    `beside` too."""
+    running.set()
+    if beside is not None:
+        beside.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    running.clear()
+    if beside is not None:
+        beside.join(timeout=60)
+
+
 def test_submit_claim_patch_ship(http):
     job = http.post("/fleet/jobs", {"productId": "web", "idempotencyKey": "fix-login", "title": "Fix login"}).json()
     claimed = http.post("/fleet/claim", {"factoryId": "f1", "productId": "web"}).json()
@@ -95,17 +111,7 @@ def test_racing_factories_never_hold_a_job_twice(http, server, mixed, reweighed)
             client.close()
 
     threads = [threading.Thread(target=factory, args=(f"f{i}",)) for i in range(8)]
-    changer = threading.Thread(target=operator)
-    racing.set()
-    if reweighed:
-        changer.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    racing.clear()
-    if reweighed:
-        changer.join(timeout=60)
+    race(threads, threading.Thread(target=operator) if reweighed else None, racing)
 
     assert not errors
     assert len(reweighs) > 1 if reweighed else not reweighs
@@ -210,16 +216,8 @@ def test_racing_factories_retrying_work_never_hold_a_job_twice_nor_take_it_befor
             finally:
                 client.close()
 
-        racing.set()
         threads = [threading.Thread(target=factory, args=(f"r{n}", n)) for n in range(8)]
-        sweeping = threading.Thread(target=sweeper)
-        sweeping.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        racing.clear()
-        sweeping.join(timeout=30)
+        race(threads, threading.Thread(target=sweeper), racing)
 
         assert holds.problems == []
         assert sum(holds.claims_of.values()) > jobs  # work was retried and claimed again
